@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install everything Shoal needs on a Debian machine: system packages (as root,
+# only those missing), a virtualenv in .venv, and Shoal itself in editable mode
+# with its development tools. Idempotent; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pair in sshd:openssh-server ssh:openssh-client ip:iproute2 tc:iproute2 nft:nftables \
+            rsync:rsync unshare:util-linux; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "setup: missing ${need[*]}; install them as root (apt-get install ${need[*]})" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 \
+  | grep -v "^WARNING: Location" >&2 || true
+.venv/bin/python -c 'import shoal, asyncssh, yaml' >/dev/null

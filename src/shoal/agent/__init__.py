@@ -1,0 +1,1 @@
+"""Shoal agent layer (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Shoal api layer (see DESIGN.md)."""

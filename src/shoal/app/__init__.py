@@ -1,0 +1,1 @@
+"""Shoal app layer (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""The ``shoal`` command line: a thin adapter that parses, calls the library, renders."""

@@ -1,0 +1,28 @@
+"""Where Shoal keeps its files, and the typed defaults every layer shares.
+
+The state directory is ``$SHOAL_HOME`` when set, else ``~/.local/state/shoal``.
+It holds the SQLite state (``state.db``) and the labs (``labs/NAME/``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def shoal_home() -> Path:
+    """The state directory, created on first use (mode 0700)."""
+    env = os.environ.get("SHOAL_HOME")
+    home = Path(env) if env else Path.home() / ".local" / "state" / "shoal"
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return home
+
+
+def state_path() -> Path:
+    return shoal_home() / "state.db"
+
+
+def labs_dir() -> Path:
+    d = shoal_home() / "labs"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d

@@ -1,0 +1,1 @@
+"""Shoal content layer (see DESIGN.md)."""

@@ -1,0 +1,129 @@
+"""The one exception root of Shoal and its tree.
+
+Every error the library raises derives from :class:`ShoalError`; third-party
+errors (asyncssh, OSError from sockets, sqlite3) are translated at the layer
+that meets them, so adapters catch one type and print ``str(error)``, which is
+always a single line that says what went wrong and where.
+
+    ShoalError
+    ├── UsageError              bad input from the user (arguments, values)
+    ├── ConfigError             a configuration file or setting is invalid
+    ├── StateError              the controller's SQLite state cannot be used
+    ├── InventoryError          an inventory cannot be read or imported
+    ├── SelectionError          a selection expression cannot be evaluated
+    │   ├── SelectionSyntaxError    parse error, with the column and a caret
+    │   ├── UnknownNameError        unknown group, plan or node
+    │   ├── PlanCycleError          plans that refer to each other in a loop
+    │   └── EmptySelectionError     a command needs nodes and none matched
+    ├── LabError                the local lab cannot be brought up or changed
+    ├── TransportError          one node could not be reached or commanded
+    │   ├── ConnectError            unreachable: refused, no route, timed out
+    │   ├── HostKeyError            host key unknown or changed: refused
+    │   ├── AuthError               authentication failed
+    │   └── CommandTimeout          the remote command overran its timeout
+    ├── AgentError              the node agent failed or refused a request
+    │   └── VersionMismatch         controller and agent protocol versions differ
+    └── ContentError            a push, manifest or chunk is invalid
+"""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Root of every error Shoal raises. ``str()`` is one line."""
+
+    #: Short machine-readable kind used in per-node results and JSON output.
+    kind: str = "error"
+
+
+class UsageError(ShoalError):
+    kind = "usage"
+
+
+class ConfigError(ShoalError):
+    kind = "config"
+
+
+class StateError(ShoalError):
+    kind = "state"
+
+
+class InventoryError(ShoalError):
+    kind = "inventory"
+
+
+class SelectionError(ShoalError):
+    kind = "selection"
+
+
+class SelectionSyntaxError(SelectionError):
+    """A selection expression does not parse.
+
+    ``str()`` stays one line; :meth:`pointer` renders the expression with a
+    caret under the offending column for adapters that can show two lines.
+    """
+
+    def __init__(self, expression: str, column: int, expected: str) -> None:
+        self.expression = expression
+        self.column = column
+        self.expected = expected
+        super().__init__(
+            f"selection syntax error at column {column + 1}: expected {expected} in {expression!r}"
+        )
+
+    def pointer(self) -> str:
+        return f"  {self.expression}\n  {' ' * self.column}^"
+
+
+class UnknownNameError(SelectionError):
+    pass
+
+
+class PlanCycleError(SelectionError):
+    pass
+
+
+class EmptySelectionError(SelectionError):
+    pass
+
+
+class LabError(ShoalError):
+    kind = "lab"
+
+
+class TransportError(ShoalError):
+    """A failure that concerns one node; ``node`` names it when known."""
+
+    kind = "transport"
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        self.node = node
+        super().__init__(f"{node}: {message}" if node else message)
+
+
+class ConnectError(TransportError):
+    kind = "unreachable"
+
+
+class HostKeyError(TransportError):
+    kind = "hostkey"
+
+
+class AuthError(TransportError):
+    kind = "auth"
+
+
+class CommandTimeout(TransportError):
+    kind = "timeout"
+
+
+class AgentError(ShoalError):
+    kind = "agent"
+
+
+class VersionMismatch(AgentError):
+    kind = "version"
+
+
+class ContentError(ShoalError):
+    kind = "content"

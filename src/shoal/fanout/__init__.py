@@ -1,0 +1,1 @@
+"""Shoal fanout layer (see DESIGN.md)."""

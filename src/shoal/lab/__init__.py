@@ -1,0 +1,1 @@
+"""Shoal lab layer (see DESIGN.md)."""

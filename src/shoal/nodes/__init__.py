@@ -1,0 +1,1 @@
+"""Shoal nodes layer (see DESIGN.md)."""

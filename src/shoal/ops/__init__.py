@@ -1,0 +1,1 @@
+"""Shoal ops layer (see DESIGN.md)."""

@@ -1,0 +1,68 @@
+"""The controller's persistent state: one SQLite file under the state directory.
+
+Each subsystem owns its own tables and declares them with :meth:`State.ensure`
+(idempotent ``CREATE ... IF NOT EXISTS`` scripts), so the schema of inventory,
+plans, facts, events and deployments lives beside the code that uses it.
+Writes go through :meth:`State.transaction` so a killed controller never leaves
+half an update behind (SQLite WAL journal, one writer at a time).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .config import state_path
+from .errors import StateError
+
+
+class State:
+    """An open state database. Cheap to open; close it or use it as a context."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or state_path()
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state database {self.path}: {exc}") from exc
+        self._ensured: set[str] = set()
+
+    def ensure(self, name: str, ddl: str) -> None:
+        """Create the tables of subsystem ``name`` if they do not exist yet."""
+        if name in self._ensured:
+            return
+        try:
+            self.db.executescript(ddl)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot create {name} tables in {self.path}: {exc}") from exc
+        self._ensured.add(name)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: committed on success, rolled back on any error."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StateError(f"state database {self.path} is busy or broken: {exc}") from exc
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        else:
+            self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

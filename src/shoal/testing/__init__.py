@@ -1,0 +1,1 @@
+"""Shoal testing layer (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Shoal transport layer (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Shoal web layer (see DESIGN.md)."""
