@@ -1,0 +1,33 @@
+"""The node record every layer passes around (pure data, no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Union
+
+AttrValue = Union[str, int, float, bool]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One machine Shoal can reach.
+
+    ``name`` is the inventory name (what ``@`` expands to and what selections
+    match). ``host`` is the address to connect to; when ``None`` the name itself
+    is resolved through ssh_config (``HostName``) and DNS, as ``ssh NAME`` would.
+    ``ssh_config`` names an extra ssh_config file read before ``~/.ssh/config``
+    for this node (labs use it to carry their keys and known_hosts).
+    """
+
+    name: str
+    host: str | None = None
+    user: str | None = None
+    port: int | None = None
+    groups: tuple[str, ...] = ()
+    attrs: Mapping[str, AttrValue] = field(default_factory=dict)
+    ssh_config: str | None = None
+
+    @property
+    def address(self) -> str:
+        return self.host or self.name

@@ -1,0 +1,67 @@
+"""The transport interface: how the controller talks to one node.
+
+Small on purpose (pyinfra's connector, httpx's transport): open a connection to
+a node, run commands on it, move files, open a stream to a Unix socket on it.
+``ssh.py`` implements it with asyncssh, ``local.py`` with subprocesses on this
+machine, ``mock.py`` in memory for unit tests of the layers above. Every method
+raises only :class:`shoal.errors.TransportError` subclasses.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shoal.nodes.model import Node
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one remote command did. ``exit_status`` is None when killed by a signal."""
+
+    exit_status: int | None
+    stdout: bytes
+    stderr: bytes
+    signal: str | None = None
+
+
+class Connection(abc.ABC):
+    """An open connection to one node, reused for every operation on it."""
+
+    node: Node
+
+    @abc.abstractmethod
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        input: bytes | None = None,
+    ) -> CommandResult:
+        """Run a shell command; on timeout kill it and its children, raise CommandTimeout."""
+
+    @abc.abstractmethod
+    async def put(self, local: str, remote: str, *, recursive: bool = False) -> None:
+        """Copy a local file or tree to the node (modes and times preserved)."""
+
+    @abc.abstractmethod
+    async def get(self, remote: str, local: str, *, recursive: bool = False) -> None:
+        """Copy a remote file or tree (remote globs allowed) from the node."""
+
+    @abc.abstractmethod
+    async def open_unix(self, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A byte stream to a Unix socket on the node (SSH streamlocal forwarding)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class Transport(abc.ABC):
+    """Opens connections to nodes."""
+
+    @abc.abstractmethod
+    async def connect(self, node: Node, *, timeout: float | None = None) -> Connection:
+        """Open a connection; raise ConnectError, HostKeyError or AuthError."""
