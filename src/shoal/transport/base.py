@@ -10,9 +10,9 @@ raises only :class:`shoal.errors.TransportError` subclasses.
 from __future__ import annotations
 
 import abc
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from shoal.nodes.model import Node
 
@@ -25,6 +25,22 @@ class CommandResult:
     stdout: bytes
     stderr: bytes
     signal: str | None = None
+
+
+class ByteReader(Protocol):
+    """The reading half of a byte stream (asyncio.StreamReader and asyncssh's reader fit)."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+    async def readline(self) -> bytes: ...
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    """The writing half of a byte stream (asyncio.StreamWriter and asyncssh's writer fit)."""
+
+    def write(self, data: bytes) -> None: ...
+    async def drain(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class Connection(abc.ABC):
@@ -52,7 +68,7 @@ class Connection(abc.ABC):
         """Copy a remote file or tree (remote globs allowed) from the node."""
 
     @abc.abstractmethod
-    async def open_unix(self, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def open_unix(self, path: str) -> tuple[ByteReader, ByteWriter]:
         """A byte stream to a Unix socket on the node (SSH streamlocal forwarding)."""
 
     @abc.abstractmethod
