@@ -10,11 +10,14 @@ raises only :class:`shoal.errors.TransportError` subclasses.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from shoal.nodes.model import Node
+
+#: Called with (stream, line) for each complete line of output, when streaming.
+LineCallback = Callable[[str, bytes], None]
 
 
 @dataclass(frozen=True)
@@ -56,16 +59,28 @@ class Connection(abc.ABC):
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
         input: bytes | None = None,
+        sudo: bool = False,
+        on_line: LineCallback | None = None,
     ) -> CommandResult:
-        """Run a shell command; on timeout kill it and its children, raise CommandTimeout."""
+        """Run a shell command under the login shell; ``env`` is exported to it.
+
+        On timeout the command and its children are killed on the node and
+        CommandTimeout is raised. ``on_line(stream, line)`` sees each output
+        line as it arrives (``stream`` is "stdout" or "stderr").
+        """
 
     @abc.abstractmethod
-    async def put(self, local: str, remote: str, *, recursive: bool = False) -> None:
-        """Copy a local file or tree to the node (modes and times preserved)."""
+    async def put(self, local: str, remote: str) -> int:
+        """Copy a local file or tree to the node; returns bytes sent.
+
+        Into ``remote`` when it is a directory or ends with ``/``, else to that
+        path. Modes (without setuid/setgid) and times preserved; directories
+        recursive; never a partial file under its final name.
+        """
 
     @abc.abstractmethod
-    async def get(self, remote: str, local: str, *, recursive: bool = False) -> None:
-        """Copy a remote file or tree (remote globs allowed) from the node."""
+    async def get(self, remote: str, local: str) -> int:
+        """Copy remote files matching a glob (expanded on the node) to ``local``."""
 
     @abc.abstractmethod
     async def open_unix(self, path: str) -> tuple[ByteReader, ByteWriter]:

@@ -1,0 +1,264 @@
+"""``shoal run`` and ``shoal cp``: parse, call :mod:`shoal.fanout`, render.
+
+Start-up time is part of what ``run`` is measured on, so the SSH library is
+imported only after the TCP connections to the nodes have been started
+(:mod:`shoal.transport.preconnect`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .common import add_select_option, selected_nodes
+
+if TYPE_CHECKING:
+    from shoal.fanout.results import FanoutResult, NodeResult
+
+
+def _add_fanout_options(p: argparse.ArgumentParser) -> None:
+    add_select_option(p)
+    p.add_argument(
+        "-p",
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="connections open at once (default: sized from the open-file limit)",
+    )
+    p.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="pause between successive launches (default 0)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up connecting to a node after this long (default 10)",
+    )
+    p.add_argument(
+        "-t",
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="per-node limit; a command that overruns is killed on the node",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        metavar="N",
+        help="retry failed connections N times with backoff (default 1)",
+    )
+    p.add_argument(
+        "--host-keys",
+        choices=("verify", "accept-new"),
+        default="verify",
+        help="verify (default): refuse unknown hosts; accept-new: trust and record "
+        "first-seen keys. A changed key is always refused.",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON record per node")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
+
+
+def register(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run a shell command on many nodes",
+        description="Run a shell command on every selected node in parallel.",
+    )
+    _add_fanout_options(run)
+    run.add_argument("--sudo", action="store_true", help="run the command with sudo -n")
+    run.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="export a variable to the command (repeatable)",
+    )
+    run.add_argument(
+        "--stream", action="store_true", help="print lines live, prefixed with the node name"
+    )
+    run.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="also write each node's stdout to DIR/NODE (stderr to DIR/NODE.err)",
+    )
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the shell command")
+    run.set_defaults(handler=cmd_run)
+
+    cp = sub.add_parser(
+        "cp",
+        help="copy files to or from many nodes (@ = node name, @: = remote side)",
+        description="Copy to nodes: cp FILE... @:DIR; from nodes: cp '@:PATH' out/@/; "
+        "one local copy per node: cp DIR @.",
+    )
+    _add_fanout_options(cp)
+    cp.add_argument("paths", nargs="+", metavar="SRC... DST")
+    cp.set_defaults(handler=cmd_cp)
+
+
+class _Progress:
+    """A one-line progress display on a terminal (stderr)."""
+
+    def __init__(self, total: int, enabled: bool, stream: TextIO = sys.stderr) -> None:
+        self.total = total
+        self.done = 0
+        self.bad = 0
+        self.enabled = enabled and stream.isatty()
+        self.stream = stream
+
+    def update(self, result: NodeResult) -> None:
+        self.done += 1
+        self.bad += not result.ok
+        if self.enabled:
+            width = 30
+            filled = int(width * self.done / max(1, self.total))
+            bar = "#" * filled + "-" * (width - filled)
+            self.stream.write(f"\r[{bar}] {self.done}/{self.total} failed {self.bad}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * 60 + "\r")
+            self.stream.flush()
+
+
+def _options(args: argparse.Namespace, cls: type) -> Any:
+    return cls(
+        parallel=args.parallel,
+        delay=args.delay,
+        connect_timeout=args.connect_timeout,
+        timeout=args.timeout,
+        retries=args.retries,
+        host_keys=args.host_keys,
+    )
+
+
+def _preconnect(nodes: list, args: argparse.Namespace) -> dict:
+    from shoal.transport.preconnect import start_connects
+
+    if args.delay:
+        return {}  # staggered launches must not be front-run
+    return start_connects(nodes, limit=args.parallel or 512)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from shoal.errors import UsageError
+
+    command = " ".join(args.command[1:] if args.command[:1] == ["--"] else args.command)
+    if not command.strip():
+        raise UsageError("run needs a command, e.g. shoal run 'uptime'")
+    nodes = selected_nodes(args)
+    pre = _preconnect(nodes, args)
+
+    from shoal.fanout.run import RunOptions, parse_env, run
+    from shoal.fanout.scheduler import make_transport
+
+    options = _options(args, RunOptions)
+    options.sudo = args.sudo
+    options.env = parse_env(args.env)
+    progress = _Progress(len(nodes), not (args.no_progress or args.stream or args.json))
+    on_line = _stream_line if args.stream else None
+    try:
+        result = run(
+            nodes,
+            command,
+            options,
+            transport=make_transport(options, pre),
+            on_result=progress.update,
+            on_line=on_line,
+        )
+    finally:
+        progress.close()
+        for sock in pre.values():
+            sock.close()
+    if args.out_dir:
+        _write_out_dir(result, Path(args.out_dir))
+    if args.json:
+        _print_json(result)
+    elif not args.stream:
+        _print_groups(result)
+    _print_summary(result)
+    return 0 if result.ok else 1
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from shoal.fanout.copy import copy, plan_copy
+    from shoal.fanout.scheduler import FanoutOptions, make_transport
+
+    plan_copy(args.paths)  # refuse a bad form before touching any node
+    nodes = selected_nodes(args)
+    pre = _preconnect(nodes, args)
+    options = _options(args, FanoutOptions)
+    progress = _Progress(len(nodes), not (args.no_progress or args.json))
+    try:
+        result = copy(
+            nodes,
+            args.paths,
+            options,
+            transport=make_transport(options, pre),
+            on_result=progress.update,
+        )
+    finally:
+        progress.close()
+        for sock in pre.values():
+            sock.close()
+    if args.json:
+        _print_json(result)
+    _print_summary(result)
+    return 0 if result.ok else 1
+
+
+def _stream_line(node: str, stream: str, line: bytes) -> None:
+    out = sys.stderr if stream == "stderr" else sys.stdout
+    out.write(f"{node}: {line.decode('utf-8', errors='replace')}\n")
+    out.flush()
+
+
+def _print_groups(result: FanoutResult) -> None:
+    from shoal.fanout.output import group_outputs
+
+    for group in group_outputs(result):
+        if not group.stdout and not group.stderr and not group.outcome:
+            continue
+        header = f"---- {group.label}" + (f" — {group.outcome}" if group.outcome else "")
+        print(header)
+        if group.stdout:
+            sys.stdout.write(group.stdout if group.stdout.endswith("\n") else group.stdout + "\n")
+        if group.stderr:
+            for line in group.stderr.rstrip("\n").split("\n"):
+                print(f"[stderr] {line}")
+    sys.stdout.flush()
+
+
+def _print_json(result: FanoutResult) -> None:
+    for r in result:
+        print(json.dumps(r.to_json(), sort_keys=True))
+    sys.stdout.flush()
+
+
+def _print_summary(result: FanoutResult) -> None:
+    from shoal.fanout.output import summary_lines
+
+    for line in summary_lines(result):
+        print(line, file=sys.stderr)
+
+
+def _write_out_dir(result: FanoutResult, out: Path) -> None:
+    from shoal.fanout.copy import safe_component
+
+    out.mkdir(parents=True, exist_ok=True)
+    for r in result:
+        if not safe_component(r.node):
+            continue
+        (out / r.node).write_text(r.stdout)
+        if r.stderr:
+            (out / f"{r.node}.err").write_text(r.stderr)

@@ -1,0 +1,102 @@
+"""``run``: one shell command on many nodes (CoDeploy's multiquery, done right).
+
+Each command sees ``SHOAL_NODE`` (its node's name) and ``SHOAL_INDEX`` (its
+position in the selection, from 0) besides any ``--env`` values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from shoal.errors import UsageError
+from shoal.nodes.model import Node
+from shoal.transport.base import Connection, Transport
+
+from .results import FanoutResult, NodeResult
+from .scheduler import FanoutOptions, ResultCallback, fanout
+
+#: Called with (node, stream, line) for each output line, for live streaming.
+NodeLineCallback = Callable[[str, str, bytes], None]
+
+
+@dataclass
+class RunOptions(FanoutOptions):
+    sudo: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        super().validate()
+        for key in self.env:
+            if not key.isidentifier():
+                raise UsageError(f"--env name must be a shell identifier, got {key!r}")
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    """``["K=V", ...]`` -> dict; one-line UsageError naming a bad pair."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--env expects NAME=VALUE with a shell identifier, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+async def run_async(
+    nodes: Sequence[Node],
+    command: str,
+    options: RunOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    on_result: ResultCallback | None = None,
+    on_line: NodeLineCallback | None = None,
+) -> FanoutResult:
+    options = options or RunOptions()
+    if not command.strip():
+        raise UsageError("run needs a command")
+
+    async def operation(conn: Connection, node: Node, index: int) -> NodeResult:
+        env = {"SHOAL_NODE": node.name, "SHOAL_INDEX": str(index), **options.env}
+        line_cb = None
+        if on_line is not None:
+            name = node.name
+            cb = on_line
+
+            def line_cb(stream: str, line: bytes) -> None:
+                cb(name, stream, line)
+
+        res = await conn.run(
+            command, timeout=options.timeout, env=env, sudo=options.sudo, on_line=line_cb
+        )
+        return NodeResult(
+            node=node.name,
+            exit_status=res.exit_status,
+            stdout=_decode(res.stdout),
+            stderr=_decode(res.stderr),
+            signal=res.signal,
+        )
+
+    return await fanout(nodes, operation, options, transport=transport, on_result=on_result)
+
+
+def run(
+    nodes: Sequence[Node],
+    command: str,
+    options: RunOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    on_result: ResultCallback | None = None,
+    on_line: NodeLineCallback | None = None,
+) -> FanoutResult:
+    """Run ``command`` on every node; returns per-node results, never raises per node."""
+    return asyncio.run(
+        run_async(
+            nodes, command, options, transport=transport, on_result=on_result, on_line=on_line
+        )
+    )

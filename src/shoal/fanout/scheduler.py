@@ -1,0 +1,164 @@
+"""The fan-out scheduler: one operation on many nodes, bounded and staggered.
+
+Theory of operation. Every node gets one task. A task waits for a slot (at
+most ``parallel`` connections open at once), then for its launch time (at
+least ``delay`` seconds after the previous launch, CoDeploy's launch delay),
+opens one connection (retrying connection failures, such as sshd's
+``MaxStartups`` dropping it during the banner, with jittered exponential
+backoff), runs the operation on it, and closes it. Whatever happens, the node
+ends with a :class:`NodeResult`; an exception never escapes for one node, so a
+dead host neither blocks nor fails the others. Results keep inventory order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import resource
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from shoal.errors import ConnectError, ShoalError, TransportError, UsageError
+from shoal.nodes.model import Node
+from shoal.transport.base import Connection, Transport
+
+from .results import FanoutResult, NodeResult
+
+#: An operation: given an open connection, the node and its index, produce its result.
+Operation = Callable[[Connection, Node, int], Awaitable[NodeResult]]
+#: Called once per node as soon as its result is known (progress, live output).
+ResultCallback = Callable[[NodeResult], None]
+
+MAX_DEFAULT_PARALLEL = 512
+FDS_PER_CONNECTION = 3  # socket, plus an SFTP or forwarded stream now and then
+
+
+@dataclass
+class FanoutOptions:
+    """Knobs shared by every fan-out command (run, cp, facts, agents...)."""
+
+    parallel: int | None = None
+    delay: float = 0.0
+    connect_timeout: float = 10.0
+    timeout: float | None = None
+    retries: int = 0
+    retry_backoff: float = 0.5
+    host_keys: str = "verify"
+    record_health: bool = True
+
+    def validate(self) -> None:
+        if self.parallel is not None and self.parallel < 1:
+            raise UsageError(f"--parallel must be at least 1, got {self.parallel}")
+        if self.delay < 0:
+            raise UsageError(f"--delay must not be negative, got {self.delay}")
+        if self.connect_timeout <= 0:
+            raise UsageError(f"--connect-timeout must be positive, got {self.connect_timeout}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UsageError(f"--timeout must be positive, got {self.timeout}")
+        if self.retries < 0:
+            raise UsageError(f"--retries must not be negative, got {self.retries}")
+        if self.host_keys not in ("verify", "accept-new"):
+            raise UsageError(f"--host-keys must be verify or accept-new, got {self.host_keys!r}")
+
+
+def default_parallelism() -> int:
+    """Raise the open-file soft limit to the hard limit, then size from it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 65536)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return max(1, min(MAX_DEFAULT_PARALLEL, (soft - 64) // FDS_PER_CONNECTION))
+
+
+def make_transport(options: FanoutOptions, preconnected: dict | None = None) -> Transport:
+    from shoal.transport.ssh import HostKeyPolicy, SSHTransport
+
+    return SSHTransport(host_keys=HostKeyPolicy(options.host_keys), preconnected=preconnected)
+
+
+async def fanout(
+    nodes: Sequence[Node],
+    operation: Operation,
+    options: FanoutOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    on_result: ResultCallback | None = None,
+) -> FanoutResult:
+    """Run ``operation`` on every node; see the module docstring."""
+    options = options or FanoutOptions()
+    options.validate()
+    transport = transport or make_transport(options)
+    parallel = options.parallel or default_parallelism()
+    slots = asyncio.Semaphore(parallel)
+    loop = asyncio.get_running_loop()
+    next_launch = loop.time()
+    started = time.monotonic()
+
+    async def connect(node: Node) -> tuple[Connection | None, ShoalError | None, int]:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await transport.connect(node, timeout=options.connect_timeout), None, attempt
+            except ConnectError as exc:
+                if attempt > options.retries:
+                    return None, exc, attempt
+                pause = options.retry_backoff * 2 ** (attempt - 1)
+                await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+            except ShoalError as exc:
+                return None, exc, attempt
+
+    async def one(index: int, node: Node) -> NodeResult:
+        nonlocal next_launch
+        async with slots:
+            if options.delay:
+                now = loop.time()
+                launch = max(now, next_launch)
+                next_launch = launch + options.delay
+                if launch > now:
+                    await asyncio.sleep(launch - now)
+            t0 = time.monotonic()
+            conn, error, attempts = await connect(node)
+            if conn is None:
+                assert error is not None
+                result = NodeResult(node=node.name, error=error, index=index)
+            else:
+                try:
+                    result = await operation(conn, node, index)
+                except ShoalError as exc:
+                    result = NodeResult(node=node.name, error=exc, index=index)
+                except OSError as exc:
+                    err = TransportError(f"I/O error: {exc}", node.name)
+                    result = NodeResult(node=node.name, error=err, index=index)
+                finally:
+                    await conn.close()
+            result.index = index
+            result.attempts = attempts
+            result.duration = time.monotonic() - t0
+        if on_result is not None:
+            on_result(result)
+        return result
+
+    results = await asyncio.gather(*(one(i, n) for i, n in enumerate(nodes)))
+    out = FanoutResult({r.node: r for r in results}, duration=time.monotonic() - started)
+    if options.record_health:
+        record_health(out)
+    return out
+
+
+def record_health(result: FanoutResult) -> None:
+    """Failed and unreachable nodes join the failed set; answering ones leave it."""
+    from shoal.nodes.health import mark_failed, mark_healthy
+
+    failed = {r.node: f"{r.kind}: {r.reason}" for r in result.failed}
+    if failed:
+        mark_failed(failed)
+    healthy = [r.node for r in result.succeeded]
+    if healthy:
+        mark_healthy(healthy)

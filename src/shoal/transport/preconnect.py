@@ -1,0 +1,43 @@
+"""Start TCP connections before the SSH library is even imported.
+
+Importing asyncssh costs about 0.3 s; an sshd needs a few milliseconds per
+connection to fork, re-exec and load its host keys before it sends its banner.
+Opening every socket first lets the nodes do that work while this process
+imports, so the two costs overlap instead of adding up. Only nodes whose
+address *and* port the inventory knows are pre-connected (otherwise
+ssh_config decides where to go). Standard library only, no asyncio.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Iterable
+
+from shoal.nodes.model import Node
+
+
+def start_connects(nodes: Iterable[Node], limit: int) -> dict[str, socket.socket]:
+    """Begin non-blocking connects to up to ``limit`` nodes; name -> socket."""
+    started: dict[str, socket.socket] = {}
+    for node in nodes:
+        if len(started) >= limit:
+            break
+        if not node.host or not node.port:
+            continue
+        try:
+            infos = socket.getaddrinfo(
+                node.host, node.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+            )
+        except (OSError, UnicodeError):
+            continue  # a name, not an address: leave it to the normal path
+        family, kind, proto, _, addr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        code = sock.connect_ex(addr)
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            continue  # the normal path will report the error properly
+        started[node.name] = sock
+    return started

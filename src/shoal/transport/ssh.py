@@ -1,0 +1,421 @@
+"""The SSH transport, on asyncssh.
+
+Honours ``~/.ssh/config`` (Host, HostName, User, Port, IdentityFile, ProxyJump
+and the rest asyncssh supports), ssh-agent and known_hosts, plus a per-node
+ssh_config file read first (labs use it). Inventory address and port, when
+set, win over ssh_config's HostName and Port.
+
+Host keys are always verified. ``HostKeyPolicy.VERIFY`` (default) refuses a
+host that is not in known_hosts; ``ACCEPT_NEW`` trusts a host seen for the
+first time and records its key; a host whose key *changed* is refused under
+both, with a message that says so. asyncssh's errors are translated here into
+:mod:`shoal.errors`; nothing above this module sees an asyncssh type.
+
+Commands run under the node's login shell as::
+
+    export SHOAL_NODE=... K=V; exec timeout -k GRACE T sh -c 'CMD'
+
+so a timeout kills the command's whole process group *on the node* (coreutils
+``timeout`` signals its group), not only the local side. The result is
+returned as soon as the remote shell has exited: a command that leaves a
+background process holding its stdout does not hang the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import os
+import shlex
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from shoal.errors import AuthError, CommandTimeout, ConnectError, HostKeyError, TransportError
+from shoal.nodes.model import Node
+
+from .base import ByteReader, ByteWriter, CommandResult, Connection, LineCallback, Transport
+from .sftp import SFTPCopier
+
+#: Seconds between the remote TERM and KILL when a command times out.
+KILL_GRACE = 2.0
+#: After the remote shell exits, how long to wait for its output to drain.
+DRAIN_AFTER_EXIT = 0.25
+
+
+class HostKeyPolicy(enum.Enum):
+    VERIFY = "verify"
+    ACCEPT_NEW = "accept-new"
+
+
+def _user_config() -> list[str]:
+    default = Path.home() / ".ssh" / "config"
+    return [str(default)] if os.access(default, os.R_OK) else []
+
+
+def remote_command(
+    command: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    sudo: bool = False,
+) -> str:
+    """The exact shell line sent to the node (pure; unit-tested)."""
+    parts = []
+    if env:
+        for key, value in env.items():
+            if not key.isidentifier():
+                raise ValueError(f"invalid environment variable name: {key!r}")
+            parts.append(f"{key}={shlex.quote(value)}")
+    prefix = f"export {' '.join(parts)}; " if parts else ""
+    inner = ["sh", "-c", command]
+    if sudo:
+        inner = ["sudo", "-n", "-E", "--", *inner]
+    line = shlex.join(inner)
+    if timeout is not None:
+        limit = f"{max(timeout, 0.001):.3f}"
+        line = (
+            f"if command -v timeout >/dev/null 2>&1; then exec timeout -k {KILL_GRACE:g} "
+            f"{limit} {line}; else exec {line}; fi"
+        )
+    else:
+        line = f"exec {line}"
+    return prefix + line
+
+
+class _Session(asyncssh.SSHClientSession[bytes]):
+    """Collects one command's output; notices exit before EOF."""
+
+    def __init__(self, on_line: LineCallback | None) -> None:
+        loop = asyncio.get_running_loop()
+        self.out = bytearray()
+        self.err = bytearray()
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._on_line = on_line
+        self._partial = {"stdout": b"", "stderr": b""}
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        stream = "stderr" if datatype == asyncssh.EXTENDED_DATA_STDERR else "stdout"
+        (self.err if stream == "stderr" else self.out).extend(data)
+        if self._on_line is not None:
+            buf = self._partial[stream] + data
+            *lines, rest = buf.split(b"\n")
+            self._partial[stream] = rest
+            for line in lines:
+                self._on_line(stream, line)
+
+    def flush_lines(self) -> None:
+        if self._on_line is None:
+            return
+        for stream, rest in self._partial.items():
+            if rest:
+                self._on_line(stream, rest)
+        self._partial = {"stdout": b"", "stderr": b""}
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.exit_signal = signal
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+class SSHConnection(Connection):
+    """One SSH connection to one node, reused for every operation."""
+
+    def __init__(self, node: Node, conn: asyncssh.SSHClientConnection) -> None:
+        self.node = node
+        self._conn = conn
+        self._sftp: asyncssh.SFTPClient | None = None
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        input: bytes | None = None,
+        sudo: bool = False,
+        on_line: LineCallback | None = None,
+    ) -> CommandResult:
+        line = remote_command(command, env=env, timeout=timeout, sudo=sudo)
+        try:
+            session = _Session(on_line)
+            chan, _ = await self._conn.create_session(lambda: session, line, encoding=None)
+        except asyncssh.ChannelOpenError as exc:
+            raise TransportError(f"cannot start command: {exc.reason}", self.node.name) from exc
+        except asyncssh.Error as exc:
+            raise ConnectError(f"connection lost: {exc}", self.node.name) from exc
+        except OSError as exc:
+            raise ConnectError(f"connection lost: {exc.strerror or exc}", self.node.name) from exc
+        if input is not None:
+            chan.write(input)
+        chan.write_eof()
+        # The remote `timeout` fires at T and kills by T+grace; the local limit is a
+        # backstop for a node that stops answering mid-command.
+        hard = None if timeout is None else timeout + KILL_GRACE + 3.0
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(asyncio.shield(session.exited), hard)
+        except TimeoutError:
+            chan.close()
+            raise CommandTimeout(
+                f"command timed out after {timeout:g}s (node stopped answering)", self.node.name
+            ) from None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(session.closed), DRAIN_AFTER_EXIT)
+        if not session.closed.done():
+            chan.close()  # a background process still holds the output open
+        session.flush_lines()
+        elapsed = time.monotonic() - started
+        status = session.exit_status
+        if timeout is not None and status in (124, 137) and elapsed >= timeout * 0.98:
+            raise CommandTimeout(
+                f"command timed out after {timeout:g}s and was killed on the node",
+                self.node.name,
+            )
+        if status is None and session.exit_signal is None:
+            raise ConnectError("connection lost while the command ran", self.node.name)
+        return CommandResult(
+            exit_status=status,
+            stdout=bytes(session.out),
+            stderr=bytes(session.err),
+            signal=session.exit_signal,
+        )
+
+    async def sftp(self) -> asyncssh.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._sftp = await self._conn.start_sftp_client()
+            except (asyncssh.Error, OSError) as exc:
+                raise TransportError(f"cannot start SFTP: {exc}", self.node.name) from exc
+        return self._sftp
+
+    async def put(self, local: str, remote: str) -> int:
+        return await SFTPCopier(await self.sftp(), self.node.name).upload(local, remote)
+
+    async def get(self, remote: str, local: str) -> int:
+        return await SFTPCopier(await self.sftp(), self.node.name).download(remote, local)
+
+    async def open_unix(self, path: str) -> tuple[ByteReader, ByteWriter]:
+        try:
+            reader, writer = await self._conn.open_unix_connection(path, encoding=None)
+        except (asyncssh.Error, OSError) as exc:
+            raise TransportError(f"cannot open {path} on the node: {exc}", self.node.name) from exc
+        return reader, writer
+
+    async def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.exit()
+        self._conn.close()
+        with contextlib.suppress(Exception):
+            await self._conn.wait_closed()
+
+
+class _KeyChecker(asyncssh.SSHClient):
+    """Decides on keys not already trusted by known_hosts (asyncssh calls us only then)."""
+
+    def __init__(self, transport: SSHTransport, node: Node, config: list[str]) -> None:
+        self._transport = transport
+        self._node = node
+        self._config = config
+        self.verdict: str | None = None  # "unknown" | "changed" | "accepted"
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        files = self._transport.known_hosts_files(self._node, self._config)
+        known = False
+        for path in files:
+            if not os.path.exists(path):
+                continue
+            try:
+                trusted = asyncssh.read_known_hosts(path).match(host, addr, port)[0]
+            except (asyncssh.Error, OSError, ValueError):
+                continue
+            if trusted:
+                known = True
+                break
+        if known:
+            self.verdict = "changed"
+            return False
+        if self._transport.host_keys is HostKeyPolicy.ACCEPT_NEW and files:
+            self._transport.record_key(files[0], host, addr, port, key)
+            self.verdict = "accepted"
+            return True
+        self.verdict = "unknown"
+        return False
+
+
+class SSHTransport(Transport):
+    """Opens asyncssh connections; see the module docstring for the policies."""
+
+    def __init__(
+        self,
+        *,
+        host_keys: HostKeyPolicy = HostKeyPolicy.VERIFY,
+        preconnected: dict[str, socket.socket] | None = None,
+        use_user_config: bool = True,
+    ) -> None:
+        self.host_keys = host_keys
+        self._preconnected = preconnected or {}
+        self._user_config = _user_config() if use_user_config else []
+        self._known_files: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+
+    def config_files(self, node: Node) -> list[str]:
+        return ([node.ssh_config] if node.ssh_config else []) + self._user_config
+
+    def known_hosts_files(self, node: Node, config: list[str]) -> list[str]:
+        """The known_hosts files ssh would use for this node (slow path only)."""
+        key = (node.name, tuple(config))
+        if key not in self._known_files:
+            opts = asyncssh.SSHClientConnectionOptions(config=config, host=node.name)
+            files = opts.known_hosts
+            if files == () or files is None:
+                files = [str(Path.home() / ".ssh" / "known_hosts")]
+            self._known_files[key] = [str(f) for f in files]  # type: ignore[union-attr]
+        return self._known_files[key]
+
+    def record_key(self, path: str, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> None:
+        names = host if not addr or addr == host else f"{host},{addr}"
+        if port and port != 22:
+            names = ",".join(f"[{n}]:{port}" for n in names.split(","))
+        line = f"{names} {key.export_public_key().decode().strip()}\n"
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(path, "a", encoding="ascii") as fh:
+            fh.write(line)
+
+    async def _wait_socket(self, node: Node, timeout: float | None) -> socket.socket | None:
+        sock = self._preconnected.pop(node.name, None)
+        if sock is None:
+            return None
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def writable() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_writer(sock.fileno(), writable)
+        try:
+            await asyncio.wait_for(ready, timeout)
+        except TimeoutError:
+            sock.close()
+            raise ConnectError(
+                f"connect to {node.host}:{node.port} timed out after {timeout:g}s", node.name
+            ) from None
+        finally:
+            loop.remove_writer(sock.fileno())
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            sock.close()
+            raise _os_error(OSError(code, os.strerror(code)), node)
+        return sock
+
+    async def connect(self, node: Node, *, timeout: float | None = 10.0) -> SSHConnection:
+        config = self.config_files(node)
+        checker = _KeyChecker(self, node, config)
+        started = time.monotonic()
+        try:
+            sock = await self._wait_socket(node, timeout)
+            left = None if timeout is None else max(0.1, timeout - (time.monotonic() - started))
+            kwargs: dict[str, Any] = {}
+            if node.user:
+                kwargs["username"] = node.user
+            if sock is None and node.host and node.port:
+                sock = await _open_socket(node, left)
+            if sock is None:
+                if node.port:
+                    kwargs["port"] = node.port
+                host = node.host or node.name
+            else:
+                host = node.name  # ssh_config and known_hosts match the name; socket is set
+            conn = await asyncssh.connect(
+                host,
+                sock=sock,
+                config=config,
+                client_factory=lambda: checker,
+                connect_timeout=left,
+                **kwargs,
+            )
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise _host_key_error(checker.verdict, node, exc) from exc
+        except asyncssh.PermissionDenied as exc:
+            who = f"{node.user}@" if node.user else ""
+            raise AuthError(
+                f"permission denied ({exc.reason}) as {who}{node.address}", node.name
+            ) from exc
+        except (asyncssh.ConnectionLost, asyncssh.DisconnectError) as exc:
+            raise ConnectError(f"connection closed during SSH handshake: {exc}", node.name) from exc
+        except asyncssh.Error as exc:
+            raise TransportError(f"SSH error: {exc}", node.name) from exc
+        except TimeoutError:
+            raise ConnectError(f"connect timed out after {timeout:g}s", node.name) from None
+        except socket.gaierror as exc:
+            raise ConnectError(f"cannot resolve host name {node.address!r}", node.name) from exc
+        except OSError as exc:
+            raise _os_error(exc, node) from exc
+        except ValueError as exc:  # asyncssh reports bad config/keys this way
+            raise TransportError(f"SSH configuration error: {exc}", node.name) from exc
+        return SSHConnection(node, conn)
+
+
+async def _open_socket(node: Node, timeout: float | None) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(node.host, node.port, type=socket.SOCK_STREAM)
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _os_error(exc: OSError, node: Node) -> ConnectError:
+    where = f"{node.address}:{node.port or 22}"
+    reasons = {
+        errno.ECONNREFUSED: f"connection refused by {where}",
+        errno.EHOSTUNREACH: f"no route to host {where}",
+        errno.ENETUNREACH: f"network unreachable for {where}",
+        errno.ETIMEDOUT: f"connect to {where} timed out",
+        errno.ECONNRESET: f"connection reset by {where}",
+    }
+    return ConnectError(reasons.get(exc.errno or 0, f"cannot connect to {where}: {exc}"), node.name)
+
+
+def _host_key_error(verdict: str | None, node: Node, exc: Exception) -> HostKeyError:
+    if verdict == "changed":
+        return HostKeyError(
+            "HOST KEY CHANGED: the key offered differs from the one in known_hosts; refusing "
+            f"(if the change is expected: ssh-keygen -R {node.address})",
+            node.name,
+        )
+    if verdict == "unknown":
+        return HostKeyError(
+            "host key not in known_hosts; refusing (verify it, add it with ssh-keyscan, "
+            "or use --host-keys accept-new to trust on first use)",
+            node.name,
+        )
+    return HostKeyError(f"host key not verifiable: {exc}", node.name)
