@@ -1,0 +1,495 @@
+"""CLI adapter for ``shoal nodes``, ``shoal select``, ``shoal plan`` and ``shoal facts``.
+
+Parses arguments, calls ``shoal.nodes``, renders text or ``--json``. Library
+modules are imported inside the handlers so ``shoal --help`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from shoal.cli.common import add_select_option
+from shoal.nodes.model import Node
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+
+
+def _node_json(node: Node) -> dict[str, Any]:
+    return {
+        "name": node.name,
+        "host": node.host,
+        "address": node.address,
+        "user": node.user,
+        "port": node.port,
+        "groups": list(node.groups),
+        "attrs": dict(node.attrs),
+        "ssh_config": node.ssh_config,
+    }
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h ago"
+    return f"{seconds / 86400:.1f}d ago"
+
+
+def _parse_attrs(items: Sequence[str] | None) -> dict[str, Any]:
+    from shoal.errors import UsageError
+    from shoal.nodes.importers import typed
+
+    attrs: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--attr expects KEY=VALUE, got {item!r}")
+        attrs[key] = typed(value)
+    return attrs
+
+
+# --- nodes ---------------------------------------------------------------------
+
+
+def cmd_nodes_list(args: argparse.Namespace) -> int:
+    from shoal.nodes import health
+    from shoal.nodes.select import resolve
+
+    nodes = resolve(args.select)
+    failed = {f.name for f in health.failures()}
+    if args.json:
+        _print_json([{**_node_json(n), "failed": n.name in failed} for n in nodes])
+        return 0
+    rows = [
+        (
+            n.name,
+            n.address if n.host else "",
+            n.user or "",
+            str(n.port or ""),
+            ",".join(n.groups),
+            "failed" if n.name in failed else "",
+        )
+        for n in nodes
+    ]
+    print(_table(rows, ("NAME", "HOST", "USER", "PORT", "GROUPS", "STATE")))
+    print(f"{len(nodes)} nodes")
+    return 0
+
+
+def cmd_nodes_add(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from shoal.errors import UsageError
+    from shoal.nodes.importers import parse_plain
+    from shoal.nodes.inventory import import_nodes
+
+    nodes: list[Node] = []
+    for spec in args.spec:
+        nodes.extend(parse_plain(spec, "argument"))
+    if args.name:
+        if len(nodes) != 1:
+            raise UsageError("--name needs exactly one node")
+        nodes = [replace(nodes[0], name=args.name, host=nodes[0].host or nodes[0].name)]
+    attrs = _parse_attrs(args.attr)
+    nodes = [
+        replace(
+            n,
+            groups=tuple(sorted({*n.groups, *(args.group or ())})),
+            attrs={**n.attrs, **attrs},
+            user=args.user or n.user,
+            port=args.port or n.port,
+            ssh_config=args.ssh_config or n.ssh_config,
+        )
+        for n in nodes
+    ]
+    report = import_nodes(nodes)
+    print(f"added {len(report.added)}, updated {len(report.updated)}")
+    return 0
+
+
+def cmd_nodes_rm(args: argparse.Namespace) -> int:
+    from shoal.nodes.inventory import remove_nodes
+    from shoal.nodes.nodeset import fold
+    from shoal.nodes.select import resolve
+
+    names = [n.name for n in resolve(args.expr)]
+    gone = remove_nodes(names)
+    print(f"removed {len(gone)}: {fold(gone)}")
+    return 0
+
+
+def cmd_nodes_import(args: argparse.Namespace) -> int:
+    from shoal.nodes.importers import read_inventory, with_group
+    from shoal.nodes.inventory import import_nodes
+
+    inv = read_inventory(args.file, args.format)
+    nodes = with_group(inv.nodes, args.group) if args.group and not args.replace else inv.nodes
+    replace_group = args.group if args.replace else None
+    report = import_nodes(nodes, replace_group=replace_group, group_vars=inv.group_vars)
+    if args.json:
+        _print_json(
+            {
+                "added": list(report.added),
+                "updated": list(report.updated),
+                "removed": list(report.removed),
+                "groups": list(report.groups),
+            }
+        )
+        return 0
+    print(
+        f"imported {len(inv.nodes)} nodes from {args.file}: {len(report.added)} added, "
+        f"{len(report.updated)} updated, {len(report.removed)} removed; "
+        f"groups: {', '.join(report.groups) or '-'}"
+    )
+    return 0
+
+
+def cmd_nodes_show(args: argparse.Namespace) -> int:
+    from shoal.nodes import facts, health
+    from shoal.nodes.select import resolve
+
+    nodes = resolve(args.name)
+    failed = {f.name: f for f in health.failures()}
+    stored = facts.load_facts([n.name for n in nodes])
+    out = []
+    for n in nodes:
+        item = _node_json(n)
+        f = failed.get(n.name)
+        item["failed"] = None if f is None else {"reason": f.reason, "since": f.since}
+        rec = stored.get(n.name)
+        item["facts"] = None if rec is None else facts.as_json(rec)
+        out.append(item)
+    if args.json:
+        _print_json(out if len(out) != 1 else out[0])
+        return 0
+    now = time.time()
+    for i, n in enumerate(nodes):
+        if i:
+            print()
+        print(f"{n.name}")
+        print(f"  address   {n.address}" + (f":{n.port}" if n.port else ""))
+        print(f"  user      {n.user or '-'}")
+        print(f"  groups    {', '.join(n.groups) or '-'}")
+        if n.ssh_config:
+            print(f"  ssh       {n.ssh_config}")
+        for k, v in sorted(n.attrs.items()):
+            print(f"  attr      {k}={v}")
+        f = failed.get(n.name)
+        print(f"  state     {'failed: ' + f.reason if f else 'healthy'}")
+        rec = stored.get(n.name)
+        if rec is not None:
+            stale = " (stale)" if rec.stale() else ""
+            print(f"  facts     gathered {_ago(now - rec.gathered)}{stale}, rtt {rec.rtt_ms} ms")
+            for k, v in rec.facts.items():
+                print(f"    {k:<16} {v}")
+    return 0
+
+
+def cmd_nodes_groups(args: argparse.Namespace) -> int:
+    from shoal.nodes import inventory
+
+    with inventory.opened(None) as st:
+        groups = inventory.groups(st)
+    if args.json:
+        _print_json([{"name": g.name, "size": g.size, "vars": g.vars} for g in groups])
+        return 0
+    print(_table([(g.name, str(g.size)) for g in groups], ("GROUP", "NODES")))
+    return 0
+
+
+def cmd_nodes_failed(args: argparse.Namespace) -> int:
+    from shoal.nodes import health
+
+    items = health.failures()
+    if args.json:
+        _print_json(
+            [
+                {"name": f.name, "reason": f.reason, "since": f.since, "updated": f.updated}
+                for f in items
+            ]
+        )
+        return 0
+    now = time.time()
+    rows = [(f.name, _ago(now - f.since), _ago(now - f.updated), f.reason) for f in items]
+    print(_table(rows, ("NAME", "SINCE", "LAST", "REASON")))
+    print(f"{len(items)} failed")
+    return 0
+
+
+def cmd_nodes_clear_failed(args: argparse.Namespace) -> int:
+    from shoal.nodes import health
+    from shoal.nodes.nodeset import fold
+    from shoal.nodes.select import select
+
+    if args.select is None:
+        cleared = health.clear_failed()
+    else:
+        cleared = health.clear_failed(list(select(args.select)))
+    print(f"cleared {len(cleared)}" + (f": {fold(cleared)}" if cleared else ""))
+    return 0
+
+
+# --- select / plan -------------------------------------------------------------------
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from shoal.nodes.nodeset import fold
+    from shoal.nodes.select import resolve
+
+    nodes = resolve(args.expr)
+    names = [n.name for n in nodes]
+    if args.json:
+        _print_json(
+            {"expression": args.expr, "nodeset": fold(names), "count": len(names), "nodes": names}
+        )
+        return 0
+    print(fold(names))
+    print(f"{len(names)} nodes")
+    return 0
+
+
+def cmd_plan_set(args: argparse.Namespace) -> int:
+    from shoal.nodes.plans import set_plan
+
+    plan = set_plan(args.name, args.expr)
+    print(f"plan %{plan.name} = {plan.expr}")
+    return 0
+
+
+def cmd_plan_list(args: argparse.Namespace) -> int:
+    from shoal.nodes.plans import list_plans
+
+    items = list_plans()
+    if args.json:
+        _print_json([{"name": p.name, "expr": p.expr, "updated": p.updated} for p in items])
+        return 0
+    print(_table([(p.name, p.expr) for p in items], ("PLAN", "EXPRESSION")))
+    return 0
+
+
+def cmd_plan_show(args: argparse.Namespace) -> int:
+    from shoal.nodes.nodeset import fold
+    from shoal.nodes.plans import get_plan
+    from shoal.nodes.select import select
+
+    plan = get_plan(args.name)
+    names = select(f"%{plan.name}")
+    if args.json:
+        _print_json(
+            {
+                "name": plan.name,
+                "expr": plan.expr,
+                "nodeset": fold(names),
+                "count": len(names),
+                "nodes": list(names),
+            }
+        )
+        return 0
+    print(f"%{plan.name} = {plan.expr}")
+    print(f"{fold(names) or '(empty)'}")
+    print(f"{len(names)} nodes now")
+    return 0
+
+
+def cmd_plan_rm(args: argparse.Namespace) -> int:
+    from shoal.nodes.plans import remove_plan
+
+    remove_plan(args.name)
+    print(f"removed plan %{args.name}")
+    return 0
+
+
+# --- facts -----------------------------------------------------------------------
+
+
+def _max_age(args: argparse.Namespace) -> float:
+    from shoal.nodes.facts import default_max_age
+
+    return args.max_age if args.max_age is not None else default_max_age()
+
+
+def cmd_facts_refresh(args: argparse.Namespace) -> int:
+    from shoal.cli.common import selected_nodes
+    from shoal.nodes import facts
+
+    nodes = selected_nodes(args)
+    options = None
+    if args.parallel is not None or args.timeout is not None:
+        from shoal.fanout import RunOptions
+
+        kwargs: dict[str, Any] = {}
+        if args.parallel is not None:
+            kwargs["parallel"] = args.parallel
+        if args.timeout is not None:
+            kwargs["timeout"] = args.timeout
+        options = RunOptions(**kwargs)
+    report = facts.refresh(nodes, options=options)
+    if args.json:
+        _print_json(
+            {
+                "refreshed": [facts.as_json(r) for r in report.refreshed],
+                "failed": dict(report.failed),
+            }
+        )
+    else:
+        _print_facts(list(report.refreshed), _max_age(args))
+        for name, reason in report.failed.items():
+            print(f"{name}: failed: {reason}")
+        print(f"{len(report.refreshed)} refreshed, {len(report.failed)} failed")
+    return 0 if not report.failed else 1
+
+
+def _print_facts(records: list[Any], max_age: float) -> None:
+    now = time.time()
+    rows = []
+    for r in records:
+        f = r.facts
+        rows.append(
+            (
+                r.name,
+                str(f.get("os", f.get("os_id", "?"))),
+                str(f.get("kernel", "?")),
+                str(f.get("cpus", "?")),
+                str(f.get("mem_total_mb", "?")),
+                str(f.get("disk_free_gb", "?")),
+                str(f.get("load1", "?")),
+                str(f.get("python_version", "-")),
+                "" if r.rtt_ms is None else f"{r.rtt_ms:.0f}",
+                _ago(now - r.gathered) + (" STALE" if r.stale(max_age, now) else ""),
+            )
+        )
+    header = ("NAME", "OS", "KERNEL", "CPUS", "MEM_MB", "DISK_GB", "LOAD1", "PYTHON", "RTT_MS")
+    print(_table(rows, (*header, "GATHERED")))
+
+
+def cmd_facts_show(args: argparse.Namespace) -> int:
+    from shoal.nodes import facts
+    from shoal.nodes.select import resolve
+
+    names = [n.name for n in resolve(args.select)]
+    records = facts.load_facts(names)
+    max_age = _max_age(args)
+    if args.json:
+        _print_json([facts.as_json(r, max_age) for r in records.values()])
+        return 0
+    _print_facts(list(records.values()), max_age)
+    missing = len(names) - len(records)
+    stale = sum(1 for r in records.values() if r.stale(max_age))
+    print(f"{len(records)} with facts ({stale} stale), {missing} never gathered")
+    return 0
+
+
+# --- registration ------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    nodes = sub.add_parser("nodes", help="the inventory: list, add, rm, import, show, failed")
+    nsub = nodes.add_subparsers(dest="nodes_command", metavar="ACTION")
+    nsub.required = True
+
+    p = nsub.add_parser("list", help="list nodes")
+    add_select_option(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_nodes_list)
+
+    p = nsub.add_parser("add", help="add nodes: [user@]host[:port] (host may be n[1-4])")
+    p.add_argument("spec", nargs="+", metavar="[USER@]HOST[:PORT]")
+    p.add_argument("--name", help="inventory name (default: the host)")
+    p.add_argument("--user")
+    p.add_argument("--port", type=int)
+    p.add_argument("-g", "--group", action="append", help="add to group (repeatable)")
+    p.add_argument("-a", "--attr", action="append", metavar="KEY=VALUE", help="attribute")
+    p.add_argument("--ssh-config", help="extra ssh_config file for these nodes")
+    p.set_defaults(handler=cmd_nodes_add)
+
+    p = nsub.add_parser("rm", help="remove the nodes a selection names")
+    p.add_argument("expr", metavar="EXPR")
+    p.set_defaults(handler=cmd_nodes_rm)
+
+    p = nsub.add_parser("import", help="import a node list, Ansible INI or YAML inventory")
+    p.add_argument("file")
+    p.add_argument("-f", "--format", default="auto", choices=("auto", "list", "ini", "yaml"))
+    p.add_argument("-g", "--group", help="also put every imported node in this group")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --group: the group becomes exactly this file's nodes (others are deleted)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_nodes_import)
+
+    p = nsub.add_parser("show", help="one node (or a selection) in detail, with facts")
+    p.add_argument("name", metavar="NAME_OR_EXPR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_nodes_show)
+
+    p = nsub.add_parser("groups", help="list groups and their sizes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_nodes_groups)
+
+    p = nsub.add_parser("failed", help="the failed set, with reasons and times")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_nodes_failed)
+
+    p = nsub.add_parser("clear-failed", help="forget failures (all, or those -s selects)")
+    add_select_option(p)
+    p.set_defaults(handler=cmd_nodes_clear_failed)
+
+    p = sub.add_parser("select", help="evaluate a selection: compact node set and count")
+    p.add_argument("expr", metavar="EXPR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_select)
+
+    plan = sub.add_parser("plan", help="named selections evaluated when used (%%NAME)")
+    psub = plan.add_subparsers(dest="plan_command", metavar="ACTION")
+    psub.required = True
+    p = psub.add_parser("set", help="store a plan")
+    p.add_argument("name")
+    p.add_argument("expr", metavar="EXPR")
+    p.set_defaults(handler=cmd_plan_set)
+    p = psub.add_parser("list", help="list plans")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_plan_list)
+    p = psub.add_parser("show", help="a plan and what it selects now")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_plan_show)
+    p = psub.add_parser("rm", help="remove a plan")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_plan_rm)
+
+    facts = sub.add_parser("facts", help="gather and show node facts (OS, CPUs, memory, disk)")
+    fsub = facts.add_subparsers(dest="facts_command", metavar="ACTION")
+    fsub.required = True
+    p = fsub.add_parser("refresh", help="gather facts over SSH, in parallel")
+    add_select_option(p)
+    p.add_argument("-p", "--parallel", type=int, help="connections at once")
+    p.add_argument("--timeout", type=float, help="seconds per node")
+    p.add_argument("--max-age", type=float, help="seconds before facts count as stale")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_facts_refresh)
+    p = fsub.add_parser("show", help="stored facts, stale ones marked")
+    add_select_option(p)
+    p.add_argument("--max-age", type=float, help="seconds before facts count as stale")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_facts_show)

@@ -1,0 +1,110 @@
+"""The failed set: nodes the last command could not reach, with reason and time.
+
+The fan-out layer calls :func:`mark_failed` with the nodes that were
+unreachable or timed out and :func:`mark_healthy` with the nodes that answered,
+after every command. Selections read it through the words ``failed`` (failed
+nodes that are in the inventory) and ``healthy`` (every other node).
+
+Table (owned here)::
+
+    node_health(name PK, reason, since, updated)
+        since   when the node was first marked failed in its current failure
+        updated when it was last marked failed (the reason is the latest one)
+
+The table is keyed by name, not tied to the inventory, so nodes known only
+through ``MQ_NODES`` are tracked too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from shoal.nodes.inventory import opened
+from shoal.nodes.nodeset import natural_key
+from shoal.state import State
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS node_health (
+    name TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    since REAL NOT NULL,
+    updated REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Failure:
+    name: str
+    reason: str
+    since: float
+    updated: float
+
+
+def ensure(state: State) -> None:
+    state.ensure("health", SCHEMA)
+
+
+def mark_failed(
+    failures: Mapping[str, str] | Iterable[tuple[str, str]],
+    *,
+    state: State | None = None,
+    now: float | None = None,
+) -> None:
+    """Record nodes as failed with a one-line reason each (``{name: reason}``)."""
+    items = list(failures.items() if isinstance(failures, Mapping) else failures)
+    if not items:
+        return
+    t = time.time() if now is None else now
+    with opened(state) as st:
+        ensure(st)
+        with st.transaction() as db:
+            db.executemany(
+                "INSERT INTO node_health(name, reason, since, updated) VALUES (?,?,?,?)"
+                " ON CONFLICT(name) DO UPDATE SET reason=excluded.reason,"
+                " updated=excluded.updated",
+                [(name, reason, t, t) for name, reason in items],
+            )
+
+
+def mark_healthy(names: Iterable[str], *, state: State | None = None) -> list[str]:
+    """Clear the failure of the nodes that answered; the names that were failed."""
+    wanted = list(names)
+    if not wanted:
+        return []
+    with opened(state) as st:
+        ensure(st)
+        with st.transaction() as db:
+            failed = {r[0] for r in db.execute("SELECT name FROM node_health")}
+            healed = [n for n in wanted if n in failed]
+            db.executemany("DELETE FROM node_health WHERE name=?", [(n,) for n in healed])
+    return sorted(healed, key=natural_key)
+
+
+def clear_failed(names: Iterable[str] | None = None, *, state: State | None = None) -> list[str]:
+    """Forget failures: of ``names``, or all when None. The names cleared."""
+    with opened(state) as st:
+        ensure(st)
+        if names is None:
+            with st.transaction() as db:
+                gone = [r[0] for r in db.execute("SELECT name FROM node_health")]
+                db.execute("DELETE FROM node_health")
+            return sorted(gone, key=natural_key)
+    return mark_healthy(names, state=state)
+
+
+def failed_names(state: State) -> set[str]:
+    ensure(state)
+    return {r[0] for r in state.db.execute("SELECT name FROM node_health")}
+
+
+def failures(state: State | None = None) -> list[Failure]:
+    """Every recorded failure, in natural order of the node names."""
+    with opened(state) as st:
+        ensure(st)
+        rows = st.db.execute("SELECT name, reason, since, updated FROM node_health").fetchall()
+    out = [Failure(r[0], r[1], r[2], r[3]) for r in rows]
+    out.sort(key=lambda f: natural_key(f.name))
+    return out

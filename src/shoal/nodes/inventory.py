@@ -1,0 +1,337 @@
+"""The inventory: nodes and groups stored in the controller's SQLite state.
+
+Tables (declared here, owned here)::
+
+    inv_nodes(name PK, host, user, port, ssh_config, attrs JSON, added, updated)
+    inv_groups(name PK, vars JSON)           groups known even when empty
+    inv_members(grp, node)                   membership, cascades with the node
+
+Other layers call :func:`import_nodes` (upsert a batch in one transaction,
+optionally making it the whole content of a group: the lab registers its nodes
+this way) and :func:`remove_group` (delete a group and every node in it).
+Every function takes an optional open :class:`~shoal.state.State`; without one
+it opens the default state database and closes it again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+from shoal.errors import InventoryError, UnknownNameError
+from shoal.nodes.model import AttrValue, Node
+from shoal.nodes.nodeset import natural_key
+from shoal.state import State
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS inv_nodes (
+    name TEXT PRIMARY KEY,
+    host TEXT,
+    user TEXT,
+    port INTEGER,
+    ssh_config TEXT,
+    attrs TEXT NOT NULL DEFAULT '{}',
+    added REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inv_groups (
+    name TEXT PRIMARY KEY,
+    vars TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS inv_members (
+    grp TEXT NOT NULL REFERENCES inv_groups(name) ON DELETE CASCADE,
+    node TEXT NOT NULL REFERENCES inv_nodes(name) ON DELETE CASCADE,
+    PRIMARY KEY (grp, node)
+);
+CREATE INDEX IF NOT EXISTS inv_members_node ON inv_members(node);
+"""
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+GROUP_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-:]*$")
+RESERVED = frozenset({"all", "failed", "healthy", "limit", "random", "spread"})
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What one import changed."""
+
+    added: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+@dataclass
+class GroupInfo:
+    name: str
+    size: int
+    vars: dict[str, AttrValue] = field(default_factory=dict)
+
+
+@contextmanager
+def opened(state: State | None) -> Iterator[State]:
+    """The given state, or the default one opened for the duration."""
+    if state is not None:
+        yield state
+        return
+    st = State()
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def ensure(state: State) -> None:
+    state.ensure("inventory", SCHEMA)
+
+
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise InventoryError(
+            f"invalid node name {name!r}: use letters, digits, '_', '.', '-' "
+            "(start with a letter, digit or '_')"
+        )
+    if name in RESERVED:
+        raise InventoryError(f"invalid node name {name!r}: it is a reserved word")
+
+
+def check_group(name: str) -> None:
+    if not GROUP_RE.match(name) or name == "all":
+        raise InventoryError(f"invalid group name {name!r}")
+
+
+def _row_to_node(row: Sequence[object], groups: tuple[str, ...]) -> Node:
+    name, host, user, port, ssh_config, attrs = row[:6]
+    return Node(
+        name=str(name),
+        host=host if host is None else str(host),
+        user=user if user is None else str(user),
+        port=None if port is None else int(str(port)),
+        groups=groups,
+        attrs=json.loads(str(attrs)) if attrs and attrs != "{}" else {},
+        ssh_config=ssh_config if ssh_config is None else str(ssh_config),
+    )
+
+
+def import_nodes(
+    nodes: Iterable[Node],
+    *,
+    replace_group: str | None = None,
+    group_vars: dict[str, dict[str, AttrValue]] | None = None,
+    state: State | None = None,
+) -> ImportReport:
+    """Add or replace ``nodes`` in one transaction.
+
+    A node that exists already is replaced whole (address, user, port, attrs,
+    ssh_config and its group memberships become those given). With
+    ``replace_group`` every given node also joins that group, and the nodes that
+    were in the group before but are not given now are deleted from the
+    inventory: the group then holds exactly ``nodes``.
+    """
+    batch = list(nodes)
+    seen: set[str] = set()
+    for node in batch:
+        check_name(node.name)
+        if node.name in seen:
+            raise InventoryError(f"node {node.name!r} is given twice")
+        seen.add(node.name)
+        for g in node.groups:
+            check_group(g)
+    if replace_group is not None:
+        check_group(replace_group)
+    now = time.time()
+    with opened(state) as st:
+        ensure(st)
+        with st.transaction() as db:
+            existing = {r[0] for r in db.execute("SELECT name FROM inv_nodes")}
+            removed: list[str] = []
+            if replace_group is not None:
+                old = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT node FROM inv_members WHERE grp=?", (replace_group,)
+                    )
+                ]
+                removed = [n for n in old if n not in seen]
+                db.executemany("DELETE FROM inv_nodes WHERE name=?", [(n,) for n in removed])
+                db.execute("INSERT OR IGNORE INTO inv_groups(name) VALUES (?)", (replace_group,))
+            groups: set[str] = set()
+            rows = []
+            members: list[tuple[str, str]] = []
+            for node in batch:
+                node_groups = set(node.groups)
+                if replace_group is not None:
+                    node_groups.add(replace_group)
+                groups |= node_groups
+                rows.append(
+                    (
+                        node.name,
+                        node.host,
+                        node.user,
+                        node.port,
+                        node.ssh_config,
+                        json.dumps(dict(node.attrs), sort_keys=True),
+                        now,
+                        now,
+                    )
+                )
+                members.extend((g, node.name) for g in node_groups)
+            db.executemany(
+                "INSERT INTO inv_nodes(name, host, user, port, ssh_config, attrs, added, updated)"
+                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET host=excluded.host,"
+                " user=excluded.user, port=excluded.port, ssh_config=excluded.ssh_config,"
+                " attrs=excluded.attrs, updated=excluded.updated",
+                rows,
+            )
+            db.executemany("DELETE FROM inv_members WHERE node=?", [(n,) for n in seen & existing])
+            db.executemany(
+                "INSERT OR IGNORE INTO inv_groups(name) VALUES (?)", [(g,) for g in groups]
+            )
+            for g, gvars in (group_vars or {}).items():
+                check_group(g)
+                db.execute(
+                    "INSERT INTO inv_groups(name, vars) VALUES (?, ?) ON CONFLICT(name)"
+                    " DO UPDATE SET vars=excluded.vars",
+                    (g, json.dumps(gvars, sort_keys=True)),
+                )
+            db.executemany("INSERT OR IGNORE INTO inv_members(grp, node) VALUES (?,?)", members)
+    names = [n.name for n in batch]
+    return ImportReport(
+        added=tuple(n for n in names if n not in existing),
+        updated=tuple(n for n in names if n in existing),
+        removed=tuple(sorted(removed, key=natural_key)),
+        groups=tuple(sorted(groups)),
+    )
+
+
+def remove_group(name: str, *, state: State | None = None) -> list[str]:
+    """Delete group ``name`` and every node that belongs to it; the names removed.
+
+    Removing a group that does not exist removes nothing (idempotent, so a lab
+    can call it on tear-down without checking first).
+    """
+    with opened(state) as st:
+        ensure(st)
+        with st.transaction() as db:
+            gone = [r[0] for r in db.execute("SELECT node FROM inv_members WHERE grp=?", (name,))]
+            db.executemany("DELETE FROM inv_nodes WHERE name=?", [(n,) for n in gone])
+            db.execute("DELETE FROM inv_groups WHERE name=?", (name,))
+    return sorted(gone, key=natural_key)
+
+
+def remove_nodes(names: Iterable[str], *, state: State | None = None) -> list[str]:
+    """Delete the named nodes (unknown names are ignored); the names removed."""
+    wanted = list(names)
+    with opened(state) as st:
+        ensure(st)
+        with st.transaction() as db:
+            existing = {r[0] for r in db.execute("SELECT name FROM inv_nodes")}
+            gone = [n for n in wanted if n in existing]
+            db.executemany("DELETE FROM inv_nodes WHERE name=?", [(n,) for n in gone])
+    return sorted(gone, key=natural_key)
+
+
+def count(state: State) -> int:
+    ensure(state)
+    return int(state.db.execute("SELECT count(*) FROM inv_nodes").fetchone()[0])
+
+
+def all_names(state: State) -> set[str]:
+    ensure(state)
+    return {r[0] for r in state.db.execute("SELECT name FROM inv_nodes")}
+
+
+def group_members(state: State, group: str) -> set[str]:
+    """Members of ``group``; UnknownNameError when no such group exists."""
+    ensure(state)
+    db = state.db
+    names = {r[0] for r in db.execute("SELECT node FROM inv_members WHERE grp=?", (group,))}
+    if (
+        not names
+        and db.execute("SELECT 1 FROM inv_groups WHERE name=?", (group,)).fetchone() is None
+    ):
+        raise UnknownNameError(f"unknown group: @{group}")
+    return names
+
+
+def groups(state: State) -> list[GroupInfo]:
+    ensure(state)
+    rows = state.db.execute(
+        "SELECT g.name, g.vars, count(m.node) FROM inv_groups g"
+        " LEFT JOIN inv_members m ON m.grp = g.name GROUP BY g.name"
+    )
+    return [GroupInfo(r[0], int(r[2]), json.loads(r[1])) for r in rows]
+
+
+def attr_values(state: State, key: str) -> dict[str, AttrValue]:
+    """``{node: value}`` of inventory attribute ``key`` for the nodes that have it."""
+    ensure(state)
+    path = '$."' + key.replace('"', "") + '"'
+    rows = state.db.execute(
+        "SELECT name, json_extract(attrs, ?), json_type(attrs, ?) FROM inv_nodes"
+        " WHERE attrs != '{}'",
+        (path, path),
+    )
+    out: dict[str, AttrValue] = {}
+    for name, value, kind in rows:
+        if kind is None or kind == "null":
+            continue
+        if kind in ("true", "false"):
+            out[name] = kind == "true"
+        elif kind in ("array", "object"):
+            out[name] = str(value)
+        else:
+            out[name] = value
+    return out
+
+
+def field_values(state: State, column: str) -> dict[str, AttrValue]:
+    """``{node: value}`` of one record column (host, user, port) where it is set."""
+    if column not in ("host", "user", "port", "ssh_config"):
+        raise InventoryError(f"no such node field: {column}")
+    ensure(state)
+    rows = state.db.execute(f"SELECT name, {column} FROM inv_nodes WHERE {column} IS NOT NULL")
+    return {r[0]: r[1] for r in rows}
+
+
+def load_nodes(state: State, names: Iterable[str] | None = None) -> list[Node]:
+    """Node records (all, or those named that exist), in natural order."""
+    ensure(state)
+    db = state.db
+    wanted = None if names is None else set(names)
+    cols = "name, host, user, port, ssh_config, attrs"
+    if wanted is not None and len(wanted) <= 500:
+        marks = ",".join("?" * len(wanted))
+        rows = db.execute(f"SELECT {cols} FROM inv_nodes WHERE name IN ({marks})", list(wanted))
+        mrows = db.execute(
+            f"SELECT node, grp FROM inv_members WHERE node IN ({marks})", list(wanted)
+        ).fetchall()
+    else:
+        rows = db.execute(f"SELECT {cols} FROM inv_nodes")
+        mrows = db.execute("SELECT node, grp FROM inv_members").fetchall()
+    member: dict[str, list[str]] = {}
+    for node, grp in mrows:
+        member.setdefault(node, []).append(grp)
+    out = []
+    for row in rows:
+        if wanted is not None and row[0] not in wanted:
+            continue
+        out.append(_row_to_node(row, tuple(sorted(member.get(row[0], ())))))
+    out.sort(key=lambda n: natural_key(n.name))
+    return out
+
+
+def get_node(state: State, name: str) -> Node:
+    found = load_nodes(state, [name])
+    if not found:
+        raise UnknownNameError(f"unknown node: {name}")
+    return found[0]
+
+
+def with_defaults(node: Node, user: str | None) -> Node:
+    """``node`` with ``user`` filled in when it has none."""
+    return node if node.user or not user else replace(node, user=user)

@@ -1,0 +1,450 @@
+"""Evaluation of selection expressions, and :func:`resolve` used by every command.
+
+Evaluation is pure over a :class:`Universe` (what ``all``, ``@group``,
+``failed``, ``%plan`` and attribute keys mean): :class:`StateUniverse` reads the
+state database lazily (only the groups, plans and attribute keys an expression
+mentions are loaded), :class:`MemoryUniverse` holds everything in memory (unit
+tests, and the ``MQ_NODES`` fallback).
+
+Meaning of the words:
+* a node-set literal (``n[1-4]``) is exactly those names, in the inventory or
+  not; :func:`resolve` refuses a result that names nodes the inventory lacks;
+* ``all`` (also ``@all``, ``@*``) is every node; ``failed`` the nodes of the
+  failed set that are in ``all``; ``healthy`` is ``all`` minus ``failed``;
+* ``[KEY OP VALUE]`` alone filters ``all``; after an operand it filters that
+  operand. KEY is looked up as a node attribute, then as a fact, then as the
+  node's ``host``/``user``/``port``/``name``; ``fact.KEY`` / ``facts.KEY`` reads
+  only facts. A node without KEY never satisfies a comparison (``!=``
+  included); ``[KEY]`` tests presence, ``[!KEY]`` absence. Comparisons are
+  numeric when both sides read as numbers, else textual; ``~`` / ``!~`` are
+  regular-expression searches; booleans read as ``true`` / ``false``.
+* ``limit(E, N)``: the first N of E in natural order; ``random(E, N[, seed])``:
+  N drawn at random (reproducible with a seed); ``spread(E, N, by=KEY)``: N
+  nodes taken round-robin over the distinct values of KEY (sorted; nodes
+  without KEY form one last bucket), so as many values as possible are covered.
+  N may be a percentage of E's size (``10%``, rounded up).
+
+``MQ_NODES`` (CoDeploy's convention): when the inventory holds no node at all
+and ``MQ_NODES`` names a file, that plain node list is the universe, with
+``MQ_SLICE`` as the user of every node whose line names none. Groups, plans
+and the failed set still come from the state database.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random as _random
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
+
+from shoal.errors import EmptySelectionError, PlanCycleError, UnknownNameError
+from shoal.nodes import grammar
+from shoal.nodes.grammar import BinOp, Call, Condition, Expr, Filter, Group, Keyword, Names, PlanRef
+from shoal.nodes.model import AttrValue, Node
+from shoal.nodes.nodeset import NodeSet, fold, natural_key, natural_sorted
+from shoal.state import State
+
+FIELDS = ("host", "user", "port", "name")
+
+
+class Universe(Protocol):
+    """What an expression is evaluated against."""
+
+    def all_names(self) -> set[str]: ...
+
+    def group(self, name: str) -> set[str]:
+        """Members of a group; UnknownNameError when there is no such group."""
+        ...
+
+    def failed(self) -> set[str]: ...
+
+    def plan(self, name: str) -> str | None:
+        """The plan's expression, or None when there is no such plan."""
+        ...
+
+    def values(self, key: str) -> Mapping[str, AttrValue]:
+        """``{node: value}`` for every node that has attribute/fact ``key``."""
+        ...
+
+    def nodes(self, names: Iterable[str]) -> list[Node]:
+        """Records of the named nodes that exist, in natural order."""
+        ...
+
+
+class MemoryUniverse:
+    """Everything in memory: nodes, facts (``{node: {key: value}}``), failed, plans."""
+
+    def __init__(
+        self,
+        nodes: Iterable[Node],
+        *,
+        failed: Iterable[str] = (),
+        plans: Mapping[str, str] | None = None,
+        facts: Mapping[str, Mapping[str, AttrValue]] | None = None,
+        groups: Iterable[str] = (),
+    ) -> None:
+        self.by_name = {n.name: n for n in nodes}
+        self._failed = set(failed)
+        self.plans = dict(plans or {})
+        self.facts = {k: dict(v) for k, v in (facts or {}).items()}
+        self._groups: dict[str, set[str]] = {g: set() for g in groups}
+        for n in self.by_name.values():
+            for g in n.groups:
+                self._groups.setdefault(g, set()).add(n.name)
+
+    def all_names(self) -> set[str]:
+        return set(self.by_name)
+
+    def group(self, name: str) -> set[str]:
+        if name not in self._groups:
+            raise UnknownNameError(f"unknown group: @{name}")
+        return set(self._groups[name])
+
+    def failed(self) -> set[str]:
+        return set(self._failed)
+
+    def plan(self, name: str) -> str | None:
+        return self.plans.get(name)
+
+    def values(self, key: str) -> Mapping[str, AttrValue]:
+        return _merge_values(
+            key,
+            lambda k: {n: v.attrs[k] for n, v in self.by_name.items() if k in v.attrs},
+            lambda k: {n: f[k] for n, f in self.facts.items() if k in f},
+            lambda k: {
+                n: v for n, node in self.by_name.items() if (v := getattr(node, k)) is not None
+            },
+            self.by_name,
+        )
+
+    def nodes(self, names: Iterable[str]) -> list[Node]:
+        found = [self.by_name[n] for n in names if n in self.by_name]
+        found.sort(key=lambda n: natural_key(n.name))
+        return found
+
+
+def _merge_values(
+    key: str,
+    attrs: Callable[[str], Mapping[str, AttrValue]],
+    facts: Callable[[str], Mapping[str, AttrValue]],
+    fields: Callable[[str], Mapping[str, AttrValue]],
+    names: Iterable[str],
+) -> dict[str, AttrValue]:
+    """Attribute, then fact, then record field: the first that a node has wins."""
+    for prefix in ("fact.", "facts."):
+        if key.startswith(prefix):
+            return dict(facts(key[len(prefix) :]))
+    out: dict[str, AttrValue] = {}
+    if key in FIELDS:
+        out.update({n: n for n in names} if key == "name" else fields(key))
+    out.update(facts(key))
+    out.update(attrs(key))
+    return out
+
+
+class StateUniverse:
+    """The inventory, failed set, plans and facts of a state database, read lazily."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self._all: set[str] | None = None
+
+    def all_names(self) -> set[str]:
+        from shoal.nodes import inventory
+
+        if self._all is None:
+            self._all = inventory.all_names(self.state)
+        return set(self._all)
+
+    def group(self, name: str) -> set[str]:
+        from shoal.nodes import inventory
+
+        return inventory.group_members(self.state, name)
+
+    def failed(self) -> set[str]:
+        from shoal.nodes import health
+
+        return health.failed_names(self.state)
+
+    def plan(self, name: str) -> str | None:
+        from shoal.nodes import plans
+
+        return plans.plan_expr(self.state, name)
+
+    def values(self, key: str) -> Mapping[str, AttrValue]:
+        from shoal.nodes import facts, inventory
+
+        return _merge_values(
+            key,
+            lambda k: inventory.attr_values(self.state, k),
+            lambda k: facts.fact_values(self.state, k),
+            lambda k: inventory.field_values(self.state, k),
+            self._all if self._all is not None else self.all_names(),
+        )
+
+    def nodes(self, names: Iterable[str]) -> list[Node]:
+        from shoal.nodes import inventory
+
+        return inventory.load_nodes(self.state, names)
+
+
+class MqUniverse(MemoryUniverse):
+    """The ``MQ_NODES`` list as the universe; failed set and plans from the state."""
+
+    def __init__(self, nodes: Iterable[Node], state: State) -> None:
+        super().__init__(nodes)
+        self.backing = StateUniverse(state)
+        self.path = os.environ.get("MQ_NODES", "")
+
+    def group(self, name: str) -> set[str]:
+        return self.backing.group(name)
+
+    def failed(self) -> set[str]:
+        return self.backing.failed()
+
+    def plan(self, name: str) -> str | None:
+        return self.backing.plan(name)
+
+
+# --- attribute tests ---------------------------------------------------------
+
+
+def _as_number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            f = float(value)
+        except ValueError:
+            return None
+        return None if math.isnan(f) else f
+    return None
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def make_test(cond: Condition) -> Callable[[AttrValue], bool]:
+    """A predicate over one node's value (the node has the key) for ``cond``."""
+    op, want = cond.op, cond.value
+    if op == "has":
+        return lambda v: True
+    if op in ("~", "!~"):
+        rx = re.compile(want)
+        if op == "~":
+            return lambda v: rx.search(_as_text(v)) is not None
+        return lambda v: rx.search(_as_text(v)) is None
+    num = _as_number(want)
+    compare: dict[str, Callable[[object, object], bool]] = {
+        "=": lambda a, b: a == b,
+        "!=": lambda a, b: a != b,
+        "<": lambda a, b: a < b,  # type: ignore[operator]
+        "<=": lambda a, b: a <= b,  # type: ignore[operator]
+        ">": lambda a, b: a > b,  # type: ignore[operator]
+        ">=": lambda a, b: a >= b,  # type: ignore[operator]
+    }
+    fn = compare[op]
+
+    def test(value: AttrValue) -> bool:
+        if num is not None:
+            n = _as_number(value)
+            if n is not None:
+                return fn(n, num)
+        return fn(_as_text(value), want)
+
+    return test
+
+
+# --- evaluation --------------------------------------------------------------
+
+
+class Evaluator:
+    """Evaluates ASTs against one universe; caches per-expression lookups."""
+
+    def __init__(self, universe: Universe) -> None:
+        self.u = universe
+        self._all: set[str] | None = None
+        self._failed: set[str] | None = None
+        self._groups: dict[str, set[str]] = {}
+        self._values: dict[str, Mapping[str, AttrValue]] = {}
+        self._plans: dict[str, set[str]] = {}
+        self._stack: list[str] = []
+
+    def all(self) -> set[str]:
+        if self._all is None:
+            self._all = self.u.all_names()
+        return self._all
+
+    def failed(self) -> set[str]:
+        if self._failed is None:
+            self._failed = self.u.failed() & self.all()
+        return self._failed
+
+    def eval(self, node: Expr) -> set[str]:
+        if isinstance(node, Names):
+            return set(node.names)
+        if isinstance(node, Keyword):
+            if node.word == "all":
+                return set(self.all())
+            if node.word == "failed":
+                return set(self.failed())
+            return self.all() - self.failed()
+        if isinstance(node, Group):
+            if node.name not in self._groups:
+                self._groups[node.name] = self.u.group(node.name)
+            return set(self._groups[node.name])
+        if isinstance(node, PlanRef):
+            return set(self.plan(node.name))
+        if isinstance(node, BinOp):
+            left = self.eval(node.left)
+            right = self.eval(node.right)
+            if node.op == "union":
+                return left | right
+            if node.op == "difference":
+                return left - right
+            if node.op == "intersection":
+                return left & right
+            return left ^ right
+        if isinstance(node, Filter):
+            base = self.all() if node.operand is None else self.eval(node.operand)
+            return self.filter(base, node.condition)
+        return self.call(node)
+
+    def plan(self, name: str) -> set[str]:
+        if name in self._stack:
+            loop = [*self._stack[self._stack.index(name) :], name]
+            raise PlanCycleError("plan cycle: " + " -> ".join(loop))
+        if name in self._plans:
+            return self._plans[name]
+        expr = self.u.plan(name)
+        if expr is None:
+            raise UnknownNameError(f"unknown plan: %{name}")
+        self._stack.append(name)
+        try:
+            result = self.eval(grammar.parse(expr))
+        finally:
+            self._stack.pop()
+        self._plans[name] = result
+        return result
+
+    def values(self, key: str) -> Mapping[str, AttrValue]:
+        if key not in self._values:
+            self._values[key] = self.u.values(key)
+        return self._values[key]
+
+    def filter(self, base: set[str], cond: Condition) -> set[str]:
+        values = self.values(cond.key)
+        if cond.op == "lacks":
+            return {n for n in base if n not in values}
+        test = make_test(cond)
+        if len(base) < len(values):
+            return {n for n in base if n in values and test(values[n])}
+        return {n for n, v in values.items() if n in base and test(v)}
+
+    def call(self, node: Call) -> set[str]:
+        members = self.eval(node.arg)
+        n = node.count.of(len(members))
+        if n >= len(members):
+            return members
+        if node.func == "limit":
+            return set(natural_sorted(members)[:n])
+        if node.func == "random":
+            rng = _random.Random(node.seed) if node.seed is not None else _random.Random()
+            return set(rng.sample(natural_sorted(members), n))
+        assert node.by is not None
+        return spread(members, n, self.values(node.by))
+
+
+def spread(members: Iterable[str], n: int, values: Mapping[str, AttrValue]) -> set[str]:
+    """``n`` of ``members`` round-robin over the distinct values of an attribute."""
+    buckets: dict[str | None, list[str]] = {}
+    for name in natural_sorted(members):
+        v = values.get(name)
+        buckets.setdefault(None if v is None else _as_text(v), []).append(name)
+    order = sorted((k for k in buckets if k is not None), key=natural_key)
+    if None in buckets:
+        order.append(None)  # type: ignore[arg-type]
+    queues = [buckets[k] for k in order]
+    out: list[str] = []
+    depth = 0
+    while len(out) < n:
+        for q in queues:
+            if depth < len(q):
+                out.append(q[depth])
+                if len(out) == n:
+                    break
+        depth += 1
+    return set(out)
+
+
+def evaluate(expr: str | Expr, universe: Universe) -> NodeSet:
+    """The names an expression selects (no check that they exist)."""
+    ast = grammar.parse(expr) if isinstance(expr, str) else expr
+    return NodeSet._wrap(Evaluator(universe).eval(ast))
+
+
+# --- the universe commands use ------------------------------------------------
+
+
+def mq_nodes() -> list[Node] | None:
+    """The ``MQ_NODES`` list (users defaulting to ``MQ_SLICE``), None when unset."""
+    path = os.environ.get("MQ_NODES")
+    if not path:
+        return None
+    from shoal.nodes.importers import read_plain_file
+    from shoal.nodes.inventory import with_defaults
+
+    slice_user = os.environ.get("MQ_SLICE") or None
+    return [with_defaults(n, slice_user) for n in read_plain_file(path)]
+
+
+def universe(state: State) -> Universe:
+    """The inventory of ``state``, or the MQ_NODES list when the inventory is empty."""
+    from shoal.nodes import inventory
+
+    if inventory.count(state) == 0:
+        listed = mq_nodes()
+        if listed is not None:
+            return MqUniverse(listed, state)
+    return StateUniverse(state)
+
+
+def select(expr: str | None, *, state: State | None = None) -> NodeSet:
+    """The names ``expr`` selects (all nodes when None); may be empty."""
+    from shoal.nodes.inventory import opened
+
+    with opened(state) as st:
+        return evaluate(expr if expr is not None else "all", universe(st))
+
+
+def resolve(expr: str | None, *, state: State | None = None) -> list[Node]:
+    """The nodes a command should act on, in natural order.
+
+    ``expr`` None means all nodes. Raises SelectionSyntaxError, UnknownNameError
+    (unknown group, plan, or node names not in the inventory),
+    PlanCycleError, and EmptySelectionError naming the expression when nothing
+    matches.
+    """
+    from shoal.nodes.inventory import opened
+
+    text = expr if expr is not None else "all"
+    with opened(state) as st:
+        u = universe(st)
+        names = evaluate(text, u)
+        if not names:
+            hint = ""
+            if expr is None or not u.all_names():
+                hint = " (the inventory is empty: shoal nodes import FILE, or set MQ_NODES)"
+            raise EmptySelectionError(f"selection matched no nodes: {text}{hint}")
+        found = u.nodes(names)
+    if len(found) != len(names):
+        missing = names - {n.name for n in found}
+        raise UnknownNameError(f"unknown node(s) not in the inventory: {fold(missing)}")
+    return found
