@@ -1,0 +1,159 @@
+"""Size-rotated log files with a bounded number of backups.
+
+``NAME.log`` grows up to ``max_bytes``; then it becomes ``NAME.log.1``, the
+older backups shift up and the oldest beyond ``backups`` is dropped, so the
+files of one log never hold more than ``max_bytes * (backups + 1)`` bytes.
+Writes are split at the boundary, so the bound is exact. Offsets handed to
+followers are absolute byte counts since the log was opened by this agent.
+A write that fails (full disk) is dropped and reported through ``on_error``;
+the writer keeps going.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Optional
+
+ErrorHook = Callable[[str, Optional[OSError]], None]
+
+
+class RotatingLog:
+    """One program's output log. Not thread-safe; the agent writes from its event loop."""
+
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = 1 << 20,
+        backups: int = 3,
+        on_error: ErrorHook | None = None,
+    ) -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        if backups < 0:
+            raise ValueError("backups must be 0 or more")
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.on_error = on_error
+        self._fd: int | None = None
+        self.size = 0
+        self.base = 0  # bytes that went to rotated files since this object was made
+        self.dropped = 0  # bytes lost to write errors
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self.size = os.fstat(self._fd).st_size
+        return self._fd
+
+    def backup_path(self, index: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{index}")
+
+    def rotate(self) -> None:
+        """Shift backups up by one and start an empty log."""
+        self.close()
+        if self.backups == 0:
+            os.truncate(str(self.path), 0)
+        else:
+            for index in range(self.backups - 1, 0, -1):
+                older = self.backup_path(index)
+                if older.exists():
+                    os.replace(str(older), str(self.backup_path(index + 1)))
+            if self.path.exists():
+                os.replace(str(self.path), str(self.backup_path(1)))
+        self.base += self.size
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``, rotating as needed; errors are reported, never raised."""
+        view = memoryview(data)
+        try:
+            while view:
+                fd = self._open()
+                room = self.max_bytes - self.size
+                if room <= 0:
+                    self.rotate()
+                    continue
+                written = os.write(fd, view[:room])
+                self.size += written
+                view = view[written:]
+        except OSError as exc:
+            self.dropped += len(view)
+            self.close()
+            if self.on_error is not None:
+                self.on_error(str(self.path), exc)
+            return
+        if self.on_error is not None:
+            self.on_error(str(self.path), None)
+
+    @property
+    def offset(self) -> int:
+        """Absolute offset of the end of the log."""
+        return self.base + self.size
+
+    def files(self) -> list[Path]:
+        """The log's files, oldest first."""
+        found = [self.backup_path(i) for i in range(self.backups, 0, -1)]
+        return [p for p in found if p.exists()] + ([self.path] if self.path.exists() else [])
+
+    def disk_usage(self) -> int:
+        total = 0
+        for path in self.files():
+            try:
+                total += path.stat().st_size
+            except OSError:
+                pass
+        return total
+
+    def tail(self, lines: int, limit: int = 1 << 20) -> bytes:
+        """The last ``lines`` lines (at most ``limit`` bytes), across backups if needed."""
+        chunks: list[bytes] = []
+        count = 0
+        total = 0
+        for path in reversed(self.files()):
+            try:
+                with open(str(path), "rb") as handle:
+                    handle.seek(0, os.SEEK_END)
+                    size = handle.tell()
+                    start = max(0, size - (limit - total))
+                    handle.seek(start)
+                    data = handle.read()
+            except OSError:
+                continue
+            chunks.insert(0, data)
+            count += data.count(b"\n")
+            total += len(data)
+            if count > lines or total >= limit:
+                break
+        blob = b"".join(chunks)
+        if lines <= 0:
+            return b""
+        parts = blob.split(b"\n")
+        trailing = parts[-1] == b""
+        if trailing:
+            parts = parts[:-1]
+        kept = parts[-lines:]
+        return b"\n".join(kept) + (b"\n" if trailing and kept else b"")
+
+    def read_from(self, offset: int, limit: int = 1 << 20) -> tuple[bytes, int]:
+        """Bytes after absolute ``offset`` (from the current file) and the new offset."""
+        start = offset - self.base
+        if start < 0 or offset > self.offset:
+            start = 0  # rotated away, or an offset from before this agent started
+        try:
+            with open(str(self.path), "rb") as handle:
+                handle.seek(start)
+                data = handle.read(limit)
+        except OSError:
+            return b"", self.offset
+        return data, self.base + start + len(data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None

@@ -1,0 +1,242 @@
+"""The agent process: event log + supervisor behind a Unix socket.
+
+Theory of operation. :class:`Agent` owns the working area (default
+``~/.shoal``): ``agent.sock`` (mode 0600, the only control endpoint; SSH's
+authentication is the authentication), ``programs.json`` (desired state),
+``pids.json``, ``events.jsonl``, ``logs/``. Each connection is a sequence of
+JSON-line requests answered in order (:mod:`protocol`). Requests:
+
+``hello`` / ``status``          versions, build, pid, uptime, io errors, programs
+``proc.start`` {spec}           start (or replace) a program; persisted
+``proc.stop|restart|remove`` {name}
+``proc.status`` {name?}         one or all programs
+``proc.logs`` {name, lines?, offset?}   tail, or bytes after an offset (follow)
+``events`` {since, limit?}      events with seq > since
+``shutdown``                    stop programs (desired state kept) and exit
+
+Write errors in the working area (a full disk) never stop the agent: they are
+recorded as an ``io_error`` event and listed under ``errors`` in ``status``
+until a later write to the same file succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import protocol
+from .events import EventLog
+from .persist import write_atomic
+from .spec import ProgramSpec
+from .supervisor import Supervisor
+
+AGENT_VERSION = "0.1.0"
+
+
+def read_build() -> str:
+    """The build id baked into the zipapp (``dev`` when run from a source tree)."""
+    try:
+        import pkgutil
+
+        data = pkgutil.get_data(__package__ or "shoal.agent", "BUILD")
+    except (OSError, ValueError):
+        data = None
+    return data.decode("ascii").strip() if data else "dev"
+
+
+class Agent:
+    """One node agent serving its working area."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.sock_path = home / "agent.sock"
+        self.build = read_build()
+        self.started = time.time()
+        self.errors: dict[str, str] = {}
+        self.events = EventLog(home / "events.jsonl", on_error=self._io)
+        self.supervisor = Supervisor(home, self._record, self._io)
+        self.agent_id = self._identity()
+        self._stopping: asyncio.Event | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    def _identity(self) -> str:
+        path = self.home / "agent.id"
+        try:
+            text = path.read_text().strip()
+            if text:
+                return text
+        except OSError:
+            pass
+        ident = uuid.uuid4().hex[:16]
+        try:
+            write_atomic(path, (ident + "\n").encode())
+        except OSError as exc:
+            self._io(str(path), exc)
+        return ident
+
+    # -- hooks -----------------------------------------------------------
+
+    def _record(self, kind: str, program: str | None, detail: str) -> None:
+        self.events.record(kind, program, detail)
+
+    def _io(self, where: str, exc: OSError | None) -> None:
+        """Track write errors per file; one event per transition, never raised."""
+        if exc is None:
+            if where in self.errors:
+                del self.errors[where]
+                self.events.record("io_recovered", None, where)
+            return
+        message = f"{exc.strerror or exc}: {where}"
+        if self.errors.get(where) != message:
+            self.errors[where] = message
+            self.events.record("io_error", None, message)
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def serve(self, ready: Callable[[], None] | None = None) -> None:
+        """Recover programs, listen on the socket, run until shutdown."""
+        self._stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._stopping.set)
+        for problem in self.supervisor.load():
+            self.events.record("io_error", None, problem)
+        killed = await self.supervisor.reap_stale()
+        self.events.record(
+            "agent_started",
+            None,
+            f"pid {os.getpid()} build {self.build} protocol {protocol.PROTOCOL_VERSION}"
+            + (f"; killed leftovers of {', '.join(killed)}" if killed else ""),
+        )
+        try:
+            os.unlink(str(self.sock_path))
+        except FileNotFoundError:
+            pass
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._handle, path=str(self.sock_path), limit=protocol.MAX_LINE
+            )
+        finally:
+            os.umask(old_umask)
+        os.chmod(str(self.sock_path), 0o600)
+        self.supervisor.resume()
+        if ready is not None:
+            ready()
+        await self._stopping.wait()
+        self.events.record("agent_stopping", None, f"pid {os.getpid()}")
+        self._server.close()
+        try:
+            os.unlink(str(self.sock_path))
+        except OSError:
+            pass
+        await self.supervisor.shutdown()
+
+    def request_shutdown(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    # -- requests --------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    writer.write(protocol.encode(protocol.failure(None, "message too long")))
+                    break
+                if not line:
+                    break
+                request_id: Any = None
+                try:
+                    message = protocol.decode(line)
+                    request_id = message.get("id")
+                    req = protocol.check_request(message)
+                except protocol.ProtocolError as exc:
+                    writer.write(protocol.encode(protocol.failure(request_id, str(exc), exc.kind)))
+                    await writer.drain()
+                    break  # a peer that does not speak our protocol gets nothing more
+                try:
+                    result = await self.dispatch(req["op"], req["args"])
+                    answer = protocol.reply(req["id"], result)
+                except (KeyError, ValueError, TypeError) as exc:
+                    text = exc.args[0] if exc.args else str(exc)
+                    answer = protocol.failure(req["id"], str(text), "agent")
+                writer.write(protocol.encode(answer))
+                await writer.drain()
+                if req["op"] == "shutdown":
+                    break
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            try:
+                writer.close()
+            except OSError:
+                pass
+
+    def hello(self) -> dict[str, Any]:
+        return {
+            "protocol": protocol.PROTOCOL_VERSION,
+            "version": AGENT_VERSION,
+            "build": self.build,
+            "agent_id": self.agent_id,
+            "pid": os.getpid(),
+            "home": str(self.home),
+            "host": socket.gethostname(),
+            "uptime": round(time.time() - self.started, 1),
+            "errors": sorted(self.errors.values()),
+            "last_event": self.events.seq,
+        }
+
+    async def dispatch(self, op: str, args: dict[str, Any]) -> Any:
+        """Carry out one validated request; KeyError/ValueError become refusals."""
+        sup = self.supervisor
+        if op == "hello":
+            return self.hello()
+        if op == "status":
+            result = self.hello()
+            result["programs"] = sup.status()
+            return result
+        if op == "proc.start":
+            spec = ProgramSpec.from_dict(args.get("spec"))  # type: ignore[arg-type]
+            return await sup.start(spec)
+        if op == "proc.status":
+            return sup.status(_name(args) if args.get("name") is not None else None)
+        if op == "proc.stop":
+            return await sup.stop(_name(args))
+        if op == "proc.restart":
+            return await sup.restart(_name(args))
+        if op == "proc.remove":
+            return await sup.remove(_name(args))
+        if op == "proc.logs":
+            program = sup.get(_name(args))
+            offset = args.get("offset")
+            if offset is not None:
+                data, new_offset = program.log.read_from(int(offset))
+            else:
+                data = program.log.tail(int(args.get("lines", 50)))
+                new_offset = program.log.offset
+            return {"data": data.decode("utf-8", "replace"), "offset": new_offset}
+        if op == "events":
+            result = self.events.since(int(args.get("since", 0)), int(args.get("limit", 1000)))
+            result["agent_id"] = self.agent_id
+            return result
+        if op == "shutdown":
+            asyncio.get_running_loop().call_soon(self.request_shutdown)
+            return {"pid": os.getpid(), "stopping": True}
+        raise ValueError(f"unknown operation {op!r}")
+
+
+def _name(args: dict[str, Any]) -> str:
+    name = args.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("missing program name")
+    return name
