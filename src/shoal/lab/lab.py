@@ -1,0 +1,515 @@
+"""The :class:`Lab` object: bring a lab up, inspect it, change it, take it down.
+
+Owns the life cycle and the rules around it — validation before any change,
+one lab per name (``up`` on an existing lab says how to recover), locking, the
+state file, the files a lab publishes (inventory, ssh_config, known_hosts) and
+the choice between the root backend (:mod:`shoal.lab.netns`) and the rootless
+one (:mod:`shoal.lab.rootless`). Never prints; returns typed records that the
+CLI renders.
+
+Typical use::
+
+    lab = Lab.up(LabSpec(n=8, name="demo", shaping=Shaping(rate_bps=100_000_000)))
+    nodes = lab.nodes()          # shoal.nodes.model.Node records
+    lab.kill("n3"); lab.revive("n3")
+    Lab.open("demo").down()
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal.config import labs_dir
+from shoal.errors import LabError, UsageError
+from shoal.lab import netns, rootless, sshd, system
+from shoal.lab.spec import (
+    DEFAULT_NAME,
+    LabSpec,
+    Naming,
+    ShapeChange,
+    Shaping,
+    block,
+    node_index,
+    validate_name,
+)
+from shoal.lab.state import LabState, NodeState, load, locked, save
+from shoal.nodes.model import Node
+
+INVENTORY = "inventory"
+SSH_CONFIG = "ssh_config"
+KNOWN_HOSTS = "known_hosts"
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    addr: str
+    port: int
+    state: str  # up | cut | killed
+    running: bool  # its sshd is alive (and, rootless, not frozen)
+    shaping: Shaping
+
+
+@dataclass(frozen=True)
+class LabStatus:
+    name: str
+    mode: str
+    dir: Path
+    status: str
+    subnet: str | None
+    controller_addr: str | None
+    controller: Shaping
+    nodes: tuple[NodeStatus, ...]
+
+
+@dataclass(frozen=True)
+class DownReport:
+    """What ``down`` removed (all zero when there was nothing of that lab)."""
+
+    name: str
+    namespaces: int
+    links: tuple[str, ...]
+    processes: int
+    removed_dir: bool
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.namespaces or self.links or self.processes or self.removed_dir)
+
+
+@dataclass(frozen=True)
+class LabSummary:
+    name: str
+    mode: str
+    status: str  # up | creating | leftover
+    nodes: int
+    dir: Path | None
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return os.environ.get("USER", "root")
+
+
+def _exists_message(name: str, what: str) -> str:
+    return f"lab {name} already exists ({what}); to recover run: shoal lab down --name {name}"
+
+
+def lab_dir(name: str) -> Path:
+    return labs_dir() / validate_name(name)
+
+
+def list_labs() -> list[LabSummary]:
+    """Labs with a state file under ``labs_dir()``, plus leftovers in the kernel."""
+    out: dict[str, LabSummary] = {}
+    for d in sorted(p for p in labs_dir().iterdir() if p.is_dir()):
+        try:
+            st = load(d)
+        except LabError:
+            st = None
+        if st is None:
+            out[d.name] = LabSummary(d.name, "?", "leftover", 0, d)
+        else:
+            out[d.name] = LabSummary(st.name, st.mode, st.status, len(st.nodes), d)
+    for name in netns.lab_names_in_kernel():
+        if name not in out:
+            out[name] = LabSummary(name, "netns", "leftover", 0, None)
+    return [out[k] for k in sorted(out)]
+
+
+def resolve_name(name: str | None) -> str:
+    """``name`` if given; else the only lab there is; else ``default``."""
+    if name is not None:
+        return validate_name(name)
+    labs = [s.name for s in list_labs()]
+    if len(labs) == 1:
+        return labs[0]
+    if len(labs) > 1:
+        if DEFAULT_NAME in labs:
+            return DEFAULT_NAME
+        raise UsageError(f"there are several labs ({', '.join(labs)}); pass --name NAME")
+    return DEFAULT_NAME
+
+
+class Lab:
+    """A running (or half-made) lab, backed by its state file."""
+
+    def __init__(self, state: LabState) -> None:
+        self._state = state
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def name(self) -> str:
+        return self._state.name
+
+    @property
+    def dir(self) -> Path:
+        return Path(self._state.dir)
+
+    @property
+    def mode(self) -> str:
+        return self._state.mode
+
+    @property
+    def rootless(self) -> bool:
+        return self._state.mode == "rootless"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.dir / SSH_CONFIG
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / KNOWN_HOSTS
+
+    @property
+    def inventory(self) -> Path:
+        return self.dir / INVENTORY
+
+    @property
+    def identity(self) -> Path:
+        return self.dir / sshd.USER_KEY
+
+    @property
+    def controller_addr(self) -> str | None:
+        return self._state.controller_addr
+
+    def netns_of(self, node: str) -> str:
+        """The network namespace of ``node`` (root labs only)."""
+        ns = self._node(node).netns
+        if ns is None:
+            raise LabError(f"{node}: a rootless lab has no network namespaces")
+        return ns
+
+    @property
+    def switch_netns(self) -> str:
+        return Naming(self.name).switch_ns
+
+    def node_dir(self, node: str) -> Path:
+        """The node's persistent directory (its home is ``home/`` inside)."""
+        return self.dir / "nodes" / self._node(node).name
+
+    def nodes(self) -> list[Node]:
+        path = str(self.ssh_config)
+        user = "root" if self.mode == "netns" else _user()
+        return [
+            Node(
+                name=n.name,
+                host=n.addr,
+                user=user,
+                port=n.port,
+                groups=("lab",),
+                attrs={"lab": self.name},
+                ssh_config=path,
+            )
+            for n in self._state.nodes
+        ]
+
+    def _node(self, name: str) -> NodeState:
+        try:
+            node_index(name)
+        except UsageError:
+            raise LabError(
+                f"lab {self.name} has no node {name!r} (nodes are n1..n{len(self._state.nodes)})"
+            ) from None
+        return self._state.node(name)
+
+    # ------------------------------------------------------------ life cycle
+
+    @classmethod
+    def up(cls, spec: LabSpec) -> Lab:
+        """Bring up the lab ``spec`` asks for; LabError (and nothing made) on refusal."""
+        use_rootless = spec.rootless or os.geteuid() != 0
+        if use_rootless:
+            if not spec.shaping.empty or not spec.controller.empty:
+                raise LabError(f"shaping {rootless.NEEDS_ROOT}")
+            rootless.check_prereqs()
+        else:
+            netns.check_prereqs([spec.shaping, spec.controller])
+        labdir = labs_dir() / spec.name
+        if (labdir / "state.json").exists() or labdir.exists():
+            raise LabError(_exists_message(spec.name, f"directory {labdir}"))
+        if use_rootless:
+            return cls._up_rootless(spec, labdir)
+        return cls._up_netns(spec, labdir)
+
+    @classmethod
+    def _up_netns(cls, spec: LabSpec, labdir: Path) -> Lab:
+        naming = Naming(spec.name)
+        with locked(netns.GLOBAL_LOCK):
+            left = netns.discover(spec.name)
+            if not left.empty:
+                raise LabError(_exists_message(spec.name, left.describe()))
+            slot = netns.allocate_slot(spec.net)
+            blk = block(spec.net, slot)
+            labdir.mkdir(parents=True, mode=0o700)
+            state = LabState(
+                name=spec.name,
+                mode="netns",
+                dir=str(labdir),
+                created=time.time(),
+                subnet=str(blk),
+                controller_addr=str(Naming.controller_addr(blk)),
+                nodes=[
+                    NodeState(
+                        name=n,
+                        addr=str(Naming.node_addr(blk, i)),
+                        port=22,
+                        netns=naming.node_ns(n),
+                    )
+                    for i, n in enumerate(Naming.node_names(spec.n), start=1)
+                ],
+            )
+            save(state)
+            try:
+                netns.claim(state)
+            except BaseException:
+                cls._cleanup(spec.name, labdir)
+                raise
+        try:
+            etc = labdir / "etc"
+            etc.mkdir(mode=0o755)
+            sshd.generate_keys(etc, labdir, f"shoal-lab-{spec.name}")
+            user_pub = sshd.public_key(labdir / (sshd.USER_KEY + ".pub"))
+            (etc / "sshd_config").write_text(sshd.render_sshd_config_netns())
+            (etc / "ssh_config").write_text("Host *\n  SendEnv LANG LC_*\n")
+            netns.make_node_dirs(labdir, [n.name for n in state.nodes], user_pub)
+            netns.build(state, spec.shaping, spec.controller)
+            lab = cls(state)
+            lab._publish()
+            state.status = "up"
+            save(state)
+        except BaseException:
+            cls._cleanup(spec.name, labdir)
+            raise
+        return lab
+
+    @classmethod
+    def _up_rootless(cls, spec: LabSpec, labdir: Path) -> Lab:
+        labdir.mkdir(parents=True, mode=0o700)
+        try:
+            ports = rootless.free_ports(spec.n)
+            state = LabState(
+                name=spec.name,
+                mode="rootless",
+                dir=str(labdir),
+                created=time.time(),
+                nodes=[
+                    NodeState(name=n, addr="127.0.0.1", port=p)
+                    for n, p in zip(Naming.node_names(spec.n), ports, strict=True)
+                ],
+            )
+            save(state)
+            etc = labdir / "etc"
+            etc.mkdir(mode=0o700)
+            sshd.generate_keys(etc, labdir, f"shoal-lab-{spec.name}")
+            user_pub = sshd.public_key(labdir / (sshd.USER_KEY + ".pub"))
+            rootless.build(state, user_pub)
+            lab = cls(state)
+            lab._publish()
+            state.status = "up"
+            save(state)
+        except BaseException:
+            cls._cleanup(spec.name, labdir)
+            raise
+        return lab
+
+    @staticmethod
+    def _cleanup(name: str, labdir: Path) -> None:
+        """Best-effort removal after a failed ``up`` (the original error wins)."""
+        try:
+            Lab.teardown(name)
+        except Exception:
+            pass
+
+    def _publish(self) -> None:
+        """Write inventory, ssh_config and known_hosts for the lab's nodes."""
+        eps = [sshd.Endpoint(n.name, n.addr, n.port) for n in self._state.nodes]
+        host_pub = sshd.public_key(self.dir / "etc" / (sshd.HOST_KEY + ".pub"))
+        user = "root" if self.mode == "netns" else _user()
+        sshd.write_private(self.known_hosts, sshd.render_known_hosts(eps, host_pub), 0o644)
+        sshd.write_private(self.ssh_config, sshd.render_ssh_config(eps, self.dir, user), 0o644)
+        sshd.write_private(
+            self.inventory, sshd.render_inventory([n.name for n in self._state.nodes]), 0o644
+        )
+
+    @classmethod
+    def open(cls, name: str | None = None) -> Lab:
+        """The existing lab ``name`` (see :func:`resolve_name`); LabError if none."""
+        name = resolve_name(name)
+        labdir = labs_dir() / name
+        st = load(labdir)
+        if st is None:
+            left = netns.discover(name) if os.path.isdir(system.NETNS_DIR) else None
+            if left is not None and not left.empty:
+                raise LabError(
+                    f"lab {name} has no state file but {left.describe()} remain; "
+                    f"run: shoal lab down --name {name}"
+                )
+            raise LabError(f"no lab named {name} (start one with: shoal lab up N --name {name})")
+        if st.status != "up":
+            raise LabError(
+                f"lab {name} is half made (its 'up' was interrupted); "
+                f"run: shoal lab down --name {name}"
+            )
+        return cls(st)
+
+    @staticmethod
+    def teardown(name: str) -> DownReport:
+        """Remove everything of lab ``name``, with or without a state file."""
+        validate_name(name)
+        labdir = labs_dir() / name
+        st = None
+        try:
+            st = load(labdir)
+        except LabError:
+            st = None
+        namespaces = 0
+        links: tuple[str, ...] = ()
+        procs = 0
+        if st is None or st.mode == "netns":
+            if os.geteuid() == 0:
+                found = netns.destroy(name, labdir if labdir.exists() else None)
+                namespaces, links, procs = len(found.netns), tuple(found.links), len(found.pids)
+            elif netns.discover(name).netns:
+                raise LabError(f"lab {name} has network namespaces; removing them needs root")
+        if labdir.exists() and (st is None or st.mode == "rootless"):
+            procs += len(rootless.destroy(name, labdir))
+        removed = labdir.exists()
+        if removed:
+            shutil.rmtree(labdir)
+        return DownReport(name, namespaces, links, procs, removed)
+
+    def down(self) -> DownReport:
+        return Lab.teardown(self.name)
+
+    # ------------------------------------------------------------ inspection
+
+    def status(self) -> LabStatus:
+        fresh = load(self.dir)
+        if fresh is not None:
+            self._state = fresh
+        st = self._state
+        check = rootless.node_running if self.rootless else netns.node_running
+        nodes = tuple(
+            NodeStatus(n.name, n.addr, n.port, n.state, check(n), n.shaping) for n in st.nodes
+        )
+        return LabStatus(
+            name=st.name,
+            mode=st.mode,
+            dir=self.dir,
+            status=st.status,
+            subnet=st.subnet,
+            controller_addr=st.controller_addr,
+            controller=st.controller,
+            nodes=nodes,
+        )
+
+    # ------------------------------------------------------------ changes
+
+    def _mutate(self) -> LabState:
+        st = load(self.dir)
+        if st is None:
+            raise LabError(f"lab {self.name} is gone (no state in {self.dir})")
+        self._state = st
+        return st
+
+    def kill(self, node: str) -> None:
+        """Crash ``node``: link down, every process killed (rootless: emulated)."""
+        self._node(node)
+        with locked(self.dir / ".lock"):
+            st = self._mutate()
+            n = self._node(node)
+            if n.state == "killed":
+                return
+            if self.rootless:
+                rootless.kill_node(st, n)
+            else:
+                netns.kill_node(st, n)
+            n.state = "killed"
+            save(st)
+
+    def revive(self, node: str) -> None:
+        """Boot ``node`` again: sshd restarted, link up, its files still there."""
+        self._node(node)
+        with locked(self.dir / ".lock"):
+            st = self._mutate()
+            n = self._node(node)
+            if self.rootless:
+                rootless.revive_node(st, n)
+            else:
+                netns.revive_node(st, n)
+            n.state = "up"
+            save(st)
+
+    def _require_root(self, what: str) -> None:
+        if self.rootless:
+            raise LabError(f"{what} {rootless.NEEDS_ROOT}")
+
+    def cut(self, node: str) -> None:
+        """Take ``node``'s link down; its processes keep running."""
+        self._require_root("cut")
+        self._node(node)
+        with locked(self.dir / ".lock"):
+            st = self._mutate()
+            n = self._node(node)
+            if n.state == "killed":
+                raise LabError(f"{node} is killed (its link is already down)")
+            if n.state == "cut":
+                return
+            netns.set_port(st, n, up=False)
+            n.state = "cut"
+            save(st)
+
+    def heal(self, node: str) -> None:
+        """Bring ``node``'s link back up after :meth:`cut`."""
+        self._require_root("heal")
+        self._node(node)
+        with locked(self.dir / ".lock"):
+            st = self._mutate()
+            n = self._node(node)
+            if n.state == "killed":
+                raise LabError(f"{node} is killed; bring it back with: shoal lab revive {node}")
+            if n.state == "up":
+                return
+            netns.set_port(st, n, up=True)
+            n.state = "up"
+            save(st)
+
+    def shape(self, target: str, change: ShapeChange) -> list[str]:
+        """Change link conditions live of ``target``: a node, ``controller`` or ``all``.
+
+        Returns the names of the links changed.
+        """
+        self._require_root("shaping")
+        if change.empty:
+            raise UsageError("shape needs at least one of --rate, --delay, --loss")
+        if target not in ("all", "controller"):
+            self._node(target)
+        if change.delay_us is not None:
+            netns.check_netem()
+        if change.loss_bp and system.which("nft") is None:
+            raise LabError("--loss needs nftables ('nft'), which is not installed")
+        with locked(self.dir / ".lock"):
+            st = self._mutate()
+            if target == "controller":
+                netns.set_controller_shaping(st, change.apply(st.controller))
+                changed = ["controller"]
+            else:
+                nodes = st.nodes if target == "all" else [self._node(target)]
+                by_new: dict[Shaping, list[NodeState]] = {}
+                for n in nodes:
+                    by_new.setdefault(change.apply(n.shaping), []).append(n)
+                for new, group in by_new.items():
+                    netns.set_nodes_shaping(st, group, new)
+                changed = [n.name for n in nodes]
+            save(st)
+        return changed
