@@ -204,7 +204,11 @@ def parse(text: str) -> set[str]:
             depth += 1
         elif ch == "]":
             depth -= 1
-        elif depth == 0 and (ch in ",!&^" or i == len(text)):
+            if depth < 0:
+                raise NodeSetParseError(f"unbalanced ']' in {text!r}", i)
+        elif i == len(text) and depth:
+            raise NodeSetParseError(f"unclosed '[' in {text!r}", text.rfind("["))
+        elif depth == 0 and ch in ",!&^":
             chunk = text[start:i].strip()
             if not chunk:
                 raise NodeSetParseError(f"empty element in {text!r}", start)
