@@ -1,0 +1,202 @@
+"""Talking to one node's agent from the controller: remote paths, start, protocol client.
+
+Theory of operation. The agent lives in a working area on the node (default
+``.shoal`` under the remote user's home; ``~/x``, relative and absolute paths
+are accepted). The controller learns the working area's absolute path with
+one shell command and caches it in its SQLite state (table ``agents``), so
+later requests go straight to ``<home>/agent.sock`` through
+:meth:`Connection.open_unix` (SSH streamlocal forwarding: no TCP port on the
+node, SSH's authentication is the authentication). :class:`AgentClient`
+speaks :mod:`shoal.agent.protocol` over that stream and turns refusals into
+:class:`AgentError` and a protocol difference into :class:`VersionMismatch`,
+each one line naming the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from shoal.agent import protocol
+from shoal.errors import AgentError, TransportError, VersionMismatch
+from shoal.state import State
+from shoal.transport.base import ByteReader, ByteWriter, Connection
+
+DEFAULT_HOME = ".shoal"
+DEFAULT_PYTHON = "python3"
+#: Exit status of ``agent.pyz serve`` when an agent already runs in that working area.
+EXIT_RUNNING = 3
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    node TEXT PRIMARY KEY,
+    home_spec TEXT NOT NULL,
+    home TEXT NOT NULL,
+    build TEXT,
+    protocol INTEGER,
+    version TEXT,
+    pid INTEGER,
+    seen REAL
+);
+"""
+
+
+def ensure(state: State) -> None:
+    state.ensure("agents", SCHEMA)
+
+
+def home_expr(home: str) -> str:
+    """``home`` as a shell word: ``~/x`` becomes ``x`` (commands start in the home)."""
+    if home in ("~", "~/"):
+        return "."
+    if home.startswith("~/"):
+        home = home[2:]
+    return shlex.quote(home)
+
+
+def probe_command(home: str, create: bool) -> str:
+    """Print the working area's absolute path, then the installed build id (if any)."""
+    h = home_expr(home)
+    prepare = f"mkdir -p {h} && chmod 700 {h} && " if create else ""
+    return f"{prepare}cd {h} && pwd && (cat agent.build 2>/dev/null || true)"
+
+
+def start_command(abs_home: str, python: str = DEFAULT_PYTHON) -> str:
+    """Start the agent detached (it double-forks); exits once it listens."""
+    h = shlex.quote(abs_home)
+    return f"cd {h} && exec {shlex.quote(python)} {h}/agent.pyz serve --home {h} </dev/null"
+
+
+@dataclass
+class Probe:
+    home: str  # absolute
+    build: str | None  # installed build id, None when no agent is installed
+
+
+async def probe(conn: Connection, home: str, *, create: bool = False) -> Probe | None:
+    """The working area on the node, or None when it does not exist (and not ``create``)."""
+    res = await conn.run(probe_command(home, create), timeout=30)
+    if res.exit_status != 0:
+        if create:
+            err = res.stderr.decode(errors="replace").strip().splitlines()
+            raise AgentError(
+                f"{conn.node.name}: cannot create working area {home}: "
+                f"{err[-1] if err else f'exit {res.exit_status}'}"
+            )
+        return None
+    lines = res.stdout.decode(errors="replace").splitlines()
+    if not lines:
+        raise AgentError(f"{conn.node.name}: cannot resolve working area {home}")
+    build = lines[1].strip() if len(lines) > 1 and lines[1].strip() else None
+    return Probe(lines[0].strip(), build)
+
+
+async def start_agent(conn: Connection, abs_home: str, python: str = DEFAULT_PYTHON) -> bool:
+    """Start the agent; True when started, False when one was already running."""
+    res = await conn.run(start_command(abs_home, python), timeout=60)
+    if res.exit_status == 0:
+        return True
+    if res.exit_status == EXIT_RUNNING:
+        return False
+    err = (res.stderr or res.stdout).decode(errors="replace").strip().splitlines()
+    reason = err[-1] if err else f"exit {res.exit_status}"
+    raise AgentError(f"{conn.node.name}: agent did not start in {abs_home}: {reason}")
+
+
+class AgentClient:
+    """One open stream to an agent; requests are answered in order."""
+
+    def __init__(self, reader: ByteReader, writer: ByteWriter, node: str, home: str) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.node = node
+        self.home = home
+        self._next = 0
+
+    @classmethod
+    async def open(cls, conn: Connection, abs_home: str) -> AgentClient:
+        """Connect to ``<abs_home>/agent.sock``; AgentError when no agent listens."""
+        path = f"{abs_home.rstrip('/')}/agent.sock"
+        try:
+            reader, writer = await conn.open_unix(path)
+        except TransportError as exc:
+            raise AgentNotRunning(f"{conn.node.name}: no agent answers at {path}") from exc
+        return cls(reader, writer, conn.node.name, abs_home)
+
+    async def call(self, op: str, *, timeout: float = 60.0, **args: Any) -> Any:
+        """One request; the result, or AgentError / VersionMismatch."""
+        self._next += 1
+        request_id = self._next
+        try:
+            self.writer.write(protocol.encode(protocol.request(op, request_id, **args)))
+            await self.writer.drain()
+            line = await asyncio.wait_for(self.reader.readline(), timeout)
+        except TimeoutError:
+            raise AgentError(
+                f"{self.node}: agent did not answer {op} within {timeout:g}s"
+            ) from None
+        except (OSError, EOFError) as exc:
+            raise AgentError(f"{self.node}: connection to the agent broke: {exc}") from exc
+        if not line:
+            raise AgentError(f"{self.node}: agent closed the connection during {op}")
+        try:
+            return protocol.check_reply(protocol.decode(line), request_id)
+        except protocol.ProtocolError as exc:
+            if exc.kind == "version":
+                raise VersionMismatch(f"{self.node}: {exc}") from None
+            raise AgentError(f"{self.node}: {exc}") from None
+
+    async def close(self) -> None:
+        try:
+            self.writer.close()
+        except (OSError, RuntimeError):
+            pass
+
+
+class AgentNotRunning(AgentError):
+    """Nothing listens on the agent's socket (not started, or it died)."""
+
+
+def cached_home(state: State, node: str, home_spec: str) -> str | None:
+    """The absolute working area last resolved for ``home_spec`` on ``node``."""
+    ensure(state)
+    row = state.db.execute(
+        "SELECT home FROM agents WHERE node=? AND home_spec=?", (node, home_spec)
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def remember(
+    state: State, node: str, home_spec: str, home: str, hello: dict[str, Any] | None = None
+) -> None:
+    """Cache the node's working area and what its agent said about itself."""
+    ensure(state)
+    hello = hello or {}
+    with state.transaction() as db:
+        db.execute(
+            "INSERT INTO agents(node, home_spec, home, build, protocol, version, pid, seen)"
+            " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(node) DO UPDATE SET"
+            " home_spec=excluded.home_spec, home=excluded.home,"
+            " build=COALESCE(excluded.build, build), protocol=COALESCE(excluded.protocol,"
+            " protocol), version=COALESCE(excluded.version, version), pid=excluded.pid,"
+            " seen=COALESCE(excluded.seen, seen)",
+            (
+                node,
+                home_spec,
+                home,
+                hello.get("build"),
+                hello.get("protocol"),
+                hello.get("version"),
+                hello.get("pid"),
+                time.time() if hello else None,
+            ),
+        )
+
+
+def forget(state: State, node: str) -> None:
+    ensure(state)
+    with state.transaction() as db:
+        db.execute("DELETE FROM agents WHERE node=?", (node,))

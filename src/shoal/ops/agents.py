@@ -1,0 +1,489 @@
+"""Node agents across the fleet: install, upgrade, start, stop, status, and ``proc``.
+
+Every operation here is a fan-out (:func:`shoal.fanout.fanout`): one SSH
+connection per node, bounded parallelism, and a per-node
+:class:`AgentResult` (a value or an error, never an exception for one node).
+The controller reaches each agent only through SSH: shell commands to install
+and start it, and ``open_unix`` to its socket for everything else (see
+:mod:`.agent_client`). Nodes that cannot be reached join the failed set;
+nodes that answer leave it (:mod:`shoal.nodes.health`).
+
+Install copies the zipapp built by :mod:`shoal.agent.build` to
+``<home>/agent.pyz`` only where ``<home>/agent.build`` differs from this
+build's id, and makes sure this build is the one running: an agent of another
+build is shut down (its programs stop, their desired state is kept) and the new
+one started (they come back). The agent survives the SSH session and the
+controller: it double-forks into its own session with stdio on its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from shoal.agent.build import AgentBuild, build
+from shoal.errors import AgentError, ShoalError, TransportError, VersionMismatch
+from shoal.fanout.results import NodeResult
+from shoal.fanout.scheduler import FanoutOptions, fanout
+from shoal.nodes.model import Node
+from shoal.state import State
+from shoal.transport.base import Connection, Transport
+
+from . import events as event_store
+from .agent_client import (
+    DEFAULT_HOME,
+    DEFAULT_PYTHON,
+    AgentClient,
+    AgentNotRunning,
+    cached_home,
+    probe,
+    remember,
+    start_agent,
+)
+
+
+@dataclass
+class AgentOptions(FanoutOptions):
+    """Fan-out options plus where the agent lives on the nodes and how to start it."""
+
+    home: str = DEFAULT_HOME
+    python: str = DEFAULT_PYTHON
+    call_timeout: float = 60.0
+
+
+@dataclass
+class AgentResult:
+    """What one node's agent did or said: ``value`` on success, ``error`` otherwise."""
+
+    node: str
+    ok: bool = True
+    action: str = ""
+    value: Any = None
+    error: ShoalError | None = None
+    duration: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        if self.error is None:
+            return "ok"
+        return "unreachable" if self.error.kind == "transport" else self.error.kind
+
+    @property
+    def reason(self) -> str:
+        if self.error is None:
+            return ""
+        text, prefix = str(self.error), f"{self.node}: "
+        return text[len(prefix) :] if text.startswith(prefix) else text
+
+    @property
+    def reached(self) -> bool:
+        """True unless the node itself could not be reached over SSH."""
+        return not isinstance(self.error, TransportError)
+
+
+@dataclass
+class AgentResults:
+    """Per-node results in selection order."""
+
+    results: dict[str, AgentResult] = field(default_factory=dict)
+    duration: float = 0.0
+
+    def __iter__(self) -> Any:
+        return iter(self.results.values())
+
+    def __getitem__(self, node: str) -> AgentResult:
+        return self.results[node]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self)
+
+    @property
+    def failed(self) -> list[AgentResult]:
+        return [r for r in self if not r.ok]
+
+
+NodeOp = Callable[[Connection, Node, State], Awaitable[AgentResult]]
+
+
+async def for_each(
+    nodes: Sequence[Node],
+    op: NodeOp,
+    options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    state: State | None = None,
+) -> AgentResults:
+    """Run ``op`` on every node through the fan-out; errors become per-node results."""
+    options = options or AgentOptions()
+    own_state = state is None
+    st = state or State()
+    values: dict[str, AgentResult] = {}
+
+    async def operation(conn: Connection, node: Node, index: int) -> NodeResult:
+        res = await op(conn, node, st)
+        values[node.name] = res
+        return NodeResult(node=node.name, exit_status=0 if res.ok else 1, error=res.error)
+
+    try:
+        fanned = await fanout(
+            nodes, operation, replace(options, record_health=False), transport=transport
+        )
+        out = AgentResults(duration=fanned.duration)
+        for r in fanned:
+            res = values.get(r.node) or AgentResult(node=r.node, ok=False, error=r.error)
+            res.duration = r.duration
+            out.results[r.node] = res
+        if options.record_health:
+            record_reachability(out, st)
+    finally:
+        if own_state:
+            st.close()
+    return out
+
+
+def record_reachability(results: AgentResults, state: State | None = None) -> None:
+    """Unreachable nodes join the failed set; every node that answered SSH leaves it."""
+    from shoal.nodes.health import mark_failed, mark_healthy
+
+    failed = {r.node: f"{r.kind}: {r.reason}" for r in results if not r.reached}
+    if failed:
+        mark_failed(failed, state=state)
+    healthy = [r.node for r in results if r.reached]
+    if healthy:
+        mark_healthy(healthy, state=state)
+
+
+async def connect_agent(
+    conn: Connection, node: Node, state: State, options: AgentOptions
+) -> AgentClient:
+    """A client for the node's running agent; AgentError when none is installed or running."""
+    home = cached_home(state, node.name, options.home)
+    if home is not None:
+        try:
+            return await AgentClient.open(conn, home)
+        except AgentNotRunning:
+            pass  # fall through: the working area may have moved, re-resolve it
+    found = await probe(conn, options.home)
+    if found is None or found.build is None:
+        raise AgentNotInstalled(
+            f"{node.name}: no agent installed in {options.home} (run: shoal agent install)"
+        )
+    remember(state, node.name, options.home, found.home)
+    try:
+        return await AgentClient.open(conn, found.home)
+    except AgentNotRunning:
+        raise AgentNotRunning(
+            f"{node.name}: agent not running in {found.home} (run: shoal sweep)"
+        ) from None
+
+
+class AgentNotInstalled(AgentError):
+    """The working area holds no agent."""
+
+
+# -- lifecycle ---------------------------------------------------------------
+
+
+def local_zipapp(agent: AgentBuild) -> Path:
+    """The build written once under the controller's state directory."""
+    from shoal.config import shoal_home
+
+    folder = shoal_home() / "agent"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"agent-{agent.build_id}.pyz"
+    if not path.exists() or path.read_bytes() != agent.data:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(agent.data)
+        tmp.replace(path)
+    return path
+
+
+async def _hello(conn: Connection, home: str) -> dict[str, Any] | None:
+    """The running agent's hello, or None when none answers."""
+    try:
+        client = await AgentClient.open(conn, home)
+    except AgentNotRunning:
+        return None
+    try:
+        result: dict[str, Any] = await client.call("hello", timeout=15)
+        return result
+    finally:
+        await client.close()
+
+
+async def _wait_gone(conn: Connection, pid: int, timeout: float = 60.0) -> None:
+    """Wait on the node until process ``pid`` has exited."""
+    steps = int(timeout / 0.1)
+    await conn.run(
+        f"i=0; while kill -0 {int(pid)} 2>/dev/null && [ $i -lt {steps} ]; do "
+        "sleep 0.1; i=$((i+1)); done",
+        timeout=timeout + 10,
+    )
+
+
+async def _shutdown(conn: Connection, home: str, hello: dict[str, Any] | None) -> bool:
+    """Stop the agent in ``home`` (programs stop, desired state kept); False if none ran."""
+    pid: int | None = hello.get("pid") if hello else None
+    try:
+        client = await AgentClient.open(conn, home)
+    except AgentNotRunning:
+        return False
+    try:
+        result = await client.call("shutdown", timeout=15)
+        pid = int(result.get("pid", pid or 0)) or pid
+    except VersionMismatch:
+        # an agent of another protocol: stop it by its pidfile instead (SIGTERM)
+        h = shlex.quote(home)
+        res = await conn.run(f"cat {h}/agent.pid", timeout=15)
+        text = res.stdout.decode(errors="replace").strip()
+        pid = int(text) if text.isdigit() else None
+        if pid:
+            await conn.run(f"kill {pid}", timeout=15)
+    finally:
+        await client.close()
+    if pid:
+        await _wait_gone(conn, pid)
+    return True
+
+
+async def install_async(
+    nodes: Sequence[Node],
+    options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    upgrade_only: bool = False,
+    state: State | None = None,
+) -> AgentResults:
+    """Copy this build where it is missing and make it the running agent.
+
+    ``upgrade_only`` leaves nodes without an agent alone (``shoal agent upgrade``).
+    Actions: ``up to date`` (skipped), ``installed``, ``upgraded from X``,
+    ``started`` (same build, was not running), ``skipped: no agent``.
+    """
+    opts = options or AgentOptions()
+    agent = build()
+    local = local_zipapp(agent)
+
+    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
+        found = await probe(conn, opts.home, create=not upgrade_only)
+        if found is None or (upgrade_only and found.build is None):
+            return AgentResult(node.name, action="skipped: no agent")
+        remember(st, node.name, opts.home, found.home)
+        try:
+            hello = await _hello(conn, found.home)
+        except VersionMismatch:
+            hello = {"build": "other protocol"}
+        running = hello.get("build") if hello else None
+        if found.build == agent.build_id and running == agent.build_id:
+            remember(st, node.name, opts.home, found.home, hello)
+            return AgentResult(node.name, action="up to date", value=hello)
+        h = shlex.quote(found.home)
+        if found.build != agent.build_id:
+            await conn.put(str(local), f"{found.home}/agent.pyz")
+            res = await conn.run(
+                f"printf '%s\\n' {agent.build_id} > {h}/agent.build.tmp"
+                f" && mv -f {h}/agent.build.tmp {h}/agent.build",
+                timeout=30,
+            )
+            if res.exit_status != 0:
+                raise AgentError(f"{node.name}: cannot record the build in {found.home}")
+        if running is not None and running != agent.build_id:
+            await _shutdown(conn, found.home, hello)
+            action = f"upgraded from {running}"
+        elif running is None:
+            action = "installed" if found.build != agent.build_id else "started"
+        else:
+            action = "installed"
+        if running != agent.build_id:
+            await start_agent(conn, found.home, opts.python)
+        hello = await _hello(conn, found.home)
+        if hello is None:
+            raise AgentNotRunning(f"{node.name}: agent started but does not answer")
+        remember(st, node.name, opts.home, found.home, hello)
+        return AgentResult(node.name, action=action, value=hello)
+
+    return await for_each(nodes, op, opts, transport=transport, state=state)
+
+
+async def start_async(
+    nodes: Sequence[Node],
+    options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    restart: bool = False,
+    state: State | None = None,
+) -> AgentResults:
+    """Start installed agents (``restart``: stop the running one first)."""
+    opts = options or AgentOptions()
+
+    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
+        found = await probe(conn, opts.home)
+        if found is None or found.build is None:
+            raise AgentNotInstalled(f"{node.name}: no agent installed in {opts.home}")
+        remember(st, node.name, opts.home, found.home)
+        stopped = await _shutdown(conn, found.home, None) if restart else False
+        started = await start_agent(conn, found.home, opts.python)
+        hello = await _hello(conn, found.home)
+        remember(st, node.name, opts.home, found.home, hello)
+        action = "restarted" if stopped else ("started" if started else "already running")
+        return AgentResult(node.name, action=action, value=hello)
+
+    return await for_each(nodes, op, opts, transport=transport, state=state)
+
+
+async def stop_async(
+    nodes: Sequence[Node],
+    options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    state: State | None = None,
+) -> AgentResults:
+    """Shut agents down; their programs stop and come back with the next agent."""
+    opts = options or AgentOptions()
+
+    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
+        found = await probe(conn, opts.home)
+        if found is None or found.build is None:
+            return AgentResult(node.name, action="no agent")
+        stopped = await _shutdown(conn, found.home, None)
+        return AgentResult(node.name, action="stopped" if stopped else "not running")
+
+    return await for_each(nodes, op, opts, transport=transport, state=state)
+
+
+async def status_async(
+    nodes: Sequence[Node],
+    options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    state: State | None = None,
+) -> AgentResults:
+    """Each agent's ``status`` (versions, build, pid, uptime, errors, programs)."""
+    opts = options or AgentOptions()
+
+    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
+        client = await connect_agent(conn, node, st, opts)
+        try:
+            status = await client.call("status", timeout=opts.call_timeout)
+        finally:
+            await client.close()
+        remember(st, node.name, opts.home, client.home, status)
+        return AgentResult(node.name, value=status)
+
+    return await for_each(nodes, op, opts, transport=transport, state=state)
+
+
+def build_skew(results: AgentResults) -> dict[str, list[str]]:
+    """Running builds (``protocol/build``) → nodes; more than one key means skew."""
+    skew: dict[str, list[str]] = {}
+    for r in results:
+        if r.ok and isinstance(r.value, dict):
+            key = f"protocol {r.value.get('protocol')} build {r.value.get('build')}"
+        elif isinstance(r.error, VersionMismatch):
+            key = r.reason
+        else:
+            continue
+        skew.setdefault(key, []).append(r.node)
+    return skew
+
+
+# -- programs ------------------------------------------------------------------
+
+
+async def call_async(
+    nodes: Sequence[Node],
+    op_name: str,
+    args: dict[str, Any] | None = None,
+    options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    pull_events: bool = False,
+    state: State | None = None,
+) -> AgentResults:
+    """One agent request on every node (``proc.start``, ``proc.status``...)."""
+    opts = options or AgentOptions()
+    payload = dict(args or {})
+
+    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
+        client = await connect_agent(conn, node, st, opts)
+        try:
+            value = await client.call(op_name, timeout=opts.call_timeout, **payload)
+            if pull_events:
+                await event_store.pull(client, st)
+        finally:
+            await client.close()
+        return AgentResult(node.name, value=value)
+
+    return await for_each(nodes, op, opts, transport=transport, state=state)
+
+
+def proc_spec(name: str, command: Sequence[str], **fields: Any) -> dict[str, Any]:
+    """A program spec for ``proc.start`` (fields left None take the agent's defaults)."""
+    spec: dict[str, Any] = {"name": name, "command": list(command)}
+    spec.update({k: v for k, v in fields.items() if v is not None})
+    return spec
+
+
+async def proc_start_async(
+    nodes: Sequence[Node],
+    spec: dict[str, Any],
+    options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+) -> AgentResults:
+    return await call_async(nodes, "proc.start", {"spec": spec}, options, transport=transport)
+
+
+async def logs_async(
+    node: Node,
+    name: str,
+    *,
+    lines: int = 50,
+    offset: int | None = None,
+    options: AgentOptions | None = None,
+    transport: Transport | None = None,
+) -> AgentResult:
+    """A program's log on one node: the last ``lines``, or the bytes after ``offset``."""
+    args: dict[str, Any] = {"name": name, "lines": lines}
+    if offset is not None:
+        args["offset"] = offset
+    results = await call_async([node], "proc.logs", args, options, transport=transport)
+    return results[node.name]
+
+
+async def pull_events_async(
+    nodes: Sequence[Node],
+    options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    state: State | None = None,
+) -> AgentResults:
+    """Pull new events from every agent into the controller's state; value = rows added."""
+    opts = options or AgentOptions()
+
+    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
+        client = await connect_agent(conn, node, st, opts)
+        try:
+            added = await event_store.pull(client, st)
+        finally:
+            await client.close()
+        return AgentResult(node.name, value=added)
+
+    return await for_each(nodes, op, opts, transport=transport, state=state)
+
+
+def run_sync(coro: Awaitable[Any]) -> Any:
+    """Run a coroutine to completion (for adapters without an event loop)."""
+
+    async def runner() -> Any:
+        return await coro
+
+    return asyncio.run(runner())
