@@ -53,6 +53,7 @@ class NodeStatus:
     state: str  # up | cut | killed
     running: bool  # its sshd is alive (and, rootless, not frozen)
     shaping: Shaping
+    pid: int | None = None  # the node's sshd
 
 
 @dataclass(frozen=True)
@@ -400,7 +401,8 @@ class Lab:
         st = self._state
         check = rootless.node_running if self.rootless else netns.node_running
         nodes = tuple(
-            NodeStatus(n.name, n.addr, n.port, n.state, check(n), n.shaping) for n in st.nodes
+            NodeStatus(n.name, n.addr, n.port, n.state, check(n), n.shaping, n.pid)
+            for n in st.nodes
         )
         return LabStatus(
             name=st.name,

@@ -1,0 +1,66 @@
+"""Integration fixtures: a session-scoped lab of 8 real SSH nodes.
+
+``lab`` points ``SHOAL_HOME`` at a session temp directory first, skips with a
+clear reason when this machine cannot run a lab (not root, or sshd/ip/tc/
+unshare missing), brings up ``shoal lab`` with a unique name, yields the
+:class:`shoal.lab.Lab`, and always takes it down. Tests that kill, cut or
+shape a node restore it in ``finally``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.lab import Lab, LabSpec
+
+LAB_NODES = 8
+
+
+def lab_skip_reason() -> str | None:
+    """Why a namespace lab cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "lab tests need root (network namespaces); run the suite as root"
+    for tool in ("ip", "tc", "unshare", "ssh", "ssh-keygen", "nft"):
+        if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
+            return f"lab tests need '{tool}' (run scripts/setup.sh)"
+    if not os.access("/usr/sbin/sshd", os.X_OK):
+        return "lab tests need /usr/sbin/sshd (apt-get install openssh-server)"
+    return None
+
+
+def unique_lab_name(prefix: str = "t") -> str:
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+@pytest.fixture(scope="session")
+def shoal_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private SHOAL_HOME for the whole session (set before anything else)."""
+    home = tmp_path_factory.mktemp("shoal-home")
+    old = os.environ.get("SHOAL_HOME")
+    os.environ["SHOAL_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if old is None:
+            os.environ.pop("SHOAL_HOME", None)
+        else:
+            os.environ["SHOAL_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def lab(shoal_home: Path) -> Iterator[Lab]:
+    """An 8-node namespace lab, up for the session, always taken down."""
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    the_lab = Lab.up(LabSpec(n=LAB_NODES, name=unique_lab_name()))
+    try:
+        yield the_lab
+    finally:
+        the_lab.down()
