@@ -487,3 +487,44 @@ def run_sync(coro: Awaitable[Any]) -> Any:
         return await coro
 
     return asyncio.run(runner())
+
+
+LogSink = Callable[[str, str], None]
+
+
+async def follow_logs(
+    nodes: Sequence[Node],
+    name: str,
+    sink: LogSink,
+    *,
+    lines: int = 10,
+    interval: float = 0.5,
+    options: AgentOptions | None = None,
+    transport: Transport | None = None,
+    rounds: int | None = None,
+) -> AgentResults:
+    """Send each node's log of ``name`` to ``sink(node, text)``: the last ``lines``,
+    then new output every ``interval`` seconds over one connection per node,
+    until cancelled (or ``rounds`` polls, for tests)."""
+    opts = options or AgentOptions()
+
+    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
+        client = await connect_agent(conn, node, st, opts)
+        try:
+            page = await client.call("proc.logs", name=name, lines=lines)
+            if page["data"]:
+                sink(node.name, page["data"])
+            offset = int(page["offset"])
+            count = 0
+            while rounds is None or count < rounds:
+                count += 1
+                await asyncio.sleep(interval)
+                page = await client.call("proc.logs", name=name, offset=offset)
+                if page["data"]:
+                    sink(node.name, page["data"])
+                offset = int(page["offset"])
+        finally:
+            await client.close()
+        return AgentResult(node.name, value=offset)
+
+    return await for_each(nodes, op, opts, transport=transport)

@@ -1,0 +1,497 @@
+"""``shoal agent``, ``shoal proc``, ``shoal events`` and ``shoal sweep``: parse, call, render.
+
+The library (:mod:`shoal.ops.agents`, :mod:`shoal.ops.sweep`,
+:mod:`shoal.ops.events`) does the work and returns per-node results; this
+module only turns arguments into calls and results into tables. Exit status
+is 0 when every node succeeded, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .common import add_select_option, selected_nodes
+
+if TYPE_CHECKING:
+    from shoal.nodes.model import Node
+    from shoal.ops.agents import AgentOptions, AgentResults
+    from shoal.transport.base import Transport
+
+
+# -- arguments ---------------------------------------------------------------
+
+
+class _DashDashParser(argparse.ArgumentParser):
+    """Everything after ``--`` is the program's command line, even after options.
+
+    (argparse alone cannot mix options after NAME with a trailing ``-- CMD...``.)
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        items = list(sys.argv[1:] if args is None else args)
+        tail: list[str] = []
+        if "--" in items:
+            cut = items.index("--")
+            items, tail = items[:cut], items[cut + 1 :]
+        ns, extra = super().parse_known_args(items, namespace)
+        if tail or hasattr(ns, "command"):
+            ns.command = list(getattr(ns, "command", None) or []) + tail
+        return ns, extra
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add_select_option(p)
+    p.add_argument(
+        "--home",
+        default=".shoal",
+        metavar="DIR",
+        help="the agent's working area on the nodes (default .shoal in the remote home)",
+    )
+    p.add_argument("--python", default="python3", help="python3 on the nodes (default python3)")
+    p.add_argument("-p", "--parallel", type=int, metavar="N", help="nodes at once")
+    p.add_argument(
+        "--connect-timeout", type=float, default=10.0, metavar="SECONDS", help="default 10"
+    )
+    p.add_argument(
+        "--host-keys",
+        choices=("verify", "accept-new"),
+        default="verify",
+        help="verify (default) or accept-new: trust and record first-seen host keys",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON record per node")
+
+
+def register(sub: Any) -> None:
+    agent = sub.add_parser("agent", help="install and manage the node agent")
+    asub = agent.add_subparsers(dest="agent_command", metavar="ACTION")
+    asub.required = True
+    for action, text in (
+        ("install", "copy the agent where this build is missing and start it"),
+        ("upgrade", "install this build where an agent is already installed"),
+        ("status", "version, build, pid and programs of each agent; reports version skew"),
+        ("stop", "stop the agents (their programs stop; they come back on start)"),
+        ("restart", "restart the agents (their programs come back)"),
+        ("start", "start installed agents that are not running"),
+    ):
+        p = asub.add_parser(action, help=text, description=text)
+        _common(p)
+        p.set_defaults(handler=cmd_agent, action=action)
+
+    proc = sub.add_parser("proc", help="supervised programs on the nodes")
+    psub = proc.add_subparsers(dest="proc_command", metavar="ACTION", parser_class=_DashDashParser)
+    psub.required = True
+    start = psub.add_parser(
+        "start",
+        help="start (or replace) a supervised program",
+        description="Start NAME on every selected node: shoal proc start web -- ./server --port 80",
+    )
+    _common(start)
+    start.add_argument("name", metavar="NAME")
+    start.add_argument("--restart", choices=("always", "on-failure", "never"), default="always")
+    start.add_argument("--cwd", metavar="DIR", help="working directory on the node")
+    start.add_argument(
+        "-e", "--env", action="append", default=[], metavar="NAME=VALUE", help="repeatable"
+    )
+    start.add_argument("--health", metavar="CMD", help="health command (exit 0 = healthy)")
+    start.add_argument("--health-interval", type=float, metavar="S", help="default 10")
+    start.add_argument("--health-timeout", type=float, metavar="S", help="default 5")
+    start.add_argument(
+        "--health-retries", type=int, metavar="N", help="failures in a row that restart (3)"
+    )
+    start.add_argument("--stop-grace", type=float, metavar="S", help="before SIGKILL (5)")
+    start.add_argument("--fatal-after", type=int, metavar="N", help="rapid failures (5)")
+    start.add_argument("--log-max-bytes", type=int, metavar="BYTES", help="default 1 MiB")
+    start.add_argument("--log-backups", type=int, metavar="N", help="default 3")
+    start.add_argument("command", nargs="*", metavar="CMD", help="after --: the command line")
+    start.set_defaults(handler=cmd_proc_start)
+
+    status = psub.add_parser("status", help="one table of the programs on every node")
+    _common(status)
+    status.add_argument("name", nargs="?", metavar="NAME")
+    status.set_defaults(handler=cmd_proc_simple, op="proc.status")
+    for action in ("stop", "restart", "remove"):
+        p = psub.add_parser(action, help=f"{action} a program on the selected nodes")
+        _common(p)
+        p.add_argument("name", metavar="NAME")
+        p.set_defaults(handler=cmd_proc_simple, op=f"proc.{action}")
+    logs = psub.add_parser("logs", help="a program's output (stdout and stderr)")
+    _common(logs)
+    logs.add_argument("name", metavar="NAME")
+    logs.add_argument("-n", "--lines", type=int, default=20, metavar="LINES")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    logs.set_defaults(handler=cmd_proc_logs)
+
+    ev = sub.add_parser("events", help="agent events pulled into the controller's state")
+    _common(ev)
+    ev.add_argument("-n", "--lines", type=int, default=50, metavar="N", help="latest N (50)")
+    ev.add_argument("--follow", action="store_true", help="keep pulling and printing")
+    ev.add_argument("--interval", type=float, default=2.0, metavar="S", help="follow period")
+    ev.add_argument("--no-pull", action="store_true", help="show stored events only")
+    ev.set_defaults(handler=cmd_events)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="check every agent, revive dead ones, update the failed set",
+        description="Check every node's agent; restart it where it died (its programs come "
+        "back); mark unreachable nodes failed and answering ones healthy.",
+    )
+    _common(sw)
+    sw.add_argument("--every", metavar="DURATION", help="repeat (e.g. 30s, 5m, 1h) until Ctrl-C")
+    sw.set_defaults(handler=cmd_sweep)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``5m``, ``1h`` → seconds; UsageError otherwise."""
+    from shoal.errors import UsageError
+
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    body, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(body) * units[unit]
+    except ValueError:
+        raise UsageError(f"bad duration {text!r}: use e.g. 30s, 5m, 1h") from None
+    if value <= 0:
+        raise UsageError(f"duration must be positive, got {text!r}")
+    return value
+
+
+def _options(args: argparse.Namespace) -> AgentOptions:
+    from shoal.ops.agents import AgentOptions
+
+    return AgentOptions(
+        parallel=args.parallel,
+        connect_timeout=args.connect_timeout,
+        host_keys=args.host_keys,
+        home=args.home,
+        python=args.python,
+    )
+
+
+def _transport(nodes: Sequence[Node], opts: AgentOptions) -> Transport:
+    from shoal.fanout.scheduler import make_transport
+    from shoal.transport.preconnect import start_connects
+
+    return make_transport(opts, start_connects(nodes, limit=opts.parallel or 512))
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> list[str]:
+    """Left-aligned columns, two spaces apart."""
+    cells = [list(header), *[list(r) for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+
+
+def _print_failures(results: AgentResults) -> None:
+    for r in results.failed:
+        print(f"{r.node}: {r.kind}: {r.reason}", file=sys.stderr)
+
+
+def _json(results: AgentResults) -> None:
+    for r in results:
+        record = {
+            "node": r.node,
+            "ok": r.ok,
+            "action": r.action,
+            "value": r.value,
+            "error": r.reason or None,
+            "error_kind": r.kind if r.error else None,
+            "duration": round(r.duration, 4),
+        }
+        print(json.dumps(record, sort_keys=True))
+
+
+def _age(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+# -- commands --------------------------------------------------------------------
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from shoal.ops import agents
+
+    nodes = selected_nodes(args)
+    opts = _options(args)
+    tr = _transport(nodes, opts)
+    action = args.action
+    if action in ("install", "upgrade"):
+        coro = agents.install_async(nodes, opts, transport=tr, upgrade_only=action == "upgrade")
+    elif action == "status":
+        coro = agents.status_async(nodes, opts, transport=tr)
+    elif action == "stop":
+        coro = agents.stop_async(nodes, opts, transport=tr)
+    else:
+        coro = agents.start_async(nodes, opts, transport=tr, restart=action == "restart")
+    results: AgentResults = asyncio.run(coro)
+    if args.json:
+        _json(results)
+        return 0 if results.ok else 1
+    if action == "status":
+        rows = []
+        for r in results:
+            if not r.ok:
+                continue
+            v = r.value
+            programs = v.get("programs", [])
+            up = sum(1 for p in programs if p.get("state") == "RUNNING")
+            rows.append(
+                [
+                    r.node,
+                    str(v.get("version")),
+                    str(v.get("protocol")),
+                    str(v.get("build")),
+                    str(v.get("pid")),
+                    _age(v.get("uptime")),
+                    f"{up}/{len(programs)}",
+                    "; ".join(v.get("errors") or []) or "-",
+                ]
+            )
+        header = ["NODE", "VERSION", "PROTO", "BUILD", "PID", "UPTIME", "RUNNING", "ERRORS"]
+        if rows:
+            print("\n".join(table(rows, header)))
+        skew = agents.build_skew(results)
+        if len(skew) > 1:
+            print("version skew:", file=sys.stderr)
+            for key, names in sorted(skew.items(), key=lambda kv: -len(kv[1])):
+                print(f"  {key}: {len(names)} node(s): {', '.join(names)}", file=sys.stderr)
+    else:
+        for r in results:
+            if r.ok:
+                build_id = r.value.get("build") if isinstance(r.value, dict) else None
+                extra = f" (build {build_id})" if build_id else ""
+                print(f"{r.node}: {r.action}{extra}")
+    _print_failures(results)
+    ok = len(results) - len(results.failed)
+    print(f"{action}: {ok}/{len(results)} nodes ok in {results.duration:.2f}s", file=sys.stderr)
+    return 0 if results.ok else 1
+
+
+def cmd_proc_start(args: argparse.Namespace) -> int:
+    from shoal.errors import UsageError
+    from shoal.fanout.run import parse_env
+    from shoal.ops import agents
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise UsageError("proc start needs a command: shoal proc start NAME -- CMD...")
+    spec = agents.proc_spec(
+        args.name,
+        command,
+        restart=args.restart,
+        cwd=args.cwd,
+        env=parse_env(args.env) or None,
+        health=args.health,
+        health_interval=args.health_interval,
+        health_timeout=args.health_timeout,
+        health_retries=args.health_retries,
+        stop_grace=args.stop_grace,
+        fatal_after=args.fatal_after,
+        log_max_bytes=args.log_max_bytes,
+        log_backups=args.log_backups,
+    )
+    nodes = selected_nodes(args)
+    opts = _options(args)
+    results = asyncio.run(
+        agents.call_async(
+            nodes, "proc.start", {"spec": spec}, opts, transport=_transport(nodes, opts)
+        )
+    )
+    return _render_programs(args, results, "proc.start")
+
+
+def cmd_proc_simple(args: argparse.Namespace) -> int:
+    from shoal.ops import agents
+
+    nodes = selected_nodes(args)
+    opts = _options(args)
+    payload = {"name": args.name} if args.name else {}
+    results = asyncio.run(
+        agents.call_async(nodes, args.op, payload, opts, transport=_transport(nodes, opts))
+    )
+    return _render_programs(args, results, args.op)
+
+
+def _render_programs(args: argparse.Namespace, results: AgentResults, op: str) -> int:
+    if args.json:
+        _json(results)
+        return 0 if results.ok else 1
+    rows = []
+    states: dict[str, int] = {}
+    for r in results:
+        if not r.ok:
+            continue
+        programs = r.value if isinstance(r.value, list) else [r.value]
+        for p in programs:
+            if not isinstance(p, dict) or "state" not in p:
+                continue
+            states[p["state"]] = states.get(p["state"], 0) + 1
+            rows.append(
+                [
+                    r.node,
+                    str(p["name"]),
+                    str(p["state"]),
+                    str(p["pid"] or "-"),
+                    _age(p.get("uptime")),
+                    str(p.get("restarts", 0)),
+                    str(p.get("health") or "-"),
+                    str(p.get("last_exit") or "-"),
+                ]
+            )
+    if rows:
+        header = ["NODE", "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "LAST EXIT"]
+        print("\n".join(table(rows, header)))
+    elif op == "proc.status" and results.ok:
+        print("no programs", file=sys.stderr)
+    _print_failures(results)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    failed = len(results.failed)
+    print(
+        f"{op}: {len(results)} node(s)"
+        + (f"; programs: {summary}" if summary else "")
+        + (f"; {failed} node(s) failed" if failed else "")
+        + f" in {results.duration:.2f}s",
+        file=sys.stderr,
+    )
+    return 0 if results.ok else 1
+
+
+def cmd_proc_logs(args: argparse.Namespace) -> int:
+    from shoal.ops import agents
+
+    nodes = selected_nodes(args)
+    opts = _options(args)
+    many = len(nodes) > 1
+
+    def sink(node: str, text: str) -> None:
+        if many:
+            text = "".join(f"{node}: {line}\n" for line in text.splitlines())
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if args.follow:
+        try:
+            results = asyncio.run(
+                agents.follow_logs(
+                    nodes,
+                    args.name,
+                    sink,
+                    lines=args.lines,
+                    options=opts,
+                    transport=_transport(nodes, opts),
+                )
+            )
+        except KeyboardInterrupt:
+            return 0
+    else:
+        results = asyncio.run(
+            agents.call_async(
+                nodes,
+                "proc.logs",
+                {"name": args.name, "lines": args.lines},
+                opts,
+                transport=_transport(nodes, opts),
+            )
+        )
+        for r in results:
+            if r.ok and r.value["data"]:
+                sink(r.node, r.value["data"])
+    _print_failures(results)
+    return 0 if results.ok else 1
+
+
+def _print_events(rows: Sequence[Any]) -> None:
+    for e in rows:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
+        program = e.program or "-"
+        print(f"{stamp}  {e.node}  #{e.seq}  {e.kind}  {program}  {e.detail}".rstrip())
+    sys.stdout.flush()
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from shoal.ops import agents, events
+    from shoal.state import State
+
+    nodes = selected_nodes(args)
+    names = [n.name for n in nodes]
+    opts = _options(args)
+    status = 0
+    with State() as state:
+        if not args.no_pull:
+            pulled = asyncio.run(
+                agents.pull_events_async(
+                    nodes, opts, transport=_transport(nodes, opts), state=state
+                )
+            )
+            _print_failures(pulled)
+            status = 0 if pulled.ok else 1
+        rows = events.query(state, names, limit=args.lines)
+        _print_events(rows)
+        if not args.follow:
+            return status
+        last = max((r.id for r in rows), default=0)
+        last = max(last, max((r.id for r in events.query(state, names, limit=1)), default=0))
+        try:
+            while True:
+                time.sleep(args.interval)
+                asyncio.run(agents.pull_events_async(nodes, opts, state=state))
+                fresh = events.query(state, names, after_id=last)
+                _print_events(fresh)
+                last = max((r.id for r in fresh), default=last)
+        except KeyboardInterrupt:
+            return status
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from shoal.ops.sweep import sweep_async
+
+    every = parse_duration(args.every) if args.every else None
+    status = 0
+    try:
+        while True:
+            nodes = selected_nodes(args)
+            opts = _options(args)
+            began = time.monotonic()
+            report = asyncio.run(sweep_async(nodes, opts, transport=_transport(nodes, opts)))
+            if args.json:
+                for e in report:
+                    print(json.dumps({"node": e.node, "status": e.status, "detail": e.detail}))
+            else:
+                stamp = time.strftime("%H:%M:%S")
+                rows = [[e.node, e.status, e.detail] for e in report]
+                print(f"sweep at {stamp}:")
+                print("\n".join(table(rows, ["NODE", "STATUS", "DETAIL"])))
+            counts: dict[str, int] = {}
+            for e in report:
+                counts[e.status] = counts.get(e.status, 0) + 1
+            summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            took = time.monotonic() - began
+            print(f"sweep: {len(report)} node(s): {summary} in {took:.2f}s", file=sys.stderr)
+            sys.stdout.flush()
+            status = 0 if all(e.status in ("ok", "revived") for e in report) else 1
+            if every is None:
+                return status
+            time.sleep(max(0.0, every - took))
+    except KeyboardInterrupt:
+        return status
