@@ -95,8 +95,15 @@ def clear_failed(names: Iterable[str] | None = None, *, state: State | None = No
     return mark_healthy(names, state=state)
 
 
-def failed_names(state: State) -> set[str]:
+def failed_names(state: State, *, in_inventory: bool = False) -> set[str]:
+    """Names in the failed set (only those in the inventory when ``in_inventory``)."""
     ensure(state)
+    if in_inventory:
+        from shoal.nodes.inventory import ensure as ensure_inventory
+
+        ensure_inventory(state)
+        rows = state.db.execute("SELECT h.name FROM node_health h JOIN inv_nodes n USING (name)")
+        return {r[0] for r in rows}
     return {r[0] for r in state.db.execute("SELECT name FROM node_health")}
 
 

@@ -5,6 +5,8 @@ Tables (declared here, owned here)::
     inv_nodes(name PK, host, user, port, ssh_config, attrs JSON, added, updated)
     inv_groups(name PK, vars JSON)           groups known even when empty
     inv_members(grp, node)                   membership, cascades with the node
+    inv_attrs(key, node, value, is_bool)     attrs again, typed, one row each, so a
+                                             filter reads one key without JSON
 
 Other layers call :func:`import_nodes` (upsert a batch in one transaction,
 optionally making it the whole content of a group: the lab registers its nodes
@@ -48,6 +50,14 @@ CREATE TABLE IF NOT EXISTS inv_members (
     PRIMARY KEY (grp, node)
 );
 CREATE INDEX IF NOT EXISTS inv_members_node ON inv_members(node);
+CREATE TABLE IF NOT EXISTS inv_attrs (
+    key TEXT NOT NULL,
+    node TEXT NOT NULL REFERENCES inv_nodes(name) ON DELETE CASCADE,
+    value,
+    is_bool INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key, node)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inv_attrs_node ON inv_attrs(node);
 """
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
@@ -162,6 +172,7 @@ def import_nodes(
             groups: set[str] = set()
             rows = []
             members: list[tuple[str, str]] = []
+            attr_rows: list[tuple[str, str, AttrValue, int]] = []
             for node in batch:
                 node_groups = set(node.groups)
                 if replace_group is not None:
@@ -180,6 +191,9 @@ def import_nodes(
                     )
                 )
                 members.extend((g, node.name) for g in node_groups)
+                attr_rows.extend(
+                    (k, node.name, v, int(isinstance(v, bool))) for k, v in node.attrs.items()
+                )
             db.executemany(
                 "INSERT INTO inv_nodes(name, host, user, port, ssh_config, attrs, added, updated)"
                 " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET host=excluded.host,"
@@ -188,6 +202,10 @@ def import_nodes(
                 rows,
             )
             db.executemany("DELETE FROM inv_members WHERE node=?", [(n,) for n in seen & existing])
+            db.executemany("DELETE FROM inv_attrs WHERE node=?", [(n,) for n in seen & existing])
+            db.executemany(
+                "INSERT INTO inv_attrs(key, node, value, is_bool) VALUES (?,?,?,?)", attr_rows
+            )
             db.executemany(
                 "INSERT OR IGNORE INTO inv_groups(name) VALUES (?)", [(g,) for g in groups]
             )
@@ -245,6 +263,17 @@ def all_names(state: State) -> set[str]:
     return {r[0] for r in state.db.execute("SELECT name FROM inv_nodes")}
 
 
+def existing(state: State, names: Iterable[str]) -> set[str]:
+    """Those of ``names`` that are in the inventory."""
+    ensure(state)
+    wanted = set(names)
+    if len(wanted) <= 500:
+        marks = ",".join("?" * len(wanted))
+        rows = state.db.execute(f"SELECT name FROM inv_nodes WHERE name IN ({marks})", list(wanted))
+        return {r[0] for r in rows}
+    return wanted & all_names(state)
+
+
 def group_members(state: State, group: str) -> set[str]:
     """Members of ``group``; UnknownNameError when no such group exists."""
     ensure(state)
@@ -270,22 +299,14 @@ def groups(state: State) -> list[GroupInfo]:
 def attr_values(state: State, key: str) -> dict[str, AttrValue]:
     """``{node: value}`` of inventory attribute ``key`` for the nodes that have it."""
     ensure(state)
-    path = '$."' + key.replace('"', "") + '"'
-    rows = state.db.execute(
-        "SELECT name, json_extract(attrs, ?), json_type(attrs, ?) FROM inv_nodes"
-        " WHERE attrs != '{}'",
-        (path, path),
+    db = state.db
+    out: dict[str, AttrValue] = dict(
+        db.execute("SELECT node, value FROM inv_attrs WHERE key=? AND is_bool=0", (key,))
     )
-    out: dict[str, AttrValue] = {}
-    for name, value, kind in rows:
-        if kind is None or kind == "null":
-            continue
-        if kind in ("true", "false"):
-            out[name] = kind == "true"
-        elif kind in ("array", "object"):
-            out[name] = str(value)
-        else:
-            out[name] = value
+    for name, value in db.execute(
+        "SELECT node, value FROM inv_attrs WHERE key=? AND is_bool=1", (key,)
+    ):
+        out[name] = bool(value)
     return out
 
 

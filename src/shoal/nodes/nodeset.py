@@ -43,12 +43,11 @@ class NodeSetParseError(ValueError):
 
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort key that orders embedded numbers by value: n2 < n10, then n01 < n1 by text."""
-    parts = _DIGITS.split(name)
-    key: list[Any] = []
-    for i, part in enumerate(parts):
-        key.append(int(part) if i % 2 else part)
-    key.append(name)
-    return tuple(key)
+    parts: list[Any] = _DIGITS.split(name)
+    if len(parts) > 1:
+        parts[1::2] = map(int, parts[1::2])
+    parts.append(name)
+    return tuple(parts)
 
 
 def natural_sorted(names: Iterable[str]) -> list[str]:

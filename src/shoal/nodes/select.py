@@ -58,7 +58,9 @@ class Universe(Protocol):
         """Members of a group; UnknownNameError when there is no such group."""
         ...
 
-    def failed(self) -> set[str]: ...
+    def failed(self) -> set[str]:
+        """Names in the failed set that are also in the universe."""
+        ...
 
     def plan(self, name: str) -> str | None:
         """The plan's expression, or None when there is no such plan."""
@@ -103,7 +105,7 @@ class MemoryUniverse:
         return set(self._groups[name])
 
     def failed(self) -> set[str]:
-        return set(self._failed)
+        return {n for n in self._failed if n in self.by_name}
 
     def plan(self, name: str) -> str | None:
         return self.plans.get(name)
@@ -116,7 +118,7 @@ class MemoryUniverse:
             lambda k: {
                 n: v for n, node in self.by_name.items() if (v := getattr(node, k)) is not None
             },
-            self.by_name,
+            lambda: self.by_name,
         )
 
     def nodes(self, names: Iterable[str]) -> list[Node]:
@@ -130,7 +132,7 @@ def _merge_values(
     attrs: Callable[[str], Mapping[str, AttrValue]],
     facts: Callable[[str], Mapping[str, AttrValue]],
     fields: Callable[[str], Mapping[str, AttrValue]],
-    names: Iterable[str],
+    names: Callable[[], Iterable[str]],
 ) -> dict[str, AttrValue]:
     """Attribute, then fact, then record field: the first that a node has wins."""
     for prefix in ("fact.", "facts."):
@@ -138,7 +140,7 @@ def _merge_values(
             return dict(facts(key[len(prefix) :]))
     out: dict[str, AttrValue] = {}
     if key in FIELDS:
-        out.update({n: n for n in names} if key == "name" else fields(key))
+        out.update({n: n for n in names()} if key == "name" else fields(key))
     out.update(facts(key))
     out.update(attrs(key))
     return out
@@ -166,7 +168,7 @@ class StateUniverse:
     def failed(self) -> set[str]:
         from shoal.nodes import health
 
-        return health.failed_names(self.state)
+        return health.failed_names(self.state, in_inventory=True)
 
     def plan(self, name: str) -> str | None:
         from shoal.nodes import plans
@@ -181,7 +183,7 @@ class StateUniverse:
             lambda k: inventory.attr_values(self.state, k),
             lambda k: facts.fact_values(self.state, k),
             lambda k: inventory.field_values(self.state, k),
-            self._all if self._all is not None else self.all_names(),
+            self.all_names,
         )
 
     def nodes(self, names: Iterable[str]) -> list[Node]:
@@ -202,7 +204,9 @@ class MqUniverse(MemoryUniverse):
         return self.backing.group(name)
 
     def failed(self) -> set[str]:
-        return self.backing.failed()
+        from shoal.nodes import health
+
+        return {n for n in health.failed_names(self.backing.state) if n in self.by_name}
 
     def plan(self, name: str) -> str | None:
         return self.backing.plan(name)
@@ -254,6 +258,9 @@ def make_test(cond: Condition) -> Callable[[AttrValue], bool]:
 
     def test(value: AttrValue) -> bool:
         if num is not None:
+            kind = type(value)
+            if kind is int or kind is float:
+                return fn(value, num)
             n = _as_number(value)
             if n is not None:
                 return fn(n, num)
@@ -284,7 +291,7 @@ class Evaluator:
 
     def failed(self) -> set[str]:
         if self._failed is None:
-            self._failed = self.u.failed() & self.all()
+            self._failed = self.u.failed()
         return self._failed
 
     def eval(self, node: Expr) -> set[str]:
@@ -443,7 +450,7 @@ def resolve(expr: str | None, *, state: State | None = None) -> list[Node]:
             if expr is None or not u.all_names():
                 hint = " (the inventory is empty: shoal nodes import FILE, or set MQ_NODES)"
             raise EmptySelectionError(f"selection matched no nodes: {text}{hint}")
-        found = u.nodes(names)
+        found = u.nodes(names.names())
     if len(found) != len(names):
         missing = names - {n.name for n in found}
         raise UnknownNameError(f"unknown node(s) not in the inventory: {fold(missing)}")
