@@ -92,8 +92,13 @@ def test_inventory_is_one_name_per_line() -> None:
 
 def test_node_script_binds_relatively_and_hides_the_lab() -> None:
     script = render_node_script_netns(
-        node="n3", addr="10.213.0.4", prefixlen=22, labdir=Path("/root/lab dir")
+        node="n3",
+        addr="10.213.0.4",
+        prefixlen=22,
+        labdir=Path("/root/lab dir"),
+        neighbors=[("10.213.0.1", "02:73:0a:d5:00:01")],
     )
+    assert "neigh replace 10.213.0.1 lladdr 02:73:0a:d5:00:01 dev eth0 nud permanent\n" in script
     assert "hostname n3" in script
     assert "addr replace 10.213.0.4/22 dev eth0" in script
     for bind in ("./home /root", "./tmp /tmp", "../../etc /etc/ssh"):

@@ -178,3 +178,13 @@ def test_shape_change_applies_and_clears() -> None:
 def test_errors_are_shoal_errors() -> None:
     with pytest.raises(ShoalError):
         parse_rate("fast")
+
+
+def test_mac_of_is_fixed_local_and_unique_per_address() -> None:
+    from shoal.lab.spec import mac_of
+
+    assert mac_of("10.213.0.2") == "02:73:0a:d5:00:02"
+    blk = block("10.213.0.0/16", 5)
+    macs = {mac_of(str(Naming.node_addr(blk, i))) for i in range(1, MAX_NODES + 1)}
+    assert len(macs) == MAX_NODES
+    assert all(int(m.split(":")[0], 16) & 0b11 == 0b10 for m in macs)  # local, unicast

@@ -40,7 +40,7 @@ from pathlib import Path
 from shoal.errors import LabError
 from shoal.lab import sshd, system
 from shoal.lab.shaping import nft_ruleset, tc_lines
-from shoal.lab.spec import BLOCK_PREFIX, Naming, Shaping, parse_net
+from shoal.lab.spec import BLOCK_PREFIX, MESH_MAX, Naming, Shaping, mac_of, parse_net
 from shoal.lab.state import LabState, NodeState
 
 GLOBAL_LOCK = Path("/run/lock/shoal-lab.lock")
@@ -195,7 +195,8 @@ def claim(state: LabState) -> None:
     system.ip_batch([f"netns add {naming.switch_ns}"], "create the switch namespace")
     system.ip_batch(
         [
-            f"link add {naming.root_link} type veth peer name ctl netns {naming.switch_ns}",
+            f"link add {naming.root_link} address {mac_of(state.controller_addr)} "
+            f"type veth peer name ctl netns {naming.switch_ns}",
             f"addr add {state.controller_addr}/{blk.prefixlen} dev {naming.root_link}",
         ],
         f"create the controller link {naming.root_link}",
@@ -214,9 +215,18 @@ def build(state: LabState, shaping: Shaping, controller: Shaping) -> None:
     _no_ipv6(naming.switch_ns)
     sw = ["link add br0 type bridge", "link set br0 up", "link set ctl master br0 up"]
     for n in state.nodes:
-        sw.append(f"link add {n.name} type veth peer name eth0 netns {n.netns}")
+        sw.append(
+            f"link add {n.name} type veth peer name eth0 address {mac_of(n.addr)} netns {n.netns}"
+        )
         sw.append(f"link set {n.name} master br0 up")
     system.ip_batch(sw, f"build the switch in {naming.switch_ns}", netns=naming.switch_ns)
+    system.ip_batch(
+        [
+            f"neigh replace {n.addr} lladdr {mac_of(n.addr)} dev {naming.root_link} nud permanent"
+            for n in state.nodes
+        ],
+        "add the controller's neighbour entries",
+    )
     state.controller = Shaping()
     set_controller_shaping(state, controller)
     for n in state.nodes:
@@ -242,8 +252,12 @@ def _no_ipv6(netns: str) -> None:
 
 def start_node(state: LabState, node: NodeState, labdir: Path, blk: ipaddress.IPv4Network) -> int:
     """Boot one node's sshd in fresh mount/UTS namespaces; returns sshd's pid."""
+    assert state.controller_addr is not None
+    neighbors = [(state.controller_addr, mac_of(state.controller_addr))]
+    if len(state.nodes) <= MESH_MAX:
+        neighbors += [(n.addr, mac_of(n.addr)) for n in state.nodes if n.name != node.name]
     script = sshd.render_node_script_netns(
-        node=node.name, addr=node.addr, prefixlen=blk.prefixlen, labdir=labdir
+        node=node.name, addr=node.addr, prefixlen=blk.prefixlen, labdir=labdir, neighbors=neighbors
     )
     assert node.netns is not None
     argv = [

@@ -59,6 +59,12 @@ _NUM_UNIT_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 MIN_RATE = 8_000  # 8 kbit/s: below this tbf cannot hold one full packet sensibly
 MAX_RATE = 100 * 10**9
 MAX_DELAY_US = 60_000_000
+#: Up to this many nodes every node gets a permanent neighbour (ARP) entry for
+#: every other node. The kernel's dynamic neighbour table is global to all
+#: namespaces (``gc_thresh3``, 1024 by default), so a full mesh of dynamic
+#: entries would overflow it at ~32 nodes talking all-to-all; permanent entries
+#: are exempt. Controller⇄node entries are always permanent.
+MESH_MAX = 256
 #: Loss is kept in basis points (1/100 of a percent): nft draws from 0..9999.
 LOSS_SCALE = 10_000
 
@@ -333,6 +339,16 @@ class Naming:
         if not 1 <= index <= MAX_NODES:
             raise UsageError(f"node index {index} outside 1..{MAX_NODES}")
         return blk.network_address + 1 + index
+
+
+def mac_of(addr: str) -> str:
+    """The lab's fixed MAC for an IPv4 address: ``02:73`` + the address bytes.
+
+    Locally administered and unique per address, so neighbour entries can be
+    written before a node exists and stay right across kill/revive.
+    """
+    b = ipaddress.IPv4Address(addr).packed
+    return "02:73:" + ":".join(f"{x:02x}" for x in b)
 
 
 def lab_name_of_link(link: str) -> str | None:

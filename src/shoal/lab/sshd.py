@@ -221,7 +221,13 @@ def render_inventory(names: Sequence[str]) -> str:
 
 
 def render_node_script_netns(
-    *, node: str, addr: str, prefixlen: int, labdir: Path, ipv6_off: bool = True
+    *,
+    node: str,
+    addr: str,
+    prefixlen: int,
+    labdir: Path,
+    neighbors: Sequence[tuple[str, str]] = (),
+    ipv6_off: bool = True,
 ) -> str:
     """The shell script that boots one node inside ``ip netns exec NS unshare ...``.
 
@@ -231,13 +237,14 @@ def render_node_script_netns(
     """
     q = shlex.quote
     hide = q(str(labdir))
+    neigh = "".join(f"neigh replace {a} lladdr {m} dev eth0 nud permanent\n" for a, m in neighbors)
     return f"""set -e
 {"echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6" if ipv6_off else ":"}
 ip -b - <<'EOF'
 addr replace {addr}/{prefixlen} dev eth0
 link set lo up
 link set eth0 up
-EOF
+{neigh}EOF
 hostname {q(node)}
 mount --bind ../../etc /etc/ssh
 mount -o remount,bind,ro /etc/ssh
