@@ -126,10 +126,14 @@ def list_labs() -> list[LabSummary]:
 
 
 def resolve_name(name: str | None) -> str:
-    """``name`` if given; else the only lab there is; else ``default``."""
+    """``name`` if given; else the only lab under this SHOAL_HOME; else ``default``.
+
+    Kernel leftovers of other SHOAL_HOMEs are not candidates: they are listed by
+    :func:`list_labs` and removed by ``down --name``, never picked implicitly.
+    """
     if name is not None:
         return validate_name(name)
-    labs = [s.name for s in list_labs()]
+    labs = [s.name for s in list_labs() if s.dir is not None]
     if len(labs) == 1:
         return labs[0]
     if len(labs) > 1:
