@@ -185,3 +185,104 @@ def test_a_controller_of_another_version_gets_only_the_mismatch(fleet: list[Node
     reply = json.loads(first)
     assert reply["error"] == "version mismatch: agent 1, controller 99"
     assert reply["ok"] is False and rest == b""
+
+
+def test_a_program_that_exits_at_once_backs_off_then_is_fatal(fleet: list[Node]) -> None:
+    node = fleet[5]
+    spec = agents.proc_spec(
+        "crash", ["sh", "-c", "exit 7"], backoff_base=0.05, backoff_jitter=0.0, fatal_after=4
+    )
+    run(agents.proc_start_async([node], spec, opts()))
+    assert wait_for(lambda: program(node, "crash")["state"] == "FATAL", 10)
+    with State() as state:
+        run(agents.pull_events_async([node], opts(), state=state))
+        rows = [e for e in events.query(state, [node.name]) if e.program == "crash"]
+    delays = [float(e.detail.split()[2][:-1]) for e in rows if e.kind == "backoff"]
+    assert delays == [0.05, 0.1, 0.2]
+    assert rows[-1].kind == "fatal" and "last: exit code 7" in rows[-1].detail
+    run(agents.call_async([node], "proc.remove", {"name": "crash"}, opts()))
+
+
+def test_stop_leaves_no_child_behind(fleet: list[Node]) -> None:
+    node = fleet[6]
+    script = "sleep 301 & (trap '' TERM; sleep 302) & trap '' TERM; sleep 303 & wait"
+    spec = agents.proc_spec("family", ["sh", "-c", script], stop_grace=0.5)
+    pgid = run(agents.proc_start_async([node], spec, opts()))[node.name].value["pid"]
+    # live members of the group (zombies wait for this machine's init to reap them)
+    count = f"ps -e -o pgid=,stat= | awk '$1 == {pgid} && $2 !~ /^Z/' | wc -l"
+    assert wait_for(lambda: int(remote(node, count)) >= 4, 5)
+    stopped = run(agents.call_async([node], "proc.stop", {"name": "family"}, opts()))
+    assert stopped[node.name].value["state"] == "STOPPED"
+    assert int(remote(node, count)) == 0
+    assert remote(node, "pgrep -x sleep -a | grep -c 'sleep 30[123]' || true").strip() == "0"
+    run(agents.call_async([node], "proc.remove", {"name": "family"}, opts()))
+
+
+def test_a_failing_health_command_restarts_the_program(fleet: list[Node]) -> None:
+    node = fleet[7]
+    flag = f"/tmp/healthy-{node.name}"
+    remote(node, f"touch {flag}")
+    spec = agents.proc_spec(
+        "svc",
+        ["sleep", "300"],
+        health=f"test -e {flag}",
+        health_interval=0.2,
+        health_retries=2,
+    )
+    old = run(agents.proc_start_async([node], spec, opts()))[node.name].value["pid"]
+    assert wait_for(lambda: program(node, "svc")["health"] == "ok", 5)
+    remote(node, f"rm {flag}")
+    assert wait_for(lambda: program(node, "svc")["pid"] not in (None, old), 5)
+    with State() as state:
+        run(agents.pull_events_async([node], opts(), state=state))
+        rows = [e for e in events.query(state, [node.name]) if e.program == "svc"]
+    assert "health_failed" in [e.kind for e in rows]
+    assert any(e.kind == "restarted" and e.detail.startswith("health check failed") for e in rows)
+    run(agents.call_async([node], "proc.remove", {"name": "svc"}, opts()))
+
+
+def test_log_rotation_bounds_disk_use(fleet: list[Node]) -> None:
+    node = fleet[1]
+    spec = agents.proc_spec(
+        "chatty",
+        ["sh", "-c", "i=0; while [ $i -lt 5000 ]; do echo line $i; i=$((i+1)); done"],
+        restart="never",
+        log_max_bytes=5000,
+        log_backups=2,
+    )
+    run(agents.proc_start_async([node], spec, opts()))
+    assert wait_for(lambda: program(node, "chatty")["state"] == "EXITED", 10)
+    sizes = remote(node, "ls .shoal/logs/ | grep chatty; du -cb .shoal/logs/chatty.log* | tail -1")
+    names, total = sizes.split()[:-2], int(sizes.split()[-2])
+    assert names == ["chatty.log", "chatty.log.1", "chatty.log.2"]
+    assert total <= 3 * 5000
+    logs = run(agents.logs_async(node, "chatty", lines=1, options=opts()))
+    assert logs.value["data"] == "line 4999\n"
+    run(agents.call_async([node], "proc.remove", {"name": "chatty"}, opts()))
+
+
+def test_an_agent_on_a_full_disk_keeps_running_and_reports(fleet: list[Node]) -> None:
+    node = fleet[0]
+    area = "/tmp/shoal-full"
+    mounted = f"mkdir -p {area} && mount -t tmpfs -o size=256k tmpfs {area} && echo ok"
+    if "ok" not in remote(node, f"{mounted} || true"):
+        pytest.skip("cannot mount a tmpfs inside the lab node")
+    small = opts(home=f"{area}/.shoal")
+    try:
+        assert run(agents.install_async([node], small)).ok
+        spec = agents.proc_spec("filler", ["yes", "fill the disk"])
+        assert run(agents.proc_start_async([node], spec, small)).ok
+
+        def reported() -> bool:
+            status = run(agents.status_async([node], small))[node.name]
+            return status.ok and any("No space left" in e for e in status.value["errors"])
+
+        assert wait_for(reported, 10, step=0.2)
+        status = run(agents.status_async([node], small))[node.name].value
+        assert status["programs"][0]["state"] == "RUNNING"
+        report = {e.node: e for e in run(sweep.sweep_async([node], small))}
+        assert report[node.name].status == "ok"
+        assert "errors: No space left on device" in report[node.name].detail
+    finally:
+        run(agents.stop_async([node], small))
+        remote(node, f"umount {area}; rmdir {area}")

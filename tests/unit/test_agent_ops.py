@@ -173,3 +173,37 @@ def test_client_reports_a_version_mismatch_and_agent_errors(tmp_path: Path) -> N
         await server.wait_closed()
 
     asyncio.run(scenario())
+
+
+def test_upgrade_replaces_the_running_build_and_programs_come_back(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    import shutil
+
+    import shoal.agent
+
+    st, tr, nodes, opts = env["state"], env["transport"], env["nodes"], env["opts"]
+    assert run(agents.install_async(nodes[:1], opts, transport=tr, state=st)).ok
+    spec = agents.proc_spec("svc", ["sleep", "300"])
+    first = run(agents.call_async(nodes[:1], "proc.start", {"spec": spec}, opts, transport=tr))
+    old_pid = first["n1"].value["pid"]
+    source = Path(shoal.agent.__file__).parent
+    newer = tmp_path / "newer"
+    shutil.copytree(source, newer, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(newer / "backoff.py", "a") as handle:
+        handle.write("\n# a newer build\n")
+    next_build = build(newer)
+    assert next_build.build_id != build().build_id
+    up = run(
+        agents.install_async(
+            nodes, opts, transport=tr, state=st, upgrade_only=True, agent=next_build
+        )
+    )
+    assert up["n1"].action == f"upgraded from {build().build_id}"
+    assert up["n1"].value["build"] == next_build.build_id
+    assert up["n2"].action == "skipped: no agent"
+    now = run(agents.call_async(nodes[:1], "proc.status", {"name": "svc"}, opts, transport=tr))
+    program = now["n1"].value[0]
+    assert program["state"] == "RUNNING" and program["pid"] != old_pid
+    status = run(agents.status_async(nodes[:1], opts, transport=tr, state=st))
+    assert agents.build_skew(status) == {f"protocol 1 build {next_build.build_id}": ["n1"]}

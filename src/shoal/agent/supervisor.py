@@ -326,7 +326,7 @@ class Program:
     async def _health_loop(self) -> None:
         command = self.spec.health
         assert command is not None
-        while self._active:
+        while self._active and self.running_loop:
             await asyncio.sleep(self.spec.health_interval)
             if self.state != RUNNING:
                 continue

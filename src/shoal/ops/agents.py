@@ -261,15 +261,17 @@ async def install_async(
     transport: Transport | None = None,
     upgrade_only: bool = False,
     state: State | None = None,
+    agent: AgentBuild | None = None,
 ) -> AgentResults:
     """Copy this build where it is missing and make it the running agent.
 
-    ``upgrade_only`` leaves nodes without an agent alone (``shoal agent upgrade``).
+    ``upgrade_only`` leaves nodes without an agent alone (``shoal agent upgrade``);
+    ``agent`` is the build to ship (default: built from this source tree).
     Actions: ``up to date`` (skipped), ``installed``, ``upgraded from X``,
     ``started`` (same build, was not running), ``skipped: no agent``.
     """
     opts = options or AgentOptions()
-    agent = build()
+    agent = agent or build()
     local = local_zipapp(agent)
 
     async def op(conn: Connection, node: Node, st: State) -> AgentResult:
