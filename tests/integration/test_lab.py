@@ -147,7 +147,8 @@ def test_each_node_has_its_own_hostname_home_and_tmp(lab: Lab) -> None:
 
 def _measure_rate(lab: Lab, src: str, dst: str, seconds: float = 3.0) -> float:
     """Goodput in bits/s of one TCP stream src → dst, measured by the receiver
-    after a 0.5 s warm-up; both ends are python3 sockets inside the namespaces."""
+    after a 0.5 s warm-up; both ends are python3 sockets inside the namespaces
+    (``src`` may be ``controller``: the root namespace)."""
     dst_addr = next(n.host for n in lab.nodes() if n.name == dst)
     server = """
 import socket, time
@@ -180,8 +181,9 @@ s.close()
         text=True,
     )
     try:
+        where = [] if src == "controller" else ["ip", "netns", "exec", lab.netns_of(src)]
         cli = subprocess.run(
-            ["ip", "netns", "exec", lab.netns_of(src), PY, "-c", client],
+            [*where, PY, "-c", client],
             capture_output=True,
             text=True,
             timeout=seconds + 20,
@@ -213,6 +215,18 @@ def test_rate_shaping_is_measurably_applied(lab: Lab) -> None:
             lab.shape(node, ShapeChange(clear_rate=True))
     assert unshaped > 3 * rate, f"unshaped only {unshaped / 1e6:.0f} Mbit/s"
     assert all(n.shaping == Shaping() for n in lab.status().nodes if n.name in ("n5", "n6"))
+
+
+def test_controller_link_is_shaped_too(lab: Lab) -> None:
+    rate = 40_000_000
+    try:
+        lab.shape("controller", ShapeChange(rate_bps=rate))
+        measured = _measure_rate(lab, "controller", "n6", seconds=2.5)
+        assert abs(measured - rate) <= 0.15 * rate, f"measured {measured / 1e6:.1f} Mbit/s"
+        assert lab.status().controller.rate_bps == rate
+    finally:
+        lab.shape("controller", ShapeChange(clear_rate=True))
+    assert lab.status().controller == Shaping()
 
 
 def _udp_delivery(lab: Lab, src: str, dst: str, count: int = 3000) -> float:
@@ -291,6 +305,10 @@ def test_delay_works_or_says_netem_is_missing(lab: Lab) -> None:
             lab.shape("n4", ShapeChange(delay_us=20_000))
         assert "netem" in str(err.value) and "\n" not in str(err.value)
         assert lab.status() == before
+        name = unique_lab_name("n")
+        out = shoal_cli("lab", "up", "2", "--delay", "20ms", "--name", name)
+        assert out.returncode == 1 and out.stderr.count("\n") == 1 and "netem" in out.stderr
+        assert nothing_left(name) and not (lab.dir.parent / name).exists()
         return
     try:
         lab.shape("n4", ShapeChange(delay_us=50_000))
