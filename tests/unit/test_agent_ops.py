@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from shoal.agent.build import build
-from shoal.errors import AgentError, VersionMismatch
+from shoal.errors import AgentError, TransportError, VersionMismatch
 from shoal.nodes.model import Node
 from shoal.ops import agents, events, sweep
 from shoal.ops.agent_client import AgentClient
@@ -31,9 +31,10 @@ from shoal.transport.local import LocalConnection
 class PerNodeLocal(Transport):
     """Every node is this machine, each with its own home directory."""
 
-    def __init__(self, root: Path, down: set[str] | None = None) -> None:
+    def __init__(self, root: Path, down: set[str] | None = None, forwarding: bool = True) -> None:
         self.root = root
         self.down = down if down is not None else set()
+        self.forwarding = forwarding
 
     async def connect(self, node: Node, *, timeout: float | None = None) -> Connection:
         from shoal.errors import ConnectError
@@ -42,7 +43,16 @@ class PerNodeLocal(Transport):
             raise ConnectError("connection refused", node.name)
         home = self.root / node.name
         home.mkdir(exist_ok=True)
+        if not self.forwarding:
+            return NoForwarding(node, home)
         return LocalConnection(node, home)
+
+
+class NoForwarding(LocalConnection):
+    """A node whose SSH server refuses streamlocal forwarding."""
+
+    async def open_unix(self, path: str) -> tuple[Any, Any]:
+        raise TransportError(f"cannot open {path}: forwarding refused", self.node.name)
 
 
 @pytest.fixture
@@ -207,3 +217,33 @@ def test_upgrade_replaces_the_running_build_and_programs_come_back(
     assert program["state"] == "RUNNING" and program["pid"] != old_pid
     status = run(agents.status_async(nodes[:1], opts, transport=tr, state=st))
     assert agents.build_skew(status) == {f"protocol 1 build {next_build.build_id}": ["n1"]}
+
+
+def test_without_streamlocal_forwarding_the_ctl_relay_is_used(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    from shoal.ops.agent_client import CtlClient
+
+    st, nodes, opts = env["state"], env["nodes"][:1], env["opts"]
+    tr = PerNodeLocal(env["tmp"] / "nodes", forwarding=False)
+    installed = run(agents.install_async(nodes, opts, transport=tr, state=st))
+    assert installed.ok and installed["n1"].action == "installed", installed["n1"].reason
+    spec = agents.proc_spec("svc", ["sleep", "300"])
+    assert run(agents.call_async(nodes, "proc.start", {"spec": spec}, opts, transport=tr)).ok
+    status = run(agents.call_async(nodes, "proc.status", {}, opts, transport=tr, state=st))
+    assert status["n1"].value[0]["state"] == "RUNNING"
+
+    async def client_type() -> type:
+        conn = await tr.connect(nodes[0])
+        client = await AgentClient.open(conn, str(env["tmp"] / "nodes" / "n1" / ".shoal"))
+        await client.close()
+        return type(client)
+
+    assert run(client_type()) is CtlClient
+    dead = agent_pid(env["tmp"], "n1")
+    os.kill(dead, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{dead}/exe") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    report = run(sweep.sweep_async(nodes, opts, transport=tr, state=st))
+    assert report[0].status == "revived" and "running: svc" in report[0].detail

@@ -170,6 +170,9 @@ class Agent:
                 except (KeyError, ValueError, TypeError) as exc:
                     text = exc.args[0] if exc.args else str(exc)
                     answer = protocol.failure(req["id"], str(text), "agent")
+                except Exception as exc:  # answer, and keep serving
+                    text = f"agent error in {req['op']}: {type(exc).__name__}: {exc}"
+                    answer = protocol.failure(req["id"], text, "agent")
                 writer.write(protocol.encode(answer))
                 await writer.drain()
                 if req["op"] == "shutdown":

@@ -211,7 +211,14 @@ class Program:
             while self._active:
                 self._restart_reason = None
                 began = time.monotonic()
-                code = await self._run_once()
+                try:
+                    code = await self._run_once()
+                except Exception as exc:  # never lose the loop to a bug or odd error
+                    self.proc = None
+                    self.pid = None
+                    self.last_exit = f"supervisor error: {type(exc).__name__}: {exc}"
+                    self.sup.record("spawn_failed", self.spec.name, self.last_exit)
+                    code = None
                 runtime = time.monotonic() - began
                 if not self._active:
                     break

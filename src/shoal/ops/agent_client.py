@@ -107,39 +107,44 @@ async def start_agent(conn: Connection, abs_home: str, python: str = DEFAULT_PYT
 
 
 class AgentClient:
-    """One open stream to an agent; requests are answered in order."""
+    """One conversation with an agent; requests are answered in order.
 
-    def __init__(self, reader: ByteReader, writer: ByteWriter, node: str, home: str) -> None:
-        self.reader = reader
-        self.writer = writer
+    :meth:`open` prefers a stream through SSH streamlocal forwarding
+    (:class:`StreamClient`); when the SSH server refuses to forward to the
+    socket but an agent answers ``agent.pyz ctl`` on the node, it falls back to
+    :class:`CtlClient` (one SSH command per request).
+    """
+
+    def __init__(self, node: str, home: str) -> None:
         self.node = node
         self.home = home
         self._next = 0
 
     @classmethod
-    async def open(cls, conn: Connection, abs_home: str) -> AgentClient:
-        """Connect to ``<abs_home>/agent.sock``; AgentError when no agent listens."""
+    async def open(
+        cls, conn: Connection, abs_home: str, python: str = DEFAULT_PYTHON
+    ) -> AgentClient:
+        """Connect to ``<abs_home>/agent.sock``; AgentNotRunning when no agent listens."""
         path = f"{abs_home.rstrip('/')}/agent.sock"
         try:
             reader, writer = await conn.open_unix(path)
         except TransportError as exc:
+            ctl = CtlClient(conn, abs_home, python)
+            if await ctl.answers():
+                return ctl
             raise AgentNotRunning(f"{conn.node.name}: no agent answers at {path}") from exc
-        return cls(reader, writer, conn.node.name, abs_home)
+        return StreamClient(reader, writer, conn.node.name, abs_home)
+
+    async def _exchange(self, line: bytes, op: str, timeout: float) -> bytes:
+        raise NotImplementedError
 
     async def call(self, op: str, *, timeout: float = 60.0, **args: Any) -> Any:
         """One request; the result, or AgentError / VersionMismatch."""
         self._next += 1
         request_id = self._next
-        try:
-            self.writer.write(protocol.encode(protocol.request(op, request_id, **args)))
-            await self.writer.drain()
-            line = await asyncio.wait_for(self.reader.readline(), timeout)
-        except TimeoutError:
-            raise AgentError(
-                f"{self.node}: agent did not answer {op} within {timeout:g}s"
-            ) from None
-        except (OSError, EOFError) as exc:
-            raise AgentError(f"{self.node}: connection to the agent broke: {exc}") from exc
+        line = await self._exchange(
+            protocol.encode(protocol.request(op, request_id, **args)), op, timeout
+        )
         if not line:
             raise AgentError(f"{self.node}: agent closed the connection during {op}")
         try:
@@ -150,10 +155,62 @@ class AgentClient:
             raise AgentError(f"{self.node}: {exc}") from None
 
     async def close(self) -> None:
+        return None
+
+
+class StreamClient(AgentClient):
+    """Requests over one byte stream to the agent's socket."""
+
+    def __init__(self, reader: ByteReader, writer: ByteWriter, node: str, home: str) -> None:
+        super().__init__(node, home)
+        self.reader = reader
+        self.writer = writer
+
+    async def _exchange(self, line: bytes, op: str, timeout: float) -> bytes:
+        try:
+            self.writer.write(line)
+            await self.writer.drain()
+            return await asyncio.wait_for(self.reader.readline(), timeout)
+        except TimeoutError:
+            raise AgentError(
+                f"{self.node}: agent did not answer {op} within {timeout:g}s"
+            ) from None
+        except (OSError, EOFError) as exc:
+            raise AgentError(f"{self.node}: connection to the agent broke: {exc}") from exc
+
+    async def close(self) -> None:
         try:
             self.writer.close()
         except (OSError, RuntimeError):
             pass
+
+
+class CtlClient(AgentClient):
+    """Requests through ``python3 agent.pyz ctl`` on the node, one SSH command each."""
+
+    def __init__(self, conn: Connection, home: str, python: str = DEFAULT_PYTHON) -> None:
+        super().__init__(conn.node.name, home)
+        self.conn = conn
+        h = shlex.quote(home)
+        self.command = f"exec {shlex.quote(python)} {h}/agent.pyz ctl --home {h}"
+
+    async def _exchange(self, line: bytes, op: str, timeout: float) -> bytes:
+        res = await self.conn.run(self.command, input=line, timeout=timeout)
+        if res.exit_status != 0:
+            err = res.stderr.decode(errors="replace").strip().splitlines()
+            reason = err[-1] if err else f"exit {res.exit_status}"
+            raise AgentNotRunning(f"{self.node}: agent ctl failed: {reason}")
+        return res.stdout.split(b"\n", 1)[0] + b"\n" if res.stdout else b""
+
+    async def answers(self) -> bool:
+        """True when an agent answers through ``ctl`` (of any protocol version)."""
+        try:
+            await self.call("hello", timeout=30)
+        except VersionMismatch:
+            return True
+        except (AgentError, TransportError):
+            return False
+        return True
 
 
 class AgentNotRunning(AgentError):

@@ -168,7 +168,7 @@ async def connect_agent(
     home = cached_home(state, node.name, options.home)
     if home is not None:
         try:
-            return await AgentClient.open(conn, home)
+            return await AgentClient.open(conn, home, options.python)
         except AgentNotRunning:
             pass  # fall through: the working area may have moved, re-resolve it
     found = await probe(conn, options.home)
@@ -178,7 +178,7 @@ async def connect_agent(
         )
     remember(state, node.name, options.home, found.home)
     try:
-        return await AgentClient.open(conn, found.home)
+        return await AgentClient.open(conn, found.home, options.python)
     except AgentNotRunning:
         raise AgentNotRunning(
             f"{node.name}: agent not running in {found.home} (run: shoal sweep)"
@@ -206,10 +206,12 @@ def local_zipapp(agent: AgentBuild) -> Path:
     return path
 
 
-async def _hello(conn: Connection, home: str) -> dict[str, Any] | None:
+async def _hello(
+    conn: Connection, home: str, python: str = DEFAULT_PYTHON
+) -> dict[str, Any] | None:
     """The running agent's hello, or None when none answers."""
     try:
-        client = await AgentClient.open(conn, home)
+        client = await AgentClient.open(conn, home, python)
     except AgentNotRunning:
         return None
     try:
@@ -229,11 +231,13 @@ async def _wait_gone(conn: Connection, pid: int, timeout: float = 60.0) -> None:
     )
 
 
-async def _shutdown(conn: Connection, home: str, hello: dict[str, Any] | None) -> bool:
+async def _shutdown(
+    conn: Connection, home: str, hello: dict[str, Any] | None, python: str = DEFAULT_PYTHON
+) -> bool:
     """Stop the agent in ``home`` (programs stop, desired state kept); False if none ran."""
     pid: int | None = hello.get("pid") if hello else None
     try:
-        client = await AgentClient.open(conn, home)
+        client = await AgentClient.open(conn, home, python)
     except AgentNotRunning:
         return False
     try:
@@ -280,7 +284,7 @@ async def install_async(
             return AgentResult(node.name, action="skipped: no agent")
         remember(st, node.name, opts.home, found.home)
         try:
-            hello = await _hello(conn, found.home)
+            hello = await _hello(conn, found.home, opts.python)
         except VersionMismatch:
             hello = {"build": "other protocol"}
         running = hello.get("build") if hello else None
@@ -298,7 +302,7 @@ async def install_async(
             if res.exit_status != 0:
                 raise AgentError(f"{node.name}: cannot record the build in {found.home}")
         if running is not None and running != agent.build_id:
-            await _shutdown(conn, found.home, hello)
+            await _shutdown(conn, found.home, hello, opts.python)
             action = f"upgraded from {running}"
         elif running is None:
             action = "installed" if found.build != agent.build_id else "started"
@@ -306,7 +310,7 @@ async def install_async(
             action = "installed"
         if running != agent.build_id:
             await start_agent(conn, found.home, opts.python)
-        hello = await _hello(conn, found.home)
+        hello = await _hello(conn, found.home, opts.python)
         if hello is None:
             raise AgentNotRunning(f"{node.name}: agent started but does not answer")
         remember(st, node.name, opts.home, found.home, hello)
@@ -331,9 +335,9 @@ async def start_async(
         if found is None or found.build is None:
             raise AgentNotInstalled(f"{node.name}: no agent installed in {opts.home}")
         remember(st, node.name, opts.home, found.home)
-        stopped = await _shutdown(conn, found.home, None) if restart else False
+        stopped = await _shutdown(conn, found.home, None, opts.python) if restart else False
         started = await start_agent(conn, found.home, opts.python)
-        hello = await _hello(conn, found.home)
+        hello = await _hello(conn, found.home, opts.python)
         remember(st, node.name, opts.home, found.home, hello)
         action = "restarted" if stopped else ("started" if started else "already running")
         return AgentResult(node.name, action=action, value=hello)
@@ -355,7 +359,7 @@ async def stop_async(
         found = await probe(conn, opts.home)
         if found is None or found.build is None:
             return AgentResult(node.name, action="no agent")
-        stopped = await _shutdown(conn, found.home, None)
+        stopped = await _shutdown(conn, found.home, None, opts.python)
         return AgentResult(node.name, action="stopped" if stopped else "not running")
 
     return await for_each(nodes, op, opts, transport=transport, state=state)

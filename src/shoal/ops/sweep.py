@@ -48,11 +48,11 @@ async def _check(conn: Connection, node: Node, st: State, opts: AgentOptions) ->
     remember(st, node.name, opts.home, found.home)
     revived = False
     try:
-        client = await AgentClient.open(conn, found.home)
+        client = await AgentClient.open(conn, found.home, opts.python)
     except AgentNotRunning:
         await start_agent(conn, found.home, opts.python)
         revived = True
-        client = await AgentClient.open(conn, found.home)
+        client = await AgentClient.open(conn, found.home, opts.python)
     try:
         try:
             status: dict[str, Any] = await client.call("status", timeout=opts.call_timeout)
