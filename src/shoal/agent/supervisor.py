@@ -73,6 +73,32 @@ def _kill_group(pgid: int, sig: int) -> bool:
     return True
 
 
+def group_alive(pgid: int) -> bool:
+    """True while a live (non-zombie) process is left in the group.
+
+    A group of zombies still accepts signals, so ``killpg(pgid, 0)`` alone would
+    keep a stop waiting for the whole grace period; /proc tells them apart.
+    """
+    if not _kill_group(pgid, 0):
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                data = handle.read()
+            fields = data[data.rindex(b")") + 2 :].split()
+        except (OSError, ValueError):
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
 def process_start_ticks(pid: int) -> int | None:
     """The start time of ``pid`` in clock ticks since boot (from /proc), or None."""
     try:
@@ -198,7 +224,7 @@ class Program:
             pass
         # the main process is gone (or overran): give the rest of its group the
         # remaining grace, checking at a short interval only while stopping
-        while time.monotonic() < deadline and _kill_group(pgid, 0):
+        while time.monotonic() < deadline and group_alive(pgid):
             await asyncio.sleep(0.05)
         _kill_group(pgid, signal.SIGKILL)
         await proc.wait()
@@ -492,7 +518,7 @@ class Supervisor:
             killed.append(name)
         deadline = time.monotonic() + 3.0
         while groups and time.monotonic() < deadline:
-            groups = [g for g in groups if _kill_group(g, 0)]
+            groups = [g for g in groups if group_alive(g)]
             if groups:
                 await asyncio.sleep(0.05)
         for group in groups:
