@@ -46,6 +46,8 @@ class FanoutOptions:
     retry_backoff: float = 0.5
     host_keys: str = "verify"
     record_health: bool = True
+    #: Seconds between SSH keepalives; a node silent for 3 of them is lost.
+    keepalive: float = 5.0
 
     def validate(self) -> None:
         if self.parallel is not None and self.parallel < 1:
@@ -58,6 +60,8 @@ class FanoutOptions:
             raise UsageError(f"--timeout must be positive, got {self.timeout}")
         if self.retries < 0:
             raise UsageError(f"--retries must not be negative, got {self.retries}")
+        if self.keepalive <= 0:
+            raise UsageError(f"keepalive must be positive, got {self.keepalive}")
         if self.host_keys not in ("verify", "accept-new"):
             raise UsageError(f"--host-keys must be verify or accept-new, got {self.host_keys!r}")
 
@@ -79,7 +83,11 @@ def default_parallelism() -> int:
 def make_transport(options: FanoutOptions, preconnected: dict | None = None) -> Transport:
     from shoal.transport.ssh import HostKeyPolicy, SSHTransport
 
-    return SSHTransport(host_keys=HostKeyPolicy(options.host_keys), preconnected=preconnected)
+    return SSHTransport(
+        host_keys=HostKeyPolicy(options.host_keys),
+        preconnected=preconnected,
+        keepalive=options.keepalive,
+    )
 
 
 async def fanout(

@@ -16,6 +16,10 @@ from typing import Protocol
 
 from shoal.nodes.model import Node
 
+#: After a command's shell exits, how long to wait for its output to drain; a
+#: background process still holding the output open is then left to run.
+DRAIN_AFTER_EXIT = 0.25
+
 #: Called with (stream, line) for each complete line of output, when streaming.
 LineCallback = Callable[[str, bytes], None]
 

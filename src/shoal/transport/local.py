@@ -19,7 +19,52 @@ from pathlib import Path
 from shoal.errors import CommandTimeout, TransportError
 from shoal.nodes.model import Node
 
-from .base import ByteReader, ByteWriter, CommandResult, Connection, LineCallback, Transport
+from .base import (
+    DRAIN_AFTER_EXIT,
+    ByteReader,
+    ByteWriter,
+    CommandResult,
+    Connection,
+    LineCallback,
+    Transport,
+)
+
+
+async def _collect(stream: asyncio.StreamReader, into: bytearray) -> None:
+    while chunk := await stream.read(65536):
+        into.extend(chunk)
+
+
+async def _exit_code(proc: asyncio.subprocess.Process) -> int:
+    """Wait for the process itself to exit, not for its pipes to close.
+
+    asyncio's ``Process.wait()`` also waits for the pipes, which a background
+    grandchild can hold open for ever. A pidfd tells when the process exits;
+    asyncio's child watcher reaps it and sets ``returncode`` right after.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:
+        fd = -1  # already reaped: returncode is about to be set
+    if fd >= 0:
+        done: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(fd, readable)
+        try:
+            await done
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+    for _ in range(500):  # the watcher reaps within milliseconds; bounded wait
+        if proc.returncode is not None:
+            return proc.returncode
+        await asyncio.sleep(0.002)
+    raise TransportError(f"process {proc.pid} exited but was never reaped", "local")
 
 
 class LocalConnection(Connection):
@@ -52,21 +97,38 @@ class LocalConnection(Connection):
             cwd=self.root,
             start_new_session=True,
         )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        proc.stdin.write(input or b"")
+        proc.stdin.close()
+        out, err = bytearray(), bytearray()
+        readers = [
+            asyncio.ensure_future(_collect(proc.stdout, out)),
+            asyncio.ensure_future(_collect(proc.stderr, err)),
+        ]
         try:
-            out, err = await asyncio.wait_for(proc.communicate(input or b""), timeout)
-        except TimeoutError:
+            code = await asyncio.wait_for(_exit_code(proc), timeout)
+        except asyncio.TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            await _exit_code(proc)
+            for r in readers:
+                r.cancel()
             raise CommandTimeout(f"command timed out after {timeout:g}s", self.node.name) from None
+        # as over SSH: a background child holding the pipes does not hold the result
+        await asyncio.wait(readers, timeout=DRAIN_AFTER_EXIT)
+        for r in readers:
+            r.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            proc._transport.close()  # type: ignore[attr-defined]  # release the pipes
         if on_line is not None:
             for stream, data in (("stdout", out), ("stderr", err)):
-                for line in data.splitlines():
+                for line in bytes(data).splitlines():
                     on_line(stream, line)
-        code = proc.returncode
         if code is not None and code < 0:
-            return CommandResult(None, out, err, signal=signal.Signals(-code).name[3:])
-        return CommandResult(code, out, err)
+            return CommandResult(
+                None, bytes(out), bytes(err), signal=signal.Signals(-code).name[3:]
+            )
+        return CommandResult(code, bytes(out), bytes(err))
 
     async def put(self, local: str, remote: str) -> int:
         src, dst = Path(local), self._path(remote)

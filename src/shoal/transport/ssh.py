@@ -40,13 +40,19 @@ import asyncssh
 from shoal.errors import AuthError, CommandTimeout, ConnectError, HostKeyError, TransportError
 from shoal.nodes.model import Node
 
-from .base import ByteReader, ByteWriter, CommandResult, Connection, LineCallback, Transport
+from .base import (
+    DRAIN_AFTER_EXIT,
+    ByteReader,
+    ByteWriter,
+    CommandResult,
+    Connection,
+    LineCallback,
+    Transport,
+)
 from .sftp import SFTPCopier
 
 #: Seconds between the remote TERM and KILL when a command times out.
 KILL_GRACE = 2.0
-#: After the remote shell exits, how long to wait for its output to drain.
-DRAIN_AFTER_EXIT = 0.25
 
 
 class HostKeyPolicy(enum.Enum):
@@ -274,8 +280,12 @@ class SSHTransport(Transport):
         host_keys: HostKeyPolicy = HostKeyPolicy.VERIFY,
         preconnected: dict[str, socket.socket] | None = None,
         use_user_config: bool = True,
+        keepalive: float = 5.0,
+        keepalive_count: int = 3,
     ) -> None:
         self.host_keys = host_keys
+        self.keepalive = keepalive
+        self.keepalive_count = keepalive_count
         self._preconnected = preconnected or {}
         self._user_config = _user_config() if use_user_config else []
         self._known_files: dict[tuple[str, tuple[str, ...]], list[str]] = {}
@@ -354,6 +364,8 @@ class SSHTransport(Transport):
                 config=config,
                 client_factory=lambda: checker,
                 connect_timeout=left,
+                keepalive_interval=self.keepalive,
+                keepalive_count_max=self.keepalive_count,
                 **kwargs,
             )
         except asyncssh.HostKeyNotVerifiable as exc:
