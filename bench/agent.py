@@ -134,6 +134,9 @@ def local_bench(args: argparse.Namespace) -> None:
             rss, cpu = footprint(client, pid, args.idle)
         finally:
             client.call("shutdown")
+            deadline = time.monotonic() + 15
+            while os.path.exists(f"/proc/{pid}/exe") and time.monotonic() < deadline:
+                time.sleep(0.05)
         lat_ms = sorted(x * 1000 for x in lat)
         p95 = lat_ms[min(len(lat_ms) - 1, int(0.95 * len(lat_ms)))]
         print(f"agent build {build_id}, python {sys.version.split()[0]}")

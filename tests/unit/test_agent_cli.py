@@ -50,3 +50,22 @@ def test_table_aligns_columns() -> None:
         "n1      RUNNING",
         "node10  FATAL",
     ]
+
+
+def test_build_skew_groups_nodes_by_what_they_run() -> None:
+    from shoal.errors import ConnectError, VersionMismatch
+    from shoal.ops.agents import AgentResult, AgentResults, build_skew
+
+    results = AgentResults()
+    for name, value in (("n1", "a"), ("n2", "b"), ("n3", "a")):
+        results.results[name] = AgentResult(name, value={"protocol": 1, "build": value})
+    results.results["n4"] = AgentResult(
+        "n4", ok=False, error=VersionMismatch("n4: version mismatch: agent 2, controller 1")
+    )
+    results.results["n5"] = AgentResult("n5", ok=False, error=ConnectError("refused", "n5"))
+    assert build_skew(results) == {
+        "protocol 1 build a": ["n1", "n3"],
+        "protocol 1 build b": ["n2"],
+        "version mismatch: agent 2, controller 1": ["n4"],
+    }
+    assert results["n5"].kind == "unreachable" and not results["n5"].reached
