@@ -26,7 +26,7 @@ from pathlib import Path
 
 from shoal.config import labs_dir
 from shoal.errors import LabError, UsageError
-from shoal.lab import netns, rootless, sshd, system
+from shoal.lab import netns, register, rootless, sshd, system
 from shoal.lab.spec import (
     DEFAULT_NAME,
     LabSpec,
@@ -290,6 +290,7 @@ class Lab:
             netns.build(state, spec.shaping, spec.controller)
             lab = cls(state)
             lab._publish()
+            register.register(lab.nodes())
             state.status = "up"
             save(state)
         except BaseException:
@@ -320,6 +321,7 @@ class Lab:
             rootless.build(state, user_pub)
             lab = cls(state)
             lab._publish()
+            register.register(lab.nodes())
             state.status = "up"
             save(state)
         except BaseException:
@@ -388,6 +390,7 @@ class Lab:
                 raise LabError(f"lab {name} has network namespaces; removing them needs root")
         if labdir.exists() and (st is None or st.mode == "rootless"):
             procs += len(rootless.destroy(name, labdir))
+        register.unregister(labdir / SSH_CONFIG)
         removed = labdir.exists()
         if removed:
             shutil.rmtree(labdir)
