@@ -180,3 +180,11 @@ def test_iteration_is_natural_and_complete(names: set[str]) -> None:
     listed = list(NodeSet(names))
     assert sorted(listed) == sorted(names)
     assert listed == natural_sorted(names)
+
+
+@given(name_sets)
+def test_folded_sets_read_back_through_the_selection_grammar(names: set[str]) -> None:
+    from shoal.nodes.select import MemoryUniverse, evaluate
+
+    if names:
+        assert evaluate(fold(names), MemoryUniverse([])) == names

@@ -79,3 +79,40 @@ def test_plans_and_failed(capsys: pytest.CaptureFixture[str]) -> None:
     assert out == "removed 2: n[5-6]\n"
     code, out, _ = run(capsys, "facts", "show")
     assert "0 with facts (0 stale), 4 never gathered" in out
+
+
+def test_facts_refresh_and_show(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import dataclass
+
+    import shoal.fanout
+
+    output = 'shoal-facts 1\nos.PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\ncpus=8\nend\n'
+
+    @dataclass
+    class Res:
+        node: str
+        ok: bool = True
+        stdout: str = output
+        exit_status: int | None = 0
+        duration: float = 0.01
+        error: Exception | None = None
+
+    @dataclass
+    class Out:
+        results: dict[str, Res]
+
+    def fake_run(nodes: list[object], command: str, options: object = None) -> Out:
+        return Out({n.name: Res(n.name) for n in nodes})  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(shoal.fanout, "run", fake_run)
+    run(capsys, "nodes", "add", "n[1-3]")
+    code, out, _ = run(capsys, "facts", "refresh", "-s", "n[1-2]", "-p", "4", "--timeout", "5")
+    assert code == 0 and "2 refreshed, 0 failed" in out and "Debian GNU/Linux 12" in out
+    code, out, _ = run(capsys, "facts", "show", "--json")
+    assert [r["name"] for r in json.loads(out)] == ["n1", "n2"]
+    code, out, _ = run(capsys, "select", "[cpus>=8]")
+    assert out == "n[1-2]\n2 nodes\n"
+    code, out, _ = run(capsys, "facts", "show", "--max-age", "0")
+    assert "2 with facts (2 stale), 1 never gathered" in out and "STALE" in out

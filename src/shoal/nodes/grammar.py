@@ -21,7 +21,8 @@ Grammar (whitespace is allowed between tokens, never inside a name)::
 difference; ``&`` intersection; ``^`` symmetric difference. Inside a call's
 first argument ``,`` separates arguments, so write unions there with ``|`` or
 parentheses. A ``[`` glued to a name whose body is a range list (``n[1-4]``)
-is part of the node set; any other ``[`` is an attribute filter.
+is part of the node set, and so is a leading one (``[1-2]x``: attribute names
+never start with a digit); any other ``[`` is an attribute filter.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ class _Parser:
             inner = self.expr(allow_comma=True)
             self.expect(")", "')'")
             return inner
-        if ch == "[":
+        if ch == "[" and not _RANGE_BODY.match(self.text, self.pos):
             return Filter(None, self.condition())
         if ch in "@%":
             self.pos += 1
@@ -209,7 +210,7 @@ class _Parser:
             if m.group(0) == "all":
                 return Keyword("all", start)
             return Group(m.group(0), start)
-        if not _NAME_START.match(ch):
+        if not _NAME_START.match(ch) and ch != "[":
             raise self.error(what)
         text = self.name()
         if text in KEYWORDS:
