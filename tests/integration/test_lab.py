@@ -552,3 +552,30 @@ def test_rootless_down_leaves_no_process(rootless_lab: Lab, shoal_home: Path) ->
 def test_unknown_node_is_an_error(lab: Lab) -> None:
     with pytest.raises((LabError, UsageError)):
         lab.kill("n99")
+
+
+def test_up_registers_nodes_in_the_inventory_and_down_removes_them(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoal.nodes import inventory
+
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path))
+
+    def members() -> dict[str, str | None]:
+        with inventory.opened(None) as st:
+            inventory.ensure(st)
+            return {n.name: n.ssh_config for n in inventory.load_nodes(st) if "lab" in n.groups}
+
+    first = Lab.up(LabSpec(n=2, name=unique_lab_name("i")))
+    second: Lab | None = None
+    try:
+        assert members() == {"n1": str(first.ssh_config), "n2": str(first.ssh_config)}
+        second = Lab.up(LabSpec(n=3, name=unique_lab_name("i")))
+        # the second lab does not take over names a live lab owns
+        assert members() == {"n1": str(first.ssh_config), "n2": str(first.ssh_config)}
+        first.down()
+        assert members() == {}
+    finally:
+        first.down()
+        if second is not None:
+            second.down()
