@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shoal.errors import EmptySelectionError, InventoryError, UnknownNameError
-from shoal.nodes import importers, inventory
+from shoal.nodes import health, importers, inventory
 from shoal.nodes.model import Node
 from shoal.nodes.nodeset import fold
 from shoal.nodes.select import resolve, select
@@ -196,7 +196,9 @@ def test_empty_inventory(home: Path) -> None:
 
 def test_mq_nodes_fallback(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     listing = home / "node_list"
-    listing.write_text("# PlanetLab\nplanetlab1.example.edu\nbob@planetlab2.example.edu\n")
+    listing.write_text(
+        "# PlanetLab\nplanetlab1.example.edu groups=eu\nbob@planetlab2.example.edu\n"
+    )
     monkeypatch.setenv("MQ_NODES", str(listing))
     monkeypatch.setenv("MQ_SLICE", "princeton_example")
     nodes = resolve(None)
@@ -204,6 +206,9 @@ def test_mq_nodes_fallback(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("planetlab1.example.edu", "princeton_example"),
         ("planetlab2.example.edu", "bob"),
     ]
+    assert [n.name for n in resolve("@eu")] == ["planetlab1.example.edu"]
+    health.mark_failed({"planetlab2.example.edu": "timeout"})
+    assert fold(select("healthy")) == "planetlab1.example.edu"
     # the inventory, once it has nodes, wins over MQ_NODES
     inventory.import_nodes([Node("mine")])
     assert [n.name for n in resolve(None)] == ["mine"]

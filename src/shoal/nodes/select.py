@@ -26,8 +26,9 @@ Meaning of the words:
 
 ``MQ_NODES`` (CoDeploy's convention): when the inventory holds no node at all
 and ``MQ_NODES`` names a file, that plain node list is the universe, with
-``MQ_SLICE`` as the user of every node whose line names none. Groups, plans
-and the failed set still come from the state database.
+``MQ_SLICE`` as the user of every node whose line names none. Groups are those
+the list's ``groups=`` give; plans and the failed set still come from the
+state database. Once the inventory holds a node, ``MQ_NODES`` is ignored.
 """
 
 from __future__ import annotations
@@ -193,15 +194,13 @@ class StateUniverse:
 
 
 class MqUniverse(MemoryUniverse):
-    """The ``MQ_NODES`` list as the universe; failed set and plans from the state."""
+    """The ``MQ_NODES`` list as the universe (groups from its ``groups=``); failed
+    set and plans from the state."""
 
     def __init__(self, nodes: Iterable[Node], state: State) -> None:
         super().__init__(nodes)
         self.backing = StateUniverse(state)
         self.path = os.environ.get("MQ_NODES", "")
-
-    def group(self, name: str) -> set[str]:
-        return self.backing.group(name)
 
     def failed(self) -> set[str]:
         from shoal.nodes import health
