@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shlex
 
 import pytest
 
@@ -120,8 +119,8 @@ def test_identical_outputs_are_merged_with_compact_labels() -> None:
 
 def test_remote_command_quotes_everything() -> None:
     line = remote_command("echo hi", env={"SHOAL_NODE": "a;rm -rf /", "X": "$(id)"})
-    assert line.startswith("export SHOAL_NODE='a;rm -rf /' X='$(id)'; exec sh -c ")
-    assert shlex.split(line.split("; ", 1)[1])[-1] == "echo hi"
+    assert line == "export SHOAL_NODE='a;rm -rf /' X='$(id)'; echo hi"
+    assert remote_command("echo hi") == "echo hi"
     with pytest.raises(ValueError):
         remote_command("x", env={"A;B": "1"})
 

@@ -31,7 +31,7 @@ import os
 import shlex
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import asyncssh
 from shoal.errors import AuthError, CommandTimeout, ConnectError, HostKeyError, TransportError
 from shoal.nodes.model import Node
 
+from . import sshconfig
 from .base import (
     DRAIN_AFTER_EXIT,
     ByteReader,
@@ -80,6 +81,8 @@ def remote_command(
                 raise ValueError(f"invalid environment variable name: {key!r}")
             parts.append(f"{key}={shlex.quote(value)}")
     prefix = f"export {' '.join(parts)}; " if parts else ""
+    if timeout is None and not sudo:
+        return prefix + command  # the login shell runs it, as ssh would: one exec fewer
     inner = ["sh", "-c", command]
     if sudo:
         inner = ["sudo", "-n", "-E", "--", *inner]
@@ -239,16 +242,15 @@ class SSHConnection(Connection):
 class _KeyChecker(asyncssh.SSHClient):
     """Decides on keys not already trusted by known_hosts (asyncssh calls us only then)."""
 
-    def __init__(self, transport: SSHTransport, node: Node, config: list[str]) -> None:
+    def __init__(self, transport: SSHTransport, known_hosts: Callable[[], list[str]]) -> None:
         self._transport = transport
-        self._node = node
-        self._config = config
+        self._known_hosts = known_hosts
         self.verdict: str | None = None  # "unknown" | "changed" | "accepted"
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
     ) -> bool:
-        files = self._transport.known_hosts_files(self._node, self._config)
+        files = self._known_hosts()
         known = False
         for path in files:
             if not os.path.exists(path):
@@ -289,6 +291,8 @@ class SSHTransport(Transport):
         self._preconnected = preconnected or {}
         self._user_config = _user_config() if use_user_config else []
         self._known_files: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        self._key_cache: dict[str, list[asyncssh.SSHKeyPair]] = {}
+        self._kh_cache: dict[tuple[tuple[str, int, int], ...], asyncssh.SSHKnownHosts] = {}
 
     def config_files(self, node: Node) -> list[str]:
         return ([node.ssh_config] if node.ssh_config else []) + self._user_config
@@ -340,36 +344,96 @@ class SSHTransport(Transport):
             raise _os_error(OSError(code, os.strerror(code)), node)
         return sock
 
+    def _keys(self, paths: list[str]) -> list[asyncssh.SSHKeyPair]:
+        """Private keys loaded once per file (missing files skipped, as ssh does)."""
+        keys: list[asyncssh.SSHKeyPair] = []
+        for path in paths:
+            if path not in self._key_cache:
+                try:
+                    self._key_cache[path] = list(asyncssh.load_keypairs([path]))
+                except (OSError, asyncssh.KeyImportError, ValueError):
+                    self._key_cache[path] = []
+            keys.extend(self._key_cache[path])
+        return keys
+
+    def _known_hosts(self, paths: list[str]) -> asyncssh.SSHKnownHosts:
+        """known_hosts files parsed once (again when one changes, e.g. accept-new)."""
+        stamp = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+                stamp.append((path, st.st_mtime_ns, st.st_size))
+            except OSError:
+                continue
+        key = tuple(stamp)
+        if key not in self._kh_cache:
+            text = ""
+            for path, _, _ in stamp:
+                with contextlib.suppress(OSError):
+                    text += Path(path).read_text(errors="replace") + "\n"
+            self._kh_cache[key] = asyncssh.import_known_hosts(text)
+        return self._kh_cache[key]
+
+    def _connect_kwargs(
+        self, node: Node, config: list[str], preconnected: bool
+    ) -> tuple[dict[str, Any], Callable[[], list[str]]]:
+        """asyncssh options for this node, and how to find its known_hosts files."""
+        resolved = sshconfig.resolve(config, node.name, node.user, node.port)
+        kwargs: dict[str, Any] = {}
+        if resolved is None:  # slow path: asyncssh reads the config files itself
+            if node.user:
+                kwargs["username"] = node.user
+            if node.port and not preconnected:
+                kwargs["port"] = node.port
+            kwargs["config"] = config
+            kwargs["host"] = node.name if preconnected else node.host or node.name
+            return kwargs, lambda: self.known_hosts_files(node, config)
+        kwargs["config"] = []
+        kwargs["host"] = node.name if preconnected else node.host or resolved.hostname
+        if not preconnected:
+            kwargs["port"] = resolved.port
+        kwargs["username"] = resolved.user
+        if resolved.identity_files:
+            kwargs["client_keys"] = self._keys(resolved.identity_files)
+        elif resolved.identity_agent is None and "identityagent" in resolved.options:
+            kwargs["agent_path"] = None
+        kwargs["known_hosts"] = self._known_hosts(resolved.known_hosts)
+        if resolved.proxy_jump:
+            kwargs["tunnel"] = resolved.proxy_jump
+        for key, arg in (("kexalgorithms", "kex_algs"), ("hostkeyalgorithms",
+                         "server_host_key_algs"), ("ciphers", "encryption_algs"),
+                         ("macs", "mac_algs")):  # fmt: skip
+            if key in resolved.options:
+                kwargs[arg] = resolved.options[key]
+        if "serveraliveinterval" in resolved.options:
+            kwargs["keepalive_interval"] = float(resolved.options["serveraliveinterval"])
+        if "serveralivecountmax" in resolved.options:
+            kwargs["keepalive_count_max"] = int(resolved.options["serveralivecountmax"])
+        files = resolved.known_hosts
+        return kwargs, lambda: files
+
     async def connect(self, node: Node, *, timeout: float | None = 10.0) -> SSHConnection:
         config = self.config_files(node)
-        checker = _KeyChecker(self, node, config)
+        checker: _KeyChecker | None = None
         started = time.monotonic()
         try:
             sock = await self._wait_socket(node, timeout)
             left = None if timeout is None else max(0.1, timeout - (time.monotonic() - started))
-            kwargs: dict[str, Any] = {}
-            if node.user:
-                kwargs["username"] = node.user
             if sock is None and node.host and node.port:
                 sock = await _open_socket(node, left)
-            if sock is None:
-                if node.port:
-                    kwargs["port"] = node.port
-                host = node.host or node.name
-            else:
-                host = node.name  # ssh_config and known_hosts match the name; socket is set
+            kwargs, known_files = self._connect_kwargs(node, config, sock is not None)
+            checker = _KeyChecker(self, known_files)
+            kwargs.setdefault("keepalive_interval", self.keepalive)
+            kwargs.setdefault("keepalive_count_max", self.keepalive_count)
+            key_checker = checker
             conn = await asyncssh.connect(
-                host,
                 sock=sock,
-                config=config,
-                client_factory=lambda: checker,
+                client_factory=lambda: key_checker,
                 connect_timeout=left,
-                keepalive_interval=self.keepalive,
-                keepalive_count_max=self.keepalive_count,
                 **kwargs,
             )
         except asyncssh.HostKeyNotVerifiable as exc:
-            raise _host_key_error(checker.verdict, node, exc) from exc
+            raise _host_key_error(checker.verdict if checker else None, node, exc) from exc
         except asyncssh.PermissionDenied as exc:
             who = f"{node.user}@" if node.user else ""
             raise AuthError(
