@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     modules = [COMMANDS[first]] if first in COMMANDS else list(COMMANDS.values())
     parser = _build_parser(modules)
     args = parser.parse_args(args_list)
-    from shoal.errors import ShoalError, SelectionSyntaxError
+    from shoal.errors import SelectionSyntaxError, ShoalError
 
     try:
         code = args.handler(args)
