@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS inv_attrs (
 CREATE INDEX IF NOT EXISTS inv_attrs_node ON inv_attrs(node);
 """
 
+_decode = json.JSONDecoder().decode
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 GROUP_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-:]*$")
 RESERVED = frozenset({"all", "failed", "healthy", "limit", "random", "spread"})
@@ -122,7 +123,7 @@ def _row_to_node(row: Sequence[object], groups: tuple[str, ...]) -> Node:
         user=user if user is None else str(user),
         port=None if port is None else int(str(port)),
         groups=groups,
-        attrs=json.loads(str(attrs)) if attrs and attrs != "{}" else {},
+        attrs=_decode(str(attrs)) if attrs and attrs != "{}" else {},
         ssh_config=ssh_config if ssh_config is None else str(ssh_config),
     )
 
@@ -324,24 +325,26 @@ def load_nodes(state: State, names: Iterable[str] | None = None) -> list[Node]:
     ensure(state)
     db = state.db
     wanted = None if names is None else set(names)
-    cols = "name, host, user, port, ssh_config, attrs"
-    if wanted is not None and len(wanted) <= 500:
-        marks = ",".join("?" * len(wanted))
-        rows = db.execute(f"SELECT {cols} FROM inv_nodes WHERE name IN ({marks})", list(wanted))
-        mrows = db.execute(
-            f"SELECT node, grp FROM inv_members WHERE node IN ({marks})", list(wanted)
-        ).fetchall()
-    else:
-        rows = db.execute(f"SELECT {cols} FROM inv_nodes")
+    cols = "n.name, n.host, n.user, n.port, n.ssh_config, n.attrs"
+    if wanted is None:
+        rows = db.execute(f"SELECT {cols} FROM inv_nodes n").fetchall()
         mrows = db.execute("SELECT node, grp FROM inv_members").fetchall()
+    elif len(wanted) <= 500:
+        marks = ",".join("?" * len(wanted))
+        args = list(wanted)
+        rows = db.execute(
+            f"SELECT {cols} FROM inv_nodes n WHERE name IN ({marks})", args
+        ).fetchall()
+        mrows = db.execute(
+            f"SELECT node, grp FROM inv_members WHERE node IN ({marks})", args
+        ).fetchall()
+    else:  # most of the inventory: one scan beats a long IN list or a join table
+        rows = [r for r in db.execute(f"SELECT {cols} FROM inv_nodes n") if r[0] in wanted]
+        mrows = [r for r in db.execute("SELECT node, grp FROM inv_members") if r[0] in wanted]
     member: dict[str, list[str]] = {}
     for node, grp in mrows:
         member.setdefault(node, []).append(grp)
-    out = []
-    for row in rows:
-        if wanted is not None and row[0] not in wanted:
-            continue
-        out.append(_row_to_node(row, tuple(sorted(member.get(row[0], ())))))
+    out = [_row_to_node(row, tuple(sorted(member.get(row[0], ())))) for row in rows]
     out.sort(key=lambda n: natural_key(n.name))
     return out
 
