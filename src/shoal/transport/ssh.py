@@ -328,16 +328,17 @@ class SSHTransport(Transport):
             if not ready.done():
                 ready.set_result(None)
 
-        loop.add_writer(sock.fileno(), writable)
+        fd = sock.fileno()
+        loop.add_writer(fd, writable)
         try:
             await asyncio.wait_for(ready, timeout)
         except TimeoutError:
+            loop.remove_writer(fd)
             sock.close()
             raise ConnectError(
                 f"connect to {node.host}:{node.port} timed out after {timeout:g}s", node.name
             ) from None
-        finally:
-            loop.remove_writer(sock.fileno())
+        loop.remove_writer(fd)
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             sock.close()
