@@ -139,7 +139,9 @@ def discover(name: str, labdir: Path | None = None) -> Leftovers:
     for group in system.pids_by_netns(inodes).values():
         pids.update(group)
     if labdir is not None:
-        pids.update(system.pids_matching(cmdline=str(labdir)))
+        # sshd started from this lab's files (rootless listeners); never, say, an
+        # editor that has a lab file open
+        pids.update(system.pids_matching(cmdline=f"{labdir}/", program="sshd"))
     found.pids = sorted(pids)
     return found
 
@@ -397,14 +399,21 @@ def kill_node(state: LabState, node: NodeState) -> None:
 def revive_node(state: LabState, node: NodeState) -> None:
     assert state.subnet is not None
     blk = ipaddress.IPv4Network(state.subnet)
-    if not node_pids(node):
+    node_pids(node)  # the namespace must still be there
+    if not node_running(node):
         node.pid = start_node(state, node, Path(state.dir), blk)
     set_port(state, node, up=True)
     wait_ready([(node.name, node.addr, node.port)])
 
 
 def node_running(node: NodeState) -> bool:
-    return node.pid is not None and system.alive(node.pid)
+    """The node's sshd is alive — and is still in the node's namespace (pids recycle)."""
+    if node.pid is None or node.netns is None or not system.alive(node.pid):
+        return False
+    try:
+        return os.stat(f"/proc/{node.pid}/ns/net").st_ino == system.netns_inode(node.netns)
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------- teardown

@@ -136,14 +136,14 @@ def session_pids(state: LabState, node: NodeState) -> list[int]:
 
 
 def kill_node(state: LabState, node: NodeState) -> None:
-    if node.pid is not None and system.alive(node.pid):
+    if node.pid is not None and _ours(node):
         system.signal_pids([node.pid], signal.SIGSTOP)
     system.kill_and_wait(session_pids(state, node), f"kill {node.name}")
 
 
 def revive_node(state: LabState, node: NodeState) -> None:
     labdir = Path(state.dir)
-    if node.pid is not None and system.alive(node.pid):
+    if node.pid is not None and _ours(node):
         system.signal_pids([node.pid], signal.SIGCONT)
     else:
         node.pid = start_node(labdir, node)
@@ -151,12 +151,24 @@ def revive_node(state: LabState, node: NodeState) -> None:
 
 
 def node_running(node: NodeState) -> bool:
-    return node.pid is not None and system.alive(node.pid) and not system.is_stopped(node.pid)
+    """The node's sshd is alive, not frozen by kill, and still ours (pids recycle)."""
+    return node.pid is not None and _ours(node) and not system.is_stopped(node.pid)
+
+
+def _ours(node: NodeState) -> bool:
+    """``node.pid`` is alive and is this node's sshd."""
+    if node.pid is None or not system.alive(node.pid):
+        return False
+    try:
+        with open(f"/proc/{node.pid}/cmdline", "rb") as fh:
+            return f"/nodes/{node.name}/sshd_config".encode() in fh.read()
+    except OSError:
+        return False
 
 
 def discover(name: str, labdir: Path) -> list[int]:
     """Processes of a rootless lab: sshd listeners (by config path) and sessions (by tag)."""
-    pids = set(system.pids_matching(cmdline=str(labdir / "nodes")))
+    pids = set(system.pids_matching(cmdline=f"{labdir}/nodes/", program="sshd"))
     tag = f"{sshd.NODE_TAG}={lab_ident(name, labdir)}/".encode()
     me = os.getpid()
     for entry in os.scandir("/proc"):

@@ -149,11 +149,15 @@ def pids_by_netns(inodes: set[int]) -> dict[int, list[int]]:
     return found
 
 
-def pids_matching(*, cmdline: str | None = None, environ: str | None = None) -> list[int]:
-    """Pids whose command line contains ``cmdline`` or environment holds ``environ``."""
+def pids_matching(
+    *, cmdline: str | None = None, environ: str | None = None, program: str | None = None
+) -> list[int]:
+    """Pids whose command line contains ``cmdline`` (and, if given, ``program``)
+    or whose environment holds the entry ``environ``."""
     me = os.getpid()
     out = []
     cb = cmdline.encode() if cmdline else None
+    pb = program.encode() if program else b""
     eb = environ.encode() if environ else None
     for pid in _pids():
         if pid == me:
@@ -161,9 +165,10 @@ def pids_matching(*, cmdline: str | None = None, environ: str | None = None) -> 
         try:
             if cb is not None:
                 with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if cb in fh.read().replace(b"\0", b" "):
-                        out.append(pid)
-                        continue
+                    line = fh.read().replace(b"\0", b" ")
+                if cb in line and pb in line:
+                    out.append(pid)
+                    continue
             if eb is not None:
                 with open(f"/proc/{pid}/environ", "rb") as fh:
                     if eb in fh.read().split(b"\0"):
