@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shoal.errors import UnknownNameError
 from shoal.fanout import RunOptions, run
 from shoal.nodes import facts, inventory
 from shoal.nodes.nodeset import fold
@@ -18,7 +19,15 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture
 def registered(lab: Any) -> Iterator[str]:
-    """The lab's nodes in the inventory under their own group, removed afterwards."""
+    """A group holding exactly the lab's nodes: ``lab`` (the lab registers itself on
+    ``up``), else our own group, imported here and removed afterwards."""
+    names = {n.name for n in lab.nodes()}
+    try:
+        if set(select("@lab")) == names:
+            yield "lab"
+            return
+    except UnknownNameError:
+        pass
     group = f"lab-{lab.name}"
     inventory.import_nodes(lab.nodes(), replace_group=group)
     try:
