@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Union
 
-AttrValue = Union[str, int, float, bool]
+AttrValue = str | int | float | bool
 
 
 @dataclass(frozen=True)
