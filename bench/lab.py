@@ -21,6 +21,7 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 
 import argparse
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
@@ -130,8 +131,7 @@ def main() -> int:
         t1 = time.monotonic()
         lab.down()
         down_s = time.monotonic() - t1
-        os.rmdir(os.path.join(home, "labs"))
-        os.rmdir(home)
+        shutil.rmtree(home)
     n = args.nodes
     print(f"lab up {n}:    {up_s:.2f} s wall (rate {format_rate(rate)} on every node link)")
     print(
