@@ -39,6 +39,9 @@ OPS = (
     "proc.remove",
     "events",
     "shutdown",
+    "step.run",
+    "step.status",
+    "step.forget",
 )
 
 Message = dict[str, Any]

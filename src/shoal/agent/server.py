@@ -13,6 +13,7 @@ JSON-line requests answered in order (:mod:`protocol`). Requests:
 ``proc.logs`` {name, lines?, offset?}   tail, or bytes after an offset (follow)
 ``events`` {since, limit?}      events with seq > since
 ``shutdown``                    stop programs (desired state kept) and exit
+``step.run|status|forget``      one-shot steps of applications (:mod:`.steps`)
 
 Write errors in the working area (a full disk) never stop the agent: they are
 recorded as an ``io_error`` event and listed under ``errors`` in ``status``
@@ -35,6 +36,7 @@ from . import protocol
 from .events import EventLog
 from .persist import write_atomic
 from .spec import ProgramSpec
+from .steps import Steps
 from .supervisor import Supervisor
 
 AGENT_VERSION = "0.1.0"
@@ -62,6 +64,7 @@ class Agent:
         self.errors: dict[str, str] = {}
         self.events = EventLog(home / "events.jsonl", on_error=self._io)
         self.supervisor = Supervisor(home, self._record, self._io)
+        self.steps = Steps(home, self._record)
         self.agent_id = self._identity()
         self._stopping: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -232,6 +235,8 @@ class Agent:
             result = self.events.since(int(args.get("since", 0)), int(args.get("limit", 1000)))
             result["agent_id"] = self.agent_id
             return result
+        if op.startswith("step."):
+            return await self.steps.dispatch(op, args)
         if op == "shutdown":
             asyncio.get_running_loop().call_soon(self.request_shutdown)
             return {"pid": os.getpid(), "stopping": True}

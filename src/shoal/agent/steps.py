@@ -1,0 +1,237 @@
+"""One-shot steps run by the agent for the controller (``step.*`` requests).
+
+Theory of operation. An application's process block is a sequence of
+one-shot commands and supervised services; the controller drives it over one
+open stream per node. A one-shot command runs here, not in an SSH session, so
+that it outlives the controller: ``step.run {id, command, env?, cwd?,
+timeout?}`` starts ``/bin/sh -c command`` in its own process group (output to
+``logs/steps/<id>.log``) and answers when it exits with ``{id, exit, tail,
+started, ended, cached}``. The same ``id`` asked again while it runs attaches to
+the running command (a controller killed and restarted never runs a step
+twice); once it succeeded, the recorded result is answered at once
+(``cached: true``) as long as the command, env and cwd are the same; a failed
+step runs again. Successes are kept in ``steps.json`` so an agent restart
+keeps them.
+
+``step.status {prefix}`` lists recorded and running steps whose id starts with
+the prefix; ``step.forget {prefix}`` kills running ones, removes their records
+and logs (``app down`` leaves nothing behind).
+
+Standard library only, Python >= 3.9 (this ships inside the agent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .persist import read_json, write_json
+
+TAIL_BYTES = 4096
+ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.@-")
+
+RecordHook = Callable[[str, Optional[str], str], Any]
+
+
+def _check_id(value: object) -> str:
+    if not isinstance(value, str) or not value or len(value) > 200 or set(value) - ID_CHARS:
+        raise ValueError(f"bad step id {value!r}: use letters, digits and _.@- (max 200)")
+    return value
+
+
+def _digest(command: str, env: dict[str, str], cwd: str | None) -> str:
+    text = json.dumps([command, sorted(env.items()), cwd], separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class Steps:
+    """Recorded and running steps of one agent."""
+
+    def __init__(self, home: Path, record: RecordHook) -> None:
+        self.home = home
+        self.logs = home / "logs" / "steps"
+        self.path = home / "steps.json"
+        self.record = record
+        data = read_json(self.path, {})
+        self.done: dict[str, dict[str, Any]] = data if isinstance(data, dict) else {}
+        self.running: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.digests: dict[str, str] = {}
+        self.pgids: dict[str, int] = {}
+
+    async def dispatch(self, op: str, args: dict[str, Any]) -> Any:
+        if op == "step.run":
+            return await self.run(args)
+        if op == "step.status":
+            return self.status(str(args.get("prefix", "")))
+        if op == "step.forget":
+            return await self.forget(str(args.get("prefix", "")))
+        raise ValueError(f"unknown operation {op!r}")
+
+    async def run(self, args: dict[str, Any]) -> dict[str, Any]:
+        step_id = _check_id(args.get("id"))
+        command = args.get("command")
+        if not isinstance(command, str) or not command.strip():
+            raise ValueError(f"step {step_id}: command must be a non-empty string")
+        env = args.get("env") or {}
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise ValueError(f"step {step_id}: env must map strings to strings")
+        cwd = args.get("cwd")
+        if cwd is not None and not isinstance(cwd, str):
+            raise ValueError(f"step {step_id}: cwd must be a string")
+        timeout = args.get("timeout")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ValueError(f"step {step_id}: timeout must be a positive number")
+        digest = _digest(command, env, cwd)
+        previous = self.done.get(step_id)
+        if previous is not None and previous.get("digest") == digest:
+            return dict(previous, cached=True)
+        future = self.running.get(step_id)
+        if future is None or self.digests.get(step_id) != digest:
+            if future is not None:
+                await self._kill(step_id)
+            future = asyncio.ensure_future(self._execute(step_id, command, env, cwd, timeout))
+            self.running[step_id] = future
+            self.digests[step_id] = digest
+            future.add_done_callback(functools.partial(self._finished, step_id))
+        result: dict[str, Any] = await asyncio.shield(future)
+        return dict(result, cached=False)
+
+    def _finished(self, step_id: str, future: asyncio.Future[dict[str, Any]]) -> None:
+        if self.running.get(step_id) is future:
+            del self.running[step_id]
+            self.pgids.pop(step_id, None)
+
+    async def _execute(
+        self,
+        step_id: str,
+        command: str,
+        env: dict[str, str],
+        cwd: str | None,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        started = time.time()
+        full_env = dict(os.environ)
+        full_env.update(env)
+        log_path = self.logs / f"{step_id}.log"
+        try:
+            self.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if cwd:
+                Path(cwd).mkdir(parents=True, exist_ok=True)
+            log = open(str(log_path), "ab")  # noqa: SIM115 (closed once the child holds it)
+        except OSError as exc:
+            return self._result(step_id, None, f"cannot start: {exc}", started, "")
+        try:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    "/bin/sh",
+                    "-c",
+                    command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    cwd=cwd,
+                    env=full_env,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                return self._result(step_id, None, f"cannot start: {exc}", started, "")
+        finally:
+            log.close()
+        self.pgids[step_id] = proc.pid
+        self.record("step_started", None, f"{step_id} pid {proc.pid}")
+        note = ""
+        try:
+            code: int | None = await asyncio.wait_for(proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            _killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            code = None
+            note = f"timed out after {timeout:g}s"
+        _killpg(proc.pid, signal.SIGKILL)  # leftovers of the group
+        return self._result(step_id, code, note, started, digest=self.digests.get(step_id, ""))
+
+    def _result(
+        self, step_id: str, code: int | None, note: str, started: float, digest: str
+    ) -> dict[str, Any]:
+        result = {
+            "id": step_id,
+            "exit": code,
+            "note": note,
+            "tail": self._tail(step_id),
+            "started": started,
+            "ended": time.time(),
+            "digest": digest,
+        }
+        self.record("step_exited", None, f"{step_id} exit {code}{' ' + note if note else ''}")
+        if code == 0:
+            self.done[step_id] = result
+            self._save()
+        return result
+
+    def _tail(self, step_id: str) -> str:
+        try:
+            with open(str(self.logs / f"{step_id}.log"), "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                size = handle.tell()
+                handle.seek(max(0, size - TAIL_BYTES))
+                return handle.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def _save(self) -> None:
+        try:
+            write_json(self.path, self.done)
+        except OSError:
+            pass
+
+    def status(self, prefix: str) -> dict[str, Any]:
+        done = {k: v for k, v in self.done.items() if k.startswith(prefix)}
+        running = sorted(k for k in self.running if k.startswith(prefix))
+        return {"done": done, "running": running}
+
+    async def _kill(self, step_id: str) -> None:
+        pgid = self.pgids.get(step_id)
+        future = self.running.get(step_id)
+        if pgid is not None:
+            _killpg(pgid, signal.SIGKILL)
+        if future is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(future), 5)
+            except (asyncio.TimeoutError, Exception):
+                pass
+
+    async def forget(self, prefix: str) -> dict[str, Any]:
+        if not prefix:
+            raise ValueError("step.forget needs a non-empty prefix")
+        killed = sorted(k for k in self.running if k.startswith(prefix))
+        for step_id in killed:
+            await self._kill(step_id)
+        removed = sorted(k for k in self.done if k.startswith(prefix))
+        for step_id in removed:
+            del self.done[step_id]
+        self._save()
+        logs = 0
+        try:
+            for path in self.logs.glob("*.log"):
+                if path.name.startswith(prefix):
+                    path.unlink()
+                    logs += 1
+        except OSError:
+            pass
+        return {"killed": killed, "removed": removed, "logs": logs}
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
