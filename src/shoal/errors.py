@@ -20,7 +20,8 @@ always a single line that says what went wrong and where.
     │   ├── ConnectError            unreachable: refused, no route, timed out
     │   ├── HostKeyError            host key unknown or changed: refused
     │   ├── AuthError               authentication failed
-    │   └── CommandTimeout          the remote command overran its timeout
+    │   ├── CommandTimeout          the remote command overran its timeout
+    │   └── OperationError          the node answered, the operation failed (disk full...)
     ├── AgentError              the node agent failed or refused a request
     │   └── VersionMismatch         controller and agent protocol versions differ
     └── ContentError            a push, manifest or chunk is invalid
@@ -115,6 +116,12 @@ class AuthError(TransportError):
 
 class CommandTimeout(TransportError):
     kind = "timeout"
+
+
+class OperationError(TransportError):
+    """The node was reached but the operation failed there: disk full, missing file."""
+
+    kind = "failed"
 
 
 class AgentError(ShoalError):

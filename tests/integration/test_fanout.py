@@ -136,10 +136,15 @@ def test_accept_new_records_unknown_hosts_and_verify_refuses_them(lab: Any, tmp_
 
 def test_delay_staggers_launches(lab: Any) -> None:
     nodes = lab.nodes()[:4]
-    r = run(nodes, "date +%s.%N", opts(delay=0.4))
+    r = run(nodes, "date +%s.%N", opts(delay=0.5, parallel=4))
     starts = sorted(float(x.stdout) for x in r)
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert min(gaps) > 0.3, gaps
+    # launches are 0.5 s apart; connection set-up time jitters on a loaded machine
+    assert starts[-1] - starts[0] > 3 * 0.5 - 0.3, gaps
+    assert min(gaps) > 0.2, gaps
+    unstaggered = run(nodes, "date +%s.%N", opts(parallel=4))
+    spread = [float(x.stdout) for x in unstaggered]
+    assert max(spread) - min(spread) < starts[-1] - starts[0]
 
 
 def test_push_and_pull_with_at_expansion_and_directories(lab: Any, tmp_path: Path) -> None:
@@ -178,21 +183,33 @@ def test_push_and_pull_with_at_expansion_and_directories(lab: Any, tmp_path: Pat
 
 def test_node_name_with_shell_metacharacters_runs_nothing(lab: Any, tmp_path: Path) -> None:
     real = lab.nodes()[0]
-    evil = "n1;touch${IFS}/tmp/shoal-pwned;$(touch${IFS}/tmp/shoal-pwned2)"
     cfg = tmp_path / "ssh_config"
     cfg.write_text(
         f"Host *\n  HostKeyAlias {real.name}\n  User root\n"
         f"  IdentityFile {_lab_setting(lab, 'IdentityFile')}\n  IdentitiesOnly yes\n"
         f"  UserKnownHostsFile {_lab_setting(lab, 'UserKnownHostsFile')}\n"
     )
-    node = Node(evil, real.host, real.user, real.port, (), {}, str(cfg))
-    r = run([node], 'echo "$SHOAL_NODE"; ls /tmp/shoal-pwned* 2>/dev/null | wc -l', opts())
+
+    def node(name: str) -> Node:
+        return Node(name, real.host, real.user, real.port, (), {}, str(cfg))
+
+    evil = "n1;touch${IFS}/tmp/shoal-pwned;$(touch${IFS}/tmp/shoal-pwned2)`id>/tmp/shoal-pwned3`"
+    r = run([node(evil)], 'echo "$SHOAL_NODE"; ls /tmp/shoal-pwned* 2>/dev/null | wc -l', opts())
     assert r[evil].ok, r[evil].reason
     assert r[evil].stdout == f"{evil}\n0\n"
-    r = copy([node], ["@:.bashrc", f"{tmp_path}/@/"], FanoutOptions(record_health=False))
-    assert r[evil].ok, r[evil].reason
-    assert (tmp_path / evil / ".bashrc").exists()
-    assert not Path("/tmp/shoal-pwned").exists() and not Path("/tmp/shoal-pwned2").exists()
+    # a name that is not a single path component is refused for local paths, not mangled
+    r = copy([node(evil)], ["@:.bashrc", f"{tmp_path}/@/"], FanoutOptions(record_health=False))
+    assert r[evil].kind == "failed" and "cannot be used in a local path" in r[evil].reason
+    sneaky = "n1;touch${IFS}pwned;$(touch${IFS}pwned2)"
+    os.chdir(tmp_path)
+    r = copy([node(sneaky)], ["@:.bashrc", f"{tmp_path}/@/"], FanoutOptions(record_health=False))
+    assert r[sneaky].ok, r[sneaky].reason
+    assert (tmp_path / sneaky / ".bashrc").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([sneaky, "ssh_config"])
+    for leftover in ("/tmp/shoal-pwned", "/tmp/shoal-pwned2", "/tmp/shoal-pwned3"):
+        assert not Path(leftover).exists()
+    check = run([real], "ls /tmp/shoal-pwned* pwned pwned2 2>/dev/null | wc -l", opts())
+    assert check[real.name].stdout == "0\n"
 
 
 def test_disk_full_during_cp_reports_the_node_and_no_partial_file(lab, tmp_path: Path) -> None:

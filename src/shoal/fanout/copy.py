@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal.errors import CommandTimeout, ShoalError, TransportError, UsageError
+from shoal.errors import CommandTimeout, OperationError, ShoalError, UsageError
 from shoal.nodes.model import Node
 from shoal.transport.base import Connection, Transport
 
@@ -81,7 +81,7 @@ def safe_component(name: str) -> bool:
 def expand_local(template: str, node: str) -> str:
     """Replace each ``@`` with the node name (``@@`` is a literal ``@``)."""
     if not safe_component(node):
-        raise TransportError(f"node name {node!r} cannot be used in a local path", node)
+        raise OperationError(f"node name {node!r} cannot be used in a local path", node)
     return "@".join(part.replace("@", node) for part in template.split("@@"))
 
 
@@ -91,7 +91,7 @@ def _local_fan(plan: CopyPlan, node: Node) -> int:
     for src_text in plan.sources:
         src = Path(expand_local(src_text, node.name))
         if not src.exists():
-            raise TransportError(f"local path {src} does not exist", node.name)
+            raise OperationError(f"local path {src} does not exist", node.name)
         target = Path(dest)
         if len(plan.sources) > 1 or dest.endswith("/") or target.is_dir():
             target = target / src.name
@@ -103,7 +103,7 @@ def _local_fan(plan: CopyPlan, node: Node) -> int:
                 shutil.copy2(src, target)
                 total += src.stat().st_size
         except OSError as exc:
-            raise TransportError(f"local copy to {target} failed: {exc}", node.name) from exc
+            raise OperationError(f"local copy to {target} failed: {exc}", node.name) from exc
     return total
 
 

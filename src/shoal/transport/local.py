@@ -16,7 +16,7 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
-from shoal.errors import CommandTimeout, TransportError
+from shoal.errors import CommandTimeout, OperationError
 from shoal.nodes.model import Node
 
 from .base import (
@@ -64,7 +64,7 @@ async def _exit_code(proc: asyncio.subprocess.Process) -> int:
         if proc.returncode is not None:
             return proc.returncode
         await asyncio.sleep(0.002)
-    raise TransportError(f"process {proc.pid} exited but was never reaped", "local")
+    raise OperationError(f"process {proc.pid} exited but was never reaped", "local")
 
 
 class LocalConnection(Connection):
@@ -144,12 +144,12 @@ class LocalConnection(Connection):
             os.replace(tmp, dst)
             return src.stat().st_size
         except OSError as exc:
-            raise TransportError(f"copy to {dst} failed: {exc}", self.node.name) from exc
+            raise OperationError(f"copy to {dst} failed: {exc}", self.node.name) from exc
 
     async def get(self, remote: str, local: str) -> int:
         matches = sorted(glob.glob(str(self._path(remote))))
         if not matches:
-            raise TransportError(f"no file matches {remote}", self.node.name)
+            raise OperationError(f"no file matches {remote}", self.node.name)
         total = 0
         for match in matches:
             total += await LocalConnection(self.node, Path("/")).put(match, local)
@@ -159,7 +159,7 @@ class LocalConnection(Connection):
         try:
             return await asyncio.open_unix_connection(str(self._path(path)))
         except OSError as exc:
-            raise TransportError(f"cannot open {path}: {exc}", self.node.name) from exc
+            raise OperationError(f"cannot open {path}: {exc}", self.node.name) from exc
 
     async def close(self) -> None:
         return None

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import asyncssh
 
-from shoal.errors import TransportError
+from shoal.errors import OperationError
 
-#: SFTP read/write block and how many requests may be in flight at once.
-BLOCK_SIZE = 256 * 1024
-MAX_REQUESTS = 64
+# Block sizes are left to asyncssh, which reads the server's limits@openssh.com:
+# OpenSSH's sftp-server drops the session on a write larger than 256 KiB.
 
 
 def _tmp_name(final: str) -> str:
@@ -40,16 +39,16 @@ class SFTPCopier:
         self.node = node
 
     # -- errors -------------------------------------------------------------------------
-    async def _explain(self, exc: Exception, action: str, path: str) -> TransportError:
+    async def _explain(self, exc: Exception, action: str, path: str) -> OperationError:
         if isinstance(exc, asyncssh.SFTPError) and exc.code == asyncssh.FX_FAILURE:
             with contextlib.suppress(asyncssh.Error, OSError):
                 vfs = await self.sftp.statvfs(posixpath.dirname(path) or ".")
                 if vfs.bavail * vfs.frsize < 64 * 1024 or vfs.favail == 0:
-                    return TransportError(
+                    return OperationError(
                         f"no space left on device while {action} {path}", self.node
                     )
         reason = exc.reason if isinstance(exc, asyncssh.SFTPError) else str(exc)
-        return TransportError(f"{action} {path} failed: {reason}", self.node)
+        return OperationError(f"{action} {path} failed: {reason}", self.node)
 
     # -- upload -------------------------------------------------------------------------
     async def _remote_is_dir(self, path: str) -> bool:
@@ -62,7 +61,7 @@ class SFTPCopier:
         """Copy a local file or tree to ``remote``; returns bytes sent."""
         src = Path(local)
         if not src.exists() and not src.is_symlink():
-            raise TransportError(f"local path {local} does not exist", self.node)
+            raise OperationError(f"local path {local} does not exist", self.node)
         target = remote
         if remote.endswith("/") or await self._remote_is_dir(remote or "."):
             target = posixpath.join(remote, src.name)
@@ -96,13 +95,13 @@ class SFTPCopier:
             await self._set_attrs(target, st)
             return sent
         if not stat.S_ISREG(st.st_mode):
-            raise TransportError(f"{src} is not a regular file, directory or symlink", self.node)
+            raise OperationError(f"{src} is not a regular file, directory or symlink", self.node)
         return await self._upload_file(src, target, st)
 
     async def _upload_file(self, src: Path, target: str, st: os.stat_result) -> int:
         tmp = _tmp_name(target)
         try:
-            await self.sftp.put(str(src), tmp, block_size=BLOCK_SIZE, max_requests=MAX_REQUESTS)
+            await self.sftp.put(str(src), tmp)
             await self._set_attrs(tmp, st)
             await self.sftp.posix_rename(tmp, target)
         except (asyncssh.Error, OSError) as exc:
@@ -133,7 +132,7 @@ class SFTPCopier:
         except (asyncssh.Error, OSError) as exc:
             raise await self._explain(exc, "listing", pattern) from exc
         if not matches:
-            raise TransportError(f"no remote file matches {pattern}", self.node)
+            raise OperationError(f"no remote file matches {pattern}", self.node)
         dest = Path(local)
         into_dir = local.endswith("/") or dest.is_dir() or len(matches) > 1
         if into_dir:
@@ -172,7 +171,7 @@ class SFTPCopier:
             return got
         tmp = dest.with_name(f".{dest.name}.shoal-{secrets.token_hex(4)}.tmp")
         try:
-            await self.sftp.get(remote, str(tmp), block_size=BLOCK_SIZE, max_requests=MAX_REQUESTS)
+            await self.sftp.get(remote, str(tmp))
             os.chmod(tmp, stat.S_IMODE(mode) & 0o777)
             if attrs.mtime is not None:
                 os.utime(tmp, (attrs.atime or attrs.mtime, attrs.mtime))
@@ -181,6 +180,6 @@ class SFTPCopier:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             if isinstance(exc, OSError) and not isinstance(exc, asyncssh.Error):
-                raise TransportError(f"writing {dest} locally failed: {exc}", self.node) from exc
+                raise OperationError(f"writing {dest} locally failed: {exc}", self.node) from exc
             raise await self._explain(exc, "reading", remote) from exc
         return attrs.size or 0

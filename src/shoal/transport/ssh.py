@@ -242,8 +242,11 @@ class SSHConnection(Connection):
 class _KeyChecker(asyncssh.SSHClient):
     """Decides on keys not already trusted by known_hosts (asyncssh calls us only then)."""
 
-    def __init__(self, transport: SSHTransport, known_hosts: Callable[[], list[str]]) -> None:
+    def __init__(
+        self, transport: SSHTransport, node: str, known_hosts: Callable[[], list[str]]
+    ) -> None:
         self._transport = transport
+        self._node = node
         self._known_hosts = known_hosts
         self.verdict: str | None = None  # "unknown" | "changed" | "accepted"
 
@@ -266,7 +269,7 @@ class _KeyChecker(asyncssh.SSHClient):
             self.verdict = "changed"
             return False
         if self._transport.host_keys is HostKeyPolicy.ACCEPT_NEW and files:
-            self._transport.record_key(files[0], host, addr, port, key)
+            self._transport.record_key(files[0], [self._node, host, addr], port, key)
             self.verdict = "accepted"
             return True
         self.verdict = "unknown"
@@ -308,11 +311,12 @@ class SSHTransport(Transport):
             self._known_files[key] = [str(f) for f in files]  # type: ignore[union-attr]
         return self._known_files[key]
 
-    def record_key(self, path: str, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> None:
-        names = host if not addr or addr == host else f"{host},{addr}"
+    def record_key(self, path: str, names: list[str], port: int, key: asyncssh.SSHKey) -> None:
+        """Append a first-seen key (accept-new) under the node's name and address."""
+        unique = [n for i, n in enumerate(names) if n and n not in names[:i]]
         if port and port != 22:
-            names = ",".join(f"[{n}]:{port}" for n in names.split(","))
-        line = f"{names} {key.export_public_key().decode().strip()}\n"
+            unique = [f"[{n}]:{port}" for n in unique]
+        line = f"{','.join(unique)} {key.export_public_key().decode().strip()}\n"
         Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(path, "a", encoding="ascii") as fh:
             fh.write(line)
@@ -388,7 +392,10 @@ class SSHTransport(Transport):
                 kwargs["port"] = node.port
             kwargs["config"] = config
             kwargs["host"] = node.name if preconnected else node.host or node.name
-            return kwargs, lambda: self.known_hosts_files(node, config)
+            # known_hosts still read by us: a missing file is empty, as for OpenSSH
+            files = self.known_hosts_files(node, config)
+            kwargs["known_hosts"] = self._known_hosts(files)
+            return kwargs, lambda: files
         kwargs["config"] = []
         kwargs["host"] = node.name if preconnected else node.host or resolved.hostname
         if not preconnected:
@@ -423,7 +430,7 @@ class SSHTransport(Transport):
             if sock is None and node.host and node.port:
                 sock = await _open_socket(node, left)
             kwargs, known_files = self._connect_kwargs(node, config, sock is not None)
-            checker = _KeyChecker(self, known_files)
+            checker = _KeyChecker(self, node.name, known_files)
             kwargs.setdefault("keepalive_interval", self.keepalive)
             kwargs.setdefault("keepalive_count_max", self.keepalive_count)
             key_checker = checker
