@@ -258,3 +258,38 @@ def test_cli_run_summary_exit_code_and_failed_set(lab: Any) -> None:
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().endswith(victim)
     assert "1 nodes" in p.stderr
+
+
+def test_cli_json_stream_and_out_dir(lab: Any, tmp_path: Path) -> None:
+    import json
+
+    shoal = [sys.executable, "-m", "shoal.cli.main", "run", "-s", "@lab"]
+    p = subprocess.run(
+        [*shoal, "--json", "echo hi; echo oops >&2; exit 3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    records = [json.loads(line) for line in p.stdout.splitlines()]
+    assert p.returncode == 1 and len(records) == len(lab.nodes())
+    first = records[0]
+    assert (first["status"], first["exit_code"], first["stdout"], first["stderr"]) == (
+        "failed",
+        3,
+        "hi\n",
+        "oops\n",
+    )
+    assert first["node"] == "n1" and first["duration"] > 0
+    p = subprocess.run(
+        [*shoal, "--stream", "echo line-$SHOAL_NODE"], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0
+    assert sorted(p.stdout.splitlines()) == sorted(f"{n.name}: line-{n.name}" for n in lab.nodes())
+    out = tmp_path / "out"
+    p = subprocess.run(
+        [*shoal, "--out-dir", str(out), "hostname"], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0
+    assert {f.name: f.read_text() for f in out.iterdir()} == {
+        n.name: f"{n.name}\n" for n in lab.nodes()
+    }
