@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import signal
@@ -366,11 +367,16 @@ def test_cut_stops_traffic_but_not_processes(lab: Lab) -> None:
 # ------------------------------------------------------------------ bad input
 
 
-def _snapshot(lab: Lab) -> tuple[object, ...]:
+def _snapshot(lab: Lab, argv: list[str]) -> tuple[object, ...]:
+    """What the command could have touched: this lab, and the lab it names or
+    ``default`` (other engineers' labs come and go on this machine meanwhile)."""
+    names = {lab.name, "default"} | {b for a, b in itertools.pairwise(argv) if a == "--name"}
+    patterns = [Naming(n).ns_pattern() for n in names]
+    links = {Naming(n).root_link for n in names}
     labs = sorted(p.name for p in lab.dir.parent.iterdir())
     return (
-        labsys.list_netns(),
-        sorted(labsys.link_names()),
+        [ns for ns in labsys.list_netns() if any(p.match(ns) for p in patterns)],
+        sorted(ln for ln in labsys.link_names() if ln in links),
         labs,
         (lab.dir / "state.json").read_text(),
         lab.ssh_config.read_text(),
@@ -396,12 +402,13 @@ def _snapshot(lab: Lab) -> tuple[object, ...]:
 )
 def test_bad_input_is_one_line_and_changes_nothing(lab: Lab, args: list[str]) -> None:
     argv = [a.replace("{lab}", lab.name) for a in args]
-    before = _snapshot(lab)
+    before = _snapshot(lab, argv)
+    assert before[0], "the snapshot must see the session lab's namespaces"
     out = shoal_cli(*argv)
     assert out.returncode in (1, 2), out
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("shoal: error: "), out.stderr
-    assert _snapshot(lab) == before
+    assert _snapshot(lab, argv) == before
 
 
 def test_up_on_existing_lab_says_how_to_recover(lab: Lab) -> None:
