@@ -42,6 +42,12 @@ OPS = (
     "step.run",
     "step.status",
     "step.forget",
+    "content.begin",
+    "content.fetch",
+    "content.commit",
+    "content.end",
+    "content.versions",
+    "content.rollback",
 )
 
 Message = dict[str, Any]

@@ -13,6 +13,7 @@ JSON-line requests answered in order (:mod:`protocol`). Requests:
 ``proc.logs`` {name, lines?, offset?}   tail, or bytes after an offset (follow)
 ``events`` {since, limit?}      events with seq > since
 ``shutdown``                    stop programs (desired state kept) and exit
+``content.*``                   push sessions, chunk fetches, switch-over (:mod:`.content`)
 ``step.run|status|forget``      one-shot steps of applications (:mod:`.steps`)
 
 Write errors in the working area (a full disk) never stop the agent: they are
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .content import ContentService
 from .events import EventLog
 from .persist import write_atomic
 from .spec import ProgramSpec
@@ -66,6 +68,7 @@ class Agent:
         self.supervisor = Supervisor(home, self._record, self._io)
         self.steps = Steps(home, self._record)
         self.agent_id = self._identity()
+        self.content = ContentService(home, self._record)
         self._stopping: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
 
@@ -136,6 +139,7 @@ class Agent:
         await self._stopping.wait()
         self.events.record("agent_stopping", None, f"pid {os.getpid()}")
         self._server.close()
+        self.content.close()
         try:
             os.unlink(str(self.sock_path))
         except OSError:
@@ -205,6 +209,8 @@ class Agent:
     async def dispatch(self, op: str, args: dict[str, Any]) -> Any:
         """Carry out one validated request; KeyError/ValueError become refusals."""
         sup = self.supervisor
+        if op.startswith("content."):
+            return await self.content.dispatch(op, args)
         if op == "hello":
             return self.hello()
         if op == "status":

@@ -1,0 +1,454 @@
+"""A deployed directory on the node: versions side by side, one atomic switch.
+
+Layout for a push to ``REMOTE_DIR`` (say ``~/site``)::
+
+    ~/site                      symlink → .site.shoal/versions/<id>  (what apps use)
+    ~/.site.shoal/versions/<id>/    complete, verified trees (the last K kept)
+    ~/.site.shoal/manifests/<id>.json
+    ~/.site.shoal/staging/<id>/     a version being assembled (never seen by apps)
+    ~/.site.shoal/history.json      activations, newest last
+
+Theory of operation. :meth:`Area.assemble` builds the new tree in ``staging``
+from verified chunks: those in the chunk store (fetched for this push) and
+those already sitting in the files of the versions kept here (read at the
+offsets their manifests give and hashed again, since a running application
+may have changed them). Entries are created in manifest order with
+``O_EXCL | O_NOFOLLOW`` in a directory this code made, and a manifest whose
+entries would write through a symlink never gets this far
+(:func:`manifest.validate`), so nothing outside the tree is ever written.
+Modes are applied last (setuid/setgid dropped unless asked). Only then is the
+tree renamed into ``versions`` and ``REMOTE_DIR`` switched with one
+``rename(2)`` of a fresh symlink over the old one: applications see the whole
+old version or the whole new one, never a mix. A failure (a full disk, a chunk
+that no longer matches) removes the staging tree and leaves the running
+version as it was. Old versions beyond the last K are deleted after a switch.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import stat
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from . import manifest as mf
+from .chunkstore import ChunkStore, sha256
+from .persist import read_json, write_atomic
+
+
+class AreaError(Exception):
+    """The deployed directory cannot be changed; the message says what and where."""
+
+
+class NeedChunks(AreaError):
+    """Chunks expected in local files did not verify; they must be fetched."""
+
+    def __init__(self, chunks: list[str]) -> None:
+        super().__init__(f"{len(chunks)} local chunks changed on disk; fetch them")
+        self.chunks = chunks
+
+
+def resolve_target(remote_dir: str, home: Path | None = None) -> Path:
+    """``REMOTE_DIR`` as an absolute path (relative ones are under the user's home)."""
+    if not remote_dir or "\0" in remote_dir:
+        raise AreaError("empty remote directory")
+    path = Path(os.path.expanduser(remote_dir))
+    if not path.is_absolute():
+        path = (home or Path.home()) / path
+    path = Path(os.path.normpath(str(path)))
+    if path.parent == path:
+        raise AreaError(f"cannot deploy to {path}")
+    return path
+
+
+def _oserror(exc: OSError, where: object) -> AreaError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return AreaError(f"disk full writing {where}: {exc.strerror}")
+    return AreaError(f"{where}: {exc.strerror or exc}")
+
+
+class Area:
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.root = target.parent / f".{target.name}.shoal"
+        self.versions = self.root / "versions"
+        self.manifests = self.root / "manifests"
+        self.staging = self.root / "staging"
+
+    # -- inspection ------------------------------------------------------------
+
+    def link_for(self, version: str) -> str:
+        return f".{self.target.name}.shoal/versions/{version}"
+
+    def current(self) -> str | None:
+        """The version ``REMOTE_DIR`` points at; None before the first push.
+
+        AreaError when ``REMOTE_DIR`` is something Shoal did not make (a real,
+        non-empty directory or a foreign symlink), so it is never clobbered.
+        """
+        try:
+            st = os.lstat(str(self.target))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _oserror(exc, self.target) from None
+        if stat.S_ISLNK(st.st_mode):
+            link = os.readlink(str(self.target))
+            prefix = f".{self.target.name}.shoal/versions/"
+            if link.startswith(prefix) and mf.is_version(link[len(prefix) :]):
+                return link[len(prefix) :]
+            raise AreaError(f"{self.target} is a symlink Shoal did not make (to {link})")
+        if stat.S_ISDIR(st.st_mode) and not os.listdir(str(self.target)):
+            return None
+        raise AreaError(f"{self.target} exists and is not a Shoal deployment; move it away")
+
+    def check_root(self) -> None:
+        """The area must be a real directory (never a symlink someone planted)."""
+        try:
+            st = os.lstat(str(self.root))
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise AreaError(f"{self.root} is not a directory")
+
+    def has_version(self, version: str) -> bool:
+        return (self.versions / version).is_dir() and (self.manifests / f"{version}.json").is_file()
+
+    def manifest(self, version: str) -> mf.Manifest | None:
+        try:
+            data = (self.manifests / f"{version}.json").read_bytes()
+        except OSError:
+            return None
+        try:
+            return mf.parse(data)
+        except mf.ManifestError:
+            return None
+
+    def save_manifest(self, version: str, data: bytes) -> None:
+        try:
+            self.check_root()
+            self.manifests.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomic(self.manifests / f"{version}.json", data, 0o600)
+        except OSError as exc:
+            raise _oserror(exc, self.manifests) from None
+
+    def history(self) -> list[dict[str, Any]]:
+        value = read_json(self.root / "history.json", [])
+        return value if isinstance(value, list) else []
+
+    def kept(self) -> list[str]:
+        """Versions present here, oldest activation first."""
+        try:
+            present = {p.name for p in self.versions.iterdir() if mf.is_version(p.name)}
+        except OSError:
+            return []
+        order: list[str] = []
+        for item in self.history():
+            v = item.get("version")
+            if v in present and v not in order:
+                order.append(v)
+            elif v in order:
+                order.remove(v)
+                order.append(v)
+        return order + sorted(present - set(order))
+
+    def describe(self) -> dict[str, Any]:
+        current = self.current()
+        history = self.history()
+        when = {h.get("version"): h.get("time") for h in history}
+        versions = []
+        for v in self.kept():
+            m = self.manifest(v)
+            versions.append(
+                {
+                    "version": v,
+                    "activated": when.get(v),
+                    "files": sum(1 for e in m.entries if e.kind == "f") if m else None,
+                    "bytes": m.total_bytes if m else None,
+                }
+            )
+        return {"dir": str(self.target), "current": current, "versions": versions}
+
+    # -- reuse ---------------------------------------------------------------------
+
+    def local_chunks(self) -> dict[str, tuple[Path, int, int]]:
+        """chunk → (file, offset, size) in the kept versions, the current one first."""
+        order = self.kept()
+        current = self.current()
+        if current in order:
+            order.remove(current)
+            order.append(current)
+        where: dict[str, tuple[Path, int, int]] = {}
+        for version in order:  # later (current) versions overwrite older locations
+            m = self.manifest(version)
+            if m is None:
+                continue
+            base = self.versions / version
+            for digest, (path, offset, size) in m.chunk_locations().items():
+                where[digest] = (base / path, offset, size)
+        return where
+
+    # -- assembly and switch -------------------------------------------------------
+
+    def assemble(
+        self,
+        m: mf.Manifest,
+        version: str,
+        store: ChunkStore,
+        *,
+        allow_setuid: bool = False,
+        durable: bool = True,
+    ) -> dict[str, int]:
+        """Build ``versions/<version>`` from verified chunks (see the module docstring)."""
+        if self.has_version(version):
+            return {"reused": 0, "stored": 0}
+        self.check_root()
+        stage = self.staging / version
+        local = self.local_chunks()
+        reader = _LocalReader(local)
+        counts = {"reused": 0, "stored": 0}
+        need: list[str] = []
+        packs: dict[int, bytes] = {}
+        try:
+            if stage.exists() or stage.is_symlink():
+                _remove_tree(stage)
+            self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.mkdir(str(stage), 0o700)
+            dirs: list[tuple[str, int]] = []
+            for e in m.entries:
+                path = os.path.join(str(stage), e.path)
+                if e.kind == "d":
+                    os.mkdir(path, 0o700)
+                    dirs.append((path, mf.file_mode(e.mode, allow_setuid)))
+                elif e.kind == "l":
+                    os.symlink(e.target, path)
+                else:
+                    self._write_file(e, path, m, store, reader, packs, counts, need, durable)
+                    os.chmod(path, mf.file_mode(e.mode, allow_setuid), follow_symlinks=False)
+            if need:
+                raise NeedChunks(sorted(set(need)))
+            for path, mode in reversed(dirs):
+                os.chmod(path, mode)
+            os.chmod(str(stage), 0o755)
+            self.versions.mkdir(parents=True, exist_ok=True, mode=0o755)
+            os.replace(str(stage), str(self.versions / version))
+            _fsync_dir(self.versions)
+        except NeedChunks:
+            _remove_tree(stage)
+            raise
+        except OSError as exc:
+            _remove_tree(stage)
+            where = exc.filename or stage
+            raise _oserror(exc, where) from None
+        finally:
+            reader.close()
+        return counts
+
+    def _write_file(
+        self,
+        e: mf.Entry,
+        path: str,
+        m: mf.Manifest,
+        store: ChunkStore,
+        reader: _LocalReader,
+        packs: dict[int, bytes],
+        counts: dict[str, int],
+        need: list[str],
+        durable: bool,
+    ) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            if e.pack is not None:
+                index, offset = e.pack
+                if index not in packs:
+                    packs.clear()  # packs are used in order: keep one in memory
+                    packs[index] = _unpack(m.packs[index], store, need)
+                _write_all(fd, packs[index][offset : offset + e.size])
+            else:
+                for digest, size in e.chunks:
+                    data = reader.read(digest) if not store.has(digest) else None
+                    if data is not None:
+                        counts["reused"] += size
+                    else:
+                        try:
+                            data = store.read(digest)
+                        except OSError:
+                            need.append(digest)
+                            continue
+                        if sha256(data) != digest:
+                            need.append(digest)
+                            continue
+                        counts["stored"] += size
+                    _write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def switch(self, version: str, action: str = "push") -> str | None:
+        """Point ``REMOTE_DIR`` at ``version`` with one rename; returns the previous one."""
+        previous = self.current()
+        if not self.has_version(version):
+            raise AreaError(f"version {version} is not on this node in {self.root}")
+        tmp = self.target.parent / f".{self.target.name}.shoal-link.{os.getpid()}"
+        try:
+            if os.path.lexists(str(tmp)):
+                os.unlink(str(tmp))
+            os.symlink(self.link_for(version), str(tmp))
+            if (
+                previous is None
+                and os.path.isdir(str(self.target))
+                and not os.path.islink(str(self.target))
+            ):
+                os.rmdir(str(self.target))  # an empty directory stood there
+            os.replace(str(tmp), str(self.target))
+            _fsync_dir(self.target.parent)
+        except OSError as exc:
+            try:
+                os.unlink(str(tmp))
+            except OSError:
+                pass
+            raise _oserror(exc, self.target) from None
+        entry = {"version": version, "time": time.time(), "action": action, "previous": previous}
+        history = ([*self.history(), entry])[-200:]
+        try:
+            write_atomic(self.root / "history.json", json.dumps(history).encode(), 0o600)
+        except OSError:
+            pass  # the switch happened; history is advisory
+        return previous
+
+    def gc(self, keep: int) -> list[str]:
+        """Delete versions beyond the newest ``keep`` (never the current one)."""
+        current = self.current()
+        kept = self.kept()
+        removable = [v for v in kept if v != current]
+        excess = len(kept) - max(1, keep)
+        removed: list[str] = []
+        for version in removable[: max(0, excess)]:
+            _remove_tree(self.versions / version)
+            try:
+                os.unlink(str(self.manifests / f"{version}.json"))
+            except OSError:
+                pass
+            removed.append(version)
+        for leftover in _listdir(self.staging):
+            _remove_tree(self.staging / leftover)
+        return removed
+
+    def pick(self, to: str | None) -> str:
+        """The version a rollback goes to: ``to`` (an id or unique prefix) or the previous."""
+        kept = self.kept()
+        current = self.current()
+        if to:
+            matches = [v for v in kept if v.startswith(to)]
+            if len(matches) != 1:
+                raise AreaError(
+                    f"no kept version matches {to!r} in {self.root}"
+                    if not matches
+                    else f"{to!r} matches several versions: {', '.join(matches)}"
+                )
+            return matches[0]
+        for item in reversed(self.history()):
+            v = item.get("previous")
+            if item.get("version") == current and v in kept and v != current:
+                return str(v)
+        older = [v for v in kept if v != current]
+        if not older:
+            raise AreaError(f"no earlier version is kept in {self.root}")
+        return older[-1]
+
+
+class _LocalReader:
+    """Reads chunks out of deployed files, verifying each; keeps a few files open."""
+
+    def __init__(self, where: dict[str, tuple[Path, int, int]]) -> None:
+        self.where = where
+        self.files: dict[Path, int] = {}
+
+    def read(self, digest: str) -> bytes | None:
+        spot = self.where.get(digest)
+        if spot is None:
+            return None
+        path, offset, size = spot
+        try:
+            fd = self.files.get(path)
+            if fd is None:
+                if len(self.files) >= 32:
+                    self.close()
+                fd = os.open(str(path), os.O_RDONLY | os.O_NOFOLLOW)
+                self.files[path] = fd
+            data = os.pread(fd, size, offset)
+        except OSError:
+            return None
+        return data if len(data) == size and sha256(data) == digest else None
+
+    def close(self) -> None:
+        for fd in self.files.values():
+            os.close(fd)
+        self.files.clear()
+
+
+def _unpack(pack: mf.Pack, store: ChunkStore, need: list[str]) -> bytes:
+    try:
+        blob = store.read(pack.hash)
+    except OSError:
+        need.append(pack.hash)
+        return b""
+    if sha256(blob) != pack.hash:
+        need.append(pack.hash)
+        return b""
+    raw = zlib.decompress(blob)
+    if len(raw) != pack.raw:
+        raise AreaError(f"pack {pack.hash[:12]} unpacks to {len(raw)} bytes, not {pack.raw}")
+    return raw
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(str(path))
+    except OSError:
+        return []
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a tree we made, even where its modes forbid writing."""
+    if os.path.islink(str(path)):
+        os.unlink(str(path))
+        return
+    if not path.exists():
+        return
+
+    def fix(func: Any, p: str, _exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    shutil.rmtree(str(path), onerror=fix)

@@ -1,0 +1,318 @@
+"""The chunk wire protocol: a read-only, content-addressed TCP server and its client.
+
+Theory of operation. Chunks move between nodes (and from the controller, the
+source) over plain TCP, because SSH would cost the source a cipher per byte
+and cannot connect two nodes. The endpoint can only *read chunks*: a request
+names chunks by SHA-256 and the server answers with their bytes, looked up by
+a backend that knows nothing but chunk ids (the node's :class:`ChunkStore`,
+or the controller's scanned tree); nothing on this port can write, list,
+or start anything. Every request carries the push's token, a random secret
+delivered to the nodes over SSH; a request with another token gets one error
+line and the connection is closed.
+
+Wire format (one TCP connection carries any number of requests, in turn)::
+
+    client: {"v": 1, "token": T, "want": ["<sha256>", ...]}\\n      (≤ 1024 ids)
+    server, for each id in order:
+            {"h": "<sha256>", "n": SIZE}\\n followed by SIZE bytes
+         or {"h": "<sha256>", "n": -1}\\n                            (not here)
+    server, on a bad request or token: {"v": 1, "error": "..."}\\n and close
+
+The receiver never trusts the bytes: :func:`fetch_chunks` hashes every chunk
+and reports a peer whose bytes do not match as *lying*, so the controller
+avoids it and fetches the chunk elsewhere. Slow peers hit an idle timeout.
+For tests, a node whose agent home holds the file ``TEST_CORRUPT_CHUNKS``
+serves every chunk with its first byte flipped (see :class:`StoreBackend`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .chunkstore import ChunkError, ChunkStore, Throttle, sha256
+from .manifest import is_hash
+
+WIRE_VERSION = 1
+MAX_WANT = 1024
+MAX_REQUEST = 1 << 20
+SLICE = 256 * 1024
+TEST_CORRUPT_FLAG = "TEST_CORRUPT_CHUNKS"
+
+
+class Backend:
+    """Where a server finds chunk bytes; None when it does not hold the chunk."""
+
+    def lookup(self, digest: str) -> bytes | None:
+        raise NotImplementedError
+
+
+class StoreBackend(Backend):
+    """Serves a node's chunk store, and nothing else."""
+
+    def __init__(self, store: ChunkStore, home: Path | None = None) -> None:
+        self.store = store
+        self.home = home
+
+    def lookup(self, digest: str) -> bytes | None:
+        try:
+            data = self.store.read(digest)
+        except (OSError, ChunkError):
+            return None
+        if self.home is not None and (self.home / TEST_CORRUPT_FLAG).exists() and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        return data
+
+
+@dataclass
+class ServerStats:
+    sent: int = 0
+    chunks: int = 0
+    refused: int = 0
+
+
+class ChunkServer:
+    """Serve chunks from ``backend`` to holders of one of ``tokens``."""
+
+    def __init__(self, backend: Backend, throttle: Throttle | None = None) -> None:
+        self.backend = backend
+        self.tokens: set[str] = set()
+        self.throttle = throttle or Throttle(None)
+        self.stats = ServerStats()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self, host: str, port: int = 0) -> int:
+        server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST)
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    @property
+    def listening(self) -> bool:
+        return bool(self._servers)
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers = []
+        for writer in list(self._writers):
+            writer.close()
+
+    def _authorized(self, token: object) -> bool:
+        if not isinstance(token, str):
+            return False
+        return any(hmac.compare_digest(token.encode(), t.encode()) for t in self.tokens)
+
+    async def _refuse(self, writer: asyncio.StreamWriter, error: str) -> None:
+        self.stats.refused += 1
+        body = {"v": WIRE_VERSION, "error": error}
+        writer.write(json.dumps(body).encode() + b"\n")
+        await writer.drain()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except (ValueError, asyncio.LimitOverrunError):
+                    await self._refuse(writer, "request too long")
+                    return
+                if not line:
+                    return
+                try:
+                    req = json.loads(line)
+                except ValueError:
+                    await self._refuse(writer, "bad request")
+                    return
+                if not isinstance(req, dict) or req.get("v") != WIRE_VERSION:
+                    await self._refuse(writer, f"wire version mismatch: server {WIRE_VERSION}")
+                    return
+                if not self._authorized(req.get("token")):
+                    await self._refuse(writer, "bad token")
+                    return
+                want = req.get("want")
+                if not isinstance(want, list) or len(want) > MAX_WANT:
+                    await self._refuse(writer, f"want must be a list of at most {MAX_WANT} ids")
+                    return
+                for digest in want:
+                    data = self.backend.lookup(digest) if is_hash(digest) else None
+                    if data is None:
+                        writer.write(json.dumps({"h": str(digest)[:64], "n": -1}).encode() + b"\n")
+                        continue
+                    writer.write(json.dumps({"h": digest, "n": len(data)}).encode() + b"\n")
+                    view = memoryview(data)
+                    for start in range(0, len(data), SLICE):
+                        piece = view[start : start + SLICE]
+                        await self.throttle.take(len(piece))
+                        writer.write(piece)
+                        await writer.drain()
+                    self.stats.sent += len(data)
+                    self.stats.chunks += 1
+                await writer.drain()
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            try:
+                writer.close()
+            except OSError:
+                pass
+
+
+# -- client ---------------------------------------------------------------------
+
+
+@dataclass
+class FetchResult:
+    """What one request to one source gave: stored chunks, failures, and the verdict."""
+
+    got: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    nbytes: int = 0
+    error: str = ""
+    lying: bool = False  # the source sent bytes that do not match the hash
+    local: bool = False  # the failure is this node's own (its disk), not the source's
+    seconds: float = 0.0
+
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class Fetcher:
+    """Fetch chunks into a store over a small pool of kept-alive connections."""
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        throttle: Throttle | None = None,
+        connect_timeout: float = 5.0,
+        idle_timeout: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.throttle = throttle or Throttle(None)
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self._idle: dict[tuple[str, int], list[Conn]] = {}
+
+    async def _connect(self, host: str, port: int) -> Conn:
+        pool = self._idle.get((host, port))
+        if pool:
+            return pool.pop()
+        return await asyncio.wait_for(
+            asyncio.open_connection(host, port, limit=MAX_REQUEST), self.connect_timeout
+        )
+
+    def _release(self, host: str, port: int, conn: Conn) -> None:
+        pool = self._idle.setdefault((host, port), [])
+        if len(pool) < 4:
+            pool.append(conn)
+        else:
+            conn[1].close()
+
+    def close(self) -> None:
+        for pool in self._idle.values():
+            for _, writer in pool:
+                writer.close()
+        self._idle.clear()
+
+    async def fetch(
+        self,
+        host: str,
+        port: int,
+        token: str,
+        chunks: list[tuple[str, int]],
+        deadline: float | None = None,
+    ) -> FetchResult:
+        """Fetch ``chunks`` [(sha256, size)] from one source; never raises for the source."""
+        result = FetchResult()
+        started = time.monotonic()
+        pending = [c for c in chunks if not self.store.has(c[0])]
+        result.got = [c[0] for c in chunks if c not in pending]
+        if not pending:
+            return result
+        conn: Conn | None = None
+        try:
+            conn = await self._connect(host, port)
+            reader, writer = conn
+            request = {"v": WIRE_VERSION, "token": token, "want": [h for h, _ in pending]}
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            for index, (digest, size) in enumerate(pending):
+                head = await self._read(reader.readline(), deadline)
+                try:
+                    header = json.loads(head)
+                except ValueError:
+                    header = None
+                if not isinstance(header, dict):
+                    raise ConnectionError("connection closed" if not head else "bad header")
+                if "error" in header:
+                    result.error = f"refused: {header['error']}"
+                    result.failed.extend(h for h, _ in pending[index:])
+                    conn = None
+                    writer.close()
+                    return result
+                n = header.get("n")
+                if header.get("h") != digest or not isinstance(n, int):
+                    raise ConnectionError("answer out of order")
+                if n < 0:
+                    result.failed.append(digest)
+                    continue
+                if n != size:
+                    result.lying = True
+                    raise ConnectionError(f"chunk {digest[:12]} has {n} bytes, expected {size}")
+                data = bytearray()
+                while len(data) < n:
+                    part = await self._read(reader.read(min(SLICE, n - len(data))), deadline)
+                    if not part:
+                        raise ConnectionError("connection closed mid-chunk")
+                    data += part
+                    await self.throttle.take(len(part))
+                result.nbytes += n
+                body = bytes(data)
+                if sha256(body) != digest:
+                    result.lying = True
+                    raise ConnectionError(f"chunk {digest[:12]} failed verification")
+                self.store.put(digest, body, verified=True)
+                result.got.append(digest)
+            self._release(host, port, conn)
+            conn = None
+        except ChunkError as exc:  # our own disk: not the source's fault
+            result.error = str(exc)
+            result.local = True
+        except asyncio.TimeoutError:
+            result.error = "timed out"
+        except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+            result.error = str(exc) or type(exc).__name__
+        finally:
+            if conn is not None:
+                conn[1].close()
+            result.seconds = time.monotonic() - started
+        done = set(result.got) | set(result.failed)
+        result.failed.extend(h for h, _ in pending if h not in done)
+        return result
+
+    async def _read(
+        self, awaitable: asyncio.Future[bytes] | object, deadline: float | None
+    ) -> bytes:
+        timeout = self.idle_timeout
+        if deadline is not None:
+            timeout = max(0.1, min(timeout, deadline - time.monotonic()))
+        value: bytes = await asyncio.wait_for(awaitable, timeout)  # type: ignore[arg-type]
+        return value
+
+
+def chunk_sources(value: object) -> list[tuple[str, int]]:
+    """Validate a list of [host, port] pairs from a request."""
+    out: list[tuple[str, int]] = []
+    if not isinstance(value, list):
+        raise ValueError("sources must be a list of [host, port]")
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            raise ValueError("sources must be a list of [host, port]")
+        out.append((item[0], int(item[1])))
+    return out
