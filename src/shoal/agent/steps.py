@@ -1,17 +1,17 @@
 """One-shot steps run by the agent for the controller (``step.*`` requests).
 
-Theory of operation. An application's process block is a sequence of
-one-shot commands and supervised services; the controller drives it over one
-open stream per node. A one-shot command runs here, not in an SSH session, so
-that it outlives the controller: ``step.run {id, command, env?, cwd?,
-timeout?}`` starts ``/bin/sh -c command`` in its own process group (output to
-``logs/steps/<id>.log``) and answers when it exits with ``{id, exit, tail,
-started, ended, cached}``. The same ``id`` asked again while it runs attaches to
-the running command (a controller killed and restarted never runs a step
-twice); once it succeeded, the recorded result is answered at once
-(``cached: true``) as long as the command, env and cwd are the same; a failed
-step runs again. Successes are kept in ``steps.json`` so an agent restart
-keeps them.
+Theory of operation. An application's process block is a sequence of one-shot
+commands and supervised services; the controller drives it over one open
+stream per node. A one-shot command runs here, not in an SSH session, so that
+it outlives the controller: ``step.run {id, command, env?, cwd?, limit?}``
+(``limit``: seconds before the step is killed) starts ``/bin/sh -c command``
+in its own process group (output to ``logs/steps/<id>.log``) and answers when
+it exits with ``{id, exit, tail, started, ended, cached}``. The same ``id``
+asked again while it runs attaches to the running command (a controller killed
+and restarted never runs a step twice); once it succeeded, the recorded result
+is answered at once (``cached: true``) as long as the command, env and cwd are
+the same; a failed step runs again. Successes are kept in ``steps.json`` so an
+agent restart keeps them.
 
 ``step.status {prefix}`` lists recorded and running steps whose id starts with
 the prefix; ``step.forget {prefix}`` kills running ones, removes their records
@@ -87,9 +87,9 @@ class Steps:
         cwd = args.get("cwd")
         if cwd is not None and not isinstance(cwd, str):
             raise ValueError(f"step {step_id}: cwd must be a string")
-        timeout = args.get("timeout")
+        timeout = args.get("limit")
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ValueError(f"step {step_id}: timeout must be a positive number")
+            raise ValueError(f"step {step_id}: limit must be a positive number of seconds")
         digest = _digest(command, env, cwd)
         previous = self.done.get(step_id)
         if previous is not None and previous.get("digest") == digest:
