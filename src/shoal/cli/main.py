@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "proc": "agent",
     "events": "agent",
     "sweep": "agent",
+    "app": "app",
 }
 
 DESCRIPTION = "Shoal: deploy and run distributed applications on many machines."

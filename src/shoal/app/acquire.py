@@ -1,0 +1,178 @@
+"""Acquire: which nodes each component gets, decided before anything is touched.
+
+For every component, in spec order: evaluate its selection (the ``shoal
+select`` grammar), drop nodes in the failed set and nodes another component
+of the application already holds, then check its requirements against each
+node's attributes and facts (:mod:`shoal.nodes.facts`; facts missing or stale
+are gathered first, in one round trip per node). The first ``count``
+qualifying nodes (natural order) are members, the rest spares. Members a
+previous ``up`` chose are kept while they still qualify, so a re-run converges
+instead of reshuffling.
+
+When a component cannot get its count, :class:`AcquireError` says which
+requirement failed on how many nodes, and nothing has been changed anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from shoal.errors import ShoalError
+from shoal.nodes.model import AttrValue, Node
+from shoal.nodes.nodeset import fold
+from shoal.state import State
+
+from .spec import AppSpec, Component, Requirement
+
+
+class AcquireError(ShoalError):
+    """Not enough nodes qualify for a component (nothing was changed)."""
+
+    kind = "app"
+
+
+@dataclass
+class Allocation:
+    """Members (slot order) and spares of every component."""
+
+    members: dict[str, list[Node]] = field(default_factory=dict)
+    spares: dict[str, list[Node]] = field(default_factory=dict)
+
+    def all_members(self) -> list[Node]:
+        seen: dict[str, Node] = {}
+        for nodes in self.members.values():
+            for n in nodes:
+                seen.setdefault(n.name, n)
+        return list(seen.values())
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why nodes of one component did or did not qualify."""
+
+    qualified: list[Node]
+    rejected: dict[str, list[str]]  # reason -> node names
+
+
+FactLookup = Callable[[Sequence[Node]], Mapping[str, Mapping[str, AttrValue]]]
+
+
+def node_value(node: Node, facts: Mapping[str, AttrValue], key: str) -> AttrValue | None:
+    """A requirement key's value: node attribute, then fact, then host/user/port/name."""
+    if key.startswith(("fact.", "facts.")):
+        return facts.get(key.split(".", 1)[1])
+    if key in node.attrs:
+        return node.attrs[key]
+    if key in facts:
+        return facts[key]
+    value = {"host": node.host, "user": node.user, "port": node.port, "name": node.name}.get(key)
+    return value
+
+
+def qualify(
+    candidates: Sequence[Node],
+    require: Sequence[Requirement],
+    facts: Mapping[str, Mapping[str, AttrValue]],
+    failed: Iterable[str] = (),
+    taken: Iterable[str] = (),
+) -> Verdict:
+    """Split ``candidates`` into qualifying nodes and rejection reasons."""
+    failed_set, taken_set = set(failed), set(taken)
+    ok: list[Node] = []
+    rejected: dict[str, list[str]] = {}
+    for node in candidates:
+        if node.name in failed_set:
+            rejected.setdefault("in the failed set", []).append(node.name)
+            continue
+        if node.name in taken_set:
+            rejected.setdefault("used by another component", []).append(node.name)
+            continue
+        node_facts = facts.get(node.name, {})
+        bad = next((r for r in require if not r.check(node_value(node, node_facts, r.key))), None)
+        if bad is not None:
+            have = node_value(node, node_facts, bad.key)
+            reason = f"fails {bad.text}" + (" (no such fact)" if have is None else "")
+            rejected.setdefault(reason, []).append(node.name)
+            continue
+        ok.append(node)
+    return Verdict(ok, rejected)
+
+
+def refusal(app: str, comp: Component, wanted: int, selected: int, verdict: Verdict) -> str:
+    """One line: what the component needs and why too few nodes qualify."""
+    parts = [
+        f"{len(names)} {reason} ({fold(names)})"
+        for reason, names in sorted(verdict.rejected.items(), key=lambda kv: -len(kv[1]))
+    ]
+    why = "; ".join(parts) if parts else "the selection is too small"
+    return (
+        f"app {app}: component {comp.name} needs {wanted} node(s) but only "
+        f"{len(verdict.qualified)} of {selected} selected by {comp.select!r} qualify: {why}"
+    )
+
+
+def gather_facts(nodes: Sequence[Node], state: State) -> dict[str, dict[str, AttrValue]]:
+    """Stored facts, refreshed first for nodes whose facts are missing or stale."""
+    from shoal.nodes import facts as facts_mod
+
+    records = facts_mod.load_facts([n.name for n in nodes], state=state)
+    stale = [n for n in nodes if n.name not in records or records[n.name].stale()]
+    if stale:
+        from shoal.fanout import RunOptions
+
+        facts_mod.refresh(stale, options=RunOptions(timeout=30), state=state)
+        records = facts_mod.load_facts([n.name for n in nodes], state=state)
+    return {name: dict(r.facts) for name, r in records.items()}
+
+
+def acquire(
+    spec: AppSpec,
+    state: State,
+    *,
+    keep: Mapping[str, Sequence[str]] | None = None,
+    hold: Mapping[str, int] | None = None,
+    exclude: Iterable[str] = (),
+    facts: FactLookup | None = None,
+) -> Allocation:
+    """Members and spares for every component; AcquireError when one falls short.
+
+    ``keep`` maps a component to nodes it already holds (kept first, in their
+    order, while they qualify); ``hold`` counts slots a component keeps for
+    failed members it does not refill (policies ignore and restart);
+    ``exclude`` names nodes never to use. ``facts`` overrides fact gathering (unit tests).
+    """
+    from shoal.nodes.health import failed_names
+    from shoal.nodes.select import resolve
+
+    keep = keep or {}
+    excluded = set(exclude)
+    failed = failed_names(state) | excluded
+    selections = {c.name: resolve(c.select, state=state) for c in spec.components.values()}
+    needs_facts = {
+        n.name: n for c in spec.components.values() if c.require for n in selections[c.name]
+    }
+    lookup = facts or (lambda ns: gather_facts(ns, state))
+    known = lookup(list(needs_facts.values())) if needs_facts else {}
+    out = Allocation()
+    taken: set[str] = set()
+    for comp in spec.components.values():
+        selected = selections[comp.name]
+        others = taken - set(keep.get(comp.name, ()))
+        verdict = qualify(selected, comp.require, known, failed, others)
+        by_name = {n.name: n for n in verdict.qualified}
+        kept = [by_name[name] for name in keep.get(comp.name, ()) if name in by_name]
+        rest = [n for n in verdict.qualified if n not in kept]
+        wanted = len(verdict.qualified) if comp.count is None else comp.count
+        if comp.count is None and not verdict.qualified:
+            wanted = 1
+        held = (hold or {}).get(comp.name, 0)
+        if comp.count is not None and held:
+            wanted = max(0, wanted - held)
+        ordered = kept + rest
+        if len(ordered) < wanted:
+            raise AcquireError(refusal(spec.name, comp, wanted, len(selected), verdict))
+        out.members[comp.name] = ordered[:wanted]
+        out.spares[comp.name] = ordered[wanted:]
+        taken.update(n.name for n in ordered[:wanted])
+    return out

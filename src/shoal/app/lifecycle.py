@@ -1,0 +1,457 @@
+"""The application lifecycle as a library: up, status, logs, monitor, down.
+
+``up`` = acquire (nothing touched when it fails) → configure → start, with
+the application, its members and released barriers recorded in SQLite before
+nodes are changed; running it again converges (every step is idempotent, see
+:mod:`.runtime`), which also makes it the resume after a killed controller
+and the repair after a lost node: members that joined the failed set are
+replaced (policy ``replace``) by spares that qualify, given the same slot
+(``${index}``), or left out (``ignore``/``restart``), or the run stops
+(``abort``). :func:`monitor_async` checks the members through their agents
+and converges when something is missing; ``--detach`` leaves the running
+application to the agents (supervision) and ``shoal sweep``.
+
+Nothing here prints: progress goes to ``UpOptions.say``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.nodes.health import failed_names
+from shoal.nodes.inventory import load_nodes
+from shoal.nodes.model import Node
+from shoal.ops import agents
+from shoal.ops.agent_client import cached_home
+from shoal.state import State
+from shoal.transport.base import Connection
+
+from . import store
+from .acquire import Allocation, acquire
+from .located import Located
+from .runtime import AppAborted, Runner, UpOptions, UpReport, app_dir, program_name
+from .software import tree_digest
+from .spec import AppSpec, build, load
+
+
+def spec_of(record: store.AppRecord) -> AppSpec:
+    """The spec a running application was started from (as stored)."""
+    return build(Located(record.document, record.file), Path(record.base))
+
+
+# -- up ----------------------------------------------------------------------------
+
+
+def _plan_slots(
+    spec: AppSpec, alloc: Allocation, previous: list[store.Member]
+) -> tuple[dict[tuple[str, str], int], list[tuple[str, str, str]]]:
+    """Slots per (component, node): kept members keep theirs, newcomers fill the gaps."""
+    slots: dict[tuple[str, str], int] = {}
+    replaced: list[tuple[str, str, str]] = []
+    for cname, nodes in alloc.members.items():
+        before = {m.node: m.slot for m in previous if m.component == cname and m.state == "active"}
+        chosen = {n.name for n in nodes}
+        used = {before[n] for n in chosen if n in before}
+        gone = sorted((slot, name) for name, slot in before.items() if name not in chosen)
+        free = sorted(slot for slot, _ in gone if slot not in used)
+        next_slot = max([*used, *(s for s, _ in gone), -1]) + 1
+        for n in nodes:
+            if n.name in before:
+                slots[(cname, n.name)] = before[n.name]
+                continue
+            if free:
+                slot = free.pop(0)
+                old = next(name for s, name in gone if s == slot)
+                replaced.append((cname, old, n.name))
+            else:
+                slot, next_slot = next_slot, next_slot + 1
+            slots[(cname, n.name)] = slot
+        alloc.members[cname] = sorted(nodes, key=lambda n: slots[(cname, n.name)])
+    return slots, replaced
+
+
+async def up_async(
+    spec: AppSpec, options: UpOptions | None = None, *, state: State | None = None
+) -> UpReport:
+    """Acquire, configure and start ``spec`` (or converge it when it runs already)."""
+    opts = options or UpOptions()
+    st = state or State()
+    began = time.monotonic()
+    try:
+        store.ensure(st)
+        previous = store.members(st, spec.name)
+        failed = failed_names(st)
+        keep: dict[str, list[str]] = {}
+        hold: dict[str, int] = {}
+        dead: list[store.Member] = []
+        for m in previous:
+            if m.state != "active":
+                continue
+            comp = spec.components.get(m.component)
+            if comp is None:
+                continue
+            if m.node in failed:
+                if comp.on_failure == "abort":
+                    store.set_status(st, spec.name, status="aborted")
+                    raise AppAborted(
+                        f"app {spec.name}: {m.node} ({m.component}) is in the failed set; aborted"
+                    )
+                dead.append(m)
+                if comp.on_failure in ("ignore", "restart"):
+                    hold[m.component] = hold.get(m.component, 0) + 1
+                continue
+            keep.setdefault(m.component, []).append(m.node)
+        for m in previous:
+            if m.state == "failed" and m.component in spec.components:
+                hold[m.component] = hold.get(m.component, 0) + 1
+        t0 = time.monotonic()
+        alloc = acquire(spec, st, keep=keep, hold=hold)
+        slots, replaced = _plan_slots(spec, alloc, previous)
+        report_phases = {"acquire": time.monotonic() - t0}
+        # decided: record it before touching any node
+        store.save_app(
+            st,
+            spec.name,
+            spec.file,
+            str(Path(spec.file).resolve().parent),
+            spec.document,
+            "starting",
+        )
+        for m in dead:
+            comp = spec.components[m.component]
+            new_state = "replaced" if comp.on_failure == "replace" else "failed"
+            store.set_member(st, spec.name, m.component, m.node, m.slot, new_state, "node failed")
+        for cname, nodes in alloc.members.items():
+            for n in nodes:
+                store.set_member(st, spec.name, cname, n.name, slots[(cname, n.name)], "active")
+        runner = Runner(spec, st, alloc, opts, slots)
+        runner.report.phases.update(report_phases)
+        runner.report.replaced.extend(replaced)
+        for cname, old, new in replaced:
+            opts.say and opts.say(f"{cname}: {new} replaces {old}")
+        store.set_status(st, spec.name, phase="configure")
+        t0 = time.monotonic()
+        failures = await runner.configure(alloc.all_members())
+        runner.report.phases["configure"] = time.monotonic() - t0
+        store.set_status(st, spec.name, phase="start")
+        t0 = time.monotonic()
+        try:
+            await runner.start(failures)
+        except AppAborted:
+            store.set_status(st, spec.name, status="aborted")
+            raise
+        runner.report.phases["start"] = time.monotonic() - t0
+        store.set_status(st, spec.name, status="running", phase="running")
+        report = runner.report
+        report.members = {c: [n.name for n in ns] for c, ns in runner.members.items()}
+        report.wall = time.monotonic() - began
+        return report
+    finally:
+        if state is None:
+            st.close()
+
+
+def up(path: str | Path, options: UpOptions | None = None) -> UpReport:
+    """``shoal app up SPEC`` without monitoring (see :func:`monitor_async`)."""
+    spec = load(path)
+    return asyncio.run(up_async(spec, options))
+
+
+# -- status --------------------------------------------------------------------------
+
+
+@dataclass
+class NodeState:
+    component: str
+    node: str
+    slot: int
+    state: str  # active | replaced | failed
+    reachable: bool | None = None
+    programs: list[dict[str, Any]] = field(default_factory=list)
+    steps_done: int = 0
+    steps_running: int = 0
+    detail: str = ""
+
+
+@dataclass
+class AppStatus:
+    name: str
+    status: str
+    phase: str
+    file: str
+    nodes: list[NodeState] = field(default_factory=list)
+    barriers: dict[str, store.BarrierRecord] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def healthy(self) -> bool:
+        """Every active member reachable and every service RUNNING."""
+        return all(
+            n.reachable and all(p.get("state") == "RUNNING" for p in n.programs)
+            for n in self.nodes
+            if n.state == "active"
+        )
+
+
+def _nodes(state: State, names: list[str]) -> list[Node]:
+    found = {n.name: n for n in load_nodes(state, names)}
+    return [found[n] for n in names if n in found]
+
+
+async def status_async(
+    name: str, options: agents.AgentOptions | None = None, *, state: State | None = None
+) -> AppStatus:
+    """Components × nodes × processes from the agents, barriers and versions from state."""
+    opts = options or agents.AgentOptions(record_health=True)
+    st = state or State()
+    try:
+        record = store.require_app(st, name)
+        spec = spec_of(record)
+        members = store.members(st, name)
+        result = AppStatus(name, record.status, record.phase, record.file)
+        result.barriers = store.barriers(st, name)
+        for sname, sw in spec.software.items():
+            try:
+                result.versions[sname] = tree_digest(sw.source)
+            except Exception:  # the local tree moved: still show the rest
+                result.versions[sname] = "?"
+        active = [m for m in members if m.state == "active"]
+        names = list(dict.fromkeys(m.node for m in active))
+        prefix = f"{name}."
+
+        async def op(conn: Connection, node: Node, st2: State) -> agents.AgentResult:
+            client = await agents.connect_agent(conn, node, st2, opts)
+            try:
+                programs = await client.call("proc.status", timeout=opts.call_timeout)
+                steps = await client.call("step.status", prefix=prefix, timeout=opts.call_timeout)
+            finally:
+                await client.close()
+            mine = [p for p in programs if str(p.get("name", "")).startswith(prefix)]
+            return agents.AgentResult(node.name, value={"programs": mine, "steps": steps})
+
+        answers = await agents.for_each(_nodes(st, names), op, opts, state=st) if names else None
+        for m in members:
+            ns = NodeState(m.component, m.node, m.slot, m.state, detail=m.detail)
+            if m.state == "active" and answers is not None and m.node in answers.results:
+                r = answers[m.node]
+                ns.reachable = r.reached
+                if r.ok:
+                    comp_prefix = f"{name}.{m.component}."
+                    ns.programs = [
+                        p for p in r.value["programs"] if p["name"].startswith(comp_prefix)
+                    ]
+                    done = r.value["steps"]["done"]
+                    ns.steps_done = sum(1 for k in done if k.startswith(comp_prefix))
+                    ns.steps_running = sum(
+                        1 for k in r.value["steps"]["running"] if k.startswith(comp_prefix)
+                    )
+                else:
+                    ns.detail = r.reason
+            result.nodes.append(ns)
+        return result
+    finally:
+        if state is None:
+            st.close()
+
+
+# -- monitor -------------------------------------------------------------------------
+
+
+@dataclass
+class MonitorReport:
+    rounds: int = 0
+    converged: int = 0
+    last: UpReport | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+async def monitor_async(
+    name: str,
+    options: UpOptions | None = None,
+    *,
+    interval: float = 5.0,
+    duration: float | None = None,
+    rounds: int | None = None,
+    state: State | None = None,
+) -> MonitorReport:
+    """Check the application every ``interval`` s; converge when a member or service is
+    missing. Ends after ``duration`` seconds or ``rounds`` checks (else when cancelled)."""
+    opts = options or UpOptions()
+    out = MonitorReport()
+    deadline = None if duration is None else time.monotonic() + duration
+    st = state or State()
+    try:
+        while rounds is None or out.rounds < rounds:
+            out.rounds += 1
+            current = await status_async(name, opts.agent, state=st)
+            if not current.healthy:
+                problems = [
+                    f"{n.node}: "
+                    + (n.detail or "unreachable" if not n.reachable else "")
+                    + ", ".join(
+                        f"{p['name']} {p['state']}" for p in n.programs if p["state"] != "RUNNING"
+                    )
+                    for n in current.nodes
+                    if n.state == "active"
+                    and (not n.reachable or any(p["state"] != "RUNNING" for p in n.programs))
+                ]
+                out.problems.extend(problems)
+                if opts.say:
+                    opts.say("converging: " + "; ".join(problems))
+                await _restart_dead_services(current, opts, st)
+                spec = spec_of(store.require_app(st, name))
+                out.last = await up_async(spec, opts, state=st)
+                out.converged += 1
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if rounds is not None and out.rounds >= rounds:
+                break
+            await asyncio.sleep(interval)
+        return out
+    finally:
+        if state is None:
+            st.close()
+
+
+async def _restart_dead_services(current: AppStatus, opts: UpOptions, st: State) -> None:
+    """Services that gave up (FATAL) or stopped on reachable members get a restart."""
+    for n in current.nodes:
+        if n.state != "active" or not n.reachable:
+            continue
+        dead = [p["name"] for p in n.programs if p["state"] in ("FATAL", "STOPPED", "EXITED")]
+        if not dead:
+            continue
+        nodes = _nodes(st, [n.node])
+        for prog in dead:
+            await agents.call_async(nodes, "proc.restart", {"name": prog}, opts.agent, state=st)
+
+
+# -- logs --------------------------------------------------------------------------
+
+
+async def logs_async(
+    name: str,
+    *,
+    component: str | None = None,
+    node: str | None = None,
+    lines: int = 20,
+    options: agents.AgentOptions | None = None,
+    state: State | None = None,
+) -> dict[str, str]:
+    """The last ``lines`` of every step and service log of the application, per node."""
+    opts = options or agents.AgentOptions(record_health=False)
+    st = state or State()
+    try:
+        store.require_app(st, name)
+        members = [
+            m
+            for m in store.members(st, name, active_only=True)
+            if (component is None or m.component == component) and (node is None or m.node == node)
+        ]
+        names = list(dict.fromkeys(m.node for m in members))
+        out: dict[str, str] = {}
+
+        async def op(conn: Connection, n: Node, st2: State) -> agents.AgentResult:
+            home = cached_home(st2, n.name, opts.home) or opts.home
+            h = shlex.quote(home)
+            pat = f"{shlex.quote(name)}.{shlex.quote(component) + '.' if component else ''}"
+            res = await conn.run(
+                f"for f in {h}/logs/steps/{pat}*.log {h}/logs/{pat}*.log; do"
+                f' [ -f "$f" ] || continue; echo "==> ${{f##*/}} <=="; tail -n {int(lines)} "$f";'
+                " done",
+                timeout=30,
+            )
+            out[n.name] = res.stdout.decode("utf-8", "replace")
+            return agents.AgentResult(n.name)
+
+        await agents.for_each(_nodes(st, names), op, opts, state=st)
+        return {k: out[k] for k in names if k in out}
+    finally:
+        if state is None:
+            st.close()
+
+
+# -- down ----------------------------------------------------------------------------
+
+
+@dataclass
+class DownReport:
+    app: str
+    nodes: dict[str, str] = field(default_factory=dict)  # node -> "cleaned" or error
+    collected: Path | None = None
+
+
+async def down_async(
+    name: str,
+    *,
+    keep: bool = False,
+    collect: Path | None = None,
+    options: agents.AgentOptions | None = None,
+    state: State | None = None,
+) -> DownReport:
+    """Stop every process of the application, run its cleanup, remove what it installed
+    (unless ``keep``), after collecting its logs into ``collect/NODE/`` if asked."""
+    opts = options or agents.AgentOptions(record_health=False)
+    st = state or State()
+    try:
+        record = store.require_app(st, name)
+        spec = spec_of(record)
+        names = list(dict.fromkeys(m.node for m in store.members(st, name)))
+        services = [
+            program_name(name, c.name, s.name)
+            for c in spec.components.values()
+            for s in c.steps
+            if s.kind == "service"
+        ]
+        report = DownReport(name, collected=collect)
+
+        async def op(conn: Connection, n: Node, st2: State) -> agents.AgentResult:
+            client = await agents.connect_agent(conn, n, st2, opts)
+            home = client.home
+            adir = app_dir(home, name)
+            h, q = shlex.quote(home), shlex.quote(adir)
+            try:
+                if collect is not None:
+                    target = collect / n.name
+                    target.mkdir(parents=True, exist_ok=True)
+                    for pattern in (f"{home}/logs/{name}.*", f"{home}/logs/steps/{name}.*"):
+                        try:
+                            await conn.get(pattern, str(target) + "/")
+                        except Exception:  # nothing matched: nothing to collect
+                            pass
+                for prog in services:
+                    try:
+                        await client.call("proc.remove", name=prog, timeout=60)
+                    except agents.AgentError:
+                        pass  # not on this node
+                for i, command in enumerate(spec.cleanup):
+                    await client.call(
+                        "step.run",
+                        id=f"{name}.cleanup.{i}",
+                        command=f"[ -d {q} ] || exit 0; cd {q} && {command}",
+                        timeout=120,
+                    )
+                await client.call("step.forget", prefix=f"{name}.", timeout=60)
+            finally:
+                await client.close()
+            wipe = f"rm -f {h}/logs/{shlex.quote(name)}.*"
+            if not keep:
+                wipe += f"; rm -rf {q}"
+            res = await conn.run(wipe, timeout=60)
+            if res.exit_status != 0:
+                raise agents.AgentError(f"{n.name}: cleanup failed: {res.stderr.decode()[:200]}")
+            return agents.AgentResult(n.name, action="cleaned")
+
+        results = await agents.for_each(_nodes(st, names), op, opts, state=st)
+        for r in results:
+            report.nodes[r.node] = "cleaned" if r.ok else r.reason
+        store.delete_app(st, name)
+        return report
+    finally:
+        if state is None:
+            st.close()

@@ -1,0 +1,311 @@
+"""``shoal app``: applications (components, process blocks, barriers) and their lifecycle.
+
+Adapters only: parse arguments, call :mod:`shoal.app`, render. See README
+'Applications'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "app",
+        help="applications: up, status, logs, monitor, down (Plush-style specs)",
+        description="Run an application described by a spec (YAML, or Plush XML): "
+        "acquire nodes, configure them, start process blocks with barriers, monitor, clean up.",
+    )
+    s = p.add_subparsers(dest="app_command", metavar="ACTION")
+    s.required = True
+
+    up = s.add_parser("up", help="acquire, configure and start (re-run: converge)")
+    up.add_argument("spec", help="spec file (.yaml, or Plush .xml)")
+    up.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once started; agents supervise, 'shoal sweep' revives them",
+    )
+    up.add_argument(
+        "--for",
+        dest="duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="monitor in the foreground for this long (default: until Ctrl-C)",
+    )
+    up.add_argument("--interval", type=float, default=5.0, help="seconds between checks")
+    up.add_argument("--json", action="store_true", help="print the report as JSON")
+    up.set_defaults(handler=cmd_up)
+
+    st = s.add_parser("status", help="components x nodes x processes, barriers, versions")
+    st.add_argument("name", nargs="?", help="application (default: the only one)")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(handler=cmd_status)
+
+    lg = s.add_parser("logs", help="last lines of every step and service log")
+    lg.add_argument("name", nargs="?")
+    lg.add_argument("-c", "--component", default=None)
+    lg.add_argument("-n", "--node", default=None)
+    lg.add_argument("--lines", type=int, default=20)
+    lg.set_defaults(handler=cmd_logs)
+
+    mo = s.add_parser("monitor", help="check and converge (replace lost nodes) in a loop")
+    mo.add_argument("name", nargs="?")
+    mo.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS")
+    mo.add_argument("--interval", type=float, default=5.0)
+    mo.add_argument("--once", action="store_true", help="one check, then exit")
+    mo.set_defaults(handler=cmd_monitor)
+
+    dn = s.add_parser("down", help="stop everything and remove what was installed")
+    dn.add_argument("name", nargs="?")
+    dn.add_argument("--keep", action="store_true", help="keep software and files on the nodes")
+    dn.add_argument(
+        "--collect", type=Path, default=None, metavar="DIR", help="first copy logs to DIR/NODE/"
+    )
+    dn.set_defaults(handler=cmd_down)
+
+    ck = s.add_parser("check", help="validate a spec (schema and cross-references)")
+    ck.add_argument("spec")
+    ck.set_defaults(handler=cmd_check)
+
+    ip = s.add_parser("import-plush", help="convert a Plush XML application to a Shoal spec")
+    ip.add_argument("xml")
+    ip.add_argument("-o", "--output", type=Path, default=None, help="write YAML here")
+    ip.set_defaults(handler=cmd_import)
+
+    ls = s.add_parser("list", help="applications known to this controller")
+    ls.set_defaults(handler=cmd_list)
+
+    sc = s.add_parser("schema", help="print the spec's JSON Schema (for editors)")
+    sc.set_defaults(handler=cmd_schema)
+
+
+def _say(text: str) -> None:
+    print(f"  {text}", file=sys.stderr, flush=True)
+
+
+def _name(args: argparse.Namespace) -> str:
+    from shoal.app import store
+    from shoal.errors import UsageError
+    from shoal.state import State
+
+    if args.name:
+        return str(args.name)
+    with State() as st:
+        names = store.list_apps(st)
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise UsageError("no application is up (shoal app up SPEC)")
+    raise UsageError(f"several applications are up; name one: {', '.join(names)}")
+
+
+def _render_up(report: Any) -> None:
+    phases = "  ".join(f"{k} {v:.2f}s" for k, v in report.phases.items())
+    print(f"app {report.app}: up in {report.wall:.2f}s ({phases})")
+    for comp, nodes in report.members.items():
+        print(f"  {comp}: {len(nodes)} node(s) {','.join(nodes)}")
+    for comp, old, new in report.replaced:
+        print(f"  {comp}: {new} replaced {old}")
+    for node, why in report.failed.items():
+        print(f"  failed: {node}: {why}")
+    print(f"  steps: {report.steps_run} run, {report.steps_cached} already done")
+
+
+def _report_json(report: Any) -> dict[str, Any]:
+    return {
+        "app": report.app,
+        "wall": round(report.wall, 3),
+        "phases": {k: round(v, 3) for k, v in report.phases.items()},
+        "members": report.members,
+        "replaced": [list(r) for r in report.replaced],
+        "failed": report.failed,
+        "barriers": report.barriers,
+        "steps_run": report.steps_run,
+        "steps_cached": report.steps_cached,
+    }
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from shoal.app import lifecycle
+    from shoal.app.runtime import UpOptions
+    from shoal.app.spec import load
+
+    spec = load(args.spec)
+    opts = UpOptions(say=None if args.json else _say)
+    report = asyncio.run(lifecycle.up_async(spec, opts))
+    if args.json:
+        print(json.dumps(_report_json(report), indent=1))
+    else:
+        _render_up(report)
+    if args.detach or args.json:
+        return 0
+    print(f"monitoring {spec.name} (Ctrl-C to stop; the application keeps running)")
+    try:
+        asyncio.run(
+            lifecycle.monitor_async(spec.name, opts, interval=args.interval, duration=args.duration)
+        )
+    except KeyboardInterrupt:
+        print(f"\nstopped monitoring; {spec.name} keeps running (shoal app down {spec.name})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from shoal.app import lifecycle
+
+    status = asyncio.run(lifecycle.status_async(_name(args)))
+    if args.json:
+        print(json.dumps(_status_json(status), indent=1))
+        return 0
+    print(f"app {status.name}: {status.status} (from {status.file})")
+    if status.versions:
+        print("  software: " + ", ".join(f"{k} {v}" for k, v in status.versions.items()))
+    for b in status.barriers.values():
+        when = time.strftime("%H:%M:%S", time.localtime(b.released)) if b.released else "waiting"
+        print(f"  barrier {b.name}: {b.arrived}/{b.needed} arrived, released {when}")
+    print(f"  {'COMPONENT':<12} {'SLOT':>4} {'NODE':<10} {'STATE':<9} {'STEPS':>5}  PROCESSES")
+    for n in status.nodes:
+        procs = ", ".join(
+            f"{p['name'].split('.')[-1]} {p['state']}"
+            + (f" pid {p['pid']}" if p.get("pid") else "")
+            + (f" restarts {p['restarts']}" if p.get("restarts") else "")
+            for p in n.programs
+        )
+        state = n.state if n.state != "active" or n.reachable else "lost"
+        extra = procs or n.detail
+        print(f"  {n.component:<12} {n.slot:>4} {n.node:<10} {state:<9} {n.steps_done:>5}  {extra}")
+    return 0 if status.healthy else 1
+
+
+def _status_json(status: Any) -> dict[str, Any]:
+    return {
+        "app": status.name,
+        "status": status.status,
+        "healthy": status.healthy,
+        "versions": status.versions,
+        "barriers": {
+            k: {"arrived": b.arrived, "needed": b.needed, "released": b.released}
+            for k, b in status.barriers.items()
+        },
+        "nodes": [
+            {
+                "component": n.component,
+                "node": n.node,
+                "slot": n.slot,
+                "state": n.state,
+                "reachable": n.reachable,
+                "steps_done": n.steps_done,
+                "programs": n.programs,
+                "detail": n.detail,
+            }
+            for n in status.nodes
+        ],
+    }
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from shoal.app import lifecycle
+
+    logs = asyncio.run(
+        lifecycle.logs_async(
+            _name(args), component=args.component, node=args.node, lines=args.lines
+        )
+    )
+    for node, text in logs.items():
+        for line in text.splitlines():
+            print(f"{node}: {line}")
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from shoal.app import lifecycle
+    from shoal.app.runtime import UpOptions
+
+    name = _name(args)
+    try:
+        report = asyncio.run(
+            lifecycle.monitor_async(
+                name,
+                UpOptions(say=_say),
+                interval=args.interval,
+                duration=args.duration,
+                rounds=1 if args.once else None,
+            )
+        )
+    except KeyboardInterrupt:
+        print("stopped monitoring")
+        return 130
+    print(f"{report.rounds} check(s), {report.converged} convergence(s)")
+    if report.last is not None:
+        _render_up(report.last)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from shoal.app import lifecycle
+
+    name = _name(args)
+    report = asyncio.run(lifecycle.down_async(name, keep=args.keep, collect=args.collect))
+    bad = {n: r for n, r in report.nodes.items() if r != "cleaned"}
+    print(f"app {name}: down on {len(report.nodes) - len(bad)} node(s)")
+    for node, why in bad.items():
+        print(f"  {node}: {why}")
+    if args.collect:
+        print(f"  logs in {args.collect}/NODE/")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from shoal.app.spec import load
+
+    spec = load(args.spec)
+    steps = sum(len(c.steps) for c in spec.components.values())
+    print(
+        f"{args.spec}: ok — app {spec.name}: {len(spec.components)} component(s), "
+        f"{steps} step(s), {len(spec.barriers)} barrier(s), {len(spec.software)} software tree(s)"
+    )
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import yaml
+
+    from shoal.app.plush import load_plush
+    from shoal.app.spec import build
+
+    located = load_plush(args.xml)
+    build(located, Path(args.xml).resolve().parent)  # validate before writing
+    text = yaml.safe_dump(located.value, sort_keys=False)
+    if args.output:
+        args.output.write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from shoal.app import store
+    from shoal.state import State
+
+    with State() as st:
+        for name in store.list_apps(st):
+            rec = store.get_app(st, name)
+            assert rec is not None
+            count = len(store.members(st, name, active_only=True))
+            print(f"{name:<20} {rec.status:<9} {count:>4} node(s)  {rec.file}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from shoal.app.validate import app_schema
+
+    print(json.dumps(app_schema(), indent=1))
+    return 0
