@@ -28,6 +28,9 @@ COMMANDS: dict[str, str] = {
     "events": "agent",
     "sweep": "agent",
     "app": "app",
+    "push": "content",
+    "rollback": "content",
+    "versions": "content",
 }
 
 DESCRIPTION = "Shoal: deploy and run distributed applications on many machines."

@@ -1,0 +1,509 @@
+"""``shoal push``, ``shoal rollback`` and ``shoal versions`` as library calls.
+
+Theory of operation of a push (the coordinator is :mod:`.swarm`, the node side
+:mod:`shoal.agent.content`, the on-disk switch :mod:`shoal.agent.activate`):
+
+1. The source scans ``LOCAL_DIR`` into a manifest (:func:`.scan.scan`); its
+   hash is the version id. A random token is made for this push.
+2. Agents are installed or upgraded where needed (one SSH round when they are
+   up to date). Each node's connection learns, from ``$SSH_CONNECTION``, the
+   address the node sees the controller at and its own address; the
+   controller starts a read-only chunk server (:class:`.scan.SourceBackend`)
+   on the former, so nodes can reach the source without any new service.
+3. Each node's agent gets ``content.begin`` over SSH (token included),
+   fetches the manifest, validates it, and says which chunks it lacks after
+   counting what its store and its deployed versions already hold.
+4. :data:`PushOptions.pipeline` workers per node fetch batches the swarm
+   assigns (peers first, the source striped, fallbacks for the dead, lying and
+   slow) until nothing is missing; then ``content.commit`` assembles the version
+   beside the old one and switches ``REMOTE_DIR`` atomically.
+5. Finished nodes keep serving until every node has finished or failed, then
+   ``content.end`` closes the session (the token dies, the store is emptied).
+   A node that failed keeps its store, so running the same push again fetches
+   only what it still lacks.
+
+Every node ends with a :class:`NodePush` (ok, or an error that says what and
+where); one dead node never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.agent.chunkserver import ChunkServer
+from shoal.agent.chunkstore import Throttle
+from shoal.errors import AgentError, ContentError, ShoalError
+from shoal.fanout.results import NodeResult
+from shoal.fanout.scheduler import fanout
+from shoal.nodes.model import Node
+from shoal.ops.agent_client import AgentClient
+from shoal.ops.agents import (
+    AgentOptions,
+    AgentResult,
+    AgentResults,
+    call_async,
+    connect_agent,
+    install_async,
+    record_reachability,
+)
+from shoal.state import State
+from shoal.transport.base import Connection, Transport
+
+from .scan import ChunkParams, ScannedTree, SourceBackend, scan
+from .swarm import MAX_FAILURES, PIPELINE, Batch, NodeStats, Swarm
+
+
+@dataclass
+class PushOptions(AgentOptions):
+    """Agent fan-out options plus the knobs of a push."""
+
+    pack: bool = False  # -a: small files in compressed packs
+    keep: int = 3  # versions kept on each node, the current one included
+    rate_limit: float | None = None  # bytes/s per node, each direction
+    source_rate: float | None = None  # bytes/s out of the controller's chunk server
+    allow_setuid: bool = False
+    durable: bool = True  # fsync every file before the switch
+    install: bool = True  # install or upgrade agents first
+    pipeline: int = PIPELINE
+    batch_bytes: int = 1 << 20
+    source_uploads: int = 4
+    chunking: ChunkParams = field(default_factory=ChunkParams)
+    commit_timeout: float = 900.0
+
+
+@dataclass
+class NodePush:
+    """How the push went on one node."""
+
+    node: str
+    ok: bool = False
+    error: ShoalError | None = None
+    previous: str | None = None
+    current: str | None = None
+    need_bytes: int = 0
+    received: int = 0
+    from_source: int = 0
+    from_peers: int = 0
+    reused: int = 0
+    rejected: int = 0
+    duration: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        if self.error is None:
+            return "ok"
+        return "unreachable" if self.error.kind == "transport" else self.error.kind
+
+    @property
+    def reason(self) -> str:
+        if self.error is None:
+            return ""
+        text, prefix = str(self.error), f"{self.node}: "
+        return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+@dataclass
+class PushResult:
+    version: str
+    total_bytes: int
+    files: int
+    nodes: dict[str, NodePush] = field(default_factory=dict)
+    source_sent: int = 0
+    duration: float = 0.0
+    scan_seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+
+    def __iter__(self) -> Any:
+        return iter(self.nodes.values())
+
+    def __getitem__(self, node: str) -> NodePush:
+        return self.nodes[node]
+
+    @property
+    def ok(self) -> bool:
+        return all(n.ok for n in self)
+
+    @property
+    def failed(self) -> list[NodePush]:
+        return [n for n in self if not n.ok]
+
+
+@dataclass
+class PushProgress:
+    """A snapshot for a live display."""
+
+    received: int
+    needed: int
+    nodes_done: int
+    nodes_failed: int
+    nodes_total: int
+    elapsed: float
+    rate: float  # bytes/s received over all nodes
+    source_sent: int
+
+    @property
+    def eta(self) -> float | None:
+        left = self.needed - self.received
+        return left / self.rate if self.rate > 0 and left > 0 else None
+
+
+ProgressCallback = Callable[[PushProgress], None]
+
+
+class _SourceServers:
+    """The controller's chunk servers, one per address nodes see it at."""
+
+    def __init__(self, tree: ScannedTree, token: str, rate: float | None) -> None:
+        self.backend = SourceBackend(tree)
+        self.throttle = Throttle(rate)
+        self.token = token
+        self.servers: dict[str, asyncio.Task[tuple[ChunkServer, int]]] = {}
+
+    async def _start(self, addr: str) -> tuple[ChunkServer, int]:
+        server = ChunkServer(self.backend, self.throttle)
+        server.tokens.add(self.token)
+        try:
+            port = await server.start(addr, 0)
+        except OSError as exc:
+            raise ContentError(f"cannot serve chunks on {addr}: {exc.strerror or exc}") from None
+        return server, port
+
+    async def port_for(self, addr: str) -> int:
+        task = self.servers.get(addr)
+        if task is None:
+            task = asyncio.ensure_future(self._start(addr))
+            self.servers[addr] = task
+        return (await task)[1]
+
+    @property
+    def sent(self) -> int:
+        return sum(t.result()[0].stats.sent for t in self.servers.values() if _done(t))
+
+    def close(self) -> None:
+        for task in self.servers.values():
+            if _done(task):
+                task.result()[0].close()
+            else:
+                task.cancel()
+
+
+def _done(task: asyncio.Task[Any]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
+async def addresses(conn: Connection) -> tuple[str, str]:
+    """(controller address as the node sees it, the node's own address), from SSH."""
+    res = await conn.run('printf "%s" "$SSH_CONNECTION"', timeout=30)
+    parts = res.stdout.decode(errors="replace").split()
+    if res.exit_status != 0 or len(parts) != 4:
+        raise ContentError(f"{conn.node.name}: cannot learn addresses from $SSH_CONNECTION")
+    return parts[0], parts[2]
+
+
+async def push_async(
+    nodes: Sequence[Node],
+    local_dir: str | Path,
+    remote_dir: str,
+    options: PushOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    state: State | None = None,
+    on_progress: ProgressCallback | None = None,
+    tree: ScannedTree | None = None,
+) -> PushResult:
+    """Push ``local_dir`` to ``remote_dir`` on ``nodes``; see the module docstring.
+
+    ``tree`` reuses an earlier :func:`.scan.scan` of ``local_dir``.
+    """
+    opts = options or PushOptions()
+    if opts.keep < 1:
+        raise ContentError("--keep must be at least 1")
+    started = time.monotonic()
+    if tree is None:
+        tree = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: scan(Path(local_dir), pack=opts.pack, params=opts.chunking)
+        )
+    scanned = time.monotonic() - started
+    result = PushResult(
+        tree.version,
+        tree.total_bytes,
+        sum(1 for e in tree.manifest.entries if e.kind == "f"),
+        scan_seconds=scanned,
+        skipped=list(tree.skipped),
+    )
+    own_state = state is None
+    st = state or State()
+    try:
+        ready = list(nodes)
+        if opts.install and ready:
+            installed = await install_async(ready, opts, transport=transport, state=st)
+            for r in installed.failed:
+                result.nodes[r.node] = NodePush(r.node, error=r.error)
+            ready = [n for n in ready if installed[n.name].ok]
+        await _swarm_push(ready, tree, remote_dir, opts, transport, st, on_progress, result)
+        if opts.record_health:
+            record_reachability(
+                AgentResults({n.node: AgentResult(n.node, n.ok, error=n.error) for n in result}),
+                st,
+            )
+    finally:
+        if own_state:
+            st.close()
+    result.nodes = {n.name: result.nodes[n.name] for n in nodes if n.name in result.nodes}
+    result.duration = time.monotonic() - started
+    return result
+
+
+async def _swarm_push(
+    nodes: list[Node],
+    tree: ScannedTree,
+    remote_dir: str,
+    opts: PushOptions,
+    transport: Transport | None,
+    st: State,
+    on_progress: ProgressCallback | None,
+    result: PushResult,
+) -> None:
+    token = secrets.token_hex(16)
+    swarm = Swarm(tree.chunks, batch_bytes=opts.batch_bytes, source_uploads=opts.source_uploads)
+    swarm.expect([n.name for n in nodes])
+    servers = _SourceServers(tree, token, opts.source_rate)
+    extra: dict[str, dict[str, Any]] = {}
+    began = time.monotonic()
+
+    async def op(conn: Connection, node: Node, index: int) -> NodeResult:
+        try:
+            extra[node.name] = await _node_push(
+                conn, node, st, tree, remote_dir, opts, swarm, servers, token
+            )
+        except BaseException:
+            swarm.node_failed(node.name)
+            raise
+        return NodeResult(node=node.name, exit_status=0)
+
+    def finished(r: NodeResult) -> None:
+        if not r.ok:
+            swarm.node_failed(r.node)
+
+    async def ticker() -> None:
+        while on_progress is not None:
+            await asyncio.sleep(0.25)
+            on_progress(_progress(swarm, servers, began))
+
+    tick = asyncio.ensure_future(ticker())
+    try:
+        fanned = await fanout(
+            nodes,
+            op,
+            AgentOptions(
+                parallel=opts.parallel,
+                connect_timeout=opts.connect_timeout,
+                retries=opts.retries,
+                host_keys=opts.host_keys,
+                record_health=False,
+                keepalive=opts.keepalive,
+            ),
+            transport=transport,
+            on_result=finished,
+        )
+    finally:
+        tick.cancel()
+        servers.close()
+    if on_progress is not None:
+        on_progress(_progress(swarm, servers, began))
+    result.source_sent = servers.sent
+    for r in fanned:
+        stats = swarm.stats.get(r.node, NodeStats())
+        info = extra.get(r.node, {})
+        result.nodes[r.node] = NodePush(
+            r.node,
+            ok=r.ok,
+            error=r.error,
+            previous=info.get("previous"),
+            current=info.get("current"),
+            need_bytes=stats.need_bytes,
+            received=stats.received,
+            from_source=stats.from_source,
+            from_peers=stats.from_peers,
+            reused=int(info.get("reused", 0)),
+            rejected=stats.rejected,
+            duration=((stats.finished or time.monotonic()) - began),
+        )
+
+
+def _progress(swarm: Swarm, servers: _SourceServers, began: float) -> PushProgress:
+    received, needed = swarm.totals()
+    elapsed = time.monotonic() - began
+    states = [s.state for s in swarm.stats.values()]
+    return PushProgress(
+        received,
+        needed,
+        states.count("done"),
+        states.count("failed"),
+        len(states),
+        elapsed,
+        received / elapsed if elapsed > 0 else 0.0,
+        servers.sent,
+    )
+
+
+async def _node_push(
+    conn: Connection,
+    node: Node,
+    st: State,
+    tree: ScannedTree,
+    remote_dir: str,
+    opts: PushOptions,
+    swarm: Swarm,
+    servers: _SourceServers,
+    token: str,
+) -> dict[str, Any]:
+    controller_addr, node_addr = await addresses(conn)
+    port = await servers.port_for(controller_addr)
+    client = await connect_agent(conn, node, st, opts)
+    try:
+        begin = await client.call(
+            "content.begin",
+            timeout=120,
+            dir=remote_dir,
+            version=tree.version,
+            blob=tree.blob_hash,
+            blob_size=len(tree.blob),
+            token=token,
+            sources=[[controller_addr, port]],
+            bind=node_addr,
+            rate=opts.rate_limit,
+            keep=opts.keep,
+            allow_setuid=opts.allow_setuid,
+            durable=opts.durable,
+        )
+        swarm.register(
+            node.name,
+            node_addr,
+            int(begin["port"]),
+            (controller_addr, port),
+            begin["missing"],
+            begin["held"],
+        )
+        outcome: dict[str, Any] = {}
+        for _ in range(3):
+            await _fetch_all(conn, client, node, swarm, opts, tree.version)
+            if swarm.fatal is not None:
+                raise ContentError(f"{node.name}: push aborted: {swarm.fatal}")
+            swarm.stats[node.name].state = "committing"
+            outcome = await client.call(
+                "content.commit", timeout=opts.commit_timeout, version=tree.version
+            )
+            if outcome.get("need"):
+                swarm.add_need(node.name, outcome["need"])
+                continue
+            break
+        else:
+            raise ContentError(f"{node.name}: local files kept changing during the push")
+        swarm.node_done(node.name)
+        await swarm.wait_all()
+        try:
+            await client.call("content.end", timeout=60, version=tree.version)
+        except AgentError:
+            pass  # the version is live; the session times out on its own
+        outcome["reused"] = int(outcome.get("reused", 0))
+        return outcome
+    finally:
+        await client.close()
+
+
+async def _fetch_all(
+    conn: Connection,
+    client: AgentClient,
+    node: Node,
+    swarm: Swarm,
+    opts: PushOptions,
+    version: str,
+) -> None:
+    """Run the node's workers until it lacks nothing; raise if the node breaks."""
+    if not swarm.remaining(node.name):
+        return
+
+    async def worker(agent: AgentClient) -> None:
+        while True:
+            batch = await swarm.next_batch(node.name)
+            if batch is None:
+                return
+            timeout = 15.0 + batch.nbytes / 200e3
+            try:
+                outcome = await agent.call(
+                    "content.fetch",
+                    timeout=timeout + 15.0,
+                    version=version,
+                    source=[batch.host, batch.port],
+                    chunks=batch.chunks,
+                    limit=timeout,
+                )
+            except BaseException:
+                swarm.complete(batch, None)
+                raise
+            swarm.complete(batch, outcome)
+            _check(node, swarm, batch, outcome)
+
+    agents = [client]
+    try:
+        for _ in range(max(0, opts.pipeline - 1)):
+            agents.append(await AgentClient.open(conn, client.home, opts.python))
+        await asyncio.gather(*(worker(a) for a in agents))
+    finally:
+        for a in agents[1:]:
+            await a.close()
+
+
+def _check(node: Node, swarm: Swarm, batch: Batch, outcome: dict[str, Any]) -> None:
+    if outcome.get("local"):
+        raise ContentError(f"{node.name}: {outcome.get('error')}")
+    if swarm.stats[node.name].failures > MAX_FAILURES:
+        raise ContentError(
+            f"{node.name}: cannot fetch chunks (last from {batch.source}: {outcome.get('error')})"
+        )
+
+
+def push(
+    nodes: Sequence[Node],
+    local_dir: str | Path,
+    remote_dir: str,
+    options: PushOptions | None = None,
+    **kwargs: Any,
+) -> PushResult:
+    """Synchronous :func:`push_async` (for adapters and scripts without an event loop)."""
+    return asyncio.run(push_async(nodes, local_dir, remote_dir, options, **kwargs))
+
+
+async def versions_async(
+    nodes: Sequence[Node],
+    remote_dir: str,
+    options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+) -> AgentResults:
+    """Each node's current version of ``remote_dir`` and the versions it keeps."""
+    return await call_async(
+        nodes, "content.versions", {"dir": remote_dir}, options, transport=transport
+    )
+
+
+async def rollback_async(
+    nodes: Sequence[Node],
+    remote_dir: str,
+    to: str | None = None,
+    options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+) -> AgentResults:
+    """Switch ``remote_dir`` back to the previous version (or ``to``) on every node."""
+    args: dict[str, Any] = {"dir": remote_dir}
+    if to:
+        args["to"] = to
+    return await call_async(nodes, "content.rollback", args, options, transport=transport)

@@ -1,0 +1,340 @@
+"""The push coordinator: which node fetches which chunks from whom, and when.
+
+Theory of operation. The coordinator lives inside the controller's push (no
+service to run) and knows everything the nodes report: which chunks each
+node still lacks (``need``), which nodes hold which chunks in their stores
+(``holders``), which batches are in flight, and how each source has behaved.
+Every node runs a few workers (:data:`PIPELINE`); each asks
+:meth:`Swarm.next_batch` for work, tells its agent to fetch that batch
+(``content.fetch``) and reports the outcome with :meth:`Swarm.complete`.
+A batch is up to :attr:`Swarm.batch_bytes` of chunks from *one* source, chosen
+in this order:
+
+1. **From a peer**: the first chunks the node lacks that an eligible peer
+   holds, from the peer with the best (uploads in flight + 1) / measured rate,
+   so busy or slow peers are used less. A peer serves at most
+   :attr:`Swarm.peer_uploads` batches at once.
+2. **From the source, striped**: chunks nobody holds or is fetching yet. The
+   source hands each chunk to one node only (``sourced``), in order, to
+   whichever node asks next, at most :attr:`Swarm.source_uploads` batches at
+   once, so the source sends each chunk out about once and different first
+   recipients carry different stripes, which they then serve to the others.
+3. **From the source again**, only for a chunk that was sourced but has no
+   live, honest holder and nobody fetching it (its first recipient died, lied
+   or timed out), or that has been in flight elsewhere for more than
+   :attr:`Swarm.straggle` seconds: stragglers never hold the others back.
+
+Otherwise the worker waits for the next completion (an event, no polling).
+A source that sends bytes that do not match their hash is marked lying and
+never used again; one that times out or refuses is penalised for
+:attr:`Swarm.penalty` seconds; a node that dies is dropped as a holder and its
+in-flight chunks return to the pool. A chunk the source itself cannot serve
+(the local file changed after the scan) fails the push (:attr:`Swarm.fatal`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SOURCE = "(source)"
+PIPELINE = 3
+#: A worker that keeps failing gives up after this many failed batches in a row.
+MAX_FAILURES = 12
+
+
+@dataclass
+class Peer:
+    """Something chunks can be fetched from: a node's agent or the controller."""
+
+    name: str
+    host: str
+    port: int
+    uploads: int = 0
+    rate: float = 5e6  # bytes/s, exponentially averaged from completed batches
+    penalty_until: float = 0.0
+    lying: bool = False
+    alive: bool = True
+
+
+@dataclass
+class Batch:
+    node: str
+    source: str  # peer name or SOURCE
+    host: str
+    port: int
+    chunks: list[int]
+    nbytes: int
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class NodeStats:
+    """What one node received, from whom, and how it ended."""
+
+    need_bytes: int = 0
+    received: int = 0
+    from_source: int = 0
+    from_peers: int = 0
+    rejected: int = 0  # batches refused because a source lied
+    state: str = "waiting"  # waiting, fetching, committing, done, failed
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    failures: int = 0
+
+
+class Swarm:
+    def __init__(
+        self,
+        chunks: Sequence[tuple[str, int]],
+        *,
+        batch_bytes: int = 1 << 20,
+        source_uploads: int = 4,
+        peer_uploads: int = 3,
+        straggle: float = 8.0,
+        penalty: float = 10.0,
+    ) -> None:
+        self.sizes = [n for _, n in chunks]
+        self.batch_bytes = batch_bytes
+        self.source_uploads = source_uploads
+        self.peer_uploads = peer_uploads
+        self.straggle = straggle
+        self.penalty = penalty
+        self.holders: list[set[str]] = [set() for _ in self.sizes]
+        self.need: dict[str, set[int]] = {}
+        self.order: dict[str, list[int]] = {}
+        self.inflight: dict[str, set[int]] = {}
+        self.flying: dict[int, float] = {}  # chunk → when its oldest fetch began
+        self.flying_count: dict[int, int] = {}
+        self.sourced: set[int] = set()
+        self.peers: dict[str, Peer] = {}
+        self.source_hosts: dict[str, tuple[str, int]] = {}
+        self.source = Peer(SOURCE, "", 0)
+        self.stats: dict[str, NodeStats] = {}
+        self.expected: set[str] = set()
+        self.finished: set[str] = set()
+        self.fatal: str | None = None
+        self._changed = asyncio.Event()
+        self._all_done = asyncio.Event()
+
+    # -- membership --------------------------------------------------------------
+
+    def expect(self, nodes: Sequence[str]) -> None:
+        self.expected.update(nodes)
+        for name in nodes:
+            self.stats.setdefault(name, NodeStats())
+
+    def register(
+        self,
+        node: str,
+        host: str,
+        port: int,
+        source: tuple[str, int],
+        missing: Sequence[int],
+        held: Sequence[int],
+    ) -> None:
+        self.peers[node] = Peer(node, host, port)
+        self.source_hosts[node] = source
+        self.need[node] = set(missing)
+        self.order[node] = sorted(missing)
+        self.inflight[node] = set()
+        for i in held:
+            self.holders[i].add(node)
+        st = self.stats.setdefault(node, NodeStats())
+        st.need_bytes = sum(self.sizes[i] for i in missing)
+        st.state = "fetching"
+        self._notify()
+
+    def add_need(self, node: str, chunks: Sequence[int]) -> None:
+        """Chunks a node turned out to lack at commit time (a local file changed)."""
+        self.need[node].update(chunks)
+        self.order[node] = sorted(self.need[node])
+        for i in chunks:
+            self.holders[i].discard(node)
+        self.stats[node].need_bytes += sum(self.sizes[i] for i in chunks)
+        self.stats[node].state = "fetching"
+        self._notify()
+
+    def node_done(self, node: str) -> None:
+        st = self.stats[node]
+        st.state, st.finished = "done", time.monotonic()
+        self._finish(node)
+
+    def node_failed(self, node: str) -> None:
+        st = self.stats.setdefault(node, NodeStats())
+        if st.state != "done":
+            st.state, st.finished = "failed", time.monotonic()
+        peer = self.peers.get(node)
+        if peer is not None and st.state == "failed":
+            peer.alive = False
+        self._finish(node)
+
+    def _finish(self, node: str) -> None:
+        self.finished.add(node)
+        if self.expected <= self.finished:
+            self._all_done.set()
+        self._notify()
+
+    async def wait_all(self) -> None:
+        await self._all_done.wait()
+
+    def abort(self, reason: str) -> None:
+        self.fatal = reason
+        self._notify()
+
+    # -- scheduling --------------------------------------------------------------
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def remaining(self, node: str) -> bool:
+        return bool(self.need.get(node))
+
+    async def next_batch(self, node: str) -> Batch | None:
+        """The next batch for one of ``node``'s workers; None when it lacks nothing."""
+        while True:
+            if self.fatal is not None:
+                return None
+            need = self.need[node]
+            if not need:
+                return None
+            batch = self._plan(node)
+            if batch is not None:
+                return batch
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), 1.0)
+            except TimeoutError:
+                pass  # re-plan: penalties expire and stragglers age
+
+    def _eligible(self, node: str, now: float) -> dict[str, Peer]:
+        return {
+            name: p
+            for name, p in self.peers.items()
+            if name != node
+            and p.alive
+            and not p.lying
+            and p.penalty_until <= now
+            and p.uploads < self.peer_uploads
+        }
+
+    def _plan(self, node: str) -> Batch | None:
+        now = time.monotonic()
+        mine = self.inflight[node]
+        candidates = [i for i in self.order[node] if i in self.need[node] and i not in mine]
+        if not candidates:
+            return None
+        eligible = self._eligible(node, now)
+        # 1. from the best peer holding the first chunks we lack
+        if eligible:
+            best: Peer | None = None
+            for i in candidates:
+                held = self.holders[i]
+                if held:
+                    options = [eligible[h] for h in held if h in eligible]
+                    if options:
+                        best = min(options, key=lambda p: (p.uploads + 1) / max(p.rate, 1e5))
+                        break
+            if best is not None:
+                picked = self._take(candidates, lambda i: best.name in self.holders[i])
+                return self._start(node, best, picked)
+        if self.source.uploads >= self.source_uploads:
+            return None
+        # 2. striped from the source: chunks nobody has or is fetching yet
+        picked = self._take(candidates, lambda i: i not in self.sourced)
+        if not picked:
+            # 3. the source again, for orphans and stragglers
+            live = {n for n, p in self.peers.items() if p.alive and not p.lying}
+
+            def orphan(i: int) -> bool:
+                if self.holders[i] & live:
+                    return False
+                began = self.flying.get(i)
+                return began is None or now - began > self.straggle
+
+            picked = self._take(candidates, orphan)
+        if not picked:
+            return None
+        self.sourced.update(picked)
+        return self._start(node, self.source, picked)
+
+    def _take(self, candidates: list[int], accept: Any) -> list[int]:
+        picked: list[int] = []
+        total = 0
+        for i in candidates:
+            if accept(i):
+                picked.append(i)
+                total += self.sizes[i]
+                if total >= self.batch_bytes or len(picked) >= 1000:
+                    break
+        return picked
+
+    def _start(self, node: str, peer: Peer, chunks: list[int]) -> Batch:
+        peer.uploads += 1
+        self.inflight[node].update(chunks)
+        now = time.monotonic()
+        for i in chunks:
+            self.flying.setdefault(i, now)
+            self.flying_count[i] = self.flying_count.get(i, 0) + 1
+        host, port = self.source_hosts[node] if peer.name == SOURCE else (peer.host, peer.port)
+        return Batch(node, peer.name, host, port, chunks, sum(self.sizes[i] for i in chunks))
+
+    def complete(self, batch: Batch, outcome: dict[str, Any] | None) -> None:
+        """Record what a fetch did; ``outcome`` None means the worker's own node broke."""
+        peer = self.source if batch.source == SOURCE else self.peers.get(batch.source)
+        if peer is not None:
+            peer.uploads = max(0, peer.uploads - 1)
+        node = batch.node
+        self.inflight[node].difference_update(batch.chunks)
+        for i in batch.chunks:
+            left = self.flying_count.get(i, 1) - 1
+            if left <= 0:
+                self.flying_count.pop(i, None)
+                self.flying.pop(i, None)
+            else:
+                self.flying_count[i] = left
+        st = self.stats[node]
+        if outcome is None:
+            self._notify()
+            return
+        got = [i for i in outcome.get("got", []) if 0 <= i < len(self.sizes)]
+        for i in got:
+            self.need[node].discard(i)
+            self.holders[i].add(node)
+        nbytes = int(outcome.get("bytes", 0))
+        st.received += nbytes
+        if batch.source == SOURCE:
+            st.from_source += nbytes
+        else:
+            st.from_peers += nbytes
+        seconds = float(outcome.get("seconds", 0.0))
+        if peer is not None and nbytes and seconds > 0:
+            peer.rate = 0.7 * peer.rate + 0.3 * (nbytes / seconds)
+        failed = outcome.get("failed", [])
+        if outcome.get("lying") and peer is not None:
+            st.rejected += 1
+            if peer is not self.source:
+                peer.lying = True
+        elif failed and peer is not None:
+            if peer is self.source:
+                if not outcome.get("error"):
+                    self.abort("the source no longer has some chunks (a local file changed)")
+            else:
+                peer.penalty_until = time.monotonic() + self.penalty
+        st.failures = st.failures + 1 if failed and not got else 0
+        if not failed:
+            st.failures = 0
+        self._notify()
+
+    # -- progress ------------------------------------------------------------------
+
+    def totals(self) -> tuple[int, int]:
+        """(bytes received, bytes needed) over every node."""
+        return (
+            sum(s.received for s in self.stats.values()),
+            sum(s.need_bytes for s in self.stats.values()),
+        )
