@@ -103,6 +103,13 @@ def _exists_message(name: str, what: str) -> str:
     return f"lab {name} already exists ({what}); to recover run: shoal lab down --name {name}"
 
 
+def _make_labdir(name: str, labdir: Path) -> None:
+    try:
+        labdir.mkdir(parents=True, mode=0o700)
+    except FileExistsError:  # another 'up' of the same name won the race
+        raise LabError(_exists_message(name, f"directory {labdir}")) from None
+
+
 def lab_dir(name: str) -> Path:
     return labs_dir() / validate_name(name)
 
@@ -255,7 +262,7 @@ class Lab:
                 raise LabError(_exists_message(spec.name, left.describe()))
             slot = netns.allocate_slot(spec.net)
             blk = block(spec.net, slot)
-            labdir.mkdir(parents=True, mode=0o700)
+            _make_labdir(spec.name, labdir)
             state = LabState(
                 name=spec.name,
                 mode="netns",
@@ -300,7 +307,7 @@ class Lab:
 
     @classmethod
     def _up_rootless(cls, spec: LabSpec, labdir: Path) -> Lab:
-        labdir.mkdir(parents=True, mode=0o700)
+        _make_labdir(spec.name, labdir)
         try:
             ports = rootless.free_ports(spec.n)
             state = LabState(
