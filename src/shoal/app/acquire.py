@@ -15,7 +15,7 @@ requirement failed on how many nodes, and nothing has been changed anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shoal.errors import ShoalError
@@ -53,9 +53,6 @@ class Verdict:
 
     qualified: list[Node]
     rejected: dict[str, list[str]]  # reason -> node names
-
-
-FactLookup = Callable[[Sequence[Node]], Mapping[str, Mapping[str, AttrValue]]]
 
 
 def node_value(node: Node, facts: Mapping[str, AttrValue], key: str) -> AttrValue | None:
@@ -112,17 +109,35 @@ def refusal(app: str, comp: Component, wanted: int, selected: int, verdict: Verd
     )
 
 
-def gather_facts(nodes: Sequence[Node], state: State) -> dict[str, dict[str, AttrValue]]:
-    """Stored facts, refreshed first for nodes whose facts are missing or stale."""
+async def gather_facts(spec: AppSpec, state: State) -> dict[str, dict[str, AttrValue]]:
+    """Facts of every node a component with requirements may use; missing or stale
+    facts are gathered first (one round trip per node, in parallel)."""
+    import time
+
+    from shoal.fanout import RunOptions, run_async
     from shoal.nodes import facts as facts_mod
+    from shoal.nodes.select import resolve
 
-    records = facts_mod.load_facts([n.name for n in nodes], state=state)
-    stale = [n for n in nodes if n.name not in records or records[n.name].stale()]
+    nodes: dict[str, Node] = {}
+    for comp in spec.components.values():
+        if comp.require:
+            nodes.update((n.name, n) for n in resolve(comp.select, state=state))
+    if not nodes:
+        return {}
+    records = facts_mod.load_facts(list(nodes), state=state)
+    stale = [n for n in nodes.values() if n.name not in records or records[n.name].stale()]
     if stale:
-        from shoal.fanout import RunOptions
-
-        facts_mod.refresh(stale, options=RunOptions(timeout=30), state=state)
-        records = facts_mod.load_facts([n.name for n in nodes], state=state)
+        result = await run_async(stale, facts_mod.GATHER_COMMAND, RunOptions(timeout=30))
+        fresh = []
+        for name, res in result.results.items():
+            if res.ok:
+                try:
+                    data = facts_mod.parse_facts(res.stdout)
+                except ShoalError:
+                    continue
+                fresh.append(facts_mod.FactRecord(name, time.time(), res.duration * 1e3, data))
+        facts_mod.store_facts(fresh, state=state)
+        records = facts_mod.load_facts(list(nodes), state=state)
     return {name: dict(r.facts) for name, r in records.items()}
 
 
@@ -133,14 +148,15 @@ def acquire(
     keep: Mapping[str, Sequence[str]] | None = None,
     hold: Mapping[str, int] | None = None,
     exclude: Iterable[str] = (),
-    facts: FactLookup | None = None,
+    facts: Mapping[str, Mapping[str, AttrValue]] | None = None,
 ) -> Allocation:
     """Members and spares for every component; AcquireError when one falls short.
 
     ``keep`` maps a component to nodes it already holds (kept first, in their
     order, while they qualify); ``hold`` counts slots a component keeps for
     failed members it does not refill (policies ignore and restart);
-    ``exclude`` names nodes never to use. ``facts`` overrides fact gathering (unit tests).
+    ``exclude`` names nodes never to use. ``facts``: node → facts (see
+    :func:`gather_facts`).
     """
     from shoal.nodes.health import failed_names
     from shoal.nodes.select import resolve
@@ -149,11 +165,7 @@ def acquire(
     excluded = set(exclude)
     failed = failed_names(state) | excluded
     selections = {c.name: resolve(c.select, state=state) for c in spec.components.values()}
-    needs_facts = {
-        n.name: n for c in spec.components.values() if c.require for n in selections[c.name]
-    }
-    lookup = facts or (lambda ns: gather_facts(ns, state))
-    known = lookup(list(needs_facts.values())) if needs_facts else {}
+    known = facts or {}
     out = Allocation()
     taken: set[str] = set()
     for comp in spec.components.values():

@@ -32,7 +32,7 @@ from shoal.state import State
 from shoal.transport.base import Connection
 
 from . import store
-from .acquire import Allocation, acquire
+from .acquire import Allocation, acquire, gather_facts
 from .located import Located
 from .runtime import AppAborted, Runner, UpOptions, UpReport, app_dir, program_name
 from .software import tree_digest
@@ -110,7 +110,8 @@ async def up_async(
             if m.state == "failed" and m.component in spec.components:
                 hold[m.component] = hold.get(m.component, 0) + 1
         t0 = time.monotonic()
-        alloc = acquire(spec, st, keep=keep, hold=hold)
+        known = await gather_facts(spec, st)
+        alloc = acquire(spec, st, keep=keep, hold=hold, facts=known)
         slots, replaced = _plan_slots(spec, alloc, previous)
         report_phases = {"acquire": time.monotonic() - t0}
         # decided: record it before touching any node
@@ -441,7 +442,7 @@ async def down_async(
                 await client.close()
             wipe = f"rm -f {h}/logs/{shlex.quote(name)}.*"
             if not keep:
-                wipe += f"; rm -rf {q}"
+                wipe += f"; rm -rf {q}; rmdir {h}/apps 2>/dev/null; true"
             res = await conn.run(wipe, timeout=60)
             if res.exit_status != 0:
                 raise agents.AgentError(f"{n.name}: cleanup failed: {res.stderr.decode()[:200]}")
