@@ -75,6 +75,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _program_pid(name: str, node: str) -> int:
+    """The pid of a supervised program on one node, from ``proc status --json``."""
+    import contextlib
+    import io
+    import json
+
+    from .main import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        main(["proc", "status", name, "-s", node, "--json"])
+    record = json.loads(buf.getvalue().splitlines()[0])
+    return int(record["value"][0]["pid"])
+
+
 def _tour(n: int) -> None:
     victim = "n3"
     _say("Nodes are in the inventory (group @lab); selections use one grammar everywhere")
@@ -140,7 +155,8 @@ def _tour(n: int) -> None:
         "proc start",
     )
     _say("Kill the program on one node with SIGKILL; the agent restarts it within a second")
-    _shoal("run", "-s", "n2", "--no-progress", "pkill -9 -f '[w]hile :; do date'")
+    pid = _program_pid("ticker", "n2")
+    _shoal("run", "-s", "n2", "--no-progress", f"kill -9 {pid}")
     time.sleep(1.5)
     _check(_shoal("proc", "status", "ticker", "-s", "@lab"), "proc status")
     _check(_shoal("events", "-s", "n2", "-n", "5"), "events")
