@@ -149,7 +149,7 @@ class Validator:
             text = s.get("description") or (
                 "one of " + ", ".join(map(str, s["enum"])) if "enum" in s else s.get("type", "?")
             )
-            if "pattern" in s:
+            if "pattern" in s and "description" not in s:
                 text = f"text like {s['pattern']}"
             kinds.append(str(text))
         return [Problem(path, f"expected {' or '.join(kinds)}, got {_describe(value)}")]
