@@ -156,15 +156,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = " ".join(args.command[1:] if args.command[:1] == ["--"] else args.command)
     if not command.strip():
         raise UsageError("run needs a command, e.g. shoal run 'uptime'")
-    nodes = selected_nodes(args)
-    pre = _preconnect(nodes, args)
-
-    from shoal.fanout.run import RunOptions, parse_env, run
-    from shoal.fanout.scheduler import make_transport
+    from shoal.fanout.run import RunOptions, parse_env
 
     options = _options(args, RunOptions)
     options.sudo = args.sudo
     options.env = parse_env(args.env)
+    options.validate()  # refuse bad options before any packet leaves
+    nodes = selected_nodes(args)
+    pre = _preconnect(nodes, args)
+
+    from shoal.fanout.run import run
+    from shoal.fanout.scheduler import make_transport
+
     progress = _Progress(len(nodes), not (args.no_progress or args.stream or args.json))
     on_line = _stream_line if args.stream else None
     try:
@@ -195,9 +198,10 @@ def cmd_cp(args: argparse.Namespace) -> int:
     from shoal.fanout.scheduler import FanoutOptions, make_transport
 
     plan_copy(args.paths)  # refuse a bad form before touching any node
+    options = _options(args, FanoutOptions)
+    options.validate()
     nodes = selected_nodes(args)
     pre = _preconnect(nodes, args)
-    options = _options(args, FanoutOptions)
     progress = _Progress(len(nodes), not (args.no_progress or args.json))
     try:
         result = copy(
