@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal.errors import AgentError
 from shoal.nodes.health import failed_names
 from shoal.nodes.inventory import load_nodes
 from shoal.nodes.model import Node
 from shoal.ops import agents
-from shoal.ops.agent_client import cached_home
+from shoal.ops.agent_client import AgentNotRunning, cached_home, probe, start_agent
 from shoal.state import State
 from shoal.transport.base import Connection
 
@@ -412,7 +413,14 @@ async def down_async(
         report = DownReport(name, collected=collect)
 
         async def op(conn: Connection, n: Node, st2: State) -> agents.AgentResult:
-            client = await agents.connect_agent(conn, n, st2, opts)
+            try:
+                client = await agents.connect_agent(conn, n, st2, opts)
+            except AgentNotRunning:  # a node that came back: its agent cleans up too
+                found = await probe(conn, opts.home)
+                if found is None:
+                    raise
+                await start_agent(conn, found.home, opts.python)
+                client = await agents.connect_agent(conn, n, st2, opts)
             home = client.home
             adir = app_dir(home, name)
             h, q = shlex.quote(home), shlex.quote(adir)
@@ -428,7 +436,7 @@ async def down_async(
                 for prog in services:
                     try:
                         await client.call("proc.remove", name=prog, timeout=60)
-                    except agents.AgentError:
+                    except AgentError:
                         pass  # not on this node
                 for i, command in enumerate(spec.cleanup):
                     await client.call(
@@ -445,7 +453,7 @@ async def down_async(
                 wipe += f"; rm -rf {q}; rmdir {h}/apps 2>/dev/null; true"
             res = await conn.run(wipe, timeout=60)
             if res.exit_status != 0:
-                raise agents.AgentError(f"{n.name}: cleanup failed: {res.stderr.decode()[:200]}")
+                raise AgentError(f"{n.name}: cleanup failed: {res.stderr.decode()[:200]}")
             return agents.AgentResult(n.name, action="cleaned")
 
         results = await agents.for_each(_nodes(st, names), op, opts, state=st)
