@@ -271,19 +271,14 @@ class Area:
                 _write_all(fd, packs[index][offset : offset + e.size])
             else:
                 for digest, size in e.chunks:
-                    data = reader.read(digest) if not store.has(digest) else None
-                    if data is not None:
-                        counts["reused"] += size
-                    else:
-                        try:
-                            data = store.read(digest)
-                        except OSError:
-                            need.append(digest)
-                            continue
-                        if sha256(data) != digest:
-                            need.append(digest)
-                            continue
+                    if store.copy_to(digest, fd):
                         counts["stored"] += size
+                        continue
+                    data = reader.read(digest)
+                    if data is None:
+                        need.append(digest)
+                        continue
+                    counts["reused"] += size
                     _write_all(fd, data)
             if durable:
                 os.fsync(fd)

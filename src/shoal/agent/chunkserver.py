@@ -28,13 +28,17 @@ serves every chunk with its first byte flipped (see :class:`StoreBackend`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .chunkstore import ChunkError, ChunkStore, Throttle, sha256
+from .chunkstore import ChunkError, ChunkStore, Throttle
 from .manifest import is_hash
 
 WIRE_VERSION = 1
@@ -50,6 +54,10 @@ class Backend:
     def lookup(self, digest: str) -> bytes | None:
         raise NotImplementedError
 
+    def span(self, digest: str) -> tuple[int, int, int] | None:
+        """(fd, offset, size) of the chunk in a file, sent with sendfile(2); None: use lookup."""
+        return None
+
 
 class StoreBackend(Backend):
     """Serves a node's chunk store, and nothing else."""
@@ -57,6 +65,11 @@ class StoreBackend(Backend):
     def __init__(self, store: ChunkStore, home: Path | None = None) -> None:
         self.store = store
         self.home = home
+
+    def span(self, digest: str) -> tuple[int, int, int] | None:
+        if self.home is not None and (self.home / TEST_CORRUPT_FLAG).exists():
+            return None
+        return self.store.span(digest)
 
     def lookup(self, digest: str) -> bytes | None:
         try:
@@ -85,6 +98,7 @@ class ChunkServer:
         self.stats = ServerStats()
         self._servers: list[asyncio.AbstractServer] = []
         self._writers: set[asyncio.StreamWriter] = set()
+        self._files: dict[int, Any] = {}
 
     async def start(self, host: str, port: int = 0) -> int:
         server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST)
@@ -140,28 +154,49 @@ class ChunkServer:
                     await self._refuse(writer, f"want must be a list of at most {MAX_WANT} ids")
                     return
                 for digest in want:
-                    data = self.backend.lookup(digest) if is_hash(digest) else None
-                    if data is None:
+                    sent = await self._send(writer, digest) if is_hash(digest) else -1
+                    if sent < 0:
                         writer.write(json.dumps({"h": str(digest)[:64], "n": -1}).encode() + b"\n")
                         continue
-                    writer.write(json.dumps({"h": digest, "n": len(data)}).encode() + b"\n")
-                    view = memoryview(data)
-                    for start in range(0, len(data), SLICE):
-                        piece = view[start : start + SLICE]
-                        await self.throttle.take(len(piece))
-                        writer.write(piece)
-                        await writer.drain()
-                    self.stats.sent += len(data)
+                    self.stats.sent += sent
                     self.stats.chunks += 1
                 await writer.drain()
-        except (ConnectionError, OSError, asyncio.IncompleteReadError):
-            pass
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # the peer went away, or the server is closing
         finally:
             self._writers.discard(writer)
             try:
                 writer.close()
             except OSError:
                 pass
+
+    async def _send(self, writer: asyncio.StreamWriter, digest: str) -> int:
+        """Send one chunk (header + bytes); -1 when the backend does not hold it."""
+        span = self.backend.span(digest)
+        if span is not None:
+            fd, offset, size = span
+            handle = self._files.get(fd)
+            if handle is None:
+                handle = self._files[fd] = os.fdopen(fd, "rb", closefd=False)
+            writer.write(json.dumps({"h": digest, "n": size}).encode() + b"\n")
+            await writer.drain()
+            loop = asyncio.get_running_loop()
+            for start in range(0, size, SLICE):
+                count = min(SLICE, size - start)
+                await self.throttle.take(count)
+                await loop.sendfile(writer.transport, handle, offset + start, count)
+            return size
+        data = self.backend.lookup(digest)
+        if data is None:
+            return -1
+        writer.write(json.dumps({"h": digest, "n": len(data)}).encode() + b"\n")
+        view = memoryview(data)
+        for start in range(0, len(data), SLICE):
+            piece = view[start : start + SLICE]
+            await self.throttle.take(len(piece))
+            writer.write(piece)
+            await writer.drain()
+        return len(data)
 
 
 # -- client ---------------------------------------------------------------------
@@ -180,7 +215,62 @@ class FetchResult:
     seconds: float = 0.0
 
 
-Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+class _Stream:
+    """A non-blocking TCP socket read with as few copies as possible.
+
+    Headers are read line by line from a small buffer; chunk bodies go
+    straight from the kernel into one preallocated buffer (``recv_into``), are
+    hashed from it and written from it.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.pending = bytearray()
+
+    @classmethod
+    async def connect(cls, host: str, port: int, timeout: float) -> _Stream:
+        info = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, addr = info[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, addr), timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock)
+
+    async def send(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
+
+    async def readline(self, timeout: float) -> bytes:
+        while b"\n" not in self.pending:
+            if len(self.pending) > MAX_REQUEST:
+                raise ConnectionError("header too long")
+            data = await asyncio.wait_for(self.loop.sock_recv(self.sock, 65536), timeout)
+            if not data:
+                return b""
+            self.pending += data
+        cut = self.pending.index(b"\n") + 1
+        line = bytes(self.pending[:cut])
+        del self.pending[:cut]
+        return line
+
+    async def read_into(self, view: memoryview, timeout: float) -> None:
+        """Fill ``view`` exactly; ConnectionError if the peer closes first."""
+        have = min(len(self.pending), len(view))
+        if have:
+            view[:have] = self.pending[:have]
+            del self.pending[:have]
+        while have < len(view):
+            n = await asyncio.wait_for(self.loop.sock_recv_into(self.sock, view[have:]), timeout)
+            if not n:
+                raise ConnectionError("connection closed mid-chunk")
+            have += n
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class Fetcher:
@@ -197,28 +287,31 @@ class Fetcher:
         self.throttle = throttle or Throttle(None)
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
-        self._idle: dict[tuple[str, int], list[Conn]] = {}
+        self._idle: dict[tuple[str, int], list[_Stream]] = {}
 
-    async def _connect(self, host: str, port: int) -> Conn:
+    async def _connect(self, host: str, port: int) -> _Stream:
         pool = self._idle.get((host, port))
         if pool:
             return pool.pop()
-        return await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=MAX_REQUEST), self.connect_timeout
-        )
+        return await _Stream.connect(host, port, self.connect_timeout)
 
-    def _release(self, host: str, port: int, conn: Conn) -> None:
+    def _release(self, host: str, port: int, conn: _Stream) -> None:
         pool = self._idle.setdefault((host, port), [])
         if len(pool) < 4:
             pool.append(conn)
         else:
-            conn[1].close()
+            conn.close()
 
     def close(self) -> None:
         for pool in self._idle.values():
-            for _, writer in pool:
-                writer.close()
+            for conn in pool:
+                conn.close()
         self._idle.clear()
+
+    def _timeout(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self.idle_timeout
+        return max(0.1, min(self.idle_timeout, deadline - time.monotonic()))
 
     async def fetch(
         self,
@@ -227,6 +320,7 @@ class Fetcher:
         token: str,
         chunks: list[tuple[str, int]],
         deadline: float | None = None,
+        bucket: str = "misc",
     ) -> FetchResult:
         """Fetch ``chunks`` [(sha256, size)] from one source; never raises for the source."""
         result = FetchResult()
@@ -235,15 +329,14 @@ class Fetcher:
         result.got = [c[0] for c in chunks if c not in pending]
         if not pending:
             return result
-        conn: Conn | None = None
+        conn: _Stream | None = None
         try:
             conn = await self._connect(host, port)
-            reader, writer = conn
             request = {"v": WIRE_VERSION, "token": token, "want": [h for h, _ in pending]}
-            writer.write(json.dumps(request).encode() + b"\n")
-            await writer.drain()
+            await conn.send(json.dumps(request).encode() + b"\n")
+            buffer = bytearray(max(n for _, n in pending))
             for index, (digest, size) in enumerate(pending):
-                head = await self._read(reader.readline(), deadline)
+                head = await conn.readline(self._timeout(deadline))
                 try:
                     header = json.loads(head)
                 except ValueError:
@@ -253,8 +346,6 @@ class Fetcher:
                 if "error" in header:
                     result.error = f"refused: {header['error']}"
                     result.failed.extend(h for h, _ in pending[index:])
-                    conn = None
-                    writer.close()
                     return result
                 n = header.get("n")
                 if header.get("h") != digest or not isinstance(n, int):
@@ -265,19 +356,16 @@ class Fetcher:
                 if n != size:
                     result.lying = True
                     raise ConnectionError(f"chunk {digest[:12]} has {n} bytes, expected {size}")
-                data = bytearray()
-                while len(data) < n:
-                    part = await self._read(reader.read(min(SLICE, n - len(data))), deadline)
-                    if not part:
-                        raise ConnectionError("connection closed mid-chunk")
-                    data += part
+                view = memoryview(buffer)[:n]
+                for start in range(0, n, SLICE):
+                    part = view[start : start + SLICE]
+                    await conn.read_into(part, self._timeout(deadline))
                     await self.throttle.take(len(part))
                 result.nbytes += n
-                body = bytes(data)
-                if sha256(body) != digest:
+                if hashlib.sha256(view).hexdigest() != digest:
                     result.lying = True
                     raise ConnectionError(f"chunk {digest[:12]} failed verification")
-                self.store.put(digest, body, verified=True)
+                self.store.put(digest, view, bucket, verified=True)
                 result.got.append(digest)
             self._release(host, port, conn)
             conn = None
@@ -286,24 +374,15 @@ class Fetcher:
             result.local = True
         except asyncio.TimeoutError:
             result.error = "timed out"
-        except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+        except (ConnectionError, OSError) as exc:
             result.error = str(exc) or type(exc).__name__
         finally:
             if conn is not None:
-                conn[1].close()
+                conn.close()
             result.seconds = time.monotonic() - started
         done = set(result.got) | set(result.failed)
         result.failed.extend(h for h, _ in pending if h not in done)
         return result
-
-    async def _read(
-        self, awaitable: asyncio.Future[bytes] | object, deadline: float | None
-    ) -> bytes:
-        timeout = self.idle_timeout
-        if deadline is not None:
-            timeout = max(0.1, min(timeout, deadline - time.monotonic()))
-        value: bytes = await asyncio.wait_for(awaitable, timeout)  # type: ignore[arg-type]
-        return value
 
 
 def chunk_sources(value: object) -> list[tuple[str, int]]:

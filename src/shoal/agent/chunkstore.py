@@ -1,14 +1,20 @@
 """The node's chunk store: verified chunks named by their SHA-256, and bandwidth caps.
 
-Layout: ``<agent home>/chunks/<first two hex digits>/<sha256>``, mode 0600. A
-chunk enters the store only through :meth:`ChunkStore.put`, which checks its
-hash first and renames a temporary file into place, so every name in the store
-is a verified chunk (an interrupted push, run again, fetches nothing it
-already holds) and nothing outside this directory is ever named by a chunk
-id. The chunk server reads only :meth:`ChunkStore.path` of a well-formed hash.
-The store is a staging area for pushes in progress: :meth:`prune` empties it
-down to the chunks still wanted once a push has ended everywhere (later pushes
-reuse the files of the deployed versions instead).
+Layout: ``<agent home>/chunks/<bucket>.data`` and ``<bucket>.idx``, one bucket
+per push (its version id). Chunks are appended to the data file and then
+recorded in the index, one line ``<sha256> <offset> <size>`` each, so a push
+of 200 MB costs two files per node, not thousands, and serving a chunk is one
+``sendfile(2)`` from a known offset. A chunk enters the store only through
+:meth:`ChunkStore.put`, after its hash was checked by the caller (the fetcher
+hashes what it received) or by ``put`` itself, so every id in the index names
+a verified chunk and nothing outside these files is ever served by id.
+
+An interrupted push, run again, fetches nothing the index already lists:
+:meth:`ChunkStore.load` reads the indexes back (entries whose bytes lie past
+the end of the data file are dropped). Chunks that came from disk rather than
+from this process's own writes are hashed again before use
+(:meth:`ChunkStore.copy_to`), since a crash may have lost unsynced bytes.
+:meth:`prune` deletes whole buckets once their push has ended.
 
 :class:`Throttle` is a token bucket shared by the downloads (or the uploads)
 of one node, for the optional per-node bandwidth cap.
@@ -20,7 +26,6 @@ import asyncio
 import hashlib
 import os
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 from .manifest import is_hash
@@ -30,74 +35,196 @@ class ChunkError(Exception):
     """A chunk that cannot be stored: bad hash or an I/O error (message is one line)."""
 
 
-def sha256(data: bytes) -> str:
+def sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class _Bucket:
+    def __init__(self, data: Path, index: Path) -> None:
+        self.data = data
+        self.index = index
+        self.fd = -1
+        self.size = 0
+        self.index_fd = -1
+
+    def open(self) -> int:
+        if self.fd < 0:
+            self.fd = os.open(str(self.data), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            self.size = os.fstat(self.fd).st_size
+        return self.fd
+
+    def append_index(self, line: str) -> None:
+        if self.index_fd < 0:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+            self.index_fd = os.open(str(self.index), flags, 0o600)
+        os.write(self.index_fd, line.encode())
+
+    def close(self) -> None:
+        for fd in (self.fd, self.index_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.index_fd = -1
 
 
 class ChunkStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        #: chunk id → (bucket, offset, size, verified in this process)
+        self.where: dict[str, tuple[str, int, int, bool]] = {}
+        self.buckets: dict[str, _Bucket] = {}
+        self._loaded = False
 
-    def path(self, digest: str) -> Path:
-        if not is_hash(digest):
-            raise ChunkError(f"not a chunk id: {digest[:80]!r}")
-        return self.root / digest[:2] / digest
+    # -- index -------------------------------------------------------------------
 
-    def has(self, digest: str) -> bool:
+    def _bucket(self, name: str) -> _Bucket:
+        bucket = self.buckets.get(name)
+        if bucket is None:
+            if not name.replace("-", "").isalnum():
+                raise ChunkError(f"bad bucket name {name!r}")
+            bucket = _Bucket(self.root / f"{name}.data", self.root / f"{name}.idx")
+            self.buckets[name] = bucket
+        return bucket
+
+    def load(self) -> None:
+        """Read every bucket's index back (once)."""
+        if self._loaded:
+            return
+        self._loaded = True
         try:
-            return self.path(digest).is_file()
-        except ChunkError:
-            return False
-
-    def put(self, digest: str, data: bytes, verified: bool = False) -> None:
-        """Store ``data`` as chunk ``digest``; ChunkError if it does not hash to it."""
-        if not verified and sha256(data) != digest:
-            raise ChunkError(f"chunk {digest[:12]} does not match its hash")
-        final = self.path(digest)
-        tmp = final.with_name(f".{digest[:16]}.{os.getpid()}.{id(data)}.tmp")
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            names = sorted(p.stem for p in self.root.glob("*.idx"))
+        except OSError:
+            return
+        for name in names:
+            bucket = self._bucket(name)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
-            os.replace(str(tmp), str(final))
-        except OSError as exc:
-            try:
-                os.unlink(str(tmp))
-            except OSError:
-                pass
-            raise ChunkError(f"cannot store chunk in {self.root}: {exc.strerror or exc}") from None
-
-    def read(self, digest: str) -> bytes:
-        with open(str(self.path(digest)), "rb") as handle:
-            return handle.read()
-
-    def prune(self, keep: Iterable[str] = ()) -> int:
-        """Delete every stored chunk not in ``keep``; returns how many were removed."""
-        wanted: set[str] = set(keep)
-        removed = 0
-        if not self.root.is_dir():
-            return 0
-        for sub in self.root.iterdir():
-            if not sub.is_dir():
+                size = os.stat(str(bucket.data)).st_size
+                lines = bucket.index.read_text().splitlines()
+            except (OSError, ValueError):
                 continue
-            for item in sub.iterdir():
-                if item.name in wanted:
+            for line in lines:
+                parts = line.split()
+                if len(parts) != 3 or not is_hash(parts[0]) or parts[0] in self.where:
                     continue
                 try:
-                    item.unlink()
-                    removed += 1
+                    offset, n = int(parts[1]), int(parts[2])
+                except ValueError:
+                    continue
+                if offset + n <= size:
+                    self.where[parts[0]] = (name, offset, n, False)
+
+    def has(self, digest: str) -> bool:
+        self.load()
+        return digest in self.where
+
+    def put(
+        self, digest: str, data: bytes | memoryview, bucket: str = "misc", verified: bool = False
+    ) -> None:
+        """Append chunk ``digest`` to ``bucket``; ChunkError if it does not hash to it."""
+        self.load()
+        if not is_hash(digest):
+            raise ChunkError(f"not a chunk id: {str(digest)[:80]!r}")
+        if digest in self.where:
+            return
+        if not verified and sha256(data) != digest:
+            raise ChunkError(f"chunk {digest[:12]} does not match its hash")
+        b = self._bucket(bucket)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = b.open()
+            offset = b.size
+            view = memoryview(data)
+            written = 0
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], offset + written)
+            b.size = offset + len(view)
+            b.append_index(f"{digest} {offset} {len(view)}\n")
+        except OSError as exc:
+            raise ChunkError(f"cannot store chunk in {self.root}: {exc.strerror or exc}") from None
+        self.where[digest] = (bucket, offset, len(view), True)
+
+    def span(self, digest: str) -> tuple[int, int, int] | None:
+        """(file descriptor, offset, size) of a stored chunk, for sendfile/pread."""
+        self.load()
+        spot = self.where.get(digest)
+        if spot is None:
+            return None
+        name, offset, size, _ = spot
+        try:
+            return self._bucket(name).open(), offset, size
+        except OSError:
+            return None
+
+    def read(self, digest: str) -> bytes:
+        """The chunk's bytes (verified if they came from a previous process); OSError if not."""
+        spot = self.span(digest)
+        if spot is None:
+            raise FileNotFoundError(f"chunk {digest[:12]} not in the store")
+        fd, offset, size = spot
+        data = os.pread(fd, size, offset)
+        if len(data) != size or (not self.where[digest][3] and sha256(data) != digest):
+            self.where.pop(digest, None)
+            raise FileNotFoundError(f"chunk {digest[:12]} damaged in the store")
+        return data
+
+    def copy_to(self, digest: str, out_fd: int) -> bool:
+        """Append the chunk to ``out_fd`` in the kernel where possible; False if missing."""
+        spot = self.span(digest)
+        if spot is None:
+            return False
+        fd, offset, size = spot
+        if not self.where[digest][3]:
+            try:
+                data = self.read(digest)
+            except OSError:
+                return False
+            _write_all(out_fd, data)
+            return True
+        copy = getattr(os, "copy_file_range", None)
+        done = 0
+        if copy is not None:
+            try:
+                while done < size:
+                    n = copy(fd, out_fd, size - done, offset + done)
+                    if n <= 0:
+                        break
+                    done += n
+            except OSError as exc:
+                if exc.errno not in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP
+                    raise
+        if done < size:
+            _write_all(out_fd, os.pread(fd, size - done, offset + done))
+        return True
+
+    def prune(self, keep_buckets: set[str] | None = None) -> int:
+        """Delete every bucket not in ``keep_buckets``; returns how many chunks went."""
+        self.load()
+        keep = keep_buckets or set()
+        removed = 0
+        for name in list(self.buckets):
+            if name in keep:
+                continue
+            bucket = self.buckets.pop(name)
+            bucket.close()
+            for path in (bucket.data, bucket.index):
+                try:
+                    path.unlink()
                 except OSError:
                     pass
-            try:
-                sub.rmdir()
-            except OSError:
-                pass
+            gone = [h for h, spot in self.where.items() if spot[0] == name]
+            for h in gone:
+                del self.where[h]
+            removed += len(gone)
         return removed
+
+    def close(self) -> None:
+        for bucket in self.buckets.values():
+            bucket.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class Throttle:

@@ -189,7 +189,7 @@ class ContentService:
         errors = []
         if not self.store.has(blob):
             for host, port in chunk_sources(args.get("sources", [])):
-                got = await self.fetcher.fetch(host, port, token, [(blob, size)])
+                got = await self.fetcher.fetch(host, port, token, [(blob, size)], bucket=version)
                 if got.got:
                     break
                 errors.append(f"{host}:{port}: {got.error or 'not there'}")
@@ -223,7 +223,12 @@ class ContentService:
             wanted.append(session.chunks[i])
         timeout = float(args.get("limit", 60.0))
         result = await self.fetcher.fetch(
-            host, port, session.token, wanted, deadline=time.monotonic() + timeout
+            host,
+            port,
+            session.token,
+            wanted,
+            deadline=time.monotonic() + timeout,
+            bucket=session.version,
         )
         if result.lying:
             self.record("content", None, f"rejected chunks from {host}:{port}: {result.error}")
@@ -281,8 +286,7 @@ class ContentService:
             self.server.tokens.discard(session.token)
         removed = 0
         if prune:
-            keep = {h for s in self.sessions.values() for h, _ in s.chunks}
-            removed = self.store.prune(keep)
+            removed = self.store.prune(set(self.sessions))
         if not self.sessions and self.server is not None:
             self.server.close()
             self.server = None
@@ -300,3 +304,4 @@ class ContentService:
         if self.server is not None:
             self.server.close()
         self.fetcher.close()
+        self.store.close()

@@ -72,7 +72,8 @@ class PushOptions(AgentOptions):
     install: bool = True  # install or upgrade agents first
     pipeline: int = PIPELINE
     batch_bytes: int = 1 << 20
-    source_uploads: int = 4
+    source_batch_bytes: int = 256 << 10
+    source_uploads: int = 16
     chunking: ChunkParams = field(default_factory=ChunkParams)
     commit_timeout: float = 900.0
 

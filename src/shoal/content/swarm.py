@@ -92,13 +92,15 @@ class Swarm:
         chunks: Sequence[tuple[str, int]],
         *,
         batch_bytes: int = 1 << 20,
-        source_uploads: int = 4,
+        source_batch_bytes: int = 256 << 10,
+        source_uploads: int = 16,
         peer_uploads: int = 3,
         straggle: float = 8.0,
         penalty: float = 10.0,
     ) -> None:
         self.sizes = [n for _, n in chunks]
         self.batch_bytes = batch_bytes
+        self.source_batch_bytes = source_batch_bytes
         self.source_uploads = source_uploads
         self.peer_uploads = peer_uploads
         self.straggle = straggle
@@ -245,7 +247,8 @@ class Swarm:
         if self.source.uploads >= self.source_uploads:
             return None
         # 2. striped from the source: chunks nobody has or is fetching yet
-        picked = self._take(candidates, lambda i: i not in self.sourced)
+        small = self.source_batch_bytes
+        picked = self._take(candidates, lambda i: i not in self.sourced, small)
         if not picked:
             # 3. the source again, for orphans and stragglers
             live = {n for n, p in self.peers.items() if p.alive and not p.lying}
@@ -256,20 +259,21 @@ class Swarm:
                 began = self.flying.get(i)
                 return began is None or now - began > self.straggle
 
-            picked = self._take(candidates, orphan)
+            picked = self._take(candidates, orphan, small)
         if not picked:
             return None
         self.sourced.update(picked)
         return self._start(node, self.source, picked)
 
-    def _take(self, candidates: list[int], accept: Any) -> list[int]:
+    def _take(self, candidates: list[int], accept: Any, limit: int = 0) -> list[int]:
         picked: list[int] = []
         total = 0
+        limit = limit or self.batch_bytes
         for i in candidates:
             if accept(i):
                 picked.append(i)
                 total += self.sizes[i]
-                if total >= self.batch_bytes or len(picked) >= 1000:
+                if total >= limit or len(picked) >= 1000:
                     break
         return picked
 
