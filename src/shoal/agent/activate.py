@@ -208,6 +208,8 @@ class Area:
         if self.has_version(version):
             return {"reused": 0, "stored": 0}
         self.check_root()
+        if not (self.manifests / f"{version}.json").is_file():
+            self.save_manifest(version, m.to_bytes())
         stage = self.staging / version
         local = self.local_chunks()
         reader = _LocalReader(local)

@@ -1,0 +1,334 @@
+"""Content push, pure logic: chunking, manifests, path safety, assembly, scheduling, tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from shoal.agent import manifest as mf
+from shoal.agent.activate import Area, AreaError
+from shoal.agent.chunkserver import ChunkServer, Fetcher, StoreBackend
+from shoal.agent.chunkstore import ChunkStore
+from shoal.content.scan import ChunkParams, cut_bytes, scan
+from shoal.content.swarm import SOURCE, Swarm
+from shoal.errors import ContentError
+
+H = "a" * 64
+
+
+def rand(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+# -- chunking -------------------------------------------------------------------------
+
+
+def test_chunk_boundaries_survive_an_insertion() -> None:
+    data = rand(4_000_000)
+    before = cut_bytes(data)
+    edited = data[:2_000_000] + b"inserted bytes" + data[2_000_000:]
+    after = cut_bytes(edited)
+    assert sum(n for _, n in after) == len(edited)
+    new = {h for h, _ in after} - {h for h, _ in before}
+    moved = sum(n for h, n in after if h in new)
+    # only the chunk(s) around the edit change, not everything after it
+    assert len(new) <= 2
+    assert moved <= 2 * ChunkParams().max
+    sizes = [n for _, n in before[:-1]]
+    assert min(sizes) >= ChunkParams().min and max(sizes) <= ChunkParams().max
+
+
+def test_cutting_is_deterministic_and_small_data_is_one_chunk() -> None:
+    data = rand(500_000, seed=7)
+    assert cut_bytes(data) == cut_bytes(bytes(data))
+    assert cut_bytes(b"tiny") == [(hashlib.sha256(b"tiny").hexdigest(), 4)]
+    assert cut_bytes(b"") == []
+
+
+# -- manifests and path safety ---------------------------------------------------------
+
+
+def manifest(*entries: mf.Entry) -> mf.Manifest:
+    return mf.Manifest(list(entries))
+
+
+def f(path: str, data: bytes = b"x", mode: int = 0o644) -> mf.Entry:
+    return mf.Entry(path, "f", mode, len(data), [(hashlib.sha256(data).hexdigest(), len(data))])
+
+
+def d(path: str) -> mf.Entry:
+    return mf.Entry(path, "d", 0o755)
+
+
+def link(path: str, target: str) -> mf.Entry:
+    return mf.Entry(path, "l", 0o777, target=target)
+
+
+def test_manifest_round_trips_and_its_version_is_stable() -> None:
+    m = manifest(d("a"), f("a/b", b"hello"), link("c", "a/b"), f("d"))
+    data = m.to_bytes()
+    again = mf.parse(data)
+    assert again.to_bytes() == data
+    assert again.version == m.version == mf.version_of(data)
+    assert mf.is_version(m.version)
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ((f("../evil"),), "'..'"),
+        ((f("/etc/passwd"),), "absolute"),
+        ((d("a"), f("a/./b")), "'..'"),
+        ((f("a//b"),), "'..'"),
+        ((f("a/b"),), "not a directory"),  # parent missing
+        ((link("a", "."), f("a/b")), "not a directory"),  # writing through a symlink
+        ((f("b"), f("a")), "out of order"),
+        ((f("a"), f("a")), "out of order"),
+        ((link("l", "../outside"),), "escapes"),
+        ((link("l", "/etc"),), "absolute"),
+        ((d("x"), link("x/up", ".."), link("y", "x/up/..")), "escapes"),  # escape via a link
+        ((link("a", "b"), link("b", "a")), "loop"),
+    ],
+)
+def test_unsafe_manifests_are_rejected(entries: tuple[mf.Entry, ...], message: str) -> None:
+    with pytest.raises(mf.ManifestError, match=message):
+        mf.validate(manifest(*entries))
+
+
+def test_links_that_stay_inside_are_accepted() -> None:
+    mf.validate(manifest(d("a"), d("a/b"), link("a/b/up", "../.."), link("a/l", "b/up/a")))
+
+
+def test_parse_rejects_sizes_that_do_not_add_up_and_bad_hashes() -> None:
+    good = json.loads(manifest(f("a", b"abc")).to_bytes())
+    good["entries"][0]["n"] = 4
+    with pytest.raises(mf.ManifestError, match="add up"):
+        mf.parse(json.dumps(good).encode())
+    good["entries"][0]["c"] = [["nothex", 4]]
+    with pytest.raises(mf.ManifestError, match="sha256"):
+        mf.parse(json.dumps(good).encode())
+
+
+def test_setuid_and_setgid_are_dropped_unless_asked() -> None:
+    assert mf.file_mode(0o104755) == 0o755
+    assert mf.file_mode(0o6755) == 0o755
+    assert mf.file_mode(0o6755, allow_setuid=True) == 0o6755
+
+
+# -- scanning ----------------------------------------------------------------------------
+
+
+def tree(root: Path) -> Path:
+    (root / "sub").mkdir(parents=True)
+    (root / "big").write_bytes(rand(300_000))
+    (root / "sub" / "small.txt").write_text("hello\n")
+    (root / "empty").write_bytes(b"")
+    (root / "link").symlink_to("sub/small.txt")
+    return root
+
+
+def test_scan_is_deterministic_and_refuses_escaping_links(tmp_path: Path) -> None:
+    root = tree(tmp_path / "t")
+    one, two = scan(root), scan(root)
+    assert one.version == two.version
+    paths = [e.path for e in one.manifest.entries]
+    assert paths == ["big", "empty", "link", "sub", "sub/small.txt"]
+    assert one.total_bytes == 300_006
+    packed = scan(root, pack=True)
+    assert packed.version != one.version and len(packed.manifest.packs) == 1
+    (root / "bad").symlink_to("../../etc")
+    with pytest.raises(ContentError, match="escapes"):
+        scan(root)
+
+
+# -- assembly, switch, rollback ------------------------------------------------------------
+
+
+def stored(tmp_path: Path, source: Path, pack: bool = False) -> tuple[mf.Manifest, ChunkStore]:
+    t = scan(source, pack=pack)
+    store = ChunkStore(tmp_path / "store")
+    for digest, _ in t.chunks:
+        data = t.blobs.get(digest)
+        if data is None:
+            path, offset, size = t.locations[digest]
+            data = path.read_bytes()[offset : offset + size]
+        store.put(digest, data, t.version)
+    return t.manifest, store
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_assemble_switch_gc_and_rollback(tmp_path: Path, pack: bool) -> None:
+    src = tree(tmp_path / "src")
+    (src / "sub" / "small.txt").chmod(0o4755)
+    m1, store = stored(tmp_path, src, pack)
+    area = Area(tmp_path / "node" / "site")
+    (tmp_path / "node").mkdir()
+    assert area.current() is None
+    area.assemble(m1, m1.version, store)
+    assert area.switch(m1.version) is None
+    site = tmp_path / "node" / "site"
+    assert (site / "big").read_bytes() == (src / "big").read_bytes()
+    assert os.readlink(site / "link") == "sub/small.txt"
+    assert (site / "sub" / "small.txt").stat().st_mode & 0o7777 == 0o755  # setuid dropped
+    # a second version reuses the first one's files: nothing needed from the store
+    (src / "big").write_bytes((src / "big").read_bytes()[:150_000] + b"edit")
+    m2, full = stored(tmp_path / "other", src, pack)
+    old = {h for h, _ in m1.unique_chunks()}
+    partial = ChunkStore(tmp_path / "partial")
+    for h, _ in m2.unique_chunks():
+        if h not in old:
+            partial.put(h, full.read(h), m2.version)
+    counts = area.assemble(m2, m2.version, partial)
+    assert pack or counts["reused"] >= 150_000 - ChunkParams().max
+    assert area.switch(m2.version) == m1.version
+    assert area.current() == m2.version and area.kept() == [m1.version, m2.version]
+    assert area.pick(None) == m1.version
+    area.switch(area.pick(None), "rollback")
+    assert (site / "big").stat().st_size == 300_000
+    assert area.gc(1) == [m2.version]
+    with pytest.raises(AreaError, match="no earlier version"):
+        area.pick(None)
+
+
+def test_a_foreign_directory_is_never_clobbered(tmp_path: Path) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "mine").write_text("x")
+    with pytest.raises(AreaError, match="not a Shoal deployment"):
+        Area(tmp_path / "site").current()
+
+
+def test_a_local_file_changed_since_its_version_is_fetched_instead(tmp_path: Path) -> None:
+    src = tree(tmp_path / "src")
+    m1, store = stored(tmp_path, src)
+    area = Area(tmp_path / "site")
+    area.assemble(m1, m1.version, store)
+    area.switch(m1.version)
+    # an application scribbles on the deployed file; the next version must not copy it
+    victim = tmp_path / "site" / "big"
+    victim.chmod(0o644)
+    victim.write_bytes(b"\0" * 300_000)
+    (src / "new").write_text("n")
+    m2, _ = stored(tmp_path / "o", src)
+    with pytest.raises(Exception, match="changed on disk") as info:
+        area.assemble(m2, m2.version, ChunkStore(tmp_path / "none"))
+    assert info.value.chunks  # type: ignore[attr-defined]
+    assert area.current() == m1.version and not (area.staging / m2.version).exists()
+
+
+def test_store_survives_a_restart_and_rehashes_what_it_reloads(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path / "s")
+    data = rand(70_000)
+    digest = hashlib.sha256(data).hexdigest()
+    store.put(digest, data, "v1")
+    store.close()
+    again = ChunkStore(tmp_path / "s")
+    assert again.has(digest) and again.read(digest) == data
+    with open(tmp_path / "s" / "v1.data", "r+b") as handle:
+        handle.write(b"X")
+    third = ChunkStore(tmp_path / "s")
+    with pytest.raises(OSError, match="damaged"):
+        third.read(digest)
+    assert third.prune() == 0 and not (tmp_path / "s" / "v1.data").exists()
+
+
+# -- the swarm -----------------------------------------------------------------------------
+
+
+def test_the_source_stripes_each_chunk_once_then_peers_serve_the_rest() -> None:
+    async def go() -> None:
+        chunks = [(f"{i:064x}", 100_000) for i in range(12)]
+        swarm = Swarm(chunks, batch_bytes=300_000, source_batch_bytes=300_000, source_uploads=3)
+        nodes = ["n1", "n2", "n3"]
+        swarm.expect(nodes)
+        for i, n in enumerate(nodes):
+            swarm.register(n, f"10.0.0.{i}", 9000, ("10.0.0.100", 1), range(12), [])
+        first = [await swarm.next_batch(n) for n in nodes]
+        assert all(b is not None and b.source == SOURCE for b in first)
+        picked = [i for b in first if b for i in b.chunks]
+        assert len(picked) == len(set(picked)) == 9  # different stripes, each chunk once
+        for b in first:
+            assert b is not None
+            swarm.complete(b, {"got": b.chunks, "bytes": b.nbytes, "seconds": 0.1})
+        nxt = await swarm.next_batch("n1")
+        assert nxt is not None and nxt.source in ("n2", "n3")
+        # a lying peer is never used again, and its chunks come from elsewhere
+        swarm.complete(nxt, {"got": [], "failed": nxt.chunks, "lying": True})
+        liar = nxt.source
+        assert swarm.peers[liar].lying
+        for _ in range(6):
+            b = await swarm.next_batch("n1")
+            if b is None:
+                break
+            assert b.source != liar
+            swarm.complete(b, {"got": b.chunks, "bytes": b.nbytes, "seconds": 0.1})
+        assert swarm.stats["n1"].rejected == 1
+
+    asyncio.run(go())
+
+
+def test_a_dead_first_recipient_sends_its_chunks_back_to_the_source() -> None:
+    async def go() -> None:
+        chunks = [(f"{i:064x}", 100) for i in range(2)]
+        swarm = Swarm(chunks, batch_bytes=100, source_batch_bytes=100, source_uploads=2)
+        swarm.expect(["a", "b"])
+        swarm.register("a", "h", 1, ("s", 1), [0, 1], [])
+        swarm.register("b", "h", 2, ("s", 1), [0, 1], [])
+        ba = await swarm.next_batch("a")
+        assert ba is not None
+        swarm.complete(ba, {"got": ba.chunks, "bytes": 100, "seconds": 0.1})
+        swarm.node_failed("a")
+        got = []
+        for _ in range(2):
+            b = await swarm.next_batch("b")
+            assert b is not None and b.source == SOURCE
+            got += b.chunks
+            swarm.complete(b, {"got": b.chunks, "bytes": 100, "seconds": 0.1})
+        assert sorted(got) == [0, 1]
+        assert await swarm.next_batch("b") is None
+
+    asyncio.run(go())
+
+
+# -- the chunk endpoint ---------------------------------------------------------------------
+
+
+def test_chunk_endpoint_needs_the_token_and_serves_only_store_ids(tmp_path: Path) -> None:
+    async def go() -> None:
+        store = ChunkStore(tmp_path / "s")
+        data = rand(100_000)
+        digest = hashlib.sha256(data).hexdigest()
+        store.put(digest, data, "v")
+        server = ChunkServer(StoreBackend(store))
+        server.tokens.add("k" * 32)
+        port = await server.start("127.0.0.1")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(json.dumps({"v": 1, "token": "wrong", "want": [digest]}).encode() + b"\n")
+        assert json.loads(await reader.readline()) == {"v": 1, "error": "bad token"}
+        assert await reader.read() == b""
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        want = ["../../etc/passwd", H, digest]
+        writer.write(json.dumps({"v": 1, "token": "k" * 32, "want": want}).encode() + b"\n")
+        assert json.loads(await reader.readline())["n"] == -1
+        assert json.loads(await reader.readline())["n"] == -1
+        assert json.loads(await reader.readline()) == {"h": digest, "n": 100_000}
+        assert await reader.readexactly(100_000) == data
+        writer.close()
+        fetched = ChunkStore(tmp_path / "f")
+        result = await Fetcher(fetched).fetch("127.0.0.1", port, "k" * 32, [(digest, 100_000)])
+        assert result.got == [digest] and fetched.read(digest) == data
+        (tmp_path / "TEST_CORRUPT_CHUNKS").write_text("")
+        server.backend = StoreBackend(store, tmp_path)
+        liar = await Fetcher(ChunkStore(tmp_path / "g")).fetch(
+            "127.0.0.1", port, "k" * 32, [(digest, 100_000)]
+        )
+        assert liar.lying and liar.failed == [digest]
+        server.close()
+
+    asyncio.run(go())
