@@ -35,6 +35,7 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import resource  # noqa: E402
 import secrets  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
@@ -66,6 +67,7 @@ class Tool:
     check: Callable[[Result], str | None]  # an error, or None when every node succeeded
     env: dict[str, str] = field(default_factory=dict)
     times: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # local user+sys seconds, with children
     errors: list[str] = field(default_factory=list)
 
     def show(self) -> str:
@@ -253,8 +255,9 @@ def verify_copy(cfg: Path, n: int, path: str, digest: str) -> str | None:
     return f"checksum wrong/missing on {len(bad)} nodes: {bad[:3]}" if bad else None
 
 
-def timed(tool: Tool) -> tuple[float, str | None]:
-    t0 = time.perf_counter()
+def timed(tool: Tool) -> tuple[float, float, str | None]:
+    """Wall time, local CPU time (the tool and the children it waited for), error."""
+    ru0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     try:
         r = subprocess.run(
             tool.argv,
@@ -265,8 +268,10 @@ def timed(tool: Tool) -> tuple[float, str | None]:
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
-        return time.perf_counter() - t0, f"timed out after {TIMEOUT:.0f}s"
-    return time.perf_counter() - t0, tool.check(r)
+        return time.perf_counter() - t0, 0.0, f"timed out after {TIMEOUT:.0f}s"
+    wall, ru1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+    return wall, cpu, tool.check(r)
 
 
 def alternate(
@@ -276,28 +281,35 @@ def alternate(
     for r in range(warmup + rounds):
         k = r % len(tools)
         for tool in tools[k:] + tools[:k]:
-            secs, err = timed(tool)
+            secs, cpu, err = timed(tool)
             if err is None and after is not None:
                 err = after(tool)
             tag = "warm-up" if r < warmup else f"round {r - warmup + 1}"
             if err:
                 print(f"  ! {tool.name} ({tag}) does not count: {err}")
             if r >= warmup:
-                (tool.errors.append(err) if err else tool.times.append(secs))
+                if err:
+                    tool.errors.append(err)
+                else:
+                    tool.times.append(secs)
+                    tool.cpu.append(cpu)
 
 
 def report(title: str, tools: list[Tool], rounds: int) -> dict[str, Any]:
     print(f"\n{title}")
-    print(f"  {'tool':<9} {'median':>8} {'min':>8} {'max':>8}  counted")
+    print(f"  {'tool':<9} {'median':>8} {'min':>8} {'max':>8}  {'counted':>7}  {'cpu':>8}")
     for t in tools:
         if t.times:
             med, lo, hi = statistics.median(t.times), min(t.times), max(t.times)
-            print(f"  {t.name:<9} {med:7.3f}s {lo:7.3f}s {hi:7.3f}s  {len(t.times)}/{rounds}")
+            cpu = statistics.median(t.cpu)
+            runs = f"{len(t.times)}/{rounds}"
+            print(f"  {t.name:<9} {med:7.3f}s {lo:7.3f}s {hi:7.3f}s  {runs:>7}  {cpu:7.2f}s")
         else:
-            print(f"  {t.name:<9} {'-':>8} {'-':>8} {'-':>8}  0/{rounds}")
+            print(f"  {t.name:<9} {'-':>8} {'-':>8} {'-':>8}  {f'0/{rounds}':>7}")
     out: dict[str, Any] = {
         "tools": {
-            t.name: {"command": t.show(), "times": t.times, "errors": t.errors} for t in tools
+            t.name: {"command": t.show(), "times": t.times, "cpu": t.cpu, "errors": t.errors}
+            for t in tools
         }
     }
     shoal = next((t for t in tools if t.name == "shoal" and t.times), None)
@@ -308,10 +320,12 @@ def report(title: str, tools: list[Tool], rounds: int) -> dict[str, Any]:
         out["ratio"] = {"shoal": s, "peer": best.name, "peer_median": p, "ratio": s / p}
         out["ratio_line"] = (
             f"{title}: shoal {s:.2f}s (median) vs fastest peer {best.name} {p:.2f}s"
-            f" -> ratio {s / p:.2f}"
+            f" -> ratio {s / p:.2f}  (min: {min(shoal.times):.2f}s vs"
+            f" {min(min(t.times) for t in peers):.2f}s fastest peer min)"
         )
     else:
         out["ratio_line"] = f"{title}: no ratio (shoal or every peer had no counted run)"
+    print("  (wall: spawn to exit; cpu: median local user+sys of the tool and its children)")
     return out
 
 
