@@ -40,6 +40,7 @@ OPS = (
     "events",
     "shutdown",
     "step.run",
+    "step.open",
     "step.status",
     "step.forget",
     "content.begin",

@@ -13,6 +13,12 @@ is answered at once (``cached: true``) as long as the command, env and cwd are
 the same; a failed step runs again. Successes are kept in ``steps.json`` so an
 agent restart keeps them.
 
+A *gated* step (``step.run {..., gate: true}``) is spawned at once but held:
+its shell waits on a pipe, and the request answers ``{gated: true}`` without
+waiting. ``step.open {id}`` lets it go (one write on the pipe), so a barrier's
+release costs the node no fork or exec; asking ``step.run`` again then
+attaches to it as usual. Its ``started`` and ``limit`` count from the open.
+
 ``step.status {prefix}`` lists recorded and running steps whose id starts with
 the prefix; ``step.forget {prefix}`` kills running ones, removes their records
 and logs (``app down`` leaves nothing behind).
@@ -64,10 +70,13 @@ class Steps:
         self.running: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.digests: dict[str, str] = {}
         self.pgids: dict[str, int] = {}
+        self.gates: dict[str, tuple[asyncio.StreamWriter, asyncio.Event]] = {}
 
     async def dispatch(self, op: str, args: dict[str, Any]) -> Any:
         if op == "step.run":
             return await self.run(args)
+        if op == "step.open":
+            return self.open(_check_id(args.get("id")))
         if op == "step.status":
             return self.status(str(args.get("prefix", "")))
         if op == "step.forget":
@@ -94,14 +103,25 @@ class Steps:
         previous = self.done.get(step_id)
         if previous is not None and previous.get("digest") == digest:
             return dict(previous, cached=True)
+        gated = bool(args.get("gate"))
         future = self.running.get(step_id)
         if future is None or self.digests.get(step_id) != digest:
             if future is not None:
                 await self._kill(step_id)
-            future = asyncio.ensure_future(self._execute(step_id, command, env, cwd, timeout))
+            spawned: asyncio.Future[None] | None = None
+            if gated:
+                spawned = asyncio.get_running_loop().create_future()
+            future = asyncio.ensure_future(
+                self._execute(step_id, command, env, cwd, timeout, spawned)
+            )
             self.running[step_id] = future
             self.digests[step_id] = digest
             future.add_done_callback(functools.partial(self._finished, step_id))
+            if spawned is not None:
+                waiters: set[asyncio.Future[Any]] = {spawned, future}
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if gated and step_id in self.gates:
+            return {"id": step_id, "gated": True, "cached": False}
         result: dict[str, Any] = await asyncio.shield(future)
         return dict(result, cached=False)
 
@@ -117,6 +137,7 @@ class Steps:
         env: dict[str, str],
         cwd: str | None,
         timeout: float | None,
+        spawned: asyncio.Future[None] | None = None,
     ) -> dict[str, Any]:
         started = time.time()
         full_env = dict(os.environ)
@@ -131,11 +152,13 @@ class Steps:
             return self._result(step_id, None, f"cannot start: {exc}", started, "")
         try:
             try:
+                if spawned is not None:  # held until step.open writes a line
+                    command = "IFS= read -r _gate || exit 125; exec </dev/null; " + command
                 proc = await asyncio.create_subprocess_exec(
                     "/bin/sh",
                     "-c",
                     command,
-                    stdin=asyncio.subprocess.DEVNULL,
+                    stdin=asyncio.subprocess.PIPE if spawned else asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     cwd=cwd,
@@ -147,6 +170,12 @@ class Steps:
         finally:
             log.close()
         self.pgids[step_id] = proc.pid
+        if spawned is not None and proc.stdin is not None:
+            opened = asyncio.Event()
+            self.gates[step_id] = (proc.stdin, opened)
+            spawned.set_result(None)
+            await opened.wait()
+            started = time.time()
         self.record("step_started", None, f"{step_id} pid {proc.pid}")
         note = ""
         try:
@@ -193,12 +222,29 @@ class Steps:
         except OSError:
             pass
 
+    def open(self, step_id: str) -> dict[str, Any]:
+        """Let a gated step go; ``opened`` is False when it was not held."""
+        gate = self.gates.pop(step_id, None)
+        if gate is None:
+            return {"id": step_id, "opened": False}
+        writer, opened = gate
+        try:
+            writer.write(b"go\n")
+            writer.close()
+        except (OSError, RuntimeError):
+            pass
+        opened.set()
+        return {"id": step_id, "opened": True, "at": time.time()}
+
     def status(self, prefix: str) -> dict[str, Any]:
         done = {k: v for k, v in self.done.items() if k.startswith(prefix)}
         running = sorted(k for k in self.running if k.startswith(prefix))
         return {"done": done, "running": running}
 
     async def _kill(self, step_id: str) -> None:
+        gate = self.gates.pop(step_id, None)
+        if gate is not None:
+            gate[1].set()
         pgid = self.pgids.get(step_id)
         future = self.running.get(step_id)
         if pgid is not None:

@@ -43,6 +43,7 @@ class BarrierState:
     released_at: float | None = None
     event: asyncio.Event = field(default_factory=asyncio.Event)
     timer: asyncio.TimerHandle | None = None
+    hooks: dict[str, Callable[[], None]] = field(default_factory=dict)
 
     @property
     def needed(self) -> int:
@@ -77,6 +78,7 @@ class BarrierBoard:
             if node in state.participants and not state.released:
                 state.participants.discard(node)
                 state.arrived.pop(node, None)
+                state.hooks.pop(node, None)
                 self._evaluate(state)
 
     def mark_released(self, name: str, when: float) -> None:
@@ -86,13 +88,23 @@ class BarrierBoard:
             state.released_at = when
             state.event.set()
 
-    async def arrive(self, name: str, node: str) -> float:
-        """Block until barrier ``name`` releases; returns the release time."""
+    async def arrive(
+        self, name: str, node: str, on_release: Callable[[], None] | None = None
+    ) -> float:
+        """Block until barrier ``name`` releases; returns the release time.
+
+        ``on_release`` (when the release happens while this node waits) is
+        called synchronously at the release, before any waiter wakes: the
+        runner writes its node's pre-encoded release message there, so all
+        of them leave in one go.
+        """
         state = self.states[name]
         state.participants.add(node)
         if state.released_at is not None:
             return state.released_at
         state.arrived[node] = time.time()
+        if on_release is not None:
+            state.hooks[node] = on_release
         if state.timer is None and state.spec.timeout:
             loop = asyncio.get_running_loop()
             state.timer = loop.call_later(state.spec.timeout, self._expire, state)
@@ -111,6 +123,12 @@ class BarrierBoard:
 
     def _release(self, state: BarrierState) -> None:
         state.released_at = time.time()
+        hooks, state.hooks = state.hooks, {}
+        for hook in hooks.values():
+            try:
+                hook()
+            except Exception:  # the waiter sends its message itself
+                pass
         state.event.set()
         if state.timer is not None:
             state.timer.cancel()

@@ -36,11 +36,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.agent import protocol
 from shoal.agent.build import AgentBuild, build
 from shoal.errors import ShoalError
 from shoal.nodes.model import Node
 from shoal.ops import agents
-from shoal.ops.agent_client import AgentClient, cached_home
+from shoal.ops.agent_client import AgentClient, StreamClient, cached_home
 from shoal.state import State
 from shoal.transport.base import Connection, Transport
 
@@ -84,6 +85,8 @@ class UpReport:
     replaced: list[tuple[str, str, str]] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     barriers: dict[str, float | None] = field(default_factory=dict)
+    #: barrier -> node -> arrival time (controller clock), for arrivals before the release
+    arrivals: dict[str, dict[str, float]] = field(default_factory=dict)
     steps_run: int = 0
     steps_cached: int = 0
     wall: float = 0.0
@@ -106,6 +109,40 @@ class Session:
     node: Node
     conn: Connection
     client: AgentClient
+
+
+class Prepared:
+    """One agent request encoded ahead of time, to be written without awaiting.
+
+    Only for stream clients (the ``ctl`` fallback runs one SSH command per
+    request): :meth:`make` returns None for others.
+    """
+
+    def __init__(self, client: StreamClient, request_id: int, line: bytes, op: str) -> None:
+        self.client = client
+        self.request_id = request_id
+        self.line = line
+        self.op = op
+        self.sent = False
+
+    @classmethod
+    def make(cls, client: AgentClient, op: str, **args: Any) -> Prepared | None:
+        if not isinstance(client, StreamClient):
+            return None
+        client._next += 1
+        line = protocol.encode(protocol.request(op, client._next, **args))
+        return cls(client, client._next, line, op)
+
+    def send(self) -> None:
+        self.client.writer.write(self.line)
+        self.sent = True
+
+    async def result(self, timeout: float) -> Any:
+        try:
+            line = await asyncio.wait_for(self.client.reader.readline(), timeout)
+            return protocol.check_reply(protocol.decode(line), self.request_id)
+        except (TimeoutError, OSError, EOFError, protocol.ProtocolError) as exc:
+            raise NodeFailure(f"{self.client.node}: {self.op} failed: {exc}") from None
 
 
 class Runner:
@@ -364,12 +401,28 @@ class Runner:
     async def block(self, comp: Component, node: Node) -> None:
         """One node's process block, in order."""
         session = await self.open_session(node)
+        staged: str | None = None
         try:
-            for step in comp.steps:
+            for i, step in enumerate(comp.steps):
                 await self.wait_after(comp, step)
                 if step.kind == "barrier":
-                    await self.board.arrive(step.command, node.name)
+                    following = comp.steps[i + 1] if i + 1 < len(comp.steps) else None
+                    release: Prepared | None = None
+                    if following is not None and following.kind == "run":
+                        staged = await self.stage(session, comp, following)
+                        if staged and not following.after:
+                            sid = step_id(self.spec.name, comp.name, following.name)
+                            release = Prepared.make(session.client, "step.open", id=sid)
+                    hook = release.send if release is not None else None
+                    await self.board.arrive(step.command, node.name, hook)
+                    if release is not None and release.sent:
+                        await release.result(30)
+                        staged = None
                 elif step.kind == "run":
+                    if staged == step.name:
+                        sid = step_id(self.spec.name, comp.name, step.name)
+                        await session.client.call("step.open", id=sid, timeout=30)
+                    staged = None
                     await self.run_step(session, comp, step)
                 else:
                     await self.start_service(session, comp, step)
@@ -400,18 +453,29 @@ class Runner:
                 f"{_last_line(res.get('tail', ''))}"
             )
 
-    async def _step_call(
-        self, session: Session, comp: Component, step: Step, values: dict[str, str], timeout: float
-    ) -> dict[str, Any]:
-        args = {
+    def _step_args(self, comp: Component, step: Step, node: Node) -> dict[str, Any]:
+        values = self.variables(comp, node)
+        return {
             "id": step_id(self.spec.name, comp.name, step.name),
             "command": self.expand(step.command, values),
             "cwd": values["dir"],
-            "env": self.environment(comp, step, session.node),
-            "limit": timeout,
+            "env": self.environment(comp, step, node),
+            "limit": step.timeout or self.opts.step_timeout,
         }
+
+    async def _step_call(
+        self, session: Session, comp: Component, step: Step, values: dict[str, str], timeout: float
+    ) -> dict[str, Any]:
+        args = self._step_args(comp, step, session.node)
         result: dict[str, Any] = await session.client.call("step.run", timeout=timeout + 30, **args)
         return result
+
+    async def stage(self, session: Session, comp: Component, step: Step) -> str | None:
+        """Spawn the step after a barrier held on the node (``gate``), so that the release
+        is one small message per node; the step's name when it is held."""
+        args = self._step_args(comp, step, session.node)
+        reply = await session.client.call("step.run", timeout=60, gate=True, **args)
+        return step.name if reply.get("gated") else None
 
     async def start_service(self, session: Session, comp: Component, step: Step) -> None:
         node = session.node
@@ -490,6 +554,7 @@ class Runner:
 
     def _released(self, barrier: BarrierState) -> None:
         self.report.barriers[barrier.spec.name] = barrier.released_at
+        self.report.arrivals[barrier.spec.name] = dict(barrier.arrived)
         store.save_barrier(
             self.state,
             self.spec.name,
