@@ -38,7 +38,7 @@ from typing import Any
 
 from shoal.agent.chunkserver import ChunkServer
 from shoal.agent.chunkstore import Throttle
-from shoal.errors import AgentError, ContentError, ShoalError
+from shoal.errors import AgentError, ConnectError, ContentError, ShoalError, TransportError
 from shoal.fanout.results import NodeResult
 from shoal.fanout.scheduler import fanout
 from shoal.nodes.model import Node
@@ -70,6 +70,8 @@ class PushOptions(AgentOptions):
     allow_setuid: bool = False
     durable: bool = True  # fsync every file before the switch
     install: bool = True  # install or upgrade agents first
+    #: Nodes whose connection broke mid-push (not refusals) get this many more rounds.
+    retry_rounds: int = 1
     pipeline: int = PIPELINE
     batch_bytes: int = 1 << 20
     source_batch_bytes: int = 256 << 10
@@ -248,6 +250,11 @@ async def push_async(
                 result.nodes[r.node] = NodePush(r.node, error=r.error)
             ready = [n for n in ready if installed[n.name].ok]
         await _swarm_push(ready, tree, remote_dir, opts, transport, st, on_progress, result)
+        for _ in range(opts.retry_rounds):
+            again = [n for n in ready if _retryable(result.nodes.get(n.name))]
+            if not again:
+                break
+            await _swarm_push(again, tree, remote_dir, opts, transport, st, on_progress, result)
         if opts.record_health:
             record_reachability(
                 AgentResults({n.node: AgentResult(n.node, n.ok, error=n.error) for n in result}),
@@ -259,6 +266,16 @@ async def push_async(
     result.nodes = {n.name: result.nodes[n.name] for n in nodes if n.name in result.nodes}
     result.duration = time.monotonic() - started
     return result
+
+
+def _retryable(outcome: NodePush | None) -> bool:
+    """A node whose link broke mid-push (it may resume); not a refusal, not unreachable."""
+    if outcome is None or outcome.ok or outcome.error is None:
+        return False
+    if isinstance(outcome.error, ConnectError):
+        return False
+    text = str(outcome.error)
+    return isinstance(outcome.error, TransportError) or "connection" in text
 
 
 async def _swarm_push(
@@ -318,23 +335,24 @@ async def _swarm_push(
         servers.close()
     if on_progress is not None:
         on_progress(_progress(swarm, servers, began))
-    result.source_sent = servers.sent
+    result.source_sent += servers.sent
     for r in fanned:
         stats = swarm.stats.get(r.node, NodeStats())
         info = extra.get(r.node, {})
+        before = result.nodes.get(r.node) or NodePush(r.node)
         result.nodes[r.node] = NodePush(
             r.node,
             ok=r.ok,
             error=r.error,
             previous=info.get("previous"),
             current=info.get("current"),
-            need_bytes=stats.need_bytes,
-            received=stats.received,
-            from_source=stats.from_source,
-            from_peers=stats.from_peers,
+            need_bytes=max(stats.need_bytes, before.need_bytes),
+            received=before.received + stats.received,
+            from_source=before.from_source + stats.from_source,
+            from_peers=before.from_peers + stats.from_peers,
             reused=int(info.get("reused", 0)),
-            rejected=stats.rejected,
-            duration=((stats.finished or time.monotonic()) - began),
+            rejected=before.rejected + stats.rejected,
+            duration=before.duration + ((stats.finished or time.monotonic()) - began),
         )
 
 

@@ -177,6 +177,10 @@ class StreamClient(AgentClient):
             ) from None
         except (OSError, EOFError) as exc:
             raise AgentError(f"{self.node}: connection to the agent broke: {exc}") from exc
+        except AgentError:
+            raise
+        except Exception as exc:  # the SSH library's own errors (connection lost...)
+            raise AgentError(f"{self.node}: connection to the agent broke: {exc}") from exc
 
     async def close(self) -> None:
         try:
