@@ -73,6 +73,7 @@ class UpOptions:
     connect_timeout: float = 15.0
     transport: Transport | None = None
     say: Say | None = None  # progress lines (adapters print them)
+    software_method: str = "push"  # push (shoal push, P2P) | copy (SFTP per node)
 
 
 @dataclass
@@ -286,10 +287,16 @@ class Runner:
             dirs = {
                 n.name: f"{app_dir(self.homes[n.name], self.spec.name)}/sw/{sname}" for n in users
             }
-            pushed = await push_software(users, tree, dirs, transport=self.transport)
-            for r in pushed:
-                if not r.ok:
-                    failures[r.node] = f"software {sname}: {r.reason or r.stderr.strip()}"
+            errors = await push_software(
+                users,
+                tree,
+                dirs,
+                transport=self.transport,
+                state=self.state,
+                method=self.opts.software_method,
+            )
+            for node_name, why in errors.items():
+                failures[node_name] = f"software {sname}: {why}"
         self._phase("software", t0)
         t0 = time.monotonic()
         ready = [n for n in ready if n.name not in failures]

@@ -25,6 +25,7 @@ from shoal.errors import ConfigError
 from shoal.fanout.results import FanoutResult, NodeResult
 from shoal.fanout.scheduler import FanoutOptions, fanout
 from shoal.nodes.model import Node
+from shoal.state import State
 from shoal.transport.base import Connection, Transport
 
 DIGEST_FILE = ".shoal-version"
@@ -69,11 +70,44 @@ async def push_software(
     nodes: Sequence[Node],
     tree: Tree,
     remote_dir: dict[str, str],
+    *,
+    transport: Transport | None = None,
+    state: State | None = None,
+    method: str = "push",
+) -> dict[str, str]:
+    """Put ``tree`` at ``remote_dir[node]`` on every node; errors by node name."""
+    if method == "copy":
+        copied = await copy_software(nodes, tree, remote_dir, transport=transport)
+        return {r.node: r.reason or r.stderr.strip() for r in copied if not r.ok}
+    from shoal.content.push import PushOptions, push_async
+
+    groups: dict[str, list[Node]] = {}
+    for node in nodes:
+        groups.setdefault(remote_dir[node.name], []).append(node)
+    errors: dict[str, str] = {}
+    for target, members in groups.items():
+        opts = PushOptions(install=False, record_health=False, keep=2)
+        result = await push_async(
+            members, tree.source, target, opts, transport=transport, state=state
+        )
+        for outcome in result:
+            if not outcome.ok:
+                errors[outcome.node] = outcome.reason
+        for node in members:
+            if node.name not in result.nodes:
+                errors[node.name] = "push gave no result"
+    return errors
+
+
+async def copy_software(
+    nodes: Sequence[Node],
+    tree: Tree,
+    remote_dir: dict[str, str],
     options: FanoutOptions | None = None,
     *,
     transport: Transport | None = None,
 ) -> FanoutResult:
-    """Copy ``tree`` to ``remote_dir[node]`` on every node where that version is missing.
+    """SFTP copy of ``tree`` to ``remote_dir[node]`` where that version is missing.
 
     ``stdout`` of each node's result is ``same`` (skipped) or ``copied``.
     """
