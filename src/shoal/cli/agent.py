@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .common import add_select_option, selected_nodes
+from .common import add_connection_options, connection_settings, selected_nodes
 
 if TYPE_CHECKING:
     from shoal.nodes.model import Node
@@ -48,7 +48,7 @@ class _DashDashParser(argparse.ArgumentParser):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    add_select_option(p)
+    add_connection_options(p)
     p.add_argument(
         "--home",
         default=".shoal",
@@ -56,17 +56,6 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="the agent's working area on the nodes (default .shoal in the remote home)",
     )
     p.add_argument("--python", default="python3", help="python3 on the nodes (default python3)")
-    p.add_argument("-p", "--parallel", type=int, metavar="N", help="nodes at once")
-    p.add_argument(
-        "--connect-timeout", type=float, default=10.0, metavar="SECONDS", help="default 10"
-    )
-    p.add_argument(
-        "--host-keys",
-        choices=("verify", "accept-new"),
-        default="verify",
-        help="verify (default) or accept-new: trust and record first-seen host keys",
-    )
-    p.add_argument("--json", action="store_true", help="one JSON record per node")
 
 
 def register(sub: Any) -> None:
@@ -169,13 +158,7 @@ def parse_duration(text: str) -> float:
 def _options(args: argparse.Namespace) -> AgentOptions:
     from shoal.ops.agents import AgentOptions
 
-    return AgentOptions(
-        parallel=args.parallel,
-        connect_timeout=args.connect_timeout,
-        host_keys=args.host_keys,
-        home=args.home,
-        python=args.python,
-    )
+    return AgentOptions(home=args.home, python=args.python, **connection_settings(args))
 
 
 def _transport(nodes: Sequence[Node], opts: AgentOptions) -> Transport:

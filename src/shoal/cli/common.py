@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from shoal.nodes.model import Node
 
@@ -15,6 +16,42 @@ def add_select_option(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="selection expression (default: all nodes; see README 'Selecting nodes')",
     )
+
+
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """``-s``, ``-p``, ``--connect-timeout``, ``--host-keys`` and ``--json``: every fan-out."""
+    add_select_option(parser)
+    parser.add_argument(
+        "-p",
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="connections open at once (default: sized from the open-file limit)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up connecting to a node after this long (default 10)",
+    )
+    parser.add_argument(
+        "--host-keys",
+        choices=("verify", "accept-new"),
+        default="verify",
+        help="verify (default): refuse unknown hosts; accept-new: trust and record "
+        "first-seen keys. A changed key is always refused.",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON record per node")
+
+
+def connection_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The FanoutOptions fields that :func:`add_connection_options` parsed."""
+    return {
+        "parallel": args.parallel,
+        "connect_timeout": args.connect_timeout,
+        "host_keys": args.host_keys,
+    }
 
 
 def selected_nodes(args: argparse.Namespace) -> list[Node]:

@@ -13,34 +13,20 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .common import add_select_option, selected_nodes
+from .common import add_connection_options, connection_settings, selected_nodes
 
 if TYPE_CHECKING:
     from shoal.fanout.results import FanoutResult, NodeResult
 
 
 def _add_fanout_options(p: argparse.ArgumentParser) -> None:
-    add_select_option(p)
-    p.add_argument(
-        "-p",
-        "--parallel",
-        type=int,
-        metavar="N",
-        help="connections open at once (default: sized from the open-file limit)",
-    )
+    add_connection_options(p)
     p.add_argument(
         "--delay",
         type=float,
         default=0.0,
         metavar="SECONDS",
         help="pause between successive launches (default 0)",
-    )
-    p.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="give up connecting to a node after this long (default 10)",
     )
     p.add_argument(
         "-t",
@@ -56,14 +42,6 @@ def _add_fanout_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="retry failed connections N times with backoff (default 1)",
     )
-    p.add_argument(
-        "--host-keys",
-        choices=("verify", "accept-new"),
-        default="verify",
-        help="verify (default): refuse unknown hosts; accept-new: trust and record "
-        "first-seen keys. A changed key is always refused.",
-    )
-    p.add_argument("--json", action="store_true", help="one JSON record per node")
     p.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
 
 
@@ -133,12 +111,7 @@ class _Progress:
 
 def _options(args: argparse.Namespace, cls: type) -> Any:
     return cls(
-        parallel=args.parallel,
-        delay=args.delay,
-        connect_timeout=args.connect_timeout,
-        timeout=args.timeout,
-        retries=args.retries,
-        host_keys=args.host_keys,
+        delay=args.delay, timeout=args.timeout, retries=args.retries, **connection_settings(args)
     )
 
 
