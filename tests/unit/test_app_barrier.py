@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,29 @@ def test_requirement_keys_read_attributes_facts_and_fields(key: str, value: obje
     node = Node("n3", attrs={"site": "us"})
     verdict = qualify([node], [Requirement.parse(f"{key} == {value}")], {"n3": {"cpus": 4}})
     assert verdict.qualified == [node]
+
+
+def test_acquire_keeps_members_and_refills_from_spares_of_the_same_component(
+    tmp_path: Path,
+) -> None:
+    from shoal.app.acquire import acquire
+    from shoal.app.spec import AppSpec, Step
+    from shoal.nodes.health import mark_failed
+    from shoal.nodes.inventory import import_nodes
+    from shoal.state import State
+
+    step = (Step("s", "run", "true"),)
+    web = Component("web", "all", 3, (), "replace", 0, (), {}, step)
+    probe = Component("probe", "all", 1, (), "ignore", 0, (), {}, step)
+    spec = AppSpec("a", "a.yaml", {"web": web, "probe": probe})
+    with State(tmp_path / "state.db") as st:
+        import_nodes([Node(f"n{i}") for i in range(1, 7)], state=st)
+        first = acquire(spec, st)
+        assert [n.name for n in first.members["web"]] == ["n1", "n2", "n3"]
+        assert [n.name for n in first.members["probe"]] == ["n4"]
+        mark_failed({"n2": "gone"}, state=st)
+        again = acquire(spec, st, keep={"web": ["n1", "n3"], "probe": ["n4"]})
+        assert [n.name for n in again.members["web"]] == ["n1", "n3", "n5"]
+        assert [n.name for n in again.members["probe"]] == ["n4"]
+        held = acquire(spec, st, keep={"web": ["n1", "n3"], "probe": ["n4"]}, hold={"web": 1})
+        assert [n.name for n in held.members["web"]] == ["n1", "n3"]

@@ -168,9 +168,10 @@ def acquire(
     known = facts or {}
     out = Allocation()
     taken: set[str] = set()
+    reserved = {name for names in keep.values() for name in names}  # kept stay put
     for comp in spec.components.values():
         selected = selections[comp.name]
-        others = taken - set(keep.get(comp.name, ()))
+        others = (taken | reserved) - set(keep.get(comp.name, ()))
         verdict = qualify(selected, comp.require, known, failed, others)
         by_name = {n.name: n for n in verdict.qualified}
         kept = [by_name[name] for name in keep.get(comp.name, ()) if name in by_name]
