@@ -45,6 +45,7 @@ WIRE_VERSION = 1
 MAX_WANT = 1024
 MAX_REQUEST = 1 << 20
 SLICE = 256 * 1024
+LOWAT = 128 * 1024
 TEST_CORRUPT_FLAG = "TEST_CORRUPT_CHUNKS"
 
 
@@ -65,9 +66,19 @@ class StoreBackend(Backend):
     def __init__(self, store: ChunkStore, home: Path | None = None) -> None:
         self.store = store
         self.home = home
+        self._checked = -10.0
+        self._flag = False
+
+    def _corrupt(self) -> bool:
+        """The test hook, looked up at most once a second."""
+        now = time.monotonic()
+        if self.home is not None and now - self._checked > 1.0:
+            self._checked = now
+            self._flag = (self.home / TEST_CORRUPT_FLAG).exists()
+        return self._flag
 
     def span(self, digest: str) -> tuple[int, int, int] | None:
-        if self.home is not None and (self.home / TEST_CORRUPT_FLAG).exists():
+        if self._corrupt():
             return None
         return self.store.span(digest)
 
@@ -76,7 +87,7 @@ class StoreBackend(Backend):
             data = self.store.read(digest)
         except (OSError, ChunkError):
             return None
-        if self.home is not None and (self.home / TEST_CORRUPT_FLAG).exists() and data:
+        if self._corrupt() and data:
             data = bytes([data[0] ^ 0xFF]) + data[1:]
         return data
 
@@ -227,6 +238,7 @@ class _Stream:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.pending = bytearray()
+        self.lowat = 1
 
     @classmethod
     async def connect(cls, host: str, port: int, timeout: float) -> _Stream:
@@ -244,7 +256,16 @@ class _Stream:
     async def send(self, data: bytes) -> None:
         await self.loop.sock_sendall(self.sock, data)
 
+    def _lowat(self, n: int) -> None:
+        if n != self.lowat:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, n))
+            except OSError:
+                pass
+            self.lowat = n
+
     async def readline(self, timeout: float) -> bytes:
+        self._lowat(1)
         while b"\n" not in self.pending:
             if len(self.pending) > MAX_REQUEST:
                 raise ConnectionError("header too long")
@@ -264,6 +285,8 @@ class _Stream:
             view[:have] = self.pending[:have]
             del self.pending[:have]
         while have < len(view):
+            # wake up for a large piece, not for every packet of a rate-limited link
+            self._lowat(min(len(view) - have, LOWAT))
             n = await asyncio.wait_for(self.loop.sock_recv_into(self.sock, view[have:]), timeout)
             if not n:
                 raise ConnectionError("connection closed mid-chunk")

@@ -386,6 +386,12 @@ async def _node_push(
     controller_addr, node_addr = await addresses(conn)
     port = await servers.port_for(controller_addr)
     client = await connect_agent(conn, node, st, opts)
+    swarm.begun += 1
+    if swarm.begun > 1 and not swarm.registered.is_set():
+        try:  # let the first node fetch the manifest from the source; the rest from peers
+            await asyncio.wait_for(swarm.registered.wait(), 10.0)
+        except TimeoutError:
+            pass
     try:
         begin = await client.call(
             "content.begin",
@@ -395,7 +401,7 @@ async def _node_push(
             blob=tree.blob_hash,
             blob_size=len(tree.blob),
             token=token,
-            sources=[[controller_addr, port]],
+            sources=swarm.manifest_sources((controller_addr, port)),
             bind=node_addr,
             rate=opts.rate_limit,
             keep=opts.keep,

@@ -35,9 +35,9 @@ from shoal.agent.chunkserver import Backend
 from shoal.errors import ContentError
 
 #: Content-defined chunking parameters (bytes); see DESIGN.md for the measurements.
-CHUNK_AVG = 64 * 1024
-CHUNK_MIN = 16 * 1024
-CHUNK_MAX = 256 * 1024
+CHUNK_AVG = 16 * 1024
+CHUNK_MIN = 4 * 1024
+CHUNK_MAX = 64 * 1024
 #: ``-a``: files below this size are packed; packs hold about this many raw bytes.
 PACK_FILE_MAX = 256 * 1024
 PACK_RAW = 1024 * 1024

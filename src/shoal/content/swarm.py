@@ -35,8 +35,9 @@ in-flight chunks return to the pool. A chunk the source itself cannot serve
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,7 @@ class Swarm:
         self.holders: list[set[str]] = [set() for _ in self.sizes]
         self.need: dict[str, set[int]] = {}
         self.order: dict[str, list[int]] = {}
+        self.cursor: dict[str, int] = {}
         self.inflight: dict[str, set[int]] = {}
         self.flying: dict[int, float] = {}  # chunk → when its oldest fetch began
         self.flying_count: dict[int, int] = {}
@@ -121,6 +123,9 @@ class Swarm:
         self.fatal: str | None = None
         self._changed = asyncio.Event()
         self._all_done = asyncio.Event()
+        #: Set once a node holds the manifest, so later nodes fetch it from peers.
+        self.registered = asyncio.Event()
+        self.begun = 0
 
     # -- membership --------------------------------------------------------------
 
@@ -142,18 +147,27 @@ class Swarm:
         self.source_hosts[node] = source
         self.need[node] = set(missing)
         self.order[node] = sorted(missing)
+        self.cursor[node] = 0
         self.inflight[node] = set()
         for i in held:
             self.holders[i].add(node)
         st = self.stats.setdefault(node, NodeStats())
         st.need_bytes = sum(self.sizes[i] for i in missing)
         st.state = "fetching"
+        self.registered.set()
         self._notify()
+
+    def manifest_sources(self, source: tuple[str, int], count: int = 2) -> list[list[Any]]:
+        """Where a node should fetch the manifest: a few registered peers, then the source."""
+        peers = [p for p in self.peers.values() if p.alive and not p.lying]
+        random.shuffle(peers)
+        return [[p.host, p.port] for p in peers[:count]] + [list(source)]
 
     def add_need(self, node: str, chunks: Sequence[int]) -> None:
         """Chunks a node turned out to lack at commit time (a local file changed)."""
         self.need[node].update(chunks)
         self.order[node] = sorted(self.need[node])
+        self.cursor[node] = 0
         for i in chunks:
             self.holders[i].discard(node)
         self.stats[node].need_bytes += sum(self.sizes[i] for i in chunks)
@@ -224,17 +238,25 @@ class Swarm:
             and p.uploads < self.peer_uploads
         }
 
+    def _candidates(self, node: str) -> Iterator[int]:
+        """Chunks ``node`` lacks and is not fetching, in order (lazily; done ones trimmed)."""
+        order, need, mine = self.order[node], self.need[node], self.inflight[node]
+        start = self.cursor.get(node, 0)
+        while start < len(order) and order[start] not in need:
+            start += 1
+        self.cursor[node] = start
+        for k in range(start, len(order)):
+            i = order[k]
+            if i in need and i not in mine:
+                yield i
+
     def _plan(self, node: str) -> Batch | None:
         now = time.monotonic()
-        mine = self.inflight[node]
-        candidates = [i for i in self.order[node] if i in self.need[node] and i not in mine]
-        if not candidates:
-            return None
         eligible = self._eligible(node, now)
         # 1. from the best peer holding the first chunks we lack
         if eligible:
             best: Peer | None = None
-            for i in candidates:
+            for i in self._candidates(node):
                 held = self.holders[i]
                 if held:
                     options = [eligible[h] for h in held if h in eligible]
@@ -242,13 +264,14 @@ class Swarm:
                         best = min(options, key=lambda p: (p.uploads + 1) / max(p.rate, 1e5))
                         break
             if best is not None:
-                picked = self._take(candidates, lambda i: best.name in self.holders[i])
-                return self._start(node, best, picked)
+                peer = best
+                picked = self._take(self._candidates(node), lambda i: peer.name in self.holders[i])
+                return self._start(node, peer, picked)
         if self.source.uploads >= self.source_uploads:
             return None
         # 2. striped from the source: chunks nobody has or is fetching yet
         small = self.source_batch_bytes
-        picked = self._take(candidates, lambda i: i not in self.sourced, small)
+        picked = self._take(self._candidates(node), lambda i: i not in self.sourced, small)
         if not picked:
             # 3. the source again, for orphans and stragglers
             live = {n for n, p in self.peers.items() if p.alive and not p.lying}
@@ -259,13 +282,13 @@ class Swarm:
                 began = self.flying.get(i)
                 return began is None or now - began > self.straggle
 
-            picked = self._take(candidates, orphan, small)
+            picked = self._take(self._candidates(node), orphan, small)
         if not picked:
             return None
         self.sourced.update(picked)
         return self._start(node, self.source, picked)
 
-    def _take(self, candidates: list[int], accept: Any, limit: int = 0) -> list[int]:
+    def _take(self, candidates: Iterator[int], accept: Any, limit: int = 0) -> list[int]:
         picked: list[int] = []
         total = 0
         limit = limit or self.batch_bytes
