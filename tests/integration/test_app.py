@@ -279,3 +279,33 @@ def test_controller_killed_during_up_rerun_does_not_duplicate(
             proc.wait(10)
         down_clean("resume", nodes)
     assert remote(nodes[0], f"ps -eo args | grep -c '^{marker}$' || true").strip() == "0"
+
+
+def test_barrier_timeout_applies_the_late_nodes_policy(nodes: list[Node], tmp_path: Path) -> None:
+    path = spec_file(
+        tmp_path,
+        """\
+        app: late
+        components:
+          w:
+            select: "n[1-4]"
+            count: 3
+            on_failure: replace
+            processes:
+              - {name: work, run: "if [ ${node} = n2 ]; then sleep 60; fi"}
+              - {name: meet, barrier: b}
+              - {name: after, run: "echo passed"}
+        barriers:
+          b: {timeout: 2}
+        """,
+    )
+    try:
+        began = time.monotonic()
+        report = run(lifecycle.up_async(load(path)))
+        assert time.monotonic() - began < 30
+        assert report.replaced == [("w", "n2", "n4")]
+        assert sorted(report.members["w"]) == ["n1", "n3", "n4"]
+        logs = run(lifecycle.logs_async("late"))
+        assert all("passed" in logs[n] for n in ("n1", "n3", "n4"))
+    finally:
+        down_clean("late", nodes)

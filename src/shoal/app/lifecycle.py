@@ -237,6 +237,8 @@ async def status_async(
             return agents.AgentResult(node.name, value={"programs": mine, "steps": steps})
 
         answers = await agents.for_each(_nodes(st, names), op, opts, state=st) if names else None
+        order = {name: i for i, name in enumerate(spec.components)}
+        members.sort(key=lambda m: (order.get(m.component, 99), m.slot, m.state != "active"))
         for m in members:
             ns = NodeState(m.component, m.node, m.slot, m.state, detail=m.detail)
             if m.state == "active" and answers is not None and m.node in answers.results:
