@@ -56,6 +56,25 @@ from .sftp import SFTPCopier
 KILL_GRACE = 2.0
 
 
+def _aes_accelerated() -> bool:
+    """Whether this CPU encrypts AES in hardware (x86 'aes' flag, ARMv8 'aes' feature)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return " aes" in line
+    except OSError:
+        pass
+    return False
+
+
+#: With AES in hardware, AES-GCM costs ~40% less CPU than chacha20-poly1305 in
+#: asyncssh (10 MiB to 32 nodes: 1.35 s against 2.34 s of client CPU); OpenSSH's
+#: own default puts chacha20 first. "^" moves these to the front of the defaults.
+AES_ACCELERATED = _aes_accelerated()
+PREFER_AES_GCM = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
+
+
 class HostKeyPolicy(enum.Enum):
     VERIFY = "verify"
     ACCEPT_NEW = "accept-new"
@@ -408,6 +427,8 @@ class SSHTransport(Transport):
         kwargs["known_hosts"] = self._known_hosts(resolved.known_hosts)
         if resolved.proxy_jump:
             kwargs["tunnel"] = resolved.proxy_jump
+        if "ciphers" not in resolved.options and AES_ACCELERATED:
+            kwargs["encryption_algs"] = PREFER_AES_GCM
         for key, arg in (("kexalgorithms", "kex_algs"), ("hostkeyalgorithms",
                          "server_host_key_algs"), ("ciphers", "encryption_algs"),
                          ("macs", "mac_algs")):  # fmt: skip
