@@ -309,3 +309,47 @@ def test_barrier_timeout_applies_the_late_nodes_policy(nodes: list[Node], tmp_pa
         assert all("passed" in logs[n] for n in ("n1", "n3", "n4"))
     finally:
         down_clean("late", nodes)
+
+
+def test_node_lost_while_others_wait_at_a_barrier_is_replaced(
+    lab: Any, nodes: list[Node], tmp_path: Path
+) -> None:
+    path = spec_file(
+        tmp_path,
+        """\
+        app: lost
+        components:
+          w:
+            select: "n[1-4]"
+            count: 3
+            on_failure: replace
+            processes:
+              - {name: work, run: "if [ ${node} = n2 ]; then sleep 60; fi"}
+              - {name: meet, barrier: b}
+              - {name: after, run: "echo passed"}
+        barriers:
+          b: {}
+        """,
+    )
+    killer = None
+    try:
+        import threading
+
+        def kill_soon() -> None:
+            time.sleep(2)
+            lab.kill("n2")
+
+        killer = threading.Thread(target=kill_soon)
+        killer.start()
+        began = time.monotonic()
+        report = run(lifecycle.up_async(load(path)))
+        assert time.monotonic() - began < 45  # SSH keepalive notices the loss in ~15 s
+        assert report.replaced == [("w", "n2", "n4")]
+        logs = run(lifecycle.logs_async("lost"))
+        assert all("passed" in logs[n] for n in ("n1", "n3", "n4"))
+    finally:
+        if killer is not None:
+            killer.join()
+        lab.revive("n2")
+        clear_failed()
+        down_clean("lost", nodes)

@@ -421,7 +421,7 @@ class Runner:
                             sid = step_id(self.spec.name, comp.name, following.name)
                             release = Prepared.make(session.client, "step.open", id=sid)
                     hook = release.send if release is not None else None
-                    await self.board.arrive(step.command, node.name, hook)
+                    await self.wait_barrier(session, step.command, hook)
                     if release is not None and release.sent:
                         await release.result(30)
                         staged = None
@@ -437,6 +437,30 @@ class Runner:
         finally:
             await session.client.close()
             await session.conn.close()
+
+    async def wait_barrier(
+        self, session: Session, name: str, hook: Callable[[], None] | None
+    ) -> None:
+        """Arrive at barrier ``name`` and wait, watching the node's stream meanwhile: a
+        connection that drops (SSH keepalive) fails the node instead of holding the
+        barrier forever. Nothing is read from the stream: a line that arrives is left
+        in its buffer (the reply to the release written by ``hook``)."""
+        arrival = asyncio.ensure_future(self.board.arrive(name, session.node.name, hook))
+        client = session.client
+        if not isinstance(client, StreamClient):
+            await arrival
+            return
+        closed = asyncio.ensure_future(_closed(client))
+        try:
+            await asyncio.wait({arrival, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not closed.done():
+                closed.cancel()
+        if arrival.done():
+            arrival.result()
+            return
+        arrival.cancel()
+        raise NodeFailure(f"{session.node.name}: connection lost while waiting at barrier {name}")
 
     async def run_step(self, session: Session, comp: Component, step: Step) -> None:
         node = session.node
@@ -653,6 +677,18 @@ class Runner:
             if candidate.name not in failed and candidate.name not in busy:
                 return candidate
         return None
+
+
+async def _closed(client: StreamClient) -> None:
+    """Returns when the stream to the agent has ended (peeks; consumes nothing)."""
+    reader: Any = client.reader
+    while True:
+        try:
+            await reader.readuntil(b"\n\x00never\x00")  # a separator that never comes
+        except asyncio.IncompleteReadError:
+            return  # end of stream
+        except (OSError, EOFError):
+            return
 
 
 def _last_line(text: str) -> str:
