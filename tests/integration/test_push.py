@@ -157,7 +157,9 @@ def test_a_peer_serving_corrupted_chunks_is_rejected_and_avoided(
     remote(liar, f"touch .shoal/{TEST_CORRUPT_FLAG}")
     try:
         src = make_tree(tmp_path / "src", size=4_000_000, seed=4)
-        result = run(push_async(trio, src, "t3/site", opts(source_uploads=1)))
+        # a slow source: every node registers before the stripes run out, so the liar
+        # is some chunks' first recipient and the others must ask it
+        result = run(push_async(trio, src, "t3/site", opts(source_rate=2e6)))
     finally:
         remote(liar, f"rm -f .shoal/{TEST_CORRUPT_FLAG}")
     assert result.ok, [(n.node, n.reason) for n in result.failed]
