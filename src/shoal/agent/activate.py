@@ -16,7 +16,9 @@ may have changed them). Entries are created in manifest order with
 ``O_EXCL | O_NOFOLLOW`` in a directory this code made, and a manifest whose
 entries would write through a symlink never gets this far
 (:func:`manifest.validate`), so nothing outside the tree is ever written.
-Modes are applied last (setuid/setgid dropped unless asked). Only then is the
+Modes are applied last (setuid/setgid dropped unless asked), and the file
+system is flushed once (``syncfs``, when ``durable``) so a power cut cannot
+expose a switched-to version with missing data. Only then is the
 tree renamed into ``versions`` and ``REMOTE_DIR`` switched with one
 ``rename(2)`` of a fresh symlink over the old one: applications see the whole
 old version or the whole new one, never a mix. A failure (a full disk, a chunk
@@ -230,13 +232,15 @@ class Area:
                 elif e.kind == "l":
                     os.symlink(e.target, path)
                 else:
-                    self._write_file(e, path, m, store, reader, packs, counts, need, durable)
+                    self._write_file(e, path, m, store, reader, packs, counts, need)
                     os.chmod(path, mf.file_mode(e.mode, allow_setuid), follow_symlinks=False)
             if need:
                 raise NeedChunks(sorted(set(need)))
             for path, mode in reversed(dirs):
                 os.chmod(path, mode)
             os.chmod(str(stage), 0o755)
+            if durable:
+                _sync_fs(stage)  # every file on disk before anyone can switch to it
             self.versions.mkdir(parents=True, exist_ok=True, mode=0o755)
             os.replace(str(stage), str(self.versions / version))
             _fsync_dir(self.versions)
@@ -261,7 +265,6 @@ class Area:
         packs: dict[int, bytes],
         counts: dict[str, int],
         need: list[str],
-        durable: bool,
     ) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
@@ -282,8 +285,6 @@ class Area:
                         continue
                     counts["reused"] += size
                     _write_all(fd, data)
-            if durable:
-                os.fsync(fd)
         finally:
             os.close(fd)
 
@@ -409,6 +410,23 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _sync_fs(path: Path) -> None:
+    """Flush the file system holding ``path``: one syncfs(2), not one fsync per file."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(str(path), os.O_RDONLY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    os.sync()
 
 
 def _fsync_dir(path: Path) -> None:

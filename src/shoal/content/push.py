@@ -68,7 +68,7 @@ class PushOptions(AgentOptions):
     rate_limit: float | None = None  # bytes/s per node, each direction
     source_rate: float | None = None  # bytes/s out of the controller's chunk server
     allow_setuid: bool = False
-    durable: bool = True  # fsync every file before the switch
+    durable: bool = True  # flush the node's file system (syncfs) before the switch
     install: bool = True  # install or upgrade agents first
     #: Nodes whose connection broke mid-push (not refusals) get this many more rounds.
     retry_rounds: int = 1
