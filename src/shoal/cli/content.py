@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
     push.add_argument("--rate-limit", metavar="RATE", help="per-node cap, e.g. 50mbit")
     push.add_argument("--source-rate", metavar="RATE", help="cap on the controller's egress")
     push.add_argument("--allow-setuid", action="store_true", help="keep setuid/setgid bits")
-    push.add_argument("--no-fsync", action="store_true", help="skip flushing to disk before the switch")
+    push.add_argument("--no-fsync", action="store_true", help="do not flush to disk first")
     push.add_argument("--no-progress", action="store_true")
     push.set_defaults(handler=cmd_push)
 
