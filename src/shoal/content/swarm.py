@@ -43,6 +43,10 @@ from typing import Any
 
 SOURCE = "(source)"
 PIPELINE = 3
+#: How far past its first missing chunk a node looks for work (chunks).
+WINDOW = 512
+#: Completions within this many seconds wake waiting workers once.
+WAKE_DELAY = 0.005
 #: A worker that keeps failing gives up after this many failed batches in a row.
 MAX_FAILURES = 12
 
@@ -126,6 +130,8 @@ class Swarm:
         #: Set once a node holds the manifest, so later nodes fetch it from peers.
         self.registered = asyncio.Event()
         self.begun = 0
+        self._wake_pending = False
+        self.source_cursor = 0
 
     # -- membership --------------------------------------------------------------
 
@@ -204,6 +210,17 @@ class Swarm:
     # -- scheduling --------------------------------------------------------------
 
     def _notify(self) -> None:
+        """Wake waiting workers, at most once per :data:`WAKE_DELAY` (completions coalesce)."""
+        if self._wake_pending:
+            return
+        self._wake_pending = True
+        try:
+            asyncio.get_running_loop().call_later(WAKE_DELAY, self._wake)
+        except RuntimeError:  # no loop (unit tests of the bookkeeping)
+            self._wake()
+
+    def _wake(self) -> None:
+        self._wake_pending = False
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -239,16 +256,31 @@ class Swarm:
         }
 
     def _candidates(self, node: str) -> Iterator[int]:
-        """Chunks ``node`` lacks and is not fetching, in order (lazily; done ones trimmed)."""
+        """Chunks ``node`` lacks and is not fetching, in order, within a window of
+        :data:`WINDOW` from its first missing one (bounded work per decision)."""
         order, need, mine = self.order[node], self.need[node], self.inflight[node]
         start = self.cursor.get(node, 0)
         while start < len(order) and order[start] not in need:
             start += 1
         self.cursor[node] = start
-        for k in range(start, len(order)):
+        for k in range(start, min(len(order), start + WINDOW)):
             i = order[k]
             if i in need and i not in mine:
                 yield i
+
+    def _unsourced(self, node: str) -> Iterator[int]:
+        """Chunks ``node`` lacks that nobody has taken from the source yet, in order."""
+        need, mine, sourced = self.need[node], self.inflight[node], self.sourced
+        i, n = self.source_cursor, len(self.sizes)
+        while i < n and i in sourced:
+            i += 1
+        self.source_cursor = i
+        if len(need) < n // 4:  # few chunks wanted: walk the node's own list instead
+            yield from (j for j in self._candidates(node) if j not in sourced)
+            return
+        for j in range(i, min(n, i + 4 * WINDOW)):
+            if j not in sourced and j in need and j not in mine:
+                yield j
 
     def _plan(self, node: str) -> Batch | None:
         now = time.monotonic()
@@ -271,7 +303,7 @@ class Swarm:
             return None
         # 2. striped from the source: chunks nobody has or is fetching yet
         small = self.source_batch_bytes
-        picked = self._take(self._candidates(node), lambda i: i not in self.sourced, small)
+        picked = self._take(self._unsourced(node), lambda i: True, small)
         if not picked:
             # 3. the source again, for orphans and stragglers
             live = {n for n, p in self.peers.items() if p.alive and not p.lying}
