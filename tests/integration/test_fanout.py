@@ -84,6 +84,17 @@ def _lab_setting(lab: Any, key: str) -> str:
     )
 
 
+def _alias_config(lab: Any, real: Node, tmp_path: Path) -> Path:
+    """An ssh_config under which any node name reaches ``real`` with the lab's keys."""
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(
+        f"Host *\n  HostKeyAlias {real.name}\n  User root\n"
+        f"  IdentityFile {_lab_setting(lab, 'IdentityFile')}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {_lab_setting(lab, 'UserKnownHostsFile')}\n"
+    )
+    return cfg
+
+
 def _known_hosts_with_changed_key(lab: Any, tmp_path: Path, changed: str) -> Path:
     """An ssh_config that uses a known_hosts where one node's key is a different key."""
     src = Path(lab.nodes()[0].ssh_config)
@@ -183,12 +194,7 @@ def test_push_and_pull_with_at_expansion_and_directories(lab: Any, tmp_path: Pat
 
 def test_node_name_with_shell_metacharacters_runs_nothing(lab: Any, tmp_path: Path) -> None:
     real = lab.nodes()[0]
-    cfg = tmp_path / "ssh_config"
-    cfg.write_text(
-        f"Host *\n  HostKeyAlias {real.name}\n  User root\n"
-        f"  IdentityFile {_lab_setting(lab, 'IdentityFile')}\n  IdentitiesOnly yes\n"
-        f"  UserKnownHostsFile {_lab_setting(lab, 'UserKnownHostsFile')}\n"
-    )
+    cfg = _alias_config(lab, real, tmp_path)
 
     def node(name: str) -> Node:
         return Node(name, real.host, real.user, real.port, (), {}, str(cfg))
@@ -293,3 +299,33 @@ def test_cli_json_stream_and_out_dir(lab: Any, tmp_path: Path) -> None:
     assert {f.name: f.read_text() for f in out.iterdir()} == {
         n.name: f"{n.name}\n" for n in lab.nodes()
     }
+
+
+def test_retries_ride_out_maxstartups_drops(lab: Any, tmp_path: Path) -> None:
+    """sshd drops connections beyond MaxStartups during the banner; retries recover them."""
+    import secrets
+
+    from shoal.lab import Lab, LabSpec
+
+    small = Lab.up(LabSpec(n=1, name=f"ms{secrets.token_hex(3)}"))
+    try:
+        cfg_path = small.dir / "etc" / "sshd_config"
+        text = cfg_path.read_text()
+        assert "MaxStartups 100:30:200" in text
+        cfg_path.write_text(text.replace("MaxStartups 100:30:200", "MaxStartups 2:100:2"))
+        small.kill("n1")
+        small.revive("n1")  # sshd restarts with the new limit
+        real = small.nodes()[0]
+        cfg = _alias_config(small, real, tmp_path)
+        aliases = [
+            Node(f"a{i}", real.host, real.user, real.port, (), {}, str(cfg)) for i in range(12)
+        ]
+        dropped = run(aliases, "true", opts(retries=0))
+        lost = [x for x in dropped if not x.ok]
+        assert lost, "MaxStartups 2 let 12 simultaneous handshakes through"
+        assert all(x.kind == "unreachable" for x in lost), [(x.node, x.reason) for x in dropped]
+        recovered = run(aliases, "true", opts(retries=8, retry_backoff=0.2))
+        assert recovered.ok, [x.reason for x in recovered.failed]
+        assert max(x.attempts for x in recovered) > 1
+    finally:
+        small.down()
