@@ -263,7 +263,7 @@ def test_cli_run_summary_exit_code_and_failed_set(lab: Any) -> None:
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().endswith(victim)
-    assert "1 nodes" in p.stderr
+    assert "1 node in" in p.stderr
 
 
 def test_cli_json_stream_and_out_dir(lab: Any, tmp_path: Path) -> None:

@@ -48,7 +48,8 @@ def summary_lines(result: FanoutResult) -> list[str]:
         for kind in KINDS
         if by_kind[kind] or kind in ("ok", "failed", "timeout", "unreachable")
     )
-    lines = [f"{len(result)} nodes in {result.duration:.2f}s: {counts}"]
+    n = len(result)
+    lines = [f"{n} node{'' if n == 1 else 's'} in {result.duration:.2f}s: {counts}"]
     for kind in KINDS[1:]:
         bad = by_kind[kind]
         if not bad:
