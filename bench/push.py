@@ -52,6 +52,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOAL = str(ROOT / ".venv" / "bin" / "shoal")
 
 
+#: One hop of the ssh|tee chain: keep a copy, pass the stream to the next node.
+RELAY = """mkdir -p bench; out=$1; shift
+if [ $# -eq 0 ]; then cat > "$out"; exit; fi
+next=$1; shift
+tee "$out" | ssh -F /root/.benchssh/ssh_config "$next" sh .benchssh/relay.sh "$out" "$@"
+"""
+
+
 def load() -> str:
     return open("/proc/loadavg").read().split()[0]
 
@@ -81,6 +89,7 @@ class Bench:
         for item in (self.lab.identity, self.lab.known_hosts):
             shutil.copy(item, kit / item.name)
         (kit / self.lab.identity.name).chmod(0o600)
+        (kit / "relay.sh").write_text(RELAY)
         subprocess.run(
             [SHOAL, "cp", "--no-progress", *map(str, kit.iterdir()), "@:.benchssh/"],
             check=True,
@@ -166,12 +175,9 @@ class Bench:
                 f"{(self.tx() - before) / size:.3f} x S"
             )
         names = [x.name for x in self.nodes]
-        inner = "cat > bench/chain.bin"
-        kit = "/root/.benchssh/ssh_config"
-        for name in reversed(names[1:]):
-            inner = f"tee bench/chain.bin | {self.ssh(name, 'mkdir -p bench && ' + inner, kit)}"
+        chain = " ".join(["sh .benchssh/relay.sh bench/chain.bin", *names[1:]])
         before = self.tx()
-        t = self.shell(f"{self.ssh(names[0], 'mkdir -p bench && ' + inner)} < {src}/data.bin")
+        t = self.shell(f"{self.ssh(names[0], chain)} < {src}/data.bin")
         print(
             f"ssh|tee     wall {t:6.1f} s = {t / s_b:.2f} x S/B   source egress "
             f"{(self.tx() - before) / size:.3f} x S   (a chain of {n})"
