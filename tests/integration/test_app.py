@@ -22,7 +22,7 @@ import pytest
 
 from shoal.app import lifecycle, store
 from shoal.app.acquire import AcquireError
-from shoal.app.runtime import UpOptions
+from shoal.app.runtime import AppAborted, UpOptions
 from shoal.app.spec import load
 from shoal.nodes.health import clear_failed
 from shoal.nodes.model import Node
@@ -353,3 +353,34 @@ def test_node_lost_while_others_wait_at_a_barrier_is_replaced(
         lab.revive("n2")
         clear_failed()
         down_clean("lost", nodes)
+
+
+def test_abort_policy_stops_the_application(nodes: list[Node], tmp_path: Path) -> None:
+    path = spec_file(
+        tmp_path,
+        """\
+        app: fragile
+        components:
+          svc:
+            select: "n[1-2]"
+            count: 2
+            processes:
+              - {name: keep, service: "exec sleep 600"}
+          critical:
+            select: "n[3-4]"
+            count: 1
+            on_failure: abort
+            processes:
+              - {name: check, after: [svc.keep], run: "echo broken; exit 4"}
+        """,
+    )
+    try:
+        with pytest.raises(AppAborted, match=r"n3 \(critical\) failed: step critical.check"):
+            run(lifecycle.up_async(load(path)))
+        with State() as st:
+            record = store.get_app(st, "fragile")
+            assert record is not None and record.status == "aborted"
+        status = run(lifecycle.status_async("fragile"))
+        assert all(n.programs == [] for n in status.nodes)
+    finally:
+        down_clean("fragile", nodes)

@@ -119,3 +119,36 @@ def test_cli_import_plush_prints_a_spec(capsys: pytest.CaptureFixture[str]) -> N
     assert main(["app", "import-plush", str(xml)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("app: simple\n") and "barrier: phase1" in out
+
+
+def test_a_new_agent_adopts_a_running_step_instead_of_starting_it_again(tmp_path: Path) -> None:
+    async def go() -> None:
+        old = steps(tmp_path)
+        command = "echo run >> count; sleep 0.5; echo done"
+        args = {"id": "a.long", "command": command, "cwd": str(tmp_path)}
+        first = asyncio.ensure_future(old.run(dict(args)))
+        await asyncio.sleep(0.2)
+        new = steps(tmp_path)  # the agent was replaced while the step runs
+        res = await new.dispatch("step.run", dict(args))
+        assert res["exit"] == 0 and res["note"] == "adopted from a previous agent"
+        assert (tmp_path / "count").read_text() == "run\n"
+        await first
+
+    run(go())
+
+
+def test_a_step_that_ended_between_agents_is_taken_from_its_exit_file(tmp_path: Path) -> None:
+    (tmp_path / "logs" / "steps").mkdir(parents=True)
+    (tmp_path / "logs" / "steps" / "a.gone.exit").write_text("0\n")
+    (tmp_path / "steps-running.json").write_text(
+        '{"a.gone": {"pid": 999999999, "ticks": 1, "digest": "d", "started": 1.0}}'
+    )
+
+    async def go() -> None:
+        s = steps(tmp_path)
+        status = await s.dispatch("step.status", {"prefix": "a."})
+        assert status["running"] == ["a.gone"] or "a.gone" in status["done"]
+        await asyncio.sleep(0.05)
+        assert s.status("a.")["done"]["a.gone"]["exit"] == 0
+
+    run(go())

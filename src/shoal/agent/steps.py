@@ -19,6 +19,14 @@ waiting. ``step.open {id}`` lets it go (one write on the pipe), so a barrier's
 release costs the node no fork or exec; asking ``step.run`` again then
 attaches to it as usual. Its ``started`` and ``limit`` count from the open.
 
+A step outlives its agent too: the command runs under a small shell wrapper
+that writes its exit status to ``logs/steps/<id>.exit``, and running steps
+(pid and start time) are kept in ``steps-running.json``. A new agent (an
+upgrade, a crash) adopts the ones still running — it waits for their exit
+through a pidfd, without polling — and takes the exit status of those that
+ended meanwhile from their files, so a step is never started twice because
+its agent changed.
+
 ``step.status {prefix}`` lists recorded and running steps whose id starts with
 the prefix; ``step.forget {prefix}`` kills running ones, removes their records
 and logs (``app down`` leaves nothing behind).
@@ -39,8 +47,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .persist import read_json, write_json
+from .supervisor import process_start_ticks
 
 TAIL_BYTES = 4096
+#: $1 = the step's command, $2 = its exit file (written when it ends)
+WRAPPER = '/bin/sh -c "$1"; c=$?; echo $c > "$2.tmp" && mv -f "$2.tmp" "$2"; exit $c'
+GATE = "IFS= read -r _gate || exit 125; exec </dev/null; "
 ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.@-")
 
 RecordHook = Callable[[str, Optional[str], str], Any]
@@ -71,8 +83,58 @@ class Steps:
         self.digests: dict[str, str] = {}
         self.pgids: dict[str, int] = {}
         self.gates: dict[str, tuple[asyncio.StreamWriter, asyncio.Event]] = {}
+        self.running_path = home / "steps-running.json"
+        self.adopted = False
+
+    def _exit_path(self, step_id: str) -> Path:
+        return self.logs / f"{step_id}.exit"
+
+    def _save_running(self, step_id: str, entry: dict[str, Any] | None) -> None:
+        data = read_json(self.running_path, {})
+        if not isinstance(data, dict):
+            data = {}
+        if entry is None:
+            data.pop(step_id, None)
+        else:
+            data[step_id] = entry
+        try:
+            write_json(self.running_path, data)
+        except OSError:
+            pass
+
+    def _adopt(self) -> None:
+        """Take over the steps a previous agent left running (see the module docstring)."""
+        self.adopted = True
+        data = read_json(self.running_path, {})
+        for step_id, entry in sorted(data.items() if isinstance(data, dict) else []):
+            if step_id in self.running or not isinstance(entry, dict):
+                continue
+            pid = entry.get("pid")
+            if not isinstance(pid, int) or pid <= 1:
+                continue
+            self.digests[step_id] = str(entry.get("digest", ""))
+            self.pgids[step_id] = pid
+            alive = process_start_ticks(pid) == entry.get("ticks")
+            future = asyncio.ensure_future(
+                self._watch(step_id, pid, float(entry.get("started", time.time())), alive)
+            )
+            self.running[step_id] = future
+            future.add_done_callback(functools.partial(self._finished, step_id))
+
+    async def _watch(self, step_id: str, pid: int, started: float, alive: bool) -> dict[str, Any]:
+        if alive:
+            await _wait_pid(pid)
+        try:
+            text = self._exit_path(step_id).read_text().strip()
+            code: int | None = int(text)
+            note = "adopted from a previous agent"
+        except (OSError, ValueError):
+            code, note = None, "lost with a previous agent"
+        return self._result(step_id, code, note, started, self.digests.get(step_id, ""))
 
     async def dispatch(self, op: str, args: dict[str, Any]) -> Any:
+        if not self.adopted:
+            self._adopt()
         if op == "step.run":
             return await self.run(args)
         if op == "step.open":
@@ -150,14 +212,22 @@ class Steps:
             log = open(str(log_path), "ab")  # noqa: SIM115 (closed once the child holds it)
         except OSError as exc:
             return self._result(step_id, None, f"cannot start: {exc}", started, "")
+        exit_path = self._exit_path(step_id)
         try:
             try:
-                if spawned is not None:  # held until step.open writes a line
-                    command = "IFS= read -r _gate || exit 125; exec </dev/null; " + command
+                exit_path.unlink()
+            except OSError:
+                pass
+            try:
+                # held until step.open writes a line when gated
+                wrapper = (GATE if spawned is not None else "") + WRAPPER
                 proc = await asyncio.create_subprocess_exec(
                     "/bin/sh",
                     "-c",
+                    wrapper,
+                    "shoal-step",
                     command,
+                    str(exit_path),
                     stdin=asyncio.subprocess.PIPE if spawned else asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
@@ -170,6 +240,15 @@ class Steps:
         finally:
             log.close()
         self.pgids[step_id] = proc.pid
+        self._save_running(
+            step_id,
+            {
+                "pid": proc.pid,
+                "ticks": process_start_ticks(proc.pid),
+                "digest": self.digests.get(step_id, ""),
+                "started": started,
+            },
+        )
         if spawned is not None and proc.stdin is not None:
             opened = asyncio.Event()
             self.gates[step_id] = (proc.stdin, opened)
@@ -201,6 +280,7 @@ class Steps:
             "digest": digest,
         }
         self.record("step_exited", None, f"{step_id} exit {code}{' ' + note if note else ''}")
+        self._save_running(step_id, None)
         if code == 0:
             self.done[step_id] = result
             self._save()
@@ -267,13 +347,33 @@ class Steps:
         self._save()
         logs = 0
         try:
-            for path in self.logs.glob("*.log"):
+            for path in self.logs.glob("*"):
                 if path.name.startswith(prefix):
                     path.unlink()
                     logs += 1
         except OSError:
             pass
         return {"killed": killed, "removed": removed, "logs": logs}
+
+
+async def _wait_pid(pid: int) -> None:
+    """Until ``pid`` (not our child) has exited: a pidfd when the kernel has them."""
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(pid)  # type: ignore[attr-defined,unused-ignore]
+    except (AttributeError, OSError):
+        fd = -1
+    if fd >= 0:
+        gone = asyncio.Event()
+        loop.add_reader(fd, gone.set)
+        try:
+            await gone.wait()
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+        return
+    while process_start_ticks(pid) is not None:  # no pidfd: check twice a second
+        await asyncio.sleep(0.5)
 
 
 def _killpg(pgid: int, sig: int) -> None:

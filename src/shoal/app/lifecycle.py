@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,7 @@ async def up_async(
             if m.node in failed:
                 if comp.on_failure == "abort":
                     store.set_status(st, spec.name, status="aborted")
+                    await stop_all(spec, st, opts.agent)
                     raise AppAborted(
                         f"app {spec.name}: {m.node} ({m.component}) is in the failed set; aborted"
                     )
@@ -146,6 +147,7 @@ async def up_async(
             await runner.start(failures)
         except AppAborted:
             store.set_status(st, spec.name, status="aborted")
+            await stop_all(spec, st, opts.agent)
             raise
         runner.report.phases["start"] = time.monotonic() - t0
         store.set_status(st, spec.name, status="running", phase="running")
@@ -156,6 +158,40 @@ async def up_async(
     finally:
         if state is None:
             st.close()
+
+
+async def stop_all(spec: AppSpec, state: State, options: agents.AgentOptions) -> None:
+    """Abort: stop every service and running step of the application on every node
+    that answers (files, records and logs stay for ``app down``)."""
+    names = list(dict.fromkeys(m.node for m in store.members(state, spec.name)))
+    services = _services(spec)
+
+    async def op(conn: Connection, n: Node, st: State) -> agents.AgentResult:
+        client = await agents.connect_agent(conn, n, st, options)
+        try:
+            for prog in services:
+                try:
+                    await client.call("proc.remove", name=prog, timeout=60)
+                except AgentError:
+                    pass  # not on this node
+            status = await client.call("step.status", prefix=f"{spec.name}.", timeout=30)
+            for sid in status.get("running", []):
+                await client.call("step.forget", prefix=sid, timeout=30)
+        finally:
+            await client.close()
+        return agents.AgentResult(n.name, action="stopped")
+
+    opts = replace(options, record_health=False)
+    await agents.for_each(_nodes(state, names), op, opts, state=state)
+
+
+def _services(spec: AppSpec) -> list[str]:
+    return [
+        program_name(spec.name, c.name, s.name)
+        for c in spec.components.values()
+        for s in c.steps
+        if s.kind == "service"
+    ]
 
 
 def up(path: str | Path, options: UpOptions | None = None) -> UpReport:
@@ -406,12 +442,7 @@ async def down_async(
         record = store.require_app(st, name)
         spec = spec_of(record)
         names = list(dict.fromkeys(m.node for m in store.members(st, name)))
-        services = [
-            program_name(name, c.name, s.name)
-            for c in spec.components.values()
-            for s in c.steps
-            if s.kind == "service"
-        ]
+        services = _services(spec)
         report = DownReport(name, collected=collect)
 
         async def op(conn: Connection, n: Node, st2: State) -> agents.AgentResult:
