@@ -217,3 +217,8 @@ def test_schema_ships_and_validates_itself_loosely() -> None:
     assert schema["$schema"].startswith("https://json-schema.org/")
     json.dumps(schema)
     assert validate({"app": "x", "components": {}})[0].message == "expected at least 1 entry"
+
+
+def test_missing_software_tree_is_named_with_its_line(tmp_path: Path) -> None:
+    msg = error_of(tmp_path, GOOD.replace("source: .", "source: ./nowhere"))
+    assert msg.startswith("FILE:4: software tool:") and "is not a local directory" in msg

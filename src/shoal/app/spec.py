@@ -183,9 +183,15 @@ def load(path: str | Path) -> AppSpec:
     if text_path.suffix.lower() == ".xml":
         from .plush import load_plush
 
-        return build(load_plush(text_path), text_path.parent)
-    located = load_yaml(text_path)
-    return build(located, text_path.parent)
+        located = load_plush(text_path)
+    else:
+        located = load_yaml(text_path)
+    spec = build(located, text_path.parent)
+    for name, sw in spec.software.items():
+        if not sw.source.is_dir():
+            where = located.where(("software", name, "source"))
+            raise ConfigError(f"{where}: software {name}: {sw.source} is not a local directory")
+    return spec
 
 
 def _fail(doc: Located, path: PathKey, message: str) -> ConfigError:
