@@ -196,6 +196,24 @@ def test_assemble_switch_gc_and_rollback(tmp_path: Path, pack: bool) -> None:
         area.pick(None)
 
 
+def test_unchanged_files_are_linked_and_touched_ones_are_not(tmp_path: Path) -> None:
+    src = tree(tmp_path / "src")
+    (src / "other").write_bytes(rand(50_000, seed=9))
+    m1, store = stored(tmp_path, src)
+    area = Area(tmp_path / "site")
+    area.assemble(m1, m1.version, store)
+    area.switch(m1.version)
+    v1 = area.versions / m1.version
+    os.utime(v1 / "other", ns=(1, 1))  # an application touched this one
+    (src / "new").write_text("n")
+    m2, full = stored(tmp_path / "o", src)
+    counts = area.assemble(m2, m2.version, full)
+    v2 = area.versions / m2.version
+    assert (v2 / "big").stat().st_ino == (v1 / "big").stat().st_ino
+    assert (v2 / "other").stat().st_ino != (v1 / "other").stat().st_ino
+    assert counts["linked"] == 300_000 + 6
+
+
 def test_a_foreign_directory_is_never_clobbered(tmp_path: Path) -> None:
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "mine").write_text("x")

@@ -208,16 +208,17 @@ class Area:
     ) -> dict[str, int]:
         """Build ``versions/<version>`` from verified chunks (see the module docstring)."""
         if self.has_version(version):
-            return {"reused": 0, "stored": 0}
+            return {"reused": 0, "stored": 0, "linked": 0}
         self.check_root()
         if not (self.manifests / f"{version}.json").is_file():
             self.save_manifest(version, m.to_bytes())
         stage = self.staging / version
         local = self.local_chunks()
         reader = _LocalReader(local)
-        counts = {"reused": 0, "stored": 0}
+        counts = {"reused": 0, "stored": 0, "linked": 0}
         need: list[str] = []
         packs: dict[int, bytes] = {}
+        same_files = self._unchanged_files()
         try:
             if stage.exists() or stage.is_symlink():
                 _remove_tree(stage)
@@ -232,13 +233,23 @@ class Area:
                 elif e.kind == "l":
                     os.symlink(e.target, path)
                 else:
+                    mode = mf.file_mode(e.mode, allow_setuid)
+                    same = (
+                        same_files.get((tuple(h for h, _ in e.chunks), mode)) if e.chunks else None
+                    )
+                    if same is not None:
+                        os.link(same, path)  # unchanged since the running version: share it
+                        counts["reused"] += e.size
+                        counts["linked"] += e.size
+                        continue
                     self._write_file(e, path, m, store, reader, packs, counts, need)
-                    os.chmod(path, mf.file_mode(e.mode, allow_setuid), follow_symlinks=False)
+                    os.chmod(path, mode, follow_symlinks=False)
             if need:
                 raise NeedChunks(sorted(set(need)))
             for path, mode in reversed(dirs):
                 os.chmod(path, mode)
             os.chmod(str(stage), 0o755)
+            self._save_stamps(version, m, stage)
             if durable:
                 _sync_fs(stage)  # every file on disk before anyone can switch to it
             self.versions.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -254,6 +265,49 @@ class Area:
         finally:
             reader.close()
         return counts
+
+    # -- unchanged files ---------------------------------------------------------
+    #
+    # Files identical (same chunks, same mode) to one of the running version are
+    # hard-linked, not copied: an update that changes 1% of a tree writes about 1%.
+    # Whether a deployed file is still what its manifest says is decided like git's
+    # index does: its size, mtime and inode are recorded at assembly
+    # (``manifests/<id>.stat.json``); a file whose stat differs is not linked and its
+    # chunks are read and hashed instead. Deployed trees are meant to be read-only
+    # (like OSTree's); an application that writes into one changes every version
+    # that shares the file.
+
+    def _save_stamps(self, version: str, m: mf.Manifest, root: Path) -> None:
+        stamps: dict[str, list[int]] = {}
+        for e in m.entries:
+            if e.kind == "f":
+                st = os.lstat(os.path.join(str(root), e.path))
+                stamps[e.path] = [st.st_size, st.st_mtime_ns, st.st_ino]
+        write_atomic(self.manifests / f"{version}.stat.json", json.dumps(stamps).encode(), 0o600)
+
+    def _unchanged_files(self) -> dict[tuple[tuple[str, ...], int], str]:
+        """(chunk ids, mode) → path of an untouched file of the running version."""
+        current = self.current()
+        m = self.manifest(current) if current else None
+        if current is None or m is None:
+            return {}
+        stamps = read_json(self.manifests / f"{current}.stat.json", {})
+        if not isinstance(stamps, dict):
+            return {}
+        base = self.versions / current
+        out: dict[tuple[tuple[str, ...], int], str] = {}
+        for e in m.entries:
+            stamp = stamps.get(e.path)
+            if e.kind != "f" or not e.chunks or not isinstance(stamp, list):
+                continue
+            path = os.path.join(str(base), e.path)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if [st.st_size, st.st_mtime_ns, st.st_ino] == stamp and stat.S_ISREG(st.st_mode):
+                out[(tuple(h for h, _ in e.chunks), stat.S_IMODE(st.st_mode))] = path
+        return out
 
     def _write_file(
         self,
@@ -329,10 +383,11 @@ class Area:
         removed: list[str] = []
         for version in removable[: max(0, excess)]:
             _remove_tree(self.versions / version)
-            try:
-                os.unlink(str(self.manifests / f"{version}.json"))
-            except OSError:
-                pass
+            for suffix in (".json", ".stat.json"):
+                try:
+                    os.unlink(str(self.manifests / f"{version}{suffix}"))
+                except OSError:
+                    pass
             removed.append(version)
         for leftover in _listdir(self.staging):
             _remove_tree(self.staging / leftover)
