@@ -170,7 +170,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for b in status.barriers.values():
         when = time.strftime("%H:%M:%S", time.localtime(b.released)) if b.released else "waiting"
         print(f"  barrier {b.name}: {b.arrived}/{b.needed} arrived, released {when}")
-    print(f"  {'COMPONENT':<12} {'SLOT':>4} {'NODE':<10} {'STATE':<9} {'STEPS':>5}  PROCESSES")
+    cw = max([9, *(len(n.component) for n in status.nodes)])
+    nw = max([4, *(len(n.node) for n in status.nodes)])
+    print(f"  {'COMPONENT':<{cw}} {'SLOT':>4} {'NODE':<{nw}} {'STATE':<8} {'STEPS':>5}  PROCESSES")
     for n in status.nodes:
         procs = ", ".join(
             f"{p['name'].split('.')[-1]} {p['state']}"
@@ -180,7 +182,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         state = n.state if n.state != "active" or n.reachable else "lost"
         extra = procs or n.detail
-        print(f"  {n.component:<12} {n.slot:>4} {n.node:<10} {state:<9} {n.steps_done:>5}  {extra}")
+        row = f"{n.component:<{cw}} {n.slot:>4} {n.node:<{nw}} {state:<8} {n.steps_done:>5}"
+        print(f"  {row}  {extra}")
     return 0 if status.healthy else 1
 
 
