@@ -115,7 +115,7 @@ def test_sigkill_of_a_program_restarts_it_and_the_event_reaches_the_controller(
     remote(node, f"kill -9 {old}")
     began = time.monotonic()
     new = wait_for(lambda: program(node, "web")["pid"] not in (None, old), 5)
-    assert new and time.monotonic() - began < 2.0
+    assert new and time.monotonic() - began < 5.0  # scheduled ~0.2 s after; loose for load
     with State() as state:
         run(agents.pull_events_async([node], opts(), state=state))
         rows = [e for e in events.query(state, [node.name]) if e.program == "web"]

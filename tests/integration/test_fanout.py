@@ -71,7 +71,7 @@ def test_background_process_does_not_hang_the_run(lab: Any) -> None:
     elapsed = time.monotonic() - t0
     run(nodes, "pkill -f '[s]leep 30'; rm -rf results", opts())
     assert r.ok and all(x.stdout == "launched\n" for x in r)
-    assert elapsed < 3, elapsed
+    assert elapsed < 10, elapsed  # it would hang until the 20 s timeout
 
 
 def _lab_setting(lab: Any, key: str) -> str:

@@ -97,14 +97,10 @@ def test_set_protocol() -> None:
     assert repr(NodeSet("n[1-2]")) == "NodeSet('n[1-2]')"
 
 
-def test_large_fold_is_fast() -> None:
-    import time
-
+def test_large_fold() -> None:
+    # speed is measured in bench/select.py, not asserted here
     names = [f"node{i}" for i in range(100_000)]
-    t0 = time.perf_counter()
-    text = fold(names)
-    assert text == "node[0-99999]"
-    assert time.perf_counter() - t0 < 2.0
+    assert fold(names) == "node[0-99999]"
 
 
 # --- properties -----------------------------------------------------------------------

@@ -104,6 +104,7 @@ async def fanout(
     transport = transport or make_transport(options)
     parallel = options.parallel or default_parallelism()
     slots = asyncio.Semaphore(parallel)
+    launching = asyncio.Lock()
     loop = asyncio.get_running_loop()
     next_launch = loop.time()
     started = time.monotonic()
@@ -126,11 +127,12 @@ async def fanout(
         nonlocal next_launch
         async with slots:
             if options.delay:
-                now = loop.time()
-                launch = max(now, next_launch)
-                next_launch = launch + options.delay
-                if launch > now:
-                    await asyncio.sleep(launch - now)
+                # one launch at a time; the next may go `delay` after this one really went
+                async with launching:
+                    wait = next_launch - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    next_launch = loop.time() + options.delay
             t0 = time.monotonic()
             conn, error, attempts = await connect(node)
             if conn is None:
