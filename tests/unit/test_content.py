@@ -273,12 +273,15 @@ def test_the_source_stripes_each_chunk_once_then_peers_serve_the_rest() -> None:
         for b in first:
             assert b is not None
             swarm.complete(b, {"got": b.chunks, "bytes": b.nbytes, "seconds": 0.1})
-        nxt = await swarm.next_batch("n1")
+        stripe = await swarm.next_batch("n1")  # the source is kept busy first
+        assert stripe is not None and stripe.source == SOURCE and stripe.chunks == [9, 10, 11]
+        nxt = await swarm.next_batch("n1")  # one stripe per node at a time: now a peer
         assert nxt is not None and nxt.source in ("n2", "n3")
         # a lying peer is never used again, and its chunks come from elsewhere
         swarm.complete(nxt, {"got": [], "failed": nxt.chunks, "lying": True})
         liar = nxt.source
         assert swarm.peers[liar].lying
+        swarm.complete(stripe, {"got": stripe.chunks, "bytes": stripe.nbytes, "seconds": 0.1})
         for _ in range(6):
             b = await swarm.next_batch("n1")
             if b is None:

@@ -10,19 +10,22 @@ Every node runs a few workers (:data:`PIPELINE`); each asks
 A batch is up to :attr:`Swarm.batch_bytes` of chunks from *one* source, chosen
 in this order:
 
-1. **From a peer**: the first chunks the node lacks that an eligible peer
+1. **From the source, striped**, when the source has a free slot (at most
+   :attr:`Swarm.source_uploads` batches at once) and this node has no source
+   batch in flight: the next chunks nobody holds or is fetching yet
+   (``sourced``), in order. The source is the one link every chunk must cross,
+   so it is kept busy first; it hands each chunk to one node only, so it sends
+   each chunk out about once and different first recipients carry different
+   stripes, which they then serve to the others.
+2. **From a peer**: the first chunks the node lacks that an eligible peer
    holds, from the peer with the best (uploads in flight + 1) / measured rate,
    so busy or slow peers are used less. A peer serves at most
    :attr:`Swarm.peer_uploads` batches at once.
-2. **From the source, striped**: chunks nobody holds or is fetching yet. The
-   source hands each chunk to one node only (``sourced``), in order, to
-   whichever node asks next, at most :attr:`Swarm.source_uploads` batches at
-   once, so the source sends each chunk out about once and different first
-   recipients carry different stripes, which they then serve to the others.
-3. **From the source again**, only for a chunk that was sourced but has no
-   live, honest holder and nobody fetching it (its first recipient died, lied
-   or timed out), or that has been in flight elsewhere for more than
-   :attr:`Swarm.straggle` seconds: stragglers never hold the others back.
+3. **From the source again**, when no peer can help: more new chunks, or a
+   chunk that was sourced but has no live, honest holder and nobody fetching
+   it (its first recipient died, lied or timed out), or that has been in flight
+   elsewhere for more than :attr:`Swarm.straggle` seconds: stragglers never
+   hold the others back.
 
 Otherwise the worker waits for the next completion (an event, no polling).
 A source that sends bytes that do not match their hash is marked lying and
@@ -118,6 +121,7 @@ class Swarm:
         self.flying: dict[int, float] = {}  # chunk → when its oldest fetch began
         self.flying_count: dict[int, int] = {}
         self.sourced: set[int] = set()
+        self.from_source: dict[str, int] = {}  # source batches in flight per node
         self.peers: dict[str, Peer] = {}
         self.source_hosts: dict[str, tuple[str, int]] = {}
         self.source = Peer(SOURCE, "", 0)
@@ -284,8 +288,15 @@ class Swarm:
 
     def _plan(self, node: str) -> Batch | None:
         now = time.monotonic()
+        small = self.source_batch_bytes
+        source_free = self.source.uploads < self.source_uploads
+        # 1. keep the source busy: one stripe per node in flight, new chunks only
+        if source_free and not self.from_source.get(node):
+            picked = self._take(self._unsourced(node), lambda i: True, small)
+            if picked:
+                return self._start(node, self.source, picked)
+        # 2. from the best peer holding the first chunks we lack
         eligible = self._eligible(node, now)
-        # 1. from the best peer holding the first chunks we lack
         if eligible:
             best: Peer | None = None
             for i in self._candidates(node):
@@ -299,13 +310,12 @@ class Swarm:
                 peer = best
                 picked = self._take(self._candidates(node), lambda i: peer.name in self.holders[i])
                 return self._start(node, peer, picked)
-        if self.source.uploads >= self.source_uploads:
+        if not source_free:
             return None
-        # 2. striped from the source: chunks nobody has or is fetching yet
-        small = self.source_batch_bytes
+        # 3. nothing from peers: more new chunks from the source, or orphans and
+        #    stragglers (sourced, but no live honest holder and none arriving soon)
         picked = self._take(self._unsourced(node), lambda i: True, small)
         if not picked:
-            # 3. the source again, for orphans and stragglers
             live = {n for n, p in self.peers.items() if p.alive and not p.lying}
 
             def orphan(i: int) -> bool:
@@ -317,7 +327,6 @@ class Swarm:
             picked = self._take(self._candidates(node), orphan, small)
         if not picked:
             return None
-        self.sourced.update(picked)
         return self._start(node, self.source, picked)
 
     def _take(self, candidates: Iterator[int], accept: Any, limit: int = 0) -> list[int]:
@@ -334,6 +343,9 @@ class Swarm:
 
     def _start(self, node: str, peer: Peer, chunks: list[int]) -> Batch:
         peer.uploads += 1
+        if peer is self.source:
+            self.sourced.update(chunks)
+            self.from_source[node] = self.from_source.get(node, 0) + 1
         self.inflight[node].update(chunks)
         now = time.monotonic()
         for i in chunks:
@@ -348,6 +360,8 @@ class Swarm:
         if peer is not None:
             peer.uploads = max(0, peer.uploads - 1)
         node = batch.node
+        if batch.source == SOURCE:
+            self.from_source[node] = max(0, self.from_source.get(node, 1) - 1)
         self.inflight[node].difference_update(batch.chunks)
         for i in batch.chunks:
             left = self.flying_count.get(i, 1) - 1
