@@ -22,6 +22,7 @@ from shoal.errors import ShoalError
 from shoal.nodes.model import AttrValue, Node
 from shoal.nodes.nodeset import fold
 from shoal.state import State
+from shoal.transport.base import Transport
 
 from .spec import AppSpec, Component, Requirement
 
@@ -109,7 +110,9 @@ def refusal(app: str, comp: Component, wanted: int, selected: int, verdict: Verd
     )
 
 
-async def gather_facts(spec: AppSpec, state: State) -> dict[str, dict[str, AttrValue]]:
+async def gather_facts(
+    spec: AppSpec, state: State, transport: Transport | None = None
+) -> dict[str, dict[str, AttrValue]]:
     """Facts of every node a component with requirements may use; missing or stale
     facts are gathered first (one round trip per node, in parallel)."""
     import time
@@ -127,7 +130,8 @@ async def gather_facts(spec: AppSpec, state: State) -> dict[str, dict[str, AttrV
     records = facts_mod.load_facts(list(nodes), state=state)
     stale = [n for n in nodes.values() if n.name not in records or records[n.name].stale()]
     if stale:
-        result = await run_async(stale, facts_mod.GATHER_COMMAND, RunOptions(timeout=30))
+        options = RunOptions(timeout=30)
+        result = await run_async(stale, facts_mod.GATHER_COMMAND, options, transport=transport)
         fresh = []
         for name, res in result.results.items():
             if res.ok:

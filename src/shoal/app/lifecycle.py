@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import AgentError
+from shoal.fanout.scheduler import make_transport
 from shoal.nodes.health import failed_names
 from shoal.nodes.inventory import load_nodes
 from shoal.nodes.model import Node
@@ -35,6 +36,7 @@ from shoal.transport.base import Connection
 from . import store
 from .acquire import Allocation, acquire, gather_facts
 from .located import Located
+from .pool import ConnectionPool
 from .runtime import AppAborted, Runner, UpOptions, UpReport, app_dir, program_name
 from .software import tree_digest
 from .spec import AppSpec, build, load
@@ -80,9 +82,11 @@ async def up_async(
     spec: AppSpec, options: UpOptions | None = None, *, state: State | None = None
 ) -> UpReport:
     """Acquire, configure and start ``spec`` (or converge it when it runs already)."""
-    opts = options or UpOptions()
+    given = options or UpOptions()
     st = state or State()
     began = time.monotonic()
+    pool = ConnectionPool(given.transport or make_transport(given.agent))
+    opts = replace(given, transport=pool)
     try:
         store.ensure(st)
         previous = store.members(st, spec.name)
@@ -112,7 +116,7 @@ async def up_async(
             if m.state == "failed" and m.component in spec.components:
                 hold[m.component] = hold.get(m.component, 0) + 1
         t0 = time.monotonic()
-        known = await gather_facts(spec, st)
+        known = await gather_facts(spec, st, pool)
         alloc = acquire(spec, st, keep=keep, hold=hold, facts=known)
         slots, replaced = _plan_slots(spec, alloc, previous)
         report_phases = {"acquire": time.monotonic() - t0}
@@ -156,6 +160,7 @@ async def up_async(
         report.wall = time.monotonic() - began
         return report
     finally:
+        await pool.aclose()
         if state is None:
             st.close()
 

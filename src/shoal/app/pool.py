@@ -1,0 +1,97 @@
+"""One SSH connection per node for a whole ``up``, shared by its phases.
+
+Every phase of ``up`` is a fan-out (facts, agent install, push, install
+steps, process blocks) and a fan-out opens and closes one connection per node.
+:class:`ConnectionPool` is a :class:`Transport` that opens a node's
+connection once and hands out wrappers whose ``close`` does nothing, so the
+phases share it (SSH multiplexes their channels); :meth:`ConnectionPool.aclose`
+closes them all at the end. A connection that broke is dropped and the next
+``connect`` opens a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from shoal.errors import CommandTimeout, TransportError
+from shoal.nodes.model import Node
+from shoal.transport.base import (
+    ByteReader,
+    ByteWriter,
+    CommandResult,
+    Connection,
+    LineCallback,
+    Transport,
+)
+
+
+class SharedConnection(Connection):
+    """A pooled connection: every call goes to the shared one; ``close`` is a no-op."""
+
+    def __init__(self, pool: ConnectionPool, inner: Connection) -> None:
+        self.pool = pool
+        self.inner = inner
+        self.node = inner.node
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        input: bytes | None = None,
+        sudo: bool = False,
+        on_line: LineCallback | None = None,
+    ) -> CommandResult:
+        try:
+            return await self.inner.run(
+                command, timeout=timeout, env=env, input=input, sudo=sudo, on_line=on_line
+            )
+        except CommandTimeout:
+            raise
+        except TransportError:
+            self.pool.drop(self.node.name, self.inner)
+            raise
+
+    async def put(self, local: str, remote: str) -> int:
+        return await self.inner.put(local, remote)
+
+    async def get(self, remote: str, local: str) -> int:
+        return await self.inner.get(remote, local)
+
+    async def open_unix(self, path: str) -> tuple[ByteReader, ByteWriter]:
+        return await self.inner.open_unix(path)
+
+    async def close(self) -> None:
+        return None
+
+
+class ConnectionPool(Transport):
+    """Connections opened through ``inner`` once per node, until :meth:`aclose`."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.conns: dict[str, Connection] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._stale: list[Connection] = []
+
+    async def connect(self, node: Node, *, timeout: float | None = None) -> Connection:
+        lock = self._locks.setdefault(node.name, asyncio.Lock())
+        async with lock:
+            conn = self.conns.get(node.name)
+            if conn is None:
+                conn = await self.inner.connect(node, timeout=timeout)
+                self.conns[node.name] = conn
+        return SharedConnection(self, conn)
+
+    def drop(self, name: str, conn: Connection) -> None:
+        """Forget a connection that failed (the next connect opens a new one)."""
+        if self.conns.get(name) is conn:
+            del self.conns[name]
+            self._stale.append(conn)
+
+    async def aclose(self) -> None:
+        conns, self.conns = [*self.conns.values(), *self._stale], {}
+        self._stale = []
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
