@@ -13,12 +13,11 @@ line and the connection is closed.
 Wire format (one TCP connection carries any number of requests, in turn)::
 
     client: {"v": 1, "token": T, "want": ["<sha256>", ...]}\\n      (≤ 1024 ids)
-    server, for each id in order:
-            {"h": "<sha256>", "n": SIZE}\\n followed by SIZE bytes
-         or {"h": "<sha256>", "n": -1}\\n                            (not here)
+    server: {"n": [SIZE, ...]}\\n   one size per id, in order (-1: not here),
+            then the bytes of every chunk found, back to back
     server, on a bad request or token: {"v": 1, "error": "..."}\\n and close
 
-The receiver never trusts the bytes: :func:`fetch_chunks` hashes every chunk
+The receiver never trusts the bytes: :meth:`Fetcher.fetch` hashes every chunk
 and reports a peer whose bytes do not match as *lying*, so the controller
 avoids it and fetches the chunk elsewhere. Slow peers hit an idle timeout.
 For tests, a node whose agent home holds the file ``TEST_CORRUPT_CHUNKS``
@@ -164,13 +163,7 @@ class ChunkServer:
                 if not isinstance(want, list) or len(want) > MAX_WANT:
                     await self._refuse(writer, f"want must be a list of at most {MAX_WANT} ids")
                     return
-                for digest in want:
-                    sent = await self._send(writer, digest) if is_hash(digest) else -1
-                    if sent < 0:
-                        writer.write(json.dumps({"h": str(digest)[:64], "n": -1}).encode() + b"\n")
-                        continue
-                    self.stats.sent += sent
-                    self.stats.chunks += 1
+                await self._answer(writer, want)
                 await writer.drain()
         except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass  # the peer went away, or the server is closing
@@ -181,33 +174,59 @@ class ChunkServer:
             except OSError:
                 pass
 
-    async def _send(self, writer: asyncio.StreamWriter, digest: str) -> int:
-        """Send one chunk (header + bytes); -1 when the backend does not hold it."""
-        span = self.backend.span(digest)
-        if span is not None:
-            fd, offset, size = span
-            handle = self._files.get(fd)
-            if handle is None:
-                handle = self._files[fd] = os.fdopen(fd, "rb", closefd=False)
-            writer.write(json.dumps({"h": digest, "n": size}).encode() + b"\n")
-            await writer.drain()
-            loop = asyncio.get_running_loop()
-            for start in range(0, size, SLICE):
-                count = min(SLICE, size - start)
-                await self.throttle.take(count)
-                await loop.sendfile(writer.transport, handle, offset + start, count)
-            return size
-        data = self.backend.lookup(digest)
-        if data is None:
-            return -1
-        writer.write(json.dumps({"h": digest, "n": len(data)}).encode() + b"\n")
-        view = memoryview(data)
-        for start in range(0, len(data), SLICE):
-            piece = view[start : start + SLICE]
-            await self.throttle.take(len(piece))
-            writer.write(piece)
-            await writer.drain()
-        return len(data)
+    async def _answer(self, writer: asyncio.StreamWriter, want: list[Any]) -> None:
+        """One header with every size (-1: not here), then the bodies back to back.
+
+        Chunks that sit next to each other in one store file (a batch fetched
+        together is stored together) leave in one sendfile(2) per run.
+        """
+        parts: list[tuple[int, int, int] | bytes | None] = []
+        for digest in want:
+            part: tuple[int, int, int] | bytes | None = None
+            if is_hash(digest):
+                part = self.backend.span(digest)
+                if part is None:
+                    part = self.backend.lookup(digest)
+            parts.append(part)
+        sizes = [-1 if p is None else (len(p) if isinstance(p, bytes) else p[2]) for p in parts]
+        writer.write(json.dumps({"n": sizes}).encode() + b"\n")
+        run: list[int] = []  # [fd, offset, size] of the current contiguous file run
+        for part in parts:
+            if isinstance(part, tuple):
+                fd, offset, size = part
+                if run and run[0] == fd and run[1] + run[2] == offset:
+                    run[2] += size
+                    continue
+                if run:
+                    await self._sendfile(writer, run[0], run[1], run[2])
+                run = [fd, offset, size]
+            elif isinstance(part, bytes):
+                if run:
+                    await self._sendfile(writer, run[0], run[1], run[2])
+                    run = []
+                view = memoryview(part)
+                for start in range(0, len(part), SLICE):
+                    piece = view[start : start + SLICE]
+                    await self.throttle.take(len(piece))
+                    writer.write(piece)
+                    await writer.drain()
+        if run:
+            await self._sendfile(writer, run[0], run[1], run[2])
+        await writer.drain()
+        self.stats.sent += sum(n for n in sizes if n > 0)
+        self.stats.chunks += sum(1 for n in sizes if n >= 0)
+
+    async def _sendfile(
+        self, writer: asyncio.StreamWriter, fd: int, offset: int, size: int
+    ) -> None:
+        handle = self._files.get(fd)
+        if handle is None:
+            handle = self._files[fd] = os.fdopen(fd, "rb", closefd=False)
+        loop = asyncio.get_running_loop()
+        for start in range(0, size, SLICE * 4):
+            count = min(SLICE * 4, size - start)
+            await self.throttle.take(count)
+            await loop.sendfile(writer.transport, handle, offset + start, count)
 
 
 # -- client ---------------------------------------------------------------------
@@ -357,34 +376,39 @@ class Fetcher:
             conn = await self._connect(host, port)
             request = {"v": WIRE_VERSION, "token": token, "want": [h for h, _ in pending]}
             await conn.send(json.dumps(request).encode() + b"\n")
-            buffer = bytearray(max(n for _, n in pending))
-            for index, (digest, size) in enumerate(pending):
-                head = await conn.readline(self._timeout(deadline))
-                try:
-                    header = json.loads(head)
-                except ValueError:
-                    header = None
-                if not isinstance(header, dict):
-                    raise ConnectionError("connection closed" if not head else "bad header")
-                if "error" in header:
-                    result.error = f"refused: {header['error']}"
-                    result.failed.extend(h for h, _ in pending[index:])
-                    return result
-                n = header.get("n")
-                if header.get("h") != digest or not isinstance(n, int):
-                    raise ConnectionError("answer out of order")
+            head = await conn.readline(self._timeout(deadline))
+            try:
+                header = json.loads(head)
+            except ValueError:
+                header = None
+            if not isinstance(header, dict):
+                raise ConnectionError("connection closed" if not head else "bad header")
+            if "error" in header:
+                result.error = f"refused: {header['error']}"
+                result.failed.extend(h for h, _ in pending)
+                return result
+            sizes = header.get("n")
+            if not isinstance(sizes, list) or len(sizes) != len(pending):
+                raise ConnectionError("bad answer")
+            for (digest, size), n in zip(pending, sizes):
+                if not isinstance(n, int) or (n >= 0 and n != size):
+                    result.lying = True
+                    raise ConnectionError(f"chunk {digest[:12]} has {n} bytes, expected {size}")
+            total = sum(n for n in sizes if n > 0)
+            buffer = bytearray(total)
+            whole = memoryview(buffer)
+            for start in range(0, total, SLICE):
+                part = whole[start : start + SLICE]
+                await conn.read_into(part, self._timeout(deadline))
+                await self.throttle.take(len(part))
+            result.nbytes = total
+            offset = 0
+            for (digest, _), n in zip(pending, sizes):
                 if n < 0:
                     result.failed.append(digest)
                     continue
-                if n != size:
-                    result.lying = True
-                    raise ConnectionError(f"chunk {digest[:12]} has {n} bytes, expected {size}")
-                view = memoryview(buffer)[:n]
-                for start in range(0, n, SLICE):
-                    part = view[start : start + SLICE]
-                    await conn.read_into(part, self._timeout(deadline))
-                    await self.throttle.take(len(part))
-                result.nbytes += n
+                view = whole[offset : offset + n]
+                offset += n
                 if hashlib.sha256(view).hexdigest() != digest:
                     result.lying = True
                     raise ConnectionError(f"chunk {digest[:12]} failed verification")
