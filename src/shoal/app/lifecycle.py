@@ -57,7 +57,11 @@ def _plan_slots(
     slots: dict[tuple[str, str], int] = {}
     replaced: list[tuple[str, str, str]] = []
     for cname, nodes in alloc.members.items():
-        before = {m.node: m.slot for m in previous if m.component == cname and m.state == "active"}
+        before = {
+            m.node: m.slot
+            for m in previous
+            if m.component == cname and m.state in ("active", "failed")
+        }
         chosen = {n.name for n in nodes}
         used = {before[n] for n in chosen if n in before}
         gone = sorted((slot, name) for name, slot in before.items() if name not in chosen)
@@ -114,7 +118,11 @@ async def up_async(
             keep.setdefault(m.component, []).append(m.node)
         for m in previous:
             if m.state == "failed" and m.component in spec.components:
-                hold[m.component] = hold.get(m.component, 0) + 1
+                policy = spec.components[m.component].on_failure
+                if policy == "restart" and m.node not in failed:
+                    keep.setdefault(m.component, []).append(m.node)  # back: start it again
+                else:
+                    hold[m.component] = hold.get(m.component, 0) + 1
         t0 = time.monotonic()
         known = await gather_facts(spec, st, pool)
         alloc = acquire(spec, st, keep=keep, hold=hold, facts=known)
