@@ -79,7 +79,7 @@ async def push_software(
     if method == "copy":
         copied = await copy_software(nodes, tree, remote_dir, transport=transport)
         return {r.node: r.reason or r.stderr.strip() for r in copied if not r.ok}
-    from shoal.content.push import PushOptions, push_async
+    from shoal.content import PushOptions, push_async
 
     groups: dict[str, list[Node]] = {}
     for node in nodes:
