@@ -1,12 +1,12 @@
 """Configure: put an application's software on its nodes.
 
-:func:`push_software` is the one place that moves software trees. It uses
-Shoal's fan-out copy (SFTP over the connection the fan-out opens, one tree per
-node), skipping nodes whose copy already carries the tree's digest, and
-switches the new version in atomically (copied beside, then renamed over), so
-re-running ``up`` with unchanged software moves nothing. When the P2P push of
-:mod:`shoal.content` exposes a library call, this function is where it plugs
-in.
+:func:`push_software` is the one place that moves software trees. By default
+it is ``shoal push`` (:func:`shoal.content.push_async`): a content-addressed
+manifest, chunks fetched peer to peer with the source sending each about once,
+every chunk verified, and the version switched in atomically beside the old
+ones (``sw/NAME`` is a symlink into ``sw/.NAME.shoal/versions``); an unchanged
+tree moves nothing. ``method="copy"`` uses the fan-out's SFTP copy instead
+(one tree per node, skipped where the digest matches, renamed over).
 
 A tree's digest covers relative paths, modes and contents; it is the
 software's *version* in ``app status``.
