@@ -351,3 +351,24 @@ def test_chunk_endpoint_needs_the_token_and_serves_only_store_ids(tmp_path: Path
         server.close()
 
     asyncio.run(go())
+
+
+def test_the_scan_cache_skips_unchanged_files_and_notices_changed_ones(tmp_path: Path) -> None:
+    from shoal.content.scan import load_cache, save_cache
+    from shoal.state import State
+
+    root = tree(tmp_path / "t")
+    cache: dict = {}
+    first = scan(root, cache=cache)
+    assert str(root / "big") in cache
+    with State(tmp_path / "state.db") as state:
+        save_cache(state, cache, ChunkParams())
+        again = load_cache(state, root, ChunkParams())
+        assert again == cache and load_cache(state, root, ChunkParams(8192, 2048, 32768)) == {}
+    # a poisoned entry proves the cache is used; a changed stamp ignores it
+    stamp, chunks = again[str(root / "big")]
+    again[str(root / "big")] = (stamp, [("f" * 64, 300_000)])
+    assert scan(root, cache=dict(again)).manifest.entries[0].chunks == [("f" * 64, 300_000)]
+    (root / "big").write_bytes(rand(300_000, seed=2))
+    fresh = scan(root, cache=again)
+    assert fresh.manifest.entries[0].chunks != chunks and fresh.version != first.version

@@ -42,6 +42,9 @@ from . import manifest as mf
 from .chunkstore import ChunkStore, sha256
 from .persist import read_json, write_atomic
 
+#: Parsed manifests by (file, size, mtime): a big tree's manifest is parsed once.
+_PARSED: dict[tuple[str, int, int], mf.Manifest] = {}
+
 
 class AreaError(Exception):
     """The deployed directory cannot be changed; the message says what and where."""
@@ -122,14 +125,24 @@ class Area:
         return (self.versions / version).is_dir() and (self.manifests / f"{version}.json").is_file()
 
     def manifest(self, version: str) -> mf.Manifest | None:
+        """A kept version's manifest (parsed once: files named by version never change)."""
+        path = self.manifests / f"{version}.json"
         try:
-            data = (self.manifests / f"{version}.json").read_bytes()
+            st = os.stat(str(path))
         except OSError:
             return None
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        cached = _PARSED.get(key)
+        if cached is not None:
+            return cached
         try:
-            return mf.parse(data)
-        except mf.ManifestError:
+            parsed = mf.parse(path.read_bytes())
+        except (OSError, mf.ManifestError):
             return None
+        if len(_PARSED) >= 8:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = parsed
+        return parsed
 
     def save_manifest(self, version: str, data: bytes) -> None:
         try:

@@ -55,7 +55,7 @@ from shoal.ops.agents import (
 from shoal.state import State
 from shoal.transport.base import Connection, Transport
 
-from .scan import ChunkParams, ScannedTree, SourceBackend, scan
+from .scan import ChunkParams, ScannedTree, SourceBackend, load_cache, save_cache, scan
 from .swarm import MAX_FAILURES, PIPELINE, Batch, NodeStats, Swarm
 
 
@@ -228,21 +228,18 @@ async def push_async(
     if opts.keep < 1:
         raise ContentError("--keep must be at least 1")
     started = time.monotonic()
-    if tree is None:
-        tree = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: scan(Path(local_dir), pack=opts.pack, params=opts.chunking)
-        )
-    scanned = time.monotonic() - started
-    result = PushResult(
-        tree.version,
-        tree.total_bytes,
-        sum(1 for e in tree.manifest.entries if e.kind == "f"),
-        scan_seconds=scanned,
-        skipped=list(tree.skipped),
-    )
     own_state = state is None
     st = state or State()
     try:
+        if tree is None:
+            tree = await _scan(Path(local_dir), opts, st)
+        result = PushResult(
+            tree.version,
+            tree.total_bytes,
+            sum(1 for e in tree.manifest.entries if e.kind == "f"),
+            scan_seconds=time.monotonic() - started,
+            skipped=list(tree.skipped),
+        )
         ready = list(nodes)
         if opts.install and ready:
             installed = await install_async(ready, opts, transport=transport, state=st)
@@ -276,6 +273,17 @@ def _retryable(outcome: NodePush | None) -> bool:
         return False
     text = str(outcome.error)
     return isinstance(outcome.error, TransportError) or "connection" in text
+
+
+async def _scan(root: Path, opts: PushOptions, st: State) -> ScannedTree:
+    """Scan in a thread, with the controller's cache of unchanged files' chunks."""
+    cache = load_cache(st, root, opts.chunking) if root.is_dir() else {}
+    tree = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: scan(root, pack=opts.pack, params=opts.chunking, cache=cache)
+    )
+    if cache:
+        save_cache(st, cache, opts.chunking)
+    return tree
 
 
 async def _swarm_push(

@@ -24,6 +24,7 @@ so a file changed after the scan is reported, never served as a lie.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import zlib
@@ -33,6 +34,7 @@ from pathlib import Path
 from shoal.agent import manifest as mf
 from shoal.agent.chunkserver import Backend
 from shoal.errors import ContentError
+from shoal.state import State
 
 #: Content-defined chunking parameters (bytes); see DESIGN.md for the measurements.
 CHUNK_AVG = 16 * 1024
@@ -106,8 +108,24 @@ def _cut_file(path: Path, size: int, cdc: object, params: ChunkParams) -> list[t
     return chunks
 
 
-def scan(root: Path, *, pack: bool = False, params: ChunkParams = ChunkParams()) -> ScannedTree:
-    """Scan ``root`` into a manifest (see the module docstring); ContentError on refusal."""
+#: A file's stamp (size, mtime_ns, ctime_ns, inode) and its chunks, by absolute path.
+ScanCache = dict[str, tuple[tuple[int, int, int, int], list[tuple[str, int]]]]
+
+
+def scan(
+    root: Path,
+    *,
+    pack: bool = False,
+    params: ChunkParams = ChunkParams(),
+    cache: ScanCache | None = None,
+) -> ScannedTree:
+    """Scan ``root`` into a manifest (see the module docstring); ContentError on refusal.
+
+    ``cache`` (read and updated) skips re-chunking files whose size, times and
+    inode are unchanged since an earlier scan with the same ``params`` (the
+    quick check of rsync and git). A file changed without changing its stamp
+    is still caught: the source re-hashes every chunk before serving it.
+    """
     root = Path(root)
     if not root.is_dir():
         raise ContentError(f"{root}: not a directory")
@@ -129,10 +147,17 @@ def scan(root: Path, *, pack: bool = False, params: ChunkParams = ChunkParams())
                 raise ContentError(f"{path}: {exc.strerror}") from None
             entries.append(mf.Entry(rel, "f", mode, len(data), pack=packer.add(data)))
         else:
-            try:
-                chunks = _cut_file(path, st.st_size, cdc, params)
-            except OSError as exc:
-                raise ContentError(f"{path}: {exc.strerror}") from None
+            stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            hit = cache.get(str(path)) if cache is not None else None
+            if hit is not None and hit[0] == stamp:
+                chunks = hit[1]
+            else:
+                try:
+                    chunks = _cut_file(path, st.st_size, cdc, params)
+                except OSError as exc:
+                    raise ContentError(f"{path}: {exc.strerror}") from None
+                if cache is not None:
+                    cache[str(path)] = (stamp, chunks)
             offset = 0
             for digest, size in chunks:
                 locations.setdefault(digest, (path, offset, size))
@@ -202,6 +227,45 @@ class _Packer:
         self.packs.append(mf.Pack(digest, len(blob), len(self.buffer)))
         self.blobs[digest] = blob
         self.buffer = bytearray()
+
+
+CACHE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS content_scan (
+    path TEXT PRIMARY KEY,
+    params TEXT NOT NULL,
+    stamp TEXT NOT NULL,
+    chunks TEXT NOT NULL
+);
+"""
+
+
+def load_cache(state: State, root: Path, params: ChunkParams) -> ScanCache:
+    """The cached chunks of files under ``root`` (scanned with ``params``)."""
+    state.ensure("content_scan", CACHE_SCHEMA)
+    prefix = str(Path(root).resolve()) + "/"
+    rows = state.db.execute(
+        "SELECT path, stamp, chunks FROM content_scan WHERE path >= ? AND path < ? AND params = ?",
+        (prefix, prefix[:-1] + "0", _params_key(params)),
+    ).fetchall()
+    out: ScanCache = {}
+    for path, stamp, chunks in rows:
+        a, b, c, d = json.loads(stamp)
+        out[path] = ((a, b, c, d), [(h, n) for h, n in json.loads(chunks)])
+    return out
+
+
+def save_cache(state: State, cache: ScanCache, params: ChunkParams) -> None:
+    state.ensure("content_scan", CACHE_SCHEMA)
+    key = _params_key(params)
+    with state.transaction() as db:
+        db.executemany(
+            "INSERT OR REPLACE INTO content_scan(path, params, stamp, chunks) VALUES (?,?,?,?)",
+            [(p, key, json.dumps(s), json.dumps(c)) for p, (s, c) in cache.items()],
+        )
+
+
+def _params_key(params: ChunkParams) -> str:
+    return f"fastcdc {params.avg} {params.min} {params.max}"
 
 
 class SourceBackend(Backend):
