@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Mapping
 
 import pytest
 
@@ -168,3 +169,40 @@ async def _run_async(t: MockTransport):  # type: ignore[no-untyped-def]
     from shoal.fanout import run_async
 
     return await run_async(nodes(1), "x", opts(), transport=t)
+
+
+def test_large_fanouts_spread_over_worker_processes_keep_order_indices_and_errors() -> None:
+    import os
+
+    from shoal.fanout.workers import worker_count
+
+    seen_pids: set[int] = set()
+
+    def respond(cmd: str, env: Mapping[str, str]) -> CommandResult:
+        return CommandResult(0, f"{env['SHOAL_INDEX']} {os.getpid()}\n".encode(), b"")
+
+    behaviours = {f"n{i}": MockBehaviour(respond=respond) for i in range(1, 41)}
+    behaviours["n7"] = MockBehaviour(connect_errors=[HostKeyError("changed", "n7")])
+    lines: list[tuple[str, str, bytes]] = []
+    done: list[str] = []
+    r = run(
+        nodes(40),
+        "x",
+        opts(workers=3),
+        transport=MockTransport(behaviours),
+        on_result=lambda res: done.append(res.node),
+        on_line=lambda n, s, line: lines.append((n, s, line)),
+    )
+    assert [x.node for x in r] == [f"n{i}" for i in range(1, 41)]
+    assert sorted(done) == sorted(x.node for x in r)
+    for x in r:
+        if x.node == "n7":
+            assert isinstance(x.error, HostKeyError) and x.kind == "hostkey"
+            continue
+        index, pid = x.stdout.split()
+        assert int(index) == x.index == int(x.node[1:]) - 1
+        seen_pids.add(int(pid))
+    assert len(seen_pids) == 3 and os.getpid() not in seen_pids
+    assert len(lines) == 39
+    assert worker_count(40, opts(delay=0.1)) == 1
+    assert worker_count(8, opts()) == 1

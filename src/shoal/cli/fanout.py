@@ -42,6 +42,12 @@ def _add_fanout_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="retry failed connections N times with backoff (default 1)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes to spread a large fan-out over (default: one per core)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
 
 
@@ -111,7 +117,11 @@ class _Progress:
 
 def _options(args: argparse.Namespace, cls: type) -> Any:
     return cls(
-        delay=args.delay, timeout=args.timeout, retries=args.retries, **connection_settings(args)
+        delay=args.delay,
+        timeout=args.timeout,
+        retries=args.retries,
+        workers=args.workers,
+        **connection_settings(args),
     )
 
 

@@ -32,6 +32,7 @@ from shoal.transport.base import Connection, Transport
 
 from .results import FanoutResult, NodeResult
 from .scheduler import FanoutOptions, ResultCallback, fanout
+from .workers import spread
 
 REMOTE_PREFIX = "@:"
 
@@ -114,6 +115,7 @@ async def copy_async(
     *,
     transport: Transport | None = None,
     on_result: ResultCallback | None = None,
+    indices: Sequence[int] | None = None,
 ) -> FanoutResult:
     plan = plan_copy(args)
     options = options or FanoutOptions()
@@ -152,7 +154,9 @@ async def copy_async(
                 moved += await _bounded(conn.get(pattern, local_dest), options.timeout, node)
         return NodeResult(node.name, exit_status=0, stdout=f"{moved} bytes")
 
-    return await fanout(nodes, operation, options, transport=transport, on_result=on_result)
+    return await fanout(
+        nodes, operation, options, transport=transport, on_result=on_result, indices=indices
+    )
 
 
 async def _bounded(coro: Awaitable[int], timeout: float | None, node: Node) -> int:
@@ -170,5 +174,26 @@ def copy(
     transport: Transport | None = None,
     on_result: ResultCallback | None = None,
 ) -> FanoutResult:
-    """Copy per ``args`` (``SRC... DST``) on every node; per-node results."""
-    return asyncio.run(copy_async(nodes, args, options, transport=transport, on_result=on_result))
+    """Copy per ``args`` (``SRC... DST``) on every node; per-node results.
+
+    Large fan-outs are spread over one process per core (:mod:`.workers`).
+    """
+    options = options or FanoutOptions()
+    options.validate()
+    if plan_copy(args).mode == "fan":
+        return asyncio.run(copy_async(nodes, args, options, on_result=on_result))
+
+    def job(
+        share: Sequence[Node],
+        indices: Sequence[int],
+        opts: FanoutOptions,
+        result_cb: ResultCallback,
+        line_cb: object,
+    ) -> FanoutResult:
+        if transport is not None:
+            transport.keep_only({n.name for n in share})
+        return asyncio.run(
+            copy_async(share, args, opts, transport=transport, on_result=result_cb, indices=indices)
+        )
+
+    return spread(nodes, job, options, on_result=on_result, kind="copy")

@@ -16,6 +16,7 @@ from shoal.transport.base import Connection, Transport
 
 from .results import FanoutResult, NodeResult
 from .scheduler import FanoutOptions, ResultCallback, fanout
+from .workers import spread
 
 #: Called with (node, stream, line) for each output line, for live streaming.
 NodeLineCallback = Callable[[str, str, bytes], None]
@@ -56,6 +57,7 @@ async def run_async(
     transport: Transport | None = None,
     on_result: ResultCallback | None = None,
     on_line: NodeLineCallback | None = None,
+    indices: Sequence[int] | None = None,
 ) -> FanoutResult:
     options = options or RunOptions()
     if not command.strip():
@@ -82,7 +84,9 @@ async def run_async(
             signal=res.signal,
         )
 
-    return await fanout(nodes, operation, options, transport=transport, on_result=on_result)
+    return await fanout(
+        nodes, operation, options, transport=transport, on_result=on_result, indices=indices
+    )
 
 
 def run(
@@ -94,9 +98,35 @@ def run(
     on_result: ResultCallback | None = None,
     on_line: NodeLineCallback | None = None,
 ) -> FanoutResult:
-    """Run ``command`` on every node; returns per-node results, never raises per node."""
-    return asyncio.run(
-        run_async(
-            nodes, command, options, transport=transport, on_result=on_result, on_line=on_line
+    """Run ``command`` on every node; returns per-node results, never raises per node.
+
+    Large fan-outs are spread over one process per core (:mod:`.workers`).
+    """
+    options = options or RunOptions()
+    options.validate()
+    if not command.strip():
+        raise UsageError("run needs a command")
+
+    def job(
+        share: Sequence[Node],
+        indices: Sequence[int],
+        opts: FanoutOptions,
+        result_cb: ResultCallback,
+        line_cb: NodeLineCallback | None,
+    ) -> FanoutResult:
+        assert isinstance(opts, RunOptions)
+        if transport is not None:
+            transport.keep_only({n.name for n in share})
+        return asyncio.run(
+            run_async(
+                share,
+                command,
+                opts,
+                transport=transport,
+                on_result=result_cb,
+                on_line=line_cb,
+                indices=indices,
+            )
         )
-    )
+
+    return spread(nodes, job, options, on_result=on_result, on_line=on_line)

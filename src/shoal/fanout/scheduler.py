@@ -48,6 +48,8 @@ class FanoutOptions:
     record_health: bool = True
     #: Seconds between SSH keepalives; a node silent for 3 of them is lost.
     keepalive: float = 5.0
+    #: Processes to spread a large fan-out over (None: one per usable core; see workers.py).
+    workers: int | None = None
 
     def validate(self) -> None:
         if self.parallel is not None and self.parallel < 1:
@@ -60,6 +62,8 @@ class FanoutOptions:
             raise UsageError(f"--timeout must be positive, got {self.timeout}")
         if self.retries < 0:
             raise UsageError(f"--retries must not be negative, got {self.retries}")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"workers must be at least 1, got {self.workers}")
         if self.keepalive <= 0:
             raise UsageError(f"keepalive must be positive, got {self.keepalive}")
         if self.host_keys not in ("verify", "accept-new"):
@@ -97,8 +101,13 @@ async def fanout(
     *,
     transport: Transport | None = None,
     on_result: ResultCallback | None = None,
+    indices: Sequence[int] | None = None,
 ) -> FanoutResult:
-    """Run ``operation`` on every node; see the module docstring."""
+    """Run ``operation`` on every node; see the module docstring.
+
+    ``indices`` are the nodes' positions in the whole selection when this call
+    runs a share of it (a worker process); by default 0, 1, 2, ...
+    """
     options = options or FanoutOptions()
     options.validate()
     transport = transport or make_transport(options)
@@ -155,7 +164,8 @@ async def fanout(
             on_result(result)
         return result
 
-    results = await asyncio.gather(*(one(i, n) for i, n in enumerate(nodes)))
+    positions = range(len(nodes)) if indices is None else indices
+    results = await asyncio.gather(*(one(i, n) for i, n in zip(positions, nodes, strict=True)))
     out = FanoutResult({r.node: r for r in results}, duration=time.monotonic() - started)
     if options.record_health:
         record_health(out)

@@ -10,7 +10,7 @@ raises only :class:`shoal.errors.TransportError` subclasses.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -96,6 +96,12 @@ class Connection(abc.ABC):
 
 class Transport(abc.ABC):
     """Opens connections to nodes."""
+
+    def keep_only(self, names: Collection[str]) -> None:  # noqa: B027 - optional hook
+        """Forget per-node resources (pre-started sockets) of nodes not in ``names``.
+
+        Called in a worker process that handles a share of the nodes.
+        """
 
     @abc.abstractmethod
     async def connect(self, node: Node, *, timeout: float | None = None) -> Connection:

@@ -31,7 +31,7 @@ import os
 import shlex
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +315,11 @@ class SSHTransport(Transport):
         self._known_files: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         self._key_cache: dict[str, list[asyncssh.SSHKeyPair]] = {}
         self._kh_cache: dict[tuple[tuple[str, int, int], ...], asyncssh.SSHKnownHosts] = {}
+
+    def keep_only(self, names: Collection[str]) -> None:
+        for name in list(self._preconnected):
+            if name not in names:
+                self._preconnected.pop(name).close()
 
     def config_files(self, node: Node) -> list[str]:
         return ([node.ssh_config] if node.ssh_config else []) + self._user_config
