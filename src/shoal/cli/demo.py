@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 DEMO_LAB = "demo"
+#: The checkout's examples folder (the demo runs its ByteTorrent application).
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
 def register(sub: Any) -> None:
@@ -136,6 +138,19 @@ def _tour(n: int) -> None:
         print(f"  collected one folder per node: {', '.join(names)}")
         print(f"  {out}/n1/out.txt: {(out / 'n1' / 'out.txt').read_text().strip()}")
 
+        _say("Push a tree peer to peer: chunked, verified, switched in atomically")
+        site = Path(tmp) / "site"
+        site.mkdir()
+        for i in range(20):
+            (site / f"page{i}.html").write_text(f"<h1>page {i}</h1>\n" + "lorem ipsum " * 4000)
+        _check(_shoal("push", "-s", "@lab", "--no-progress", str(site), "site"), "push v1")
+        (site / "page3.html").write_text("<h1>page 3, edited</h1>\n" + "lorem ipsum " * 4000)
+        _say("Change one file and push again: only the changed chunks move")
+        _check(_shoal("push", "-s", "@lab", "--no-progress", str(site), "site"), "push v2")
+        _check(_shoal("versions", "-s", "@lab", "site"), "versions")
+        _check(_shoal("rollback", "-s", "@lab", "site"), "rollback")
+        _check(_shoal("run", "-s", "n1", "--no-progress", "head -1 site/page3.html"), "check")
+
     _say("Supervision: an agent per node keeps programs alive (needs only python3 there)")
     _check(_shoal("agent", "install", "-s", "@lab"), "agent install")
     _check(
@@ -161,4 +176,17 @@ def _tour(n: int) -> None:
     _check(_shoal("proc", "status", "ticker", "-s", "@lab"), "proc status")
     _check(_shoal("events", "-s", "n2", "-n", "5"), "events")
     _check(_shoal("proc", "stop", "ticker", "-s", "@lab"), "proc stop")
+    _application()
     _shoal("agent", "stop", "-s", "@lab")
+
+
+def _application() -> None:
+    spec = EXAMPLES / "bytetorrent" / "bytetorrent.yaml"
+    if not spec.exists():
+        _say(f"(skipping the application: {spec} is not here; run the demo from a checkout)")
+        return
+    _say("An application (Plush's ByteTorrent): a sender, receivers, a 'join' barrier, a transfer")
+    _check(_shoal("app", "up", str(spec), "--detach"), "app up")
+    _check(_shoal("app", "status"), "app status")
+    _check(_shoal("app", "logs", "-c", "receivers", "--lines", "1"), "app logs")
+    _check(_shoal("app", "down"), "app down")
