@@ -46,6 +46,12 @@ from .persist import read_json, write_atomic
 _PARSED: dict[tuple[str, int, int], mf.Manifest] = {}
 
 
+def _remember(path: str, size: int, mtime_ns: int, parsed: mf.Manifest) -> None:
+    if len(_PARSED) >= 8:
+        _PARSED.pop(next(iter(_PARSED)))
+    _PARSED[(path, size, mtime_ns)] = parsed
+
+
 class AreaError(Exception):
     """The deployed directory cannot be changed; the message says what and where."""
 
@@ -139,16 +145,19 @@ class Area:
             parsed = mf.parse(path.read_bytes())
         except (OSError, mf.ManifestError):
             return None
-        if len(_PARSED) >= 8:
-            _PARSED.pop(next(iter(_PARSED)))
-        _PARSED[key] = parsed
+        _remember(*key, parsed)
         return parsed
 
-    def save_manifest(self, version: str, data: bytes) -> None:
+    def save_manifest(self, version: str, data: bytes, parsed: mf.Manifest | None = None) -> None:
+        """Record a version's manifest (and remember it parsed, when given)."""
+        path = self.manifests / f"{version}.json"
         try:
             self.check_root()
             self.manifests.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_atomic(self.manifests / f"{version}.json", data, 0o600)
+            write_atomic(path, data, 0o600)
+            if parsed is not None:
+                st = os.stat(str(path))
+                _remember(str(path), st.st_size, st.st_mtime_ns, parsed)
         except OSError as exc:
             raise _oserror(exc, self.manifests) from None
 
@@ -191,21 +200,21 @@ class Area:
 
     # -- reuse ---------------------------------------------------------------------
 
-    def local_chunks(self) -> dict[str, tuple[Path, int, int]]:
+    def local_chunks(self) -> dict[str, tuple[str, int, int]]:
         """chunk → (file, offset, size) in the kept versions, the current one first."""
         order = self.kept()
         current = self.current()
         if current in order:
             order.remove(current)
             order.append(current)
-        where: dict[str, tuple[Path, int, int]] = {}
+        where: dict[str, tuple[str, int, int]] = {}
         for version in order:  # later (current) versions overwrite older locations
             m = self.manifest(version)
             if m is None:
                 continue
-            base = self.versions / version
+            base = f"{self.versions}/{version}/"
             for digest, (path, offset, size) in m.chunk_locations().items():
-                where[digest] = (base / path, offset, size)
+                where[digest] = (base + path, offset, size)
         return where
 
     # -- assembly and switch -------------------------------------------------------
@@ -224,7 +233,7 @@ class Area:
             return {"reused": 0, "stored": 0, "linked": 0}
         self.check_root()
         if not (self.manifests / f"{version}.json").is_file():
-            self.save_manifest(version, m.to_bytes())
+            self.save_manifest(version, m.to_bytes(), m)
         stage = self.staging / version
         local = self.local_chunks()
         reader = _LocalReader(local)
@@ -432,9 +441,9 @@ class Area:
 class _LocalReader:
     """Reads chunks out of deployed files, verifying each; keeps a few files open."""
 
-    def __init__(self, where: dict[str, tuple[Path, int, int]]) -> None:
+    def __init__(self, where: dict[str, tuple[str, int, int]]) -> None:
         self.where = where
-        self.files: dict[Path, int] = {}
+        self.files: dict[str, int] = {}
 
     def read(self, digest: str) -> bytes | None:
         spot = self.where.get(digest)
@@ -446,7 +455,7 @@ class _LocalReader:
             if fd is None:
                 if len(self.files) >= 32:
                     self.close()
-                fd = os.open(str(path), os.O_RDONLY | os.O_NOFOLLOW)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
                 self.files[path] = fd
             data = os.pread(fd, size, offset)
         except OSError:

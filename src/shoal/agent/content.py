@@ -147,7 +147,7 @@ class ContentService:
         manifest = area.manifest(version)
         if manifest is None:
             manifest = await self._fetch_manifest(args, version, token)
-            area.save_manifest(version, manifest.to_bytes())
+            area.save_manifest(version, manifest.to_bytes(), manifest)
         chunks = manifest.unique_chunks()
         session = Session(
             version,
