@@ -42,7 +42,7 @@ class FanoutOptions:
     delay: float = 0.0
     connect_timeout: float = 10.0
     timeout: float | None = None
-    retries: int = 0
+    retries: int = 1  # one retry of a failed connection, as the CLI defaults to
     retry_backoff: float = 0.5
     host_keys: str = "verify"
     record_health: bool = True
