@@ -21,6 +21,8 @@ import os
 import pwd
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -438,33 +440,27 @@ class Lab:
         self._state = st
         return st
 
-    def kill(self, node: str) -> None:
-        """Crash ``node``: link down, every process killed (rootless: emulated)."""
+    @contextmanager
+    def _changing(self, node: str) -> Iterator[tuple[LabState, NodeState]]:
+        """The lab's state and ``node``'s, under the lab lock; saved on the way out."""
         self._node(node)
         with locked(self.dir / ".lock"):
             st = self._mutate()
-            n = self._node(node)
-            if n.state == "killed":
-                return
-            if self.rootless:
-                rootless.kill_node(st, n)
-            else:
-                netns.kill_node(st, n)
-            n.state = "killed"
+            yield st, self._node(node)
             save(st)
+
+    def kill(self, node: str) -> None:
+        """Crash ``node``: link down, every process killed (rootless: emulated)."""
+        with self._changing(node) as (st, n):
+            if n.state != "killed":
+                (rootless.kill_node if self.rootless else netns.kill_node)(st, n)
+                n.state = "killed"
 
     def revive(self, node: str) -> None:
         """Boot ``node`` again: sshd restarted, link up, its files still there."""
-        self._node(node)
-        with locked(self.dir / ".lock"):
-            st = self._mutate()
-            n = self._node(node)
-            if self.rootless:
-                rootless.revive_node(st, n)
-            else:
-                netns.revive_node(st, n)
+        with self._changing(node) as (st, n):
+            (rootless.revive_node if self.rootless else netns.revive_node)(st, n)
             n.state = "up"
-            save(st)
 
     def _require_root(self, what: str) -> None:
         if self.rootless:
@@ -473,32 +469,22 @@ class Lab:
     def cut(self, node: str) -> None:
         """Take ``node``'s link down; its processes keep running."""
         self._require_root("cut")
-        self._node(node)
-        with locked(self.dir / ".lock"):
-            st = self._mutate()
-            n = self._node(node)
+        with self._changing(node) as (st, n):
             if n.state == "killed":
                 raise LabError(f"{node} is killed (its link is already down)")
-            if n.state == "cut":
-                return
-            netns.set_port(st, n, up=False)
-            n.state = "cut"
-            save(st)
+            if n.state != "cut":
+                netns.set_port(st, n, up=False)
+                n.state = "cut"
 
     def heal(self, node: str) -> None:
         """Bring ``node``'s link back up after :meth:`cut`."""
         self._require_root("heal")
-        self._node(node)
-        with locked(self.dir / ".lock"):
-            st = self._mutate()
-            n = self._node(node)
+        with self._changing(node) as (st, n):
             if n.state == "killed":
                 raise LabError(f"{node} is killed; bring it back with: shoal lab revive {node}")
-            if n.state == "up":
-                return
-            netns.set_port(st, n, up=True)
-            n.state = "up"
-            save(st)
+            if n.state != "up":
+                netns.set_port(st, n, up=True)
+                n.state = "up"
 
     def shape(self, target: str, change: ShapeChange) -> list[str]:
         """Change link conditions live of ``target``: a node, ``controller`` or ``all``.
