@@ -267,25 +267,9 @@ def start_node(state: LabState, node: NodeState, labdir: Path, blk: ipaddress.IP
         "unshare", "--mount", "--uts", "--propagation", "private",
         "sh", "-c", script,
     ]  # fmt: skip
-    try:
-        proc = subprocess.run(
-            argv,
-            cwd=labdir / "nodes" / node.name,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            timeout=30,
-        )
-    except subprocess.TimeoutExpired:
-        raise LabError(f"start {node.name}: node start-up did not finish within 30s") from None
-    if proc.returncode != 0:
-        msg = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-        raise LabError(f"start {node.name} in {node.netns}: {msg}")
-    try:
-        return int(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise LabError(f"start {node.name}: no sshd pid printed") from None
+    return system.start_script(
+        argv, f"start {node.name} in {node.netns}", cwd=labdir / "nodes" / node.name
+    )
 
 
 def start_nodes(

@@ -23,7 +23,6 @@ import hashlib
 import os
 import signal
 import socket
-import subprocess
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -91,24 +90,7 @@ def make_node(labdir: Path, lab: str, node: NodeState, user_pub: str) -> None:
 def start_node(labdir: Path, node: NodeState) -> int:
     base = labdir / "nodes" / node.name
     script = sshd.render_node_script_rootless(config=base / "sshd_config", log=base / "sshd.log")
-    try:
-        proc = subprocess.run(
-            ["sh", "-c", script],
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            timeout=30,
-        )
-    except subprocess.TimeoutExpired:
-        raise LabError(f"start {node.name}: sshd start-up did not finish within 30s") from None
-    if proc.returncode != 0:
-        msg = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-        raise LabError(f"start {node.name}: {msg}")
-    try:
-        return int(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise LabError(f"start {node.name}: no sshd pid printed") from None
+    return system.start_script(["sh", "-c", script], f"start {node.name}")
 
 
 def start_nodes(labdir: Path, nodes: Sequence[NodeState]) -> None:

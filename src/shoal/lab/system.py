@@ -59,6 +59,28 @@ def run(
     return proc
 
 
+def start_script(argv: Sequence[str], what: str, cwd: Path | None = None) -> int:
+    """Run a node's start-up script (detached session) and return the pid it prints."""
+    try:
+        proc = subprocess.run(
+            list(argv),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            timeout=30,
+        )
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{what}: start-up did not finish within 30s") from None
+    if proc.returncode != 0:
+        raise LabError(f"{what}: {_last_line(proc.stderr)}")
+    try:
+        return int(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise LabError(f"{what}: no sshd pid printed") from None
+
+
 def which(tool: str) -> str | None:
     found = shutil.which(tool)
     if found:
