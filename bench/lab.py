@@ -22,38 +22,8 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 import argparse
 import secrets
 import shutil
-import subprocess
 import tempfile
 import time
-
-PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-
-SERVER = """
-import socket, time
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 5301)); s.listen(1); s.settimeout(20)
-c, _ = s.accept(); c.settimeout(20)
-start = time.monotonic(); t0 = None; n = 0
-while True:
-    b = c.recv(1 << 16)
-    if not b: break
-    now = time.monotonic()
-    if t0 is None and now - start >= 0.5: t0 = now; n = 0
-    elif t0 is not None: n += len(b)
-print(n * 8 / (time.monotonic() - t0))
-"""
-
-CLIENT = """
-import socket, sys, time
-addr, seconds = sys.argv[1], float(sys.argv[2])
-for _ in range(200):
-    try:
-        s = socket.create_connection((addr, 5301), timeout=5); break
-    except OSError: time.sleep(0.05)
-buf = b"x" * (1 << 16); end = time.monotonic() + seconds
-while time.monotonic() < end: s.sendall(buf)
-s.close()
-"""
 
 
 def mem_available_kb() -> int:
@@ -75,24 +45,6 @@ def pss_kb(pid: int) -> int:
     return 0
 
 
-def measure_rate(netns_src: str, netns_dst: str, dst_addr: str, seconds: float) -> float:
-    srv = subprocess.Popen(
-        ["ip", "netns", "exec", netns_dst, PY, "-c", SERVER], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        subprocess.run(
-            ["ip", "netns", "exec", netns_src, PY, "-c", CLIENT, dst_addr, str(seconds)],
-            check=True,
-            timeout=seconds + 30,
-        )
-        out, _ = srv.communicate(timeout=30)
-        return float(out.strip())
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=64)
@@ -107,6 +59,7 @@ def main() -> int:
 
     from shoal.lab import Lab, LabSpec, Shaping
     from shoal.lab import system as labsys
+    from shoal.lab.measure import transfer_rate
     from shoal.lab.spec import Naming, format_rate, parse_rate
 
     rate = parse_rate(args.rate)
@@ -123,10 +76,7 @@ def main() -> int:
         pids = [p for group in by_ns.values() for p in group]
         rss = sum(labsys.rss_kb(p) for p in pids)
         pss = sum(pss_kb(p) for p in pids)
-        nodes = lab.nodes()
-        measured = measure_rate(
-            lab.netns_of("n1"), lab.netns_of("n2"), nodes[1].host or "", args.seconds
-        )
+        measured = transfer_rate(lab, "n1", "n2", args.seconds)
     finally:
         t1 = time.monotonic()
         lab.down()

@@ -147,56 +147,9 @@ def test_each_node_has_its_own_hostname_home_and_tmp(lab: Lab) -> None:
 
 
 def _measure_rate(lab: Lab, src: str, dst: str, seconds: float = 3.0) -> float:
-    """Goodput in bits/s of one TCP stream src → dst, measured by the receiver
-    after a 0.5 s warm-up; both ends are python3 sockets inside the namespaces
-    (``src`` may be ``controller``: the root namespace)."""
-    dst_addr = next(n.host for n in lab.nodes() if n.name == dst)
-    server = """
-import socket, time
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 5201)); s.listen(1); s.settimeout(15)
-c, _ = s.accept(); c.settimeout(15)
-start = time.monotonic(); t0 = None; n = 0
-while True:
-    b = c.recv(1 << 16)
-    if not b: break
-    now = time.monotonic()
-    if t0 is None and now - start >= 0.5: t0 = now; n = 0
-    elif t0 is not None: n += len(b)
-print(n * 8 / (time.monotonic() - t0))
-"""
-    client = f"""
-import socket, time
-for _ in range(100):
-    try:
-        s = socket.create_connection(("{dst_addr}", 5201), timeout=5); break
-    except OSError: time.sleep(0.05)
-buf = b"x" * (1 << 16); end = time.monotonic() + {seconds}
-while time.monotonic() < end: s.sendall(buf)
-s.close()
-"""
-    srv = subprocess.Popen(
-        ["ip", "netns", "exec", lab.netns_of(dst), PY, "-c", server],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        where = [] if src == "controller" else ["ip", "netns", "exec", lab.netns_of(src)]
-        cli = subprocess.run(
-            [*where, PY, "-c", client],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 20,
-        )
-        assert cli.returncode == 0, cli.stderr
-        out, err = srv.communicate(timeout=20)
-        assert srv.returncode == 0, err
-        return float(out.strip())
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-            srv.wait()
+    from shoal.lab.measure import transfer_rate
+
+    return transfer_rate(lab, src, dst, seconds)
 
 
 def test_rate_shaping_is_measurably_applied(lab: Lab) -> None:
