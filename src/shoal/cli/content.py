@@ -14,7 +14,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .common import add_select_option, selected_nodes
+from .common import add_select_option, connection_settings, selected_nodes
 
 if TYPE_CHECKING:
     from shoal.content.push import PushProgress, PushResult
@@ -116,13 +116,7 @@ class _Live:
 
 
 def _agent_options(args: argparse.Namespace, cls: type) -> Any:
-    return cls(
-        parallel=args.parallel,
-        connect_timeout=args.connect_timeout,
-        host_keys=args.host_keys,
-        home=args.home,
-        python=args.python,
-    )
+    return cls(home=args.home, python=args.python, **connection_settings(args))
 
 
 def cmd_push(args: argparse.Namespace) -> int:

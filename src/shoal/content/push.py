@@ -39,7 +39,7 @@ from typing import Any
 from shoal.agent.chunkserver import ChunkServer
 from shoal.agent.chunkstore import Throttle
 from shoal.errors import AgentError, ConnectError, ContentError, ShoalError, TransportError
-from shoal.fanout.results import NodeResult
+from shoal.fanout.results import NodeResult, error_kind, error_reason
 from shoal.fanout.scheduler import fanout
 from shoal.nodes.model import Node
 from shoal.ops.agent_client import AgentClient
@@ -99,16 +99,11 @@ class NodePush:
 
     @property
     def kind(self) -> str:
-        if self.error is None:
-            return "ok"
-        return "unreachable" if self.error.kind == "transport" else self.error.kind
+        return error_kind(self.error)
 
     @property
     def reason(self) -> str:
-        if self.error is None:
-            return ""
-        text, prefix = str(self.error), f"{self.node}: "
-        return text[len(prefix) :] if text.startswith(prefix) else text
+        return error_reason(self.node, self.error)
 
 
 @dataclass

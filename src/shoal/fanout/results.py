@@ -18,6 +18,21 @@ from shoal.errors import ShoalError
 KINDS = ("ok", "failed", "timeout", "unreachable", "hostkey", "auth", "error")
 
 
+def error_kind(error: ShoalError | None) -> str:
+    """``ok`` without an error, ``unreachable`` for a transport failure, else its kind."""
+    if error is None:
+        return "ok"
+    return "unreachable" if error.kind == "transport" else error.kind
+
+
+def error_reason(node: str, error: ShoalError | None) -> str:
+    """The error's one line without the ``node: `` prefix ('' without an error)."""
+    if error is None:
+        return ""
+    text, prefix = str(error), f"{node}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
 @dataclass
 class NodeResult:
     node: str
@@ -37,19 +52,15 @@ class NodeResult:
     @property
     def kind(self) -> str:
         if self.error is not None:
-            k = self.error.kind
-            if k in KINDS:
-                return k
-            return "unreachable" if k == "transport" else "error"
+            kind = error_kind(self.error)
+            return kind if kind in KINDS else "error"
         return "ok" if self.exit_status == 0 else "failed"
 
     @property
     def reason(self) -> str:
         """One line saying why this node did not succeed ('' when it did)."""
         if self.error is not None:
-            text = str(self.error)
-            prefix = f"{self.node}: "
-            return text[len(prefix) :] if text.startswith(prefix) else text
+            return error_reason(self.node, self.error)
         if self.signal:
             return f"killed by signal {self.signal}"
         if self.exit_status:

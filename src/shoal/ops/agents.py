@@ -27,7 +27,7 @@ from typing import Any
 
 from shoal.agent.build import AgentBuild, build
 from shoal.errors import AgentError, ShoalError, TransportError, VersionMismatch
-from shoal.fanout.results import NodeResult
+from shoal.fanout.results import NodeResult, error_kind, error_reason
 from shoal.fanout.scheduler import FanoutOptions, fanout
 from shoal.nodes.model import Node
 from shoal.state import State
@@ -68,16 +68,11 @@ class AgentResult:
 
     @property
     def kind(self) -> str:
-        if self.error is None:
-            return "ok"
-        return "unreachable" if self.error.kind == "transport" else self.error.kind
+        return error_kind(self.error)
 
     @property
     def reason(self) -> str:
-        if self.error is None:
-            return ""
-        text, prefix = str(self.error), f"{self.node}: "
-        return text[len(prefix) :] if text.startswith(prefix) else text
+        return error_reason(self.node, self.error)
 
     @property
     def reached(self) -> bool:
