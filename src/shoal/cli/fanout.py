@@ -125,12 +125,14 @@ def _options(args: argparse.Namespace, cls: type) -> Any:
     )
 
 
-def _preconnect(nodes: list, args: argparse.Namespace) -> dict:
-    from shoal.transport.preconnect import start_connects
+def _preconnect(nodes: list, args: argparse.Namespace) -> Any:
+    """Start TCP connects on a thread, import the SSH library meanwhile; the sockets."""
+    from shoal.transport.preconnect import Preconnect
 
-    if args.delay:
-        return {}  # staggered launches must not be front-run
-    return start_connects(nodes, limit=args.parallel or 512)
+    pre = None if args.delay else Preconnect(nodes, limit=args.parallel or 512)
+    import shoal.transport.ssh  # noqa: F401 - the slow import, overlapping the connects
+
+    return pre.sockets() if pre is not None else {}  # a launch delay must not be front-run
 
 
 def cmd_run(args: argparse.Namespace) -> int:

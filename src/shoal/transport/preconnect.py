@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Sequence
 
 from shoal.nodes.model import Node
 
@@ -41,3 +42,21 @@ def start_connects(nodes: Iterable[Node], limit: int) -> dict[str, socket.socket
             continue  # the normal path will report the error properly
         started[node.name] = sock
     return started
+
+
+class Preconnect:
+    """:func:`start_connects` on a background thread; :meth:`sockets` waits for it."""
+
+    def __init__(self, nodes: Sequence[Node], limit: int) -> None:
+        self._sockets: dict[str, socket.socket] = {}
+        self._thread = threading.Thread(
+            target=self._run, args=(list(nodes), limit), name="shoal-preconnect", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, nodes: list[Node], limit: int) -> None:
+        self._sockets = start_connects(nodes, limit)
+
+    def sockets(self) -> dict[str, socket.socket]:
+        self._thread.join()
+        return self._sockets
