@@ -59,8 +59,38 @@ class Block:
         return hit
 
 
+@dataclass(frozen=True)
+class ParsedConfig:
+    """A file's blocks, with those whose patterns are all literal indexed by name.
+
+    A lab's or a fleet's config has one ``Host`` block per node: scanning them all
+    for every node would be O(N²) (160 ms for 250 nodes); the index makes it O(N).
+    """
+
+    blocks: tuple[Block, ...]
+    literal: dict[str, tuple[int, ...]]
+    wildcard: tuple[int, ...]
+
+    def candidates(self, host: str) -> list[Block]:
+        """Blocks that may match ``host``, in file order."""
+        order = sorted({*self.literal.get(host, ()), *self.wildcard})
+        return [self.blocks[i] for i in order]
+
+
+def _index(blocks: tuple[Block, ...]) -> ParsedConfig:
+    literal: dict[str, list[int]] = {}
+    wildcard: list[int] = []
+    for i, block in enumerate(blocks):
+        if any(ch in pat for pat in block.patterns for ch in "*?!"):
+            wildcard.append(i)
+        else:
+            for pat in block.patterns:
+                literal.setdefault(pat, []).append(i)
+    return ParsedConfig(blocks, {k: tuple(v) for k, v in literal.items()}, tuple(wildcard))
+
+
 @lru_cache(maxsize=64)
-def _parse_cached(path: str, mtime_ns: int, size: int) -> tuple[Block, ...]:
+def _parse_cached(path: str, mtime_ns: int, size: int) -> ParsedConfig:
     blocks: list[Block] = []
     patterns: tuple[str, ...] = ("*",)
     settings: list[tuple[str, tuple[str, ...]]] = []
@@ -82,10 +112,10 @@ def _parse_cached(path: str, mtime_ns: int, size: int) -> tuple[Block, ...]:
                 fast = False
             settings.append((key, values))
     blocks.append(Block(patterns, tuple(settings), fast))
-    return tuple(blocks)
+    return _index(tuple(blocks))
 
 
-def parse(path: str) -> tuple[Block, ...] | None:
+def parse(path: str) -> ParsedConfig | None:
     """The Host blocks of a config file, cached until the file changes; None if unreadable."""
     try:
         st = os.stat(path)
@@ -131,10 +161,10 @@ def resolve(
     found: dict[str, tuple[str, ...]] = {}
     identity: list[str] = []
     for path in files:
-        blocks = parse(path)
-        if blocks is None:
+        parsed = parse(path)
+        if parsed is None:
             continue
-        for block in blocks:
+        for block in parsed.candidates(name):
             if not block.matches(name):
                 continue
             if not block.fast:
