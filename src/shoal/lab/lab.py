@@ -297,11 +297,7 @@ class Lab:
             (etc / "ssh_config").write_text("Host *\n  SendEnv LANG LC_*\n")
             netns.make_node_dirs(labdir, [n.name for n in state.nodes], user_pub)
             netns.build(state, spec.shaping, spec.controller)
-            lab = cls(state)
-            lab._publish()
-            register.register(lab.nodes())
-            state.status = "up"
-            save(state)
+            lab = cls._finish_up(state)
         except BaseException:
             cls._cleanup(spec.name, labdir)
             raise
@@ -328,14 +324,20 @@ class Lab:
             sshd.generate_keys(etc, labdir, f"shoal-lab-{spec.name}")
             user_pub = sshd.public_key(labdir / (sshd.USER_KEY + ".pub"))
             rootless.build(state, user_pub)
-            lab = cls(state)
-            lab._publish()
-            register.register(lab.nodes())
-            state.status = "up"
-            save(state)
+            lab = cls._finish_up(state)
         except BaseException:
             cls._cleanup(spec.name, labdir)
             raise
+        return lab
+
+    @classmethod
+    def _finish_up(cls, state: LabState) -> Lab:
+        """Write the lab's client files, register its nodes, mark it up."""
+        lab = cls(state)
+        lab._publish()
+        register.register(lab.nodes())
+        state.status = "up"
+        save(state)
         return lab
 
     @staticmethod

@@ -159,6 +159,19 @@ def render_ssh_config(endpoints: Sequence[Endpoint], labdir: Path, user: str) ->
     identity = labdir / USER_KEY
     known = labdir / "known_hosts"
     loopback = any(e.addr.startswith("127.") for e in endpoints)
+    keys_and_trust = [  # the lab's key only, its known_hosts only, strictly checked
+        f"  IdentityFile {identity}",
+        "  IdentitiesOnly yes",
+        "  IdentityAgent none",
+        f"  UserKnownHostsFile {known}",
+        "  GlobalKnownHostsFile /dev/null",
+        "  StrictHostKeyChecking yes",
+        "  CheckHostIP no",
+        "  UpdateHostKeys no",
+        f"  HostKeyAlgorithms {HOSTKEY_ALGS}",
+        f"  KexAlgorithms {KEX}",
+        "  PubkeyAcceptedAlgorithms ssh-ed25519",
+    ]
     for e in endpoints:
         patterns = e.name if loopback else f"{e.name} {e.addr}"
         lines += [
@@ -166,17 +179,7 @@ def render_ssh_config(endpoints: Sequence[Endpoint], labdir: Path, user: str) ->
             f"  HostName {e.addr}",
             f"  Port {e.port}",
             f"  User {user}",
-            f"  IdentityFile {identity}",
-            "  IdentitiesOnly yes",
-            "  IdentityAgent none",
-            f"  UserKnownHostsFile {known}",
-            "  GlobalKnownHostsFile /dev/null",
-            "  StrictHostKeyChecking yes",
-            "  CheckHostIP no",
-            "  UpdateHostKeys no",
-            f"  HostKeyAlgorithms {HOSTKEY_ALGS}",
-            f"  KexAlgorithms {KEX}",
-            "  PubkeyAcceptedAlgorithms ssh-ed25519",
+            *keys_and_trust,
             "  PasswordAuthentication no",
             "  KbdInteractiveAuthentication no",
             "  ConnectTimeout 10",
@@ -189,17 +192,7 @@ def render_ssh_config(endpoints: Sequence[Endpoint], labdir: Path, user: str) ->
         lines += [
             "Host 127.0.0.1",
             f"  User {user}",
-            f"  IdentityFile {identity}",
-            "  IdentitiesOnly yes",
-            "  IdentityAgent none",
-            f"  UserKnownHostsFile {known}",
-            "  GlobalKnownHostsFile /dev/null",
-            "  StrictHostKeyChecking yes",
-            "  CheckHostIP no",
-            "  UpdateHostKeys no",
-            f"  HostKeyAlgorithms {HOSTKEY_ALGS}",
-            f"  KexAlgorithms {KEX}",
-            "  PubkeyAcceptedAlgorithms ssh-ed25519",
+            *keys_and_trust,
             "  LogLevel ERROR",
             "",
         ]
