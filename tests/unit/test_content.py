@@ -255,6 +255,25 @@ def test_store_survives_a_restart_and_rehashes_what_it_reloads(tmp_path: Path) -
     assert third.prune() == 0 and not (tmp_path / "s" / "v1.data").exists()
 
 
+def test_detach_forgets_a_bucket_at_once_and_leaves_the_unlinking(tmp_path: Path) -> None:
+    from shoal.agent.chunkstore import unlink_all
+
+    store = ChunkStore(tmp_path / "s")
+    data = rand(50_000)
+    digest = hashlib.sha256(data).hexdigest()
+    store.put(digest, data, "v1")
+    removed, doomed = store.detach({"other"})
+    assert removed == 1 and not store.has(digest) and len(doomed) == 2
+    assert not (tmp_path / "s" / "v1.data").exists()  # renamed away at once
+    store.put(digest, data, "v1")  # a bucket of the same name starts afresh
+    unlink_all(doomed)
+    assert store.read(digest) == data
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["v1.data", "v1.idx"]
+    (tmp_path / "s" / ".x.gone").write_text("left by a crash")
+    assert ChunkStore(tmp_path / "s").has(digest)
+    assert not (tmp_path / "s" / ".x.gone").exists()
+
+
 # -- the swarm -----------------------------------------------------------------------------
 
 

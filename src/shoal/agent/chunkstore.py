@@ -14,7 +14,8 @@ An interrupted push, run again, fetches nothing the index already lists:
 the end of the data file are dropped). Chunks that came from disk rather than
 from this process's own writes are hashed again before use
 (:meth:`ChunkStore.copy_to`), since a crash may have lost unsynced bytes.
-:meth:`prune` deletes whole buckets once their push has ended.
+:meth:`prune` deletes whole buckets once their push has ended (:meth:`detach`
+forgets them at once and leaves the slow unlinking to a worker thread).
 
 :class:`Throttle` is a token bucket shared by the downloads (or the uploads)
 of one node, for the optional per-node bandwidth cap.
@@ -73,6 +74,7 @@ class ChunkStore:
         self.where: dict[str, tuple[str, int, int, bool]] = {}
         self.buckets: dict[str, _Bucket] = {}
         self._loaded = False
+        self._gone = 0
 
     # -- index -------------------------------------------------------------------
 
@@ -92,6 +94,7 @@ class ChunkStore:
         self._loaded = True
         try:
             names = sorted(p.stem for p in self.root.glob("*.idx"))
+            unlink_all([str(p) for p in self.root.glob(".*.gone")])
         except OSError:
             return
         for name in names:
@@ -197,28 +200,57 @@ class ChunkStore:
 
     def prune(self, keep_buckets: set[str] | None = None) -> int:
         """Delete every bucket not in ``keep_buckets``; returns how many chunks went."""
+        removed, doomed = self.detach(keep_buckets)
+        unlink_all(doomed)
+        return removed
+
+    def detach(self, keep_buckets: set[str] | None = None) -> tuple[int, list[str]]:
+        """Forget every bucket not in ``keep_buckets`` now; unlinking is left to the caller.
+
+        The buckets leave the index and their files are renamed to unique
+        ``*.gone`` names at once (renames are cheap), so nothing of them is
+        served or reused from here on and a bucket of the same name made right
+        after starts afresh; deleting the bytes (a second or more for 200 MB)
+        can then happen on another thread: returns (chunks forgotten, paths to
+        unlink). Leftover ``*.gone`` files of a crashed agent go at :meth:`load`.
+        """
         self.load()
         keep = keep_buckets or set()
         removed = 0
+        doomed: list[str] = []
         for name in list(self.buckets):
             if name in keep:
                 continue
             bucket = self.buckets.pop(name)
             bucket.close()
             for path in (bucket.data, bucket.index):
+                self._gone += 1
+                grave = str(self.root / f".{path.name}.{os.getpid()}.{self._gone}.gone")
                 try:
-                    path.unlink()
-                except OSError:
+                    os.rename(str(path), grave)
+                    doomed.append(grave)
+                except FileNotFoundError:
                     pass
+                except OSError:
+                    doomed.append(str(path))  # cannot rename: delete in place
             gone = [h for h, spot in self.where.items() if spot[0] == name]
             for h in gone:
                 del self.where[h]
             removed += len(gone)
-        return removed
+        return removed, doomed
 
     def close(self) -> None:
         for bucket in self.buckets.values():
             bucket.close()
+
+
+def unlink_all(paths: list[str]) -> None:
+    """Delete files, ignoring those already gone (runs on a worker thread)."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -22,7 +22,8 @@ it is told, over its control socket (so only SSH can start anything):
     chunk expected in a local file no longer matches.
 ``content.end`` {version}
     Closes the session: its token stops working, the store drops chunks no
-    other session wants, and the chunk server stops when no session is left.
+    other session wants (at once; their files are deleted on a worker thread
+    after the answer), and the chunk server stops when no session is left.
 ``content.versions`` {dir} / ``content.rollback`` {dir, to?}
     The kept versions and the current one / switch back (atomically).
 
@@ -43,7 +44,7 @@ from typing import Any, Callable, Optional
 from . import manifest as mf
 from .activate import Area, AreaError, NeedChunks, resolve_target
 from .chunkserver import ChunkServer, Fetcher, StoreBackend, chunk_sources
-from .chunkstore import ChunkError, ChunkStore, Throttle
+from .chunkstore import ChunkError, ChunkStore, Throttle, unlink_all
 
 IDLE_SECONDS = 900.0
 
@@ -82,6 +83,8 @@ class ContentService:
         self.last_used = time.monotonic()
         self._reaper: asyncio.TimerHandle | None = None
         self._locks: dict[str, asyncio.Lock] = {}
+        self._committing: set[str] = set()  # versions whose commit reads the store
+        self._unlinking: set[asyncio.Future[None]] = set()
 
     async def dispatch(self, op: str, args: dict[str, Any]) -> Any:
         self.last_used = time.monotonic()
@@ -248,6 +251,7 @@ class ContentService:
         lock = self._locks.setdefault(str(area.target), asyncio.Lock())
         async with lock:
             loop = asyncio.get_running_loop()
+            self._committing.add(session.version)
             try:
                 counts = await loop.run_in_executor(
                     None,
@@ -261,6 +265,8 @@ class ContentService:
                 )
             except NeedChunks as exc:
                 return {"need": [session.index[h] for h in exc.chunks if h in session.index]}
+            finally:
+                self._committing.discard(session.version)
             previous = area.current()
             if previous != session.version:
                 previous = area.switch(session.version)
@@ -286,7 +292,14 @@ class ContentService:
             self.server.tokens.discard(session.token)
         removed = 0
         if prune:
-            removed = self.store.prune(set(self.sessions))
+            # forget the buckets now, delete their bytes after answering: the controller
+            # does not wait for 200 MB of unlinking. Buckets of live sessions and of
+            # commits still reading the store stay.
+            removed, doomed = self.store.detach(set(self.sessions) | self._committing)
+            if doomed:
+                future = asyncio.get_running_loop().run_in_executor(None, unlink_all, doomed)
+                self._unlinking.add(future)
+                future.add_done_callback(self._unlinking.discard)
         if not self.sessions and self.server is not None:
             self.server.close()
             self.server = None
