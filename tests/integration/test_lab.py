@@ -233,6 +233,19 @@ def test_loss_is_measurably_applied(lab: Lab) -> None:
     assert _udp_delivery(lab, "n7", "n8") > 0.99
 
 
+def test_bridged_frames_skip_the_ip_firewall_hooks(lab: Lab) -> None:
+    """br_netfilter would run every bridged packet through the switch's IP hooks."""
+    switch = lab.switch_netns
+    for table in ("iptables", "ip6tables", "arptables"):
+        path = f"/proc/sys/net/bridge/bridge-nf-call-{table}"
+        if not os.path.exists(path):
+            continue  # br_netfilter not loaded on this host: nothing to turn off
+        out = subprocess.run(
+            ["ip", "netns", "exec", switch, "cat", path], capture_output=True, text=True
+        )
+        assert out.stdout.strip() == "0", (table, out.stdout, out.stderr)
+
+
 def test_delay_works_or_says_netem_is_missing(lab: Lab) -> None:
     has_netem = (
         subprocess.run(

@@ -214,7 +214,7 @@ def build(state: LabState, shaping: Shaping, controller: Shaping) -> None:
     assert state.subnet is not None
     blk = ipaddress.IPv4Network(state.subnet)
     system.ip_batch([f"netns add {n.netns}" for n in state.nodes], "create node namespaces")
-    _no_ipv6(naming.switch_ns)
+    _configure_switch(naming.switch_ns)
     sw = ["link add br0 type bridge", "link set br0 up", "link set ctl master br0 up"]
     for n in state.nodes:
         sw.append(
@@ -244,10 +244,21 @@ def _set_sysctl(key: str, value: str) -> None:
         pass  # IPv6 disabled or absent: nothing to turn off
 
 
-def _no_ipv6(netns: str) -> None:
+def _configure_switch(netns: str) -> None:
+    """No IPv6 in the switch; bridged frames skip the IP firewall hooks (br_netfilter).
+
+    When br_netfilter is loaded, every bridged IPv4 packet also traverses the
+    iptables/nft *ip* hooks of the switch namespace: ~2.5 % of the machine's CPU
+    in a 16-node push, for no rule (the lab's loss table is bridge-family and
+    stays in force). The sysctls are per namespace; absent without br_netfilter.
+    """
+    bridge_nf = " ".join(
+        f"/proc/sys/net/bridge/bridge-nf-call-{t}" for t in ("iptables", "ip6tables", "arptables")
+    )
     script = (
         "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
-        "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; true"
+        "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; "
+        f"for f in {bridge_nf}; do [ -w $f ] && echo 0 > $f; done; true"
     )
     system.run(["ip", "netns", "exec", netns, "sh", "-c", script], f"configure {netns}")
 
