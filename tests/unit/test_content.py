@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from shoal.agent import manifest as mf
 from shoal.agent.activate import Area, AreaError
 from shoal.agent.chunkserver import ChunkServer, Fetcher, StoreBackend
-from shoal.agent.chunkstore import ChunkStore
+from shoal.agent.chunkstore import ChunkError, ChunkStore
 from shoal.content.scan import ChunkParams, cut_bytes, scan
 from shoal.content.swarm import SOURCE, Swarm
 from shoal.errors import ContentError
@@ -370,6 +371,49 @@ def test_chunk_endpoint_needs_the_token_and_serves_only_store_ids(tmp_path: Path
         server.close()
 
     asyncio.run(go())
+
+
+def test_a_stalled_source_times_out_once_per_request_and_the_task_lives_on(
+    tmp_path: Path,
+) -> None:
+    async def go() -> None:
+        data = rand(40_000)
+        digest = hashlib.sha256(data).hexdigest()
+
+        async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            writer.write(json.dumps({"n": [40_000]}).encode() + b"\n" + data[:1000])
+            await asyncio.sleep(5)
+            writer.close()
+
+        server = await asyncio.start_server(stall, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        fetcher = Fetcher(ChunkStore(tmp_path / "f"), idle_timeout=0.3)
+        began = time.monotonic()
+        result = await fetcher.fetch("127.0.0.1", port, "k" * 32, [(digest, 40_000)])
+        assert result.error == "timed out" and result.failed == [digest]
+        assert time.monotonic() - began < 2
+        await asyncio.sleep(0.01)  # no cancellation left pending on this task
+        soon = await fetcher.fetch(
+            "127.0.0.1", port, "k" * 32, [(digest, 40_000)], deadline=time.monotonic() + 0.2
+        )
+        assert soon.error == "timed out"
+        server.close()
+
+    asyncio.run(go())
+
+
+def test_a_batch_put_checks_ids_and_sizes(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path / "s")
+    a, b = rand(100, seed=1), rand(200, seed=2)
+    ha, hb = hashlib.sha256(a).hexdigest(), hashlib.sha256(b).hexdigest()
+    with pytest.raises(ChunkError, match="not a chunk id"):
+        store.put_verified([(ha, 100), ("../x", 200)], a + b, "v")
+    with pytest.raises(ChunkError, match="add up"):
+        store.put_verified([(ha, 100), (hb, 201)], a + b, "v")
+    store.put_verified([(ha, 100), (hb, 200)], a + b, "v")
+    assert store.read(hb) == b and store.span(hb)[1:] == (100, 200)  # type: ignore[index]
+    assert (tmp_path / "s" / "v.idx").read_text().count("\n") == 2
 
 
 def test_the_scan_cache_skips_unchanged_files_and_notices_changed_ones(tmp_path: Path) -> None:

@@ -26,10 +26,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import time
 from pathlib import Path
 
 from .manifest import is_hash
+
+_HASHES = re.compile(r"[0-9a-f]{64}(?:\n[0-9a-f]{64})*")
 
 
 class ChunkError(Exception):
@@ -123,27 +126,60 @@ class ChunkStore:
         self, digest: str, data: bytes | memoryview, bucket: str = "misc", verified: bool = False
     ) -> None:
         """Append chunk ``digest`` to ``bucket``; ChunkError if it does not hash to it."""
-        self.load()
-        if not is_hash(digest):
-            raise ChunkError(f"not a chunk id: {str(digest)[:80]!r}")
-        if digest in self.where:
-            return
-        if not verified and sha256(data) != digest:
+        view = memoryview(data)
+        if not verified and is_hash(digest) and sha256(view) != digest:
             raise ChunkError(f"chunk {digest[:12]} does not match its hash")
+        self.put_verified([(digest, len(view))], view, bucket)
+
+    def put_verified(
+        self, chunks: list[tuple[str, int]], data: bytes | memoryview, bucket: str = "misc"
+    ) -> None:
+        """Store ``chunks`` [(sha256, size)] whose bytes lie back to back in ``data``.
+
+        The caller has hashed every one (the fetcher, as they arrive). One
+        ``pwrite`` and one index write per batch, not per chunk: a 200 MB push
+        is about 10,000 chunks of 16 KiB, and per-chunk system calls showed up
+        in profiles. Chunks already stored are written again but not indexed.
+        """
+        self.load()
+        if not chunks:
+            return
+        try:
+            ok = _HASHES.fullmatch("\n".join(h for h, _ in chunks)) is not None
+        except TypeError:
+            ok = False
+        if not ok:
+            bad = next((h for h, _ in chunks if not is_hash(h)), "")
+            raise ChunkError(f"not a chunk id: {str(bad)[:80]!r}")
+        view = memoryview(data)
+        if sum(n for _, n in chunks) != len(view):
+            raise ChunkError("chunk sizes do not add up to the bytes given")
+        fresh = [c for c in chunks if c[0] not in self.where]
+        if not fresh:
+            return
         b = self._bucket(bucket)
         try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if b.fd < 0:
+                self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = b.open()
-            offset = b.size
-            view = memoryview(data)
+            start = b.size
             written = 0
             while written < len(view):
-                written += os.pwrite(fd, view[written:], offset + written)
-            b.size = offset + len(view)
-            b.append_index(f"{digest} {offset} {len(view)}\n")
+                written += os.pwrite(fd, view[written:], start + written)
+            b.size = start + len(view)
+            lines = []
+            spots = []
+            offset = start
+            for digest, n in chunks:
+                if digest not in self.where:
+                    lines.append(f"{digest} {offset} {n}\n")
+                    spots.append((digest, offset, n))
+                offset += n
+            b.append_index("".join(lines))
         except OSError as exc:
             raise ChunkError(f"cannot store chunk in {self.root}: {exc.strerror or exc}") from None
-        self.where[digest] = (bucket, offset, len(view), True)
+        for digest, offset, n in spots:
+            self.where.setdefault(digest, (bucket, offset, n, True))
 
     def span(self, digest: str) -> tuple[int, int, int] | None:
         """(file descriptor, offset, size) of a stored chunk, for sendfile/pread."""
