@@ -29,3 +29,7 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 \
   | grep -v "^WARNING: Location" >&2 || true
 .venv/bin/python -c 'import shoal, asyncssh, yaml' >/dev/null
+# Byte-compile the package as a wheel install would: with PYTHONDONTWRITEBYTECODE set
+# (CI images often set it), an editable install would otherwise recompile every module
+# on every `shoal` start (~60 ms of `shoal run`'s start-up).
+.venv/bin/python -m compileall -q src/shoal >/dev/null
