@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +33,11 @@ COMMANDS: dict[str, str] = {
     "rollback": "content",
     "versions": "content",
 }
+
+#: Commands whose process ends right after the handler: everything they write is
+#: flushed and every state change committed, so interpreter teardown (~50 ms of
+#: garbage collection and module finalisation after 32 SSH connections) is skipped.
+FAST_EXIT = frozenset({"run", "cp"})
 
 DESCRIPTION = "Shoal: deploy and run distributed applications on many machines."
 
@@ -82,6 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shoal: interrupted", file=sys.stderr)
         return 130
+    if argv is None and first in FAST_EXIT:  # the process entry point only
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:
+            pass  # a reader that went away: nothing more to deliver
+        os._exit(int(code or 0))
     return int(code or 0)
 
 
