@@ -9,8 +9,8 @@ import pytest
 
 from shoal.cli.fanout import _Progress
 from shoal.cli.main import main
+from shoal.fanout.options import MAX_DEFAULT_PARALLEL, default_parallelism
 from shoal.fanout.results import NodeResult
-from shoal.fanout.scheduler import MAX_DEFAULT_PARALLEL, default_parallelism
 
 
 class FakeTTY(io.StringIO):
@@ -70,3 +70,32 @@ def test_bad_arguments_give_one_line_and_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_options_and_selection_load_without_asyncio_or_asyncssh() -> None:
+    """`shoal run` validates options and selects nodes, then starts its TCP connects,
+    and only then imports the event loop and the SSH library (start-up time counts)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; import shoal.cli.fanout, shoal.fanout.options, shoal.nodes.select, "
+        "shoal.transport.preconnect; "
+        "print(sorted(m for m in ('asyncio', 'asyncssh', 'shoal.fanout.scheduler') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_fanout_package_names_resolve_to_the_api() -> None:
+    import shoal.fanout
+    import shoal.fanout.commands
+    import shoal.fanout.copies
+
+    assert shoal.fanout.run is shoal.fanout.commands.run
+    assert shoal.fanout.copy is shoal.fanout.copies.copy
+    assert shoal.fanout.RunOptions().retries == 1
+    with pytest.raises(AttributeError):
+        _ = shoal.fanout.nothing_here

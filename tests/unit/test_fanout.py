@@ -10,9 +10,9 @@ import pytest
 
 from shoal.errors import AuthError, ConnectError, HostKeyError, UsageError
 from shoal.fanout import FanoutOptions, RunOptions, run
-from shoal.fanout.copy import expand_local, plan_copy
+from shoal.fanout.copies import expand_local, plan_copy
+from shoal.fanout.options import parse_env
 from shoal.fanout.output import group_outputs, summary_lines
-from shoal.fanout.run import parse_env
 from shoal.nodes.model import Node
 from shoal.transport.base import CommandResult
 from shoal.transport.mock import MockBehaviour, MockTransport

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.errors import ConfigError
+from shoal.fanout.options import FanoutOptions
 from shoal.fanout.results import FanoutResult, NodeResult
-from shoal.fanout.scheduler import FanoutOptions, fanout
+from shoal.fanout.scheduler import fanout
 from shoal.nodes.model import Node
 from shoal.state import State
 from shoal.transport.base import Connection, Transport

@@ -271,7 +271,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def cmd_proc_start(args: argparse.Namespace) -> int:
     from shoal.errors import UsageError
-    from shoal.fanout.run import parse_env
+    from shoal.fanout.options import parse_env
     from shoal.ops import agents
 
     command = list(args.command)

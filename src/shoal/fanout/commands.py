@@ -7,42 +7,19 @@ position in the selection, from 0) besides any ``--env`` values.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 from shoal.errors import UsageError
 from shoal.nodes.model import Node
 from shoal.transport.base import Connection, Transport
 
+from .options import FanoutOptions, RunOptions
 from .results import FanoutResult, NodeResult
-from .scheduler import FanoutOptions, ResultCallback, fanout
+from .scheduler import ResultCallback, fanout
 from .workers import spread
 
 #: Called with (node, stream, line) for each output line, for live streaming.
 NodeLineCallback = Callable[[str, str, bytes], None]
-
-
-@dataclass
-class RunOptions(FanoutOptions):
-    sudo: bool = False
-    env: Mapping[str, str] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        super().validate()
-        for key in self.env:
-            if not key.isidentifier():
-                raise UsageError(f"--env name must be a shell identifier, got {key!r}")
-
-
-def parse_env(pairs: Sequence[str]) -> dict[str, str]:
-    """``["K=V", ...]`` -> dict; one-line UsageError naming a bad pair."""
-    env: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise UsageError(f"--env expects NAME=VALUE with a shell identifier, got {pair!r}")
-        env[key] = value
-    return env
 
 
 def _decode(data: bytes) -> str:

@@ -30,8 +30,9 @@ from shoal.errors import CommandTimeout, OperationError, ShoalError, UsageError
 from shoal.nodes.model import Node
 from shoal.transport.base import Connection, Transport
 
+from .options import FanoutOptions
 from .results import FanoutResult, NodeResult
-from .scheduler import FanoutOptions, ResultCallback, fanout
+from .scheduler import ResultCallback, fanout
 from .workers import spread
 
 REMOTE_PREFIX = "@:"

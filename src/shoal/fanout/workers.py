@@ -34,8 +34,9 @@ from shoal import errors
 from shoal.errors import ShoalError, TransportError
 from shoal.nodes.model import Node
 
+from .options import FanoutOptions
 from .results import FanoutResult, NodeResult
-from .scheduler import FanoutOptions, ResultCallback, record_health
+from .scheduler import ResultCallback, record_health
 
 #: Called with (node, stream, line) for each output line.
 LineRelay = Callable[[str, str, bytes], None]

@@ -27,8 +27,9 @@ from typing import Any
 
 from shoal.agent.build import AgentBuild, build
 from shoal.errors import AgentError, ShoalError, TransportError, VersionMismatch
+from shoal.fanout.options import FanoutOptions
 from shoal.fanout.results import NodeResult, error_kind, error_reason
-from shoal.fanout.scheduler import FanoutOptions, fanout
+from shoal.fanout.scheduler import fanout
 from shoal.nodes.model import Node
 from shoal.state import State
 from shoal.transport.base import Connection, Transport
