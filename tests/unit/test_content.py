@@ -256,6 +256,64 @@ def test_store_survives_a_restart_and_rehashes_what_it_reloads(tmp_path: Path) -
     assert third.prune() == 0 and not (tmp_path / "s" / "v1.data").exists()
 
 
+def test_placed_chunks_become_the_deployed_file_without_a_copy(tmp_path: Path) -> None:
+    from shoal.agent.content import placements
+
+    src = tree(tmp_path / "src")
+    block = rand(120_000, seed=7)
+    (src / "twice").write_bytes(block + block + b"tail")  # repeats: filled at commit
+    (src / "twice").chmod(0o4755)
+    t = scan(src)
+    m = t.manifest
+    store = ChunkStore(tmp_path / "store")
+    store.plan(t.version, placements(m, minimum=0))
+    chunks = m.unique_chunks()
+    held = chunks[1]  # came with another push: copied in at commit
+
+    def data_of(digest: str) -> bytes:
+        path, offset, size = t.locations[digest]
+        return path.read_bytes()[offset : offset + size]
+
+    store.put(held[0], data_of(held[0]), "other")
+    rest = [c for c in chunks if c != held]
+    for i in range(0, len(rest), 3):
+        batch = rest[i : i + 3]
+        store.put_verified(batch, b"".join(data_of(h) for h, _ in batch), t.version)
+    area = Area(tmp_path / "site")
+    counts = area.assemble(m, m.version, store)
+    area.switch(m.version)
+    site = tmp_path / "site"
+    for name in ("big", "twice"):
+        assert (site / name).read_bytes() == (src / name).read_bytes()
+        number = [e.path for e in m.entries].index(name)
+        placed = tmp_path / "store" / f"{t.version}.f{number}"
+        assert (site / name).stat().st_ino == placed.stat().st_ino  # linked, not copied
+    assert (site / "twice").stat().st_mode & 0o7777 == 0o755  # setuid still dropped
+    assert counts["stored"] == m.total_bytes
+    # the same version in a second place: the store's file is live, so it is copied
+    other = Area(tmp_path / "site2")
+    other.assemble(m, m.version, store)
+    copy = other.versions / m.version / "big"
+    assert copy.read_bytes() == (src / "big").read_bytes()
+    assert copy.stat().st_ino != (site / "big").stat().st_ino
+    # after a restart, placed chunks are hashed again: a damaged one must be fetched
+    store.close()
+    fresh = tmp_path / "again"
+    again = ChunkStore(fresh)
+    again.plan("v2", placements(m, minimum=0))
+    for h, _ in chunks:
+        again.put(h, data_of(h), "v2")
+    again.close()
+    number = [e.path for e in m.entries].index("big")
+    with open(fresh / f"v2.f{number}", "r+b") as handle:
+        handle.write(b"X")
+    reloaded = ChunkStore(fresh)
+    reloaded.plan("v2", placements(m, minimum=0))
+    with pytest.raises(AreaError, match="changed on disk") as info:
+        Area(tmp_path / "site3").assemble(m, "v2", reloaded)
+    assert info.value.chunks == [m.entries[number].chunks[0][0]]  # type: ignore[attr-defined]
+
+
 def test_detach_forgets_a_bucket_at_once_and_leaves_the_unlinking(tmp_path: Path) -> None:
     from shoal.agent.chunkstore import unlink_all
 

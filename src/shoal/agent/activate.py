@@ -12,9 +12,13 @@ Theory of operation. :meth:`Area.assemble` builds the new tree in ``staging``
 from verified chunks: those in the chunk store (fetched for this push) and
 those already sitting in the files of the versions kept here (read at the
 offsets their manifests give and hashed again, since a running application
-may have changed them). Entries are created in manifest order with
-``O_EXCL | O_NOFOLLOW`` in a directory this code made, and a manifest whose
-entries would write through a symlink never gets this far
+may have changed them). A big file whose chunks the fetcher wrote in place
+(the store's ``<version>.f<N>``) is completed there and hard-linked into
+staging, not copied; where linking is impossible (another file system, or
+the store's file is deployed already) it is copied as before. Entries are
+created in manifest order with ``O_EXCL | O_NOFOLLOW`` (links with
+``link(2)``, which never follows the new name) in a directory this code made,
+and a manifest whose entries would write through a symlink never gets this far
 (:func:`manifest.validate`), so nothing outside the tree is ever written.
 Modes are applied last (setuid/setgid dropped unless asked), and the file
 system is flushed once (``syncfs``, when ``durable``) so a power cut cannot
@@ -247,7 +251,7 @@ class Area:
             self.staging.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.mkdir(str(stage), 0o700)
             dirs: list[tuple[str, int]] = []
-            for e in m.entries:
+            for number, e in enumerate(m.entries):
                 path = os.path.join(str(stage), e.path)
                 if e.kind == "d":
                     os.mkdir(path, 0o700)
@@ -264,7 +268,8 @@ class Area:
                         counts["reused"] += e.size
                         counts["linked"] += e.size
                         continue
-                    self._write_file(e, path, m, store, reader, packs, counts, need)
+                    if not self._link_placed(e, number, path, version, store, reader, counts, need):
+                        self._write_file(e, path, m, store, reader, packs, counts, need)
                     os.chmod(path, mode, follow_symlinks=False)
             if need:
                 raise NeedChunks(sorted(set(need)))
@@ -330,6 +335,64 @@ class Area:
             if [st.st_size, st.st_mtime_ns, st.st_ino] == stamp and stat.S_ISREG(st.st_mode):
                 out[(tuple(h for h, _ in e.chunks), stat.S_IMODE(st.st_mode))] = path
         return out
+
+    def _link_placed(
+        self,
+        e: mf.Entry,
+        number: int,
+        path: str,
+        version: str,
+        store: ChunkStore,
+        reader: _LocalReader,
+        counts: dict[str, int],
+        need: list[str],
+    ) -> bool:
+        """Complete the store's placed copy of file ``number`` and hard-link it at ``path``.
+
+        The fetcher wrote each chunk of this push at its first place in the
+        file (:meth:`ChunkStore.plan`); what is missing there (later copies of
+        a chunk, chunks reused from old versions or other pushes) is written
+        now, each verified. False when there is no such file or it cannot be
+        linked here (another file system): the caller then copies as before.
+        """
+        if e.pack is not None or not e.chunks:
+            return False
+        placed = store.placed_file(version, number)
+        if placed is None:
+            return False
+        source, fd = placed
+        stored = reused = offset = 0
+        for digest, size in e.chunks:
+            if store.verify_at(digest, version, number, offset):
+                stored += size
+            else:
+                data: bytes | None
+                try:
+                    data = store.read(digest)
+                    stored += size
+                except OSError:
+                    data = reader.read(digest)
+                    if data is None:
+                        need.append(digest)
+                        offset += size
+                        continue
+                    reused += size
+                view = memoryview(data)
+                done = 0
+                while done < size:
+                    done += os.pwrite(fd, view[done:], offset + done)
+            offset += size
+        if os.fstat(fd).st_size != e.size:
+            os.ftruncate(fd, e.size)  # never longer in practice; short only if need
+        try:
+            os.link(source, path, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP):
+                return False
+            raise
+        counts["stored"] += stored
+        counts["reused"] += reused
+        return True
 
     def _write_file(
         self,

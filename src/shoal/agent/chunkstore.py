@@ -1,21 +1,33 @@
 """The node's chunk store: verified chunks named by their SHA-256, and bandwidth caps.
 
-Layout: ``<agent home>/chunks/<bucket>.data`` and ``<bucket>.idx``, one bucket
-per push (its version id). Chunks are appended to the data file and then
-recorded in the index, one line ``<sha256> <offset> <size>`` each, so a push
-of 200 MB costs two files per node, not thousands, and serving a chunk is one
-``sendfile(2)`` from a known offset. A chunk enters the store only through
-:meth:`ChunkStore.put`, after its hash was checked by the caller (the fetcher
-hashes what it received) or by ``put`` itself, so every id in the index names
-a verified chunk and nothing outside these files is ever served by id.
+Layout: ``<agent home>/chunks/<bucket>.data``, ``<bucket>.idx`` and
+``<bucket>.f<N>``, one bucket per push (its version id). Chunks of the
+version's big files are written at their first place in that file: the
+store's ``<bucket>.f<N>`` is file N of the manifest being filled in (see
+:meth:`ChunkStore.plan`), so commit completes it and hard-links it into the
+new tree instead of copying 200 MB. Other chunks (small files, packs, the
+manifest itself, chunks for a version that needs no placing) are appended to
+``<bucket>.data``. The index has one line per chunk, ``<sha256> <offset>
+<size>`` or ``<sha256> <offset> <size> <N>`` for a placed one, so a push of
+200 MB costs a few files per node, not thousands, and serving a chunk is one
+``sendfile(2)`` from a known offset. Writes go one ``pwrite`` per contiguous
+run of a fetched batch and one index write per batch. A chunk enters the
+store only through :meth:`ChunkStore.put` / :meth:`ChunkStore.put_verified`,
+after its hash was checked by the caller (the fetcher hashes what it
+received) or by ``put`` itself, so every id in the index names a verified
+chunk and nothing outside these files is ever served by id. A placed file
+that has been deployed (more than one link) is never written again: it is
+sealed before commit, and writes to it fall back to ``<bucket>.data``.
 
 An interrupted push, run again, fetches nothing the index already lists:
 :meth:`ChunkStore.load` reads the indexes back (entries whose bytes lie past
-the end of the data file are dropped). Chunks that came from disk rather than
+the end of their file are dropped). Chunks that came from disk rather than
 from this process's own writes are hashed again before use
-(:meth:`ChunkStore.copy_to`), since a crash may have lost unsynced bytes.
-:meth:`prune` deletes whole buckets once their push has ended (:meth:`detach`
-forgets them at once and leaves the slow unlinking to a worker thread).
+(:meth:`ChunkStore.copy_to`, :meth:`ChunkStore.verify_at`), since a crash may
+have lost unsynced bytes. :meth:`prune` deletes whole buckets once their push
+has ended (:meth:`detach` forgets them at once and leaves the slow unlinking
+to a worker thread; a placed file that became a deployed file only loses its
+store name).
 
 :class:`Throttle` is a token bucket shared by the downloads (or the uploads)
 of one node, for the optional per-node bandwidth cap.
@@ -29,6 +41,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from .manifest import is_hash
 
@@ -44,12 +57,20 @@ def sha256(data: bytes | memoryview) -> str:
 
 
 class _Bucket:
-    def __init__(self, data: Path, index: Path) -> None:
-        self.data = data
-        self.index = index
+    """One push's files: ``<name>.data`` (appended), ``<name>.idx``, ``<name>.f<N>`` (placed)."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root = root
+        self.name = name
+        self.data = root / f"{name}.data"
+        self.index = root / f"{name}.idx"
         self.fd = -1
         self.size = 0
         self.index_fd = -1
+        #: chunk id → (file number, offset) where a chunk goes instead of ``data``
+        self.plan: dict[str, tuple[int, int]] | None = None
+        self.parts: dict[int, int] = {}  # file number → descriptor
+        self.writable: set[int] = set()
 
     def open(self) -> int:
         if self.fd < 0:
@@ -57,24 +78,56 @@ class _Bucket:
             self.size = os.fstat(self.fd).st_size
         return self.fd
 
+    def part_path(self, part: int) -> Path:
+        return self.root / f"{self.name}.f{part}"
+
+    def open_part(self, part: int, write: bool = False) -> int:
+        """The placed file ``part``; created when writing. OSError if it cannot be."""
+        fd = self.parts.get(part)
+        if fd is not None:
+            if write and part not in self.writable:
+                raise PermissionError(f"{self.part_path(part)} is open read-only")
+            return fd
+        path = str(self.part_path(part))
+        if write:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            self.writable.add(part)
+        else:  # deployed copies may have been made read-only: reading is enough here
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        self.parts[part] = fd
+        return fd
+
     def append_index(self, line: str) -> None:
         if self.index_fd < 0:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
             self.index_fd = os.open(str(self.index), flags, 0o600)
         os.write(self.index_fd, line.encode())
 
+    def files(self) -> list[Path]:
+        found = {self.part_path(p) for p in self.parts}
+        try:
+            found.update(self.root.glob(f"{self.name}.f*"))
+        except OSError:
+            pass
+        return [self.data, self.index, *sorted(found)]
+
     def close(self) -> None:
-        for fd in (self.fd, self.index_fd):
+        for fd in (self.fd, self.index_fd, *self.parts.values()):
             if fd >= 0:
                 os.close(fd)
         self.fd = self.index_fd = -1
+        self.parts = {}
+        self.writable = set()
+
+
+#: (bucket, offset, size, verified in this process, placed file number or -1 for data)
+Spot = tuple[str, int, int, bool, int]
 
 
 class ChunkStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        #: chunk id → (bucket, offset, size, verified in this process)
-        self.where: dict[str, tuple[str, int, int, bool]] = {}
+        self.where: dict[str, Spot] = {}
         self.buckets: dict[str, _Bucket] = {}
         self._loaded = False
         self._gone = 0
@@ -86,7 +139,7 @@ class ChunkStore:
         if bucket is None:
             if not name.replace("-", "").isalnum():
                 raise ChunkError(f"bad bucket name {name!r}")
-            bucket = _Bucket(self.root / f"{name}.data", self.root / f"{name}.idx")
+            bucket = _Bucket(self.root, name)
             self.buckets[name] = bucket
         return bucket
 
@@ -102,30 +155,79 @@ class ChunkStore:
             return
         for name in names:
             bucket = self._bucket(name)
+            sizes: dict[int, int] = {}
             try:
-                size = os.stat(str(bucket.data)).st_size
+                sizes[-1] = os.stat(str(bucket.data)).st_size
+            except OSError:
+                sizes[-1] = 0
+            try:
                 lines = bucket.index.read_text().splitlines()
             except (OSError, ValueError):
                 continue
             for line in lines:
                 parts = line.split()
-                if len(parts) != 3 or not is_hash(parts[0]) or parts[0] in self.where:
+                if len(parts) not in (3, 4) or not is_hash(parts[0]) or parts[0] in self.where:
                     continue
                 try:
                     offset, n = int(parts[1]), int(parts[2])
+                    part = int(parts[3]) if len(parts) == 4 else -1
                 except ValueError:
                     continue
-                if offset + n <= size:
-                    self.where[parts[0]] = (name, offset, n, False)
+                if part not in sizes:
+                    try:
+                        sizes[part] = os.stat(str(bucket.part_path(part))).st_size
+                    except OSError:
+                        sizes[part] = 0
+                if offset + n <= sizes[part]:
+                    self.where[parts[0]] = (name, offset, n, False, part)
 
     def has(self, digest: str) -> bool:
         self.load()
         return digest in self.where
 
+    # -- placement ----------------------------------------------------------------
+
+    def plan(self, bucket: str, places: dict[str, tuple[int, int]]) -> None:
+        """Chunks of ``bucket`` named in ``places`` are written to file ``<bucket>.f<N>``
+        at the given offset (their place in the version's file N) instead of appended."""
+        self._bucket(bucket).plan = places or None
+
+    def seal(self, bucket: str) -> None:
+        """No more writes to ``bucket``'s placed files (they are about to be deployed)."""
+        b = self.buckets.get(bucket)
+        if b is not None:
+            b.plan = None
+
+    def placed_file(self, bucket: str, part: int) -> tuple[str, int] | None:
+        """(path, writable descriptor) of placed file ``part`` of ``bucket``, if it exists."""
+        b = self.buckets.get(bucket)
+        if b is None or not os.path.isfile(str(b.part_path(part))):
+            return None
+        try:
+            fd = b.open_part(part, write=True)
+            if os.fstat(fd).st_nlink != 1:
+                return None  # already deployed elsewhere: never write into a live file
+        except OSError:
+            return None
+        return str(b.part_path(part)), fd
+
+    def verify_at(self, digest: str, bucket: str, part: int, offset: int) -> bool:
+        """Whether ``digest`` sits, verified, at ``offset`` of placed file ``part``."""
+        spot = self.where.get(digest)
+        if spot is None or (spot[0], spot[1], spot[4]) != (bucket, offset, part):
+            return False
+        if spot[3]:
+            return True
+        try:
+            self.read(digest)  # hashes it, and forgets it if damaged
+        except OSError:
+            return False
+        return True
+
     def put(
         self, digest: str, data: bytes | memoryview, bucket: str = "misc", verified: bool = False
     ) -> None:
-        """Append chunk ``digest`` to ``bucket``; ChunkError if it does not hash to it."""
+        """Store chunk ``digest`` in ``bucket``; ChunkError if it does not hash to it."""
         view = memoryview(data)
         if not verified and is_hash(digest) and sha256(view) != digest:
             raise ChunkError(f"chunk {digest[:12]} does not match its hash")
@@ -136,10 +238,10 @@ class ChunkStore:
     ) -> None:
         """Store ``chunks`` [(sha256, size)] whose bytes lie back to back in ``data``.
 
-        The caller has hashed every one (the fetcher, as they arrive). One
-        ``pwrite`` and one index write per batch, not per chunk: a 200 MB push
-        is about 10,000 chunks of 16 KiB, and per-chunk system calls showed up
-        in profiles. Chunks already stored are written again but not indexed.
+        The caller has hashed every one (the fetcher, as they arrive). Planned
+        chunks go to their place, the others are appended to ``<bucket>.data``;
+        one ``pwrite`` per contiguous run and one index write per batch, not
+        per chunk (a 200 MB push is about 10,000 chunks of 16 KiB).
         """
         self.load()
         if not chunks:
@@ -154,32 +256,60 @@ class ChunkStore:
         view = memoryview(data)
         if sum(n for _, n in chunks) != len(view):
             raise ChunkError("chunk sizes do not add up to the bytes given")
-        fresh = [c for c in chunks if c[0] not in self.where]
-        if not fresh:
-            return
         b = self._bucket(bucket)
+        plan = b.plan or {}
+        # runs: [file number, file offset, position in view, length, [(digest, n, offset)]]
+        runs: list[list[Any]] = []
+        seen: set[str] = set()
+        pos = 0
+        for digest, n in chunks:
+            if digest not in self.where and digest not in seen:
+                seen.add(digest)
+                part, at = plan.get(digest, (-1, -1))
+                last = runs[-1] if runs else None
+                if (
+                    last is not None
+                    and last[0] == part
+                    and last[2] + last[3] == pos
+                    and (part < 0 or last[1] + last[3] == at)
+                ):
+                    last[3] += n
+                    last[4].append((digest, n, at))
+                else:
+                    runs.append([part, at, pos, n, [(digest, n, at)]])
+            pos += n
+        if not runs:
+            return
+        lines = []
+        spots: list[tuple[str, int, int, int]] = []
         try:
             if b.fd < 0:
                 self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = b.open()
-            start = b.size
-            written = 0
-            while written < len(view):
-                written += os.pwrite(fd, view[written:], start + written)
-            b.size = start + len(view)
-            lines = []
-            spots = []
-            offset = start
-            for digest, n in chunks:
-                if digest not in self.where:
-                    lines.append(f"{digest} {offset} {n}\n")
-                    spots.append((digest, offset, n))
-                offset += n
+                b.open()
+            for part, at, start, length, items in runs:
+                fd = -1
+                if part >= 0:
+                    try:
+                        fd = b.open_part(part, write=True)
+                        if os.fstat(fd).st_nlink != 1:
+                            part = -1  # deployed already: never write into a live file
+                    except OSError:
+                        part = -1  # cannot place it (too many files open?): append it
+                if part < 0:
+                    fd, at = b.fd, b.size
+                    b.size += length
+                _pwrite_all(fd, view[start : start + length], at)
+                offset = at
+                for digest, n, _ in items:
+                    suffix = f" {part}" if part >= 0 else ""
+                    lines.append(f"{digest} {offset} {n}{suffix}\n")
+                    spots.append((digest, offset, n, part))
+                    offset += n
             b.append_index("".join(lines))
         except OSError as exc:
             raise ChunkError(f"cannot store chunk in {self.root}: {exc.strerror or exc}") from None
-        for digest, offset, n in spots:
-            self.where.setdefault(digest, (bucket, offset, n, True))
+        for digest, offset, n, part in spots:
+            self.where.setdefault(digest, (bucket, offset, n, True, part))
 
     def span(self, digest: str) -> tuple[int, int, int] | None:
         """(file descriptor, offset, size) of a stored chunk, for sendfile/pread."""
@@ -187,9 +317,10 @@ class ChunkStore:
         spot = self.where.get(digest)
         if spot is None:
             return None
-        name, offset, size, _ = spot
+        name, offset, size, _, part = spot
         try:
-            return self._bucket(name).open(), offset, size
+            b = self._bucket(name)
+            return (b.open() if part < 0 else b.open_part(part)), offset, size
         except OSError:
             return None
 
@@ -259,7 +390,7 @@ class ChunkStore:
                 continue
             bucket = self.buckets.pop(name)
             bucket.close()
-            for path in (bucket.data, bucket.index):
+            for path in bucket.files():
                 self._gone += 1
                 grave = str(self.root / f".{path.name}.{os.getpid()}.{self._gone}.gone")
                 try:
@@ -278,6 +409,12 @@ class ChunkStore:
     def close(self) -> None:
         for bucket in self.buckets.values():
             bucket.close()
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    written = 0
+    while written < len(view):
+        written += os.pwrite(fd, view[written:], offset + written)
 
 
 def unlink_all(paths: list[str]) -> None:
