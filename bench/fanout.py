@@ -348,6 +348,9 @@ def main() -> int:
     if not (1 <= args.nodes <= 250 and 1 <= args.rounds <= 50 and 0 <= args.warmup <= 5):
         ap.error("--nodes 1-250, --rounds 1-50, --warmup 0-5")
     missing = install_peers()
+    # measure Shoal as a wheel install runs it: byte-compiled (PYTHONDONTWRITEBYTECODE
+    # would otherwise make an edited editable checkout recompile on every start)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "shoal")])
     home = Path(tempfile.mkdtemp(prefix="shoal-fanout-"))
     os.environ["SHOAL_HOME"] = str(home)  # every shoal child: a private state, never the user's
     name = f"fo{secrets.token_hex(3)}"
