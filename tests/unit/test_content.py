@@ -114,6 +114,21 @@ def test_parse_rejects_sizes_that_do_not_add_up_and_bad_hashes() -> None:
     good["entries"][0]["c"] = [["nothex", 4]]
     with pytest.raises(mf.ManifestError, match="sha256"):
         mf.parse(json.dumps(good).encode())
+    good["entries"][0]["c"] = [[H + "\n" + H, 2], [H[:32] + "\n" + H[:31], 2]]
+    with pytest.raises(mf.ManifestError, match="sha256"):  # ids checked in one regex
+        mf.parse(json.dumps(good).encode())
+    good["entries"][0]["c"] = [[H, 2], [H, True]]
+    with pytest.raises(mf.ManifestError, match="chunk size"):
+        mf.parse(json.dumps(good).encode())
+
+
+def test_a_saved_manifest_that_does_not_hash_to_its_version_is_ignored(tmp_path: Path) -> None:
+    m = manifest(f("a", b"abc"))
+    area = Area(tmp_path / "site")
+    area.save_manifest(m.version, m.to_bytes())
+    assert area.manifest(m.version) == m
+    (area.manifests / f"{m.version}.json").write_bytes(m.to_bytes() + b" ")
+    assert area.manifest(m.version) is None  # parses, but is not that version: refetched
 
 
 def test_setuid_and_setgid_are_dropped_unless_asked() -> None:

@@ -146,23 +146,42 @@ class Area:
         if cached is not None:
             return cached
         try:
-            parsed = mf.parse(path.read_bytes())
+            data = path.read_bytes()
+            if mf.version_of(data) != version:
+                return None  # torn or altered (saved without fsync): fetched again
+            parsed = mf.parse(data)
         except (OSError, mf.ManifestError):
             return None
         _remember(*key, parsed)
         return parsed
 
     def save_manifest(self, version: str, data: bytes, parsed: mf.Manifest | None = None) -> None:
-        """Record a version's manifest (and remember it parsed, when given)."""
+        """Record a version's manifest (and remember it parsed, when given).
+
+        Written to a temporary file and renamed, without an fsync of its own
+        (a push's begin should not wait for the disk): the ``syncfs`` before
+        the version is switched to flushes it, and a torn copy left by a crash
+        does not hash to its version, so :meth:`manifest` ignores it.
+        """
         path = self.manifests / f"{version}.json"
+        tmp = self.manifests / f".{version}.json.{os.getpid()}.tmp"
         try:
             self.check_root()
             self.manifests.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_atomic(path, data, 0o600)
+            fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(str(tmp), str(path))
             if parsed is not None:
                 st = os.stat(str(path))
                 _remember(str(path), st.st_size, st.st_mtime_ns, parsed)
         except OSError as exc:
+            try:
+                os.unlink(str(tmp))
+            except OSError:
+                pass
             raise _oserror(exc, self.manifests) from None
 
     def history(self) -> list[dict[str, Any]]:

@@ -181,6 +181,11 @@ class ChunkStore:
                 if offset + n <= sizes[part]:
                     self.where[parts[0]] = (name, offset, n, False, part)
 
+    def index(self) -> dict[str, Spot]:
+        """Every stored chunk id (→ where it is): for membership tests in bulk."""
+        self.load()
+        return self.where
+
     def has(self, digest: str) -> bool:
         self.load()
         return digest in self.where
@@ -248,6 +253,7 @@ class ChunkStore:
             return
         try:
             ok = _HASHES.fullmatch("\n".join(h for h, _ in chunks)) is not None
+            ok = ok and all(len(h) == 64 for h, _ in chunks)  # no id hides a newline
         except TypeError:
             ok = False
         if not ok:

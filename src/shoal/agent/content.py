@@ -196,8 +196,8 @@ class ContentService:
         self.server.tokens.add(token)
         manifest = area.manifest(version)
         if manifest is None:
-            manifest = await self._fetch_manifest(args, version, token)
-            area.save_manifest(version, manifest.to_bytes(), manifest)
+            manifest, data = await self._fetch_manifest(args, version, token)
+            area.save_manifest(version, data, manifest)  # canonical: the bytes as fetched
         chunks = manifest.unique_chunks()
         session = Session(
             version,
@@ -219,8 +219,9 @@ class ContentService:
         missing: list[int] = []
         held: list[int] = []
         reuse = 0
+        stored = self.store.index()
         for i, (digest, size) in enumerate(chunks):
-            if self.store.has(digest):
+            if digest in stored:
                 held.append(i)
             elif digest in local:
                 reuse += size
@@ -236,7 +237,9 @@ class ContentService:
             "total_bytes": manifest.total_bytes,
         }
 
-    async def _fetch_manifest(self, args: dict[str, Any], version: str, token: str) -> mf.Manifest:
+    async def _fetch_manifest(
+        self, args: dict[str, Any], version: str, token: str
+    ) -> tuple[mf.Manifest, bytes]:
         blob = _require(args, "blob", str)
         size = int(args.get("blob_size", 0))
         errors = []
@@ -255,7 +258,7 @@ class ContentService:
         if mf.version_of(data) != version:
             raise ValueError(f"manifest does not match version {version}")
         try:
-            return mf.parse(data)
+            return mf.parse(data), data
         except mf.ManifestError as exc:
             raise ValueError(f"manifest rejected: {exc}") from None
 
