@@ -102,11 +102,14 @@ def _more_files() -> None:
 
 def _same_device(store: Path, target_parent: Path) -> bool:
     """Hard links work between the store and the deployed tree (else placing buys nothing)."""
-    path = store
-    while not path.exists() and path.parent != path:
-        path = path.parent
+
+    def device(path: Path) -> int:
+        while not path.exists() and path.parent != path:
+            path = path.parent  # not made yet: it will be made on its nearest ancestor's
+        return os.stat(str(path)).st_dev
+
     try:
-        return os.stat(str(path)).st_dev == os.stat(str(target_parent)).st_dev
+        return device(store) == device(target_parent)
     except OSError:
         return False
 
