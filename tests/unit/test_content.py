@@ -329,6 +329,76 @@ def test_placed_chunks_become_the_deployed_file_without_a_copy(tmp_path: Path) -
     assert info.value.chunks == [m.entries[number].chunks[0][0]]  # type: ignore[attr-defined]
 
 
+def test_a_node_push_places_commits_by_linking_and_ends_without_waiting(tmp_path: Path) -> None:
+    import zlib
+
+    from shoal.agent.chunkserver import Backend
+    from shoal.agent.content import ContentService
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(rand(2_500_000, seed=3))
+    t = scan(src)
+    blob = zlib.compress(t.manifest.to_bytes())
+    blob_hash = hashlib.sha256(blob).hexdigest()
+
+    class Source(Backend):
+        def lookup(self, digest: str) -> bytes | None:
+            if digest == blob_hash:
+                return blob
+            spot = t.locations.get(digest)
+            if spot is None:
+                return None
+            path, offset, size = spot
+            return path.read_bytes()[offset : offset + size]
+
+    async def go() -> None:
+        server = ChunkServer(Source())
+        server.tokens.add("k" * 32)
+        port = await server.start("127.0.0.1")
+        svc = ContentService(tmp_path / "home", lambda *a: None)
+        site = str(tmp_path / "deploy" / "site")
+        begin = await svc.dispatch(
+            "content.begin",
+            {
+                "dir": site,
+                "version": t.version,
+                "blob": blob_hash,
+                "blob_size": len(blob),
+                "token": "k" * 32,
+                "sources": [["127.0.0.1", port]],
+                "bind": "127.0.0.1",
+            },
+        )
+        missing = begin["missing"]
+        for i in range(0, len(missing), 40):
+            got = await svc.dispatch(
+                "content.fetch",
+                {
+                    "version": t.version,
+                    "source": ["127.0.0.1", port],
+                    "chunks": missing[i : i + 40],
+                },
+            )
+            assert not got["failed"], got
+        done = await svc.dispatch("content.commit", {"version": t.version})
+        assert done["current"] == t.version and done["stored"] == 2_500_000
+        chunks = tmp_path / "home" / "chunks"
+        deployed = Path(site) / "big.bin"
+        assert deployed.read_bytes() == (src / "big.bin").read_bytes()
+        assert deployed.stat().st_ino == (chunks / f"{t.version}.f0").stat().st_ino
+        ended = await svc.dispatch("content.end", {"version": t.version})
+        assert ended["ended"] and ended["pruned"] > 0
+        assert not list(chunks.glob(f"{t.version}.*"))  # forgotten before the answer
+        await asyncio.gather(*svc._unlinking)
+        assert not list(chunks.iterdir())  # and deleted after it
+        assert deployed.read_bytes() == (src / "big.bin").read_bytes()  # the version stays
+        svc.close()
+        server.close()
+
+    asyncio.run(go())
+
+
 def test_detach_forgets_a_bucket_at_once_and_leaves_the_unlinking(tmp_path: Path) -> None:
     from shoal.agent.chunkstore import unlink_all
 
