@@ -132,7 +132,7 @@ def test_tbf_params_scale_with_rate() -> None:
 
     slow, fast = tbf_params(64_000), tbf_params(10**9)
     assert field(slow, "burst") >= 2 * 1514  # at least two full frames
-    assert field(fast, "burst") == 10**9 // 8 // 250  # 4 ms worth
+    assert field(fast, "burst") == 10**9 * 12 // 8 // 1000  # 12 ms worth
     assert field(fast, "limit") > field(fast, "burst")
 
 
