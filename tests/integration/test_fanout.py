@@ -329,3 +329,22 @@ def test_retries_ride_out_maxstartups_drops(lab: Any, tmp_path: Path) -> None:
         assert max(x.attempts for x in recovered) > 1
     finally:
         small.down()
+
+
+def test_input_to_a_command_that_exits_without_reading_it_is_no_error(lab: Any) -> None:
+    """The remote may close the channel before the input is written: its exit status
+    is the answer, not a broken pipe (agent probes on fresh nodes hit this race)."""
+    import asyncio
+
+    from shoal.fanout.results import NodeResult
+    from shoal.fanout.scheduler import fanout
+
+    async def op(conn: Any, node: Node, index: int) -> NodeResult:
+        codes = []
+        for _ in range(10):
+            res = await conn.run("exit 3", input=b"x" * 65536)
+            codes.append(res.exit_status)
+        return NodeResult(node=node.name, exit_status=0 if codes == [3] * 10 else 1)
+
+    r = asyncio.run(fanout(lab.nodes(), op, FanoutOptions(record_health=False)))
+    assert r.ok, [(x.node, x.reason) for x in r.failed]

@@ -194,9 +194,12 @@ class SSHConnection(Connection):
             raise ConnectError(f"connection lost: {exc}", self.node.name) from exc
         except OSError as exc:
             raise ConnectError(f"connection lost: {exc.strerror or exc}", self.node.name) from exc
-        if input is not None:
-            chan.write(input)
-        chan.write_eof()
+        # A command that ends without reading its input (a missing program, say)
+        # may have closed the channel already: its exit status is the answer.
+        with contextlib.suppress(BrokenPipeError):
+            if input is not None:
+                chan.write(input)
+            chan.write_eof()
         # The remote `timeout` fires at T and kills by T+grace; the local limit is a
         # backstop for a node that stops answering mid-command.
         hard = None if timeout is None else timeout + KILL_GRACE + 3.0
