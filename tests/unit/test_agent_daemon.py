@@ -453,3 +453,53 @@ def test_full_disk_in_the_working_area_is_reported_not_fatal(zipapp: Path, tmp_p
         ctl({"op": "shutdown", "args": {}})
         if not wait_for(lambda: not alive(agent_pid), 10):
             os.kill(agent_pid, signal.SIGKILL)
+
+
+_CHUNKS_ON_PY39 = r"""
+import asyncio, hashlib, os, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from shoal.agent.chunkserver import ChunkServer, Fetcher, StoreBackend
+from shoal.agent.chunkstore import ChunkStore
+
+async def main(tmp):
+    src = ChunkStore(tmp / "src")
+    chunks = []
+    for i in range(40):
+        data = os.urandom(20000 + i)
+        digest = hashlib.sha256(data).hexdigest()
+        src.put(digest, data, "v")
+        chunks.append((digest, len(data)))
+    server = ChunkServer(StoreBackend(src))
+    server.tokens.add("t" * 32)
+    port = await server.start("127.0.0.1")
+    dst = ChunkStore(tmp / "dst")
+    got = await Fetcher(dst).fetch("127.0.0.1", port, "t" * 32, chunks, time.monotonic() + 10, "v")
+    assert sorted(got.got) == sorted(d for d, _ in chunks) and not got.error, got
+    assert all(dst.read(d) == src.read(d) for d, _ in chunks)
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    quiet = silent.sockets[0].getsockname()[1]
+    began = time.monotonic()
+    idle = Fetcher(ChunkStore(tmp / "idle"), idle_timeout=0.5)
+    late = await idle.fetch("127.0.0.1", quiet, "t" * 32, chunks[:2], time.monotonic() + 5)
+    assert late.error == "timed out" and late.failed, late
+    assert time.monotonic() - began < 3
+    server.close()
+    silent.close()
+    print("ok")
+
+asyncio.run(main(Path(sys.argv[2])))
+"""
+
+
+@pytest.mark.skipif(not PY39.exists(), reason=f"no Python 3.9 at {PY39}")
+def test_chunk_fetch_and_its_watchdog_run_on_python_3_9(zipapp: Path, tmp_path: Path) -> None:
+    """The push's data path (store, server, fetcher, one timer per request) on the
+    oldest Python the agent supports."""
+    out = subprocess.run(
+        [str(PY39), "-c", _CHUNKS_ON_PY39, str(zipapp), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
