@@ -164,24 +164,14 @@ class Area:
         does not hash to its version, so :meth:`manifest` ignores it.
         """
         path = self.manifests / f"{version}.json"
-        tmp = self.manifests / f".{version}.json.{os.getpid()}.tmp"
         try:
             self.check_root()
             self.manifests.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                _write_all(fd, data)
-            finally:
-                os.close(fd)
-            os.replace(str(tmp), str(path))
+            write_atomic(path, data, 0o600, durable=False)
             if parsed is not None:
                 st = os.stat(str(path))
                 _remember(str(path), st.st_size, st.st_mtime_ns, parsed)
         except OSError as exc:
-            try:
-                os.unlink(str(tmp))
-            except OSError:
-                pass
             raise _oserror(exc, self.manifests) from None
 
     def history(self) -> list[dict[str, Any]]:
