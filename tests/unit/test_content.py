@@ -456,6 +456,24 @@ def test_the_source_stripes_each_chunk_once_then_peers_serve_the_rest() -> None:
     asyncio.run(go())
 
 
+def test_a_node_lacking_little_still_takes_the_last_stripes_from_the_source() -> None:
+    """Its first missing chunks lie far behind the source's cursor: the source must
+    not sit idle while unsourced chunks remain (it paused near the end of pushes)."""
+
+    async def go() -> None:
+        n = 4000
+        swarm = Swarm([(f"{i:064x}", 100) for i in range(n)], source_batch_bytes=500)
+        swarm.expect(["a", "b"])
+        missing = [*range(600), *range(n - 10, n)]  # < n/4, most of it already sourced
+        swarm.register("a", "h", 1, ("s", 1), missing, [])
+        swarm.register("b", "h", 2, ("s", 1), [], range(n - 10))
+        swarm.sourced.update(range(n - 10))
+        b = await swarm.next_batch("a")
+        assert b is not None and b.source == SOURCE and b.chunks == list(range(n - 10, n - 5))
+
+    asyncio.run(go())
+
+
 def test_a_dead_first_recipient_sends_its_chunks_back_to_the_source() -> None:
     async def go() -> None:
         chunks = [(f"{i:064x}", 100) for i in range(2)]

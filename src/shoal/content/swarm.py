@@ -38,6 +38,7 @@ in-flight chunks return to the pool. A chunk the source itself cannot serve
 from __future__ import annotations
 
 import asyncio
+import bisect
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -283,8 +284,12 @@ class Swarm:
         while i < n and i in sourced:
             i += 1
         self.source_cursor = i
-        if len(need) < n // 4:  # few chunks wanted: walk the node's own list instead
-            yield from (j for j in self._candidates(node) if j not in sourced)
+        if len(need) < n // 4:  # few chunks wanted: walk the node's own list from the cursor
+            order = self.order[node]
+            start = bisect.bisect_left(order, i)  # everything before the cursor is sourced
+            for j in order[start : start + 4 * WINDOW]:
+                if j not in sourced and j in need and j not in mine:
+                    yield j
             return
         for j in range(i, min(n, i + 4 * WINDOW)):
             if j not in sourced and j in need and j not in mine:
