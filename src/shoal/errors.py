@@ -22,6 +22,9 @@ always a single line that says what went wrong and where.
     │   ├── AuthError               authentication failed
     │   ├── CommandTimeout          the remote command overran its timeout
     │   └── OperationError          the node answered, the operation failed (disk full...)
+    ├── LocalError              the controller's own side failed (closed output pipe,
+    │                           unwritable or unsafe local destination): never a node's
+    │                           fault, so it never marks a node failed
     ├── AgentError              the node agent failed or refused a request
     │   └── VersionMismatch         controller and agent protocol versions differ
     └── ContentError            a push, manifest or chunk is invalid
@@ -122,6 +125,22 @@ class OperationError(TransportError):
     """The node was reached but the operation failed there: disk full, missing file."""
 
     kind = "failed"
+
+
+class LocalError(ShoalError):
+    """A failure on the controller's side of a per-node operation.
+
+    A closed output pipe, a local destination that cannot be written or would
+    escape the directory the user named: the node did nothing wrong, so health
+    recording never counts it against the node. ``node`` names the node whose
+    operation it interrupted, when known; the message is about the local side.
+    """
+
+    kind = "local"
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        self.node = node
+        super().__init__(f"{node}: {message}" if node else message)
 
 
 class AgentError(ShoalError):
