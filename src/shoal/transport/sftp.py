@@ -7,6 +7,19 @@ or a killed connection leaves at most a temporary file, which is removed when
 the connection still allows it. Downloads do the same on the local side.
 Directories are copied recursively; symlinks are recreated as symlinks.
 Remote glob patterns are expanded on the node.
+
+Downloads treat the node as hostile. The remote trees are read in full and
+checked before anything is written: every name is one plain component, no two
+matches land on one local name, and a symlink is recreated only when its
+target, resolved inside its own pulled tree (through the tree's other links),
+stays in it; anything else is refused with its path named (:class:`LocalError`,
+never counted against the node). Everything below the destination the user
+named is then made through directory fds with ``O_NOFOLLOW``/``O_EXCL``, so a
+pull never creates, follows or chmods anything outside it: an existing symlink
+where a directory goes is refused, files and links replace what is there by
+``rename``. Only what the pull created gets the node's mode, without
+setuid/setgid/sticky and masked by the controller's umask (as scp without
+``-p``, hence pssh's pslurp, does), and its times.
 """
 
 from __future__ import annotations
@@ -16,11 +29,16 @@ import os
 import posixpath
 import secrets
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
 
-from shoal.errors import OperationError
+from shoal.agent.manifest import ManifestError, check_link
+from shoal.errors import LocalError, OperationError
+
+#: Deepest remote tree a pull descends into (each level holds a local fd while written).
+MAX_DEPTH = 256
 
 # Block sizes are left to asyncssh, which reads the server's limits@openssh.com:
 # OpenSSH's sftp-server drops the session on a write larger than 256 KiB.
@@ -29,6 +47,93 @@ from shoal.errors import OperationError
 def _tmp_name(final: str) -> str:
     head, tail = posixpath.split(final)
     return posixpath.join(head, f".{tail}.shoal-{secrets.token_hex(4)}.tmp")
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)  # the stricter value for the instant it is in place
+    os.umask(mask)
+    return mask
+
+
+@dataclass
+class RemoteEntry:
+    """One entry of a remote tree as the node described it, before anything is written."""
+
+    name: str  # the local name it gets
+    path: str  # on the node
+    raw_mode: int
+    size: int = 0
+    times: tuple[int, int] | None = None
+    target: str = ""  # of a symlink
+    children: list[RemoteEntry] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """f, d or l (file, directory, symlink), or ? for anything else (fifo, device...)."""
+        fmt = stat.S_IFMT(self.raw_mode)
+        return {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l"}.get(fmt, "?")
+
+    @property
+    def mode(self) -> int:
+        return stat.S_IMODE(self.raw_mode) & 0o777  # no setuid/setgid/sticky
+
+
+def plain_name(name: str) -> bool:
+    """One path component that names an entry in its directory and nothing else."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
+def local_name(match: str, node: str | None = None) -> str:
+    """The local name of a glob match copied into a directory ("." merges into it)."""
+    stripped = match.rstrip("/")
+    if not stripped:
+        return "root"
+    name = posixpath.basename(stripped)
+    if name != "." and not plain_name(name):
+        raise LocalError(f"refusing to name a local copy of {match!r} {name!r}", node)
+    return name
+
+
+def check_trees(trees: list[RemoteEntry], node: str | None = None) -> None:
+    """LocalError unless the trees land on distinct names and keep their symlinks inside."""
+    claimed: dict[str, str] = {}
+    for tree in trees:
+        for top in tree.children if tree.name == "." else [tree]:
+            if top.name in claimed:
+                raise LocalError(
+                    f"refusing {claimed[top.name]} and {top.path}: both would be written "
+                    f"to the same local name {top.name!r}",
+                    node,
+                )
+            claimed[top.name] = top.path
+    for tree in trees:
+        if tree.kind == "l":
+            raise LocalError(
+                f"refusing symlink {tree.path} -> {tree.target}: it leads out of the pulled "
+                f"tree (pull {tree.path.rstrip('/')}/ to copy what it points to)",
+                node,
+            )
+        kinds: dict[str, str] = {}
+        targets: dict[str, str] = {}
+        links: list[tuple[str, RemoteEntry]] = []
+        pending = [("", c) for c in tree.children]
+        while pending:
+            parent, entry = pending.pop()
+            rel = f"{parent}/{entry.name}" if parent else entry.name
+            kinds[rel] = entry.kind
+            if entry.kind == "l":
+                targets[rel] = entry.target
+                links.append((rel, entry))
+            pending.extend((rel, c) for c in entry.children)
+        for rel, entry in links:
+            try:
+                check_link(rel, entry.target, kinds, targets)
+            except ManifestError:
+                raise LocalError(
+                    f"refusing symlink {entry.path} -> {entry.target}: "
+                    "it leads out of the pulled tree",
+                    node,
+                ) from None
 
 
 class SFTPCopier:
@@ -124,7 +229,13 @@ class SFTPCopier:
 
     # -- download -----------------------------------------------------------------------
     async def download(self, pattern: str, local: str) -> int:
-        """Copy remote files matching ``pattern`` (glob, expanded on the node) to ``local``."""
+        """Copy remote files matching ``pattern`` (glob, expanded on the node) to ``local``.
+
+        The remote trees are read and checked first (plain names, no two matches on
+        one local name, symlinks only to their own tree); nothing is written until
+        all of them pass. Then everything below the destination is created through
+        directory fds, never through a symlink (see the module docstring).
+        """
         try:
             matches = await self.sftp.glob(pattern or ".")
         except asyncssh.SFTPNoSuchFile:
@@ -135,51 +246,156 @@ class SFTPCopier:
             raise OperationError(f"no remote file matches {pattern}", self.node)
         dest = Path(local)
         into_dir = local.endswith("/") or dest.is_dir() or len(matches) > 1
-        if into_dir:
-            dest.mkdir(parents=True, exist_ok=True)
-        else:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        got = 0
+        trees = []
         for raw in matches:
             match = raw.decode() if isinstance(raw, bytes) else raw
-            name = posixpath.basename(match.rstrip("/")) or "root"
-            got += await self._download_any(match, dest / name if into_dir else dest)
+            name = local_name(match, self.node) if into_dir else dest.name
+            trees.append(await self._walk(match, name, None, 0))
+        check_trees(trees, self.node)
+        root = dest if into_dir else dest.parent
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._local_error(exc, root) from exc
+        umask = _umask()
+        try:
+            got = 0
+            for tree in trees:
+                got += await self._write(tree, root_fd, root, umask)
+            return got
+        finally:
+            os.close(root_fd)
+
+    def _local_error(self, exc: OSError, path: Path) -> LocalError:
+        return LocalError(f"writing {path} locally failed: {exc.strerror or exc}", self.node)
+
+    async def _walk(
+        self, path: str, name: str, attrs: asyncssh.SFTPAttrs | None, depth: int
+    ) -> RemoteEntry:
+        """The remote tree at ``path`` (never following its symlinks), read in full."""
+        if depth > MAX_DEPTH:
+            raise LocalError(f"refusing {path}: deeper than {MAX_DEPTH} levels", self.node)
+        try:
+            if attrs is None or attrs.permissions is None:
+                attrs = await self.sftp.lstat(path)
+            entry = RemoteEntry(name, path, attrs.permissions or 0, attrs.size or 0)
+            if attrs.mtime is not None:
+                entry.times = (attrs.atime or attrs.mtime, attrs.mtime)
+            if entry.kind == "l":
+                entry.target = await self.sftp.readlink(path)
+            elif entry.kind == "d":
+                listing = await self.sftp.readdir(path)
+        except (asyncssh.Error, OSError) as exc:
+            raise await self._explain(exc, "reading", path) from exc
+        if entry.kind == "d":
+            seen: set[str] = set()
+            for item in sorted(listing, key=lambda i: str(i.filename)):
+                child = str(item.filename)
+                if child in (".", ".."):
+                    continue
+                if not plain_name(child) or child in seen:
+                    raise LocalError(
+                        f"refusing remote name {child!r} in {path}: not one plain, unique name",
+                        self.node,
+                    )
+                seen.add(child)
+                entry.children.append(
+                    await self._walk(posixpath.join(path, child), child, item.attrs, depth + 1)
+                )
+        elif entry.kind == "?":
+            raise LocalError(
+                f"refusing {path}: not a regular file, directory or symlink", self.node
+            )
+        return entry
+
+    async def _write(self, entry: RemoteEntry, dir_fd: int, parent: Path, umask: int) -> int:
+        """Create ``entry`` under the directory ``dir_fd`` (shown as ``parent``)."""
+        if entry.name == ".":  # the pattern named a directory itself: merge into the root
+            return sum([await self._write(c, dir_fd, parent, umask) for c in entry.children])
+        local = parent / entry.name
+        if entry.kind == "l":
+            tmp = _tmp_name(entry.name)
+            try:
+                os.symlink(entry.target, tmp, dir_fd=dir_fd)
+                try:
+                    os.rename(tmp, entry.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=dir_fd)
+                    raise
+            except OSError as exc:
+                raise self._local_error(exc, local) from exc
+            return 0
+        if entry.kind == "f":
+            return await self._write_file(entry, dir_fd, local, umask)
+        fd, created = self._open_dir(dir_fd, entry.name, local)
+        try:
+            got = 0
+            for child in entry.children:
+                got += await self._write(child, fd, local, umask)
+            if created:  # never the mode or times of a directory this pull did not make
+                os.fchmod(fd, entry.mode & ~umask)
+                if entry.times:
+                    os.utime(fd, entry.times)
+        except OSError as exc:
+            raise self._local_error(exc, local) from exc
+        finally:
+            os.close(fd)
         return got
 
-    async def _download_any(self, remote: str, dest: Path) -> int:
+    def _open_dir(self, dir_fd: int, name: str, local: Path) -> tuple[int, bool]:
+        """An fd of the directory ``name`` (made 0700 if absent) and whether it was made."""
+        created = False
         try:
-            attrs = await self.sftp.lstat(remote)
-        except (asyncssh.Error, OSError) as exc:
-            raise await self._explain(exc, "reading", remote) from exc
-        mode = attrs.permissions or 0
-        if stat.S_ISLNK(mode):
-            target = await self.sftp.readlink(remote)
-            with contextlib.suppress(FileNotFoundError):
-                dest.unlink()
-            dest.symlink_to(target)
-            return 0
-        if stat.S_ISDIR(mode):
-            dest.mkdir(parents=True, exist_ok=True)
-            got = 0
-            for name in sorted(await self.sftp.listdir(remote)):
-                if name in (".", ".."):
-                    continue
-                got += await self._download_any(posixpath.join(remote, name), dest / name)
-            os.chmod(dest, stat.S_IMODE(mode) & 0o777)
-            if attrs.mtime is not None:
-                os.utime(dest, (attrs.atime or attrs.mtime, attrs.mtime))
-            return got
-        tmp = dest.with_name(f".{dest.name}.shoal-{secrets.token_hex(4)}.tmp")
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+            created = True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise self._local_error(exc, local) from exc
         try:
-            await self.sftp.get(remote, str(tmp))
-            os.chmod(tmp, stat.S_IMODE(mode) & 0o777)
-            if attrs.mtime is not None:
-                os.utime(tmp, (attrs.atime or attrs.mtime, attrs.mtime))
-            os.replace(tmp, dest)
-        except (asyncssh.Error, OSError) as exc:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+            return os.open(name, flags, dir_fd=dir_fd), created
+        except OSError as exc:
+            if stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
+                raise LocalError(
+                    f"refusing to write through {local}: it is a symlink", self.node
+                ) from exc
+            raise self._local_error(exc, local) from exc
+
+    async def _write_file(self, entry: RemoteEntry, dir_fd: int, local: Path, umask: int) -> int:
+        """The file's bytes into a new temporary file beside it, renamed over ``local``."""
+        tmp = _tmp_name(entry.name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            raise self._local_error(exc, local) from exc
+        got = 0
+        try:
+            try:
+                async with self.sftp.open(entry.path, "rb") as remote:
+                    async for offset, data in await remote.read_parallel():
+                        os.pwrite(fd, data, offset)
+                        got += len(data)
+            except asyncssh.Error as exc:
+                raise await self._explain(exc, "reading", entry.path) from exc
+            except OSError as exc:
+                raise self._local_error(exc, local) from exc
+            try:
+                os.fchmod(fd, entry.mode & ~umask)
+                if entry.times:
+                    os.utime(fd, entry.times)
+                os.close(fd)
+                fd = -1
+                os.rename(tmp, entry.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except OSError as exc:
+                raise self._local_error(exc, local) from exc
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
             with contextlib.suppress(OSError):
-                tmp.unlink()
-            if isinstance(exc, OSError) and not isinstance(exc, asyncssh.Error):
-                raise OperationError(f"writing {dest} locally failed: {exc}", self.node) from exc
-            raise await self._explain(exc, "reading", remote) from exc
-        return attrs.size or 0
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+        return got
