@@ -23,7 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import AgentError
+from shoal.errors import AgentError, LocalError, OperationError
+from shoal.fanout.results import error_reason
 from shoal.fanout.scheduler import make_transport
 from shoal.nodes.health import failed_names
 from shoal.nodes.inventory import load_nodes
@@ -448,7 +449,9 @@ async def down_async(
     state: State | None = None,
 ) -> DownReport:
     """Stop every process of the application, run its cleanup, remove what it installed
-    (unless ``keep``), after collecting its logs into ``collect/NODE/`` if asked."""
+    (unless ``keep``), after collecting its logs into ``collect/NODE/`` (step logs into
+    ``collect/NODE/steps/``) if asked. Logs a pull refuses (a symlink out of them, say)
+    are not collected; the node is still cleaned and its result says so."""
     opts = options or agents.AgentOptions(record_health=False)
     st = state or State()
     try:
@@ -470,15 +473,20 @@ async def down_async(
             home = client.home
             adir = app_dir(home, name)
             h, q = shlex.quote(home), shlex.quote(adir)
+            uncollected: LocalError | None = None
             try:
-                if collect is not None:
+                if collect is not None:  # steps/ apart: the node names both sets of files
                     target = collect / n.name
-                    target.mkdir(parents=True, exist_ok=True)
-                    for pattern in (f"{home}/logs/{name}.*", f"{home}/logs/steps/{name}.*"):
+                    for pattern, into in (
+                        (f"{home}/logs/{name}.*", target),
+                        (f"{home}/logs/steps/{name}.*", target / "steps"),
+                    ):
                         try:
-                            await conn.get(pattern, str(target) + "/")
-                        except Exception:  # nothing matched: nothing to collect
-                            pass
+                            await conn.get(pattern, f"{into}/")
+                        except OperationError:
+                            pass  # nothing matched (or unreadable there): nothing to collect
+                        except LocalError as exc:  # refused or unwritable here: say so below
+                            uncollected = uncollected or exc
                 for prog in services:
                     try:
                         await client.call("proc.remove", name=prog, timeout=60)
@@ -500,6 +508,9 @@ async def down_async(
             res = await conn.run(wipe, timeout=60)
             if res.exit_status != 0:
                 raise AgentError(f"{n.name}: cleanup failed: {res.stderr.decode()[:200]}")
+            if uncollected is not None:
+                why = error_reason(n.name, uncollected)
+                raise LocalError(f"cleaned, but logs not all collected: {why}", n.name)
             return agents.AgentResult(n.name, action="cleaned")
 
         results = await agents.for_each(_nodes(st, names), op, opts, state=st)
