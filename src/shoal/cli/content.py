@@ -15,6 +15,7 @@ import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .common import add_select_option, connection_settings, selected_nodes
+from .terminal import unescaped
 
 if TYPE_CHECKING:
     from shoal.content.push import PushProgress, PushResult
@@ -96,7 +97,7 @@ class _Live:
 
     def __init__(self, enabled: bool, stream: TextIO = sys.stderr) -> None:
         self.enabled = enabled and stream.isatty()
-        self.stream = stream
+        self.stream = unescaped(stream)  # its own \r, not a node's
 
     def update(self, p: PushProgress) -> None:
         if not self.enabled:

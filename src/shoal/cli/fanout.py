@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .common import add_connection_options, connection_settings, selected_nodes
+from .terminal import unescaped
 
 if TYPE_CHECKING:
     from shoal.fanout.results import FanoutResult, NodeResult
@@ -97,7 +98,7 @@ class _Progress:
         self.done = 0
         self.bad = 0
         self.enabled = enabled and stream.isatty()
-        self.stream = stream
+        self.stream = unescaped(stream)  # its own \r, not a node's
 
     def update(self, result: NodeResult) -> None:
         self.done += 1

@@ -15,7 +15,7 @@ from shoal.transport.base import Connection, Transport
 
 from .options import FanoutOptions, RunOptions
 from .results import FanoutResult, NodeResult
-from .scheduler import ResultCallback, fanout
+from .scheduler import CallbackGuard, ResultCallback, fanout
 from .workers import spread
 
 #: Called with (node, stream, line) for each output line, for live streaming.
@@ -39,13 +39,15 @@ async def run_async(
     options = options or RunOptions()
     if not command.strip():
         raise UsageError("run needs a command")
+    guard = CallbackGuard()  # a failing on_line stops the run, as on_result does
+    guarded_line = guard.wrap(on_line) if on_line is not None else None
 
     async def operation(conn: Connection, node: Node, index: int) -> NodeResult:
         env = {"SHOAL_NODE": node.name, "SHOAL_INDEX": str(index), **options.env}
         line_cb = None
-        if on_line is not None:
+        if guarded_line is not None:
             name = node.name
-            cb = on_line
+            cb = guarded_line
 
             def line_cb(stream: str, line: bytes) -> None:
                 cb(name, stream, line)
@@ -62,7 +64,13 @@ async def run_async(
         )
 
     return await fanout(
-        nodes, operation, options, transport=transport, on_result=on_result, indices=indices
+        nodes,
+        operation,
+        options,
+        transport=transport,
+        on_result=on_result,
+        indices=indices,
+        guard=guard,
     )
 
 

@@ -3,7 +3,8 @@
 Modelled on Fabric's ``GroupResult``: one dead host never hides the others'
 results. ``kind`` classifies each node for summaries and JSON output:
 ``ok``, ``failed`` (command ran, non-zero exit or signal), ``timeout``,
-``unreachable``, ``hostkey``, ``auth`` or ``error``.
+``unreachable``, ``hostkey``, ``auth``, ``local`` (the controller's side failed,
+e.g. a local destination; not the node's fault) or ``error``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from shoal.errors import ShoalError
 
 #: Kinds in the order summaries list them.
-KINDS = ("ok", "failed", "timeout", "unreachable", "hostkey", "auth", "error")
+KINDS = ("ok", "failed", "timeout", "unreachable", "hostkey", "auth", "local", "error")
 
 
 def error_kind(error: ShoalError | None) -> str:

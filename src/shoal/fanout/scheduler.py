@@ -8,6 +8,14 @@ opens one connection (retrying connection failures, such as sshd's
 backoff), runs the operation on it, and closes it. Whatever happens, the node
 ends with a :class:`NodeResult`; an exception never escapes for one node, so a
 dead host neither blocks nor fails the others. Results keep inventory order.
+
+The caller's callbacks (progress, live output) are the exception: one that
+raises (a closed output pipe) is the caller's failure, not a node's, so it
+stops the whole fan-out as an interrupt does (every task cancelled, which
+ends the commands on the nodes) and its exception is raised once the nodes
+are stopped; nothing is recorded in the failed set. A per-node
+:class:`~shoal.errors.LocalError` (a local destination that cannot be
+written) is kept in that node's result and never marks the node failed.
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from shoal.errors import ConnectError, ShoalError, TransportError
+from shoal.errors import ConnectError, LocalError, ShoalError, TransportError
 from shoal.nodes.model import Node
 from shoal.transport.base import Connection, Transport
 
@@ -28,6 +37,40 @@ from .results import FanoutResult, NodeResult
 Operation = Callable[[Connection, Node, int], Awaitable[NodeResult]]
 #: Called once per node as soon as its result is known (progress, live output).
 ResultCallback = Callable[[NodeResult], None]
+
+
+class CallbackGuard:
+    """Calls the caller's callbacks; the first one that raises stops the fan-out.
+
+    Created inside the fan-out's task; :meth:`wrap` a callback, run the work
+    under :meth:`stopping`, which turns the cancellation into that exception.
+    """
+
+    def __init__(self) -> None:
+        self.task = asyncio.current_task()
+        self.error: BaseException | None = None
+
+    def wrap(self, callback: Callable[..., None]) -> Callable[..., None]:
+        def call(*args: Any) -> None:
+            if self.error is not None:
+                return  # stopping: nothing more is delivered
+            try:
+                callback(*args)
+            except Exception as exc:
+                self.error = exc
+                if self.task is not None:
+                    self.task.cancel()
+
+        return call
+
+    async def stopping(self, work: Awaitable[FanoutResult]) -> FanoutResult:
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if self.error is None or self.task is None:
+                raise
+            self.task.uncancel()
+            raise self.error from None
 
 
 def make_transport(options: FanoutOptions, preconnected: dict | None = None) -> Transport:
@@ -48,12 +91,28 @@ async def fanout(
     transport: Transport | None = None,
     on_result: ResultCallback | None = None,
     indices: Sequence[int] | None = None,
+    guard: CallbackGuard | None = None,
 ) -> FanoutResult:
     """Run ``operation`` on every node; see the module docstring.
 
     ``indices`` are the nodes' positions in the whole selection when this call
     runs a share of it (a worker process); by default 0, 1, 2, ...
+    ``guard`` is the caller's when its operation calls guarded callbacks too.
     """
+    guard = guard or CallbackGuard()
+    return await guard.stopping(
+        _fanout(nodes, operation, options, transport, on_result and guard.wrap(on_result), indices)
+    )
+
+
+async def _fanout(
+    nodes: Sequence[Node],
+    operation: Operation,
+    options: FanoutOptions | None,
+    transport: Transport | None,
+    on_result: ResultCallback | None,
+    indices: Sequence[int] | None,
+) -> FanoutResult:
     options = options or FanoutOptions()
     options.validate()
     transport = transport or make_transport(options)
@@ -119,10 +178,18 @@ async def fanout(
 
 
 def record_health(result: FanoutResult) -> None:
-    """Failed and unreachable nodes join the failed set; answering ones leave it."""
+    """Failed and unreachable nodes join the failed set; answering ones leave it.
+
+    A node whose operation failed on the controller's side (:class:`LocalError`)
+    is left as it was: that failure says nothing about the node.
+    """
     from shoal.nodes.health import mark_failed, mark_healthy
 
-    failed = {r.node: f"{r.kind}: {r.reason}" for r in result.failed}
+    failed = {
+        r.node: f"{r.kind}: {r.reason}"
+        for r in result.failed
+        if not isinstance(r.error, LocalError)
+    }
     if failed:
         mark_failed(failed)
     healthy = [r.node for r in result.succeeded]

@@ -12,7 +12,11 @@ JSON lines back over a pipe — each output line as it arrives and each node's
 result as soon as it is known. The parent relays them to the callbacks in
 arrival order, rebuilds the results in inventory order, and records health
 once. A child that dies leaves its unfinished nodes with a per-node error;
-the others are unaffected.
+the others are unaffected. Children run in their own process group, so a
+terminal's Ctrl-C reaches the parent alone; when the parent is interrupted or
+one of its callbacks fails, it sends each child one SIGINT (the child's event
+loop then cancels its work, which ends the commands on the nodes), waits for
+them, and raises.
 
 Not spread: fan-outs with a launch delay (stagger is global), small ones (a
 fork costs more than it saves), and calls from a process that runs threads
@@ -21,10 +25,12 @@ fork costs more than it saves), and calls from a process that runs threads
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import selectors
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -88,6 +94,7 @@ def spread(
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
+            os.setpgid(0, 0)
             os.close(read_fd)
             _child(write_fd, job, [nodes[i] for i in share], share, child_options, on_line)
         os.close(write_fd)
@@ -138,37 +145,57 @@ def _collect(
         sel.register(fd, selectors.EVENT_READ)
         buffers[fd] = b""
     open_fds = set(pipes)
+    stopping: BaseException | None = None
     while open_fds:
-        for key, _ in sel.select():
-            fd = int(key.fd)
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                sel.unregister(fd)
-                os.close(fd)
-                open_fds.discard(fd)
-                continue
-            *lines, buffers[fd] = (buffers[fd] + chunk).split(b"\n")
-            for raw in lines:
-                msg = json.loads(raw)
-                if "line" in msg and on_line is not None:
-                    node, stream, text = msg["line"]
-                    on_line(node, stream, text.encode("latin-1"))
-                elif "result" in msg:
-                    r = decode(msg["result"])
-                    results[r.node] = r
-                    if on_result is not None:
-                        on_result(r)
+        try:
+            for key, _ in sel.select():
+                fd = int(key.fd)
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(fd)
+                    os.close(fd)
+                    open_fds.discard(fd)
+                    continue
+                *lines, buffers[fd] = (buffers[fd] + chunk).split(b"\n")
+                for raw in lines:
+                    if stopping is None:
+                        _relay(json.loads(raw), results, on_result, on_line)
+        except BaseException as exc:  # an interrupt, or a callback that failed
+            if stopping is not None:
+                raise  # a second interrupt: stop waiting for the children
+            stopping = exc
+            for pid, _ in pipes.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
     sel.close()
     for pid, names in pipes.values():
         _, status = os.waitpid(pid, 0)
         for name in names:
-            if name not in results:
+            if name not in results and stopping is None:
                 why = f"worker process ended (status {status}) before this node finished"
                 r = NodeResult(name, error=TransportError(why, name))
                 results[name] = r
                 if on_result is not None:
                     on_result(r)
+    if stopping is not None:
+        raise stopping
     return results
+
+
+def _relay(
+    msg: dict[str, Any],
+    results: dict[str, NodeResult],
+    on_result: ResultCallback | None,
+    on_line: LineRelay | None,
+) -> None:
+    if "line" in msg and on_line is not None:
+        node, stream, text = msg["line"]
+        on_line(node, stream, text.encode("latin-1"))
+    elif "result" in msg:
+        r = decode(msg["result"])
+        results[r.node] = r
+        if on_result is not None:
+            on_result(r)
 
 
 def encode(r: NodeResult) -> dict[str, Any]:
@@ -185,7 +212,7 @@ def decode(data: dict[str, Any]) -> NodeResult:
         cls = getattr(errors, err["cls"], None)
         if not (isinstance(cls, type) and issubclass(cls, ShoalError)):
             cls = TransportError
-        if issubclass(cls, TransportError):
+        if issubclass(cls, (TransportError, errors.LocalError)):
             r.error = cls(err["reason"], r.node)
         else:
             r.error = cls(err["reason"])

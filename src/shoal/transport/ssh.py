@@ -19,6 +19,14 @@ so a timeout kills the command's whole process group *on the node* (coreutils
 ``timeout`` signals its group), not only the local side. The result is
 returned as soon as the remote shell has exited: a command that leaves a
 background process holding its stdout does not hang the run.
+
+An interrupted command (its task cancelled: Ctrl-C, SIGTERM, a caller's
+callback that failed) is ended on the node too. sshd runs each command as the
+leader of its own session, and the exported ``SHOAL_RUN`` token is on that
+shell's command line, so a second channel on the same connection finds it
+(``pgrep -f``) and signals the whole session (``pkill -s``): TERM, then KILL
+after the grace period, as a timeout does. (OpenSSH 9.2's sshd ignores the
+SSH "signal" channel request, and would signal only the shell if it did not.)
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import contextlib
 import enum
 import errno
 import os
+import secrets
 import shlex
 import socket
 import time
@@ -52,8 +61,10 @@ from .base import (
 )
 from .sftp import SFTPCopier
 
-#: Seconds between the remote TERM and KILL when a command times out.
+#: Seconds between the remote TERM and KILL when a command times out or is interrupted.
 KILL_GRACE = 2.0
+#: Longest an interrupt waits for the node to confirm it signalled the command.
+END_REMOTE_TIMEOUT = 3.0
 
 
 def _aes_accelerated() -> bool:
@@ -184,7 +195,40 @@ class SSHConnection(Connection):
         sudo: bool = False,
         on_line: LineCallback | None = None,
     ) -> CommandResult:
+        token = secrets.token_hex(8)
+        env = {"SHOAL_RUN": token, **(env or {})}
         line = remote_command(command, env=env, timeout=timeout, sudo=sudo)
+        try:
+            return await self._run(line, input, timeout, on_line)
+        except asyncio.CancelledError:
+            await self._end_remote(token, sudo)
+            raise
+
+    async def _end_remote(self, token: str, sudo: bool) -> None:
+        """Signal the session(s) of the processes that carry ``token`` (bounded in time)."""
+        # The shell's command line has the token from the start; whatever it execs has it
+        # in its environment. This line's own session (it names the token) is skipped.
+        pattern = shlex.quote(f"SHOAL_RUN=[{token[0]}]{token[1:]}")
+        script = (
+            f"me=$(ps -o sid= -p $$ | tr -d ' '); sids=$({{ pgrep -f {pattern}; grep -lzxF "
+            f"SHOAL_RUN={token} /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3; }} | "
+            'while read -r p; do ps -o sid= -p "$p"; done | tr -d " " | sort -u | '
+            'grep -vxF "$me"); '
+            "for s in $sids; do pkill -TERM -s $s; done; "
+            f'[ -z "$sids" ] || (sleep {KILL_GRACE:g}; for s in $sids; do pkill -KILL -s $s; '
+            "done) >/dev/null 2>&1 &"
+        )
+        line = f"sudo -n sh -c {shlex.quote(script)}" if sudo else script
+        with contextlib.suppress(asyncssh.Error, OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(self._conn.run(line, check=False), END_REMOTE_TIMEOUT)
+
+    async def _run(
+        self,
+        line: str,
+        input: bytes | None,
+        timeout: float | None,
+        on_line: LineCallback | None,
+    ) -> CommandResult:
         try:
             session = _Session(on_line)
             chan, _ = await self._conn.create_session(lambda: session, line, encoding=None)
