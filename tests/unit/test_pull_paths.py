@@ -7,7 +7,8 @@ import stat
 
 import pytest
 
-from shoal.errors import LocalError
+from shoal.errors import LocalError, UsageError
+from shoal.fanout.copies import plan_copy
 from shoal.transport.sftp import RemoteEntry, check_trees, local_name, plain_name
 
 
@@ -93,3 +94,19 @@ def test_modes_lose_setuid_setgid_and_sticky() -> None:
     entry = RemoteEntry("x", "x", stat.S_IFREG | 0o7777)
     assert entry.kind == "f" and entry.mode == 0o777
     assert RemoteEntry("p", "p", stat.S_IFIFO | 0o644).kind == "?"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["a/x", "b/x", "@:d/"], ["@:a/x", "@:b/x/", "out/@/"], ["a/x", "b/x/", "out/@"]],
+    ids=["push", "pull", "fan"],
+)
+def test_two_sources_of_one_cp_on_one_name_are_refused_before_connecting(
+    args: list[str],
+) -> None:
+    with pytest.raises(UsageError, match="would both be copied to 'x'"):
+        plan_copy(args)
+
+
+def test_glob_sources_are_left_to_the_node_side_check() -> None:
+    assert plan_copy(["@:a/*", "@:b/*", "out/@/"]).sources == ("a/*", "b/*")

@@ -21,6 +21,7 @@ a name that is not a safe single path component is refused for that node.
 from __future__ import annotations
 
 import asyncio
+import posixpath
 import shutil
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -73,6 +74,14 @@ def plan_copy(args: Sequence[str]) -> CopyPlan:
     for path in (*plan.sources, plan.dest):
         if "\0" in path:
             raise UsageError("cp paths must not contain NUL bytes")
+    named: dict[str, str] = {}
+    for src in plan.sources:
+        if plan.mode == "pull" and any(c in src for c in "*?["):
+            continue  # what a glob matches is known on the node only (checked there per pattern)
+        name = posixpath.basename(src.rstrip("/"))
+        if name in named:
+            raise UsageError(f"cp sources {named[name]} and {src} would both be copied to {name!r}")
+        named[name] = src
     return plan
 
 
