@@ -315,6 +315,7 @@ class _KeyChecker(asyncssh.SSHClient):
         self._node = node
         self._known_hosts = known_hosts
         self.verdict: str | None = None  # "unknown" | "changed" | "accepted"
+        self.stale: tuple[str, str] | None = None  # (known_hosts file, entry) when changed
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
@@ -330,6 +331,7 @@ class _KeyChecker(asyncssh.SSHClient):
                 continue
             if trusted:
                 known = True
+                self.stale = path, host if port in (0, 22) else f"[{host}]:{port}"
                 break
         if known:
             self.verdict = "changed"
@@ -514,7 +516,7 @@ class SSHTransport(Transport):
                 **kwargs,
             )
         except asyncssh.HostKeyNotVerifiable as exc:
-            raise _host_key_error(checker.verdict if checker else None, node, exc) from exc
+            raise _host_key_error(checker, node, exc) from exc
         except asyncssh.PermissionDenied as exc:
             who = f"{node.user}@" if node.user else ""
             raise AuthError(
@@ -562,11 +564,15 @@ def _os_error(exc: OSError, node: Node) -> ConnectError:
     return ConnectError(reasons.get(exc.errno or 0, f"cannot connect to {where}: {exc}"), node.name)
 
 
-def _host_key_error(verdict: str | None, node: Node, exc: Exception) -> HostKeyError:
+def _host_key_error(checker: _KeyChecker | None, node: Node, exc: Exception) -> HostKeyError:
+    verdict = checker.verdict if checker else None
     if verdict == "changed":
+        assert checker is not None and checker.stale is not None
+        path, entry = checker.stale
         return HostKeyError(
             "HOST KEY CHANGED: the key offered differs from the one in known_hosts; refusing "
-            f"(if the change is expected: ssh-keygen -R {node.address})",
+            f"(if the change is expected: ssh-keygen -f {shlex.quote(path)} "
+            f"-R {shlex.quote(entry)})",
             node.name,
         )
     if verdict == "unknown":
