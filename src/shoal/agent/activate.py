@@ -20,7 +20,8 @@ created in manifest order with ``O_EXCL | O_NOFOLLOW`` (links with
 ``link(2)``, which never follows the new name) in a directory this code made,
 and a manifest whose entries would write through a symlink never gets this far
 (:func:`manifest.validate`), so nothing outside the tree is ever written.
-Modes are applied last (setuid/setgid dropped unless asked), and the file
+Modes are applied last (setuid/setgid dropped unless asked; the top
+directory's own mode, from the manifest, once it is in ``versions``), and the file
 system is flushed once (``syncfs``, when ``durable``) so a power cut cannot
 expose a switched-to version with missing data. Only then is the
 tree renamed into ``versions`` and ``REMOTE_DIR`` switched with one
@@ -28,6 +29,11 @@ tree renamed into ``versions`` and ``REMOTE_DIR`` switched with one
 old version or the whole new one, never a mix. A failure (a full disk, a chunk
 that no longer matches) removes the staging tree and leaves the running
 version as it was. Old versions beyond the last K are deleted after a switch.
+
+Nothing that exists is replaced but Shoal's own symlink: a real directory
+at ``REMOTE_DIR``, even an empty one (unless the push says
+``replace_empty_dir``), or a foreign symlink is refused, and so are ``/``,
+the home directory and the agent's own working area (:func:`resolve_target`).
 """
 
 from __future__ import annotations
@@ -68,17 +74,46 @@ class NeedChunks(AreaError):
         self.chunks = chunks
 
 
-def resolve_target(remote_dir: str, home: Path | None = None) -> Path:
-    """``REMOTE_DIR`` as an absolute path (relative ones are under the user's home)."""
+#: Where applications keep their software inside the agent's working area
+#: (``<home>/apps/<app>/sw/<name>``, :func:`shoal.app.runtime.app_dir`): the only
+#: part of that area a push may deploy to.
+APPS_DIR = "apps"
+
+
+def resolve_target(
+    remote_dir: str, home: Path | None = None, agent_home: Path | None = None
+) -> Path:
+    """``REMOTE_DIR`` as an absolute path (relative ones are under the user's home).
+
+    AreaError for ``/``, the home directory or any directory holding it, and
+    the agent's working area ``agent_home`` (or a directory holding it, or
+    anything inside it but applications' software under :data:`APPS_DIR`):
+    a push there would replace what the node needs with a symlink.
+    """
     if not remote_dir or "\0" in remote_dir:
         raise AreaError("empty remote directory")
+    user_home = home or Path.home()
     path = Path(os.path.expanduser(remote_dir))
     if not path.is_absolute():
-        path = (home or Path.home()) / path
+        path = user_home / path
     path = Path(os.path.normpath(str(path)))
     if path.parent == path:
         raise AreaError(f"cannot deploy to {path}")
+    real = Path(os.path.realpath(str(path.parent))) / path.name
+    if _within(Path(os.path.realpath(str(user_home))), real):
+        raise AreaError(f"cannot deploy to {path}: it is the home directory or holds it")
+    if agent_home is not None:
+        own = Path(os.path.realpath(str(agent_home)))
+        apps = own / APPS_DIR
+        for place in (real, real.parent / f".{real.name}.shoal"):
+            if _within(own, place) or (_within(place, own) and not _within(place.parent, apps)):
+                raise AreaError(f"cannot deploy to {path}: it is the agent's working area {own}")
     return path
+
+
+def _within(path: Path, top: Path) -> bool:
+    """``path`` is ``top`` or under it."""
+    return path == top or top in path.parents
 
 
 def _oserror(exc: OSError, where: object) -> AreaError:
@@ -88,8 +123,9 @@ def _oserror(exc: OSError, where: object) -> AreaError:
 
 
 class Area:
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Path, *, replace_empty_dir: bool = False) -> None:
         self.target = target
+        self.replace_empty_dir = replace_empty_dir  # an empty directory at target may go
         self.root = target.parent / f".{target.name}.shoal"
         self.versions = self.root / "versions"
         self.manifests = self.root / "manifests"
@@ -103,8 +139,9 @@ class Area:
     def current(self) -> str | None:
         """The version ``REMOTE_DIR`` points at; None before the first push.
 
-        AreaError when ``REMOTE_DIR`` is something Shoal did not make (a real,
-        non-empty directory or a foreign symlink), so it is never clobbered.
+        AreaError when ``REMOTE_DIR`` is something Shoal did not make (a real
+        directory or a foreign symlink), so it is never clobbered; an empty
+        directory is replaced only when :attr:`replace_empty_dir` says so.
         """
         try:
             st = os.lstat(str(self.target))
@@ -119,7 +156,12 @@ class Area:
                 return link[len(prefix) :]
             raise AreaError(f"{self.target} is a symlink Shoal did not make (to {link})")
         if stat.S_ISDIR(st.st_mode) and not os.listdir(str(self.target)):
-            return None
+            if self.replace_empty_dir:
+                return None
+            raise AreaError(
+                f"{self.target} is an empty directory, not a Shoal deployment;"
+                " remove it or push with --replace-empty-dir"
+            )
         raise AreaError(f"{self.target} exists and is not a Shoal deployment; move it away")
 
     def check_root(self) -> None:
@@ -284,12 +326,13 @@ class Area:
                 raise NeedChunks(sorted(set(need)))
             for path, mode in reversed(dirs):
                 os.chmod(path, mode)
-            os.chmod(str(stage), 0o755)
             self._save_stamps(version, m, stage)
             if durable:
                 _sync_fs(stage)  # every file on disk before anyone can switch to it
             self.versions.mkdir(parents=True, exist_ok=True, mode=0o755)
             os.replace(str(stage), str(self.versions / version))
+            # the top's own mode only now: renaming a directory needs write access to it
+            os.chmod(str(self.versions / version), mf.file_mode(m.root_mode, allow_setuid))
             _fsync_dir(self.versions)
         except NeedChunks:
             _remove_tree(stage)

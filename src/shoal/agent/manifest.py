@@ -6,7 +6,7 @@ library only and runs on Python >= 3.9.
 
 A manifest is canonical JSON (keys sorted, no spaces, UTF-8)::
 
-    {"format": 1,
+    {"format": 2, "m": 448,
      "entries": [{"p": "bin", "t": "d", "m": 493},
                  {"p": "bin/run", "t": "f", "m": 493, "n": 70000,
                   "c": [["<sha256>", 65536], ["<sha256>", 4464]]},
@@ -20,10 +20,17 @@ a *pack*: a zlib-compressed chunk of many small files (``shoal push -a``),
 listed in ``packs`` as [sha256 of the compressed bytes, compressed size, raw
 size]. The version id is the first 16 hex digits of the SHA-256 of the
 canonical JSON, so the same tree always has the same id on every node.
+``m`` is the mode of the tree's top directory (``REMOTE_DIR`` itself), so a
+0700 tree stays 0700 on the nodes. Format 1 had no ``m`` and deployed the top
+at 0755: it is still read (kept versions' manifests, for chunk reuse), and an
+agent that knows only format 1 refuses a format-2 manifest rather than widen
+its top directory.
 
 Safety rules, checked by :func:`parse` wherever a manifest is read (a node
 never trusts the controller's checks): paths are relative, made of plain
-components (no ``..``, ``.``, empty parts, NUL or backslash-free tricks), unique,
+components (no ``..``, ``.``, empty parts, NUL or backslash-free tricks) that are
+valid Unicode (a lone surrogate, Python's stand-in for a byte that is not
+UTF-8, would make two different strings one file name), unique,
 and every entry's parent is a directory entry of the same manifest, so nothing
 is ever written through a symlink; symlink targets are relative and, resolved
 inside the manifest's own tree (following its other symlinks), never leave it;
@@ -40,7 +47,10 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-FORMAT = 1
+FORMAT = 2
+#: Formats :func:`parse` reads; format 1 lacks the top directory's mode (0755 then).
+FORMATS = (1, 2)
+OLD_ROOT_MODE = 0o755
 #: Longest path and symlink target accepted, and deepest symlink chain followed.
 MAX_PATH = 4096
 MAX_LINK_HOPS = 40
@@ -97,11 +107,13 @@ class Pack:
 class Manifest:
     entries: list[Entry] = field(default_factory=list)
     packs: list[Pack] = field(default_factory=list)
+    root_mode: int = OLD_ROOT_MODE  # the top directory's mode
 
     def to_bytes(self) -> bytes:
         """Canonical JSON: the same tree gives the same bytes, hence the same version."""
         value = {
             "format": FORMAT,
+            "m": self.root_mode,
             "entries": [e.to_json() for e in self.entries],
             "packs": [[p.hash, p.size, p.raw] for p in self.packs],
         }
@@ -166,14 +178,19 @@ def parse(data: bytes) -> Manifest:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ManifestError(f"manifest is not JSON: {exc}") from None
-    if not isinstance(value, dict) or value.get("format") != FORMAT:
-        raise ManifestError(f"manifest format is not {FORMAT}")
+    if (
+        not isinstance(value, dict)
+        or type(value.get("format")) is not int
+        or value["format"] not in FORMATS
+    ):
+        raise ManifestError(f"manifest format is not one of {FORMATS}")
+    root_mode = OLD_ROOT_MODE if value["format"] == 1 else _int(value.get("m"), "mode", "top")
     raw_packs = value.get("packs", [])
     raw_entries = value.get("entries")
     if not isinstance(raw_entries, list) or not isinstance(raw_packs, list):
         raise ManifestError("manifest needs lists 'entries' and 'packs'")
     packs = [_pack(p, i) for i, p in enumerate(raw_packs)]
-    manifest = Manifest([_entry(e, packs) for e in raw_entries], packs)
+    manifest = Manifest([_entry(e, packs) for e in raw_entries], packs, root_mode)
     validate(manifest)
     return manifest
 
@@ -240,6 +257,7 @@ def check_path(path: str) -> list[str]:
         raise ManifestError(f"{path!r}: empty or too long path")
     if "\0" in path:
         raise ManifestError(f"{path!r}: NUL in path")
+    _check_unicode(path, path, "path")
     if path.startswith("/"):
         raise ManifestError(f"{path!r}: absolute path")
     parts = path.split("/")
@@ -247,6 +265,13 @@ def check_path(path: str) -> list[str]:
         if part in ("", ".", ".."):
             raise ManifestError(f"{path!r}: '..', '.' or empty component in path")
     return parts
+
+
+def _check_unicode(path: str, text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ManifestError(f"{path!r}: {what} is not valid UTF-8") from None
 
 
 def validate(manifest: Manifest) -> None:
@@ -273,6 +298,7 @@ def check_link(path: str, target: str, kinds: dict[str, str], targets: dict[str,
     """Resolve ``path``'s target inside the tree; ManifestError if it can leave it."""
     if not target or len(target) > MAX_PATH or "\0" in target:
         raise ManifestError(f"{path!r}: bad symlink target")
+    _check_unicode(path, target, "symlink target")
     if target.startswith("/"):
         raise ManifestError(f"{path!r}: symlink to an absolute path {target!r}")
     hops = 0

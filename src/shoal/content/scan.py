@@ -7,7 +7,19 @@ gear hash, with SHA-256 at ~1.2 GB/s on top: 200 MB scan in ~0.3 s) and names
 each chunk by its SHA-256, so an edit in the middle of a file changes only the
 chunks it touches while its neighbours keep their names. Directories, files
 and relative symlinks go into the manifest (:mod:`shoal.agent.manifest`, the
-format nodes check); sockets, FIFOs and devices are skipped and listed.
+format nodes check), with the top directory's own mode; sockets, FIFOs and
+devices are skipped and listed, never opened.
+
+A tree that changes under the scan is refused with one line naming the path
+(``changed while it was being scanned``): a file that grew, shrank, vanished
+or was replaced (by a FIFO, a symlink, another file) between the listing and
+the read. Files are opened without following symlinks and without blocking,
+checked to be the regular file listed, and read, not mapped (a file truncated
+under a mapping kills the process with SIGBUS). Names and symlink targets must
+be UTF-8: a manifest is JSON text, and a name that is not UTF-8 (a lone
+surrogate in Python) would be a different string from the UTF-8 name of the
+same bytes, so nodes could not check names for uniqueness or links for
+staying inside; such a tree is refused naming the path, escaped.
 
 With ``pack=True`` (``shoal push -a``), files smaller than
 :data:`PACK_FILE_MAX` are concatenated in path order into packs of about
@@ -23,6 +35,7 @@ so a file changed after the scan is reported, never served as a lie.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -44,6 +57,8 @@ CHUNK_MAX = 64 * 1024
 PACK_FILE_MAX = 256 * 1024
 PACK_RAW = 1024 * 1024
 PACK_LEVEL = 6
+#: Opening a listed file never follows a symlink nor waits (a FIFO swapped in).
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -94,18 +109,71 @@ def cut_bytes(data: bytes, params: ChunkParams = ChunkParams()) -> list[tuple[st
     ]
 
 
-def _cut_file(path: Path, size: int, cdc: object, params: ChunkParams) -> list[tuple[str, int]]:
-    if size == 0:
-        return []
-    if size <= params.min:
-        return [(hashlib.sha256(path.read_bytes()).hexdigest(), size)]
-    chunks = [
-        (hashlib.sha256(c.data).hexdigest(), c.length)
-        for c in cdc.cut_file(str(path))  # type: ignore[attr-defined]
-    ]
-    if sum(n for _, n in chunks) != size:
-        raise ContentError(f"{path}: changed while it was being scanned")
+def _cut_file(
+    path: Path, st: os.stat_result, cdc: object, params: ChunkParams
+) -> list[tuple[str, int]]:
+    if st.st_size <= params.min:
+        data = _read_file(path, st)
+        return [(hashlib.sha256(data).hexdigest(), st.st_size)] if data else []
+    fd = _open_file(path, st)
+    try:
+        with os.fdopen(fd, "rb", buffering=0) as handle:
+            chunks = [
+                (hashlib.sha256(c.data).hexdigest(), c.length)
+                for c in cdc.cut_stream(handle)  # type: ignore[attr-defined]
+            ]
+    except OSError as exc:
+        raise ContentError(f"{_shown(path)}: {exc.strerror}") from None
+    if sum(n for _, n in chunks) != st.st_size:
+        raise _changed(path)
     return chunks
+
+
+def _shown(path: object) -> str:
+    """``path`` for a one-line message: bytes that are not UTF-8 and controls escaped."""
+    text = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _changed(path: Path) -> ContentError:
+    return ContentError(f"{_shown(path)}: changed while it was being scanned")
+
+
+def _open_file(path: Path, st: os.stat_result) -> int:
+    """A descriptor on the regular file ``st`` describes (ContentError if it changed)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO):
+            raise _changed(path) from None  # gone, or now a symlink or a socket
+        raise ContentError(f"{_shown(path)}: {exc.strerror}") from None
+    now = os.fstat(fd)
+    if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        raise _changed(path)
+    return fd
+
+
+def _read_file(path: Path, st: os.stat_result) -> bytes:
+    """The whole of a small listed file, which must still have its listed size."""
+    fd = _open_file(path, st)
+    try:
+        parts = []
+        left = st.st_size + 1  # one byte more tells a file that grew
+        while left > 0:
+            part = os.read(fd, left)
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+    except OSError as exc:
+        raise ContentError(f"{_shown(path)}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(parts)
+    if len(data) != st.st_size:
+        raise _changed(path)
+    return data
 
 
 #: A file's stamp (size, mtime_ns, ctime_ns, inode) and its chunks, by absolute path.
@@ -127,8 +195,12 @@ def scan(
     is still caught: the source re-hashes every chunk before serving it.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise ContentError(f"{root}: not a directory")
+    try:
+        top = os.stat(root)
+    except OSError as exc:
+        raise ContentError(f"{_shown(root)}: {exc.strerror}") from None
+    if not stat.S_ISDIR(top.st_mode):
+        raise ContentError(f"{_shown(root)}: not a directory")
     cdc = _chunker(params)
     entries: list[mf.Entry] = []
     locations: dict[str, tuple[Path, int, int]] = {}
@@ -139,12 +211,9 @@ def scan(
         if stat.S_ISDIR(st.st_mode):
             entries.append(mf.Entry(rel, "d", mode))
         elif stat.S_ISLNK(st.st_mode):
-            entries.append(mf.Entry(rel, "l", 0o777, target=os.readlink(path)))
+            entries.append(mf.Entry(rel, "l", 0o777, target=_readlink(path)))
         elif pack and st.st_size < PACK_FILE_MAX:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise ContentError(f"{path}: {exc.strerror}") from None
+            data = _read_file(path, st)
             entries.append(mf.Entry(rel, "f", mode, len(data), pack=packer.add(data)))
         else:
             stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
@@ -152,10 +221,7 @@ def scan(
             if hit is not None and hit[0] == stamp:
                 chunks = hit[1]
             else:
-                try:
-                    chunks = _cut_file(path, st.st_size, cdc, params)
-                except OSError as exc:
-                    raise ContentError(f"{path}: {exc.strerror}") from None
+                chunks = _cut_file(path, st, cdc, params)
                 if cache is not None:
                     cache[str(path)] = (stamp, chunks)
             offset = 0
@@ -164,11 +230,11 @@ def scan(
                 offset += size
             entries.append(mf.Entry(rel, "f", mode, offset, chunks))
     packer.close()
-    manifest = mf.Manifest(entries, packer.packs)
+    manifest = mf.Manifest(entries, packer.packs, stat.S_IMODE(top.st_mode))
     try:
         mf.validate(manifest)
     except mf.ManifestError as exc:
-        raise ContentError(f"{root}: {exc}") from None
+        raise ContentError(f"{_shown(root)}: {exc}") from None
     data = manifest.to_bytes()
     blob = zlib.compress(data, 6)
     blob_hash = hashlib.sha256(blob).hexdigest()
@@ -182,26 +248,74 @@ def scan(
 def _walk(root: Path, skipped: list[str]) -> list[tuple[str, Path, os.stat_result]]:
     """(relative path, path, lstat) of everything under ``root``, sorted by relative path."""
     out: list[tuple[str, Path, os.stat_result]] = []
-    stack = [""]
+    stack: list[tuple[str, os.stat_result | None]] = [("", None)]
     while stack:
-        rel_dir = stack.pop()
+        rel_dir, listed = stack.pop()
         base = root / rel_dir if rel_dir else root
-        try:
-            names = os.listdir(base)
-        except OSError as exc:
-            raise ContentError(f"{base}: {exc.strerror}") from None
-        for name in names:
+        for name in _listdir(base, listed):
             rel = f"{rel_dir}/{name}" if rel_dir else name
             path = base / name
-            st = os.lstat(path)
+            _check_name(path, name, "name")
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                raise _changed(path) from None
+            except OSError as exc:
+                raise ContentError(f"{_shown(path)}: {exc.strerror}") from None
             if stat.S_ISDIR(st.st_mode):
-                stack.append(rel)
+                stack.append((rel, st))
             elif not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
                 skipped.append(rel)
                 continue
             out.append((rel, path, st))
     out.sort(key=lambda item: item[0])
     return out
+
+
+def _listdir(path: Path, st: os.stat_result | None) -> list[str]:
+    """Names in the directory ``st`` describes (the root, ``st`` None, may be a symlink)."""
+    try:
+        if st is None:
+            return os.listdir(path)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                raise _changed(path)
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise _changed(path) from None
+        raise ContentError(f"{_shown(path)}: {exc.strerror}") from None
+
+
+def _readlink(path: Path) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EINVAL):
+            raise _changed(path) from None  # gone, or no longer a symlink
+        raise ContentError(f"{_shown(path)}: {exc.strerror}") from None
+    _check_name(path, target, "symlink target")
+    return target
+
+
+def _check_name(path: Path, text: str, what: str) -> None:
+    if not _utf8(text):
+        raise ContentError(
+            f"{_shown(path)}: {what} is not valid UTF-8 (rename it; manifests carry UTF-8)"
+        )
+
+
+def _utf8(text: str) -> bool:
+    """``text`` is UTF-8 (no lone surrogates), as manifests and SQLite need."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _Packer:
@@ -243,6 +357,8 @@ def load_cache(state: State, root: Path, params: ChunkParams) -> ScanCache:
     """The cached chunks of files under ``root`` (scanned with ``params``)."""
     state.ensure("content_scan", CACHE_SCHEMA)
     prefix = str(Path(root).resolve()) + "/"
+    if not _utf8(prefix):
+        return {}  # a root whose path is not UTF-8 goes without the cache
     rows = state.db.execute(
         "SELECT path, stamp, chunks FROM content_scan WHERE path >= ? AND path < ? AND params = ?",
         (prefix, prefix[:-1] + "0", _params_key(params)),
@@ -260,7 +376,7 @@ def save_cache(state: State, cache: ScanCache, params: ChunkParams) -> None:
     with state.transaction() as db:
         db.executemany(
             "INSERT OR REPLACE INTO content_scan(path, params, stamp, chunks) VALUES (?,?,?,?)",
-            [(p, key, json.dumps(s), json.dumps(c)) for p, (s, c) in cache.items()],
+            [(p, key, json.dumps(s), json.dumps(c)) for p, (s, c) in cache.items() if _utf8(p)],
         )
 
 
@@ -284,9 +400,11 @@ class SourceBackend(Backend):
             return None
         path, offset, size = spot
         try:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read(size)
+            fd = os.open(path, _OPEN_FLAGS)  # a FIFO swapped in must not hang the server
+            try:
+                data = os.pread(fd, size, offset) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+            finally:
+                os.close(fd)
         except OSError:
             data = b""
         if hashlib.sha256(data).hexdigest() != digest:
