@@ -7,6 +7,7 @@ fills defaults, raising ValueError with a one-line message naming the field.
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 from dataclasses import asdict, dataclass, field, fields
@@ -95,8 +96,13 @@ class ProgramSpec:
             "health_timeout",
         ):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{where}: {key} must be a number >= 0")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"{where}: {key} must be a finite number >= 0, got {value!r}")
             setattr(self, key, float(value))
         if self.backoff_factor < 1:
             raise ValueError(f"{where}: backoff_factor must be >= 1")

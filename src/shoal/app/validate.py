@@ -22,6 +22,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from shoal.numeric import is_finite
+
 from .located import PathKey
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -57,6 +59,8 @@ def app_schema() -> dict[str, Any]:
 def _is_type(value: Any, name: str) -> bool:
     if isinstance(value, bool) and name in ("integer", "number"):
         return False
+    if name in ("integer", "number") and isinstance(value, float) and not is_finite(value):
+        return False  # JSON has no NaN or infinity: ``.nan`` is not a number here
     if name == "integer" and isinstance(value, float):
         return value.is_integer()
     return isinstance(value, _TYPES[name])
@@ -71,6 +75,8 @@ def _describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, float) and not is_finite(value):
+        return f"{value} (not a finite number)"
     if isinstance(value, (int, float)):
         return f"the number {value}"
     return f"{value!r}"

@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from shoal.numeric import is_finite, number
+
 from .common import add_connection_options, connection_settings, selected_nodes
 
 if TYPE_CHECKING:
@@ -90,12 +92,12 @@ def register(sub: Any) -> None:
         "-e", "--env", action="append", default=[], metavar="NAME=VALUE", help="repeatable"
     )
     start.add_argument("--health", metavar="CMD", help="health command (exit 0 = healthy)")
-    start.add_argument("--health-interval", type=float, metavar="S", help="default 10")
-    start.add_argument("--health-timeout", type=float, metavar="S", help="default 5")
+    start.add_argument("--health-interval", type=number, metavar="S", help="default 10")
+    start.add_argument("--health-timeout", type=number, metavar="S", help="default 5")
     start.add_argument(
         "--health-retries", type=int, metavar="N", help="failures in a row that restart (3)"
     )
-    start.add_argument("--stop-grace", type=float, metavar="S", help="before SIGKILL (5)")
+    start.add_argument("--stop-grace", type=number, metavar="S", help="before SIGKILL (5)")
     start.add_argument("--fatal-after", type=int, metavar="N", help="rapid failures (5)")
     start.add_argument("--log-max-bytes", type=int, metavar="BYTES", help="default 1 MiB")
     start.add_argument("--log-backups", type=int, metavar="N", help="default 3")
@@ -122,7 +124,7 @@ def register(sub: Any) -> None:
     _common(ev)
     ev.add_argument("-n", "--lines", type=int, default=50, metavar="N", help="latest N (50)")
     ev.add_argument("--follow", action="store_true", help="keep pulling and printing")
-    ev.add_argument("--interval", type=float, default=2.0, metavar="S", help="follow period")
+    ev.add_argument("--interval", type=number, default=2.0, metavar="S", help="follow period")
     ev.add_argument("--no-pull", action="store_true", help="show stored events only")
     ev.set_defaults(handler=cmd_events)
 
@@ -150,7 +152,7 @@ def parse_duration(text: str) -> float:
         value = float(body) * units[unit]
     except ValueError:
         raise UsageError(f"bad duration {text!r}: use e.g. 30s, 5m, 1h") from None
-    if value <= 0:
+    if not is_finite(value) or value <= 0:
         raise UsageError(f"duration must be positive, got {text!r}")
     return value
 

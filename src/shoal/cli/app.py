@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shoal.numeric import number
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -35,12 +37,12 @@ def register(sub: Any) -> None:
     up.add_argument(
         "--for",
         dest="duration",
-        type=float,
+        type=number,
         default=None,
         metavar="SECONDS",
         help="monitor in the foreground for this long (default: until Ctrl-C)",
     )
-    up.add_argument("--interval", type=float, default=5.0, help="seconds between checks")
+    up.add_argument("--interval", type=number, default=5.0, help="seconds between checks")
     up.add_argument("--json", action="store_true", help="print the report as JSON")
     up.set_defaults(handler=cmd_up)
 
@@ -58,8 +60,8 @@ def register(sub: Any) -> None:
 
     mo = s.add_parser("monitor", help="check and converge (replace lost nodes) in a loop")
     mo.add_argument("name", nargs="?")
-    mo.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS")
-    mo.add_argument("--interval", type=float, default=5.0)
+    mo.add_argument("--for", dest="duration", type=number, default=None, metavar="SECONDS")
+    mo.add_argument("--interval", type=number, default=5.0)
     mo.add_argument("--once", action="store_true", help="one check, then exit")
     mo.set_defaults(handler=cmd_monitor)
 

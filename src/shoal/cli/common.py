@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from shoal.nodes.model import Node
+from shoal.numeric import number
 
 
 def add_select_option(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,7 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--connect-timeout",
-        type=float,
+        type=number,
         default=10.0,
         metavar="SECONDS",
         help="give up connecting to a node after this long (default 10)",

@@ -14,6 +14,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from shoal.numeric import is_finite, number
+
 from .common import add_select_option, connection_settings, selected_nodes
 from .terminal import unescaped
 
@@ -27,7 +29,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", default=".shoal", metavar="DIR", help="agent working area (.shoal)")
     p.add_argument("--python", default="python3", help="python3 on the nodes")
     p.add_argument("-p", "--parallel", type=int, metavar="N", help="nodes at once")
-    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--connect-timeout", type=number, default=10.0, metavar="SECONDS")
     p.add_argument("--host-keys", choices=("verify", "accept-new"), default="verify")
     p.add_argument("--json", action="store_true", help="one JSON record per node")
 
@@ -77,7 +79,10 @@ def parse_rate(text: str | None) -> float | None:
     low = text.strip().lower()
     for unit, factor in units.items():
         if low.endswith(unit) and low[: -len(unit)].replace(".", "", 1).isdigit():
-            return float(low[: -len(unit)]) * factor
+            value = float(low[: -len(unit)]) * factor
+            if not is_finite(value):
+                break
+            return value
     try:
         return parse_bits(text) / 8.0
     except Exception:

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from shoal.numeric import number
+
 from .common import add_connection_options, connection_settings, selected_nodes
 from .terminal import unescaped
 
@@ -24,7 +26,7 @@ def _add_fanout_options(p: argparse.ArgumentParser) -> None:
     add_connection_options(p)
     p.add_argument(
         "--delay",
-        type=float,
+        type=number,
         default=0.0,
         metavar="SECONDS",
         help="pause between successive launches (default 0)",
@@ -32,7 +34,7 @@ def _add_fanout_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-t",
         "--timeout",
-        type=float,
+        type=number,
         metavar="SECONDS",
         help="per-node limit; a command that overruns is killed on the node",
     )

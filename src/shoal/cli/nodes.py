@@ -15,6 +15,7 @@ from typing import Any
 
 from shoal.cli.common import add_select_option
 from shoal.nodes.model import Node
+from shoal.numeric import number
 
 
 def _print_json(data: Any) -> None:
@@ -484,12 +485,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = fsub.add_parser("refresh", help="gather facts over SSH, in parallel")
     add_select_option(p)
     p.add_argument("-p", "--parallel", type=int, help="connections at once")
-    p.add_argument("--timeout", type=float, help="seconds per node")
-    p.add_argument("--max-age", type=float, help="seconds before facts count as stale")
+    p.add_argument("--timeout", type=number, help="seconds per node")
+    p.add_argument("--max-age", type=number, help="seconds before facts count as stale")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_facts_refresh)
     p = fsub.add_parser("show", help="stored facts, stale ones marked")
     add_select_option(p)
-    p.add_argument("--max-age", type=float, help="seconds before facts count as stale")
+    p.add_argument("--max-age", type=number, help="seconds before facts count as stale")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_facts_show)

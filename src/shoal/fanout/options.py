@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shoal.errors import UsageError
+from shoal.numeric import is_finite
 
 MAX_DEFAULT_PARALLEL = 512
 FDS_PER_CONNECTION = 3  # socket, plus an SFTP or forwarded stream now and then
@@ -38,17 +39,19 @@ class FanoutOptions:
     def validate(self) -> None:
         if self.parallel is not None and self.parallel < 1:
             raise UsageError(f"--parallel must be at least 1, got {self.parallel}")
-        if self.delay < 0:
-            raise UsageError(f"--delay must not be negative, got {self.delay}")
-        if self.connect_timeout <= 0:
+        if not is_finite(self.delay) or self.delay < 0:
+            raise UsageError(f"--delay must be a number >= 0, got {self.delay}")
+        if not is_finite(self.connect_timeout) or self.connect_timeout <= 0:
             raise UsageError(f"--connect-timeout must be positive, got {self.connect_timeout}")
-        if self.timeout is not None and self.timeout <= 0:
+        if self.timeout is not None and (not is_finite(self.timeout) or self.timeout <= 0):
             raise UsageError(f"--timeout must be positive, got {self.timeout}")
         if self.retries < 0:
             raise UsageError(f"--retries must not be negative, got {self.retries}")
+        if not is_finite(self.retry_backoff) or self.retry_backoff < 0:
+            raise UsageError(f"retry backoff must be a number >= 0, got {self.retry_backoff}")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers must be at least 1, got {self.workers}")
-        if self.keepalive <= 0:
+        if not is_finite(self.keepalive) or self.keepalive <= 0:
             raise UsageError(f"keepalive must be positive, got {self.keepalive}")
         if self.host_keys not in ("verify", "accept-new"):
             raise UsageError(f"--host-keys must be verify or accept-new, got {self.host_keys!r}")

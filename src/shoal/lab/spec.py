@@ -38,7 +38,7 @@ MAX_NAME = 15 - len(PREFIX)  # the root-namespace veth is PREFIX + name
 DEFAULT_NAME = "default"
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-_NODE_RE = re.compile(r"^n([1-9][0-9]*)$")
+_NODE_RE = re.compile(r"^n([1-9][0-9]{0,8})$")  # digits bounded: int() of 5,000 of them raises
 
 # tc's rate units, with tc's meaning: "bit" units are bits/s, "bps" units bytes/s.
 _RATE_UNITS: dict[str, int] = {
@@ -54,7 +54,7 @@ _RATE_UNITS: dict[str, int] = {
     "tbps": 8 * 10**12,
 }
 _TIME_UNITS: dict[str, int] = {"us": 1, "ms": 1000, "s": 1_000_000}
-_NUM_UNIT_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+_NUM_UNIT_RE = re.compile(r"^\s*([0-9]{1,15}(?:\.[0-9]{1,15})?)\s*([a-zA-Z]*)\s*$")  # finite
 
 MIN_RATE = 8_000  # 8 kbit/s: below this tbf cannot hold one full packet sensibly
 MAX_RATE = 100 * 10**9
