@@ -1,12 +1,12 @@
 """YAML documents that remember where each value came from (file:line).
 
-:func:`load` composes the document with PyYAML's safe loader (node marks carry
-line numbers), turns it into plain Python values, and returns a
-:class:`Located` whose :meth:`Located.line` answers "which line holds the
-value at this path" — so every spec error can name ``file:line``. Paths are
-tuples of mapping keys and list indexes, ``("components", "sender",
-"processes", 0, "run")``; a path of a key that is missing answers the line of
-its nearest present parent.
+:func:`load` composes the document with PyYAML's safe loader within the
+bounds of :mod:`shoal.yamlload` (node marks carry line numbers), turns it
+into plain Python values, and returns a :class:`Located` whose
+:meth:`Located.line` answers "which line holds the value at this path" — so
+every spec error can name ``file:line``. Paths are tuples of mapping keys and
+list indexes, ``("components", "sender", "processes", 0, "run")``; a path of
+a key that is missing answers the line of its nearest present parent.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from shoal import yamlload
 from shoal.errors import ConfigError
 
 PathKey = tuple[str | int, ...]
@@ -81,7 +82,9 @@ def _scalar(node: yaml.Node) -> Any:
 def loads(text: str, file: str = "<spec>") -> Located:
     """Parse YAML text; ConfigError names file:line on a syntax error."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yamlload.compose(text)
+    except yamlload.LimitError as exc:
+        raise ConfigError(f"{file}:{exc.line}: {exc.problem}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1

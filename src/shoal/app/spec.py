@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import ConfigError
+from shoal.numeric import is_finite
 
 from .located import Located, PathKey
 from .located import load as load_yaml
@@ -84,14 +85,14 @@ class Requirement:
 
 
 def _number(value: object) -> float | None:
+    """``value`` as a finite number (NaN and infinities compare as text)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
-        return float(str(value))
-    except ValueError:
+        number = float(value) if isinstance(value, (int, float)) else float(str(value))
+    except (ValueError, OverflowError):
         return None
+    return number if is_finite(number) else None
 
 
 @dataclass(frozen=True)
@@ -402,33 +403,32 @@ def predecessor_edges(spec: AppSpec) -> list[tuple[str, str, int]]:
 
 
 def _check_cycles(spec: AppSpec, doc: Located) -> None:
-    edges = predecessor_edges(spec)
+    """Refuse a loop in the predecessor graph (depth-first, iterative: a component
+    of thousands of steps is one long path)."""
     succ: dict[str, list[tuple[str, int]]] = {}
-    for a, b, line in edges:
+    for a, b, line in predecessor_edges(spec):
         succ.setdefault(a, []).append((b, line))
-    state: dict[str, int] = {}
-    stack: list[tuple[str, int]] = []
-
-    def visit(v: str) -> list[tuple[str, int]] | None:
-        state[v] = 1
-        for w, line in succ.get(v, []):
-            stack.append((w, line))
-            if state.get(w) == 1:
-                start = next(i for i, (x, _) in enumerate(stack) if x == w)
-                return stack[start:]
-            if state.get(w) is None:
-                found = visit(w)
-                if found:
-                    return found
-            stack.pop()
-        state[v] = 2
-        return None
-
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
     for vertex in sorted(succ):
-        if state.get(vertex) is None:
-            stack[:] = [(vertex, 0)]
-            loop = visit(vertex)
-            if loop:
+        if state.get(vertex) is not None:
+            continue
+        path: list[tuple[str, int]] = [(vertex, 0)]
+        todo = [iter(succ.get(vertex, []))]
+        state[vertex] = 1
+        while todo:
+            nxt = next(todo[-1], None)
+            if nxt is None:
+                state[path.pop()[0]] = 2
+                todo.pop()
+                continue
+            w, line = nxt
+            if state.get(w) == 1:
+                start = next(i for i, (x, _) in enumerate(path) if x == w)
+                loop = [*path[start:], (w, line)]
                 names = " -> ".join(v for v, _ in loop)
-                line = max(line for _, line in loop[1:])
-                raise ConfigError(f"{doc.file}:{line}: cyclic predecessors: {names}")
+                where = max(line for _, line in loop[1:])
+                raise ConfigError(f"{doc.file}:{where}: cyclic predecessors: {names}")
+            if state.get(w) is None:
+                state[w] = 1
+                path.append((w, line))
+                todo.append(iter(succ.get(w, [])))

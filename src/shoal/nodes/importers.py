@@ -30,16 +30,19 @@ import shlex
 import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
 from shoal.errors import InventoryError
 from shoal.nodes.model import AttrValue, Node
-from shoal.nodes.nodeset import NodeSetParseError, expand
+from shoal.nodes.nodeset import MAX_NAMES, NodeSetParseError, expand
 
 HOST_KEYS = ("ansible_host", "ansible_ssh_host")
 USER_KEYS = ("ansible_user", "ansible_ssh_user")
 PORT_KEYS = ("ansible_port", "ansible_ssh_port")
+#: The deepest chain of groups (``children`` of ``children``...) an inventory may have.
+MAX_GROUP_DEPTH = 100
 _ANSIBLE_RANGE = re.compile(r"\[([0-9a-zA-Z]+):([0-9a-zA-Z]+)(?::(\d+))?\]")
 
 
@@ -131,6 +134,8 @@ def parse_plain(text: str, source: str = "<list>") -> list[Node]:
                 hosts = expand(host)
             except NodeSetParseError as exc:
                 raise InventoryError(f"{where}: {exc}") from None
+        if len(nodes) + len(hosts) > MAX_NAMES:
+            raise InventoryError(f"{where}: the list names more than {MAX_NAMES:,} nodes")
         for h in hosts:
             node_name = name if name and len(hosts) == 1 else h
             nodes.append(
@@ -167,25 +172,40 @@ def read_plain_file(path: str | Path) -> list[Node]:
 
 
 def expand_ansible(pattern: str) -> list[str]:
-    """Host names of an Ansible host pattern: ``www[01:50].x``, ``db-[a:f]``, ``[1:9:2]``."""
-    m = _ANSIBLE_RANGE.search(pattern)
-    if not m:
-        return [pattern]
-    start, stop, step_text = m.group(1), m.group(2), m.group(3)
-    step = int(step_text) if step_text else 1
-    head, tail = pattern[: m.start()], pattern[m.end() :]
-    if start.isdigit() and stop.isdigit():
-        width = len(start) if start.startswith("0") and len(start) > 1 else 0
-        items = [f"{i:0{width}d}" for i in range(int(start), int(stop) + 1, step)]
-    elif len(start) == 1 and len(stop) == 1 and start.isalpha() and stop.isalpha():
-        letters = string.ascii_letters
-        a, b = letters.index(start), letters.index(stop)
-        items = list(letters[a : b + 1 : step])
-    else:
-        raise InventoryError(f"bad host range [{start}:{stop}] in {pattern!r}")
-    if not items:
-        raise InventoryError(f"empty host range in {pattern!r}")
-    return [h for item in items for h in expand_ansible(head + item + tail)]
+    """Host names of an Ansible host pattern: ``www[01:50].x``, ``db-[a:f]``, ``[1:9:2]``.
+
+    Refused before expanding when it stands for more than MAX_NAMES hosts.
+    """
+    columns: list[list[str]] = []  # the literal texts and ranges, in order
+    pos = 0
+    total = 1
+    for m in _ANSIBLE_RANGE.finditer(pattern):
+        start, stop, step_text = m.group(1), m.group(2), m.group(3)
+        step = int(step_text) if step_text else 1
+        if step < 1:
+            raise InventoryError(f"bad host range step {step} in {pattern!r}")
+        numbers = start.isdigit() and stop.isdigit()
+        if numbers:
+            values: range | str = range(int(start), int(stop) + 1, step)
+        elif len(start) == 1 and len(stop) == 1 and start.isalpha() and stop.isalpha():
+            letters = string.ascii_letters
+            values = letters[letters.index(start) : letters.index(stop) + 1 : step]
+        else:
+            raise InventoryError(f"bad host range [{start}:{stop}] in {pattern!r}")
+        if not values:
+            raise InventoryError(f"empty host range in {pattern!r}")
+        total *= len(values)
+        if total > MAX_NAMES:
+            raise InventoryError(f"{pattern!r} stands for more than {MAX_NAMES:,} hosts")
+        width = len(start) if numbers and start.startswith("0") and len(start) > 1 else 0
+        columns.append([pattern[pos : m.start()]])
+        if isinstance(values, range):
+            columns.append([f"{i:0{width}d}" for i in values])
+        else:
+            columns.append(list(values))
+        pos = m.end()
+    columns.append([pattern[pos:]])
+    return ["".join(combo) for combo in product(*columns)]
 
 
 class _Groups:
@@ -206,6 +226,8 @@ class _Groups:
     def add_host(self, group: str, host: str, hvars: Mapping[str, AttrValue]) -> None:
         self.group(group)
         if host not in self.host_vars:
+            if len(self.order) >= MAX_NAMES:
+                raise InventoryError(f"the inventory names more than {MAX_NAMES:,} hosts")
             self.host_vars[host] = {}
             self.order.append(host)
         self.host_vars[host].update(hvars)
@@ -219,17 +241,40 @@ class _Groups:
                 parents.setdefault(k, set()).add(g)
         return parents
 
-    def nodes(self, source: str) -> Inventory:
+    def ancestors(self, source: str) -> dict[str, list[str]]:
+        """Every group's ancestors, farthest first, each once; computed depth first over
+        an explicit stack, refusing loops and nesting deeper than MAX_GROUP_DEPTH."""
         parents = self.parents()
+        done: dict[str, list[str]] = {}
+        for top in sorted(parents):
+            path = [top]
+            todo = [iter(sorted(parents[top]))]
+            while todo:
+                p = next(todo[-1], None)
+                if p is None:
+                    g = path.pop()
+                    todo.pop()
+                    out: dict[str, None] = {}
+                    for q in sorted(parents.get(g, ())):
+                        out.update(dict.fromkeys(done[q]))
+                        out[q] = None
+                    done[g] = list(out)
+                elif p in path:
+                    raise InventoryError(f"{source}: group {p!r} is its own ancestor")
+                elif p not in done:
+                    if len(path) >= MAX_GROUP_DEPTH:
+                        raise InventoryError(
+                            f"{source}: group {top!r} is nested deeper than {MAX_GROUP_DEPTH}"
+                        )
+                    path.append(p)
+                    todo.append(iter(sorted(parents.get(p, ()))))
+        return done
 
-        def ancestors(g: str, seen: tuple[str, ...] = ()) -> list[str]:
-            if g in seen:
-                raise InventoryError(f"{source}: group {g!r} is its own ancestor")
-            out: list[str] = []
-            for p in sorted(parents.get(g, ())):
-                out.extend(ancestors(p, (*seen, g)))
-                out.append(p)
-            return out
+    def nodes(self, source: str) -> Inventory:
+        known = self.ancestors(source)
+
+        def ancestors(g: str) -> list[str]:
+            return known.get(g, [])
 
         host_groups: dict[str, list[str]] = {h: [] for h in self.order}
         for g, hosts in self.hosts.items():
@@ -337,8 +382,12 @@ def _strip_quotes(text: str) -> str:
 def parse_ansible_yaml(text: str, source: str = "<yaml>") -> Inventory:
     import yaml
 
+    from shoal import yamlload
+
     try:
-        data = yaml.safe_load(text)
+        data = yamlload.load(text)
+    except yamlload.LimitError as exc:
+        raise InventoryError(f"{source}:{exc.line}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise InventoryError(f"{source}: not valid YAML: {exc}".replace("\n", " ")) from None
     if not isinstance(data, dict):
