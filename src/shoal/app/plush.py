@@ -48,6 +48,8 @@ from shoal.errors import ConfigError
 from .located import Located, PathKey
 
 NAME_RE = re.compile(r"[^A-Za-z0-9_-]+")
+#: The deepest nesting of elements accepted (a Plush description needs about 7).
+MAX_DEPTH = 64
 
 
 @dataclass
@@ -69,37 +71,56 @@ class Element:
     def find(self, tag: str) -> list[Element]:
         """Descendants named ``tag`` (depth first, document order)."""
         out = []
-        for child in self.children:
-            if child.tag == tag:
-                out.append(child)
-            out.extend(child.find(tag))
+        todo = list(reversed(self.children))
+        while todo:
+            element = todo.pop()
+            if element.tag == tag:
+                out.append(element)
+            todo.extend(reversed(element.children))
         return out
 
 
 def parse_xml(text: str, file: str) -> Element:
-    """A tree of :class:`Element` with line numbers; ConfigError names file:line."""
+    """A tree of :class:`Element` with line numbers; ConfigError names file:line.
+
+    Like defusedxml, entity declarations are refused (nested entities expand
+    exponentially, and external ones read other files); elements nest at most
+    MAX_DEPTH deep; an element's text is joined once, not grown per chunk.
+    """
     parser = expat.ParserCreate()
     stack: list[Element] = []
+    texts: list[list[str]] = []  # the text chunks of each open element
     root: list[Element] = []
 
     def start(tag: str, attrs: dict[str, str]) -> None:
         element = Element(tag, dict(attrs), parser.CurrentLineNumber)
+        if len(stack) >= MAX_DEPTH:
+            where = f"{file}:{element.line}"
+            raise ConfigError(f"{where}: <{tag}> is nested deeper than {MAX_DEPTH} elements")
         if stack:
             stack[-1].children.append(element)
         else:
             root.append(element)
         stack.append(element)
+        texts.append([])
 
     def end(tag: str) -> None:
-        stack.pop()
+        stack.pop().text = "".join(texts.pop())
 
     def data(chunk: str) -> None:
-        if stack:
-            stack[-1].text += chunk
+        if texts:
+            texts[-1].append(chunk)
+
+    def entity(name: str, *_: object) -> None:
+        line = parser.CurrentLineNumber
+        raise ConfigError(f"{file}:{line}: entity declarations are not accepted ({name!r})")
 
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     parser.CharacterDataHandler = data
+    parser.EntityDeclHandler = entity
+    parser.UnparsedEntityDeclHandler = entity
+    parser.ExternalEntityRefHandler = entity  # type: ignore[assignment]
     try:
         parser.Parse(text, True)
     except expat.ExpatError as exc:
@@ -132,29 +153,36 @@ def _command(process: Element) -> str:
 
 
 def _ordered(blocks: list[Element], file: str) -> list[Element]:
-    """Blocks in document order, each after its predecessors (stable topological sort)."""
+    """Blocks in document order, each after its predecessors (stable topological sort,
+    depth first over an explicit stack: a chain of predecessors can be long)."""
     names = {b.attrs.get("name", f"#{i}"): b for i, b in enumerate(blocks)}
     done: list[Element] = []
     placed: set[str] = set()
-    visiting: set[str] = set()
-
-    def place(key: str, block: Element) -> None:
+    for key, block in names.items():
         if key in placed:
-            return
-        if key in visiting:
-            raise ConfigError(f"{file}:{block.line}: cyclic predecessors at block {key!r}")
-        visiting.add(key)
-        for pred in block.all("predecessor"):
+            continue
+        path = [key]
+        on_path = {key}
+        todo = [iter(block.all("predecessor"))]
+        while todo:
+            pred = next(todo[-1], None)
+            if pred is None:
+                todo.pop()
+                name = path.pop()
+                on_path.discard(name)
+                placed.add(name)
+                done.append(names[name])
+                continue
             pname = _require(pred, "name", file)
             if pname not in names:
                 raise ConfigError(f"{file}:{pred.line}: unknown predecessor block {pname!r}")
-            place(pname, names[pname])
-        visiting.discard(key)
-        placed.add(key)
-        done.append(block)
-
-    for key, block in names.items():
-        place(key, block)
+            if pname in on_path:
+                line = names[pname].line
+                raise ConfigError(f"{file}:{line}: cyclic predecessors at block {pname!r}")
+            if pname not in placed:
+                path.append(pname)
+                on_path.add(pname)
+                todo.append(iter(names[pname].all("predecessor")))
     return done
 
 
