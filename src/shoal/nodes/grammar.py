@@ -17,6 +17,12 @@ Grammar (whitespace is allowed between tokens, never inside a name)::
               | 'spread(' arg ',' COUNT ',' 'by=' KEY ')'
     COUNT    := INT | INT '%'
 
+Bounds, refused with the column before anything is expanded: the node-set
+literals of one expression stand for at most
+:data:`~shoal.nodes.nodeset.MAX_NAMES` names in all, parentheses and calls
+nest at most :data:`MAX_NESTING` deep, and plans refer to plans at most
+:data:`MAX_PLAN_DEPTH` deep (checked where plans are stored and evaluated).
+
 ``,`` and ``|`` are union; ``!`` and a ``-`` that does not continue a name are
 difference; ``&`` intersection; ``^`` symmetric difference. Inside a call's
 first argument ``,`` separates arguments, so write unions there with ``|`` or
@@ -32,7 +38,8 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from shoal.errors import SelectionSyntaxError
-from shoal.nodes.nodeset import NodeSetParseError, expand
+from shoal.nodes.nodeset import MAX_NAMES, NodeSetParseError, expand
+from shoal.nodes.nodeset import count as count_names
 
 KEYWORDS = ("all", "failed", "healthy")
 FUNCTIONS = ("limit", "random", "spread")
@@ -47,6 +54,11 @@ _IDENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-:]*")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _OPCHARS = re.compile(r"[=!<>~]+")
 _INT = re.compile(r"\d+")
+
+#: The deepest nesting of parentheses and calls in one expression.
+MAX_NESTING = 64
+#: The longest chain of plans referring to plans (``%a`` uses ``%b`` uses ...).
+MAX_PLAN_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -125,9 +137,11 @@ Expr: TypeAlias = Names | Group | PlanRef | Keyword | Filter | BinOp | Call
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, budget: int) -> None:
         self.text = text
         self.pos = 0
+        self.depth = 0  # parentheses and calls open at self.pos
+        self.budget = budget  # names the literals still to come may stand for
 
     # --- helpers ------------------------------------------------------------
     def error(self, expected: str, column: int | None = None) -> SelectionSyntaxError:
@@ -190,9 +204,11 @@ class _Parser:
         if not ch:
             raise self.error(what)
         if ch == "(":
+            self.enter()
             self.pos += 1
             inner = self.expr(allow_comma=True)
             self.expect(")", "')'")
+            self.depth -= 1
             return inner
         if ch == "[" and not _RANGE_BODY.match(self.text, self.pos):
             return Filter(None, self.condition())
@@ -218,9 +234,18 @@ class _Parser:
         if text in FUNCTIONS and self.peek() == "(":
             return self.call(text)
         try:
+            size = count_names(text, start)
+            if size > self.budget:
+                left = "" if self.budget == MAX_NAMES else f", {self.budget:,} left"
+                raise self.error(
+                    f"a node set of fewer names: {text!r} stands for {size:,}; "
+                    f"a selection may name at most {MAX_NAMES:,}{left}",
+                    start,
+                )
             names = frozenset(expand(text, start))
         except NodeSetParseError as exc:
             raise self.error(f"a valid node set ({exc})", exc.column) from None
+        self.budget -= size
         return Names(text, names, start)
 
     def name(self) -> str:
@@ -298,7 +323,15 @@ class _Parser:
             return Count(int(digits), True)
         return Count(int(digits))
 
+    def enter(self) -> None:
+        """One level deeper into parentheses or a call (at self.pos), within MAX_NESTING."""
+        self.skip()
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.error(f"at most {MAX_NESTING} nested parentheses or calls")
+
     def call(self, func: str) -> Call:
+        self.enter()
         self.expect("(")
         arg = self.expr(allow_comma=False)
         self.expect(",", f"',' and a count in {func}()")
@@ -326,12 +359,16 @@ class _Parser:
             if by is None:
                 raise self.error("an attribute name after 'by='")
         self.expect(")", f"')' closing {func}()")
+        self.depth -= 1
         return Call(func, arg, count, seed, by)
 
 
-def parse(text: str) -> Expr:
-    """The AST of a selection expression; SelectionSyntaxError when it is malformed."""
-    return _Parser(text).parse()
+def parse(text: str, budget: int = MAX_NAMES) -> Expr:
+    """The AST of a selection expression; SelectionSyntaxError when it is malformed.
+
+    Its node-set literals may stand for at most ``budget`` names in all.
+    """
+    return _Parser(text, budget).parse()
 
 
 def plan_refs(node: Expr | None) -> list[str]:

@@ -29,8 +29,10 @@ _DIGITS = re.compile(r"(\d+)")
 _PATTERN = re.compile(r"([^\[\]]+)|\[([^\[\]]*)\]")
 _RANGE = re.compile(r"^(\d+)(?:-(\d+)(?:/(\d+))?)?$")
 
-#: Above this many names one pattern is refused (a typo like ``n[1-999999999]``).
-MAX_EXPANSION = 5_000_000
+#: The most names one pattern, one selection expression or one inventory file may
+#: stand for: a thousand times a large fleet, yet refused before anything is expanded
+#: (``n[1-3]`` fourteen times over is 4.8 million names, ``a[1-2000]b[1-2000]`` four).
+MAX_NAMES = 1_000_000
 
 
 class NodeSetParseError(ValueError):
@@ -58,18 +60,17 @@ def _width(text: str) -> int:
     return len(text) if len(text) > 1 and text[0] == "0" else 0
 
 
-def expand_ranges(body: str, column: int = 0) -> list[str]:
-    """The number strings of a bracket body such as ``1-3,07-09,1-9/2``."""
-    out: list[str] = []
+def _ranges(body: str, column: int) -> list[tuple[int, int, int, int, str]]:
+    """``(start, stop, step, width, text)`` of each item of a bracket body, checked."""
+    out = []
     pos = column
     for item in body.split(","):
         m = _RANGE.match(item)
         if not m:
             raise NodeSetParseError(f"bad range {item!r} (expected N, N-M or N-M/STEP)", pos)
         start, stop, step = m.group(1), m.group(2), m.group(3)
-        width = _width(start)
         if stop is None:
-            out.append(start)
+            out.append((int(start), int(start), 1, _width(start), start))
         else:
             if _width(stop) and _width(stop) != len(start):
                 raise NodeSetParseError(f"range {item!r} mixes paddings", pos)
@@ -79,36 +80,73 @@ def expand_ranges(body: str, column: int = 0) -> list[str]:
                 raise NodeSetParseError(f"range {item!r} runs backwards", pos)
             if s < 1:
                 raise NodeSetParseError(f"range {item!r} has a step below 1", pos)
-            if (b - a) // s + 1 > MAX_EXPANSION:
-                raise NodeSetParseError(f"range {item!r} is too large", pos)
-            if width:
-                out.extend(f"{i:0{width}d}" for i in range(a, b + 1, s))
-            else:
-                out.extend(str(i) for i in range(a, b + 1, s))
+            out.append((a, b, s, _width(start), item))
         pos += len(item) + 1
     return out
 
 
-def expand(pattern: str, column: int = 0) -> list[str]:
-    """Every name one pattern stands for, in the order written (duplicates removed)."""
-    if "[" not in pattern and "]" not in pattern:
-        return [pattern]
-    pieces: list[list[str]] = []
+def _count(ranges: list[tuple[int, int, int, int, str]]) -> int:
+    return sum((b - a) // s + 1 for a, b, s, _, _ in ranges)
+
+
+def expand_ranges(body: str, column: int = 0) -> list[str]:
+    """The number strings of a bracket body such as ``1-3,07-09,1-9/2``."""
+    ranges = _ranges(body, column)
+    if _count(ranges) > MAX_NAMES:
+        raise NodeSetParseError(f"[{body}] stands for more than {MAX_NAMES:,} numbers", column)
+    out: list[str] = []
+    for a, b, s, width, _ in ranges:
+        if width:
+            out.extend(f"{i:0{width}d}" for i in range(a, b + 1, s))
+        else:
+            out.extend(str(i) for i in range(a, b + 1, s))
+    return out
+
+
+def _pieces(pattern: str, column: int) -> list[str | tuple[str, int]]:
+    """A pattern's literal texts and ``(bracket body, its column)`` in order."""
+    pieces: list[str | tuple[str, int]] = []
     pos = 0
     while pos < len(pattern):
         m = _PATTERN.match(pattern, pos)
         if not m:
             raise NodeSetParseError(f"unbalanced bracket in {pattern!r}", column + pos)
         if m.group(1) is not None:
-            pieces.append([m.group(1)])
+            pieces.append(m.group(1))
         else:
-            pieces.append(expand_ranges(m.group(2), column + pos + 1))
+            pieces.append((m.group(2), column + pos + 1))
         pos = m.end()
+    return pieces
+
+
+def count(pattern: str, column: int = 0) -> int:
+    """How many names ``pattern`` stands for (before duplicates are removed), computed
+    without expanding it; NodeSetParseError when it is malformed."""
+    if "[" not in pattern and "]" not in pattern:
+        return 1
     total = 1
-    for p in pieces:
-        total *= len(p)
-    if total > MAX_EXPANSION:
-        raise NodeSetParseError(f"{pattern!r} stands for too many names", column)
+    for piece in _pieces(pattern, column):
+        if isinstance(piece, tuple):
+            total *= _count(_ranges(*piece))
+    return total
+
+
+def expand(pattern: str, column: int = 0) -> list[str]:
+    """Every name one pattern stands for, in the order written (duplicates removed).
+
+    A pattern of more than :data:`MAX_NAMES` names is refused before expanding.
+    """
+    if "[" not in pattern and "]" not in pattern:
+        return [pattern]
+    total = count(pattern, column)
+    if total > MAX_NAMES:
+        raise NodeSetParseError(
+            f"{pattern!r} stands for {total:,} names (the limit is {MAX_NAMES:,})", column
+        )
+    pieces = [
+        expand_ranges(*piece) if isinstance(piece, tuple) else [piece]
+        for piece in _pieces(pattern, column)
+    ]
     return list(dict.fromkeys("".join(combo) for combo in product(*pieces)))
 
 
@@ -198,6 +236,7 @@ def parse(text: str) -> set[str]:
     op = ","
     depth = 0
     start = 0
+    named = 0  # names the elements stand for so far, bounded by MAX_NAMES
     for i, ch in enumerate(text + ","):
         if ch == "[":
             depth += 1
@@ -211,6 +250,9 @@ def parse(text: str) -> set[str]:
             chunk = text[start:i].strip()
             if not chunk:
                 raise NodeSetParseError(f"empty element in {text!r}", start)
+            named += count(chunk, start)
+            if named > MAX_NAMES:
+                raise NodeSetParseError(f"{text!r} stands for more than {MAX_NAMES:,} names", start)
             names = set(expand(chunk, start))
             if op == ",":
                 result |= names

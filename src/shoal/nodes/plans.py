@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from shoal.errors import PlanCycleError, UnknownNameError, UsageError
@@ -51,32 +51,41 @@ def find_cycle(start: str, lookup: Callable[[str], str | None]) -> list[str] | N
     """The first loop reachable from plan ``start`` (``[a, b, a]``), or None.
 
     ``lookup`` gives a plan's expression, None for unknown plans (which are not
-    a cycle; using them fails later with UnknownNameError).
+    a cycle; using them fails later with UnknownNameError). Depth first over an
+    explicit stack; a chain longer than MAX_PLAN_DEPTH is refused (UsageError).
     """
     path: list[str] = []
+    todo: list[tuple[list[str], Iterator[str]]] = []  # per plan on the path: refs, cursor
     on_path: set[str] = set()
-    done: set[str] = set()
+    height: dict[str, int] = {}  # plans done: the longest chain of plans they start
 
-    def visit(name: str) -> list[str] | None:
+    def enter(name: str) -> list[str] | None:
         if name in on_path:
             return [*path[path.index(name) :], name]
-        if name in done:
-            return None
-        expr = lookup(name)
+        expr = None if name in height else lookup(name)
         if expr is None:
+            height.setdefault(name, 0)
             return None
+        refs = grammar.plan_refs(grammar.parse(expr))
         path.append(name)
         on_path.add(name)
-        for ref in grammar.plan_refs(grammar.parse(expr)):
-            loop = visit(ref)
-            if loop:
-                return loop
-        path.pop()
-        on_path.discard(name)
-        done.add(name)
+        todo.append((refs, iter(refs)))
         return None
 
-    return visit(start)
+    loop = enter(start)
+    while todo and loop is None:
+        refs, cursor = todo[-1]
+        ref = next(cursor, None)
+        if ref is not None:
+            loop = enter(ref)
+            continue
+        todo.pop()
+        name = path.pop()
+        on_path.discard(name)
+        height[name] = 1 + max((height[r] for r in refs), default=0)
+        if height[name] > grammar.MAX_PLAN_DEPTH:
+            raise UsageError(f"plan %{name}: plans nested deeper than {grammar.MAX_PLAN_DEPTH}")
+    return loop
 
 
 def cycle_message(loop: list[str]) -> str:

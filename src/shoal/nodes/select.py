@@ -40,11 +40,22 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from shoal.errors import EmptySelectionError, PlanCycleError, UnknownNameError
+from shoal.errors import EmptySelectionError, PlanCycleError, SelectionError, UnknownNameError
 from shoal.nodes import grammar
-from shoal.nodes.grammar import BinOp, Call, Condition, Expr, Filter, Group, Keyword, Names, PlanRef
+from shoal.nodes.grammar import (
+    MAX_PLAN_DEPTH,
+    BinOp,
+    Call,
+    Condition,
+    Expr,
+    Filter,
+    Group,
+    Keyword,
+    Names,
+    PlanRef,
+)
 from shoal.nodes.model import AttrValue, Node
-from shoal.nodes.nodeset import NodeSet, fold, natural_key, natural_sorted
+from shoal.nodes.nodeset import MAX_NAMES, NodeSet, fold, natural_key, natural_sorted
 from shoal.state import State
 
 FIELDS = ("host", "user", "port", "name")
@@ -282,6 +293,8 @@ class Evaluator:
         self._values: dict[str, Mapping[str, AttrValue]] = {}
         self._plans: dict[str, set[str]] = {}
         self._stack: list[str] = []
+        #: names the plans still to be parsed may stand for (grammar.parse's bound)
+        self.budget = MAX_NAMES
 
     def all(self) -> set[str]:
         if self._all is None:
@@ -294,7 +307,40 @@ class Evaluator:
         return self._failed
 
     def eval(self, node: Expr) -> set[str]:
+        """The names of ``node``, evaluated over an explicit stack (post-order): a list
+        of 5,000 names joined by ``,`` is an operator chain 5,000 deep."""
+        results: list[set[str]] = []  # every set here is a fresh one, ours to change
+        todo: list[tuple[Expr, bool]] = [(node, False)]
+        while todo:
+            n, operands_done = todo.pop()
+            inner = _operands(n)
+            if inner and not operands_done:
+                todo.append((n, True))
+                todo.extend((o, False) for o in reversed(inner))
+            elif isinstance(n, BinOp):
+                right = results.pop()
+                left = results[-1]
+                if n.op == "union":
+                    left |= right
+                elif n.op == "difference":
+                    left -= right
+                elif n.op == "intersection":
+                    left &= right
+                else:
+                    left ^= right
+            elif isinstance(n, Filter):
+                base = self.all() if n.operand is None else results.pop()
+                results.append(self.filter(base, n.condition))
+            elif isinstance(n, Call):
+                results.append(self.call(n, results.pop()))
+            else:
+                results.append(self.leaf(n))
+        return results[0]
+
+    def leaf(self, node: Names | Keyword | Group | PlanRef) -> set[str]:
+        """The names of an expression without operands."""
         if isinstance(node, Names):
+            self.budget -= len(node.names)
             return set(node.names)
         if isinstance(node, Keyword):
             if node.word == "all":
@@ -306,22 +352,7 @@ class Evaluator:
             if node.name not in self._groups:
                 self._groups[node.name] = self.u.group(node.name)
             return set(self._groups[node.name])
-        if isinstance(node, PlanRef):
-            return set(self.plan(node.name))
-        if isinstance(node, BinOp):
-            left = self.eval(node.left)
-            right = self.eval(node.right)
-            if node.op == "union":
-                return left | right
-            if node.op == "difference":
-                return left - right
-            if node.op == "intersection":
-                return left & right
-            return left ^ right
-        if isinstance(node, Filter):
-            base = self.all() if node.operand is None else self.eval(node.operand)
-            return self.filter(base, node.condition)
-        return self.call(node)
+        return set(self.plan(node.name))
 
     def plan(self, name: str) -> set[str]:
         if name in self._stack:
@@ -329,12 +360,15 @@ class Evaluator:
             raise PlanCycleError("plan cycle: " + " -> ".join(loop))
         if name in self._plans:
             return self._plans[name]
+        if len(self._stack) >= MAX_PLAN_DEPTH:
+            chain = " -> ".join(f"%{p}" for p in [*self._stack, name])
+            raise SelectionError(f"plans nested deeper than {MAX_PLAN_DEPTH}: {chain}")
         expr = self.u.plan(name)
         if expr is None:
             raise UnknownNameError(f"unknown plan: %{name}")
         self._stack.append(name)
         try:
-            result = self.eval(grammar.parse(expr))
+            result = self.eval(grammar.parse(expr, max(self.budget, 0)))
         finally:
             self._stack.pop()
         self._plans[name] = result
@@ -354,8 +388,8 @@ class Evaluator:
             return {n for n in base if n in values and test(values[n])}
         return {n for n, v in values.items() if n in base and test(v)}
 
-    def call(self, node: Call) -> set[str]:
-        members = self.eval(node.arg)
+    def call(self, node: Call, members: set[str]) -> set[str]:
+        """``node`` applied to the names of its argument, ``members``."""
         n = node.count.of(len(members))
         if n >= len(members):
             return members
@@ -366,6 +400,17 @@ class Evaluator:
             return set(rng.sample(natural_sorted(members), n))
         assert node.by is not None
         return spread(members, n, self.values(node.by))
+
+
+def _operands(node: Expr) -> tuple[Expr, ...]:
+    """The sub-expressions ``node`` is computed from, left to right."""
+    if isinstance(node, BinOp):
+        return (node.left, node.right)
+    if isinstance(node, Filter):
+        return () if node.operand is None else (node.operand,)
+    if isinstance(node, Call):
+        return (node.arg,)
+    return ()
 
 
 def spread(members: Iterable[str], n: int, values: Mapping[str, AttrValue]) -> set[str]:
