@@ -293,9 +293,9 @@ class Lab:
             etc.mkdir(mode=0o755)
             sshd.generate_keys(etc, labdir, f"shoal-lab-{spec.name}")
             user_pub = sshd.public_key(labdir / (sshd.USER_KEY + ".pub"))
-            (etc / "sshd_config").write_text(sshd.render_sshd_config_netns())
+            (etc / "sshd_config").write_text(sshd.render_sshd_config_netns(spec.home))
             (etc / "ssh_config").write_text("Host *\n  SendEnv LANG LC_*\n")
-            netns.make_node_dirs(labdir, [n.name for n in state.nodes], user_pub)
+            netns.make_node_dirs(labdir, [n.name for n in state.nodes], user_pub, spec.home)
             netns.build(state, spec.shaping, spec.controller)
             lab = cls._finish_up(state)
         except BaseException:
@@ -323,7 +323,7 @@ class Lab:
             etc.mkdir(mode=0o700)
             sshd.generate_keys(etc, labdir, f"shoal-lab-{spec.name}")
             user_pub = sshd.public_key(labdir / (sshd.USER_KEY + ".pub"))
-            rootless.build(state, user_pub)
+            rootless.build(state, user_pub, spec.home)
             lab = cls._finish_up(state)
         except BaseException:
             cls._cleanup(spec.name, labdir)

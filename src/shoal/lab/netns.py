@@ -173,16 +173,25 @@ def allocate_slot(net: str) -> int:
 # ---------------------------------------------------------------- building
 
 
-def make_node_dirs(labdir: Path, names: Sequence[str], user_pub: str) -> None:
+def make_home(base: Path, user_pub: str, sub: str = "") -> Path:
+    """``base/home`` with the lab's authorized key, and the home sessions get: itself,
+    or ``base/home/SUB`` when the lab has an odd home (:attr:`LabSpec.home`)."""
+    home = base / "home"
+    (home / ".ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(home, 0o700)
+    (home / ".ssh" / "authorized_keys").write_text(user_pub + "\n")
+    os.chmod(home / ".ssh" / "authorized_keys", 0o600)
+    session = home / sub if sub else home
+    session.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for rc in (".bashrc", ".profile"):
+        (session / rc).touch()
+    return session
+
+
+def make_node_dirs(labdir: Path, names: Sequence[str], user_pub: str, home: str = "") -> None:
     for name in names:
         base = labdir / "nodes" / name
-        home = base / "home"
-        (home / ".ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(home, 0o700)
-        (home / ".ssh" / "authorized_keys").write_text(user_pub + "\n")
-        os.chmod(home / ".ssh" / "authorized_keys", 0o600)
-        for rc in (".bashrc", ".profile"):
-            (home / rc).touch()
+        make_home(base, user_pub, home)
         (base / "tmp").mkdir(exist_ok=True)
         os.chmod(base / "tmp", 0o1777)
         (base / "log").mkdir(exist_ok=True, mode=0o755)

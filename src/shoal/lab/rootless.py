@@ -29,7 +29,7 @@ from pathlib import Path
 
 from shoal.errors import LabError
 from shoal.lab import sshd, system
-from shoal.lab.netns import PARALLEL, wait_ready
+from shoal.lab.netns import PARALLEL, make_home, wait_ready
 from shoal.lab.state import LabState, NodeState
 
 NEEDS_ROOT = "needs root (network namespaces); this lab is rootless"
@@ -68,21 +68,15 @@ def node_tag(ident: str, node: str) -> str:
     return f"{sshd.NODE_TAG}={ident}/{node}"
 
 
-def make_node(labdir: Path, lab: str, node: NodeState, user_pub: str) -> None:
+def make_node(labdir: Path, lab: str, node: NodeState, user_pub: str, home: str = "") -> None:
     base = labdir / "nodes" / node.name
-    home = base / "home"
-    (home / ".ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(home, 0o700)
-    (home / ".ssh" / "authorized_keys").write_text(user_pub + "\n")
-    os.chmod(home / ".ssh" / "authorized_keys", 0o600)
-    for rc in (".bashrc", ".profile"):
-        (home / rc).touch()
     config = sshd.render_sshd_config_rootless(
         port=node.port,
         host_key=labdir / "etc" / sshd.HOST_KEY,
-        home=home,
+        home=make_home(base, user_pub, home),
         lab=lab_ident(lab, labdir),
         node=node.name,
+        auth_keys=base / "home" / ".ssh" / "authorized_keys",
     )
     sshd.write_private(base / "sshd_config", config, 0o600)
 
@@ -104,10 +98,10 @@ def start_nodes(labdir: Path, nodes: Sequence[NodeState]) -> None:
         raise LabError(f"{exc} (rootless: a port may have been taken meanwhile)") from None
 
 
-def build(state: LabState, user_pub: str) -> None:
+def build(state: LabState, user_pub: str, home: str = "") -> None:
     labdir = Path(state.dir)
     for n in state.nodes:
-        make_node(labdir, state.name, n, user_pub)
+        make_node(labdir, state.name, n, user_pub, home)
     start_nodes(labdir, state.nodes)
 
 

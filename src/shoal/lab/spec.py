@@ -163,11 +163,15 @@ class LabSpec:
     controller: Shaping = Shaping()
     rootless: bool = False
     net: str = DEFAULT_NET
+    #: A directory under each node's home that sessions get as ``$HOME`` and start
+    #: in (e.g. ``"it's home"``: a home with odd characters, for tests); "" = none.
+    home: str = ""
 
     def __post_init__(self) -> None:
         validate_count(self.n)
         validate_name(self.name)
         parse_net(self.net)
+        validate_home(self.home)
 
 
 _NONE_WORDS = frozenset({"none", "off", "no"})
@@ -200,6 +204,20 @@ def validate_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def validate_home(home: str) -> str:
+    """``home`` if it is "" or a relative directory of printable characters other
+    than ``"``, ``\\`` and ``%`` (which sshd_config does not carry plainly)."""
+    bad = any(p in ("", ".", "..") for p in home.split("/")) or any(
+        c in '"\\%' or not c.isprintable() for c in home
+    )
+    if home and bad:
+        raise UsageError(
+            f"bad lab home {home!r}: use a relative directory without '.' or '..' parts "
+            "and without '\"', '\\', '%' or control characters"
+        )
+    return home
 
 
 def node_index(node: str) -> int:

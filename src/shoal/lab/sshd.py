@@ -105,45 +105,62 @@ Subsystem sftp {SFTP_SERVER}
 """
 
 
-def render_sshd_config_netns() -> str:
+#: ForceCommand that starts every command, shell and sftp session in ``$HOME``, in the
+#: user's own shell (sshd itself starts them in the home of the password database).
+FORCE_HOME = (
+    'cd "$HOME" || exit 1; '
+    'if [ -z "$SSH_ORIGINAL_COMMAND" ]; then exec "$SHELL" -l; fi; '
+    'eval "$SSH_ORIGINAL_COMMAND"'
+)
+
+
+def config_word(text: str) -> str:
+    """``text`` as one sshd_config argument: as is when plain, else in double quotes
+    (with ``"`` and ``\\`` escaped)."""
+    if not any(c in text for c in " \t\"'\\#"):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_sshd_config_netns(home: str = "") -> str:
     """sshd_config for a node in its own namespaces.
 
     Inside the node's mount namespace the lab's ``etc`` directory is mounted
     on ``/etc/ssh`` and the node's home on ``/root``, so ordinary paths work.
+    With ``home`` (see :attr:`LabSpec.home`) sessions get ``/root/HOME`` as
+    ``$HOME`` and start there.
     """
+    odd = f"SetEnv {config_word('HOME=/root/' + home)}\nForceCommand {FORCE_HOME}\n" if home else ""
     return (
         "# Shoal lab node (network namespace); generated, do not edit.\n"
         "ListenAddress 0.0.0.0:22\n"
         f"HostKey /etc/ssh/{HOST_KEY}\n"
         "AuthorizedKeysFile .ssh/authorized_keys\n"
-        "StrictModes yes\n" + _COMMON_SSHD
+        "StrictModes yes\n" + odd + _COMMON_SSHD
     )
 
 
 def render_sshd_config_rootless(
-    *, port: int, host_key: Path, home: Path, lab: str, node: str
+    *, port: int, host_key: Path, home: Path, lab: str, node: str, auth_keys: Path | None = None
 ) -> str:
     """sshd_config for a rootless node: its own loopback port and home.
 
     ``SetEnv HOME`` gives sessions the node's home (so the node's empty
     ``.bashrc`` is read, not the user's) and ``ForceCommand`` starts every
     command, shell and subsystem from that home, in the user's own shell.
-    ``StrictModes`` is off because the lab may live under a world-writable
-    ``/tmp`` parent; authentication stays key-only.
+    ``auth_keys`` defaults to ``home/.ssh/authorized_keys``. ``StrictModes``
+    is off because the lab may live under a world-writable ``/tmp`` parent;
+    authentication stays key-only.
     """
-    force = (
-        'cd "$HOME" || exit 1; '
-        'if [ -z "$SSH_ORIGINAL_COMMAND" ]; then exec "$SHELL" -l; fi; '
-        'eval "$SSH_ORIGINAL_COMMAND"'
-    )
+    keys = str(auth_keys or home / ".ssh" / "authorized_keys").replace("%", "%%")
     return (
         f"# Shoal rootless lab node {node}; generated, do not edit.\n"
         f"ListenAddress 127.0.0.1:{port}\n"
-        f"HostKey {host_key}\n"
-        f"AuthorizedKeysFile {home}/.ssh/authorized_keys\n"
+        f"HostKey {config_word(str(host_key))}\n"
+        f"AuthorizedKeysFile {config_word(keys)}\n"
         "StrictModes no\n"
-        f"SetEnv HOME={home} {NODE_TAG}={lab}/{node}\n"
-        f"ForceCommand {force}\n" + _COMMON_SSHD
+        f"SetEnv {config_word(f'HOME={home}')} {NODE_TAG}={lab}/{node}\n"
+        f"ForceCommand {FORCE_HOME}\n" + _COMMON_SSHD
     )
 
 
