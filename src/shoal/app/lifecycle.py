@@ -32,7 +32,7 @@ from shoal.nodes.model import Node
 from shoal.ops import agents
 from shoal.ops.agent_client import AgentNotRunning, cached_home, probe, start_agent
 from shoal.state import State
-from shoal.transport.base import Connection
+from shoal.transport.base import Connection, shell_path
 
 from . import store
 from .acquire import Allocation, acquire, gather_facts
@@ -412,7 +412,7 @@ async def logs_async(
 
         async def op(conn: Connection, n: Node, st2: State) -> agents.AgentResult:
             home = cached_home(st2, n.name, opts.home) or opts.home
-            h = shlex.quote(home)
+            h = shell_path(home)
             pat = f"{shlex.quote(name)}.{shlex.quote(component) + '.' if component else ''}"
             res = await conn.run(
                 f"for f in {h}/logs/steps/{pat}*.log {h}/logs/{pat}*.log; do"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -231,10 +232,16 @@ class Runner:
         return values
 
     @staticmethod
-    def expand(text: str, values: dict[str, str]) -> str:
+    def expand(text: str, values: dict[str, str], *, shell: bool = True) -> str:
+        """``text`` with its ``${...}`` replaced; in a command (``shell``) each value is
+        one shell word, quoted when it needs it (``${dir}`` under a home with a space)."""
+
         def sub(m: re.Match[str]) -> str:
             key = m.group(1) + (f".{m.group(2)}" if m.group(2) else "")
-            return values.get(key, m.group(0))
+            if key not in values:
+                return m.group(0)
+            value = values[key]
+            return shlex.quote(value) if shell and value else value
 
         return VAR_RE.sub(sub, text)
 
@@ -247,8 +254,8 @@ class Runner:
             "SHOAL_INDEX": values["index"],
             "SHOAL_APP_DIR": values["dir"],
         }
-        env.update({k: self.expand(v, values) for k, v in comp.env.items()})
-        env.update({k: self.expand(v, values) for k, v in step.env.items()})
+        env.update({k: self.expand(v, values, shell=False) for k, v in comp.env.items()})
+        env.update({k: self.expand(v, values, shell=False) for k, v in step.env.items()})
         return env
 
     # -- configure -------------------------------------------------------------
@@ -313,9 +320,16 @@ class Runner:
         client = await agents.connect_agent(conn, node, st, self.opts.agent)
         try:
             adir = app_dir(self.homes[node.name], self.spec.name)
-            await client.call(
-                "step.run", id=f"{self.spec.name}.mkdir", command=f"mkdir -p {adir}", timeout=30
+            made = await client.call(
+                "step.run",
+                id=f"{self.spec.name}.mkdir",
+                command=f"mkdir -p {shlex.quote(adir)}",
+                timeout=30,
             )
+            if made.get("exit") != 0:
+                raise NodeFailure(
+                    f"{node.name}: cannot create {adir}: {_last_line(made.get('tail', ''))}"
+                )
             for sname in self.spec.software:
                 if not any(sname in c.software for c in self.components_of(node.name)):
                     continue

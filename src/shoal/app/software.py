@@ -119,7 +119,7 @@ async def copy_software(
         if check.exit_status == 0:
             return NodeResult(node.name, exit_status=0, stdout="same")
         q, staging = shlex.quote(target), shlex.quote(target + ".new")
-        prep = await conn.run(f"rm -rf {staging} && mkdir -p $(dirname {q})", timeout=60)
+        prep = await conn.run(f'rm -rf {staging} && mkdir -p "$(dirname {q})"', timeout=60)
         if prep.exit_status != 0:
             return NodeResult(node.name, exit_status=prep.exit_status, stderr=prep.stderr.decode())
         await conn.put(str(tree.source), target + ".new")

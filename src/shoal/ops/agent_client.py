@@ -23,7 +23,7 @@ from typing import Any
 from shoal.agent import protocol
 from shoal.errors import AgentError, TransportError, VersionMismatch
 from shoal.state import State
-from shoal.transport.base import ByteReader, ByteWriter, Connection
+from shoal.transport.base import ByteReader, ByteWriter, Connection, shell_path
 
 DEFAULT_HOME = ".shoal"
 DEFAULT_PYTHON = "python3"
@@ -48,18 +48,9 @@ def ensure(state: State) -> None:
     state.ensure("agents", SCHEMA)
 
 
-def home_expr(home: str) -> str:
-    """``home`` as a shell word: ``~/x`` becomes ``x`` (commands start in the home)."""
-    if home in ("~", "~/"):
-        return "."
-    if home.startswith("~/"):
-        home = home[2:]
-    return shlex.quote(home)
-
-
 def probe_command(home: str, create: bool) -> str:
     """Print the working area's absolute path, then the installed build id (if any)."""
-    h = home_expr(home)
+    h = shell_path(home)
     prepare = f"mkdir -p {h} && chmod 700 {h} && " if create else ""
     return f"{prepare}cd {h} && pwd && (cat agent.build 2>/dev/null || true)"
 
@@ -91,7 +82,7 @@ async def probe(conn: Connection, home: str, *, create: bool = False) -> Probe |
     if not lines:
         raise AgentError(f"{conn.node.name}: cannot resolve working area {home}")
     build = lines[1].strip() if len(lines) > 1 and lines[1].strip() else None
-    return Probe(lines[0].strip(), build)
+    return Probe(lines[0], build)  # not stripped: a home may end in a space
 
 
 async def start_agent(conn: Connection, abs_home: str, python: str = DEFAULT_PYTHON) -> bool:

@@ -10,6 +10,7 @@ raises only :class:`shoal.errors.TransportError` subclasses.
 from __future__ import annotations
 
 import abc
+import shlex
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +23,21 @@ DRAIN_AFTER_EXIT = 0.25
 
 #: Called with (stream, line) for each complete line of output, when streaming.
 LineCallback = Callable[[str, bytes], None]
+
+
+def shell_path(path: str) -> str:
+    """``path`` as one word of a command the node's shell runs (for :meth:`Connection.run`).
+
+    Quoted like :func:`shlex.quote` (a home such as ``/root/it's home`` stays one
+    word), except that a leading ``~`` or ``~/`` still means the remote user's
+    home: it becomes ``"$HOME"`` (``~/a b`` → ``"$HOME"/'a b'``). Other words
+    (names, digests, user text) take :func:`shlex.quote` itself.
+    """
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + (shlex.quote(path[2:]) if path[2:] else "")
+    return shlex.quote(path)
 
 
 @dataclass(frozen=True)
