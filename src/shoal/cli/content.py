@@ -52,6 +52,11 @@ def register(sub: Any) -> None:
     push.add_argument("--rate-limit", metavar="RATE", help="per-node cap, e.g. 50mbit")
     push.add_argument("--source-rate", metavar="RATE", help="cap on the controller's egress")
     push.add_argument("--allow-setuid", action="store_true", help="keep setuid/setgid bits")
+    push.add_argument(
+        "--replace-empty-dir",
+        action="store_true",
+        help="replace an existing empty directory at REMOTE_DIR (refused otherwise)",
+    )
     push.add_argument("--no-fsync", action="store_true", help="do not flush to disk first")
     push.add_argument("--no-progress", action="store_true")
     push.set_defaults(handler=cmd_push)
@@ -135,6 +140,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     opts.rate_limit = parse_rate(args.rate_limit)
     opts.source_rate = parse_rate(args.source_rate)
     opts.allow_setuid = args.allow_setuid
+    opts.replace_empty_dir = args.replace_empty_dir
     opts.durable = not args.no_fsync
     live = _Live(not (args.no_progress or args.json))
     try:
