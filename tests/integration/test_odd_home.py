@@ -1,11 +1,11 @@
-"""Every command the controller builds works on nodes whose home is ``/root/it's home``.
+"""Every command the controller builds works on nodes whose home is ``/root/it's [home]``.
 
-A separate 2-node lab (``LabSpec.home``: sessions get ``/root/it's home`` as
+A separate 2-node lab (``LabSpec.home``: sessions get ``/root/it's [home]`` as
 ``$HOME`` and start there) with its own ``SHOAL_HOME``, so its nodes own group
 ``lab`` there and the shared 8-node lab is left alone. Local files also have a
 space and a quote in their names. Each test drives the CLI (or the library
 where the CLI has no switch) and then checks on the node that things landed
-in the odd home and nowhere else (no ``/root/it's`` or ``home`` split off).
+in the odd home and nowhere else (no ``/root/it's`` or ``[home]`` split off).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .conftest import lab_skip_reason, unique_lab_name
 
 pytestmark = pytest.mark.lab
 
-ODD = "it's home"
+ODD = "it's [home]"  # a space, a quote, and glob characters for the SFTP patterns
 HOME = f"/root/{ODD}"
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 
@@ -78,10 +78,11 @@ def remote(node: Node, command: str) -> str:
 
 
 def no_split_paths(lab: Lab) -> None:
-    """Nothing was made at the words an unquoted ``/root/it's home/...`` splits into."""
+    """Nothing was made at the words an unquoted ``/root/it's [home]/...`` splits into."""
+    tail = shlex.quote(f"{HOME}/{ODD.split()[-1]}")
     for node in lab.nodes():
         assert set(remote(node, "ls -A /root").splitlines()) == {ODD, ".ssh"}
-        assert remote(node, f"ls -d {shlex.quote(HOME)}/home 2>/dev/null; true") == ""
+        assert remote(node, f"ls -d {tail} 2>/dev/null; true") == ""
 
 
 def test_run_starts_in_the_odd_home_with_and_without_a_timeout(odd_lab: Lab) -> None:
@@ -184,8 +185,10 @@ def test_app_up_and_down_in_the_odd_home(odd_lab: Lab, tmp_path: Path) -> None:
         p = shoal("app", "logs", "oddapp")
         assert p.returncode == 0 and "oddapp.svc.mark.log" in p.stdout, p.stdout + p.stderr
     finally:
-        p = shoal("app", "down", "oddapp")
+        p = shoal("app", "down", "oddapp", "--collect", str(tmp_path / "logs it's"))
     assert p.returncode == 0, p.stdout + p.stderr
+    for node in odd_lab.nodes():  # logs collected from the odd home (SFTP glob patterns)
+        assert (tmp_path / "logs it's" / node.name / "steps" / "oddapp.svc.mark.log").is_file()
     for node in odd_lab.nodes():
         assert remote(node, f"ls -A {shlex.quote(HOME)}/.shoal/apps 2>/dev/null; true") == ""
     no_split_paths(odd_lab)

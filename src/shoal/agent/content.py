@@ -148,7 +148,7 @@ class ContentService:
             if op == "content.end":
                 return self.end(_require(args, "version", str))
             if op == "content.versions":
-                return Area(resolve_target(_require(args, "dir", str))).describe()
+                return self._area(args).describe()
             if op == "content.rollback":
                 return self.rollback(_require(args, "dir", str), args.get("to"))
         except (AreaError, ChunkError, OSError) as exc:
@@ -189,7 +189,7 @@ class ContentService:
         token = _require(args, "token", str)
         if len(token) < 16:
             raise ValueError("token too short")
-        area = Area(resolve_target(_require(args, "dir", str)))
+        area = self._area(args)
         current = area.current()  # refuses a REMOTE_DIR that Shoal did not make
         await self._serve(str(args.get("bind") or "0.0.0.0"), int(args.get("port") or 0))
         assert self.server is not None
@@ -363,8 +363,13 @@ class ContentService:
             self.fetcher.close()
         return {"ended": session is not None, "pruned": removed}
 
+    def _area(self, args: dict[str, Any]) -> Area:
+        """The deployment ``args["dir"]`` names (never the agent's own working area)."""
+        target = resolve_target(_require(args, "dir", str), agent_home=self.home)
+        return Area(target, replace_empty_dir=bool(args.get("replace_empty_dir", False)))
+
     def rollback(self, target: str, to: Any) -> dict[str, Any]:
-        area = Area(resolve_target(target))
+        area = self._area({"dir": target})
         version = area.pick(str(to) if to else None)
         previous = area.switch(version, "rollback")
         self.record("content", None, f"{area.target} rolled back to {version}")

@@ -17,6 +17,7 @@ Nothing here prints: progress goes to ``UpOptions.say``.
 from __future__ import annotations
 
 import asyncio
+import glob
 import shlex
 import time
 from dataclasses import dataclass, field, replace
@@ -478,8 +479,8 @@ async def down_async(
                 if collect is not None:  # steps/ apart: the node names both sets of files
                     target = collect / n.name
                     for pattern, into in (
-                        (f"{home}/logs/{name}.*", target),
-                        (f"{home}/logs/steps/{name}.*", target / "steps"),
+                        (f"{glob.escape(home)}/logs/{name}.*", target),
+                        (f"{glob.escape(home)}/logs/steps/{name}.*", target / "steps"),
                     ):
                         try:
                             await conn.get(pattern, f"{into}/")
