@@ -10,6 +10,19 @@ or start anything. Every request carries the push's token, a random secret
 delivered to the nodes over SSH; a request with another token gets one error
 line and the connection is closed.
 
+Nobody can hold the server without the token. A connection must send its
+first request within :data:`AUTH_SECONDS`, in at most :data:`MAX_REQUEST`
+bytes; until it has, it is *pending*, and pending connections are capped
+(:data:`MAX_PENDING` in all, :data:`MAX_PENDING_PER_PEER` per address: a new
+one evicts the oldest). Every peer address holds at most
+:data:`MAX_PER_PEER` connections and the server :attr:`ChunkServer.max_connections`
+(a newcomer evicts that peer's, or anyone's, oldest idle one, else it is
+refused); a connection idle for :data:`IDLE_SECONDS` is closed, and so is one
+whose answer does not drain within :func:`answer_seconds` (a client that stops
+reading). So memory stays near ``MAX_PENDING × 3 × MAX_REQUEST`` and the
+descriptors near the caps whatever a client sends. The fetcher retries a
+kept-alive connection that the server closed meanwhile once, on a fresh one.
+
 Wire format (one TCP connection carries any number of requests, in turn)::
 
     client: {"v": 1, "token": T, "want": ["<sha256>", ...]}\\n      (≤ 1024 ids)
@@ -42,7 +55,16 @@ from .manifest import is_hash
 
 WIRE_VERSION = 1
 MAX_WANT = 1024
-MAX_REQUEST = 1 << 20
+#: The longest request line: MAX_WANT quoted ids (68 bytes each) and the token fit.
+MAX_REQUEST = 96 * 1024
+#: A new connection must have sent its first request (its token) by then.
+AUTH_SECONDS = 5.0
+#: A connection with no request for this long is closed.
+IDLE_SECONDS = 60.0
+MAX_PENDING = 64
+MAX_PENDING_PER_PEER = 8
+MAX_PER_PEER = 128
+MAX_CONNECTIONS = 4096
 SLICE = 256 * 1024
 LOWAT = 128 * 1024
 TEST_CORRUPT_FLAG = "TEST_CORRUPT_CHUNKS"
@@ -91,11 +113,49 @@ class StoreBackend(Backend):
         return data
 
 
+def answer_seconds(nbytes: int) -> float:
+    """How long an answer of ``nbytes`` may take to leave (the fetcher waits less)."""
+    return 30.0 + nbytes / 50e3
+
+
+def _open_files_limit() -> int:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1024
+    return 1 << 20 if soft == resource.RLIM_INFINITY else int(soft)
+
+
 @dataclass
 class ServerStats:
     sent: int = 0
     chunks: int = 0
     refused: int = 0
+    evicted: int = 0
+    timed_out: int = 0
+
+
+@dataclass(eq=False)
+class _Conn:
+    """One client connection: its peer address, its handler task and its phase."""
+
+    peer: str
+    task: asyncio.Task[Any] | None
+    authed: bool = False
+    busy: bool = False  # answering a request (never evicted)
+    expired: bool = False
+    dropped: bool = False
+
+    def expire(self) -> None:
+        self.expired = True
+        self.drop()
+
+    def drop(self) -> None:
+        self.dropped = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
 
 
 class ChunkServer:
@@ -104,10 +164,16 @@ class ChunkServer:
     def __init__(self, backend: Backend, throttle: Throttle | None = None) -> None:
         self.backend = backend
         self.tokens: set[str] = set()
+        #: token → when a request last carried it (the agent keeps busy sessions open)
+        self.used: dict[str, float] = {}
         self.throttle = throttle or Throttle(None)
         self.stats = ServerStats()
+        #: at most half the descriptors this process may open, and MAX_CONNECTIONS
+        self.max_connections = max(64, min(MAX_CONNECTIONS, _open_files_limit() // 2))
         self._servers: list[asyncio.AbstractServer] = []
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._conns: dict[_Conn, None] = {}  # insertion order: oldest first
+        self._pending: dict[_Conn, None] = {}
+        self._by_peer: dict[str, dict[_Conn, None]] = {}
         self._files: dict[int, Any] = {}
 
     async def start(self, host: str, port: int = 0) -> int:
@@ -119,17 +185,64 @@ class ChunkServer:
     def listening(self) -> bool:
         return bool(self._servers)
 
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
     def close(self) -> None:
         for server in self._servers:
             server.close()
         self._servers = []
-        for writer in list(self._writers):
-            writer.close()
+        for conn in list(self._conns):
+            conn.drop()
 
     def _authorized(self, token: object) -> bool:
         if not isinstance(token, str):
             return False
-        return any(hmac.compare_digest(token.encode(), t.encode()) for t in self.tokens)
+        for t in self.tokens:
+            if hmac.compare_digest(token.encode(), t.encode()):
+                self.used[t] = time.monotonic()
+                return True
+        return False
+
+    # -- admission ----------------------------------------------------------------
+
+    def _admit(self, conn: _Conn) -> bool:
+        """Make room for ``conn`` by evicting, or say it must be refused."""
+        mine = self._by_peer.get(conn.peer, {})
+        if len(self._pending) >= MAX_PENDING:
+            self._evict(next(iter(self._pending)))
+        if sum(1 for c in mine if not c.authed) >= MAX_PENDING_PER_PEER:
+            self._evict(next(c for c in mine if not c.authed))
+        if len(mine) >= MAX_PER_PEER and not self._evict_idle(mine):
+            return False
+        if len(self._conns) >= self.max_connections and not self._evict_idle(self._conns):
+            return False
+        self._conns[conn] = None
+        self._pending[conn] = None
+        self._by_peer.setdefault(conn.peer, {})[conn] = None
+        return True
+
+    def _evict_idle(self, conns: dict[_Conn, None]) -> bool:
+        victim = next((c for c in conns if not c.busy), None)
+        if victim is None:
+            return False
+        self._evict(victim)
+        return True
+
+    def _evict(self, conn: _Conn) -> None:
+        self.stats.evicted += 1
+        self._forget(conn)
+        conn.drop()
+
+    def _forget(self, conn: _Conn) -> None:
+        self._conns.pop(conn, None)
+        self._pending.pop(conn, None)
+        mine = self._by_peer.get(conn.peer)
+        if mine is not None:
+            mine.pop(conn, None)
+            if not mine:
+                del self._by_peer[conn.peer]
 
     async def _refuse(self, writer: asyncio.StreamWriter, error: str) -> None:
         self.stats.refused += 1
@@ -138,14 +251,24 @@ class ChunkServer:
         await writer.drain()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+        peer = writer.get_extra_info("peername")
+        conn = _Conn(str(peer[0]) if isinstance(peer, tuple) else "?", asyncio.current_task())
+        if not self._admit(conn):
+            self.stats.refused += 1
+            writer.transport.abort()
+            return
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                wait = IDLE_SECONDS if conn.authed else AUTH_SECONDS
+                timer = loop.call_later(wait, conn.expire)
                 try:
                     line = await reader.readline()
                 except (ValueError, asyncio.LimitOverrunError):
                     await self._refuse(writer, "request too long")
                     return
+                finally:
+                    timer.cancel()
                 if not line:
                     return
                 try:
@@ -159,22 +282,28 @@ class ChunkServer:
                 if not self._authorized(req.get("token")):
                     await self._refuse(writer, "bad token")
                     return
+                if not conn.authed:
+                    conn.authed = True
+                    self._pending.pop(conn, None)
                 want = req.get("want")
                 if not isinstance(want, list) or len(want) > MAX_WANT:
                     await self._refuse(writer, f"want must be a list of at most {MAX_WANT} ids")
                     return
-                await self._answer(writer, want)
-                await writer.drain()
+                conn.busy = True
+                await self._answer(writer, want, conn)
+                conn.busy = False
         except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass  # the peer went away, or the server is closing
+            pass  # the peer went away, was too slow or evicted, or the server is closing
         finally:
-            self._writers.discard(writer)
-            try:
+            if conn.expired:
+                self.stats.timed_out += 1
+            self._forget(conn)
+            if conn.dropped:
+                writer.transport.abort()  # do not wait for a client that stopped reading
+            else:
                 writer.close()
-            except OSError:
-                pass
 
-    async def _answer(self, writer: asyncio.StreamWriter, want: list[Any]) -> None:
+    async def _answer(self, writer: asyncio.StreamWriter, want: list[Any], conn: _Conn) -> None:
         """One header with every size (-1: not here), then the bodies back to back.
 
         Chunks that sit next to each other in one store file (a batch fetched
@@ -189,6 +318,21 @@ class ChunkServer:
                     part = self.backend.lookup(digest)
             parts.append(part)
         sizes = [-1 if p is None else (len(p) if isinstance(p, bytes) else p[2]) for p in parts]
+        total = sum(n for n in sizes if n > 0)
+        timer = asyncio.get_running_loop().call_later(answer_seconds(total), conn.expire)
+        try:
+            await self._send(writer, parts, sizes)
+        finally:
+            timer.cancel()
+        self.stats.sent += total
+        self.stats.chunks += sum(1 for n in sizes if n >= 0)
+
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        parts: list[tuple[int, int, int] | bytes | None],
+        sizes: list[int],
+    ) -> None:
         writer.write(json.dumps({"n": sizes}).encode() + b"\n")
         run: list[int] = []  # [fd, offset, size] of the current contiguous file run
         for part in parts:
@@ -213,8 +357,6 @@ class ChunkServer:
         if run:
             await self._sendfile(writer, run[0], run[1], run[2])
         await writer.drain()
-        self.stats.sent += sum(n for n in sizes if n > 0)
-        self.stats.chunks += sum(1 for n in sizes if n >= 0)
 
     async def _sendfile(
         self, writer: asyncio.StreamWriter, fd: int, offset: int, size: int
@@ -383,11 +525,24 @@ class Fetcher:
         self.idle_timeout = idle_timeout
         self._idle: dict[tuple[str, int], list[_Stream]] = {}
 
-    async def _connect(self, host: str, port: int) -> _Stream:
+    async def _connect(self, host: str, port: int) -> tuple[_Stream, bool]:
+        """A kept-alive connection (True) or a new one (False)."""
         pool = self._idle.get((host, port))
         if pool:
-            return pool.pop()
-        return await _Stream.connect(host, port, self.connect_timeout)
+            return pool.pop(), True
+        return await _Stream.connect(host, port, self.connect_timeout), False
+
+    @staticmethod
+    async def _ask(conn: _Stream, request: bytes, kept: bool) -> bytes:
+        """Send the request, read the answer's header line; b"" if a kept connection was
+        closed meanwhile by the server (idle, or evicted), which is worth one retry."""
+        try:
+            await conn.send(request)
+            return await conn.readline()
+        except (ConnectionError, OSError):
+            if kept:
+                return b""
+            raise
 
     def _release(self, host: str, port: int, conn: _Stream) -> None:
         pool = self._idle.setdefault((host, port), [])
@@ -421,11 +576,18 @@ class Fetcher:
         conn: _Stream | None = None
         watch: _Watchdog | None = None
         try:
-            conn = await self._connect(host, port)
-            watch = _Watchdog(conn, self.idle_timeout, deadline)
             request = {"v": WIRE_VERSION, "token": token, "want": [h for h, _ in pending]}
-            await conn.send(json.dumps(request).encode() + b"\n")
-            head = await conn.readline()
+            line = json.dumps(request).encode() + b"\n"
+            conn, kept = await self._connect(host, port)
+            watch = _Watchdog(conn, self.idle_timeout, deadline)
+            head = await self._ask(conn, line, kept)
+            if not head and kept:
+                conn.close()
+                conn = None
+                conn = await _Stream.connect(host, port, self.connect_timeout)
+                watch.stream = conn
+                conn.stamp = time.monotonic()
+                head = await self._ask(conn, line, False)
             try:
                 header = json.loads(head)
             except ValueError:

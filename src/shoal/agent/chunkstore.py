@@ -377,6 +377,22 @@ class ChunkStore:
         unlink_all(doomed)
         return removed
 
+    def idle_buckets(self, seconds: float) -> set[str]:
+        """Buckets none of whose files changed in the last ``seconds``."""
+        self.load()
+        cutoff = time.time() - seconds
+        idle = set()
+        for name, bucket in self.buckets.items():
+            newest = 0.0
+            for path in bucket.files():
+                try:
+                    newest = max(newest, os.stat(str(path)).st_mtime)
+                except OSError:
+                    pass
+            if newest < cutoff:
+                idle.add(name)
+        return idle
+
     def detach(self, keep_buckets: set[str] | None = None) -> tuple[int, list[str]]:
         """Forget every bucket not in ``keep_buckets`` now; unlinking is left to the caller.
 

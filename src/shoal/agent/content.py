@@ -12,24 +12,36 @@ it is told, over its control socket (so only SSH can start anything):
     :meth:`Manifest.unique_chunks`, it lacks (``missing``) and which it holds
     in its store and can serve peers (``held``). Chunks found in the files of
     versions already deployed here are neither missing nor fetched.
-``content.fetch`` {version, source: [host, port], chunks: [index...], limit}
+``content.fetch`` {version, dir, source: [host, port], chunks: [index...], limit}
     Fetches those chunks from one source (a peer or the controller), verifies
     each hash, stores it; answers ``got``, ``failed``, ``bytes`` and whether
     the source lied (sent bytes that do not match).
-``content.commit`` {version}
+``content.commit`` {version, dir}
     Assembles the version beside the running one and switches ``dir`` to it
     atomically (:mod:`.activate`); answers ``need`` (indices) instead when a
     chunk expected in a local file no longer matches.
-``content.end`` {version}
+``content.end`` {version, dir, keep?}
     Closes the session: its token stops working, the store drops chunks no
     other session wants (at once; their files are deleted on a worker thread
-    after the answer), and the chunk server stops when no session is left.
+    after the answer; ``keep``: they stay, for a re-run of a failed push), and
+    the chunk server stops when no session is left.
 ``content.versions`` {dir} / ``content.rollback`` {dir, to?}
     The kept versions and the current one / switch back (atomically).
 
-Sessions outlive a controller that dies mid-push (so a re-run resumes from
-the store), but not forever: after :data:`IDLE_SECONDS` without a content
-request their tokens are dropped and the chunk server closes.
+A session is one push of one version to one ``dir``: two pushes of the same
+tree to two directories are two sessions (they share the version's store
+bucket, which goes when the last of them ends). ``version`` alone names the
+session when only one push of it is here.
+
+Nothing listens longer than the push that opened it. A ``content.begin`` that
+fails takes its token back and closes the server if no session is left. A
+session whose token has not been used (no content request, no chunk request
+to this node) for :data:`LISTEN_SECONDS` stops serving: a controller that died
+or gave up leaves no open port behind. Its store stays for a re-run (which
+fetches only what it lacks) until the session has been idle for
+:data:`IDLE_SECONDS`; then it ends and the store goes, and so do store buckets
+no session owns (an agent restarted, an ended push's kept store) untouched for
+as long. A full disk ends the session at once, store and all.
 """
 
 from __future__ import annotations
@@ -47,7 +59,12 @@ from .activate import Area, AreaError, NeedChunks, resolve_target
 from .chunkserver import ChunkServer, Fetcher, StoreBackend, chunk_sources
 from .chunkstore import ChunkError, ChunkStore, Throttle, unlink_all
 
+#: A session unused this long ends and its store goes (the window to resume a push).
 IDLE_SECONDS = 900.0
+#: A session whose token nobody used for this long stops being served.
+LISTEN_SECONDS = 120.0
+#: How often sessions are checked for the two limits above.
+REAP_SECONDS = 30.0
 
 Record = Callable[[str, Optional[str], str], None]
 
@@ -63,6 +80,14 @@ class Session:
     keep: int = 3
     allow_setuid: bool = False
     durable: bool = True
+    used: float = field(default_factory=time.monotonic)  # its last content request
+    busy: int = 0  # content requests in progress
+    serving: bool = True  # its token opens this node's chunk server
+    broken: str = ""  # why it ended early (a full disk): refused from then on
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.version, str(self.area.target)
 
 
 #: Files at least this big get their fetched chunks written in place (see ``placements``).
@@ -126,27 +151,25 @@ class ContentService:
         self.home = home
         self.record = record
         self.store = ChunkStore(home / "chunks")
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[tuple[str, str], Session] = {}  # (version, target) → session
         self.server: ChunkServer | None = None
         self.port = 0
         self.fetcher = Fetcher(self.store)
-        self.last_used = time.monotonic()
         self._reaper: asyncio.TimerHandle | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._committing: set[str] = set()  # versions whose commit reads the store
         self._unlinking: set[asyncio.Future[None]] = set()
 
     async def dispatch(self, op: str, args: dict[str, Any]) -> Any:
-        self.last_used = time.monotonic()
         try:
             if op == "content.begin":
                 return await self.begin(args)
             if op == "content.fetch":
-                return await self.fetch(args)
+                return await self._busy(self._session(args), self.fetch, args)
             if op == "content.commit":
-                return await self.commit(args)
+                return await self._busy(self._session(args), self.commit, args)
             if op == "content.end":
-                return self.end(_require(args, "version", str))
+                return self.end(self._find(args), prune=not args.get("keep"))
             if op == "content.versions":
                 return self._area(args).describe()
             if op == "content.rollback":
@@ -160,27 +183,87 @@ class ContentService:
     async def _serve(self, host: str, port: int) -> None:
         if self.server is not None and self.server.listening:
             return
+        _more_files()  # connections and placed files both take descriptors
         self.server = ChunkServer(StoreBackend(self.store, self.home))
         self.port = await self.server.start(host, port)
         self.record("content", None, f"chunk server listening on {host}:{self.port}")
-        self._arm_reaper()
 
     def _arm_reaper(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._reaper is not None:
-            self._reaper.cancel()
-        self._reaper = loop.call_later(60.0, self._reap)
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().call_later(REAP_SECONDS, self._reap)
 
     def _reap(self) -> None:
+        """End sessions idle too long, stop serving unused ones, drop stale store buckets."""
         self._reaper = None
-        if not self.sessions and self.server is None:
-            return
-        if time.monotonic() - self.last_used > IDLE_SECONDS:
-            for version in list(self.sessions):
-                self.end(version, prune=False)
-            self.record("content", None, "idle push sessions dropped")
-            return
-        self._arm_reaper()
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            if session.busy:
+                continue
+            used = session.used
+            if self.server is not None:
+                used = max(used, self.server.used.get(session.token, 0.0))
+            if now - used > IDLE_SECONDS:
+                self.record("content", None, f"idle push of {session.version} dropped")
+                self.end(session)
+            elif session.serving and now - used > LISTEN_SECONDS:
+                session.serving = False
+                self._revoke(session.token)
+        self._prune(stale=True)
+        if self.sessions or self.server is not None or self.store.buckets:
+            self._arm_reaper()
+
+    def start(self) -> None:
+        """Arm the reaper for store buckets an earlier agent left (they go once stale)."""
+        self.store.load()
+        if self.store.buckets:
+            self._arm_reaper()
+
+    def _revoke(self, token: str) -> None:
+        """The token stops opening the server unless a serving session has it."""
+        if self.server is not None and not any(
+            s.token == token and s.serving for s in self.sessions.values()
+        ):
+            self.server.tokens.discard(token)
+        self._close_unserved()
+
+    def _close_unserved(self) -> None:
+        """The chunk server closes when no session serves."""
+        if self.server is not None and not any(s.serving for s in self.sessions.values()):
+            self.server.close()
+            self.server = None
+            self.fetcher.close()
+            self.record("content", None, "chunk server closed")
+
+    def _prune(self, stale: bool = False) -> int:
+        """Drop store buckets no session uses (``stale``: only those untouched for
+        IDLE_SECONDS); their files go on a worker thread."""
+        keep = {s.version for s in self.sessions.values()} | self._committing
+        if stale:
+            keep |= set(self.store.buckets) - self.store.idle_buckets(IDLE_SECONDS)
+        removed, doomed = self.store.detach(keep)
+        if doomed:
+            future = asyncio.get_running_loop().run_in_executor(None, unlink_all, doomed)
+            self._unlinking.add(future)
+            future.add_done_callback(self._unlinking.discard)
+        return removed
+
+    async def _busy(self, session: Session, op: Callable[..., Any], args: dict[str, Any]) -> Any:
+        """Run a request of ``session``: it never expires meanwhile, and a full disk ends it."""
+        session.busy += 1
+        session.used = time.monotonic()
+        try:
+            return await op(session, args)
+        except AreaError as exc:
+            if str(exc).startswith("disk full"):
+                session.broken = str(exc)
+            raise
+        finally:
+            session.busy -= 1
+            session.used = time.monotonic()
+            if session.broken and self.sessions.get(session.key) is session:
+                self.record("content", None, f"push of {session.version} ended: {session.broken}")
+                if not session.busy:
+                    self.end(session)
 
     async def begin(self, args: dict[str, Any]) -> dict[str, Any]:
         version = _require(args, "version", str)
@@ -191,12 +274,33 @@ class ContentService:
             raise ValueError("token too short")
         area = self._area(args)
         current = area.current()  # refuses a REMOTE_DIR that Shoal did not make
+        key = (version, str(area.target))
+        old = self.sessions.get(key)
+        if old is not None and old.busy:
+            raise ValueError(f"a push of {version} to {area.target} is still running here")
         await self._serve(str(args.get("bind") or "0.0.0.0"), int(args.get("port") or 0))
+        assert self.server is not None
+        self._arm_reaper()
+        self.server.tokens.add(token)
+        try:
+            return await self._open(args, version, token, area, current, old)
+        except BaseException:
+            self._revoke(token)  # nothing it opened outlives a begin that failed
+            raise
+
+    async def _open(
+        self,
+        args: dict[str, Any],
+        version: str,
+        token: str,
+        area: Area,
+        current: str | None,
+        old: Session | None,
+    ) -> dict[str, Any]:
         assert self.server is not None
         rate = args.get("rate")
         self.server.throttle = Throttle(float(rate) if rate else None)
         self.fetcher.throttle = Throttle(float(rate) if rate else None)
-        self.server.tokens.add(token)
         manifest = area.manifest(version)
         if manifest is None:
             manifest, data = await self._fetch_manifest(args, version, token)
@@ -213,10 +317,8 @@ class ContentService:
             allow_setuid=bool(args.get("allow_setuid", False)),
             durable=bool(args.get("durable", True)),
         )
-        self.sessions[version] = session
         ready = area.has_version(version)
         if not ready and _same_device(self.store.root, area.target.parent):
-            _more_files()  # a placed file stays open per big file while its push lasts
             self.store.plan(version, placements(manifest))
         local = {} if ready else area.local_chunks()
         missing: list[int] = []
@@ -230,6 +332,9 @@ class ContentService:
                 reuse += size
             elif not ready:
                 missing.append(i)
+        self.sessions[session.key] = session  # a re-run replaces its own stale session
+        if old is not None and old.token != token:
+            self._revoke(old.token)
         return {
             "port": self.port,
             "current": current,
@@ -265,15 +370,30 @@ class ContentService:
         except mf.ManifestError as exc:
             raise ValueError(f"manifest rejected: {exc}") from None
 
-    def _session(self, args: dict[str, Any]) -> Session:
+    def _area(self, args: dict[str, Any]) -> Area:
+        """The deployment ``args["dir"]`` names (never the agent's own working area)."""
+        return Area(resolve_target(_require(args, "dir", str)))
+
+    def _find(self, args: dict[str, Any]) -> Session | None:
+        """The session named by ``version`` and ``dir`` (or ``version`` alone, if one)."""
         version = _require(args, "version", str)
-        session = self.sessions.get(version)
+        target = args.get("dir")
+        if isinstance(target, str):
+            return self.sessions.get((version, str(self._area(args).target)))
+        found = [s for s in self.sessions.values() if s.version == version]
+        return found[0] if len(found) == 1 else None
+
+    def _session(self, args: dict[str, Any]) -> Session:
+        session = self._find(args)
         if session is None:
-            raise ValueError(f"no push of version {version} in progress here")
+            target = args.get("dir")
+            where = f" to {target}" if isinstance(target, str) else ""
+            raise ValueError(f"no push of version {args['version']}{where} in progress here")
+        if session.broken:
+            raise ValueError(f"push of {session.version} ended here: {session.broken}")
         return session
 
-    async def fetch(self, args: dict[str, Any]) -> dict[str, Any]:
-        session = self._session(args)
+    async def fetch(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         ((host, port),) = chunk_sources([args.get("source")])
         wanted = []
         for i in _require(args, "chunks", list):
@@ -291,6 +411,8 @@ class ContentService:
         )
         if result.lying:
             self.record("content", None, f"rejected chunks from {host}:{port}: {result.error}")
+        if result.local:
+            session.broken = result.error  # our own disk: what it holds goes with it
         return {
             "got": [session.index[h] for h in result.got],
             "failed": [session.index[h] for h in result.failed],
@@ -301,8 +423,7 @@ class ContentService:
             "seconds": round(result.seconds, 4),
         }
 
-    async def commit(self, args: dict[str, Any]) -> dict[str, Any]:
-        session = self._session(args)
+    async def commit(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
         area = session.area
         lock = self._locks.setdefault(str(area.target), asyncio.Lock())
         async with lock:
@@ -339,34 +460,16 @@ class ContentService:
             "removed": removed,
         }
 
-    def end(self, version: str, prune: bool = True) -> dict[str, Any]:
-        session = self.sessions.pop(version, None)
-        if (
-            session is not None
-            and self.server is not None
-            and not any(s.token == session.token for s in self.sessions.values())
-        ):
-            self.server.tokens.discard(session.token)
-        removed = 0
-        if prune:
-            # forget the buckets now, delete their bytes after answering: the controller
-            # does not wait for 200 MB of unlinking. Buckets of live sessions and of
-            # commits still reading the store stay.
-            removed, doomed = self.store.detach(set(self.sessions) | self._committing)
-            if doomed:
-                future = asyncio.get_running_loop().run_in_executor(None, unlink_all, doomed)
-                self._unlinking.add(future)
-                future.add_done_callback(self._unlinking.discard)
-        if not self.sessions and self.server is not None:
-            self.server.close()
-            self.server = None
-            self.fetcher.close()
+    def end(self, session: Session | None, prune: bool = True) -> dict[str, Any]:
+        if session is not None and self.sessions.get(session.key) is session:
+            del self.sessions[session.key]
+            self._revoke(session.token)
+        self._close_unserved()
+        # forget the buckets now, delete their bytes after answering: the controller
+        # does not wait for 200 MB of unlinking. Buckets of live sessions and of
+        # commits still reading the store stay.
+        removed = self._prune() if prune else 0
         return {"ended": session is not None, "pruned": removed}
-
-    def _area(self, args: dict[str, Any]) -> Area:
-        """The deployment ``args["dir"]`` names (never the agent's own working area)."""
-        target = resolve_target(_require(args, "dir", str), agent_home=self.home)
-        return Area(target, replace_empty_dir=bool(args.get("replace_empty_dir", False)))
 
     def rollback(self, target: str, to: Any) -> dict[str, Any]:
         area = self._area({"dir": target})

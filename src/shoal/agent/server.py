@@ -16,6 +16,10 @@ JSON-line requests answered in order (:mod:`protocol`). Requests:
 ``content.*``                   push sessions, chunk fetches, switch-over (:mod:`.content`)
 ``step.run|status|forget``      one-shot steps of applications (:mod:`.steps`)
 
+At most :data:`MAX_CLIENTS` connections are served at once: a newcomer past
+that closes the oldest one waiting for its next request (else it is refused),
+so idle connections, however many, never lock ``status`` out.
+
 Write errors in the working area (a full disk) never stop the agent: they are
 recorded as an ``io_error`` event and listed under ``errors`` in ``status``
 until a later write to the same file succeeds.
@@ -42,6 +46,8 @@ from .steps import Steps
 from .supervisor import Supervisor
 
 AGENT_VERSION = "0.1.0"
+#: Control connections served at once (a push holds about five per controller).
+MAX_CLIENTS = 256
 
 
 def read_build() -> str:
@@ -71,6 +77,8 @@ class Agent:
         self.content = ContentService(home, self._record)
         self._stopping: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
+        #: connection handler → whether it waits for a request (oldest first)
+        self._clients: dict[asyncio.Task[Any], bool] = {}
 
     def _identity(self) -> str:
         path = self.home / "agent.id"
@@ -133,6 +141,7 @@ class Agent:
         finally:
             os.umask(old_umask)
         os.chmod(str(self.sock_path), 0o600)
+        self.content.start()
         self.supervisor.resume()
         if ready is not None:
             ready()
@@ -152,9 +161,26 @@ class Agent:
 
     # -- requests --------------------------------------------------------
 
+    def _admit(self, task: asyncio.Task[Any]) -> bool:
+        if len(self._clients) >= MAX_CLIENTS:
+            idle = next((t for t, waiting in self._clients.items() if waiting), None)
+            if idle is None:
+                return False
+            del self._clients[idle]
+            idle.cancel()
+        self._clients[task] = True
+        return True
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if not self._admit(task):
+            writer.write(protocol.encode(protocol.failure(None, "too many connections")))
+            writer.close()
+            return
         try:
             while True:
+                self._clients[task] = True
                 try:
                     line = await reader.readline()
                 except (ValueError, asyncio.LimitOverrunError):
@@ -162,6 +188,9 @@ class Agent:
                     break
                 if not line:
                     break
+                if task not in self._clients:
+                    break  # evicted as it read
+                self._clients[task] = False
                 request_id: Any = None
                 try:
                     message = protocol.decode(line)
@@ -184,9 +213,10 @@ class Agent:
                 await writer.drain()
                 if req["op"] == "shutdown":
                     break
-        except (ConnectionError, OSError):
-            pass
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass  # gone, or evicted for a newcomer
         finally:
+            self._clients.pop(task, None)
             try:
                 writer.close()
             except OSError:

@@ -19,8 +19,9 @@ Theory of operation of a push (the coordinator is :mod:`.swarm`, the node side
    beside the old one and switches ``REMOTE_DIR`` atomically.
 5. Finished nodes keep serving until every node has finished or failed, then
    ``content.end`` closes the session (the token dies, the store is emptied).
-   A node that failed keeps its store, so running the same push again fetches
-   only what it still lacks.
+   A node that failed is told to end its session too but keep its store (its
+   port closes; the agent deletes the store after a while), so running the
+   same push again soon fetches only what it still lacks.
 
 Every node ends with a :class:`NodePush` (ok, or an error that says what and
 where); one dead node never stops the others.
@@ -68,7 +69,6 @@ class PushOptions(AgentOptions):
     rate_limit: float | None = None  # bytes/s per node, each direction
     source_rate: float | None = None  # bytes/s out of the controller's chunk server
     allow_setuid: bool = False
-    replace_empty_dir: bool = False  # an empty directory at REMOTE_DIR may be replaced
     durable: bool = True  # flush the node's file system (syncfs) before the switch
     install: bool = True  # install or upgrade agents first
     #: Nodes whose connection broke mid-push (not refusals) get this many more rounds.
@@ -396,6 +396,7 @@ async def _node_push(
             await asyncio.wait_for(swarm.registered.wait(), 10.0)
         except TimeoutError:
             pass
+    session = {"version": tree.version, "dir": remote_dir}
     try:
         begin = await client.call(
             "content.begin",
@@ -410,7 +411,6 @@ async def _node_push(
             rate=opts.rate_limit,
             keep=opts.keep,
             allow_setuid=opts.allow_setuid,
-            replace_empty_dir=opts.replace_empty_dir,
             durable=opts.durable,
         )
         swarm.register(
@@ -423,13 +423,11 @@ async def _node_push(
         )
         outcome: dict[str, Any] = {}
         for _ in range(3):
-            await _fetch_all(conn, client, node, swarm, opts, tree.version)
+            await _fetch_all(conn, client, node, swarm, opts, session)
             if swarm.fatal is not None:
                 raise ContentError(f"{node.name}: push aborted: {swarm.fatal}")
             swarm.stats[node.name].state = "committing"
-            outcome = await client.call(
-                "content.commit", timeout=opts.commit_timeout, version=tree.version
-            )
+            outcome = await client.call("content.commit", timeout=opts.commit_timeout, **session)
             if outcome.get("need"):
                 swarm.add_need(node.name, outcome["need"])
                 continue
@@ -439,11 +437,17 @@ async def _node_push(
         swarm.node_done(node.name)
         await swarm.wait_all()
         try:
-            await client.call("content.end", timeout=60, version=tree.version)
+            await client.call("content.end", timeout=60, **session)
         except AgentError:
             pass  # the version is live; the session times out on its own
         outcome["reused"] = int(outcome.get("reused", 0))
         return outcome
+    except Exception:
+        try:  # the node's port closes now; its store waits for a re-run
+            await client.call("content.end", timeout=10, keep=True, **session)
+        except Exception:  # best effort on a node that already failed
+            pass  # unreachable: the session expires there on its own
+        raise
     finally:
         await client.close()
 
@@ -454,7 +458,7 @@ async def _fetch_all(
     node: Node,
     swarm: Swarm,
     opts: PushOptions,
-    version: str,
+    session: dict[str, str],
 ) -> None:
     """Run the node's workers until it lacks nothing; raise if the node breaks."""
     if not swarm.remaining(node.name):
@@ -470,10 +474,10 @@ async def _fetch_all(
                 outcome = await agent.call(
                     "content.fetch",
                     timeout=timeout + 15.0,
-                    version=version,
                     source=[batch.host, batch.port],
                     chunks=batch.chunks,
                     limit=timeout,
+                    **session,
                 )
             except BaseException:
                 swarm.complete(batch, None)
