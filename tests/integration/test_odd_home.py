@@ -1,12 +1,12 @@
 """Every command the controller builds works on nodes whose home is ``/root/it's [home]``.
 
 A separate 2-node lab (``LabSpec.home``: sessions get ``/root/it's [home]`` as
-``$HOME`` and start there) with its own ``SHOAL_HOME``, so its nodes own group
-``lab`` there and the shared 8-node lab is left alone. Local files also have a
-space and a quote in their names. Each test drives the CLI (or the library
-where the CLI has no switch) and then checks on the node that things landed
-in the odd home and nowhere else (no ``/root/it's`` or ``[home]`` split off).
-"""
+``$HOME`` and start there) with its own ``SHOAL_HOME`` (named ``state it's``),
+so its nodes own group ``lab`` there and the shared 8-node lab is left alone.
+Local files also have a space and a quote in their names. Each test drives the
+CLI (or the library where the CLI has no switch) and then checks on the node
+that things landed in the odd home and nowhere else (no ``/root/it's`` or
+``[home]`` split off)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def odd_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if reason:
         pytest.skip(reason)
     old = os.environ.get("SHOAL_HOME")
-    os.environ["SHOAL_HOME"] = str(tmp_path_factory.mktemp("odd-home-state"))
+    os.environ["SHOAL_HOME"] = str(tmp_path_factory.mktemp("state it's"))
     try:
         the_lab = Lab.up(LabSpec(n=2, name=unique_lab_name("q"), home=ODD))
         try:

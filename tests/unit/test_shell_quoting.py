@@ -17,7 +17,13 @@ import pytest
 from shoal.app.runtime import Runner
 from shoal.errors import UsageError
 from shoal.lab.spec import LabSpec, validate_home
-from shoal.lab.sshd import config_word, render_sshd_config_netns, render_sshd_config_rootless
+from shoal.lab.sshd import (
+    Endpoint,
+    config_word,
+    render_ssh_config,
+    render_sshd_config_netns,
+    render_sshd_config_rootless,
+)
 from shoal.ops.agent_client import probe_command
 from shoal.transport.base import shell_path
 
@@ -87,6 +93,9 @@ def test_sshd_config_words_for_odd_paths() -> None:
     assert "SetEnv" not in render_sshd_config_netns()
     text = render_sshd_config_netns(ODD)
     assert 'SetEnv "HOME=/root/it\'s home"\n' in text and 'ForceCommand cd "$HOME"' in text
+    client = render_ssh_config([Endpoint("n1", "10.0.0.2", 22)], Path("/s it's/labs/x"), "root")
+    assert '  IdentityFile "/s it\'s/labs/x/id_ed25519"\n' in client
+    assert '  UserKnownHostsFile "/s it\'s/labs/x/known_hosts"\n' in client
 
 
 @pytest.mark.skipif(

@@ -177,10 +177,10 @@ def render_ssh_config(endpoints: Sequence[Endpoint], labdir: Path, user: str) ->
     known = labdir / "known_hosts"
     loopback = any(e.addr.startswith("127.") for e in endpoints)
     keys_and_trust = [  # the lab's key only, its known_hosts only, strictly checked
-        f"  IdentityFile {identity}",
+        f"  IdentityFile {config_word(str(identity))}",
         "  IdentitiesOnly yes",
         "  IdentityAgent none",
-        f"  UserKnownHostsFile {known}",
+        f"  UserKnownHostsFile {config_word(str(known))}",
         "  GlobalKnownHostsFile /dev/null",
         "  StrictHostKeyChecking yes",
         "  CheckHostIP no",
