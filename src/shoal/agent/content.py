@@ -372,7 +372,8 @@ class ContentService:
 
     def _area(self, args: dict[str, Any]) -> Area:
         """The deployment ``args["dir"]`` names (never the agent's own working area)."""
-        return Area(resolve_target(_require(args, "dir", str)))
+        target = resolve_target(_require(args, "dir", str), agent_home=self.home)
+        return Area(target, replace_empty_dir=bool(args.get("replace_empty_dir", False)))
 
     def _find(self, args: dict[str, Any]) -> Session | None:
         """The session named by ``version`` and ``dir`` (or ``version`` alone, if one)."""

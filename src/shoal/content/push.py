@@ -69,6 +69,7 @@ class PushOptions(AgentOptions):
     rate_limit: float | None = None  # bytes/s per node, each direction
     source_rate: float | None = None  # bytes/s out of the controller's chunk server
     allow_setuid: bool = False
+    replace_empty_dir: bool = False  # an empty directory at REMOTE_DIR may be replaced
     durable: bool = True  # flush the node's file system (syncfs) before the switch
     install: bool = True  # install or upgrade agents first
     #: Nodes whose connection broke mid-push (not refusals) get this many more rounds.
@@ -411,6 +412,7 @@ async def _node_push(
             rate=opts.rate_limit,
             keep=opts.keep,
             allow_setuid=opts.allow_setuid,
+            replace_empty_dir=opts.replace_empty_dir,
             durable=opts.durable,
         )
         swarm.register(
