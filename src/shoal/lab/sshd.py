@@ -271,6 +271,14 @@ echo $!
 
 
 def render_node_script_rootless(*, config: Path, log: Path) -> str:
-    """Start one rootless node's sshd detached (reaped by init); print its pid."""
+    """Start one rootless node's sshd detached (reaped by init); print its pid.
+
+    An sshd started by root insists on its privilege-separation directory, which
+    only exists once the system's sshd has run (the rootless lab run as root, as
+    the tests do); started by anyone else it needs none.
+    """
     q = shlex.quote
-    return f"{SSHD} -D -f {q(str(config))} -E {q(str(log))} </dev/null >/dev/null 2>&1 &\necho $!\n"
+    return (
+        '[ "$(id -u)" -ne 0 ] || mkdir -p -m 0755 /run/sshd\n'
+        f"{SSHD} -D -f {q(str(config))} -E {q(str(log))} </dev/null >/dev/null 2>&1 &\necho $!\n"
+    )
