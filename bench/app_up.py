@@ -47,8 +47,8 @@ def spec_text(nodes: int, size: str) -> str:
 
 async def one(path: Path, method: str) -> tuple[float, dict[str, float], int]:
     from shoal.app import lifecycle
+    from shoal.app.appspec import load
     from shoal.app.runtime import UpOptions
-    from shoal.app.spec import load
 
     t0 = time.monotonic()
     report = await lifecycle.up_async(load(path), UpOptions(software_method=method))

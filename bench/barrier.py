@@ -51,7 +51,7 @@ barriers:
 
 async def one_round(name: str, nodes: int, folder: Path) -> dict[str, float]:
     from shoal.app import lifecycle
-    from shoal.app.spec import load
+    from shoal.app.appspec import load
     from shoal.nodes.select import resolve
     from shoal.ops import agents
 

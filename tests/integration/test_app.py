@@ -22,8 +22,8 @@ import pytest
 
 from shoal.app import lifecycle, store
 from shoal.app.acquire import AcquireError
+from shoal.app.appspec import load
 from shoal.app.runtime import AppAborted, UpOptions
-from shoal.app.spec import load
 from shoal.nodes.health import clear_failed
 from shoal.nodes.model import Node
 from shoal.ops.agents import AgentOptions

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from shoal.app import lifecycle
+from shoal.app.appspec import load
 from shoal.app.runtime import UpOptions
-from shoal.app.spec import load
 from shoal.lab import Lab, LabSpec
 from shoal.nodes.model import Node
 from shoal.transport.ssh import SSHTransport

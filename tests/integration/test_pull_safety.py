@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from shoal.app import lifecycle
-from shoal.app.spec import load
+from shoal.app.appspec import load
 from shoal.fanout import FanoutOptions, RunOptions, copy, run
 from shoal.nodes.model import Node
 

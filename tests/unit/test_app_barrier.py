@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from shoal.app.acquire import qualify, refusal
+from shoal.app.appspec import Barrier, Component, Requirement
 from shoal.app.barrier import BarrierBoard, BarrierState
-from shoal.app.spec import Barrier, Component, Requirement
 from shoal.nodes.model import Node
 
 
@@ -130,7 +130,7 @@ def test_acquire_keeps_members_and_refills_from_spares_of_the_same_component(
     tmp_path: Path,
 ) -> None:
     from shoal.app.acquire import acquire
-    from shoal.app.spec import AppSpec, Step
+    from shoal.app.appspec import AppSpec, Step
     from shoal.nodes.health import mark_failed
     from shoal.nodes.inventory import import_nodes
     from shoal.state import State

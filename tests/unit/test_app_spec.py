@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.app import spec as spec_mod
+from shoal.app import appspec as spec_mod
 from shoal.app.plush import import_plush
 from shoal.app.validate import app_schema, validate
 from shoal.errors import ConfigError

@@ -86,13 +86,15 @@ SPEC_TAIL = "components: {c: {select: all, processes: [{name: s, run: 'true'}]}}
 def test_app_spec_alias_bomb_is_refused_at_the_alias(tmp_path: Path) -> None:
     spec = tmp_path / "bomb.yaml"
     spec.write_text("app: t\n" + _alias_bomb() + SPEC_TAIL)
-    out, took = run_bounded("from shoal.app.spec import load\nreport(load, sys.argv[1])", str(spec))
+    out, took = run_bounded(
+        "from shoal.app.appspec import load\nreport(load, sys.argv[1])", str(spec)
+    )
     assert out.startswith(f"ConfigError: {spec}:8: alias *a5 makes the document larger"), out
     assert "1,000,000 values" in out and took < 10
 
 
 def test_app_spec_alias_cycle_and_deep_nesting_are_refused(tmp_path: Path) -> None:
-    from shoal.app.spec import load
+    from shoal.app.appspec import load
 
     cycle = tmp_path / "cycle.yaml"
     cycle.write_text("app: t\nx: &a\n  - y\n  - *a\n")
@@ -105,7 +107,7 @@ def test_app_spec_alias_cycle_and_deep_nesting_are_refused(tmp_path: Path) -> No
 
 
 def test_app_spec_of_a_thousand_steps_loads(tmp_path: Path) -> None:
-    from shoal.app.spec import load
+    from shoal.app.appspec import load
 
     steps = "".join(f"      - name: s{i}\n        run: 'true'\n" for i in range(1000))
     spec = tmp_path / "long.yaml"
@@ -114,8 +116,8 @@ def test_app_spec_of_a_thousand_steps_loads(tmp_path: Path) -> None:
 
 
 def test_app_spec_cycle_is_still_reported() -> None:
+    from shoal.app.appspec import build
     from shoal.app.located import loads
-    from shoal.app.spec import build
 
     text = (
         "app: t\ncomponents:\n"
@@ -375,8 +377,8 @@ NOT_FINITE = [".nan", ".inf", "-.inf", ".NaN"]
     ],
 )
 def test_app_spec_refuses_non_finite_numbers(value: str, where: str, template: str) -> None:
+    from shoal.app.appspec import build
     from shoal.app.located import loads
-    from shoal.app.spec import build
 
     text = "app: t\ncomponents:\n  c:\n    select: all\n    " + template.replace("V", value)
     with pytest.raises(ConfigError, match=rf"s\.yaml:5: .*{where}: expected a number, got "):
@@ -384,8 +386,8 @@ def test_app_spec_refuses_non_finite_numbers(value: str, where: str, template: s
 
 
 def test_app_spec_barrier_numbers_must_be_finite() -> None:
+    from shoal.app.appspec import build
     from shoal.app.located import loads
-    from shoal.app.spec import build
 
     head = "app: t\ncomponents:\n  c: {select: all, processes: [{name: b, barrier: go}]}\n"
     for entry in ("{timeout: .nan}", "{threshold: .nan}", "{threshold: .inf}"):

@@ -14,6 +14,6 @@ DSMT's "keep N instances on good nodes". Modules:
 * :mod:`.lifecycle` — ``up``/``status``/``logs``/``monitor``/``down``;
 * :mod:`.store` — applications, members and barriers in SQLite.
 
-Entry points: :func:`shoal.app.spec.load`, :func:`shoal.app.lifecycle.up_async`,
+Entry points: :func:`shoal.app.appspec.load`, :func:`shoal.app.lifecycle.up_async`,
 ``status_async``, ``logs_async``, ``monitor_async``, ``down_async``.
 """

@@ -24,7 +24,7 @@ from shoal.nodes.nodeset import fold
 from shoal.state import State
 from shoal.transport.base import Transport
 
-from .spec import AppSpec, Component, Requirement
+from .appspec import AppSpec, Component, Requirement
 
 
 class AcquireError(ShoalError):

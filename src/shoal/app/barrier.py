@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .spec import Barrier
+from .appspec import Barrier
 
 ReleaseHook = Callable[["BarrierState"], None]
 TimeoutHook = Callable[["BarrierState", list[str]], None]

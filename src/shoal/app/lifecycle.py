@@ -37,11 +37,11 @@ from shoal.transport.base import Connection, shell_path
 
 from . import store
 from .acquire import Allocation, acquire, gather_facts
+from .appspec import AppSpec, build, load
 from .located import Located
 from .pool import ConnectionPool
 from .runtime import AppAborted, Runner, UpOptions, UpReport, app_dir, program_name
 from .software import tree_digest
-from .spec import AppSpec, build, load
 
 
 def spec_of(record: store.AppRecord) -> AppSpec:

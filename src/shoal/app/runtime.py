@@ -48,9 +48,9 @@ from shoal.transport.base import Connection, Transport
 
 from . import store
 from .acquire import Allocation
+from .appspec import VAR_RE, AppSpec, Component, Step
 from .barrier import BarrierBoard, BarrierState
 from .software import Tree, push_software, tree_digest
-from .spec import VAR_RE, AppSpec, Component, Step
 
 Say = Callable[[str], None]
 

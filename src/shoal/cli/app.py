@@ -137,8 +137,8 @@ def _report_json(report: Any) -> dict[str, Any]:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from shoal.app import lifecycle
+    from shoal.app.appspec import load
     from shoal.app.runtime import UpOptions
-    from shoal.app.spec import load
 
     spec = load(args.spec)
     opts = UpOptions(say=None if args.json else _say)
@@ -268,7 +268,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from shoal.app.spec import load
+    from shoal.app.appspec import load
 
     spec = load(args.spec)
     steps = sum(len(c.steps) for c in spec.components.values())
@@ -282,8 +282,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     import yaml
 
+    from shoal.app.appspec import build
     from shoal.app.plush import load_plush
-    from shoal.app.spec import build
 
     located = load_plush(args.xml)
     build(located, Path(args.xml).resolve().parent)  # validate before writing
