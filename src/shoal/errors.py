@@ -27,7 +27,11 @@ always a single line that says what went wrong and where.
     │                           fault, so it never marks a node failed
     ├── AgentError              the node agent failed or refused a request
     │   └── VersionMismatch         controller and agent protocol versions differ
-    └── ContentError            a push, manifest or chunk is invalid
+    ├── ContentError            a push, manifest or chunk is invalid
+    └── AppError                an application could not be brought up or kept up
+        ├── AcquireError            too few nodes qualify for a component (nothing changed)
+        ├── AppAborted              a component with policy abort lost a node: stopped
+        └── MemberFailed            one member node failed its configuration or its block
 """
 
 from __future__ import annotations
@@ -153,3 +157,23 @@ class VersionMismatch(AgentError):
 
 class ContentError(ShoalError):
     kind = "content"
+
+
+class AppError(ShoalError):
+    kind = "app"
+
+
+class AcquireError(AppError):
+    """Not enough nodes qualify for a component (nothing was changed)."""
+
+
+class AppAborted(AppError):
+    """A component with policy ``abort`` lost a node: the application was stopped."""
+
+
+class MemberFailed(AppError):
+    """A member node failed: a step, a service, an install step, its connection.
+
+    The runner applies the component's failure policy to it; the message
+    starts with the node's name.
+    """

@@ -9,8 +9,9 @@ qualifying nodes (natural order) are members, the rest spares. Members a
 previous ``up`` chose are kept while they still qualify, so a re-run converges
 instead of reshuffling.
 
-When a component cannot get its count, :class:`AcquireError` says which
-requirement failed on how many nodes, and nothing has been changed anywhere.
+When a component cannot get its count, :class:`~shoal.errors.AcquireError`
+says which requirement failed on how many nodes, and nothing has been changed
+anywhere.
 """
 
 from __future__ import annotations
@@ -18,19 +19,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from shoal.errors import ShoalError
+from shoal.errors import AcquireError, ShoalError
 from shoal.nodes.model import AttrValue, Node
 from shoal.nodes.nodeset import fold
 from shoal.state import State
 from shoal.transport.base import Transport
 
 from .appspec import AppSpec, Component, Requirement
-
-
-class AcquireError(ShoalError):
-    """Not enough nodes qualify for a component (nothing was changed)."""
-
-    kind = "app"
 
 
 @dataclass

@@ -35,9 +35,9 @@ from shoal.numeric import is_finite
 
 from .located import Located, PathKey
 from .located import load as load_yaml
+from .policy import Policy
 from .validate import validate
 
-POLICIES = ("restart", "replace", "ignore", "abort")
 VAR_RE = re.compile(r"\$\{([A-Za-z_]+)(?:\.([A-Za-z0-9_-]+))?\}")
 PLAIN_VARS = ("node", "index", "component", "app", "dir", "addr", "count")
 COMPONENT_VARS = ("addrs", "addr", "nodes", "count")
@@ -118,7 +118,7 @@ class Component:
     select: str
     count: int | None  # None: every qualifying node
     require: tuple[Requirement, ...]
-    on_failure: str
+    on_failure: Policy
     retries: int
     software: tuple[str, ...]
     env: dict[str, str]
@@ -282,7 +282,7 @@ def build(doc: Located, base: Path) -> AppSpec:
             select=entry["select"],
             count=None if count == "all" else int(count),
             require=tuple(require),
-            on_failure=entry.get("on_failure", "restart"),
+            on_failure=Policy(entry.get("on_failure", "restart")),
             retries=int(entry.get("retries", 2)),
             software=tuple(entry.get("software", [])),
             env=_env(entry.get("env")),
