@@ -7,21 +7,29 @@ every chunk verified, and the version switched in atomically beside the old
 ones (``sw/NAME`` is a symlink into ``sw/.NAME.shoal/versions``); an unchanged
 tree moves nothing. ``method="copy"`` uses the fan-out's SFTP copy instead
 (one tree per node, skipped where the digest matches, renamed over).
+A copy replaces only what Shoal put at ``sw/NAME``: an earlier copy (it holds
+the digest file) or a push's symlink; anything else there is refused, as a
+push refuses a directory that is not its deployment.
 
-A tree's digest covers relative paths, modes and contents; it is the
-software's *version* in ``app status``.
+A tree's digest covers relative paths, modes, contents and symlink targets; it
+is the software's *version* in ``app status``. The tree is walked as a push
+scans it (:mod:`shoal.content.scan`): symlinks never followed, FIFOs, sockets
+and devices skipped unopened, a name that is not UTF-8 refused, a tree changing
+under the walk refused as changed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import posixpath
 import shlex
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal.errors import ConfigError
+from shoal.content.scan import read_link, read_listed, walk
+from shoal.errors import ConfigError, OperationError
 from shoal.fanout.options import FanoutOptions
 from shoal.fanout.results import FanoutResult, NodeResult
 from shoal.fanout.scheduler import fanout
@@ -42,29 +50,53 @@ class Tree:
 
 
 def tree_digest(root: Path) -> str:
-    """Digest of a directory tree (paths, modes, contents), 16 hex digits."""
+    """Digest of a directory tree (paths, modes, contents, symlink targets), 16 hex digits.
+
+    ContentError names the path when the tree cannot be a version (see the module
+    docstring); ``__pycache__`` and the digest file itself are left out.
+    """
     if not root.is_dir():
         raise ConfigError(f"software source {root} is not a directory")
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath, name)
-            rel = path.relative_to(root).as_posix()
-            if "__pycache__" in rel or name == DIGEST_FILE:
-                continue
-            st = path.stat()
-            h.update(f"{rel}\0{st.st_mode & 0o777:o}\0{st.st_size}\0".encode())
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 16), b""):
-                    h.update(block)
+    for rel, path, st in walk(root, []):
+        if "__pycache__" in rel or path.name == DIGEST_FILE or stat.S_ISDIR(st.st_mode):
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            h.update(f"{rel}\0l\0{read_link(path)}\0".encode())
+            continue
+        h.update(f"{rel}\0{st.st_mode & 0o777:o}\0{st.st_size}\0".encode())
+        for block in read_listed(path, st):
+            h.update(block)
     return h.hexdigest()[:16]
 
 
-def install_command(remote_dir: str, digest: str) -> str:
-    """Shell that answers ``same`` when ``remote_dir`` already holds ``digest``."""
+def _ours(remote_dir: str) -> str:
+    """Shell test: ``remote_dir`` is absent, an earlier copy or a push's symlink."""
     d = shlex.quote(remote_dir)
-    return f'[ "$(cat {d}/{DIGEST_FILE} 2>/dev/null)" = {shlex.quote(digest)} ] && echo same'
+    pushed = shlex.quote(f".{posixpath.basename(remote_dir.rstrip('/'))}.shoal/versions/")
+    return (
+        f'{{ if [ -L {d} ]; then case "$(readlink {d})" in {pushed}*) ;; *) false ;; esac; '
+        f"else ! [ -e {d} ] || [ -f {d}/{DIGEST_FILE} ]; fi; }}"
+    )
+
+
+def probe_command(remote_dir: str, digest: str) -> str:
+    """Shell that answers ``same`` (``remote_dir`` holds ``digest``), ``replace`` or
+    ``foreign`` (something Shoal did not put there)."""
+    d = shlex.quote(remote_dir)
+    return (
+        f"if {_ours(remote_dir)}; then "
+        f'[ "$(cat {d}/{DIGEST_FILE} 2>/dev/null)" = {shlex.quote(digest)} ] '
+        "&& echo same || echo replace; else echo foreign; fi"
+    )
+
+
+def _foreign(remote_dir: str, node: str) -> OperationError:
+    return OperationError(
+        f"refusing to replace {remote_dir}: it is neither a software copy "
+        f"(no {DIGEST_FILE}) nor a push Shoal made there; move it away",
+        node,
+    )
 
 
 async def push_software(
@@ -115,19 +147,27 @@ async def copy_software(
 
     async def operation(conn: Connection, node: Node, index: int) -> NodeResult:
         target = remote_dir[node.name]
-        check = await conn.run(install_command(target, tree.digest), timeout=30)
-        if check.exit_status == 0:
+        probe = await conn.run(probe_command(target, tree.digest), timeout=30)
+        answer = probe.stdout.decode(errors="replace").strip()
+        if probe.exit_status == 0 and answer == "same":
             return NodeResult(node.name, exit_status=0, stdout="same")
-        q, staging = shlex.quote(target), shlex.quote(target + ".new")
+        if probe.exit_status == 0 and answer == "foreign":
+            raise _foreign(target, node.name)
+        head, tail = posixpath.split(target.rstrip("/"))
+        stage = posixpath.join(head, f".{tail}.shoal-copy")  # Shoal's name, never the user's
+        q, staging = shlex.quote(target), shlex.quote(stage)
         prep = await conn.run(f'rm -rf {staging} && mkdir -p "$(dirname {q})"', timeout=60)
         if prep.exit_status != 0:
             return NodeResult(node.name, exit_status=prep.exit_status, stderr=prep.stderr.decode())
-        await conn.put(str(tree.source), target + ".new")
+        await conn.put(str(tree.source), stage)
         done = await conn.run(
-            f"printf '%s\\n' {shlex.quote(tree.digest)} > {staging}/{DIGEST_FILE}"
-            f" && rm -rf {q} && mv {staging} {q}",
+            f"if {_ours(target)}; then printf '%s\\n' {shlex.quote(tree.digest)}"
+            f" > {staging}/{DIGEST_FILE} && rm -rf {q} && mv {staging} {q}; "
+            f"else rm -rf {staging}; echo foreign; fi",
             timeout=60,
         )
+        if done.exit_status == 0 and done.stdout.strip() == b"foreign":
+            raise _foreign(target, node.name)
         return NodeResult(
             node.name, exit_status=done.exit_status, stdout="copied", stderr=done.stderr.decode()
         )

@@ -41,6 +41,7 @@ import json
 import os
 import stat
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,24 +157,27 @@ def _open_file(path: Path, st: os.stat_result) -> int:
 
 def _read_file(path: Path, st: os.stat_result) -> bytes:
     """The whole of a small listed file, which must still have its listed size."""
+    return b"".join(read_listed(path, st, st.st_size + 1))
+
+
+def read_listed(path: Path, st: os.stat_result, block: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of the listed regular file ``st`` describes, in blocks of at most
+    ``block``; ContentError (changed) if it is another file or not of its listed size."""
     fd = _open_file(path, st)
     try:
-        parts = []
-        left = st.st_size + 1  # one byte more tells a file that grew
-        while left > 0:
-            part = os.read(fd, left)
+        got = 0
+        while got <= st.st_size:  # one byte more tells a file that grew
+            part = os.read(fd, min(block, st.st_size + 1 - got))
             if not part:
                 break
-            parts.append(part)
-            left -= len(part)
+            got += len(part)
+            yield part
     except OSError as exc:
         raise ContentError(f"{_shown(path)}: {exc.strerror}") from None
     finally:
         os.close(fd)
-    data = b"".join(parts)
-    if len(data) != st.st_size:
+    if got != st.st_size:
         raise _changed(path)
-    return data
 
 
 #: A file's stamp (size, mtime_ns, ctime_ns, inode) and its chunks, by absolute path.
@@ -206,12 +210,12 @@ def scan(
     locations: dict[str, tuple[Path, int, int]] = {}
     skipped: list[str] = []
     packer = _Packer()
-    for rel, path, st in _walk(root, skipped):
+    for rel, path, st in walk(root, skipped):
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
             entries.append(mf.Entry(rel, "d", mode))
         elif stat.S_ISLNK(st.st_mode):
-            entries.append(mf.Entry(rel, "l", 0o777, target=_readlink(path)))
+            entries.append(mf.Entry(rel, "l", 0o777, target=read_link(path)))
         elif pack and st.st_size < PACK_FILE_MAX:
             data = _read_file(path, st)
             entries.append(mf.Entry(rel, "f", mode, len(data), pack=packer.add(data)))
@@ -245,7 +249,7 @@ def scan(
     )
 
 
-def _walk(root: Path, skipped: list[str]) -> list[tuple[str, Path, os.stat_result]]:
+def walk(root: Path, skipped: list[str]) -> list[tuple[str, Path, os.stat_result]]:
     """(relative path, path, lstat) of everything under ``root``, sorted by relative path."""
     out: list[tuple[str, Path, os.stat_result]] = []
     stack: list[tuple[str, os.stat_result | None]] = [("", None)]
@@ -291,7 +295,7 @@ def _listdir(path: Path, st: os.stat_result | None) -> list[str]:
         raise ContentError(f"{_shown(path)}: {exc.strerror}") from None
 
 
-def _readlink(path: Path) -> str:
+def read_link(path: Path) -> str:
     try:
         target = os.readlink(path)
     except OSError as exc:
