@@ -7,8 +7,8 @@ import resource
 
 import pytest
 
-from shoal.cli.fanout import _Progress
 from shoal.cli.main import main
+from shoal.cli.render import NodeProgress
 from shoal.fanout.options import MAX_DEFAULT_PARALLEL, default_parallelism
 from shoal.fanout.results import NodeResult
 
@@ -20,12 +20,12 @@ class FakeTTY(io.StringIO):
 
 def test_progress_line_only_on_a_terminal() -> None:
     tty = FakeTTY()
-    p = _Progress(4, True, tty)
+    p = NodeProgress(4, True, tty)
     p.update(NodeResult("n1", exit_status=0))
     p.update(NodeResult("n2", exit_status=1))
     assert "2/4 failed 1" in tty.getvalue()
     pipe = io.StringIO()
-    q = _Progress(4, True, pipe)
+    q = NodeProgress(4, True, pipe)
     q.update(NodeResult("n1", exit_status=0))
     q.close()
     assert pipe.getvalue() == ""

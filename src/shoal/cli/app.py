@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from shoal.numeric import number
+
+from .render import print_json
 
 
 def register(sub: Any) -> None:
@@ -144,7 +145,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     opts = UpOptions(say=None if args.json else _say)
     report = asyncio.run(lifecycle.up_async(spec, opts))
     if args.json:
-        print(json.dumps(_report_json(report), indent=1))
+        print_json(_report_json(report), indent=1)
     else:
         _render_up(report)
     if args.detach or args.json:
@@ -164,7 +165,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     status = asyncio.run(lifecycle.status_async(_name(args)))
     if args.json:
-        print(json.dumps(_status_json(status), indent=1))
+        print_json(_status_json(status), indent=1)
         return 0
     print(f"app {status.name}: {status.status} (from {status.file})")
     if status.versions:
@@ -312,5 +313,5 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     from shoal.app.validate import app_schema
 
-    print(json.dumps(app_schema(), indent=1))
+    print_json(app_schema(), indent=1)
     return 0

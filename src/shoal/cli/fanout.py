@@ -8,18 +8,17 @@ imported only after the TCP connections to the nodes have been started
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from shoal.numeric import number
 
 from .common import add_connection_options, connection_settings, selected_nodes
-from .terminal import unescaped
+from .render import NodeProgress, print_json_lines
 
 if TYPE_CHECKING:
-    from shoal.fanout.results import FanoutResult, NodeResult
+    from shoal.fanout.results import FanoutResult
 
 
 def _add_fanout_options(p: argparse.ArgumentParser) -> None:
@@ -92,32 +91,6 @@ def register(sub: Any) -> None:
     cp.set_defaults(handler=cmd_cp)
 
 
-class _Progress:
-    """A one-line progress display on a terminal (stderr)."""
-
-    def __init__(self, total: int, enabled: bool, stream: TextIO = sys.stderr) -> None:
-        self.total = total
-        self.done = 0
-        self.bad = 0
-        self.enabled = enabled and stream.isatty()
-        self.stream = unescaped(stream)  # its own \r, not a node's
-
-    def update(self, result: NodeResult) -> None:
-        self.done += 1
-        self.bad += not result.ok
-        if self.enabled:
-            width = 30
-            filled = int(width * self.done / max(1, self.total))
-            bar = "#" * filled + "-" * (width - filled)
-            self.stream.write(f"\r[{bar}] {self.done}/{self.total} failed {self.bad}")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + " " * 60 + "\r")
-            self.stream.flush()
-
-
 def _options(args: argparse.Namespace, cls: type) -> Any:
     return cls(
         delay=args.delay,
@@ -161,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from shoal.fanout.commands import run
     from shoal.fanout.scheduler import make_transport
 
-    progress = _Progress(len(nodes), not (args.no_progress or args.stream or args.json))
+    progress = NodeProgress(len(nodes), not (args.no_progress or args.stream or args.json))
     on_line = _stream_line if args.stream else None
     try:
         result = run(
@@ -199,7 +172,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
     from shoal.fanout.copies import copy
     from shoal.fanout.scheduler import make_transport
 
-    progress = _Progress(len(nodes), not (args.no_progress or args.json))
+    progress = NodeProgress(len(nodes), not (args.no_progress or args.json))
     try:
         result = copy(
             nodes,
@@ -241,8 +214,7 @@ def _print_groups(result: FanoutResult) -> None:
 
 
 def _print_json(result: FanoutResult) -> None:
-    for r in result:
-        print(json.dumps(r.to_json(), sort_keys=True))
+    print_json_lines((r.to_json() for r in result), sort_keys=True)
     sys.stdout.flush()
 
 

@@ -7,20 +7,14 @@ modules are imported inside the handlers so ``shoal --help`` stays cheap.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from shoal.cli.common import add_select_option
+from shoal.cli.render import ago, print_json, print_table
 from shoal.nodes.model import Node
 from shoal.numeric import number
-
-
-def _print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=False, default=str)
-    sys.stdout.write("\n")
 
 
 def _node_json(node: Node) -> dict[str, Any]:
@@ -34,26 +28,6 @@ def _node_json(node: Node) -> dict[str, Any]:
         "attrs": dict(node.attrs),
         "ssh_config": node.ssh_config,
     }
-
-
-def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    widths = [len(h) for h in header]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f}s ago"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m ago"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h ago"
-    return f"{seconds / 86400:.1f}d ago"
 
 
 def _parse_attrs(items: Sequence[str] | None) -> dict[str, Any]:
@@ -79,7 +53,7 @@ def cmd_nodes_list(args: argparse.Namespace) -> int:
     nodes = resolve(args.select)
     failed = {f.name for f in health.failures()}
     if args.json:
-        _print_json([{**_node_json(n), "failed": n.name in failed} for n in nodes])
+        print_json([{**_node_json(n), "failed": n.name in failed} for n in nodes])
         return 0
     rows = [
         (
@@ -92,7 +66,7 @@ def cmd_nodes_list(args: argparse.Namespace) -> int:
         )
         for n in nodes
     ]
-    print(_table(rows, ("NAME", "HOST", "USER", "PORT", "GROUPS", "STATE")))
+    print_table(rows, ("NAME", "HOST", "USER", "PORT", "GROUPS", "STATE"))
     print(f"{len(nodes)} nodes")
     return 0
 
@@ -148,7 +122,7 @@ def cmd_nodes_import(args: argparse.Namespace) -> int:
     replace_group = args.group if args.replace else None
     report = import_nodes(nodes, replace_group=replace_group, group_vars=inv.group_vars)
     if args.json:
-        _print_json(
+        print_json(
             {
                 "added": list(report.added),
                 "updated": list(report.updated),
@@ -181,7 +155,7 @@ def cmd_nodes_show(args: argparse.Namespace) -> int:
         item["facts"] = None if rec is None else facts.as_json(rec)
         out.append(item)
     if args.json:
-        _print_json(out if len(out) != 1 else out[0])
+        print_json(out if len(out) != 1 else out[0])
         return 0
     now = time.time()
     for i, n in enumerate(nodes):
@@ -200,7 +174,7 @@ def cmd_nodes_show(args: argparse.Namespace) -> int:
         rec = stored.get(n.name)
         if rec is not None:
             stale = " (stale)" if rec.stale() else ""
-            print(f"  facts     gathered {_ago(now - rec.gathered)}{stale}, rtt {rec.rtt_ms} ms")
+            print(f"  facts     gathered {ago(now - rec.gathered)}{stale}, rtt {rec.rtt_ms} ms")
             for k, v in rec.facts.items():
                 print(f"    {k:<16} {v}")
     return 0
@@ -212,9 +186,9 @@ def cmd_nodes_groups(args: argparse.Namespace) -> int:
     with inventory.opened(None) as st:
         groups = inventory.groups(st)
     if args.json:
-        _print_json([{"name": g.name, "size": g.size, "vars": g.vars} for g in groups])
+        print_json([{"name": g.name, "size": g.size, "vars": g.vars} for g in groups])
         return 0
-    print(_table([(g.name, str(g.size)) for g in groups], ("GROUP", "NODES")))
+    print_table([(g.name, str(g.size)) for g in groups], ("GROUP", "NODES"))
     return 0
 
 
@@ -223,7 +197,7 @@ def cmd_nodes_failed(args: argparse.Namespace) -> int:
 
     items = health.failures()
     if args.json:
-        _print_json(
+        print_json(
             [
                 {"name": f.name, "reason": f.reason, "since": f.since, "updated": f.updated}
                 for f in items
@@ -231,8 +205,8 @@ def cmd_nodes_failed(args: argparse.Namespace) -> int:
         )
         return 0
     now = time.time()
-    rows = [(f.name, _ago(now - f.since), _ago(now - f.updated), f.reason) for f in items]
-    print(_table(rows, ("NAME", "SINCE", "LAST", "REASON")))
+    rows = [(f.name, ago(now - f.since), ago(now - f.updated), f.reason) for f in items]
+    print_table(rows, ("NAME", "SINCE", "LAST", "REASON"))
     print(f"{len(items)} failed")
     return 0
 
@@ -260,7 +234,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     nodes = resolve(args.expr)
     names = [n.name for n in nodes]
     if args.json:
-        _print_json(
+        print_json(
             {"expression": args.expr, "nodeset": fold(names), "count": len(names), "nodes": names}
         )
         return 0
@@ -282,9 +256,9 @@ def cmd_plan_list(args: argparse.Namespace) -> int:
 
     items = list_plans()
     if args.json:
-        _print_json([{"name": p.name, "expr": p.expr, "updated": p.updated} for p in items])
+        print_json([{"name": p.name, "expr": p.expr, "updated": p.updated} for p in items])
         return 0
-    print(_table([(p.name, p.expr) for p in items], ("PLAN", "EXPRESSION")))
+    print_table([(p.name, p.expr) for p in items], ("PLAN", "EXPRESSION"))
     return 0
 
 
@@ -296,7 +270,7 @@ def cmd_plan_show(args: argparse.Namespace) -> int:
     plan = get_plan(args.name)
     names = select(f"%{plan.name}")
     if args.json:
-        _print_json(
+        print_json(
             {
                 "name": plan.name,
                 "expr": plan.expr,
@@ -346,7 +320,7 @@ def cmd_facts_refresh(args: argparse.Namespace) -> int:
         options = RunOptions(**kwargs)
     report = facts.refresh(nodes, options=options)
     if args.json:
-        _print_json(
+        print_json(
             {
                 "refreshed": [facts.as_json(r) for r in report.refreshed],
                 "failed": dict(report.failed),
@@ -376,11 +350,11 @@ def _print_facts(records: list[Any], max_age: float) -> None:
                 str(f.get("load1", "?")),
                 str(f.get("python_version", "-")),
                 "" if r.rtt_ms is None else f"{r.rtt_ms:.0f}",
-                _ago(now - r.gathered) + (" STALE" if r.stale(max_age, now) else ""),
+                ago(now - r.gathered) + (" STALE" if r.stale(max_age, now) else ""),
             )
         )
     header = ("NAME", "OS", "KERNEL", "CPUS", "MEM_MB", "DISK_GB", "LOAD1", "PYTHON", "RTT_MS")
-    print(_table(rows, (*header, "GATHERED")))
+    print_table(rows, (*header, "GATHERED"))
 
 
 def cmd_facts_show(args: argparse.Namespace) -> int:
@@ -391,7 +365,7 @@ def cmd_facts_show(args: argparse.Namespace) -> int:
     records = facts.load_facts(names)
     max_age = _max_age(args)
     if args.json:
-        _print_json([facts.as_json(r, max_age) for r in records.values()])
+        print_json([facts.as_json(r, max_age) for r in records.values()])
         return 0
     _print_facts(list(records.values()), max_age)
     missing = len(names) - len(records)
