@@ -50,10 +50,10 @@ barriers:
 
 
 async def one_round(name: str, nodes: int, folder: Path) -> dict[str, float]:
+    from shoal.agentlink import fleet as agents
     from shoal.app import lifecycle
     from shoal.app.appspec import load
     from shoal.nodes.select import resolve
-    from shoal.ops import agents
 
     path = folder / f"{name}.yaml"
     path.write_text(SPEC.format(name=name, nodes=nodes))

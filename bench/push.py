@@ -287,7 +287,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT / "src"))
     base = Path(tempfile.mkdtemp(prefix="shoal-bench-push-", dir="/var/tmp"))
     os.environ["SHOAL_HOME"] = str(base / "home")
-    from shoal.ops.agents import AgentOptions, install_async
+    from shoal.agentlink.fleet import AgentOptions, install_async
 
     bench = Bench(args, base)
     try:

@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 
 from shoal.agent.build import build
+from shoal.agentlink import eventlog as events
+from shoal.agentlink import fleet as agents
+from shoal.agentlink.client import AgentClient
 from shoal.nodes.model import Node
-from shoal.ops import agents, events, sweep
-from shoal.ops.agent_client import AgentClient
+from shoal.ops import sweep
 from shoal.state import State
 from shoal.transport.ssh import SSHTransport
 

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
+from shoal.agentlink.fleet import AgentOptions
 from shoal.app import lifecycle, store
 from shoal.app.acquire import AcquireError
 from shoal.app.appspec import load
 from shoal.app.runtime import AppAborted, UpOptions
 from shoal.nodes.health import clear_failed
 from shoal.nodes.model import Node
-from shoal.ops.agents import AgentOptions
 from shoal.state import State
 from shoal.transport.ssh import SSHTransport
 

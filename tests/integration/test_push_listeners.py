@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from shoal.agentlink import fleet as agents
 from shoal.content.push import PushOptions, push_async
 from shoal.nodes.model import Node
-from shoal.ops import agents
 from shoal.transport.ssh import SSHTransport
 
 pytestmark = pytest.mark.lab

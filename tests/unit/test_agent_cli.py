@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from shoal.cli.agent import parse_duration, table
+from shoal.cli.agent import parse_duration
+from shoal.cli.render import table
 from shoal.cli.main import _build_parser
 from shoal.errors import UsageError
 
@@ -53,8 +54,8 @@ def test_table_aligns_columns() -> None:
 
 
 def test_build_skew_groups_nodes_by_what_they_run() -> None:
+    from shoal.agentlink.fleet import AgentResult, AgentResults, build_skew
     from shoal.errors import ConnectError, VersionMismatch
-    from shoal.ops.agents import AgentResult, AgentResults, build_skew
 
     results = AgentResults()
     for name, value in (("n1", "a"), ("n2", "b"), ("n3", "a")):

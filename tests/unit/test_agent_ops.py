@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 
 from shoal.agent.build import build
+from shoal.agentlink import eventlog as events
+from shoal.agentlink import fleet as agents
+from shoal.agentlink.client import AgentClient
 from shoal.errors import AgentError, TransportError, VersionMismatch
 from shoal.nodes.model import Node
-from shoal.ops import agents, events, sweep
-from shoal.ops.agent_client import AgentClient
+from shoal.ops import sweep
 from shoal.state import State
 from shoal.transport.base import Connection, Transport
 from shoal.transport.local import LocalConnection
@@ -222,7 +224,7 @@ def test_upgrade_replaces_the_running_build_and_programs_come_back(
 def test_without_streamlocal_forwarding_the_ctl_relay_is_used(
     env: dict[str, Any], tmp_path: Path
 ) -> None:
-    from shoal.ops.agent_client import CtlClient
+    from shoal.agentlink.client import CtlClient
 
     st, nodes, opts = env["state"], env["nodes"][:1], env["opts"]
     tr = PerNodeLocal(env["tmp"] / "nodes", forwarding=False)

@@ -20,7 +20,7 @@ SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 @pytest.fixture()
 def home(tmp_path: Path) -> Path:
     """A state dir with nodes that cannot be reached (loopback port 1) and a few events."""
-    from shoal.ops import events
+    from shoal.agentlink import eventlog as events
     from shoal.state import State
 
     env = {**os.environ, "SHOAL_HOME": str(tmp_path)}

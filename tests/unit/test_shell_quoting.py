@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.agentlink.client import probe_command
 from shoal.app.runtime import Runner
 from shoal.errors import UsageError
 from shoal.lab.spec import LabSpec, validate_home
@@ -24,7 +25,6 @@ from shoal.lab.sshd import (
     render_sshd_config_netns,
     render_sshd_config_rootless,
 )
-from shoal.ops.agent_client import probe_command
 from shoal.transport.base import shell_path
 
 ODD = "it's home"

@@ -33,8 +33,8 @@ def test_escape_controls_keeps_text_newlines_tabs_and_utf8() -> None:
 
 @pytest.fixture()
 def home(tmp_path: Path) -> Path:
+    from shoal.agentlink import eventlog as events
     from shoal.nodes.health import mark_failed
-    from shoal.ops import events
     from shoal.state import State
 
     env = {**os.environ, "SHOAL_HOME": str(tmp_path)}

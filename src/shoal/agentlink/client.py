@@ -179,6 +179,50 @@ class StreamClient(AgentClient):
         except (OSError, RuntimeError):
             pass
 
+    def prepare(self, op: str, **args: Any) -> PreparedRequest:
+        """Request ``op`` encoded now, to be written later without awaiting (a barrier's
+        release writes one per node in the same loop iteration); nothing else may be
+        asked on this stream until its :meth:`PreparedRequest.result` is read."""
+        self._next += 1
+        line = protocol.encode(protocol.request(op, self._next, **args))
+        return PreparedRequest(self, self._next, line, op)
+
+    async def closed(self) -> None:
+        """Return when the stream to the agent has ended (peeks: consumes nothing, a
+        line that arrives meanwhile stays in the buffer for the next reply)."""
+        reader: Any = self.reader
+        while True:
+            try:
+                await reader.readuntil(b"\n\x00never\x00")  # a separator that never comes
+            except asyncio.IncompleteReadError:
+                return  # end of stream
+            except (OSError, EOFError):
+                return
+
+
+class PreparedRequest:
+    """One request of a :class:`StreamClient` encoded ahead of time (see ``prepare``)."""
+
+    def __init__(self, client: StreamClient, request_id: int, line: bytes, op: str) -> None:
+        self.client = client
+        self.request_id = request_id
+        self.line = line
+        self.op = op
+        self.sent = False
+
+    def send(self) -> None:
+        """Write the request (synchronous: no await between many of them)."""
+        self.client.writer.write(self.line)
+        self.sent = True
+
+    async def result(self, timeout: float) -> Any:
+        """The reply to the sent request; AgentError when it fails or does not come."""
+        try:
+            line = await asyncio.wait_for(self.client.reader.readline(), timeout)
+            return protocol.check_reply(protocol.decode(line), self.request_id)
+        except (TimeoutError, OSError, EOFError, protocol.ProtocolError) as exc:
+            raise AgentError(f"{self.client.node}: {self.op} failed: {exc}") from None
+
 
 class CtlClient(AgentClient):
     """Requests through ``python3 agent.pyz ctl`` on the node, one SSH command each."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from shoal.state import State
 
-from .agent_client import AgentClient
+from .client import AgentClient
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

@@ -5,7 +5,7 @@ connection per node, bounded parallelism, and a per-node
 :class:`AgentResult` (a value or an error, never an exception for one node).
 The controller reaches each agent only through SSH: shell commands to install
 and start it, and ``open_unix`` to its socket for everything else (see
-:mod:`.agent_client`). Nodes that cannot be reached join the failed set;
+:mod:`.client`). Nodes that cannot be reached join the failed set;
 nodes that answer leave it (:mod:`shoal.nodes.health`).
 
 Install copies the zipapp built by :mod:`shoal.agent.build` to
@@ -34,8 +34,8 @@ from shoal.nodes.model import Node
 from shoal.state import State
 from shoal.transport.base import Connection, Transport
 
-from . import events as event_store
-from .agent_client import (
+from . import eventlog
+from .client import (
     DEFAULT_HOME,
     DEFAULT_PYTHON,
     AgentClient,
@@ -419,7 +419,7 @@ async def call_async(
         try:
             value = await client.call(op_name, timeout=opts.call_timeout, **payload)
             if pull_events:
-                await event_store.pull(client, st)
+                await eventlog.pull(client, st)
         finally:
             await client.close()
         return AgentResult(node.name, value=value)
@@ -474,7 +474,7 @@ async def pull_events_async(
     async def op(conn: Connection, node: Node, st: State) -> AgentResult:
         client = await connect_agent(conn, node, st, opts)
         try:
-            added = await event_store.pull(client, st)
+            added = await eventlog.pull(client, st)
         finally:
             await client.close()
         return AgentResult(node.name, value=added)

@@ -24,14 +24,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from shoal.agentlink import fleet as agents
+from shoal.agentlink.client import AgentNotRunning, cached_home, probe, start_agent
 from shoal.errors import AgentError, LocalError, OperationError
 from shoal.fanout.results import error_reason
 from shoal.fanout.scheduler import make_transport
 from shoal.nodes.health import failed_names
 from shoal.nodes.inventory import load_nodes
 from shoal.nodes.model import Node
-from shoal.ops import agents
-from shoal.ops.agent_client import AgentNotRunning, cached_home, probe, start_agent
 from shoal.state import State
 from shoal.transport.base import Connection, shell_path
 

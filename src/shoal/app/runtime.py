@@ -39,10 +39,10 @@ from typing import Any
 
 from shoal.agent import protocol
 from shoal.agent.build import AgentBuild, build
+from shoal.agentlink import fleet as agents
+from shoal.agentlink.client import AgentClient, StreamClient, cached_home
 from shoal.errors import ShoalError
 from shoal.nodes.model import Node
-from shoal.ops import agents
-from shoal.ops.agent_client import AgentClient, StreamClient, cached_home
 from shoal.state import State
 from shoal.transport.base import Connection, Transport
 

@@ -1,7 +1,7 @@
 """``shoal agent``, ``shoal proc``, ``shoal events`` and ``shoal sweep``: parse, call, render.
 
-The library (:mod:`shoal.ops.agents`, :mod:`shoal.ops.sweep`,
-:mod:`shoal.ops.events`) does the work and returns per-node results; this
+The library (:mod:`shoal.agentlink.fleet`, :mod:`shoal.ops.sweep`,
+:mod:`shoal.agentlink.eventlog`) does the work and returns per-node results; this
 module only turns arguments into calls and results into tables. Exit status
 is 0 when every node succeeded, 1 otherwise.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -18,11 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.numeric import is_finite, number
 
-from .common import add_connection_options, connection_settings, selected_nodes
+from .common import add_agent_options, agent_settings, selected_nodes
+from .render import (
+    agent_record,
+    print_failures,
+    print_json_lines,
+    print_table,
+    tally,
+    uptime,
+)
 
 if TYPE_CHECKING:
+    from shoal.agentlink.fleet import AgentOptions, AgentResults
     from shoal.nodes.model import Node
-    from shoal.ops.agents import AgentOptions, AgentResults
     from shoal.transport.base import Transport
 
 
@@ -49,17 +56,6 @@ class _DashDashParser(argparse.ArgumentParser):
         return ns, extra
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    add_connection_options(p)
-    p.add_argument(
-        "--home",
-        default=".shoal",
-        metavar="DIR",
-        help="the agent's working area on the nodes (default .shoal in the remote home)",
-    )
-    p.add_argument("--python", default="python3", help="python3 on the nodes (default python3)")
-
-
 def register(sub: Any) -> None:
     agent = sub.add_parser("agent", help="install and manage the node agent")
     asub = agent.add_subparsers(dest="agent_command", metavar="ACTION")
@@ -73,7 +69,7 @@ def register(sub: Any) -> None:
         ("start", "start installed agents that are not running"),
     ):
         p = asub.add_parser(action, help=text, description=text)
-        _common(p)
+        add_agent_options(p)
         p.set_defaults(handler=cmd_agent, action=action)
 
     proc = sub.add_parser("proc", help="supervised programs on the nodes")
@@ -84,7 +80,7 @@ def register(sub: Any) -> None:
         help="start (or replace) a supervised program",
         description="Start NAME on every selected node: shoal proc start web -- ./server --port 80",
     )
-    _common(start)
+    add_agent_options(start)
     start.add_argument("name", metavar="NAME")
     start.add_argument("--restart", choices=("always", "on-failure", "never"), default="always")
     start.add_argument("--cwd", metavar="DIR", help="working directory on the node")
@@ -105,23 +101,23 @@ def register(sub: Any) -> None:
     start.set_defaults(handler=cmd_proc_start)
 
     status = psub.add_parser("status", help="one table of the programs on every node")
-    _common(status)
+    add_agent_options(status)
     status.add_argument("name", nargs="?", metavar="NAME")
     status.set_defaults(handler=cmd_proc_simple, op="proc.status")
     for action in ("stop", "restart", "remove"):
         p = psub.add_parser(action, help=f"{action} a program on the selected nodes")
-        _common(p)
+        add_agent_options(p)
         p.add_argument("name", metavar="NAME")
         p.set_defaults(handler=cmd_proc_simple, op=f"proc.{action}")
     logs = psub.add_parser("logs", help="a program's output (stdout and stderr)")
-    _common(logs)
+    add_agent_options(logs)
     logs.add_argument("name", metavar="NAME")
     logs.add_argument("-n", "--lines", type=int, default=20, metavar="LINES")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     logs.set_defaults(handler=cmd_proc_logs)
 
     ev = sub.add_parser("events", help="agent events pulled into the controller's state")
-    _common(ev)
+    add_agent_options(ev)
     ev.add_argument("-n", "--lines", type=int, default=50, metavar="N", help="latest N (50)")
     ev.add_argument("--follow", action="store_true", help="keep pulling and printing")
     ev.add_argument("--interval", type=number, default=2.0, metavar="S", help="follow period")
@@ -134,7 +130,7 @@ def register(sub: Any) -> None:
         description="Check every node's agent; restart it where it died (its programs come "
         "back); mark unreachable nodes failed and answering ones healthy.",
     )
-    _common(sw)
+    add_agent_options(sw)
     sw.add_argument("--every", metavar="DURATION", help="repeat (e.g. 30s, 5m, 1h) until Ctrl-C")
     sw.set_defaults(handler=cmd_sweep)
 
@@ -158,9 +154,9 @@ def parse_duration(text: str) -> float:
 
 
 def _options(args: argparse.Namespace) -> AgentOptions:
-    from shoal.ops.agents import AgentOptions
+    from shoal.agentlink.fleet import AgentOptions
 
-    return AgentOptions(home=args.home, python=args.python, **connection_settings(args))
+    return AgentOptions(**agent_settings(args))
 
 
 def _transport(nodes: Sequence[Node], opts: AgentOptions) -> Transport:
@@ -170,50 +166,11 @@ def _transport(nodes: Sequence[Node], opts: AgentOptions) -> Transport:
     return make_transport(opts, start_connects(nodes, limit=opts.parallel or 512))
 
 
-def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> list[str]:
-    """Left-aligned columns, two spaces apart."""
-    cells = [list(header), *[list(r) for r in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-
-
-def _print_failures(results: AgentResults) -> None:
-    for r in results.failed:
-        print(f"{r.node}: {r.kind}: {r.reason}", file=sys.stderr)
-
-
-def _json(results: AgentResults) -> None:
-    for r in results:
-        record = {
-            "node": r.node,
-            "ok": r.ok,
-            "action": r.action,
-            "value": r.value,
-            "error": r.reason or None,
-            "error_kind": r.kind if r.error else None,
-            "duration": round(r.duration, 4),
-        }
-        print(json.dumps(record, sort_keys=True))
-
-
-def _age(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "-"
-    s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-
-
 # -- commands --------------------------------------------------------------------
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from shoal.ops import agents
+    from shoal.agentlink import fleet as agents
 
     nodes = selected_nodes(args)
     opts = _options(args)
@@ -229,7 +186,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         coro = agents.start_async(nodes, opts, transport=tr, restart=action == "restart")
     results: AgentResults = asyncio.run(coro)
     if args.json:
-        _json(results)
+        print_json_lines(map(agent_record, results), sort_keys=True)
         return 0 if results.ok else 1
     if action == "status":
         rows = []
@@ -246,14 +203,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
                     str(v.get("protocol")),
                     str(v.get("build")),
                     str(v.get("pid")),
-                    _age(v.get("uptime")),
+                    uptime(v.get("uptime")),
                     f"{up}/{len(programs)}",
                     "; ".join(v.get("errors") or []) or "-",
                 ]
             )
         header = ["NODE", "VERSION", "PROTO", "BUILD", "PID", "UPTIME", "RUNNING", "ERRORS"]
         if rows:
-            print("\n".join(table(rows, header)))
+            print_table(rows, header)
         skew = agents.build_skew(results)
         if len(skew) > 1:
             print("version skew:", file=sys.stderr)
@@ -265,16 +222,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
                 build_id = r.value.get("build") if isinstance(r.value, dict) else None
                 extra = f" (build {build_id})" if build_id else ""
                 print(f"{r.node}: {r.action}{extra}")
-    _print_failures(results)
+    print_failures(results)
     ok = len(results) - len(results.failed)
     print(f"{action}: {ok}/{len(results)} nodes ok in {results.duration:.2f}s", file=sys.stderr)
     return 0 if results.ok else 1
 
 
 def cmd_proc_start(args: argparse.Namespace) -> int:
+    from shoal.agentlink import fleet as agents
     from shoal.errors import UsageError
     from shoal.fanout.options import parse_env
-    from shoal.ops import agents
 
     command = list(args.command)
     if command[:1] == ["--"]:
@@ -307,7 +264,7 @@ def cmd_proc_start(args: argparse.Namespace) -> int:
 
 
 def cmd_proc_simple(args: argparse.Namespace) -> int:
-    from shoal.ops import agents
+    from shoal.agentlink import fleet as agents
 
     nodes = selected_nodes(args)
     opts = _options(args)
@@ -320,10 +277,10 @@ def cmd_proc_simple(args: argparse.Namespace) -> int:
 
 def _render_programs(args: argparse.Namespace, results: AgentResults, op: str) -> int:
     if args.json:
-        _json(results)
+        print_json_lines(map(agent_record, results), sort_keys=True)
         return 0 if results.ok else 1
     rows = []
-    states: dict[str, int] = {}
+    states: list[str] = []
     for r in results:
         if not r.ok:
             continue
@@ -331,14 +288,14 @@ def _render_programs(args: argparse.Namespace, results: AgentResults, op: str) -
         for p in programs:
             if not isinstance(p, dict) or "state" not in p:
                 continue
-            states[p["state"]] = states.get(p["state"], 0) + 1
+            states.append(str(p["state"]))
             rows.append(
                 [
                     r.node,
                     str(p["name"]),
                     str(p["state"]),
                     str(p["pid"] or "-"),
-                    _age(p.get("uptime")),
+                    uptime(p.get("uptime")),
                     str(p.get("restarts", 0)),
                     str(p.get("health") or "-"),
                     str(p.get("last_exit") or "-"),
@@ -346,11 +303,11 @@ def _render_programs(args: argparse.Namespace, results: AgentResults, op: str) -
             )
     if rows:
         header = ["NODE", "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "HEALTH", "LAST EXIT"]
-        print("\n".join(table(rows, header)))
+        print_table(rows, header)
     elif op == "proc.status" and results.ok:
         print("no programs", file=sys.stderr)
-    _print_failures(results)
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    print_failures(results)
+    summary = tally(states)
     failed = len(results.failed)
     print(
         f"{op}: {len(results)} node(s)"
@@ -363,7 +320,7 @@ def _render_programs(args: argparse.Namespace, results: AgentResults, op: str) -
 
 
 def cmd_proc_logs(args: argparse.Namespace) -> int:
-    from shoal.ops import agents
+    from shoal.agentlink import fleet as agents
 
     nodes = selected_nodes(args)
     opts = _options(args)
@@ -402,7 +359,7 @@ def cmd_proc_logs(args: argparse.Namespace) -> int:
         for r in results:
             if r.ok and r.value["data"]:
                 sink(r.node, r.value["data"])
-    _print_failures(results)
+    print_failures(results)
     return 0 if results.ok else 1
 
 
@@ -415,7 +372,8 @@ def _print_events(rows: Sequence[Any]) -> None:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from shoal.ops import agents, events
+    from shoal.agentlink import eventlog as events
+    from shoal.agentlink import fleet as agents
     from shoal.state import State
 
     nodes = selected_nodes(args)
@@ -429,7 +387,7 @@ def cmd_events(args: argparse.Namespace) -> int:
                     nodes, opts, transport=_transport(nodes, opts), state=state
                 )
             )
-            _print_failures(pulled)
+            print_failures(pulled)
             status = 0 if pulled.ok else 1
         rows = events.query(state, names, limit=args.lines)
         _print_events(rows)
@@ -460,17 +418,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             began = time.monotonic()
             report = asyncio.run(sweep_async(nodes, opts, transport=_transport(nodes, opts)))
             if args.json:
-                for e in report:
-                    print(json.dumps({"node": e.node, "status": e.status, "detail": e.detail}))
+                print_json_lines(
+                    {"node": e.node, "status": e.status, "detail": e.detail} for e in report
+                )
             else:
                 stamp = time.strftime("%H:%M:%S")
                 rows = [[e.node, e.status, e.detail] for e in report]
                 print(f"sweep at {stamp}:")
-                print("\n".join(table(rows, ["NODE", "STATUS", "DETAIL"])))
-            counts: dict[str, int] = {}
-            for e in report:
-                counts[e.status] = counts.get(e.status, 0) + 1
-            summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                print_table(rows, ["NODE", "STATUS", "DETAIL"])
+            summary = tally(e.status for e in report)
             took = time.monotonic() - began
             print(f"sweep: {len(report)} node(s): {summary} in {took:.2f}s", file=sys.stderr)
             sys.stdout.flush()

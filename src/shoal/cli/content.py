@@ -10,28 +10,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from shoal.numeric import is_finite, number
+from shoal.numeric import is_finite
 
-from .common import add_select_option, connection_settings, selected_nodes
-from .terminal import unescaped
+from .common import add_agent_options, agent_settings, selected_nodes
+from .render import (
+    ProgressLine,
+    outcome_record,
+    print_failures,
+    print_json_lines,
+    print_table,
+    size,
+)
 
 if TYPE_CHECKING:
+    from shoal.agentlink.fleet import AgentOptions, AgentResults
     from shoal.content.push import PushProgress, PushResult
-    from shoal.ops.agents import AgentOptions, AgentResults
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    add_select_option(p)
-    p.add_argument("--home", default=".shoal", metavar="DIR", help="agent working area (.shoal)")
-    p.add_argument("--python", default="python3", help="python3 on the nodes")
-    p.add_argument("-p", "--parallel", type=int, metavar="N", help="nodes at once")
-    p.add_argument("--connect-timeout", type=number, default=10.0, metavar="SECONDS")
-    p.add_argument("--host-keys", choices=("verify", "accept-new"), default="verify")
-    p.add_argument("--json", action="store_true", help="one JSON record per node")
 
 
 def register(sub: Any) -> None:
@@ -42,7 +38,7 @@ def register(sub: Any) -> None:
         "the chunks they lack, from each other, verify them, and switch REMOTE_DIR (a "
         "symlink) to the new version atomically.",
     )
-    _common(push)
+    add_agent_options(push)
     push.add_argument("local_dir", metavar="LOCAL_DIR")
     push.add_argument("remote_dir", metavar="REMOTE_DIR", help="relative to the remote home")
     push.add_argument(
@@ -62,13 +58,13 @@ def register(sub: Any) -> None:
     push.set_defaults(handler=cmd_push)
 
     rollback = sub.add_parser("rollback", help="switch REMOTE_DIR back to an earlier version")
-    _common(rollback)
+    add_agent_options(rollback)
     rollback.add_argument("remote_dir", metavar="REMOTE_DIR")
     rollback.add_argument("--to", metavar="VERSION", help="a kept version id (or prefix)")
     rollback.set_defaults(handler=cmd_rollback)
 
     versions = sub.add_parser("versions", help="which version of REMOTE_DIR each node runs")
-    _common(versions)
+    add_agent_options(versions)
     versions.add_argument("remote_dir", metavar="REMOTE_DIR")
     versions.set_defaults(handler=cmd_versions)
 
@@ -94,47 +90,21 @@ def parse_rate(text: str | None) -> float | None:
         raise UsageError(f"bad rate {text!r}: use e.g. 50mbit or 5MB") from None
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
-
-
-class _Live:
-    """One progress line on a terminal: bytes, nodes done, rate, ETA."""
-
-    def __init__(self, enabled: bool, stream: TextIO = sys.stderr) -> None:
-        self.enabled = enabled and stream.isatty()
-        self.stream = unescaped(stream)  # its own \r, not a node's
-
-    def update(self, p: PushProgress) -> None:
-        if not self.enabled:
-            return
-        eta = f"{p.eta:.0f}s" if p.eta is not None else "-"
-        self.stream.write(
-            f"\r{human(p.received)}/{human(p.needed)}  nodes {p.nodes_done}/{p.nodes_total}"
-            f" failed {p.nodes_failed}  {human(p.rate)}/s  source {human(p.source_sent)}"
-            f"  eta {eta}   "
-        )
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + " " * 100 + "\r")
-            self.stream.flush()
-
-
-def _agent_options(args: argparse.Namespace, cls: type) -> Any:
-    return cls(home=args.home, python=args.python, **connection_settings(args))
+def _progress_text(p: PushProgress) -> str:
+    """The push's progress line: bytes, nodes done, rate, source egress, ETA."""
+    eta = f"{p.eta:.0f}s" if p.eta is not None else "-"
+    return (
+        f"{size(p.received)}/{size(p.needed)}  nodes {p.nodes_done}/{p.nodes_total}"
+        f" failed {p.nodes_failed}  {size(p.rate)}/s  source {size(p.source_sent)}"
+        f"  eta {eta}   "
+    )
 
 
 def cmd_push(args: argparse.Namespace) -> int:
     from shoal.content.push import PushOptions, push
 
     nodes = selected_nodes(args)
-    opts: PushOptions = _agent_options(args, PushOptions)
+    opts: PushOptions = PushOptions(**agent_settings(args))
     opts.pack = args.pack
     opts.keep = args.keep
     opts.rate_limit = parse_rate(args.rate_limit)
@@ -142,20 +112,25 @@ def cmd_push(args: argparse.Namespace) -> int:
     opts.allow_setuid = args.allow_setuid
     opts.replace_empty_dir = args.replace_empty_dir
     opts.durable = not args.no_fsync
-    live = _Live(not (args.no_progress or args.json))
+    live = ProgressLine(not (args.no_progress or args.json), clear=100)
     try:
-        result = push(nodes, args.local_dir, args.remote_dir, opts, on_progress=live.update)
+        result = push(
+            nodes,
+            args.local_dir,
+            args.remote_dir,
+            opts,
+            on_progress=lambda p: live.show(_progress_text(p)),
+        )
     finally:
         live.close()
     if args.json:
-        for n in result:
-            print(json.dumps({"version": result.version, **_node_json(n)}))
+        print_json_lines({"version": result.version, **_push_record(n)} for n in result)
     else:
         render_push(result)
     return 0 if result.ok else 1
 
 
-def _node_json(n: Any) -> dict[str, Any]:
+def _push_record(n: Any) -> dict[str, Any]:
     return {
         "node": n.node,
         "status": n.kind,
@@ -171,29 +146,26 @@ def _node_json(n: Any) -> dict[str, Any]:
 
 
 def render_push(result: PushResult, out: TextIO = sys.stdout) -> None:
-    from .agent import table
-
     rows = [
         [
             n.node,
             n.kind,
             (n.current or "-")[:12],
-            human(n.received),
-            human(n.from_source),
-            human(n.reused),
+            size(n.received),
+            size(n.from_source),
+            size(n.reused),
             f"{n.duration:.1f}s",
             n.reason,
         ]
         for n in result
     ]
     header = ["NODE", "STATUS", "VERSION", "RECEIVED", "FROM SOURCE", "REUSED", "TIME", "ERROR"]
-    for line in table(rows, header):
-        print(line, file=out)
+    print_table(rows, header, file=out)
     ok = sum(1 for n in result if n.ok)
     print(
         f"version {result.version}: {ok}/{len(result.nodes)} nodes ok, "
-        f"{human(result.total_bytes)} in {result.files} files, source sent "
-        f"{human(result.source_sent)} ({result.source_sent / max(1, result.total_bytes):.2f}x), "
+        f"{size(result.total_bytes)} in {result.files} files, source sent "
+        f"{size(result.source_sent)} ({result.source_sent / max(1, result.total_bytes):.2f}x), "
         f"{result.duration:.1f}s (scan {result.scan_seconds:.1f}s)",
         file=out,
     )
@@ -202,8 +174,6 @@ def render_push(result: PushResult, out: TextIO = sys.stdout) -> None:
 
 
 def _render_versions(results: AgentResults) -> None:
-    from .agent import table
-
     rows = []
     groups: dict[str, list[str]] = {}
     for r in results:
@@ -214,8 +184,7 @@ def _render_versions(results: AgentResults) -> None:
         groups.setdefault(current, []).append(r.node)
         kept = ", ".join(v["version"][:12] for v in value.get("versions", []))
         rows.append([r.node, current[:16], kept])
-    for line in table(rows, ["NODE", "CURRENT", "KEPT (oldest first)"]):
-        print(line)
+    print_table(rows, ["NODE", "CURRENT", "KEPT (oldest first)"])
     if len(groups) > 1:
         summary = "; ".join(f"{v[:12]}: {len(n)} nodes" for v, n in sorted(groups.items()))
         print(f"mixed fleet: {summary}")
@@ -223,19 +192,17 @@ def _render_versions(results: AgentResults) -> None:
 
 def _finish(results: AgentResults, args: argparse.Namespace) -> int:
     if args.json:
-        for r in results:
-            print(json.dumps({"node": r.node, "ok": r.ok, "value": r.value, "error": r.reason}))
-    for r in results.failed:
-        print(f"{r.node}: {r.kind}: {r.reason}", file=sys.stderr)
+        print_json_lines(map(outcome_record, results))
+    print_failures(results)
     return 0 if results.ok else 1
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
+    from shoal.agentlink.fleet import AgentOptions
     from shoal.content.push import versions_async
-    from shoal.ops.agents import AgentOptions
 
     nodes = selected_nodes(args)
-    opts: AgentOptions = _agent_options(args, AgentOptions)
+    opts: AgentOptions = AgentOptions(**agent_settings(args))
     results = asyncio.run(versions_async(nodes, args.remote_dir, opts))
     if not args.json:
         _render_versions(results)
@@ -243,11 +210,11 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    from shoal.agentlink.fleet import AgentOptions
     from shoal.content.push import rollback_async
-    from shoal.ops.agents import AgentOptions
 
     nodes = selected_nodes(args)
-    opts: AgentOptions = _agent_options(args, AgentOptions)
+    opts: AgentOptions = AgentOptions(**agent_settings(args))
     results = asyncio.run(rollback_async(nodes, args.remote_dir, args.to, opts))
     if not args.json:
         for r in results:

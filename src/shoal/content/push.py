@@ -39,12 +39,8 @@ from typing import Any
 
 from shoal.agent.chunkserver import ChunkServer
 from shoal.agent.chunkstore import Throttle
-from shoal.errors import AgentError, ConnectError, ContentError, ShoalError, TransportError
-from shoal.fanout.results import NodeResult, error_kind, error_reason
-from shoal.fanout.scheduler import fanout
-from shoal.nodes.model import Node
-from shoal.ops.agent_client import AgentClient
-from shoal.ops.agents import (
+from shoal.agentlink.client import AgentClient
+from shoal.agentlink.fleet import (
     AgentOptions,
     AgentResult,
     AgentResults,
@@ -53,6 +49,10 @@ from shoal.ops.agents import (
     install_async,
     record_reachability,
 )
+from shoal.errors import AgentError, ConnectError, ContentError, ShoalError, TransportError
+from shoal.fanout.results import NodeResult, error_kind, error_reason
+from shoal.fanout.scheduler import fanout
+from shoal.nodes.model import Node
 from shoal.state import State
 from shoal.transport.base import Connection, Transport
 

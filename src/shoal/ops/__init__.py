@@ -1,1 +1,1 @@
-"""Shoal ops layer (see DESIGN.md)."""
+"""Shoal fleet operations: sweep (later audit, rollout and log collection); see DESIGN.md."""

@@ -22,14 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shoal.agentlink import eventlog
+from shoal.agentlink.client import AgentClient, AgentNotRunning, probe, remember, start_agent
+from shoal.agentlink.fleet import AgentOptions, AgentResult, AgentResults, for_each
 from shoal.errors import VersionMismatch
 from shoal.nodes.model import Node
 from shoal.state import State
 from shoal.transport.base import Connection, Transport
-
-from . import events as event_store
-from .agent_client import AgentClient, AgentNotRunning, probe, remember, start_agent
-from .agents import AgentOptions, AgentResult, AgentResults, for_each
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ async def _check(conn: Connection, node: Node, st: State, opts: AgentOptions) ->
             text = str(exc)
             return AgentResult(node.name, action="skew", value=text.split(": ", 1)[-1])
         remember(st, node.name, opts.home, found.home, status)
-        added = await event_store.pull(client, st)
+        added = await eventlog.pull(client, st)
     finally:
         await client.close()
     programs = status.get("programs", [])
