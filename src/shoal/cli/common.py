@@ -1,4 +1,4 @@
-"""Pieces every command adapter shares: the ``-s EXPR`` option and node resolution."""
+"""Pieces the command adapters share: selection, connection and agent options, node resolution."""
 
 from __future__ import annotations
 
@@ -53,6 +53,25 @@ def connection_settings(args: argparse.Namespace) -> dict[str, Any]:
         "connect_timeout": args.connect_timeout,
         "host_keys": args.host_keys,
     }
+
+
+def add_agent_options(parser: argparse.ArgumentParser) -> None:
+    """:func:`add_connection_options` plus ``--home`` and ``--python``: every agent command."""
+    add_connection_options(parser)
+    parser.add_argument(
+        "--home",
+        default=".shoal",
+        metavar="DIR",
+        help="the agent's working area on the nodes (default .shoal in the remote home)",
+    )
+    parser.add_argument(
+        "--python", default="python3", help="python3 on the nodes (default python3)"
+    )
+
+
+def agent_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The AgentOptions fields that :func:`add_agent_options` parsed."""
+    return {"home": args.home, "python": args.python, **connection_settings(args)}
 
 
 def selected_nodes(args: argparse.Namespace) -> list[Node]:
