@@ -7,8 +7,8 @@ import argparse
 import pytest
 
 from shoal.cli.agent import parse_duration
-from shoal.cli.render import table
 from shoal.cli.main import _build_parser
+from shoal.cli.render import table
 from shoal.errors import UsageError
 
 
