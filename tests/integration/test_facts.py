@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from shoal.errors import UnknownNameError
-from shoal.fanout import RunOptions, run
+from shoal.fanout import RunOptions, factgather, run
 from shoal.nodes import facts, inventory
 from shoal.nodes.nodeset import fold
 from shoal.nodes.select import resolve, select
@@ -40,7 +40,7 @@ def test_facts_refreshed_from_a_real_lab(lab: Any, registered: str) -> None:
     nodes = resolve(f"@{registered}")
     assert len(nodes) == len(lab.nodes())
     t0 = time.time()
-    report = facts.refresh(nodes, options=RunOptions(timeout=30))
+    report = factgather.refresh(nodes, options=RunOptions(timeout=30))
     assert report.failed == {}
     assert [r.name for r in report.refreshed] == [n.name for n in nodes]
     stored = facts.load_facts([n.name for n in nodes])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shoal.errors import ConfigError, InventoryError, ShoalError
+from shoal.fanout import factgather
 from shoal.nodes import facts, inventory
 from shoal.nodes.model import Node
 from shoal.nodes.nodeset import fold
@@ -169,8 +170,6 @@ class FakeFanout:
 
 
 def test_refresh_uses_fanout_and_stores(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shoal.fanout
-
     calls = []
 
     def fake_run(nodes: list[Node], command: str, options: object = None) -> FakeFanout:
@@ -183,9 +182,9 @@ def test_refresh_uses_fanout_and_stores(home: Path, monkeypatch: pytest.MonkeyPa
             }
         )
 
-    monkeypatch.setattr(shoal.fanout, "run", fake_run)
+    monkeypatch.setattr(factgather, "run", fake_run)
     nodes = [Node("n1"), Node("n2"), Node("n3")]
-    report = facts.refresh(nodes)
+    report = factgather.refresh(nodes)
     assert calls == [(("n1", "n2", "n3"), facts.GATHER_COMMAND)]
     assert [r.name for r in report.refreshed] == ["n1"]
     assert report.refreshed[0].rtt_ms == 42.5

@@ -86,7 +86,7 @@ def test_facts_refresh_and_show(
 ) -> None:
     from dataclasses import dataclass
 
-    import shoal.fanout
+    from shoal.fanout import factgather
 
     output = 'shoal-facts 1\nos.PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\ncpus=8\nend\n'
 
@@ -106,7 +106,7 @@ def test_facts_refresh_and_show(
     def fake_run(nodes: list[object], command: str, options: object = None) -> Out:
         return Out({n.name: Res(n.name) for n in nodes})  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(shoal.fanout, "run", fake_run)
+    monkeypatch.setattr(factgather, "run", fake_run)
     run(capsys, "nodes", "add", "n[1-3]")
     code, out, _ = run(capsys, "facts", "refresh", "-s", "n[1-2]", "-p", "4", "--timeout", "5")
     assert code == 0 and "2 refreshed, 0 failed" in out and "Debian GNU/Linux 12" in out

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from shoal.errors import AcquireError, ShoalError
+from shoal.errors import AcquireError
 from shoal.nodes.model import AttrValue, Node
 from shoal.nodes.nodeset import fold
 from shoal.state import State
@@ -110,9 +110,8 @@ async def gather_facts(
 ) -> dict[str, dict[str, AttrValue]]:
     """Facts of every node a component with requirements may use; missing or stale
     facts are gathered first (one round trip per node, in parallel)."""
-    import time
-
-    from shoal.fanout import RunOptions, run_async
+    from shoal.fanout.factgather import refresh_async
+    from shoal.fanout.options import RunOptions
     from shoal.nodes import facts as facts_mod
     from shoal.nodes.select import resolve
 
@@ -125,17 +124,8 @@ async def gather_facts(
     records = facts_mod.load_facts(list(nodes), state=state)
     stale = [n for n in nodes.values() if n.name not in records or records[n.name].stale()]
     if stale:
-        options = RunOptions(timeout=30)
-        result = await run_async(stale, facts_mod.GATHER_COMMAND, options, transport=transport)
-        fresh = []
-        for name, res in result.results.items():
-            if res.ok:
-                try:
-                    data = facts_mod.parse_facts(res.stdout)
-                except ShoalError:
-                    continue
-                fresh.append(facts_mod.FactRecord(name, time.time(), res.duration * 1e3, data))
-        facts_mod.store_facts(fresh, state=state)
+        # nodes whose facts cannot be gathered keep what is stored (or none)
+        await refresh_async(stale, options=RunOptions(timeout=30), state=state, transport=transport)
         records = facts_mod.load_facts(list(nodes), state=state)
     return {name: dict(r.facts) for name, r in records.items()}
 

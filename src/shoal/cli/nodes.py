@@ -305,6 +305,7 @@ def _max_age(args: argparse.Namespace) -> float:
 
 def cmd_facts_refresh(args: argparse.Namespace) -> int:
     from shoal.cli.common import selected_nodes
+    from shoal.fanout import factgather
     from shoal.nodes import facts
 
     nodes = selected_nodes(args)
@@ -318,7 +319,7 @@ def cmd_facts_refresh(args: argparse.Namespace) -> int:
         if args.timeout is not None:
             kwargs["timeout"] = args.timeout
         options = RunOptions(**kwargs)
-    report = facts.refresh(nodes, options=options)
+    report = factgather.refresh(nodes, options=options)
     if args.json:
         print_json(
             {

@@ -13,5 +13,5 @@ import the module you need:
     importers   read_inventory(path, fmt): plain lists, Ansible INI and YAML
     plans       set_plan / get_plan / list_plans / remove_plan (%name)
     health      mark_failed({name: reason}) / mark_healthy(names) / failures()
-    facts       GATHER_COMMAND, parse_facts, refresh(nodes), load_facts
+    facts       GATHER_COMMAND, parse_facts, load_facts (gathering: shoal.fanout.factgather)
 """

@@ -8,7 +8,9 @@ This module owns
 * storage with the time of gathering and the round-trip time the controller
   measured, and staleness (older than ``max_age``, default 1 h, overridable
   with ``SHOAL_FACTS_MAX_AGE`` in seconds);
-* :func:`refresh`, which runs the command through ``shoal.fanout.run``.
+* :class:`RefreshReport`, what a refresh returns. Gathering itself (the SSH
+  fan-out) is a layer up, in :mod:`shoal.fanout.factgather`: this package
+  stays pure.
 
 Facts are flat keys (``disk_free_gb``, ``cpus``, ``os_id``...), so selections
 use them directly (``[disk_free_gb>=5]``) or namespaced (``[fact.cpus>=2]``).
@@ -23,18 +25,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shoal.errors import ConfigError, InventoryError
 from shoal.nodes.inventory import opened
-from shoal.nodes.model import AttrValue, Node
+from shoal.nodes.model import AttrValue
 from shoal.nodes.nodeset import natural_key
 from shoal.state import State
-
-if TYPE_CHECKING:
-    from shoal.fanout import RunOptions
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS facts (
@@ -249,39 +248,6 @@ def fact_values(state: State, key: str, now: float | None = None) -> dict[str, A
     path = '$."' + key.replace('"', "") + '"'
     rows = db.execute("SELECT name, json_extract(data, ?) FROM facts", (path,)).fetchall()
     return {r[0]: r[1] for r in rows if r[1] is not None}
-
-
-def refresh(
-    nodes: Sequence[Node],
-    *,
-    options: RunOptions | None = None,
-    state: State | None = None,
-) -> RefreshReport:
-    """Gather facts from ``nodes`` in parallel (one round trip each) and store them.
-
-    ``rtt_ms`` is the wall time of the whole gathering command as the
-    controller measured it (NodeResult.duration): it includes the SSH
-    connection when the fan-out opens a new one.
-    """
-    from shoal import fanout
-
-    result = fanout.run(nodes, GATHER_COMMAND, options)
-    now = time.time()
-    records: list[FactRecord] = []
-    failed: dict[str, str] = {}
-    for name, res in result.results.items():
-        if not res.ok:
-            failed[name] = str(res.error) if res.error else f"exit status {res.exit_status}"
-            continue
-        try:
-            data = parse_facts(res.stdout)
-        except InventoryError as exc:
-            failed[name] = str(exc)
-            continue
-        records.append(FactRecord(name, now, round(res.duration * 1000.0, 2), data))
-    records.sort(key=lambda r: natural_key(r.name))
-    store_facts(records, state=state)
-    return RefreshReport(tuple(records), dict(sorted(failed.items())))
 
 
 def as_json(record: FactRecord, max_age: float | None = None) -> dict[str, Any]:
