@@ -28,7 +28,6 @@ from pathlib import Path
 from . import protocol
 from .server import AGENT_VERSION, Agent, read_build
 
-EXIT_RUNNING = 3
 LOG_MAX_BYTES = 1 << 20
 
 
@@ -104,7 +103,7 @@ def serve(home: Path, foreground: bool = False) -> int:
     lock_fd = _lock(home)
     if lock_fd is None:
         print(f"agent: already running in {home} (pid {_running_pid(home)})", file=sys.stderr)
-        return EXIT_RUNNING
+        return protocol.EXIT_RUNNING
     if foreground:
         _write_pid(lock_fd)
         asyncio.run(Agent(home).serve())

@@ -27,6 +27,10 @@ PROTOCOL_VERSION = 1
 #: Longest accepted line (bytes, newline included).
 MAX_LINE = 4 << 20
 
+#: Exit status of ``agent.pyz serve`` when an agent already runs in that working
+#: area (the controller's start_agent reports "already running", not a failure).
+EXIT_RUNNING = 3
+
 #: Operations the agent answers.
 OPS = (
     "hello",

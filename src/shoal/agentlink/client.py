@@ -27,8 +27,6 @@ from shoal.transport.base import ByteReader, ByteWriter, Connection, shell_path
 
 DEFAULT_HOME = ".shoal"
 DEFAULT_PYTHON = "python3"
-#: Exit status of ``agent.pyz serve`` when an agent already runs in that working area.
-EXIT_RUNNING = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -90,7 +88,7 @@ async def start_agent(conn: Connection, abs_home: str, python: str = DEFAULT_PYT
     res = await conn.run(start_command(abs_home, python), timeout=60)
     if res.exit_status == 0:
         return True
-    if res.exit_status == EXIT_RUNNING:
+    if res.exit_status == protocol.EXIT_RUNNING:
         return False
     err = (res.stderr or res.stdout).decode(errors="replace").strip().splitlines()
     reason = err[-1] if err else f"exit {res.exit_status}"

@@ -28,12 +28,12 @@ from shoal.agentlink import fleet as agents
 from shoal.agentlink.client import AgentNotRunning, cached_home, probe, start_agent
 from shoal.errors import AgentError, LocalError, OperationError
 from shoal.fanout.results import error_reason
-from shoal.fanout.scheduler import make_transport
 from shoal.nodes.health import failed_names
 from shoal.nodes.inventory import load_nodes
 from shoal.nodes.model import Node
 from shoal.state import State
 from shoal.transport.base import Connection, shell_path
+from shoal.transport.factory import make_transport
 
 from . import store
 from .acquire import Allocation, acquire, gather_facts

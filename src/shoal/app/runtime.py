@@ -191,7 +191,7 @@ class Runner:
     @property
     def transport(self) -> Transport:
         if self._transport is None:
-            from shoal.fanout.scheduler import make_transport
+            from shoal.transport.factory import make_transport
 
             self._transport = make_transport(self.opts.agent)
         return self._transport

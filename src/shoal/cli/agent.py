@@ -160,7 +160,7 @@ def _options(args: argparse.Namespace) -> AgentOptions:
 
 
 def _transport(nodes: Sequence[Node], opts: AgentOptions) -> Transport:
-    from shoal.fanout.scheduler import make_transport
+    from shoal.transport.factory import make_transport
     from shoal.transport.preconnect import start_connects
 
     return make_transport(opts, start_connects(nodes, limit=opts.parallel or 512))

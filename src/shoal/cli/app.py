@@ -15,6 +15,7 @@ from typing import Any
 
 from shoal.numeric import number
 
+from .exitcodes import INTERRUPTED
 from .render import print_json
 
 
@@ -247,7 +248,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         print("stopped monitoring")
-        return 130
+        return INTERRUPTED
     print(f"{report.rounds} check(s), {report.converged} convergence(s)")
     if report.last is not None:
         _render_up(report.last)

@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     pre = _preconnect(nodes, args)
 
     from shoal.fanout.commands import run
-    from shoal.fanout.scheduler import make_transport
+    from shoal.transport.factory import make_transport
 
     progress = NodeProgress(len(nodes), not (args.no_progress or args.stream or args.json))
     on_line = _stream_line if args.stream else None
@@ -170,7 +170,7 @@ def cmd_cp(args: argparse.Namespace) -> int:
     pre = _preconnect(nodes, args)
 
     from shoal.fanout.copies import copy
-    from shoal.fanout.scheduler import make_transport
+    from shoal.transport.factory import make_transport
 
     progress = NodeProgress(len(nodes), not (args.no_progress or args.json))
     try:

@@ -10,7 +10,8 @@ escape control characters (:mod:`.terminal`, ``--raw`` keeps them); a reader
 that goes away (``| head``) ends the command quietly with status 141, as
 SIGPIPE ends other tools (state already committed stays committed); SIGTERM
 is handled as Ctrl-C is, so either one stops what the command started on the
-nodes before the command exits (130 for an interrupt, 143 for SIGTERM).
+nodes before the command exits (130 for an interrupt, 143 for SIGTERM; every
+status is named in :mod:`.exitcodes`).
 """
 
 from __future__ import annotations
@@ -84,11 +85,6 @@ def _version() -> str:
     return f"shoal {__version__}"
 
 
-#: Exit status of a command whose output reader went away (128 + SIGPIPE, as the shell
-#: reports a tool that SIGPIPE ended).
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in args_list if not a.startswith("-")), None)
@@ -122,6 +118,8 @@ def _run_handler(args: argparse.Namespace, terminated: threading.Event) -> int:
     """The command's exit status, with the errors every command shares handled."""
     from shoal.errors import SelectionSyntaxError, ShoalError
 
+    from . import exitcodes
+
     try:
         try:
             code = int(args.handler(args) or 0)
@@ -130,19 +128,20 @@ def _run_handler(args: argparse.Namespace, terminated: threading.Event) -> int:
         except SelectionSyntaxError as exc:
             print(f"shoal: error: {exc}", file=sys.stderr)
             print(exc.pointer(), file=sys.stderr)
-            return 2
+            return exitcodes.USAGE
         except ShoalError as exc:
             print(f"shoal: error: {exc}", file=sys.stderr)
-            return 2 if exc.kind in ("usage", "selection", "config") else 1
+            usage = exc.kind in ("usage", "selection", "config")
+            return exitcodes.USAGE if usage else exitcodes.FAILED
         except KeyboardInterrupt:
             if terminated.is_set():
                 print("shoal: terminated", file=sys.stderr)
-                return 128 + signal.SIGTERM
+                return exitcodes.TERMINATED
             print("shoal: interrupted", file=sys.stderr)
-            return 130
+            return exitcodes.INTERRUPTED
     except BrokenPipeError:
         _discard_output()
-        return EXIT_BROKEN_PIPE
+        return exitcodes.BROKEN_PIPE
 
 
 def _handle_sigterm(terminated: threading.Event) -> Any:

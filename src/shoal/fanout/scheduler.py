@@ -29,6 +29,7 @@ from typing import Any
 from shoal.errors import ConnectError, LocalError, ShoalError, TransportError
 from shoal.nodes.model import Node
 from shoal.transport.base import Connection, Transport
+from shoal.transport.factory import make_transport
 
 from .options import FanoutOptions, default_parallelism
 from .results import FanoutResult, NodeResult
@@ -71,16 +72,6 @@ class CallbackGuard:
                 raise
             self.task.uncancel()
             raise self.error from None
-
-
-def make_transport(options: FanoutOptions, preconnected: dict | None = None) -> Transport:
-    from shoal.transport.ssh import HostKeyPolicy, SSHTransport
-
-    return SSHTransport(
-        host_keys=HostKeyPolicy(options.host_keys),
-        preconnected=preconnected,
-        keepalive=options.keepalive,
-    )
 
 
 async def fanout(
