@@ -4,8 +4,11 @@ Every file is written to a hidden temporary name beside its destination
 (``.NAME.shoal-XXXX.tmp``), given its mode and times, then renamed over the
 final name in one step (``posix-rename@openssh.com``). A failure, a full disk
 or a killed connection leaves at most a temporary file, which is removed when
-the connection still allows it. Downloads do the same on the local side.
-Directories are copied recursively; symlinks are recreated as symlinks.
+the connection still allows it; so does an interrupt (the copy's task
+cancelled: Ctrl-C, SIGTERM, a per-node timeout), within
+:data:`CLEANUP_TIMEOUT`. Downloads do the same on the local side.
+Directories are copied recursively; symlinks are recreated as symlinks (made
+under a temporary name and renamed over, like files).
 Remote glob patterns are expanded on the node.
 
 Downloads treat the node as hostile. The remote trees are read in full and
@@ -24,11 +27,13 @@ setuid/setgid/sticky and masked by the controller's umask (as scp without
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import posixpath
 import secrets
 import stat
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +44,8 @@ from shoal.errors import LocalError, OperationError
 
 #: Deepest remote tree a pull descends into (each level holds a local fd while written).
 MAX_DEPTH = 256
+#: Longest an interrupted or failed upload waits for the node to remove its temporary file.
+CLEANUP_TIMEOUT = 3.0
 
 # Block sizes are left to asyncssh, which reads the server's limits@openssh.com:
 # OpenSSH's sftp-server drops the session on a write larger than 256 KiB.
@@ -185,12 +192,10 @@ class SFTPCopier:
     async def _upload_any(self, src: Path, target: str) -> int:
         st = src.lstat()
         if stat.S_ISLNK(st.st_mode):
-            with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-                await self.sftp.remove(target)
-            try:
-                await self.sftp.symlink(os.readlink(src), target)
-            except (asyncssh.Error, OSError) as exc:
-                raise await self._explain(exc, "creating symlink", target) from exc
+            link = os.readlink(src)
+            await self._renamed_over(
+                target, "creating symlink", lambda tmp: self.sftp.symlink(link, tmp)
+            )
             return 0
         if stat.S_ISDIR(st.st_mode):
             await self._makedirs(target)
@@ -204,17 +209,34 @@ class SFTPCopier:
         return await self._upload_file(src, target, st)
 
     async def _upload_file(self, src: Path, target: str, st: os.stat_result) -> int:
-        tmp = _tmp_name(target)
-        try:
+        async def write(tmp: str) -> None:
             await self.sftp.put(str(src), tmp)
             await self._set_attrs(tmp, st)
-            await self.sftp.posix_rename(tmp, target)
-        except (asyncssh.Error, OSError) as exc:
-            error = await self._explain(exc, "writing", target)
-            with contextlib.suppress(asyncssh.Error, OSError):
-                await self.sftp.remove(tmp)
-            raise error from exc
+
+        await self._renamed_over(target, "writing", write)
         return st.st_size
+
+    async def _renamed_over(
+        self, target: str, action: str, make: Callable[[str], Awaitable[object]]
+    ) -> None:
+        """``make`` a temporary name beside ``target``, then rename it over ``target``.
+
+        Whatever stops it (an error, the task cancelled) removes the temporary name
+        first, waiting at most :data:`CLEANUP_TIMEOUT` for the node.
+        """
+        tmp = _tmp_name(target)
+        try:
+            await make(tmp)
+            await self.sftp.posix_rename(tmp, target)
+        except BaseException as exc:
+            error = None
+            if isinstance(exc, (asyncssh.Error, OSError)):
+                error = await self._explain(exc, action, target)  # before space is freed
+            with contextlib.suppress(asyncssh.Error, OSError, TimeoutError):
+                await asyncio.wait_for(self.sftp.remove(tmp), CLEANUP_TIMEOUT)
+            if error is None:
+                raise
+            raise error from exc
 
     async def _set_attrs(self, path: str, st: os.stat_result) -> None:
         attrs = asyncssh.SFTPAttrs(
