@@ -95,11 +95,10 @@ def uptime(seconds: Any) -> str:
     if not isinstance(seconds, (int, float)):
         return "-"
     s = int(seconds)
-    if s < 120:
-        return f"{s}s"
-    if s < 7200:
-        return f"{s // 60}m"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    if s >= 7200:
+        hours, minutes = divmod(s // 60, 60)
+        return f"{hours}h{minutes:02d}m"
+    return f"{s // 60}m" if s >= 120 else f"{s}s"
 
 
 def size(n: float) -> str:
