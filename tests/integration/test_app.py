@@ -22,9 +22,9 @@ import pytest
 
 from shoal.agentlink.fleet import AgentOptions
 from shoal.app import lifecycle, store
-from shoal.app.acquire import AcquireError
 from shoal.app.appspec import load
-from shoal.app.runtime import AppAborted, UpOptions
+from shoal.app.runtime import UpOptions
+from shoal.errors import AcquireError, AppAborted
 from shoal.nodes.health import clear_failed
 from shoal.nodes.model import Node
 from shoal.state import State

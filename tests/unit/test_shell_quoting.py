@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from shoal.agentlink.client import probe_command
-from shoal.app.runtime import Runner
+from shoal.app.naming import expand
 from shoal.errors import UsageError
 from shoal.lab.spec import LabSpec, validate_home
 from shoal.lab.sshd import (
@@ -71,12 +71,12 @@ def test_probe_command_creates_and_resolves_odd_working_areas(area: str, home: P
 
 def test_expanded_variables_are_one_shell_word_each(home: Path) -> None:
     values = {"dir": f"{home}/apps/x", "node": "n1", "addrs.web": "10.0.0.2,10.0.0.3", "e": ""}
-    command = Runner.expand("printf '%s|' ${dir} ${node} ${addrs.web} ${e} ${unknown}", values)
+    command = expand("printf '%s|' ${dir} ${node} ${addrs.web} ${e} ${unknown}", values)
     # plain values are substituted as before; empty ones still vanish; unknown ones stay
     assert "${unknown}" in command and " n1 10.0.0.2,10.0.0.3 " in command
     out = sh(command.replace("${unknown}", ""), home)
     assert out == f"{home}/apps/x|n1|10.0.0.2,10.0.0.3|"
-    assert Runner.expand("${dir}/x", values, shell=False) == f"{home}/apps/x/x"
+    assert expand("${dir}/x", values, shell=False) == f"{home}/apps/x/x"
 
 
 def test_lab_home_option_is_validated() -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from shoal.agentlink import fleet as agents
 from shoal.agentlink.client import AgentNotRunning, cached_home, probe, start_agent
-from shoal.errors import AgentError, LocalError, OperationError
+from shoal.errors import AgentError, AppAborted, LocalError, OperationError
 from shoal.fanout.results import error_reason
 from shoal.nodes.health import failed_names
 from shoal.nodes.inventory import load_nodes
@@ -36,11 +36,15 @@ from shoal.transport.base import Connection, shell_path
 from shoal.transport.factory import make_transport
 
 from . import store
-from .acquire import Allocation, acquire, gather_facts
+from .acquire import acquire, gather_facts
 from .appspec import AppSpec, build, load
+from .carryover import carry_over, plan_slots
 from .located import Located
+from .naming import app_dir, program_name
+from .policy import Action
 from .pool import ConnectionPool
-from .runtime import AppAborted, Runner, UpOptions, UpReport, app_dir, program_name
+from .runner import Runner
+from .runtime import UpOptions, UpReport
 from .software import tree_digest
 
 
@@ -50,38 +54,6 @@ def spec_of(record: store.AppRecord) -> AppSpec:
 
 
 # -- up ----------------------------------------------------------------------------
-
-
-def _plan_slots(
-    spec: AppSpec, alloc: Allocation, previous: list[store.Member]
-) -> tuple[dict[tuple[str, str], int], list[tuple[str, str, str]]]:
-    """Slots per (component, node): kept members keep theirs, newcomers fill the gaps."""
-    slots: dict[tuple[str, str], int] = {}
-    replaced: list[tuple[str, str, str]] = []
-    for cname, nodes in alloc.members.items():
-        before = {
-            m.node: m.slot
-            for m in previous
-            if m.component == cname and m.state in ("active", "failed")
-        }
-        chosen = {n.name for n in nodes}
-        used = {before[n] for n in chosen if n in before}
-        gone = sorted((slot, name) for name, slot in before.items() if name not in chosen)
-        free = sorted(slot for slot, _ in gone if slot not in used)
-        next_slot = max([*used, *(s for s, _ in gone), -1]) + 1
-        for n in nodes:
-            if n.name in before:
-                slots[(cname, n.name)] = before[n.name]
-                continue
-            if free:
-                slot = free.pop(0)
-                old = next(name for s, name in gone if s == slot)
-                replaced.append((cname, old, n.name))
-            else:
-                slot, next_slot = next_slot, next_slot + 1
-            slots[(cname, n.name)] = slot
-        alloc.members[cname] = sorted(nodes, key=lambda n: slots[(cname, n.name)])
-    return slots, replaced
 
 
 async def up_async(
@@ -96,39 +68,18 @@ async def up_async(
     try:
         store.ensure(st)
         previous = store.members(st, spec.name)
-        failed = failed_names(st)
-        keep: dict[str, list[str]] = {}
-        hold: dict[str, int] = {}
-        dead: list[store.Member] = []
-        for m in previous:
-            if m.state != "active":
-                continue
-            comp = spec.components.get(m.component)
-            if comp is None:
-                continue
-            if m.node in failed:
-                if comp.on_failure == "abort":
-                    store.set_status(st, spec.name, status="aborted")
-                    await stop_all(spec, st, opts.agent)
-                    raise AppAborted(
-                        f"app {spec.name}: {m.node} ({m.component}) is in the failed set; aborted"
-                    )
-                dead.append(m)
-                if comp.on_failure in ("ignore", "restart"):
-                    hold[m.component] = hold.get(m.component, 0) + 1
-                continue
-            keep.setdefault(m.component, []).append(m.node)
-        for m in previous:
-            if m.state == "failed" and m.component in spec.components:
-                policy = spec.components[m.component].on_failure
-                if policy == "restart" and m.node not in failed:
-                    keep.setdefault(m.component, []).append(m.node)  # back: start it again
-                else:
-                    hold[m.component] = hold.get(m.component, 0) + 1
+        carried = carry_over(spec, previous, failed_names(st))
+        if carried.abort is not None:
+            m = carried.abort
+            store.set_status(st, spec.name, status="aborted")
+            await stop_all(spec, st, opts.agent)
+            raise AppAborted(
+                f"app {spec.name}: {m.node} ({m.component}) is in the failed set; aborted"
+            )
         t0 = time.monotonic()
         known = await gather_facts(spec, st, pool)
-        alloc = acquire(spec, st, keep=keep, hold=hold, facts=known)
-        slots, replaced = _plan_slots(spec, alloc, previous)
+        alloc = acquire(spec, st, keep=carried.keep, hold=carried.hold, facts=known)
+        slots, replaced = plan_slots(alloc, previous)
         report_phases = {"acquire": time.monotonic() - t0}
         # decided: record it before touching any node
         store.save_app(
@@ -139,9 +90,8 @@ async def up_async(
             spec.document,
             "starting",
         )
-        for m in dead:
-            comp = spec.components[m.component]
-            new_state = "replaced" if comp.on_failure == "replace" else "failed"
+        for m, action in carried.dead:
+            new_state = "replaced" if action is Action.REPLACE else "failed"
             store.set_member(st, spec.name, m.component, m.node, m.slot, new_state, "node failed")
         for cname, nodes in alloc.members.items():
             for n in nodes:
