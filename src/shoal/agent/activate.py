@@ -75,7 +75,7 @@ class NeedChunks(AreaError):
 
 
 #: Where applications keep their software inside the agent's working area
-#: (``<home>/apps/<app>/sw/<name>``, :func:`shoal.app.runtime.app_dir`): the only
+#: (``<home>/apps/<app>/sw/<name>``, :func:`shoal.app.naming.app_dir`): the only
 #: part of that area a push may deploy to.
 APPS_DIR = "apps"
 
