@@ -56,6 +56,11 @@ def _tmp_name(final: str) -> str:
     return posixpath.join(head, f".{tail}.shoal-{secrets.token_hex(4)}.tmp")
 
 
+def _shown(path: object) -> str:
+    """A local ``path`` for a one-line message: bytes that are not UTF-8 escaped."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 def _umask() -> int:
     mask = os.umask(0o077)  # the stricter value for the instant it is in place
     os.umask(mask)
@@ -172,6 +177,7 @@ class SFTPCopier:
     async def upload(self, local: str, remote: str) -> int:
         """Copy a local file or tree to ``remote``; returns bytes sent."""
         src = Path(local)
+        self._check_utf8(src, remote, "the destination")
         if not src.exists() and not src.is_symlink():
             raise OperationError(f"local path {local} does not exist", self.node)
         target = remote
@@ -190,9 +196,17 @@ class SFTPCopier:
             raise await self._explain(exc, "creating directory", path) from exc
 
     async def _upload_any(self, src: Path, target: str) -> int:
-        st = src.lstat()
+        self._check_utf8(src, target, "the name")
+        try:
+            st = src.lstat()
+            link = os.readlink(src) if stat.S_ISLNK(st.st_mode) else ""
+            children = sorted(src.iterdir()) if stat.S_ISDIR(st.st_mode) else []
+        except OSError as exc:  # the local tree changed under the copy
+            raise LocalError(
+                f"reading {_shown(src)} locally failed: {exc.strerror or exc}", self.node
+            ) from None
         if stat.S_ISLNK(st.st_mode):
-            link = os.readlink(src)
+            self._check_utf8(src, link, "the symlink's target")
             await self._renamed_over(
                 target, "creating symlink", lambda tmp: self.sftp.symlink(link, tmp)
             )
@@ -200,13 +214,25 @@ class SFTPCopier:
         if stat.S_ISDIR(st.st_mode):
             await self._makedirs(target)
             sent = 0
-            for child in sorted(src.iterdir()):
+            for child in children:
                 sent += await self._upload_any(child, posixpath.join(target, child.name))
             await self._set_attrs(target, st)
             return sent
-        if not stat.S_ISREG(st.st_mode):
-            raise OperationError(f"{src} is not a regular file, directory or symlink", self.node)
+        if not stat.S_ISREG(st.st_mode):  # never opened: a FIFO would block the copy
+            raise LocalError(
+                f"{_shown(src)} is not a regular file, directory or symlink", self.node
+            )
         return await self._upload_file(src, target, st)
+
+    def _check_utf8(self, src: Path, text: str, what: str) -> None:
+        """SFTP names are sent as UTF-8: one that is not is refused, never sent mangled."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LocalError(
+                f"refusing to copy {_shown(src)}: {what} is not valid UTF-8 (rename it)",
+                self.node,
+            ) from None
 
     async def _upload_file(self, src: Path, target: str, st: os.stat_result) -> int:
         async def write(tmp: str) -> None:
