@@ -482,15 +482,6 @@ async def pull_events_async(
     return await for_each(nodes, op, opts, transport=transport, state=state)
 
 
-def run_sync(coro: Awaitable[Any]) -> Any:
-    """Run a coroutine to completion (for adapters without an event loop)."""
-
-    async def runner() -> Any:
-        return await coro
-
-    return asyncio.run(runner())
-
-
 LogSink = Callable[[str, str], None]
 
 

@@ -112,10 +112,6 @@ def _make_labdir(name: str, labdir: Path) -> None:
         raise LabError(_exists_message(name, f"directory {labdir}")) from None
 
 
-def lab_dir(name: str) -> Path:
-    return labs_dir() / validate_name(name)
-
-
 def list_labs() -> list[LabSummary]:
     """Labs with a state file under ``labs_dir()``, plus leftovers in the kernel."""
     out: dict[str, LabSummary] = {}

@@ -349,13 +349,6 @@ def load_nodes(state: State, names: Iterable[str] | None = None) -> list[Node]:
     return out
 
 
-def get_node(state: State, name: str) -> Node:
-    found = load_nodes(state, [name])
-    if not found:
-        raise UnknownNameError(f"unknown node: {name}")
-    return found[0]
-
-
 def with_defaults(node: Node, user: str | None) -> Node:
     """``node`` with ``user`` filled in when it has none."""
     return node if node.user or not user else replace(node, user=user)
