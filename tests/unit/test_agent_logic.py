@@ -15,10 +15,10 @@ import pytest
 from shoal.agent import protocol
 from shoal.agent.backoff import Backoff
 from shoal.agent.build import build
-from shoal.agent.events import EventLog
+from shoal.agent.eventjournal import EventLog
 from shoal.agent.persist import read_json, write_json
+from shoal.agent.progspec import ProgramSpec
 from shoal.agent.rotate import RotatingLog
-from shoal.agent.spec import ProgramSpec
 
 
 def test_backoff_grows_exponentially_to_the_cap() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from shoal.agent import chunkserver as cs
-from shoal.agent import content
+from shoal.agent import pushsession
 from shoal.agent.chunkserver import Backend, ChunkServer, Fetcher, StoreBackend
 from shoal.agent.chunkstore import ChunkStore
 from shoal.content.scan import scan
@@ -221,7 +221,7 @@ def test_a_failed_begin_leaves_nothing_listening(tmp_path: Path) -> None:
     tree, blob, blob_hash, _ = _source(tmp_path)
 
     async def go() -> None:
-        svc = content.ContentService(tmp_path / "home", lambda *a: None)
+        svc = pushsession.ContentService(tmp_path / "home", lambda *a: None)
         dead = _begin_args(tree, blob, blob_hash, str(tmp_path / "site"), 1)  # nobody there
         with pytest.raises(ValueError, match="cannot fetch the manifest"):
             await svc.dispatch("content.begin", dead)
@@ -234,9 +234,9 @@ def test_a_failed_begin_leaves_nothing_listening(tmp_path: Path) -> None:
 def test_an_abandoned_session_stops_serving_then_its_store_goes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(content, "REAP_SECONDS", 0.1)
-    monkeypatch.setattr(content, "LISTEN_SECONDS", 0.3)
-    monkeypatch.setattr(content, "IDLE_SECONDS", 1.0)
+    monkeypatch.setattr(pushsession, "REAP_SECONDS", 0.1)
+    monkeypatch.setattr(pushsession, "LISTEN_SECONDS", 0.3)
+    monkeypatch.setattr(pushsession, "IDLE_SECONDS", 1.0)
     tree, blob, blob_hash, backend = _source(tmp_path)
     chunks = tmp_path / "home" / "chunks"
 
@@ -244,7 +244,7 @@ def test_an_abandoned_session_stops_serving_then_its_store_goes(
         source = ChunkServer(backend)
         source.tokens.add(TOKEN)
         port = await source.start("127.0.0.1")
-        svc = content.ContentService(tmp_path / "home", lambda *a: None)
+        svc = pushsession.ContentService(tmp_path / "home", lambda *a: None)
         try:
             args = _begin_args(tree, blob, blob_hash, str(tmp_path / "site"), port)
             begin = await svc.dispatch("content.begin", args)
@@ -276,19 +276,19 @@ def test_an_abandoned_session_stops_serving_then_its_store_goes(
 def test_a_store_an_earlier_agent_left_goes_once_stale(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(content, "REAP_SECONDS", 0.1)
+    monkeypatch.setattr(pushsession, "REAP_SECONDS", 0.1)
     store, _ = store_with(tmp_path / "home", os.urandom(1000))  # home/store: not the agent's
     root = tmp_path / "home" / "chunks"
     fresh = ChunkStore(root)
     fresh.put(hashlib.sha256(b"new").hexdigest(), b"new", "fresh")
     fresh.put(hashlib.sha256(b"old").hexdigest(), b"old", "old")
     fresh.close()
-    past = time.time() - content.IDLE_SECONDS - 10
+    past = time.time() - pushsession.IDLE_SECONDS - 10
     for path in root.glob("old.*"):
         os.utime(path, (past, past))
 
     async def go() -> None:
-        svc = content.ContentService(tmp_path / "home", lambda *a: None)
+        svc = pushsession.ContentService(tmp_path / "home", lambda *a: None)
         svc.start()
         await asyncio.sleep(0.3)
         await asyncio.gather(*svc._unlinking)

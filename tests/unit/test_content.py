@@ -272,7 +272,7 @@ def test_store_survives_a_restart_and_rehashes_what_it_reloads(tmp_path: Path) -
 
 
 def test_placed_chunks_become_the_deployed_file_without_a_copy(tmp_path: Path) -> None:
-    from shoal.agent.content import placements
+    from shoal.agent.pushsession import placements
 
     src = tree(tmp_path / "src")
     block = rand(120_000, seed=7)
@@ -333,7 +333,7 @@ def test_a_node_push_places_commits_by_linking_and_ends_without_waiting(tmp_path
     import zlib
 
     from shoal.agent.chunkserver import Backend
-    from shoal.agent.content import ContentService
+    from shoal.agent.pushsession import ContentService
 
     src = tmp_path / "src"
     src.mkdir()

@@ -414,7 +414,7 @@ def test_validator_numbers_are_finite() -> None:
 )
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_agent_program_spec_refuses_non_finite(key: str, value: float) -> None:
-    from shoal.agent.spec import ProgramSpec
+    from shoal.agent.progspec import ProgramSpec
 
     with pytest.raises(ValueError, match=f"program x: {key} must be a finite number >= 0"):
         ProgramSpec.from_dict({"name": "x", "command": ["true"], key: value})

@@ -70,7 +70,7 @@ Record = Callable[[str, Optional[str], str], None]
 
 
 @dataclass
-class Session:
+class PushSession:
     version: str
     area: Area
     token: str
@@ -151,7 +151,7 @@ class ContentService:
         self.home = home
         self.record = record
         self.store = ChunkStore(home / "chunks")
-        self.sessions: dict[tuple[str, str], Session] = {}  # (version, target) → session
+        self.sessions: dict[tuple[str, str], PushSession] = {}  # (version, target) → session
         self.server: ChunkServer | None = None
         self.port = 0
         self.fetcher = Fetcher(self.store)
@@ -247,7 +247,9 @@ class ContentService:
             future.add_done_callback(self._unlinking.discard)
         return removed
 
-    async def _busy(self, session: Session, op: Callable[..., Any], args: dict[str, Any]) -> Any:
+    async def _busy(
+        self, session: PushSession, op: Callable[..., Any], args: dict[str, Any]
+    ) -> Any:
         """Run a request of ``session``: it never expires meanwhile, and a full disk ends it."""
         session.busy += 1
         session.used = time.monotonic()
@@ -295,7 +297,7 @@ class ContentService:
         token: str,
         area: Area,
         current: str | None,
-        old: Session | None,
+        old: PushSession | None,
     ) -> dict[str, Any]:
         assert self.server is not None
         rate = args.get("rate")
@@ -306,7 +308,7 @@ class ContentService:
             manifest, data = await self._fetch_manifest(args, version, token)
             area.save_manifest(version, data, manifest)  # canonical: the bytes as fetched
         chunks = manifest.unique_chunks()
-        session = Session(
+        session = PushSession(
             version,
             area,
             token,
@@ -375,7 +377,7 @@ class ContentService:
         target = resolve_target(_require(args, "dir", str), agent_home=self.home)
         return Area(target, replace_empty_dir=bool(args.get("replace_empty_dir", False)))
 
-    def _find(self, args: dict[str, Any]) -> Session | None:
+    def _find(self, args: dict[str, Any]) -> PushSession | None:
         """The session named by ``version`` and ``dir`` (or ``version`` alone, if one)."""
         version = _require(args, "version", str)
         target = args.get("dir")
@@ -384,7 +386,7 @@ class ContentService:
         found = [s for s in self.sessions.values() if s.version == version]
         return found[0] if len(found) == 1 else None
 
-    def _session(self, args: dict[str, Any]) -> Session:
+    def _session(self, args: dict[str, Any]) -> PushSession:
         session = self._find(args)
         if session is None:
             target = args.get("dir")
@@ -394,7 +396,7 @@ class ContentService:
             raise ValueError(f"push of {session.version} ended here: {session.broken}")
         return session
 
-    async def fetch(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+    async def fetch(self, session: PushSession, args: dict[str, Any]) -> dict[str, Any]:
         ((host, port),) = chunk_sources([args.get("source")])
         wanted = []
         for i in _require(args, "chunks", list):
@@ -424,7 +426,7 @@ class ContentService:
             "seconds": round(result.seconds, 4),
         }
 
-    async def commit(self, session: Session, args: dict[str, Any]) -> dict[str, Any]:
+    async def commit(self, session: PushSession, args: dict[str, Any]) -> dict[str, Any]:
         area = session.area
         lock = self._locks.setdefault(str(area.target), asyncio.Lock())
         async with lock:
@@ -461,7 +463,7 @@ class ContentService:
             "removed": removed,
         }
 
-    def end(self, session: Session | None, prune: bool = True) -> dict[str, Any]:
+    def end(self, session: PushSession | None, prune: bool = True) -> dict[str, Any]:
         if session is not None and self.sessions.get(session.key) is session:
             del self.sessions[session.key]
             self._revoke(session.token)

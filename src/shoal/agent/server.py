@@ -13,7 +13,7 @@ JSON-line requests answered in order (:mod:`protocol`). Requests:
 ``proc.logs`` {name, lines?, offset?}   tail, or bytes after an offset (follow)
 ``events`` {since, limit?}      events with seq > since
 ``shutdown``                    stop programs (desired state kept) and exit
-``content.*``                   push sessions, chunk fetches, switch-over (:mod:`.content`)
+``content.*``                   push sessions, chunk fetches, switch-over (:mod:`.pushsession`)
 ``step.run|status|forget``      one-shot steps of applications (:mod:`.steps`)
 
 At most :data:`MAX_CLIENTS` connections are served at once: a newcomer past
@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
-from .content import ContentService
-from .events import EventLog
+from .eventjournal import EventLog
 from .persist import write_atomic
-from .spec import ProgramSpec
+from .progspec import ProgramSpec
+from .pushsession import ContentService
 from .steps import Steps
 from .supervisor import Supervisor
 

@@ -35,8 +35,8 @@ from typing import Any, Callable, Optional
 
 from .backoff import Backoff
 from .persist import read_json, write_json
+from .progspec import ProgramSpec, signal_number
 from .rotate import RotatingLog
-from .spec import ProgramSpec, signal_number
 
 STOPPED = "STOPPED"
 STARTING = "STARTING"

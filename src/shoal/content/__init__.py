@@ -9,7 +9,7 @@ Entry points for other layers (apps call these from Python)::
 Modules: :mod:`.scan` (the source: manifest, FastCDC chunking, source chunk
 server backend), :mod:`.swarm` (the embedded coordinator), :mod:`.push`
 (push / rollback / versions over the agents). The node side lives in
-:mod:`shoal.agent.content`, :mod:`shoal.agent.activate`,
+:mod:`shoal.agent.pushsession`, :mod:`shoal.agent.activate`,
 :mod:`shoal.agent.chunkserver`, :mod:`shoal.agent.chunkstore` and
 :mod:`shoal.agent.manifest` (standard library only: it ships in the agent).
 """

@@ -1,7 +1,7 @@
 """``shoal push``, ``shoal rollback`` and ``shoal versions`` as library calls.
 
 Theory of operation of a push (the coordinator is :mod:`.swarm`, the node side
-:mod:`shoal.agent.content`, the on-disk switch :mod:`shoal.agent.activate`):
+:mod:`shoal.agent.pushsession`, the on-disk switch :mod:`shoal.agent.activate`):
 
 1. The source scans ``LOCAL_DIR`` into a manifest (:func:`.scan.scan`); its
    hash is the version id. A random token is made for this push.
