@@ -59,8 +59,8 @@ def main() -> int:
 
     from shoal.lab import Lab, LabSpec, Shaping
     from shoal.lab import system as labsys
+    from shoal.lab.labspec import Naming, format_rate, parse_rate
     from shoal.lab.measure import transfer_rate
-    from shoal.lab.spec import Naming, format_rate, parse_rate
 
     rate = parse_rate(args.rate)
     name = f"b{secrets.token_hex(3)}"

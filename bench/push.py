@@ -67,7 +67,7 @@ def load() -> str:
 class Bench:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         from shoal.lab import Lab, LabSpec
-        from shoal.lab.spec import Naming, Shaping, parse_rate
+        from shoal.lab.labspec import Naming, Shaping, parse_rate
 
         self.args = args
         self.work = work

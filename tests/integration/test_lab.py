@@ -18,7 +18,7 @@ import pytest
 from shoal.errors import LabError, UsageError
 from shoal.lab import Lab, LabSpec, ShapeChange, Shaping
 from shoal.lab import system as labsys
-from shoal.lab.spec import Naming
+from shoal.lab.labspec import Naming
 
 pytestmark = pytest.mark.lab
 

@@ -23,7 +23,7 @@ from shoal.agent.chunkserver import TEST_CORRUPT_FLAG, ChunkServer
 from shoal.agentlink import fleet as agents
 from shoal.content.push import PushOptions, push_async, rollback_async, versions_async
 from shoal.content.scan import ScannedTree, SourceBackend, scan
-from shoal.lab.spec import ShapeChange
+from shoal.lab.labspec import ShapeChange
 from shoal.nodes.model import Node
 from shoal.transport.ssh import SSHTransport
 

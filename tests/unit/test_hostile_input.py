@@ -353,7 +353,7 @@ def test_stored_plan_chains_are_bounded(tmp_path: Path) -> None:
 
 
 def test_lab_numbers_of_thousands_of_digits_are_usage_errors() -> None:
-    from shoal.lab.spec import node_index, parse_delay, parse_rate
+    from shoal.lab.labspec import node_index, parse_delay, parse_rate
 
     with pytest.raises(UsageError, match="bad node name"):
         node_index("n" + "9" * 5000)

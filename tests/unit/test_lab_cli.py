@@ -9,7 +9,7 @@ import pytest
 from shoal.cli.main import main
 from shoal.errors import UsageError
 from shoal.lab.lab import resolve_name
-from shoal.lab.state import LabState, save
+from shoal.lab.labstate import LabState, save
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shoal.lab.labspec import Shaping
+from shoal.lab.labstate import LabNode, LabState
 from shoal.lab.shaping import NFT_TABLE, nft_ruleset, tbf_params, tc_lines
-from shoal.lab.spec import Shaping
 from shoal.lab.sshd import (
     Endpoint,
     render_inventory,
@@ -15,7 +16,6 @@ from shoal.lab.sshd import (
     render_sshd_config_netns,
     render_sshd_config_rootless,
 )
-from shoal.lab.state import LabState, NodeState
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAVmC6Pd7HrlbTGqy18J4ZSK8jcUhXvu0MdkCeRtpo4R"
 
@@ -148,7 +148,7 @@ def test_nft_ruleset_groups_ports_by_loss() -> None:
 
 
 def test_state_round_trip(tmp_path: Path) -> None:
-    from shoal.lab.state import load, save
+    from shoal.lab.labstate import load, save
 
     st = LabState(
         name="x",
@@ -157,7 +157,7 @@ def test_state_round_trip(tmp_path: Path) -> None:
         subnet="10.213.0.0/22",
         controller_addr="10.213.0.1",
         controller=Shaping(rate_bps=10**9),
-        nodes=[NodeState("n1", "10.213.0.2", 22, "shl-x-n1", 42, "cut", Shaping(loss_bp=5))],
+        nodes=[LabNode("n1", "10.213.0.2", 22, "shl-x-n1", 42, "cut", Shaping(loss_bp=5))],
     )
     save(st)
     back = load(tmp_path)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shoal.errors import ShoalError, UsageError
-from shoal.lab.spec import (
+from shoal.lab.labspec import (
     MAX_NAME,
     MAX_NODES,
     LabSpec,
@@ -181,7 +181,7 @@ def test_errors_are_shoal_errors() -> None:
 
 
 def test_mac_of_is_fixed_local_and_unique_per_address() -> None:
-    from shoal.lab.spec import mac_of
+    from shoal.lab.labspec import mac_of
 
     assert mac_of("10.213.0.2") == "02:73:0a:d5:00:02"
     blk = block("10.213.0.0/16", 5)

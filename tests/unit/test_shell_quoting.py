@@ -17,7 +17,7 @@ import pytest
 from shoal.agentlink.client import probe_command
 from shoal.app.naming import expand
 from shoal.errors import UsageError
-from shoal.lab.spec import LabSpec, validate_home
+from shoal.lab.labspec import LabSpec, validate_home
 from shoal.lab.sshd import (
     Endpoint,
     config_word,

@@ -74,7 +74,7 @@ def parse_rate(text: str | None) -> float | None:
     if text is None:
         return None
     from shoal.errors import UsageError
-    from shoal.lab.spec import parse_rate as parse_bits
+    from shoal.lab.labspec import parse_rate as parse_bits
 
     units = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "b": 1.0}
     low = text.strip().lower()

@@ -1,7 +1,7 @@
 """``shoal lab``: a local lab of real SSH nodes (adapter: parse, call, render).
 
 Values (N, rates, delays, losses) are taken as strings and parsed by
-:mod:`shoal.lab.spec`, so bad input is one ``shoal: error:`` line, not an
+:mod:`shoal.lab.labspec`, so bad input is one ``shoal: error:`` line, not an
 argparse usage dump.
 """
 
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _shaping(rate: str | None, delay: str | None, loss: str | None) -> object:
-    from shoal.lab.spec import Shaping, parse_delay, parse_loss, parse_rate
+    from shoal.lab.labspec import Shaping, parse_delay, parse_loss, parse_rate
 
     return Shaping(
         rate_bps=parse_rate(rate) if rate else None,
@@ -77,7 +77,7 @@ def _shaping(rate: str | None, delay: str | None, loss: str | None) -> object:
 
 def _up(args: argparse.Namespace) -> int:
     from shoal.lab import Lab
-    from shoal.lab.spec import DEFAULT_NAME, LabSpec, Shaping, lab_net, parse_count
+    from shoal.lab.labspec import DEFAULT_NAME, LabSpec, Shaping, lab_net, parse_count
 
     n = parse_count(args.n)
     shaping = _shaping(args.rate, args.delay, args.loss)
@@ -176,7 +176,7 @@ def _node_action(args: argparse.Namespace) -> int:
 
 def _shape(args: argparse.Namespace) -> int:
     from shoal.lab import Lab, ShapeChange
-    from shoal.lab.spec import is_none_word, parse_delay, parse_loss, parse_rate
+    from shoal.lab.labspec import is_none_word, parse_delay, parse_loss, parse_rate
 
     rate, delay, loss = args.rate, args.delay, args.loss
     change = ShapeChange(

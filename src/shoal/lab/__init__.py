@@ -8,12 +8,11 @@ for the :class:`Lab` object and DESIGN.md "Testing on real hosts".
 
 from __future__ import annotations
 
-from shoal.lab.lab import DownReport, Lab, LabStatus, LabSummary, NodeStatus, list_labs
-from shoal.lab.spec import MAX_NODES, LabSpec, ShapeChange, Shaping
+from shoal.lab.lab import Lab, LabStatus, LabSummary, NodeStatus, TeardownReport, list_labs
+from shoal.lab.labspec import MAX_NODES, LabSpec, ShapeChange, Shaping
 
 __all__ = [
     "MAX_NODES",
-    "DownReport",
     "Lab",
     "LabSpec",
     "LabStatus",
@@ -21,5 +20,6 @@ __all__ = [
     "NodeStatus",
     "ShapeChange",
     "Shaping",
+    "TeardownReport",
     "list_labs",
 ]

@@ -29,7 +29,7 @@ from pathlib import Path
 from shoal.config import labs_dir
 from shoal.errors import LabError, UsageError
 from shoal.lab import netns, register, rootless, sshd, system
-from shoal.lab.spec import (
+from shoal.lab.labspec import (
     DEFAULT_NAME,
     LabSpec,
     Naming,
@@ -39,7 +39,7 @@ from shoal.lab.spec import (
     node_index,
     validate_name,
 )
-from shoal.lab.state import LabState, NodeState, load, locked, save
+from shoal.lab.labstate import LabNode, LabState, load, locked, save
 from shoal.nodes.model import Node
 
 INVENTORY = "inventory"
@@ -71,7 +71,7 @@ class LabStatus:
 
 
 @dataclass(frozen=True)
-class DownReport:
+class TeardownReport:
     """What ``down`` removed (all zero when there was nothing of that lab)."""
 
     name: str
@@ -223,7 +223,7 @@ class Lab:
             for n in self._state.nodes
         ]
 
-    def _node(self, name: str) -> NodeState:
+    def _node(self, name: str) -> LabNode:
         try:
             node_index(name)
         except UsageError:
@@ -269,7 +269,7 @@ class Lab:
                 subnet=str(blk),
                 controller_addr=str(Naming.controller_addr(blk)),
                 nodes=[
-                    NodeState(
+                    LabNode(
                         name=n,
                         addr=str(Naming.node_addr(blk, i)),
                         port=22,
@@ -310,7 +310,7 @@ class Lab:
                 dir=str(labdir),
                 created=time.time(),
                 nodes=[
-                    NodeState(name=n, addr="127.0.0.1", port=p)
+                    LabNode(name=n, addr="127.0.0.1", port=p)
                     for n, p in zip(Naming.node_names(spec.n), ports, strict=True)
                 ],
             )
@@ -377,7 +377,7 @@ class Lab:
         return cls(st)
 
     @staticmethod
-    def teardown(name: str) -> DownReport:
+    def teardown(name: str) -> TeardownReport:
         """Remove everything of lab ``name``, with or without a state file."""
         validate_name(name)
         labdir = labs_dir() / name
@@ -401,9 +401,9 @@ class Lab:
         removed = labdir.exists()
         if removed:
             shutil.rmtree(labdir)
-        return DownReport(name, namespaces, links, procs, removed)
+        return TeardownReport(name, namespaces, links, procs, removed)
 
-    def down(self) -> DownReport:
+    def down(self) -> TeardownReport:
         return Lab.teardown(self.name)
 
     # ------------------------------------------------------------ inspection
@@ -439,7 +439,7 @@ class Lab:
         return st
 
     @contextmanager
-    def _changing(self, node: str) -> Iterator[tuple[LabState, NodeState]]:
+    def _changing(self, node: str) -> Iterator[tuple[LabState, LabNode]]:
         """The lab's state and ``node``'s, under the lab lock; saved on the way out."""
         self._node(node)
         with locked(self.dir / ".lock"):
@@ -505,7 +505,7 @@ class Lab:
                 changed = ["controller"]
             else:
                 nodes = st.nodes if target == "all" else [self._node(target)]
-                by_new: dict[Shaping, list[NodeState]] = {}
+                by_new: dict[Shaping, list[LabNode]] = {}
                 for n in nodes:
                     by_new.setdefault(change.apply(n.shaping), []).append(n)
                 for new, group in by_new.items():

@@ -39,9 +39,9 @@ from pathlib import Path
 
 from shoal.errors import LabError
 from shoal.lab import sshd, system
+from shoal.lab.labspec import BLOCK_PREFIX, MESH_MAX, Naming, Shaping, mac_of, parse_net
+from shoal.lab.labstate import LabNode, LabState
 from shoal.lab.shaping import nft_ruleset, tc_lines
-from shoal.lab.spec import BLOCK_PREFIX, MESH_MAX, Naming, Shaping, mac_of, parse_net
-from shoal.lab.state import LabState, NodeState
 
 GLOBAL_LOCK = Path("/run/lock/shoal-lab.lock")
 READY_TIMEOUT = 30.0
@@ -272,7 +272,7 @@ def _configure_switch(netns: str) -> None:
     system.run(["ip", "netns", "exec", netns, "sh", "-c", script], f"configure {netns}")
 
 
-def start_node(state: LabState, node: NodeState, labdir: Path, blk: ipaddress.IPv4Network) -> int:
+def start_node(state: LabState, node: LabNode, labdir: Path, blk: ipaddress.IPv4Network) -> int:
     """Boot one node's sshd in fresh mount/UTS namespaces; returns sshd's pid."""
     assert state.controller_addr is not None
     neighbors = [(state.controller_addr, mac_of(state.controller_addr))]
@@ -293,7 +293,7 @@ def start_node(state: LabState, node: NodeState, labdir: Path, blk: ipaddress.IP
 
 
 def start_nodes(
-    state: LabState, nodes: Sequence[NodeState], labdir: Path, blk: ipaddress.IPv4Network
+    state: LabState, nodes: Sequence[LabNode], labdir: Path, blk: ipaddress.IPv4Network
 ) -> None:
     """Start ``nodes`` in parallel and wait until each sshd sends its banner."""
     with ThreadPoolExecutor(max_workers=min(PARALLEL, max(1, len(nodes)))) as pool:
@@ -334,7 +334,7 @@ def wait_ready(endpoints: Sequence[tuple[str, str, int]], timeout: float = READY
 # ---------------------------------------------------------------- shaping
 
 
-def set_nodes_shaping(state: LabState, nodes: Sequence[NodeState], new: Shaping) -> None:
+def set_nodes_shaping(state: LabState, nodes: Sequence[LabNode], new: Shaping) -> None:
     """Apply ``new`` to each node's link (both ends) and update the state."""
     naming = Naming(state.name)
     sw_lines: list[str] = []
@@ -342,7 +342,7 @@ def set_nodes_shaping(state: LabState, nodes: Sequence[NodeState], new: Shaping)
         sw_lines += tc_lines(n.name, n.shaping, new)
     system.tc_batch(sw_lines, "shape node links (switch side)", netns=naming.switch_ns)
 
-    def node_side(n: NodeState) -> None:
+    def node_side(n: LabNode) -> None:
         assert n.netns is not None
         system.tc_batch(tc_lines("eth0", n.shaping, new), f"shape {n.name}", netns=n.netns)
 
@@ -377,7 +377,7 @@ def apply_loss(state: LabState) -> None:
 # ---------------------------------------------------------------- node control
 
 
-def set_port(state: LabState, node: NodeState, up: bool) -> None:
+def set_port(state: LabState, node: LabNode, up: bool) -> None:
     naming = Naming(state.name)
     system.ip_batch(
         [f"link set {node.name} {'up' if up else 'down'}"],
@@ -386,7 +386,7 @@ def set_port(state: LabState, node: NodeState, up: bool) -> None:
     )
 
 
-def node_pids(node: NodeState) -> list[int]:
+def node_pids(node: LabNode) -> list[int]:
     assert node.netns is not None
     inode = system.netns_inode(node.netns)
     if inode is None:
@@ -394,13 +394,13 @@ def node_pids(node: NodeState) -> list[int]:
     return system.pids_by_netns({inode})[inode]
 
 
-def kill_node(state: LabState, node: NodeState) -> None:
+def kill_node(state: LabState, node: LabNode) -> None:
     set_port(state, node, up=False)
     system.kill_and_wait(node_pids(node), f"kill {node.name}")
     node.pid = None
 
 
-def revive_node(state: LabState, node: NodeState) -> None:
+def revive_node(state: LabState, node: LabNode) -> None:
     assert state.subnet is not None
     blk = ipaddress.IPv4Network(state.subnet)
     node_pids(node)  # the namespace must still be there
@@ -410,7 +410,7 @@ def revive_node(state: LabState, node: NodeState) -> None:
     wait_ready([(node.name, node.addr, node.port)])
 
 
-def node_running(node: NodeState) -> bool:
+def node_running(node: LabNode) -> bool:
     """The node's sshd is alive — and is still in the node's namespace (pids recycle)."""
     if node.pid is None or node.netns is None or not system.alive(node.pid):
         return False

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from shoal.errors import LabError
 from shoal.lab import sshd, system
+from shoal.lab.labstate import LabNode, LabState
 from shoal.lab.netns import PARALLEL, make_home, wait_ready
-from shoal.lab.state import LabState, NodeState
 
 NEEDS_ROOT = "needs root (network namespaces); this lab is rootless"
 
@@ -68,7 +68,7 @@ def node_tag(ident: str, node: str) -> str:
     return f"{sshd.NODE_TAG}={ident}/{node}"
 
 
-def make_node(labdir: Path, lab: str, node: NodeState, user_pub: str, home: str = "") -> None:
+def make_node(labdir: Path, lab: str, node: LabNode, user_pub: str, home: str = "") -> None:
     base = labdir / "nodes" / node.name
     config = sshd.render_sshd_config_rootless(
         port=node.port,
@@ -81,13 +81,13 @@ def make_node(labdir: Path, lab: str, node: NodeState, user_pub: str, home: str 
     sshd.write_private(base / "sshd_config", config, 0o600)
 
 
-def start_node(labdir: Path, node: NodeState) -> int:
+def start_node(labdir: Path, node: LabNode) -> int:
     base = labdir / "nodes" / node.name
     script = sshd.render_node_script_rootless(config=base / "sshd_config", log=base / "sshd.log")
     return system.start_script(["sh", "-c", script], f"start {node.name}")
 
 
-def start_nodes(labdir: Path, nodes: Sequence[NodeState]) -> None:
+def start_nodes(labdir: Path, nodes: Sequence[LabNode]) -> None:
     with ThreadPoolExecutor(max_workers=min(PARALLEL, max(1, len(nodes)))) as pool:
         pids = list(pool.map(lambda n: start_node(labdir, n), nodes))
     for n, pid in zip(nodes, pids, strict=True):
@@ -105,19 +105,19 @@ def build(state: LabState, user_pub: str, home: str = "") -> None:
     start_nodes(labdir, state.nodes)
 
 
-def session_pids(state: LabState, node: NodeState) -> list[int]:
+def session_pids(state: LabState, node: LabNode) -> list[int]:
     """Every process started through the node's sshd (tagged in its environment)."""
     ident = lab_ident(state.name, Path(state.dir))
     return system.pids_matching(environ=node_tag(ident, node.name))
 
 
-def kill_node(state: LabState, node: NodeState) -> None:
+def kill_node(state: LabState, node: LabNode) -> None:
     if node.pid is not None and _ours(node):
         system.signal_pids([node.pid], signal.SIGSTOP)
     system.kill_and_wait(session_pids(state, node), f"kill {node.name}")
 
 
-def revive_node(state: LabState, node: NodeState) -> None:
+def revive_node(state: LabState, node: LabNode) -> None:
     labdir = Path(state.dir)
     if node.pid is not None and _ours(node):
         system.signal_pids([node.pid], signal.SIGCONT)
@@ -126,12 +126,12 @@ def revive_node(state: LabState, node: NodeState) -> None:
     wait_ready([(node.name, node.addr, node.port)])
 
 
-def node_running(node: NodeState) -> bool:
+def node_running(node: LabNode) -> bool:
     """The node's sshd is alive, not frozen by kill, and still ours (pids recycle)."""
     return node.pid is not None and _ours(node) and not system.is_stopped(node.pid)
 
 
-def _ours(node: NodeState) -> bool:
+def _ours(node: LabNode) -> bool:
     """``node.pid`` is alive and is this node's sshd."""
     if node.pid is None or not system.alive(node.pid):
         return False

@@ -1,6 +1,6 @@
 """Rendering of link conditions into ``tc`` and ``nft`` commands (pure).
 
-Owns how a :class:`~shoal.lab.spec.Shaping` becomes kernel configuration:
+Owns how a :class:`~shoal.lab.labspec.Shaping` becomes kernel configuration:
 
 * **rate** — a ``tbf`` qdisc on the egress of each end of a veth pair, so the
   node's end limits its upload and the switch's end its download;
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from shoal.lab.spec import LOSS_SCALE, Shaping
+from shoal.lab.labspec import LOSS_SCALE, Shaping
 
 NFT_TABLE = "shoal_lab"
 #: Bytes of one full Ethernet frame on the veth (MTU 1500 + header).

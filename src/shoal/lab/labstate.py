@@ -1,6 +1,6 @@
 """The lab's state file: a JSON record of everything a lab made and how it is.
 
-Owns :class:`LabState` and :class:`NodeState` and their (de)serialisation to
+Owns :class:`LabState` and :class:`LabNode` and their (de)serialisation to
 ``labs/NAME/state.json``, written atomically. ``up`` writes the record with
 ``status: creating`` *before* it makes anything, so a crash leaves a record
 that names the lab; ``down`` still discovers leftovers by name prefix, because
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.errors import LabError
-from shoal.lab.spec import Shaping
+from shoal.lab.labspec import Shaping
 
 STATE_FILE = "state.json"
 VERSION = 1
@@ -29,7 +29,7 @@ NODE_STATES = ("up", "cut", "killed")
 
 
 @dataclass
-class NodeState:
+class LabNode:
     name: str
     addr: str
     port: int
@@ -50,7 +50,7 @@ class NodeState:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, object]) -> NodeState:
+    def from_json(cls, d: dict[str, object]) -> LabNode:
         return cls(
             name=str(d["name"]),
             addr=str(d["addr"]),
@@ -72,9 +72,9 @@ class LabState:
     subnet: str | None = None
     controller_addr: str | None = None
     controller: Shaping = field(default_factory=Shaping)
-    nodes: list[NodeState] = field(default_factory=list)
+    nodes: list[LabNode] = field(default_factory=list)
 
-    def node(self, name: str) -> NodeState:
+    def node(self, name: str) -> LabNode:
         for n in self.nodes:
             if n.name == name:
                 return n
@@ -107,7 +107,7 @@ class LabState:
                 d.get("controller_addr") if isinstance(d.get("controller_addr"), str) else None  # type: ignore[arg-type]
             ),
             controller=Shaping.from_json(d.get("controller")),  # type: ignore[arg-type]
-            nodes=[NodeState.from_json(n) for n in d.get("nodes", [])],  # type: ignore[attr-defined]
+            nodes=[LabNode.from_json(n) for n in d.get("nodes", [])],  # type: ignore[attr-defined]
         )
 
 
