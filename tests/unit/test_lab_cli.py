@@ -8,7 +8,7 @@ import pytest
 
 from shoal.cli.main import main
 from shoal.errors import UsageError
-from shoal.lab.lab import resolve_name
+from shoal.lab.labctl import resolve_name
 from shoal.lab.labstate import LabState, save
 
 

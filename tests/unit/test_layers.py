@@ -120,3 +120,13 @@ def test_agent_imports_only_itself() -> None:
             if not imported.startswith("shoal.agent"):
                 outside.append(f"{_module_name(path)} -> {imported} (line {line})")
     assert not outside, "\n".join(outside)
+
+
+def test_module_names_never_repeat() -> None:
+    """A module's file name says what it holds, once: no two modules of src/shoal share one."""
+    seen: dict[str, list[str]] = {}
+    for path in _modules():
+        if path.name not in ("__init__.py", "__main__.py"):
+            seen.setdefault(path.stem, []).append(_module_name(path))
+    repeated = {stem: where for stem, where in seen.items() if len(where) > 1}
+    assert not repeated, repeated

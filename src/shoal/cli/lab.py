@@ -110,7 +110,7 @@ def _up(args: argparse.Namespace) -> int:
 
 def _down(args: argparse.Namespace) -> int:
     from shoal.lab import Lab
-    from shoal.lab.lab import resolve_name
+    from shoal.lab.labctl import resolve_name
 
     name = resolve_name(args.name)
     t0 = time.monotonic()

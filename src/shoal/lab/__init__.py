@@ -2,13 +2,13 @@
 
 Each node is a network namespace with its own address on a bridge with no
 uplink, its own sshd, hostname, home and /tmp (root); or, without root, an sshd
-on its own loopback port with its own home (rootless). See :mod:`shoal.lab.lab`
+on its own loopback port with its own home (rootless). See :mod:`shoal.lab.labctl`
 for the :class:`Lab` object and DESIGN.md "Testing on real hosts".
 """
 
 from __future__ import annotations
 
-from shoal.lab.lab import Lab, LabStatus, LabSummary, NodeStatus, TeardownReport, list_labs
+from shoal.lab.labctl import Lab, LabStatus, LabSummary, NodeStatus, TeardownReport, list_labs
 from shoal.lab.labspec import MAX_NODES, LabSpec, ShapeChange, Shaping
 
 __all__ = [

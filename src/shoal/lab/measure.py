@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from shoal.errors import LabError
 
 if TYPE_CHECKING:
-    from shoal.lab.lab import Lab
+    from shoal.lab.labctl import Lab
 
 PY = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 PORT = 5201
