@@ -5,7 +5,7 @@ NaN is false, so ``x <= 0`` lets a NaN timeout through (a health check that
 never runs, a command that fails at once on every node). Options, CLI
 arguments and spec values are checked here; the node agent, which imports
 nothing of the controller's, keeps its own equivalent check in
-``agent/spec.py``.
+``agent/progspec.py``.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .terminal import escape_controls, unescaped
 
 if TYPE_CHECKING:
-    from shoal.ops.agents import AgentResult, AgentResults
+    from shoal.agentlink.fleet import AgentResult, AgentResults
 
 # -- tables ----------------------------------------------------------------------
 
