@@ -130,3 +130,15 @@ def test_module_names_never_repeat() -> None:
             seen.setdefault(path.stem, []).append(_module_name(path))
     repeated = {stem: where for stem, where in seen.items() if len(where) > 1}
     assert not repeated, repeated
+
+
+def test_imported_modules_exist() -> None:
+    """Every ``shoal.*`` module named in an import exists (typing-only imports too, which
+    nothing else runs: a module moved without its callers updated fails here)."""
+    missing = []
+    for path in _modules():
+        for imported, line in _imports(path):
+            where = ROOT.parent.joinpath(*imported.split("."))
+            if not (where.is_dir() or where.with_suffix(".py").exists()):
+                missing.append(f"{_module_name(path)} -> {imported} (line {line})")
+    assert not missing, "\n".join(missing)
