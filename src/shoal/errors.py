@@ -12,12 +12,13 @@ always a single line that says what went wrong and where.
     ├── InventoryError          an inventory cannot be read or imported
     ├── SelectionError          a selection expression cannot be evaluated
     │   ├── SelectionSyntaxError    parse error, with the column and a caret
+    │   ├── NodeSetParseError       a node-set pattern is malformed (column within it)
     │   ├── UnknownNameError        unknown group, plan or node
     │   ├── PlanCycleError          plans that refer to each other in a loop
     │   └── EmptySelectionError     a command needs nodes and none matched
     ├── LabError                the local lab cannot be brought up or changed
     ├── TransportError          one node could not be reached or commanded
-    │   ├── ConnectError            unreachable: refused, no route, timed out
+    │   ├── ConnectError            unreachable: refused, no route, timed out (retryable)
     │   ├── HostKeyError            host key unknown or changed: refused
     │   ├── AuthError               authentication failed
     │   ├── CommandTimeout          the remote command overran its timeout
@@ -26,12 +27,30 @@ always a single line that says what went wrong and where.
     │                           unwritable or unsafe local destination): never a node's
     │                           fault, so it never marks a node failed
     ├── AgentError              the node agent failed or refused a request
+    │   ├── AgentNotInstalled       the working area holds no agent
+    │   ├── AgentNotRunning         nothing listens on the agent's socket
+    │   ├── AgentLinkBroken         the stream to the agent broke mid-request (retryable)
     │   └── VersionMismatch         controller and agent protocol versions differ
     ├── ContentError            a push, manifest or chunk is invalid
+    │   └── ChunkFetchError         a node got its chunks from no source (retryable)
     └── AppError                an application could not be brought up or kept up
         ├── AcquireError            too few nodes qualify for a component (nothing changed)
         ├── AppAborted              a component with policy abort lost a node: stopped
         └── MemberFailed            one member node failed its configuration or its block
+
+``retryable`` (a class attribute, False unless the tree says so) tells whoever
+decides on a retry that the same operation, tried again, may succeed: the
+failure was a link that could not be made or broke, not a refusal, a fault of
+the input or of the node. The scheduler retries a connection on it
+(``--retries``); a push gives such nodes another round. Nothing decides a
+retry by reading a message.
+
+The node agent (``shoal.agent``) imports nothing of the controller's, so its
+own exceptions (``ProtocolError``, ``ManifestError``, ``ChunkError``,
+``AreaError``) stay there; the controller translates them where it meets them
+(:mod:`shoal.agentlink.client`, :mod:`shoal.content.scan`,
+:mod:`shoal.transport.sftp`), and the agent's refusals reach the controller as
+text in a reply, raised as :class:`AgentError`.
 """
 
 from __future__ import annotations
@@ -42,6 +61,8 @@ class ShoalError(Exception):
 
     #: Short machine-readable kind used in per-node results and JSON output.
     kind: str = "error"
+    #: Trying the same operation again may succeed (see the module docstring).
+    retryable: bool = False
 
 
 class UsageError(ShoalError):
@@ -83,6 +104,14 @@ class SelectionSyntaxError(SelectionError):
         return f"  {self.expression}\n  {' ' * self.column}^"
 
 
+class NodeSetParseError(SelectionError):
+    """A node-set string is malformed; ``column`` is relative to the string."""
+
+    def __init__(self, message: str, column: int) -> None:
+        self.column = column
+        super().__init__(message)
+
+
 class UnknownNameError(SelectionError):
     pass
 
@@ -111,6 +140,7 @@ class TransportError(ShoalError):
 
 class ConnectError(TransportError):
     kind = "unreachable"
+    retryable = True
 
 
 class HostKeyError(TransportError):
@@ -151,12 +181,36 @@ class AgentError(ShoalError):
     kind = "agent"
 
 
+class AgentNotInstalled(AgentError):
+    """The working area holds no agent."""
+
+
+class AgentNotRunning(AgentError):
+    """Nothing listens on the agent's socket (not started, or it died)."""
+
+
+class AgentLinkBroken(AgentError):
+    """The stream to a running agent broke or closed in the middle of a request."""
+
+    retryable = True
+
+
 class VersionMismatch(AgentError):
     kind = "version"
 
 
 class ContentError(ShoalError):
     kind = "content"
+
+
+class ChunkFetchError(ContentError):
+    """A node could not fetch its chunks from any source the swarm offered it.
+
+    The links between nodes failed (closed, timed out, a source that lied), not the
+    node's own disk: a new round, with the nodes that finished as sources, may succeed.
+    """
+
+    retryable = True
 
 
 class AppError(ShoalError):

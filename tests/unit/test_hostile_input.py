@@ -284,8 +284,9 @@ def test_selection_that_names_millions_is_refused_before_expanding(expr: str, si
 
 
 def test_selection_name_budget_covers_the_whole_expression() -> None:
+    from shoal.errors import NodeSetParseError
     from shoal.nodes import grammar
-    from shoal.nodes.nodeset import NodeSet, NodeSetParseError
+    from shoal.nodes.nodeset import NodeSet
 
     assert len(grammar.parse("n[1-500000]").names) == 500_000  # type: ignore[union-attr]
     with pytest.raises(SelectionSyntaxError, match=r"600,000; .* at most 1,000,000, 400,000 left"):

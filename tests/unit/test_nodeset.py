@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.nodes.nodeset import NodeSet, NodeSetParseError, expand, fold, natural_sorted, parse
+from shoal.errors import NodeSetParseError
+from shoal.nodes.nodeset import NodeSet, expand, fold, natural_sorted, parse
 
 # --- ClusterShell examples mean the same ------------------------------------------------
 

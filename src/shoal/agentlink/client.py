@@ -21,7 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.agent import protocol
-from shoal.errors import AgentError, TransportError, VersionMismatch
+from shoal.errors import (
+    AgentError,
+    AgentLinkBroken,
+    AgentNotRunning,
+    TransportError,
+    VersionMismatch,
+)
 from shoal.state import State
 from shoal.transport.base import ByteReader, ByteWriter, Connection, shell_path
 
@@ -135,7 +141,7 @@ class AgentClient:
             protocol.encode(protocol.request(op, request_id, **args)), op, timeout
         )
         if not line:
-            raise AgentError(f"{self.node}: agent closed the connection during {op}")
+            raise AgentLinkBroken(f"{self.node}: agent closed the connection during {op}")
         try:
             return protocol.check_reply(protocol.decode(line), request_id)
         except protocol.ProtocolError as exc:
@@ -165,11 +171,11 @@ class StreamClient(AgentClient):
                 f"{self.node}: agent did not answer {op} within {timeout:g}s"
             ) from None
         except (OSError, EOFError) as exc:
-            raise AgentError(f"{self.node}: connection to the agent broke: {exc}") from exc
+            raise AgentLinkBroken(f"{self.node}: connection to the agent broke: {exc}") from exc
         except AgentError:
             raise
         except Exception as exc:  # the SSH library's own errors (connection lost...)
-            raise AgentError(f"{self.node}: connection to the agent broke: {exc}") from exc
+            raise AgentLinkBroken(f"{self.node}: connection to the agent broke: {exc}") from exc
 
     async def close(self) -> None:
         try:
@@ -248,10 +254,6 @@ class CtlClient(AgentClient):
         except (AgentError, TransportError):
             return False
         return True
-
-
-class AgentNotRunning(AgentError):
-    """Nothing listens on the agent's socket (not started, or it died)."""
 
 
 def cached_home(state: State, node: str, home_spec: str) -> str | None:

@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from shoal.agent.build import AgentBuild, build
-from shoal.errors import AgentError, ShoalError, TransportError, VersionMismatch
+from shoal.errors import (
+    AgentError,
+    AgentNotInstalled,
+    AgentNotRunning,
+    ShoalError,
+    TransportError,
+    VersionMismatch,
+)
 from shoal.fanout.options import FanoutOptions
 from shoal.fanout.results import NodeResult, error_kind, error_reason
 from shoal.fanout.scheduler import fanout
@@ -39,7 +46,6 @@ from .client import (
     DEFAULT_HOME,
     DEFAULT_PYTHON,
     AgentClient,
-    AgentNotRunning,
     cached_home,
     probe,
     remember,
@@ -179,10 +185,6 @@ async def connect_agent(
         raise AgentNotRunning(
             f"{node.name}: agent not running in {found.home} (run: shoal sweep)"
         ) from None
-
-
-class AgentNotInstalled(AgentError):
-    """The working area holds no agent."""
 
 
 # -- lifecycle ---------------------------------------------------------------

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from shoal.agentlink import fleet as agents
-from shoal.agentlink.client import AgentNotRunning, cached_home, probe, start_agent
-from shoal.errors import AgentError, AppAborted, LocalError, OperationError
+from shoal.agentlink.client import cached_home, probe, start_agent
+from shoal.errors import AgentError, AgentNotRunning, AppAborted, LocalError, OperationError
 from shoal.fanout.results import error_reason
 from shoal.nodes.health import failed_names
 from shoal.nodes.inventory import load_nodes

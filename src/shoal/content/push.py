@@ -49,7 +49,7 @@ from shoal.agentlink.fleet import (
     install_async,
     record_reachability,
 )
-from shoal.errors import AgentError, ConnectError, ContentError, ShoalError, TransportError
+from shoal.errors import AgentError, ChunkFetchError, ConnectError, ContentError, ShoalError
 from shoal.fanout.results import NodeResult, error_kind, error_reason
 from shoal.fanout.scheduler import fanout
 from shoal.nodes.model import Node
@@ -263,13 +263,11 @@ async def push_async(
 
 
 def _retryable(outcome: NodePush | None) -> bool:
-    """A node whose link broke mid-push (it may resume); not a refusal, not unreachable."""
+    """A node whose link broke mid-push (it may resume); not a refusal, not unreachable
+    (the scheduler already retried its connection, ``--retries``)."""
     if outcome is None or outcome.ok or outcome.error is None:
         return False
-    if isinstance(outcome.error, ConnectError):
-        return False
-    text = str(outcome.error)
-    return isinstance(outcome.error, TransportError) or "connection" in text
+    return outcome.error.retryable and not isinstance(outcome.error, ConnectError)
 
 
 async def _scan(root: Path, opts: PushOptions, st: State) -> ScannedTree:
@@ -501,7 +499,7 @@ def _check(node: Node, swarm: Swarm, batch: Batch, outcome: dict[str, Any]) -> N
     if outcome.get("local"):
         raise ContentError(f"{node.name}: {outcome.get('error')}")
     if swarm.stats[node.name].failures > MAX_FAILURES:
-        raise ContentError(
+        raise ChunkFetchError(
             f"{node.name}: cannot fetch chunks (last from {batch.source}: {outcome.get('error')})"
         )
 

@@ -3,11 +3,12 @@
 Theory of operation. Every node gets one task. A task waits for a slot (at
 most ``parallel`` connections open at once), then for its launch time (at
 least ``delay`` seconds after the previous launch, CoDeploy's launch delay),
-opens one connection (retrying connection failures, such as sshd's
-``MaxStartups`` dropping it during the banner, with jittered exponential
-backoff), runs the operation on it, and closes it. Whatever happens, the node
-ends with a :class:`NodeResult`; an exception never escapes for one node, so a
-dead host neither blocks nor fails the others. Results keep inventory order.
+opens one connection (retrying a failure marked ``retryable``, a
+:class:`~shoal.errors.ConnectError` such as sshd's ``MaxStartups`` dropping it
+during the banner, with jittered exponential backoff), runs the operation on
+it, and closes it. Whatever happens, the node ends with a :class:`NodeResult`;
+an exception never escapes for one node, so a dead host neither blocks nor
+fails the others. Results keep inventory order.
 
 The caller's callbacks (progress, live output) are the exception: one that
 raises (a closed output pipe) is the caller's failure, not a node's, so it
@@ -26,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from shoal.errors import ConnectError, LocalError, ShoalError, TransportError
+from shoal.errors import LocalError, ShoalError, TransportError
 from shoal.nodes.model import Node
 from shoal.transport.base import Connection, Transport
 from shoal.transport.factory import make_transport
@@ -120,13 +121,11 @@ async def _fanout(
             attempt += 1
             try:
                 return await transport.connect(node, timeout=options.connect_timeout), None, attempt
-            except ConnectError as exc:
-                if attempt > options.retries:
+            except ShoalError as exc:
+                if not exc.retryable or attempt > options.retries:
                     return None, exc, attempt
                 pause = options.retry_backoff * 2 ** (attempt - 1)
                 await asyncio.sleep(pause * random.uniform(0.5, 1.5))
-            except ShoalError as exc:
-                return None, exc, attempt
 
     async def one(index: int, node: Node) -> NodeResult:
         nonlocal next_launch

@@ -37,8 +37,8 @@ import re
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from shoal.errors import SelectionSyntaxError
-from shoal.nodes.nodeset import MAX_NAMES, NodeSetParseError, expand
+from shoal.errors import NodeSetParseError, SelectionSyntaxError
+from shoal.nodes.nodeset import MAX_NAMES, expand
 from shoal.nodes.nodeset import count as count_names
 
 KEYWORDS = ("all", "failed", "healthy")

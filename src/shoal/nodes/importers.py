@@ -34,9 +34,9 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import InventoryError
+from shoal.errors import InventoryError, NodeSetParseError
 from shoal.nodes.model import AttrValue, Node
-from shoal.nodes.nodeset import MAX_NAMES, NodeSetParseError, expand
+from shoal.nodes.nodeset import MAX_NAMES, expand
 
 HOST_KEYS = ("ansible_host", "ansible_ssh_host")
 USER_KEYS = ("ansible_user", "ansible_ssh_user")

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator
 from itertools import product
 from typing import Any
 
+from shoal.errors import NodeSetParseError
+
 _DIGITS = re.compile(r"(\d+)")
 _PATTERN = re.compile(r"([^\[\]]+)|\[([^\[\]]*)\]")
 _RANGE = re.compile(r"^(\d+)(?:-(\d+)(?:/(\d+))?)?$")
@@ -33,14 +35,6 @@ _RANGE = re.compile(r"^(\d+)(?:-(\d+)(?:/(\d+))?)?$")
 #: stand for: a thousand times a large fleet, yet refused before anything is expanded
 #: (``n[1-3]`` fourteen times over is 4.8 million names, ``a[1-2000]b[1-2000]`` four).
 MAX_NAMES = 1_000_000
-
-
-class NodeSetParseError(ValueError):
-    """A node-set string is malformed; ``column`` is relative to the string."""
-
-    def __init__(self, message: str, column: int) -> None:
-        self.column = column
-        super().__init__(message)
 
 
 def natural_key(name: str) -> tuple[Any, ...]:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.agentlink import eventlog
-from shoal.agentlink.client import AgentClient, AgentNotRunning, probe, remember, start_agent
+from shoal.agentlink.client import AgentClient, probe, remember, start_agent
 from shoal.agentlink.fleet import AgentOptions, AgentResult, AgentResults, for_each
-from shoal.errors import VersionMismatch
+from shoal.errors import AgentNotRunning, VersionMismatch
 from shoal.nodes.model import Node
 from shoal.state import State
 from shoal.transport.base import Connection, Transport
