@@ -1,8 +1,8 @@
 """The controller side of the agent against real agents on this machine (no SSH).
 
-A transport that runs every "node" as local subprocesses in its own root
-directory stands in for SSH, so install / proc / events / sweep run against
-real daemonized agents and real Unix sockets.
+The local agent double (:mod:`shoal.testing.localagents`: every "node" runs
+local subprocesses in its own root directory) stands in for SSH, so install /
+proc / events / sweep run against real daemonized agents and real Unix sockets.
 """
 
 from __future__ import annotations
@@ -22,46 +22,19 @@ from shoal.agent.build import build
 from shoal.agentlink import eventlog as events
 from shoal.agentlink import fleet as agents
 from shoal.agentlink.client import AgentClient
-from shoal.errors import AgentError, TransportError, VersionMismatch
+from shoal.errors import AgentError, VersionMismatch
 from shoal.nodes.model import Node
 from shoal.ops import sweep
 from shoal.state import State
-from shoal.transport.base import Connection, Transport
+from shoal.testing.localagents import LocalNodesTransport
 from shoal.transport.local import LocalConnection
-
-
-class PerNodeLocal(Transport):
-    """Every node is this machine, each with its own home directory."""
-
-    def __init__(self, root: Path, down: set[str] | None = None, forwarding: bool = True) -> None:
-        self.root = root
-        self.down = down if down is not None else set()
-        self.forwarding = forwarding
-
-    async def connect(self, node: Node, *, timeout: float | None = None) -> Connection:
-        from shoal.errors import ConnectError
-
-        if node.name in self.down:
-            raise ConnectError("connection refused", node.name)
-        home = self.root / node.name
-        home.mkdir(exist_ok=True)
-        if not self.forwarding:
-            return NoForwarding(node, home)
-        return LocalConnection(node, home)
-
-
-class NoForwarding(LocalConnection):
-    """A node whose SSH server refuses streamlocal forwarding."""
-
-    async def open_unix(self, path: str) -> tuple[Any, Any]:
-        raise TransportError(f"cannot open {path}: forwarding refused", self.node.name)
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     monkeypatch.setenv("SHOAL_HOME", str(tmp_path / "ctl"))
     state = State(tmp_path / "state.db")
-    transport = PerNodeLocal(tmp_path / "nodes")
+    transport = LocalNodesTransport(tmp_path / "nodes")
     (tmp_path / "nodes").mkdir()
     nodes = [Node("n1"), Node("n2")]
     opts = agents.AgentOptions(record_health=True)
@@ -227,7 +200,7 @@ def test_without_streamlocal_forwarding_the_ctl_relay_is_used(
     from shoal.agentlink.client import CtlClient
 
     st, nodes, opts = env["state"], env["nodes"][:1], env["opts"]
-    tr = PerNodeLocal(env["tmp"] / "nodes", forwarding=False)
+    tr = LocalNodesTransport(env["tmp"] / "nodes", forwarding=False)
     installed = run(agents.install_async(nodes, opts, transport=tr, state=st))
     assert installed.ok and installed["n1"].action == "installed", installed["n1"].reason
     spec = agents.proc_spec("svc", ["sleep", "300"])

@@ -14,8 +14,8 @@ from shoal.fanout.copies import expand_local, plan_copy
 from shoal.fanout.options import parse_env
 from shoal.fanout.output import group_outputs, summary_lines
 from shoal.nodes.model import Node
+from shoal.testing.mocktransport import MockBehaviour, MockTransport
 from shoal.transport.base import CommandResult
-from shoal.transport.mock import MockBehaviour, MockTransport
 from shoal.transport.ssh import remote_command
 
 

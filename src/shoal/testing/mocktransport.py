@@ -1,8 +1,31 @@
-"""An in-memory transport for unit tests of the layers above (no processes).
+"""An in-memory transport: fan-outs against scripted nodes, no processes, no network.
 
-Each node gets a :class:`MockBehaviour`: an error to raise on connect, a delay,
-and a function from command to result. Every connect and command is recorded
-with its time, so tests can check parallelism, staggering and retries.
+Each node gets a :class:`MockBehaviour`: errors to raise on connect (one per
+attempt, in turn), delays, and a function from command (and environment) to
+:class:`~shoal.transport.base.CommandResult`. Every connect and command is
+recorded in :attr:`MockTransport.log` with its time, so a test can check what
+ran where, parallelism, staggering and retries. Nodes without a behaviour
+succeed at everything with empty output. It has no files and no sockets:
+``put``/``get`` copy nothing, ``open_unix`` (agents) raises; for agents use
+:mod:`shoal.testing.localagents`.
+
+Testing a script that runs commands::
+
+    from shoal.errors import ConnectError
+    from shoal.fanout import RunOptions, run
+    from shoal.nodes.model import Node
+    from shoal.testing import MockBehaviour, MockTransport
+    from shoal.transport.base import CommandResult
+
+    def test_my_check_reports_the_dead_node():
+        transport = MockTransport({
+            "n1": MockBehaviour(respond=lambda cmd, env: CommandResult(0, b"up\n", b"")),
+            "n2": MockBehaviour(connect_errors=[ConnectError("refused", "n2")] * 5),
+        })
+        results = run([Node("n1"), Node("n2")], "uptime", RunOptions(),
+                      transport=transport)
+        assert results["n1"].stdout == "up\n" and results["n2"].kind == "unreachable"
+        assert [cmd for node, cmd, env in transport.log.commands] == ["uptime"]
 """
 
 from __future__ import annotations
@@ -14,8 +37,14 @@ from dataclasses import dataclass, field
 
 from shoal.errors import CommandTimeout, ShoalError
 from shoal.nodes.model import Node
-
-from .base import ByteReader, ByteWriter, CommandResult, Connection, LineCallback, Transport
+from shoal.transport.base import (
+    ByteReader,
+    ByteWriter,
+    CommandResult,
+    Connection,
+    LineCallback,
+    Transport,
+)
 
 
 @dataclass
