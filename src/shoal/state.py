@@ -5,6 +5,10 @@ Each subsystem owns its own tables and declares them with :meth:`State.ensure`
 plans, facts, events and deployments lives beside the code that uses it.
 Writes go through :meth:`State.transaction` so a killed controller never leaves
 half an update behind (SQLite WAL journal, one writer at a time).
+
+A library call that takes ``state: State | None`` uses :func:`opened`: the
+caller's state when given, else the default one (``$SHOAL_HOME/state.db``)
+opened for the call and closed after it.
 """
 
 from __future__ import annotations
@@ -66,3 +70,13 @@ class State:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextmanager
+def opened(state: State | None) -> Iterator[State]:
+    """The given state, or the default one opened for the duration (and closed after)."""
+    if state is not None:
+        yield state
+        return
+    with State() as st:
+        yield st

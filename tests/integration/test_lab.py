@@ -531,11 +531,12 @@ def test_up_registers_nodes_in_the_inventory_and_down_removes_them(
     lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from shoal.nodes import inventory
+    from shoal.state import State
 
     monkeypatch.setenv("SHOAL_HOME", str(tmp_path))
 
     def members() -> dict[str, str | None]:
-        with inventory.opened(None) as st:
+        with State() as st:
             inventory.ensure(st)
             return {n.name: n.ssh_config for n in inventory.load_nodes(st) if "lab" in n.groups}
 

@@ -31,7 +31,7 @@ from shoal.fanout.results import error_reason
 from shoal.nodes.health import failed_names
 from shoal.nodes.inventory import load_nodes
 from shoal.nodes.model import Node
-from shoal.state import State
+from shoal.state import State, opened
 from shoal.transport.base import Connection, shell_path
 from shoal.transport.factory import make_transport
 
@@ -61,68 +61,68 @@ async def up_async(
 ) -> UpReport:
     """Acquire, configure and start ``spec`` (or converge it when it runs already)."""
     given = options or UpOptions()
-    st = state or State()
-    began = time.monotonic()
-    pool = ConnectionPool(given.transport or make_transport(given.agent))
-    opts = replace(given, transport=pool)
-    try:
-        store.ensure(st)
-        previous = store.members(st, spec.name)
-        carried = carry_over(spec, previous, failed_names(st))
-        if carried.abort is not None:
-            m = carried.abort
-            store.set_status(st, spec.name, status="aborted")
-            await stop_all(spec, st, opts.agent)
-            raise AppAborted(
-                f"app {spec.name}: {m.node} ({m.component}) is in the failed set; aborted"
-            )
-        t0 = time.monotonic()
-        known = await gather_facts(spec, st, pool)
-        alloc = acquire(spec, st, keep=carried.keep, hold=carried.hold, facts=known)
-        slots, replaced = plan_slots(alloc, previous)
-        report_phases = {"acquire": time.monotonic() - t0}
-        # decided: record it before touching any node
-        store.save_app(
-            st,
-            spec.name,
-            spec.file,
-            str(Path(spec.file).resolve().parent),
-            spec.document,
-            "starting",
-        )
-        for m, action in carried.dead:
-            new_state = "replaced" if action is Action.REPLACE else "failed"
-            store.set_member(st, spec.name, m.component, m.node, m.slot, new_state, "node failed")
-        for cname, nodes in alloc.members.items():
-            for n in nodes:
-                store.set_member(st, spec.name, cname, n.name, slots[(cname, n.name)], "active")
-        runner = Runner(spec, st, alloc, opts, slots)
-        runner.report.phases.update(report_phases)
-        runner.report.replaced.extend(replaced)
-        for cname, old, new in replaced:
-            opts.say and opts.say(f"{cname}: {new} replaces {old}")
-        store.set_status(st, spec.name, phase="configure")
-        t0 = time.monotonic()
-        failures = await runner.configure(alloc.all_members())
-        runner.report.phases["configure"] = time.monotonic() - t0
-        store.set_status(st, spec.name, phase="start")
-        t0 = time.monotonic()
+    with opened(state) as st:
+        began = time.monotonic()
+        pool = ConnectionPool(given.transport or make_transport(given.agent))
+        opts = replace(given, transport=pool)
         try:
-            await runner.start(failures)
-        except AppAborted:
-            store.set_status(st, spec.name, status="aborted")
-            await stop_all(spec, st, opts.agent)
-            raise
-        runner.report.phases["start"] = time.monotonic() - t0
-        store.set_status(st, spec.name, status="running", phase="running")
-        report = runner.report
-        report.members = {c: [n.name for n in ns] for c, ns in runner.members.items()}
-        report.wall = time.monotonic() - began
-        return report
-    finally:
-        await pool.aclose()
-        if state is None:
-            st.close()
+            store.ensure(st)
+            previous = store.members(st, spec.name)
+            carried = carry_over(spec, previous, failed_names(st))
+            if carried.abort is not None:
+                m = carried.abort
+                store.set_status(st, spec.name, status="aborted")
+                await stop_all(spec, st, opts.agent)
+                raise AppAborted(
+                    f"app {spec.name}: {m.node} ({m.component}) is in the failed set; aborted"
+                )
+            t0 = time.monotonic()
+            known = await gather_facts(spec, st, pool)
+            alloc = acquire(spec, st, keep=carried.keep, hold=carried.hold, facts=known)
+            slots, replaced = plan_slots(alloc, previous)
+            report_phases = {"acquire": time.monotonic() - t0}
+            # decided: record it before touching any node
+            store.save_app(
+                st,
+                spec.name,
+                spec.file,
+                str(Path(spec.file).resolve().parent),
+                spec.document,
+                "starting",
+            )
+            for m, action in carried.dead:
+                new_state = "replaced" if action is Action.REPLACE else "failed"
+                store.set_member(
+                    st, spec.name, m.component, m.node, m.slot, new_state, "node failed"
+                )
+            for cname, nodes in alloc.members.items():
+                for n in nodes:
+                    store.set_member(st, spec.name, cname, n.name, slots[(cname, n.name)], "active")
+            runner = Runner(spec, st, alloc, opts, slots)
+            runner.report.phases.update(report_phases)
+            runner.report.replaced.extend(replaced)
+            for cname, old, new in replaced:
+                opts.say and opts.say(f"{cname}: {new} replaces {old}")
+            store.set_status(st, spec.name, phase="configure")
+            t0 = time.monotonic()
+            failures = await runner.configure(alloc.all_members())
+            runner.report.phases["configure"] = time.monotonic() - t0
+            store.set_status(st, spec.name, phase="start")
+            t0 = time.monotonic()
+            try:
+                await runner.start(failures)
+            except AppAborted:
+                store.set_status(st, spec.name, status="aborted")
+                await stop_all(spec, st, opts.agent)
+                raise
+            runner.report.phases["start"] = time.monotonic() - t0
+            store.set_status(st, spec.name, status="running", phase="running")
+            report = runner.report
+            report.members = {c: [n.name for n in ns] for c, ns in runner.members.items()}
+            report.wall = time.monotonic() - began
+            return report
+        finally:
+            await pool.aclose()
 
 
 async def stop_all(spec: AppSpec, state: State, options: agents.AgentOptions) -> None:
@@ -211,8 +211,7 @@ async def status_async(
 ) -> AppStatus:
     """Components × nodes × processes from the agents, barriers and versions from state."""
     opts = options or agents.AgentOptions(record_health=True)
-    st = state or State()
-    try:
+    with opened(state) as st:
         record = store.require_app(st, name)
         spec = spec_of(record)
         members = store.members(st, name)
@@ -259,9 +258,6 @@ async def status_async(
                     ns.detail = r.reason
             result.nodes.append(ns)
         return result
-    finally:
-        if state is None:
-            st.close()
 
 
 # -- monitor -------------------------------------------------------------------------
@@ -289,8 +285,7 @@ async def monitor_async(
     opts = options or UpOptions()
     out = MonitorReport()
     deadline = None if duration is None else time.monotonic() + duration
-    st = state or State()
-    try:
+    with opened(state) as st:
         while rounds is None or out.rounds < rounds:
             out.rounds += 1
             current = await status_async(name, opts.agent, state=st)
@@ -318,9 +313,6 @@ async def monitor_async(
                 break
             await asyncio.sleep(interval)
         return out
-    finally:
-        if state is None:
-            st.close()
 
 
 async def _restart_dead_services(current: AppStatus, opts: UpOptions, st: State) -> None:
@@ -350,8 +342,7 @@ async def logs_async(
 ) -> dict[str, str]:
     """The last ``lines`` of every step and service log of the application, per node."""
     opts = options or agents.AgentOptions(record_health=False)
-    st = state or State()
-    try:
+    with opened(state) as st:
         store.require_app(st, name)
         members = [
             m
@@ -376,9 +367,6 @@ async def logs_async(
 
         await agents.for_each(_nodes(st, names), op, opts, state=st)
         return {k: out[k] for k in names if k in out}
-    finally:
-        if state is None:
-            st.close()
 
 
 # -- down ----------------------------------------------------------------------------
@@ -404,8 +392,7 @@ async def down_async(
     ``collect/NODE/steps/``) if asked. Logs a pull refuses (a symlink out of them, say)
     are not collected; the node is still cleaned and its result says so."""
     opts = options or agents.AgentOptions(record_health=False)
-    st = state or State()
-    try:
+    with opened(state) as st:
         record = store.require_app(st, name)
         spec = spec_of(record)
         names = list(dict.fromkeys(m.node for m in store.members(st, name)))
@@ -469,6 +456,3 @@ async def down_async(
             report.nodes[r.node] = "cleaned" if r.ok else r.reason
         store.delete_app(st, name)
         return report
-    finally:
-        if state is None:
-            st.close()

@@ -182,8 +182,9 @@ def cmd_nodes_show(args: argparse.Namespace) -> int:
 
 def cmd_nodes_groups(args: argparse.Namespace) -> int:
     from shoal.nodes import inventory
+    from shoal.state import State
 
-    with inventory.opened(None) as st:
+    with State() as st:
         groups = inventory.groups(st)
     if args.json:
         print_json([{"name": g.name, "size": g.size, "vars": g.vars} for g in groups])

@@ -53,7 +53,7 @@ from shoal.errors import AgentError, ChunkFetchError, ConnectError, ContentError
 from shoal.fanout.results import NodeResult, error_kind, error_reason
 from shoal.fanout.scheduler import fanout
 from shoal.nodes.model import Node
-from shoal.state import State
+from shoal.state import State, opened
 from shoal.transport.base import Connection, Transport
 
 from .scan import ChunkParams, ScannedTree, SourceBackend, load_cache, save_cache, scan
@@ -225,9 +225,7 @@ async def push_async(
     if opts.keep < 1:
         raise ContentError("--keep must be at least 1")
     started = time.monotonic()
-    own_state = state is None
-    st = state or State()
-    try:
+    with opened(state) as st:
         if tree is None:
             tree = await _scan(Path(local_dir), opts, st)
         result = PushResult(
@@ -254,9 +252,6 @@ async def push_async(
                 AgentResults({n.node: AgentResult(n.node, n.ok, error=n.error) for n in result}),
                 st,
             )
-    finally:
-        if own_state:
-            st.close()
     result.nodes = {n.name: result.nodes[n.name] for n in nodes if n.name in result.nodes}
     result.duration = time.monotonic() - started
     return result

@@ -28,10 +28,11 @@ def register(nodes: Sequence[Node]) -> bool:
     """Make group ``lab`` hold exactly ``nodes``; False (nothing changed) when another
     live lab owns the group or an inventory node outside it has a lab node's name."""
     from shoal.nodes import inventory
+    from shoal.state import State
 
     mine = {n.ssh_config for n in nodes}
     names = {n.name for n in nodes}
-    with inventory.opened(None) as st:
+    with State() as st:
         inventory.ensure(st)
         for other in inventory.load_nodes(st):
             owner = other.ssh_config
@@ -46,10 +47,11 @@ def register(nodes: Sequence[Node]) -> bool:
 def unregister(ssh_config: Path) -> list[str]:
     """Remove from the inventory every node that uses ``ssh_config``; their names."""
     from shoal.nodes import inventory
+    from shoal.state import State
 
     wanted = str(ssh_config)
     try:
-        with inventory.opened(None) as st:
+        with State() as st:
             inventory.ensure(st)
             mine = [n.name for n in inventory.load_nodes(st) if n.ssh_config == wanted]
             if not mine:

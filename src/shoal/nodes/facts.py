@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.errors import ConfigError, InventoryError
-from shoal.nodes.inventory import opened
 from shoal.nodes.model import AttrValue
 from shoal.nodes.nodeset import natural_key
-from shoal.state import State
+from shoal.state import State, opened
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS facts (

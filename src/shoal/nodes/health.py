@@ -21,9 +21,8 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from shoal.nodes.inventory import opened
 from shoal.nodes.nodeset import natural_key
-from shoal.state import State
+from shoal.state import State, opened
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS node_health (

@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from shoal.errors import InventoryError, UnknownNameError
 from shoal.nodes.model import AttrValue, Node
 from shoal.nodes.nodeset import natural_key
-from shoal.state import State
+from shoal.state import State, opened
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inv_nodes (
@@ -81,19 +80,6 @@ class GroupInfo:
     name: str
     size: int
     vars: dict[str, AttrValue] = field(default_factory=dict)
-
-
-@contextmanager
-def opened(state: State | None) -> Iterator[State]:
-    """The given state, or the default one opened for the duration."""
-    if state is not None:
-        yield state
-        return
-    st = State()
-    try:
-        yield st
-    finally:
-        st.close()
 
 
 def ensure(state: State) -> None:

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 
 from shoal.errors import PlanCycleError, UnknownNameError, UsageError
 from shoal.nodes import grammar
-from shoal.nodes.inventory import opened
-from shoal.state import State
+from shoal.state import State, opened
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS plans (

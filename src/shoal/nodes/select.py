@@ -56,7 +56,7 @@ from shoal.nodes.grammar import (
 )
 from shoal.nodes.model import AttrValue, Node
 from shoal.nodes.nodeset import MAX_NAMES, NodeSet, fold, natural_key, natural_sorted
-from shoal.state import State
+from shoal.state import State, opened
 
 FIELDS = ("host", "user", "port", "name")
 
@@ -469,7 +469,6 @@ def universe(state: State) -> Universe:
 
 def select(expr: str | None, *, state: State | None = None) -> NodeSet:
     """The names ``expr`` selects (all nodes when None); may be empty."""
-    from shoal.nodes.inventory import opened
 
     with opened(state) as st:
         return evaluate(expr if expr is not None else "all", universe(st))
@@ -483,7 +482,6 @@ def resolve(expr: str | None, *, state: State | None = None) -> list[Node]:
     PlanCycleError, and EmptySelectionError naming the expression when nothing
     matches.
     """
-    from shoal.nodes.inventory import opened
 
     text = expr if expr is not None else "all"
     with opened(state) as st:
