@@ -6,6 +6,13 @@ from that agent (table ``event_cursors``) and pulls ``events since=seq``; a
 new ``agent_id`` (a wiped or new working area) restarts the cursor at 0.
 Stored rows are never rewritten: ``(node, agent, seq)`` is unique.
 
+Following (:func:`follow`) is the other cursor, the reader's: the ``id`` of
+the last stored row it handed out. Every ``interval`` it pulls (a callback: the
+caller chooses nodes, options and transport, or pulls nothing and tails what
+another process stores) and yields the rows stored since, until ``rounds`` are
+done or ``stop`` is set. That cursor is a row id, not a time, so a node whose
+clock is behind still gets its new events shown, and each row is shown once.
+
 Tables (owned here)::
 
     events(id, node, agent, seq, time, kind, program, detail)
@@ -14,7 +21,9 @@ Tables (owned here)::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,3 +148,49 @@ def query(
     sql += " ORDER BY time, id"
     rows = state.db.execute(sql, params).fetchall()
     return [EventRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+
+def cursor_after(
+    state: State, nodes: Iterable[str] | None = None, shown: Iterable[EventRow] = ()
+) -> int:
+    """Where following starts: after every row ``shown`` and the newest stored one."""
+    names = list(nodes) if nodes is not None else None
+    newest = query(state, names, limit=1)
+    return max((r.id for r in [*shown, *newest]), default=0)
+
+
+async def follow(
+    state: State,
+    nodes: Iterable[str] | None = None,
+    *,
+    pull: Callable[[], Awaitable[object]] | None = None,
+    after_id: int | None = None,
+    interval: float = 2.0,
+    rounds: int | None = None,
+    stop: asyncio.Event | None = None,
+) -> AsyncIterator[list[EventRow]]:
+    """Every ``interval`` seconds: ``await pull()``, then yield the rows stored since.
+
+    Starts after ``after_id`` (default: :func:`cursor_after` the newest stored
+    row) and yields once per round the new rows, oldest first (an empty list
+    when nothing came); ends after ``rounds`` rounds (None: never) or as soon as
+    ``stop`` is set, even in the middle of a wait. What ``pull`` returns is
+    ignored; what it raises ends the follow.
+    """
+    names = list(nodes) if nodes is not None else None
+    last = cursor_after(state, names) if after_id is None else after_id
+    done = 0
+    while rounds is None or done < rounds:
+        if stop is None:
+            await asyncio.sleep(interval)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
+                return
+        if pull is not None:
+            await pull()
+        fresh = query(state, names, after_id=last)
+        last = max((r.id for r in fresh), default=last)
+        done += 1
+        yield fresh

@@ -393,46 +393,59 @@ def cmd_events(args: argparse.Namespace) -> int:
         _print_events(rows)
         if not args.follow:
             return status
-        last = max((r.id for r in rows), default=0)
-        last = max(last, max((r.id for r in events.query(state, names, limit=1)), default=0))
-        try:
-            while True:
-                time.sleep(args.interval)
-                asyncio.run(agents.pull_events_async(nodes, opts, state=state))
-                fresh = events.query(state, names, after_id=last)
+
+        async def follow() -> None:
+            async for fresh in events.follow(
+                state,
+                names,
+                pull=lambda: agents.pull_events_async(nodes, opts, state=state),
+                after_id=events.cursor_after(state, names, rows),
+                interval=args.interval,
+            ):
                 _print_events(fresh)
-                last = max((r.id for r in fresh), default=last)
+
+        try:
+            asyncio.run(follow())
         except KeyboardInterrupt:
-            return status
+            pass
+        return status
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from shoal.ops.sweep import sweep_async
+    from shoal.ops.sweep import sweep_every
 
     every = parse_duration(args.every) if args.every else None
+    opts = _options(args)
     status = 0
-    try:
-        while True:
-            nodes = selected_nodes(args)
-            opts = _options(args)
-            began = time.monotonic()
-            report = asyncio.run(sweep_async(nodes, opts, transport=_transport(nodes, opts)))
+
+    async def sweeps() -> None:
+        nonlocal status
+        async for sweep in sweep_every(
+            every or 0.0,
+            lambda: selected_nodes(args),
+            opts,
+            transport_for=lambda nodes: _transport(nodes, opts),
+            rounds=None if every else 1,
+        ):
             if args.json:
                 print_json_lines(
-                    {"node": e.node, "status": e.status, "detail": e.detail} for e in report
+                    {"node": e.node, "status": e.status, "detail": e.detail} for e in sweep.entries
                 )
             else:
                 stamp = time.strftime("%H:%M:%S")
-                rows = [[e.node, e.status, e.detail] for e in report]
+                rows = [[e.node, e.status, e.detail] for e in sweep.entries]
                 print(f"sweep at {stamp}:")
                 print_table(rows, ["NODE", "STATUS", "DETAIL"])
-            summary = tally(e.status for e in report)
-            took = time.monotonic() - began
-            print(f"sweep: {len(report)} node(s): {summary} in {took:.2f}s", file=sys.stderr)
+            summary = tally(e.status for e in sweep.entries)
+            print(
+                f"sweep: {len(sweep.entries)} node(s): {summary} in {sweep.duration:.2f}s",
+                file=sys.stderr,
+            )
             sys.stdout.flush()
-            status = 0 if all(e.status in ("ok", "revived") for e in report) else 1
-            if every is None:
-                return status
-            time.sleep(max(0.0, every - took))
+            status = 0 if sweep.ok else 1
+
+    try:
+        asyncio.run(sweeps())
     except KeyboardInterrupt:
-        return status
+        pass
+    return status

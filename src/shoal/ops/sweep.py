@@ -14,11 +14,20 @@ each selected node, over SSH:
 
 Every node that answered SSH leaves the failed set. :func:`sweep_async`
 returns one :class:`SweepEntry` per node; nothing is printed.
+
+:func:`sweep_every` is the standing schedule: a sweep every ``interval``
+seconds, measured start to start (a sweep that overran starts the next one at
+once), the selection resolved again before each round (the failed set it reads
+is what the last round wrote), until ``rounds`` are done or ``stop`` is set.
+It yields one :class:`SweepRound` per sweep.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,3 +114,56 @@ async def sweep_async(
 
     results = await for_each(nodes, op, opts, transport=transport, state=state)
     return entries(results)
+
+
+@dataclass(frozen=True)
+class SweepRound:
+    """One sweep of a schedule: its entries and how long it took."""
+
+    number: int  # 1, 2, ...
+    entries: list[SweepEntry]
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        """Every node's agent answers: found running or revived."""
+        return all(e.status in ("ok", "revived") for e in self.entries)
+
+
+async def sweep_every(
+    interval: float,
+    nodes: Sequence[Node] | Callable[[], Sequence[Node]],
+    options: AgentOptions | None = None,
+    *,
+    transport_for: Callable[[Sequence[Node]], Transport | None] | None = None,
+    state: State | None = None,
+    rounds: int | None = None,
+    stop: asyncio.Event | None = None,
+) -> AsyncIterator[SweepRound]:
+    """Sweep ``nodes`` every ``interval`` seconds (start to start) and yield each round.
+
+    ``nodes`` may be a function, called before every round (a selection that
+    names ``failed`` changes as the sweeps run); ``transport_for(nodes)`` gives
+    each round its transport (default: the options' SSH transport). Ends after
+    ``rounds`` rounds (None: never) or as soon as ``stop`` is set, even in the
+    middle of a wait; never waits after the last round.
+    """
+    done = 0
+    while (rounds is None or done < rounds) and not (stop is not None and stop.is_set()):
+        began = time.monotonic()
+        chosen = nodes() if callable(nodes) else nodes
+        transport = transport_for(chosen) if transport_for is not None else None
+        found = await sweep_async(chosen, options, transport=transport, state=state)
+        done += 1
+        took = time.monotonic() - began
+        yield SweepRound(done, found, took)
+        if rounds is not None and done >= rounds:
+            return
+        wait = max(0.0, interval - took)
+        if stop is None:
+            await asyncio.sleep(wait)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+            if stop.is_set():
+                return
