@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import state_path
 from .errors import StateError
+from .paths import state_path
 
 
 class State:

@@ -192,7 +192,7 @@ async def connect_agent(
 
 def local_zipapp(agent: AgentBuild) -> Path:
     """The build written once under the controller's state directory."""
-    from shoal.config import shoal_home
+    from shoal.paths import shoal_home
 
     folder = shoal_home() / "agent"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)

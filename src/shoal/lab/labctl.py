@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal.config import labs_dir
 from shoal.errors import LabError, UsageError
 from shoal.lab import netns, register, rootless, sshd, system
 from shoal.lab.labspec import (
@@ -41,6 +40,7 @@ from shoal.lab.labspec import (
 )
 from shoal.lab.labstate import LabNode, LabState, load, locked, save
 from shoal.nodes.model import Node
+from shoal.paths import labs_dir
 
 INVENTORY = "inventory"
 SSH_CONFIG = "ssh_config"

@@ -1,7 +1,10 @@
-"""Where Shoal keeps its files, and the typed defaults every layer shares.
+"""Where Shoal keeps its files: the state directory and the paths under it.
 
 The state directory is ``$SHOAL_HOME`` when set, else ``~/.local/state/shoal``.
-It holds the SQLite state (``state.db``) and the labs (``labs/NAME/``).
+It holds the SQLite state (``state.db``), the labs (``labs/NAME/``) and the
+agent builds shipped to the nodes (``agent/``). Settings are not kept here:
+each layer's options are typed dataclasses beside the code that reads them
+(:class:`~shoal.fanout.options.FanoutOptions`, ``AgentOptions``, ``PushOptions``).
 """
 
 from __future__ import annotations

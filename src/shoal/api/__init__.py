@@ -1,1 +1,0 @@
-"""Shoal api layer (see DESIGN.md)."""

@@ -1,1 +1,0 @@
-"""Shoal web layer (see DESIGN.md)."""
