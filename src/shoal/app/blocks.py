@@ -36,7 +36,7 @@ from shoal.transport.base import Connection
 
 from .appspec import Component, Step
 from .barrier import BarrierBoard
-from .naming import environment, expand, program_name, step_id
+from .naming import environment, expand, step_id
 from .policy import Action, FailureKind, decide
 from .predecessors import Predecessors
 from .runtime import UpPass, last_line
@@ -183,7 +183,7 @@ class BlockRunner:
         node = session.node
         values = self.up.values(comp, node)
         spec = agents.proc_spec(
-            program_name(self.up.spec.name, comp.name, step.name),
+            step_id(self.up.spec.name, comp.name, step.name),
             ["/bin/sh", "-c", expand(step.command, values)],
             cwd=values["dir"],
             env=environment(self.up.spec, comp, step, node, values),

@@ -40,7 +40,7 @@ from .acquire import acquire, gather_facts
 from .appspec import AppSpec, build, load
 from .carryover import carry_over, plan_slots
 from .located import Located
-from .naming import app_dir, program_name
+from .naming import app_dir, step_id
 from .policy import Action
 from .pool import ConnectionPool
 from .runner import Runner
@@ -152,7 +152,7 @@ async def stop_all(spec: AppSpec, state: State, options: agents.AgentOptions) ->
 
 def _services(spec: AppSpec) -> list[str]:
     return [
-        program_name(spec.name, c.name, s.name)
+        step_id(spec.name, c.name, s.name)
         for c in spec.components.values()
         for s in c.steps
         if s.kind == "service"

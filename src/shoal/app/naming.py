@@ -2,12 +2,12 @@
 
 An application lives in ``<agent home>/apps/<app>`` on each node
 (:func:`app_dir`); its steps and services are known to the node's agent as
-``<app>.<component>.<step>`` (:func:`step_id`, :func:`program_name`), which
-is how ``status``, ``logs`` and ``down`` find them again. :func:`values`
-gives a member node the variables the spec documents (see
-:mod:`.appspec`), :func:`expand` substitutes them — in a command each value
-is one shell word — and :func:`environment` is the ``SHOAL_*`` and ``env:``
-environment of one step. Everything here is pure.
+``<app>.<component>.<step>`` (:func:`step_id`: a one-shot step's id, a
+service's program name), which is how ``status``, ``logs`` and ``down`` find
+them again. :func:`values` gives a member node the variables the spec
+documents (see :mod:`.appspec`), :func:`expand` substitutes them — in a
+command each value is one shell word — and :func:`environment` is the
+``SHOAL_*`` and ``env:`` environment of one step. Everything here is pure.
 """
 
 from __future__ import annotations
@@ -26,10 +26,7 @@ def app_dir(home: str, app: str) -> str:
 
 
 def step_id(app: str, comp: str, step: str) -> str:
-    return f"{app}.{comp}.{step}"
-
-
-def program_name(app: str, comp: str, step: str) -> str:
+    """The agent's name for a step: a one-shot step's id, a service's program name."""
     return f"{app}.{comp}.{step}"
 
 
