@@ -57,12 +57,29 @@ from __future__ import annotations
 
 
 class ShoalError(Exception):
-    """Root of every error Shoal raises. ``str()`` is one line."""
+    """Root of every error Shoal raises. ``str()`` is one line.
+
+    ``node`` names the node the error concerns, when it concerns one; it is
+    never part of the message, so a per-node result shows the message beside
+    the node and an adapter that shows the error alone writes
+    :meth:`located` (``node: message``).
+    """
 
     #: Short machine-readable kind used in per-node results and JSON output.
     kind: str = "error"
     #: Trying the same operation again may succeed (see the module docstring).
     retryable: bool = False
+    #: The node the error concerns (None: none, or not known).
+    node: str | None = None
+
+    def __init__(self, *args: object, node: str | None = None) -> None:
+        super().__init__(*args)
+        if node is not None:
+            self.node = node
+
+    def located(self) -> str:
+        """``node: message`` when the error concerns a node, else the message."""
+        return f"{self.node}: {self}" if self.node else str(self)
 
 
 class UsageError(ShoalError):
@@ -134,8 +151,7 @@ class TransportError(ShoalError):
     kind = "transport"
 
     def __init__(self, message: str, node: str | None = None) -> None:
-        self.node = node
-        super().__init__(f"{node}: {message}" if node else message)
+        super().__init__(message, node=node)
 
 
 class ConnectError(TransportError):
@@ -173,8 +189,7 @@ class LocalError(ShoalError):
     kind = "local"
 
     def __init__(self, message: str, node: str | None = None) -> None:
-        self.node = node
-        super().__init__(f"{node}: {message}" if node else message)
+        super().__init__(message, node=node)
 
 
 class AgentError(ShoalError):

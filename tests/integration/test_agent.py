@@ -148,13 +148,15 @@ def test_a_killed_node_is_marked_failed_and_healthy_once_revived(
     node = fleet[4]
     lab.kill(node.name)
     try:
-        report = {e.node: e for e in run(sweep.sweep_async(fleet, opts(connect_timeout=3)))}
+        report = {
+            e.node: e for e in run(sweep.sweep_async(fleet, opts(connect_timeout=3), record=True))
+        }
         assert report[node.name].status == "failed"
         with State() as state:
             assert node.name in failed_names(state)
     finally:
         lab.revive(node.name)
-    report = {e.node: e for e in run(sweep.sweep_async(fleet, opts()))}
+    report = {e.node: e for e in run(sweep.sweep_async(fleet, opts(), record=True))}
     # everything on the node died with it: the sweep starts its agent again
     assert report[node.name].status == "revived", report[node.name]
     with State() as state:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.lab
 
 
 def _sh(nodes: list[Node], command: str) -> dict[str, str]:
-    r = run(nodes, command, RunOptions(record_health=False))
+    r = run(nodes, command, RunOptions())
     assert r.ok, [x.reason for x in r.failed]
     return {n.name: r[n.name].stdout for n in nodes}
 

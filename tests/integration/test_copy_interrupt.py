@@ -32,7 +32,7 @@ RATE_BPS = 40_000_000  # 5 MB/s per node: ~5 s for one file, so a signal lands m
 
 
 def _sh(nodes: list[Any], command: str) -> dict[str, str]:
-    r = run(nodes, command, RunOptions(record_health=False))
+    r = run(nodes, command, RunOptions())
     assert r.ok, [x.reason for x in r.failed]
     return {n.name: r[n.name].stdout for n in nodes}
 
@@ -120,7 +120,7 @@ def test_a_copy_that_times_out_leaves_no_temporary_file(
     nodes, where = slow
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(SIZE_MB << 20))
-    result = copy(nodes, [str(big), f"@:{where}/"], FanoutOptions(timeout=1, record_health=False))
+    result = copy(nodes, [str(big), f"@:{where}/"], FanoutOptions(timeout=1))
     assert {r.kind for r in result} == {"timeout"}, [r.reason for r in result]
     assert _remote_tmps(nodes, where) == {}
 
@@ -160,14 +160,14 @@ def test_a_symlink_is_renamed_over_what_is_there_and_never_over_a_directory(
     (src / "link").symlink_to("first")
     _sh(nodes, f"mkdir -p {where}")
     try:
-        assert copy(nodes, [str(src), f"@:{where}/"], FanoutOptions(record_health=False)).ok
+        assert copy(nodes, [str(src), f"@:{where}/"], FanoutOptions()).ok
         (src / "link").unlink()
         (src / "link").symlink_to("second")
-        assert copy(nodes, [str(src), f"@:{where}/"], FanoutOptions(record_health=False)).ok
+        assert copy(nodes, [str(src), f"@:{where}/"], FanoutOptions()).ok
         assert _sh(nodes, f"readlink {where}/tree/link") == {n.name: "second\n" for n in nodes}
         link = f"{where}/tree/link"
         _sh(nodes, f"rm {link} && mkdir {link} && echo keep > {link}/notes")
-        result = copy(nodes, [str(src), f"@:{where}/"], FanoutOptions(record_health=False))
+        result = copy(nodes, [str(src), f"@:{where}/"], FanoutOptions())
         for r in result:
             assert not r.ok, r
             assert r.reason.startswith(f"creating symlink {where}/tree/link failed"), r.reason

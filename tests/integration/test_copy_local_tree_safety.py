@@ -31,11 +31,11 @@ def where(lab: Any) -> Any:
     try:
         yield nodes, where
     finally:
-        run(nodes, f"rm -rf {where}", RunOptions(record_health=False))
+        run(nodes, f"rm -rf {where}", RunOptions())
 
 
 def _refused(nodes: list[Any], src: Path, dest: str, needle: str) -> None:
-    result = copy(nodes, [str(src), dest], FanoutOptions(record_health=False))
+    result = copy(nodes, [str(src), dest], FanoutOptions())
     for node in nodes:
         outcome = result[node.name]
         assert outcome.kind == "local", (outcome.kind, outcome.reason)

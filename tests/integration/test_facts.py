@@ -62,15 +62,24 @@ def test_facts_refreshed_from_a_real_lab(lab: Any, registered: str) -> None:
     assert len(select("[facts_stale=true]")) == 0
 
 
+def _recorded_run(nodes: Any, command: str, opts: RunOptions) -> Any:
+    """A library run, then the health recording ``shoal run`` does after every run."""
+    from shoal.nodes import health
+
+    result = run(nodes, command, opts)
+    health.record(result, health.Policy.OUTCOME)
+    return result
+
+
 def test_killed_node_enters_failed_and_leaves_when_revived(lab: Any, registered: str) -> None:
     nodes = resolve(f"@{registered}")
     victim = nodes[1].name
     opts = RunOptions(timeout=10, connect_timeout=3)
-    run(nodes, "true", opts)
+    _recorded_run(nodes, "true", opts)
     assert victim not in select("failed")
     lab.kill(victim)
     try:
-        result = run(nodes, "true", opts)
+        result = _recorded_run(nodes, "true", opts)
         assert not result.results[victim].ok
         assert fold(select(f"@{registered} & failed")) == victim
         assert victim not in select("healthy")
@@ -81,7 +90,7 @@ def test_killed_node_enters_failed_and_leaves_when_revived(lab: Any, registered:
         lab.revive(victim)
     deadline = time.monotonic() + 20
     while True:
-        run(nodes, "true", opts)
+        _recorded_run(nodes, "true", opts)
         if victim not in select("failed") or time.monotonic() > deadline:
             break
         time.sleep(0.5)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.lab
 
 
 def opts(**kw: object) -> RunOptions:
-    return RunOptions(record_health=False, **kw)  # type: ignore[arg-type]
+    return RunOptions(**kw)  # type: ignore[arg-type]
 
 
 def test_identical_outputs_merge_and_differing_ones_group(lab: Any) -> None:
@@ -166,7 +166,7 @@ def test_push_and_pull_with_at_expansion_and_directories(lab: Any, tmp_path: Pat
     (src / "run.sh").write_text("#!/bin/sh\necho hi\n")
     (src / "run.sh").chmod(0o750)
     os.utime(src / "sub" / "a.txt", (1_600_000_000, 1_600_000_000))
-    r = copy(nodes, [str(src), "@:deploy/"], FanoutOptions(record_health=False))
+    r = copy(nodes, [str(src), "@:deploy/"], FanoutOptions())
     assert r.ok, [x.reason for x in r.failed]
     check = run(
         nodes,
@@ -181,13 +181,13 @@ def test_push_and_pull_with_at_expansion_and_directories(lab: Any, tmp_path: Pat
         assert tmp_count == "0"
     run(nodes, 'echo "from $SHOAL_NODE" > deploy/tree/sub/who.txt', opts())
     out = tmp_path / "out"
-    r = copy(nodes, ["@:deploy/tree/*", f"{out}/@/"], FanoutOptions(record_health=False))
+    r = copy(nodes, ["@:deploy/tree/*", f"{out}/@/"], FanoutOptions())
     assert r.ok, [x.reason for x in r.failed]
     for n in nodes:
         assert (out / n.name / "sub" / "who.txt").read_text() == f"from {n.name}\n"
         assert (out / n.name / "run.sh").stat().st_mode & 0o777 == 0o750
     fan = tmp_path / "fan"
-    r = copy(nodes, [str(src), f"{fan}/@"], FanoutOptions(record_health=False))
+    r = copy(nodes, [str(src), f"{fan}/@"], FanoutOptions())
     assert r.ok and sorted(p.name for p in fan.iterdir()) == sorted(n.name for n in nodes)
     run(nodes, "rm -rf deploy", opts())
 
@@ -204,11 +204,11 @@ def test_node_name_with_shell_metacharacters_runs_nothing(lab: Any, tmp_path: Pa
     assert r[evil].ok, r[evil].reason
     assert r[evil].stdout == f"{evil}\n0\n"
     # a name that is not a single path component is refused for local paths, not mangled
-    r = copy([node(evil)], ["@:.bashrc", f"{tmp_path}/@/"], FanoutOptions(record_health=False))
+    r = copy([node(evil)], ["@:.bashrc", f"{tmp_path}/@/"], FanoutOptions())
     assert r[evil].kind == "failed" and "cannot be used in a local path" in r[evil].reason
     sneaky = "n1;touch${IFS}pwned;$(touch${IFS}pwned2)"
     os.chdir(tmp_path)
-    r = copy([node(sneaky)], ["@:.bashrc", f"{tmp_path}/@/"], FanoutOptions(record_health=False))
+    r = copy([node(sneaky)], ["@:.bashrc", f"{tmp_path}/@/"], FanoutOptions())
     assert r[sneaky].ok, r[sneaky].reason
     assert (tmp_path / sneaky / ".bashrc").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([sneaky, "ssh_config"])
@@ -231,7 +231,7 @@ def test_disk_full_during_cp_reports_the_node_and_no_partial_file(lab, tmp_path:
     try:
         big = tmp_path / "big.bin"
         big.write_bytes(os.urandom(4 * 1024 * 1024))
-        r = copy(nodes, [str(big), "@:small/"], FanoutOptions(record_health=False))
+        r = copy(nodes, [str(big), "@:small/"], FanoutOptions())
         assert r[full].kind != "ok" and "no space left" in r[full].reason, r[full].reason
         assert all(x.ok for x in r if x.node != full)
         left = run([n for n in nodes if n.name == full], "ls -A small | wc -l", opts())
@@ -336,15 +336,36 @@ def test_input_to_a_command_that_exits_without_reading_it_is_no_error(lab: Any) 
     is the answer, not a broken pipe (agent probes on fresh nodes hit this race)."""
     import asyncio
 
-    from shoal.fanout.results import NodeResult
+    from shoal.fanout.results import CommandOutcome, CommandOutput
     from shoal.fanout.scheduler import fanout
 
-    async def op(conn: Any, node: Node, index: int) -> NodeResult:
+    async def op(conn: Any, node: Node, index: int) -> CommandOutcome:
         codes = []
         for _ in range(10):
             res = await conn.run("exit 3", input=b"x" * 65536)
             codes.append(res.exit_status)
-        return NodeResult(node=node.name, exit_status=0 if codes == [3] * 10 else 1)
+        return CommandOutcome(node.name, CommandOutput(exit_status=0 if codes == [3] * 10 else 1))
 
-    r = asyncio.run(fanout(lab.nodes(), op, FanoutOptions(record_health=False)))
+    r = asyncio.run(fanout(lab.nodes(), op, FanoutOptions()))
     assert r.ok, [(x.node, x.reason) for x in r.failed]
+
+
+def test_a_library_run_writes_no_state_and_the_cli_records_health(
+    lab: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``shoal.fanout.run`` records nothing (the scheduler has no side effects): with
+    SHOAL_HOME an empty directory, a run that fails on every node creates no state file;
+    recording is the caller's, through ``health.record``."""
+    from shoal.nodes import health
+    from shoal.state import State
+
+    empty = tmp_path / "home"
+    empty.mkdir()
+    monkeypatch.setenv("SHOAL_HOME", str(empty))
+    nodes = lab.nodes()[:3]
+    r = run(nodes, "exit 3", opts())
+    assert not r.ok and {x.kind for x in r} == {"failed"}
+    assert list(empty.iterdir()) == []  # no state.db, nothing else
+    health.record(r, health.Policy.OUTCOME)
+    with State() as st:
+        assert health.failed_names(st) == {n.name for n in nodes}

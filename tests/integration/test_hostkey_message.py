@@ -50,7 +50,7 @@ def test_changed_key_advice_names_the_file_in_use_and_works(lab: Any, tmp_path: 
     victim = lab.nodes()[1]
     cfg, kh = _known_hosts_with_changed_key(lab, tmp_path, victim.name)
     node = Node(victim.name, victim.host, victim.user, victim.port, (), {}, str(cfg))
-    opts = RunOptions(record_health=False)
+    opts = RunOptions()
     r = run([node], "true", opts)
     reason = r[victim.name].reason
     assert r[victim.name].kind == "hostkey" and "CHANGED" in reason, reason

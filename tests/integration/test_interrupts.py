@@ -34,7 +34,7 @@ def _running(nodes: list[Any], marker: str) -> set[str]:
     namespaces only), so one node sees every node's processes; matching the
     whole command line leaves out this controller's own ``shoal run`` process.
     """
-    r = run(nodes[:1], f"pgrep -x -f '{marker}' || true", RunOptions(record_health=False))
+    r = run(nodes[:1], f"pgrep -x -f '{marker}' || true", RunOptions())
     assert r.ok, [x.reason for x in r.failed]
     return set(r[nodes[0].name].stdout.split())
 
@@ -49,7 +49,7 @@ def _wait_until_running(nodes: list[Any], marker: str, proc: subprocess.Popen[An
 
 
 def _cleanup(nodes: list[Any], marker: str) -> None:
-    run(nodes[:1], f"pkill -x -f '{marker}' || true", RunOptions(record_health=False))
+    run(nodes[:1], f"pkill -x -f '{marker}' || true", RunOptions())
 
 
 def _failed_set() -> str:
@@ -115,7 +115,7 @@ def test_reader_that_stops_after_one_line_stops_the_run_and_blames_no_node(lab: 
         _wait_until_running(nodes, marker, proc)
         proc.stdout.close()  # `| head -1` has what it wanted and exits
         # end one sleep per node: the "tick" each node then sends finds the pipe closed
-        run(nodes[:1], f"pkill -x -f '{marker}' || true", RunOptions(record_health=False))
+        run(nodes[:1], f"pkill -x -f '{marker}' || true", RunOptions())
         err = proc.stderr.read() if proc.stderr else b""
         proc.wait(timeout=30)
         left = _running(nodes, marker)

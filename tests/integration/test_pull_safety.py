@@ -29,12 +29,12 @@ def plant(node: Node, script: str, victim: Path | None = None) -> None:
     (the node's /tmp is its own), so links to it resolve on the node and globs match."""
     if victim is not None:
         script = f"mkdir -p {victim} && {script}"
-    r = run([node], script, RunOptions(record_health=False))
+    r = run([node], script, RunOptions())
     assert r.ok, r[node.name].reason + r[node.name].stderr
 
 
 def pull(node: Node, *args: str) -> Any:
-    return copy([node], list(args), FanoutOptions(record_health=False))[node.name]
+    return copy([node], list(args), FanoutOptions())[node.name]
 
 
 def snapshot(path: Path) -> tuple[int, list[str]]:

@@ -54,16 +54,17 @@ def test_table_aligns_columns() -> None:
 
 
 def test_build_skew_groups_nodes_by_what_they_run() -> None:
-    from shoal.agentlink.fleet import AgentResult, AgentResults, build_skew
+    from shoal.agentlink.fleet import build_skew
     from shoal.errors import ConnectError, VersionMismatch
+    from shoal.fanout.results import NodeOutcome, Results
 
-    results = AgentResults()
+    results: Results[NodeOutcome[object]] = Results()
     for name, value in (("n1", "a"), ("n2", "b"), ("n3", "a")):
-        results.results[name] = AgentResult(name, value={"protocol": 1, "build": value})
-    results.results["n4"] = AgentResult(
-        "n4", ok=False, error=VersionMismatch("n4: version mismatch: agent 2, controller 1")
+        results.results[name] = NodeOutcome(name, value={"protocol": 1, "build": value})
+    results.results["n4"] = NodeOutcome(
+        "n4", error=VersionMismatch("version mismatch: agent 2, controller 1", node="n4")
     )
-    results.results["n5"] = AgentResult("n5", ok=False, error=ConnectError("refused", "n5"))
+    results.results["n5"] = NodeOutcome("n5", error=ConnectError("refused", "n5"))
     assert build_skew(results) == {
         "protocol 1 build a": ["n1", "n3"],
         "protocol 1 build b": ["n2"],

@@ -37,7 +37,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, A
     transport = LocalNodesTransport(tmp_path / "nodes")
     (tmp_path / "nodes").mkdir()
     nodes = [Node("n1"), Node("n2")]
-    opts = agents.AgentOptions(record_health=True)
+    opts = agents.AgentOptions()
     yield {"state": state, "transport": transport, "nodes": nodes, "opts": opts, "tmp": tmp_path}
     transport.down.clear()
     asyncio.run(agents.stop_async(nodes, opts, transport=transport, state=state))
@@ -109,7 +109,7 @@ def test_sweep_revives_a_dead_agent_and_marks_unreachable_nodes_failed(
     while os.path.exists(f"/proc/{dead}") and time.monotonic() < deadline:
         time.sleep(0.02)
     tr.down.add("n2")
-    report = run(sweep.sweep_async(nodes, opts, transport=tr, state=st))
+    report = run(sweep.sweep_async(nodes, opts, transport=tr, state=st, record=True))
     by_node = {e.node: e for e in report}
     assert by_node["n1"].status == "revived", by_node["n1"]
     assert "running: svc" in by_node["n1"].detail
@@ -118,7 +118,7 @@ def test_sweep_revives_a_dead_agent_and_marks_unreachable_nodes_failed(
     now = run(agents.call_async(nodes[:1], "proc.status", {"name": "svc"}, opts, transport=tr))
     assert now["n1"].value[0]["state"] == "RUNNING" and now["n1"].value[0]["pid"] != old_prog
     tr.down.clear()
-    report = run(sweep.sweep_async(nodes, opts, transport=tr, state=st))
+    report = run(sweep.sweep_async(nodes, opts, transport=tr, state=st, record=True))
     assert [e.status for e in report] == ["ok", "ok"]
     assert failed_names(st) == set()
 
@@ -150,7 +150,7 @@ def test_client_reports_a_version_mismatch_and_agent_errors(tmp_path: Path) -> N
         client = await AgentClient.open(conn, str(tmp_path))
         with pytest.raises(VersionMismatch) as info:
             await client.call("hello")
-        assert str(info.value) == "old: version mismatch: agent 2, controller 1"
+        assert info.value.located() == "old: version mismatch: agent 2, controller 1"
         with pytest.raises(AgentError, match=r"connection|closed"):
             await client.call("hello")
         await client.close()

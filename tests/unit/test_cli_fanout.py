@@ -10,7 +10,7 @@ import pytest
 from shoal.cli.main import main
 from shoal.cli.render import NodeProgress
 from shoal.fanout.options import MAX_DEFAULT_PARALLEL, default_parallelism
-from shoal.fanout.results import NodeResult
+from shoal.fanout.results import CommandOutcome, CommandOutput
 
 
 class FakeTTY(io.StringIO):
@@ -21,12 +21,12 @@ class FakeTTY(io.StringIO):
 def test_progress_line_only_on_a_terminal() -> None:
     tty = FakeTTY()
     p = NodeProgress(4, True, tty)
-    p.update(NodeResult("n1", exit_status=0))
-    p.update(NodeResult("n2", exit_status=1))
+    p.update(CommandOutcome("n1", CommandOutput(exit_status=0)))
+    p.update(CommandOutcome("n2", CommandOutput(exit_status=1)))
     assert "2/4 failed 1" in tty.getvalue()
     pipe = io.StringIO()
     q = NodeProgress(4, True, pipe)
-    q.update(NodeResult("n1", exit_status=0))
+    q.update(CommandOutcome("n1", CommandOutput(exit_status=0)))
     q.close()
     assert pipe.getvalue() == ""
 

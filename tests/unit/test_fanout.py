@@ -24,7 +24,7 @@ def nodes(n: int) -> list[Node]:
 
 
 def opts(**kw: object) -> RunOptions:
-    return RunOptions(record_health=False, **kw)  # type: ignore[arg-type]
+    return RunOptions(**kw)  # type: ignore[arg-type]
 
 
 def test_every_node_gets_a_result_and_errors_stay_per_node() -> None:

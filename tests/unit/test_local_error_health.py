@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 
 from shoal.errors import ConnectError, LocalError
-from shoal.fanout.results import FanoutResult, NodeResult
-from shoal.fanout.scheduler import record_health
+from shoal.fanout.results import CommandOutcome, Results
 from shoal.fanout.workers import decode, encode
-from shoal.nodes.health import failures, mark_failed
+from shoal.nodes.health import Policy, failures, mark_failed, record
 
 
 @pytest.fixture(autouse=True)
@@ -21,14 +20,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_local_error_leaves_the_node_as_it_was() -> None:
     mark_failed({"n3": "unreachable: earlier"})
-    result = FanoutResult(
+    result = Results(
         {
-            "n1": NodeResult("n1", error=LocalError("out/n1 is a directory", "n1")),
-            "n2": NodeResult("n2", error=ConnectError("connection refused", "n2")),
-            "n3": NodeResult("n3", error=LocalError("output pipe closed", "n3")),
+            "n1": CommandOutcome("n1", error=LocalError("out/n1 is a directory", "n1")),
+            "n2": CommandOutcome("n2", error=ConnectError("connection refused", "n2")),
+            "n3": CommandOutcome("n3", error=LocalError("output pipe closed", "n3")),
         }
     )
-    record_health(result)
+    record(result, Policy.OUTCOME)
     assert {f.name: f.reason for f in failures()} == {
         "n2": "unreachable: connection refused",
         "n3": "unreachable: earlier",
@@ -37,6 +36,6 @@ def test_local_error_leaves_the_node_as_it_was() -> None:
 
 
 def test_local_error_survives_the_worker_pipe() -> None:
-    r = decode(encode(NodeResult("n1", error=LocalError("out/n1 is a directory", "n1"))))
+    r = decode(encode(CommandOutcome("n1", error=LocalError("out/n1 is a directory", "n1"))))
     assert isinstance(r.error, LocalError) and r.error.node == "n1"
     assert r.reason == "out/n1 is a directory"

@@ -103,6 +103,9 @@ def test_facts_refresh_and_show(
     class Out:
         results: dict[str, Res]
 
+        def __iter__(self) -> object:
+            return iter(self.results.values())
+
     def fake_run(nodes: list[object], command: str, options: object = None) -> Out:
         return Out({n.name: Res(n.name) for n in nodes})  # type: ignore[attr-defined]
 

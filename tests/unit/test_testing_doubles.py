@@ -26,7 +26,7 @@ def test_a_script_fans_out_against_the_mock_transport() -> None:
     results = run(
         [Node("n1"), Node("n2"), Node("n3")],
         "uptime",
-        RunOptions(record_health=False, retries=0),
+        RunOptions(retries=0),
         transport=transport,
     )
     assert results["n1"].stdout == "up\n"

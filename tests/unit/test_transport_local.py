@@ -17,7 +17,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     r = run(
         [Node("local")],
         f"sh -c '{marker}' & {marker}",
-        RunOptions(timeout=0.5, record_health=False),
+        RunOptions(timeout=0.5),
         transport=t,
     )
     assert r["local"].kind == "timeout"
@@ -31,7 +31,7 @@ def test_background_child_does_not_hold_the_result(tmp_path: Path) -> None:
     r = run(
         [Node("local")],
         f"{marker} & echo started",
-        RunOptions(record_health=False),
+        RunOptions(),
         transport=LocalTransport(tmp_path),
     )
     os.system(f"pkill -f '[{marker[0]}]{marker[1:]}'")
@@ -47,7 +47,7 @@ def test_local_copy_is_atomic_and_recursive(tmp_path: Path) -> None:
     r = copy(
         [Node("local")],
         [str(src), "@:dst/"],
-        FanoutOptions(record_health=False),
+        FanoutOptions(),
         transport=LocalTransport(root),
     )
     assert r.ok, r["local"].reason

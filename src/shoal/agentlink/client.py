@@ -78,13 +78,14 @@ async def probe(conn: Connection, home: str, *, create: bool = False) -> Probe |
         if create:
             err = res.stderr.decode(errors="replace").strip().splitlines()
             raise AgentError(
-                f"{conn.node.name}: cannot create working area {home}: "
-                f"{err[-1] if err else f'exit {res.exit_status}'}"
+                f"cannot create working area {home}: "
+                f"{err[-1] if err else f'exit {res.exit_status}'}",
+                node=conn.node.name,
             )
         return None
     lines = res.stdout.decode(errors="replace").splitlines()
     if not lines:
-        raise AgentError(f"{conn.node.name}: cannot resolve working area {home}")
+        raise AgentError(f"cannot resolve working area {home}", node=conn.node.name)
     build = lines[1].strip() if len(lines) > 1 and lines[1].strip() else None
     return Probe(lines[0], build)  # not stripped: a home may end in a space
 
@@ -98,7 +99,7 @@ async def start_agent(conn: Connection, abs_home: str, python: str = DEFAULT_PYT
         return False
     err = (res.stderr or res.stdout).decode(errors="replace").strip().splitlines()
     reason = err[-1] if err else f"exit {res.exit_status}"
-    raise AgentError(f"{conn.node.name}: agent did not start in {abs_home}: {reason}")
+    raise AgentError(f"agent did not start in {abs_home}: {reason}", node=conn.node.name)
 
 
 class AgentClient:
@@ -127,7 +128,7 @@ class AgentClient:
             ctl = CtlClient(conn, abs_home, python)
             if await ctl.answers():
                 return ctl
-            raise AgentNotRunning(f"{conn.node.name}: no agent answers at {path}") from exc
+            raise AgentNotRunning(f"no agent answers at {path}", node=conn.node.name) from exc
         return StreamClient(reader, writer, conn.node.name, abs_home)
 
     async def _exchange(self, line: bytes, op: str, timeout: float) -> bytes:
@@ -141,13 +142,13 @@ class AgentClient:
             protocol.encode(protocol.request(op, request_id, **args)), op, timeout
         )
         if not line:
-            raise AgentLinkBroken(f"{self.node}: agent closed the connection during {op}")
+            raise AgentLinkBroken(f"agent closed the connection during {op}", node=self.node)
         try:
             return protocol.check_reply(protocol.decode(line), request_id)
         except protocol.ProtocolError as exc:
             if exc.kind == "version":
-                raise VersionMismatch(f"{self.node}: {exc}") from None
-            raise AgentError(f"{self.node}: {exc}") from None
+                raise VersionMismatch(str(exc), node=self.node) from None
+            raise AgentError(str(exc), node=self.node) from None
 
     async def close(self) -> None:
         return None
@@ -168,14 +169,14 @@ class StreamClient(AgentClient):
             return await asyncio.wait_for(self.reader.readline(), timeout)
         except TimeoutError:
             raise AgentError(
-                f"{self.node}: agent did not answer {op} within {timeout:g}s"
+                f"agent did not answer {op} within {timeout:g}s", node=self.node
             ) from None
         except (OSError, EOFError) as exc:
-            raise AgentLinkBroken(f"{self.node}: connection to the agent broke: {exc}") from exc
+            raise AgentLinkBroken(f"connection to the agent broke: {exc}", node=self.node) from exc
         except AgentError:
             raise
         except Exception as exc:  # the SSH library's own errors (connection lost...)
-            raise AgentLinkBroken(f"{self.node}: connection to the agent broke: {exc}") from exc
+            raise AgentLinkBroken(f"connection to the agent broke: {exc}", node=self.node) from exc
 
     async def close(self) -> None:
         try:
@@ -225,7 +226,7 @@ class PreparedRequest:
             line = await asyncio.wait_for(self.client.reader.readline(), timeout)
             return protocol.check_reply(protocol.decode(line), self.request_id)
         except (TimeoutError, OSError, EOFError, protocol.ProtocolError) as exc:
-            raise AgentError(f"{self.client.node}: {self.op} failed: {exc}") from None
+            raise AgentError(f"{self.op} failed: {exc}", node=self.client.node) from None
 
 
 class CtlClient(AgentClient):
@@ -242,7 +243,7 @@ class CtlClient(AgentClient):
         if res.exit_status != 0:
             err = res.stderr.decode(errors="replace").strip().splitlines()
             reason = err[-1] if err else f"exit {res.exit_status}"
-            raise AgentNotRunning(f"{self.node}: agent ctl failed: {reason}")
+            raise AgentNotRunning(f"agent ctl failed: {reason}", node=self.node)
         return res.stdout.split(b"\n", 1)[0] + b"\n" if res.stdout else b""
 
     async def answers(self) -> bool:

@@ -2,11 +2,16 @@
 
 Every operation here is a fan-out (:func:`shoal.fanout.fanout`): one SSH
 connection per node, bounded parallelism, and a per-node
-:class:`AgentResult` (a value or an error, never an exception for one node).
+:class:`~shoal.fanout.results.NodeOutcome` (the agent's answer as ``value``,
+what was done as ``action``, or an error; never an exception for one node).
+There are two skeletons: :func:`for_each` runs an operation on each node's
+connection (install, start, stop: shell commands), :func:`each_agent` one
+conversation with each node's running agent (status, requests, events, logs);
+every public operation is one of them with its own per-node step.
 The controller reaches each agent only through SSH: shell commands to install
 and start it, and ``open_unix`` to its socket for everything else (see
-:mod:`.client`). Nodes that cannot be reached join the failed set;
-nodes that answer leave it (:mod:`shoal.nodes.health`).
+:mod:`.client`). Nothing here records health: adapters pass the results to
+:func:`shoal.nodes.health.record` with ``Policy.REACHABILITY``.
 
 Install copies the zipapp built by :mod:`shoal.agent.build` to
 ``<home>/agent.pyz`` only where ``<home>/agent.build`` differs from this
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +35,13 @@ from shoal.errors import (
     AgentError,
     AgentNotInstalled,
     AgentNotRunning,
-    ShoalError,
-    TransportError,
     VersionMismatch,
 )
 from shoal.fanout.options import FanoutOptions
-from shoal.fanout.results import NodeResult, error_kind, error_reason
+from shoal.fanout.results import NodeOutcome, Results
 from shoal.fanout.scheduler import fanout
 from shoal.nodes.model import Node
-from shoal.state import State
+from shoal.state import State, opened
 from shoal.transport.base import Connection, Transport
 
 from . import eventlog
@@ -62,57 +65,12 @@ class AgentOptions(FanoutOptions):
     call_timeout: float = 60.0
 
 
-@dataclass
-class AgentResult:
-    """What one node's agent did or said: ``value`` on success, ``error`` otherwise."""
-
-    node: str
-    ok: bool = True
-    action: str = ""
-    value: Any = None
-    error: ShoalError | None = None
-    duration: float = 0.0
-
-    @property
-    def kind(self) -> str:
-        return error_kind(self.error)
-
-    @property
-    def reason(self) -> str:
-        return error_reason(self.node, self.error)
-
-    @property
-    def reached(self) -> bool:
-        """True unless the node itself could not be reached over SSH."""
-        return not isinstance(self.error, TransportError)
-
-
-@dataclass
-class AgentResults:
-    """Per-node results in selection order."""
-
-    results: dict[str, AgentResult] = field(default_factory=dict)
-    duration: float = 0.0
-
-    def __iter__(self) -> Any:
-        return iter(self.results.values())
-
-    def __getitem__(self, node: str) -> AgentResult:
-        return self.results[node]
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self)
-
-    @property
-    def failed(self) -> list[AgentResult]:
-        return [r for r in self if not r.ok]
-
-
-NodeOp = Callable[[Connection, Node, State], Awaitable[AgentResult]]
+#: One node's outcome of an agent operation (``value``: what the agent answered).
+AgentOutcome = NodeOutcome[Any]
+#: One step on a node's connection (the controller's state at hand).
+NodeOp = Callable[[Connection, Node, State], Awaitable[AgentOutcome]]
+#: One conversation with a node's running agent.
+AgentTalk = Callable[[AgentClient, Node, State], Awaitable[AgentOutcome]]
 
 
 async def for_each(
@@ -122,45 +80,40 @@ async def for_each(
     *,
     transport: Transport | None = None,
     state: State | None = None,
-) -> AgentResults:
-    """Run ``op`` on every node through the fan-out; errors become per-node results."""
-    options = options or AgentOptions()
-    own_state = state is None
-    st = state or State()
-    values: dict[str, AgentResult] = {}
+) -> Results[AgentOutcome]:
+    """Run ``op`` on every node through the fan-out; errors become per-node outcomes.
 
-    async def operation(conn: Connection, node: Node, index: int) -> NodeResult:
-        res = await op(conn, node, st)
-        values[node.name] = res
-        return NodeResult(node=node.name, exit_status=0 if res.ok else 1, error=res.error)
+    ``state`` is the controller's (agents' working areas are cached there); the
+    default one is opened for the call and closed after it.
+    """
+    opts = options or AgentOptions()
 
-    try:
-        fanned = await fanout(
-            nodes, operation, replace(options, record_health=False), transport=transport
-        )
-        out = AgentResults(duration=fanned.duration)
-        for r in fanned:
-            res = values.get(r.node) or AgentResult(node=r.node, ok=False, error=r.error)
-            res.duration = r.duration
-            out.results[r.node] = res
-        if options.record_health:
-            record_reachability(out, st)
-    finally:
-        if own_state:
-            st.close()
-    return out
+    async def operation(conn: Connection, node: Node, index: int) -> AgentOutcome:
+        return await op(conn, node, st)
+
+    with opened(state) as st:
+        return await fanout(nodes, operation, opts, transport=transport)
 
 
-def record_reachability(results: AgentResults, state: State | None = None) -> None:
-    """Unreachable nodes join the failed set; every node that answered SSH leaves it."""
-    from shoal.nodes.health import mark_failed, mark_healthy
+async def each_agent(
+    nodes: Sequence[Node],
+    talk: AgentTalk,
+    options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    state: State | None = None,
+) -> Results[AgentOutcome]:
+    """:func:`for_each` with a client of the node's running agent, closed after ``talk``."""
+    opts = options or AgentOptions()
 
-    failed = {r.node: f"{r.kind}: {r.reason}" for r in results if not r.reached}
-    if failed:
-        mark_failed(failed, state=state)
-    healthy = [r.node for r in results if r.reached]
-    if healthy:
-        mark_healthy(healthy, state=state)
+    async def op(conn: Connection, node: Node, st: State) -> AgentOutcome:
+        client = await connect_agent(conn, node, st, opts)
+        try:
+            return await talk(client, node, st)
+        finally:
+            await client.close()
+
+    return await for_each(nodes, op, opts, transport=transport, state=state)
 
 
 async def connect_agent(
@@ -176,14 +129,14 @@ async def connect_agent(
     found = await probe(conn, options.home)
     if found is None or found.build is None:
         raise AgentNotInstalled(
-            f"{node.name}: no agent installed in {options.home} (run: shoal agent install)"
+            f"no agent installed in {options.home} (run: shoal agent install)", node=node.name
         )
     remember(state, node.name, options.home, found.home)
     try:
         return await AgentClient.open(conn, found.home, options.python)
     except AgentNotRunning:
         raise AgentNotRunning(
-            f"{node.name}: agent not running in {found.home} (run: shoal sweep)"
+            f"agent not running in {found.home} (run: shoal sweep)", node=node.name
         ) from None
 
 
@@ -264,7 +217,7 @@ async def install_async(
     upgrade_only: bool = False,
     state: State | None = None,
     agent: AgentBuild | None = None,
-) -> AgentResults:
+) -> Results[AgentOutcome]:
     """Copy this build where it is missing and make it the running agent.
 
     ``upgrade_only`` leaves nodes without an agent alone (``shoal agent upgrade``);
@@ -276,10 +229,10 @@ async def install_async(
     agent = agent or build()
     local = local_zipapp(agent)
 
-    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
+    async def op(conn: Connection, node: Node, st: State) -> AgentOutcome:
         found = await probe(conn, opts.home, create=not upgrade_only)
         if found is None or (upgrade_only and found.build is None):
-            return AgentResult(node.name, action="skipped: no agent")
+            return NodeOutcome(node.name, action="skipped: no agent")
         remember(st, node.name, opts.home, found.home)
         try:
             hello = await _hello(conn, found.home, opts.python)
@@ -288,7 +241,7 @@ async def install_async(
         running = hello.get("build") if hello else None
         if found.build == agent.build_id and running == agent.build_id:
             remember(st, node.name, opts.home, found.home, hello)
-            return AgentResult(node.name, action="up to date", value=hello)
+            return NodeOutcome(node.name, action="up to date", value=hello)
         h = shlex.quote(found.home)
         if found.build != agent.build_id:
             await conn.put(str(local), f"{found.home}/agent.pyz")
@@ -298,7 +251,7 @@ async def install_async(
                 timeout=30,
             )
             if res.exit_status != 0:
-                raise AgentError(f"{node.name}: cannot record the build in {found.home}")
+                raise AgentError(f"cannot record the build in {found.home}", node=node.name)
         if running is not None and running != agent.build_id:
             await _shutdown(conn, found.home, hello, opts.python)
             action = f"upgraded from {running}"
@@ -310,9 +263,9 @@ async def install_async(
             await start_agent(conn, found.home, opts.python)
         hello = await _hello(conn, found.home, opts.python)
         if hello is None:
-            raise AgentNotRunning(f"{node.name}: agent started but does not answer")
+            raise AgentNotRunning("agent started but does not answer", node=node.name)
         remember(st, node.name, opts.home, found.home, hello)
-        return AgentResult(node.name, action=action, value=hello)
+        return NodeOutcome(node.name, action=action, value=hello)
 
     return await for_each(nodes, op, opts, transport=transport, state=state)
 
@@ -324,21 +277,21 @@ async def start_async(
     transport: Transport | None = None,
     restart: bool = False,
     state: State | None = None,
-) -> AgentResults:
+) -> Results[AgentOutcome]:
     """Start installed agents (``restart``: stop the running one first)."""
     opts = options or AgentOptions()
 
-    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
+    async def op(conn: Connection, node: Node, st: State) -> AgentOutcome:
         found = await probe(conn, opts.home)
         if found is None or found.build is None:
-            raise AgentNotInstalled(f"{node.name}: no agent installed in {opts.home}")
+            raise AgentNotInstalled(f"no agent installed in {opts.home}", node=node.name)
         remember(st, node.name, opts.home, found.home)
         stopped = await _shutdown(conn, found.home, None, opts.python) if restart else False
         started = await start_agent(conn, found.home, opts.python)
         hello = await _hello(conn, found.home, opts.python)
         remember(st, node.name, opts.home, found.home, hello)
         action = "restarted" if stopped else ("started" if started else "already running")
-        return AgentResult(node.name, action=action, value=hello)
+        return NodeOutcome(node.name, action=action, value=hello)
 
     return await for_each(nodes, op, opts, transport=transport, state=state)
 
@@ -349,16 +302,16 @@ async def stop_async(
     *,
     transport: Transport | None = None,
     state: State | None = None,
-) -> AgentResults:
+) -> Results[AgentOutcome]:
     """Shut agents down; their programs stop and come back with the next agent."""
     opts = options or AgentOptions()
 
-    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
+    async def op(conn: Connection, node: Node, st: State) -> AgentOutcome:
         found = await probe(conn, opts.home)
         if found is None or found.build is None:
-            return AgentResult(node.name, action="no agent")
+            return NodeOutcome(node.name, action="no agent")
         stopped = await _shutdown(conn, found.home, None, opts.python)
-        return AgentResult(node.name, action="stopped" if stopped else "not running")
+        return NodeOutcome(node.name, action="stopped" if stopped else "not running")
 
     return await for_each(nodes, op, opts, transport=transport, state=state)
 
@@ -369,23 +322,19 @@ async def status_async(
     *,
     transport: Transport | None = None,
     state: State | None = None,
-) -> AgentResults:
+) -> Results[AgentOutcome]:
     """Each agent's ``status`` (versions, build, pid, uptime, errors, programs)."""
     opts = options or AgentOptions()
 
-    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
-        client = await connect_agent(conn, node, st, opts)
-        try:
-            status = await client.call("status", timeout=opts.call_timeout)
-        finally:
-            await client.close()
+    async def talk(client: AgentClient, node: Node, st: State) -> AgentOutcome:
+        status = await client.call("status", timeout=opts.call_timeout)
         remember(st, node.name, opts.home, client.home, status)
-        return AgentResult(node.name, value=status)
+        return NodeOutcome(node.name, value=status)
 
-    return await for_each(nodes, op, opts, transport=transport, state=state)
+    return await each_agent(nodes, talk, opts, transport=transport, state=state)
 
 
-def build_skew(results: AgentResults) -> dict[str, list[str]]:
+def build_skew(results: Results[AgentOutcome]) -> dict[str, list[str]]:
     """Running builds (``protocol/build``) → nodes; more than one key means skew."""
     skew: dict[str, list[str]] = {}
     for r in results:
@@ -411,22 +360,18 @@ async def call_async(
     transport: Transport | None = None,
     pull_events: bool = False,
     state: State | None = None,
-) -> AgentResults:
+) -> Results[AgentOutcome]:
     """One agent request on every node (``proc.start``, ``proc.status``...)."""
     opts = options or AgentOptions()
     payload = dict(args or {})
 
-    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
-        client = await connect_agent(conn, node, st, opts)
-        try:
-            value = await client.call(op_name, timeout=opts.call_timeout, **payload)
-            if pull_events:
-                await eventlog.pull(client, st)
-        finally:
-            await client.close()
-        return AgentResult(node.name, value=value)
+    async def talk(client: AgentClient, node: Node, st: State) -> AgentOutcome:
+        value = await client.call(op_name, timeout=opts.call_timeout, **payload)
+        if pull_events:
+            await eventlog.pull(client, st)
+        return NodeOutcome(node.name, value=value)
 
-    return await for_each(nodes, op, opts, transport=transport, state=state)
+    return await each_agent(nodes, talk, opts, transport=transport, state=state)
 
 
 def proc_spec(name: str, command: Sequence[str], **fields: Any) -> dict[str, Any]:
@@ -442,7 +387,7 @@ async def proc_start_async(
     options: AgentOptions | None = None,
     *,
     transport: Transport | None = None,
-) -> AgentResults:
+) -> Results[AgentOutcome]:
     return await call_async(nodes, "proc.start", {"spec": spec}, options, transport=transport)
 
 
@@ -454,7 +399,7 @@ async def logs_async(
     offset: int | None = None,
     options: AgentOptions | None = None,
     transport: Transport | None = None,
-) -> AgentResult:
+) -> AgentOutcome:
     """A program's log on one node: the last ``lines``, or the bytes after ``offset``."""
     args: dict[str, Any] = {"name": name, "lines": lines}
     if offset is not None:
@@ -469,19 +414,13 @@ async def pull_events_async(
     *,
     transport: Transport | None = None,
     state: State | None = None,
-) -> AgentResults:
+) -> Results[AgentOutcome]:
     """Pull new events from every agent into the controller's state; value = rows added."""
-    opts = options or AgentOptions()
 
-    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
-        client = await connect_agent(conn, node, st, opts)
-        try:
-            added = await eventlog.pull(client, st)
-        finally:
-            await client.close()
-        return AgentResult(node.name, value=added)
+    async def talk(client: AgentClient, node: Node, st: State) -> AgentOutcome:
+        return NodeOutcome(node.name, value=await eventlog.pull(client, st))
 
-    return await for_each(nodes, op, opts, transport=transport, state=state)
+    return await each_agent(nodes, talk, options, transport=transport, state=state)
 
 
 LogSink = Callable[[str, str], None]
@@ -497,29 +436,24 @@ async def follow_logs(
     options: AgentOptions | None = None,
     transport: Transport | None = None,
     rounds: int | None = None,
-) -> AgentResults:
+) -> Results[AgentOutcome]:
     """Send each node's log of ``name`` to ``sink(node, text)``: the last ``lines``,
     then new output every ``interval`` seconds over one connection per node,
     until cancelled (or ``rounds`` polls, for tests)."""
-    opts = options or AgentOptions()
 
-    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
-        client = await connect_agent(conn, node, st, opts)
-        try:
-            page = await client.call("proc.logs", name=name, lines=lines)
+    async def talk(client: AgentClient, node: Node, st: State) -> AgentOutcome:
+        page = await client.call("proc.logs", name=name, lines=lines)
+        if page["data"]:
+            sink(node.name, page["data"])
+        offset = int(page["offset"])
+        count = 0
+        while rounds is None or count < rounds:
+            count += 1
+            await asyncio.sleep(interval)
+            page = await client.call("proc.logs", name=name, offset=offset)
             if page["data"]:
                 sink(node.name, page["data"])
             offset = int(page["offset"])
-            count = 0
-            while rounds is None or count < rounds:
-                count += 1
-                await asyncio.sleep(interval)
-                page = await client.call("proc.logs", name=name, offset=offset)
-                if page["data"]:
-                    sink(node.name, page["data"])
-                offset = int(page["offset"])
-        finally:
-            await client.close()
-        return AgentResult(node.name, value=offset)
+        return NodeOutcome(node.name, value=offset)
 
-    return await for_each(nodes, op, opts, transport=transport)
+    return await each_agent(nodes, talk, options, transport=transport)

@@ -109,10 +109,12 @@ async def gather_facts(
     spec: AppSpec, state: State, transport: Transport | None = None
 ) -> dict[str, dict[str, AttrValue]]:
     """Facts of every node a component with requirements may use; missing or stale
-    facts are gathered first (one round trip per node, in parallel)."""
-    from shoal.fanout.factgather import refresh_async
+    facts are gathered first (one round trip per node, in parallel); nodes that do
+    not answer join the failed set (``Policy.OUTCOME``), so they are not acquired."""
+    from shoal.fanout.factgather import gather_async, store
     from shoal.fanout.options import RunOptions
     from shoal.nodes import facts as facts_mod
+    from shoal.nodes import health
     from shoal.nodes.select import resolve
 
     nodes: dict[str, Node] = {}
@@ -125,7 +127,9 @@ async def gather_facts(
     stale = [n for n in nodes.values() if n.name not in records or records[n.name].stale()]
     if stale:
         # nodes whose facts cannot be gathered keep what is stored (or none)
-        await refresh_async(stale, options=RunOptions(timeout=30), state=state, transport=transport)
+        gathered = await gather_async(stale, options=RunOptions(timeout=30), transport=transport)
+        health.record(gathered, health.Policy.OUTCOME, state=state)
+        store(gathered, state)
         records = facts_mod.load_facts(list(nodes), state=state)
     return {name: dict(r.facts) for name, r in records.items()}
 

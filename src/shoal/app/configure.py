@@ -25,6 +25,8 @@ from shoal.agent.build import AgentBuild, build
 from shoal.agentlink import fleet as agents
 from shoal.agentlink.client import AgentClient, cached_home
 from shoal.errors import MemberFailed
+from shoal.fanout.results import NodeOutcome
+from shoal.nodes import health
 from shoal.nodes.model import Node
 from shoal.state import State
 from shoal.transport.base import Connection
@@ -70,6 +72,7 @@ class Configurer:
         installs = await agents.for_each(
             ready, self._install_op, up.opts.agent, transport=up.transport, state=up.state
         )
+        health.record(installs, health.Policy.REACHABILITY, state=up.state)
         for r in installs:
             if not r.ok:
                 failures[r.node] = r.reason
@@ -81,6 +84,7 @@ class Configurer:
         installed = await agents.install_async(
             nodes, up.opts.agent, transport=up.transport, state=up.state, agent=self._agent
         )
+        health.record(installed, health.Policy.REACHABILITY, state=up.state)
         for r in installed:
             if not r.ok:
                 failures[r.node] = f"agent: {r.reason}"
@@ -107,7 +111,7 @@ class Configurer:
             for node_name, why in errors.items():
                 failures[node_name] = f"software {sname}: {why}"
 
-    async def _install_op(self, conn: Connection, node: Node, st: State) -> agents.AgentResult:
+    async def _install_op(self, conn: Connection, node: Node, st: State) -> agents.AgentOutcome:
         client = await agents.connect_agent(conn, node, st, self.up.opts.agent)
         try:
             await self._make_app_dir(client, node)
@@ -116,7 +120,7 @@ class Configurer:
                     await self._install_steps(client, node, sname)
         finally:
             await client.close()
-        return agents.AgentResult(node.name, action="configured")
+        return NodeOutcome(node.name, action="configured")
 
     async def _make_app_dir(self, client: AgentClient, node: Node) -> None:
         adir = self.up.app_dir(node.name)

@@ -27,7 +27,8 @@ from typing import Any
 from shoal.agentlink import fleet as agents
 from shoal.agentlink.client import cached_home, probe, start_agent
 from shoal.errors import AgentError, AgentNotRunning, AppAborted, LocalError, OperationError
-from shoal.fanout.results import error_reason
+from shoal.fanout.results import NodeOutcome
+from shoal.nodes import health
 from shoal.nodes.health import failed_names
 from shoal.nodes.inventory import load_nodes
 from shoal.nodes.model import Node
@@ -131,7 +132,7 @@ async def stop_all(spec: AppSpec, state: State, options: agents.AgentOptions) ->
     names = list(dict.fromkeys(m.node for m in store.members(state, spec.name)))
     services = _services(spec)
 
-    async def op(conn: Connection, n: Node, st: State) -> agents.AgentResult:
+    async def op(conn: Connection, n: Node, st: State) -> agents.AgentOutcome:
         client = await agents.connect_agent(conn, n, st, options)
         try:
             for prog in services:
@@ -144,10 +145,9 @@ async def stop_all(spec: AppSpec, state: State, options: agents.AgentOptions) ->
                 await client.call("step.forget", prefix=sid, timeout=30)
         finally:
             await client.close()
-        return agents.AgentResult(n.name, action="stopped")
+        return NodeOutcome(n.name, action="stopped")
 
-    opts = replace(options, record_health=False)
-    await agents.for_each(_nodes(state, names), op, opts, state=state)
+    await agents.for_each(_nodes(state, names), op, options, state=state)
 
 
 def _services(spec: AppSpec) -> list[str]:
@@ -209,8 +209,13 @@ def _nodes(state: State, names: list[str]) -> list[Node]:
 async def status_async(
     name: str, options: agents.AgentOptions | None = None, *, state: State | None = None
 ) -> AppStatus:
-    """Components × nodes × processes from the agents, barriers and versions from state."""
-    opts = options or agents.AgentOptions(record_health=True)
+    """Components × nodes × processes from the agents, barriers and versions from state.
+
+    Members that cannot be reached join the failed set of ``state`` and
+    answering ones leave it (``Policy.REACHABILITY``): :func:`up_async`
+    replaces members by what that set says.
+    """
+    opts = options or agents.AgentOptions()
     with opened(state) as st:
         record = store.require_app(st, name)
         spec = spec_of(record)
@@ -226,7 +231,7 @@ async def status_async(
         names = list(dict.fromkeys(m.node for m in active))
         prefix = f"{name}."
 
-        async def op(conn: Connection, node: Node, st2: State) -> agents.AgentResult:
+        async def op(conn: Connection, node: Node, st2: State) -> agents.AgentOutcome:
             client = await agents.connect_agent(conn, node, st2, opts)
             try:
                 programs = await client.call("proc.status", timeout=opts.call_timeout)
@@ -234,9 +239,11 @@ async def status_async(
             finally:
                 await client.close()
             mine = [p for p in programs if str(p.get("name", "")).startswith(prefix)]
-            return agents.AgentResult(node.name, value={"programs": mine, "steps": steps})
+            return NodeOutcome(node.name, value={"programs": mine, "steps": steps})
 
         answers = await agents.for_each(_nodes(st, names), op, opts, state=st) if names else None
+        if answers is not None:
+            health.record(answers, health.Policy.REACHABILITY, state=st)
         order = {name: i for i, name in enumerate(spec.components)}
         members.sort(key=lambda m: (order.get(m.component, 99), m.slot, m.state != "active"))
         for m in members:
@@ -246,13 +253,14 @@ async def status_async(
                 ns.reachable = r.reached
                 if r.ok:
                     comp_prefix = f"{name}.{m.component}."
+                    answer: dict[str, Any] = r.value or {}
                     ns.programs = [
-                        p for p in r.value["programs"] if p["name"].startswith(comp_prefix)
+                        p for p in answer["programs"] if p["name"].startswith(comp_prefix)
                     ]
-                    done = r.value["steps"]["done"]
+                    done = answer["steps"]["done"]
                     ns.steps_done = sum(1 for k in done if k.startswith(comp_prefix))
                     ns.steps_running = sum(
-                        1 for k in r.value["steps"]["running"] if k.startswith(comp_prefix)
+                        1 for k in answer["steps"]["running"] if k.startswith(comp_prefix)
                     )
                 else:
                     ns.detail = r.reason
@@ -325,7 +333,10 @@ async def _restart_dead_services(current: AppStatus, opts: UpOptions, st: State)
             continue
         nodes = _nodes(st, [n.node])
         for prog in dead:
-            await agents.call_async(nodes, "proc.restart", {"name": prog}, opts.agent, state=st)
+            restarted = await agents.call_async(
+                nodes, "proc.restart", {"name": prog}, opts.agent, state=st
+            )
+            health.record(restarted, health.Policy.REACHABILITY, state=st)
 
 
 # -- logs --------------------------------------------------------------------------
@@ -341,7 +352,7 @@ async def logs_async(
     state: State | None = None,
 ) -> dict[str, str]:
     """The last ``lines`` of every step and service log of the application, per node."""
-    opts = options or agents.AgentOptions(record_health=False)
+    opts = options or agents.AgentOptions()
     with opened(state) as st:
         store.require_app(st, name)
         members = [
@@ -352,7 +363,7 @@ async def logs_async(
         names = list(dict.fromkeys(m.node for m in members))
         out: dict[str, str] = {}
 
-        async def op(conn: Connection, n: Node, st2: State) -> agents.AgentResult:
+        async def op(conn: Connection, n: Node, st2: State) -> agents.AgentOutcome:
             home = cached_home(st2, n.name, opts.home) or opts.home
             h = shell_path(home)
             pat = f"{shlex.quote(name)}.{shlex.quote(component) + '.' if component else ''}"
@@ -363,7 +374,7 @@ async def logs_async(
                 timeout=30,
             )
             out[n.name] = res.stdout.decode("utf-8", "replace")
-            return agents.AgentResult(n.name)
+            return NodeOutcome(n.name)
 
         await agents.for_each(_nodes(st, names), op, opts, state=st)
         return {k: out[k] for k in names if k in out}
@@ -391,7 +402,7 @@ async def down_async(
     (unless ``keep``), after collecting its logs into ``collect/NODE/`` (step logs into
     ``collect/NODE/steps/``) if asked. Logs a pull refuses (a symlink out of them, say)
     are not collected; the node is still cleaned and its result says so."""
-    opts = options or agents.AgentOptions(record_health=False)
+    opts = options or agents.AgentOptions()
     with opened(state) as st:
         record = store.require_app(st, name)
         spec = spec_of(record)
@@ -399,7 +410,7 @@ async def down_async(
         services = _services(spec)
         report = DownReport(name, collected=collect)
 
-        async def op(conn: Connection, n: Node, st2: State) -> agents.AgentResult:
+        async def op(conn: Connection, n: Node, st2: State) -> agents.AgentOutcome:
             try:
                 client = await agents.connect_agent(conn, n, st2, opts)
             except AgentNotRunning:  # a node that came back: its agent cleans up too
@@ -445,11 +456,11 @@ async def down_async(
                 wipe += f"; rm -rf {q}; rmdir {h}/apps 2>/dev/null; true"
             res = await conn.run(wipe, timeout=60)
             if res.exit_status != 0:
-                raise AgentError(f"{n.name}: cleanup failed: {res.stderr.decode()[:200]}")
+                raise AgentError(f"cleanup failed: {res.stderr.decode()[:200]}", node=n.name)
             if uncollected is not None:
-                why = error_reason(n.name, uncollected)
+                why = str(uncollected)
                 raise LocalError(f"cleaned, but logs not all collected: {why}", n.name)
-            return agents.AgentResult(n.name, action="cleaned")
+            return NodeOutcome(n.name, action="cleaned")
 
         results = await agents.for_each(_nodes(st, names), op, opts, state=st)
         for r in results:

@@ -31,7 +31,7 @@ from pathlib import Path
 from shoal.content.scan import read_link, read_listed, walk
 from shoal.errors import ConfigError, OperationError
 from shoal.fanout.options import FanoutOptions
-from shoal.fanout.results import FanoutResult, NodeResult
+from shoal.fanout.results import CommandOutcome, CommandOutput, Results
 from shoal.fanout.scheduler import fanout
 from shoal.nodes.model import Node
 from shoal.state import State
@@ -119,7 +119,7 @@ async def push_software(
         groups.setdefault(remote_dir[node.name], []).append(node)
     errors: dict[str, str] = {}
     for target, members in groups.items():
-        opts = PushOptions(install=False, record_health=False, keep=2)
+        opts = PushOptions(install=False, keep=2)
         result = await push_async(
             members, tree.source, target, opts, transport=transport, state=state
         )
@@ -127,7 +127,7 @@ async def push_software(
             if not outcome.ok:
                 errors[outcome.node] = outcome.reason
         for node in members:
-            if node.name not in result.nodes:
+            if node.name not in result:
                 errors[node.name] = "push gave no result"
     return errors
 
@@ -139,18 +139,18 @@ async def copy_software(
     options: FanoutOptions | None = None,
     *,
     transport: Transport | None = None,
-) -> FanoutResult:
+) -> Results[CommandOutcome]:
     """SFTP copy of ``tree`` to ``remote_dir[node]`` where that version is missing.
 
     ``stdout`` of each node's result is ``same`` (skipped) or ``copied``.
     """
 
-    async def operation(conn: Connection, node: Node, index: int) -> NodeResult:
+    async def operation(conn: Connection, node: Node, index: int) -> CommandOutcome:
         target = remote_dir[node.name]
         probe = await conn.run(probe_command(target, tree.digest), timeout=30)
         answer = probe.stdout.decode(errors="replace").strip()
         if probe.exit_status == 0 and answer == "same":
-            return NodeResult(node.name, exit_status=0, stdout="same")
+            return CommandOutcome(node.name, CommandOutput(0, stdout="same"))
         if probe.exit_status == 0 and answer == "foreign":
             raise _foreign(target, node.name)
         head, tail = posixpath.split(target.rstrip("/"))
@@ -158,7 +158,8 @@ async def copy_software(
         q, staging = shlex.quote(target), shlex.quote(stage)
         prep = await conn.run(f'rm -rf {staging} && mkdir -p "$(dirname {q})"', timeout=60)
         if prep.exit_status != 0:
-            return NodeResult(node.name, exit_status=prep.exit_status, stderr=prep.stderr.decode())
+            failed = CommandOutput(prep.exit_status, stderr=prep.stderr.decode())
+            return CommandOutcome(node.name, failed)
         await conn.put(str(tree.source), stage)
         done = await conn.run(
             f"if {_ours(target)}; then printf '%s\\n' {shlex.quote(tree.digest)}"
@@ -168,9 +169,8 @@ async def copy_software(
         )
         if done.exit_status == 0 and done.stdout.strip() == b"foreign":
             raise _foreign(target, node.name)
-        return NodeResult(
-            node.name, exit_status=done.exit_status, stdout="copied", stderr=done.stderr.decode()
-        )
+        output = CommandOutput(done.exit_status, stdout="copied", stderr=done.stderr.decode())
+        return CommandOutcome(node.name, output)
 
-    opts = options or FanoutOptions(record_health=False)
-    return await fanout(nodes, operation, opts, transport=transport)
+    opts = options or FanoutOptions()
+    return await fanout(nodes, operation, opts, outcome=CommandOutcome, transport=transport)

@@ -28,7 +28,8 @@ from .render import (
 )
 
 if TYPE_CHECKING:
-    from shoal.agentlink.fleet import AgentOptions, AgentResults
+    from shoal.agentlink.fleet import AgentOptions, AgentOutcome
+    from shoal.fanout.results import Results
     from shoal.nodes.model import Node
     from shoal.transport.base import Transport
 
@@ -159,6 +160,14 @@ def _options(args: argparse.Namespace) -> AgentOptions:
     return AgentOptions(**agent_settings(args))
 
 
+def _recorded(results: Results[AgentOutcome], state: Any = None) -> Results[AgentOutcome]:
+    """``results`` after recording them in the failed set (unreachable nodes join it)."""
+    from shoal.nodes import health
+
+    health.record(results, health.Policy.REACHABILITY, state=state)
+    return results
+
+
 def _transport(nodes: Sequence[Node], opts: AgentOptions) -> Transport:
     from shoal.transport.factory import make_transport
     from shoal.transport.preconnect import start_connects
@@ -184,7 +193,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         coro = agents.stop_async(nodes, opts, transport=tr)
     else:
         coro = agents.start_async(nodes, opts, transport=tr, restart=action == "restart")
-    results: AgentResults = asyncio.run(coro)
+    results = _recorded(asyncio.run(coro))
     if args.json:
         print_json_lines(map(agent_record, results), sort_keys=True)
         return 0 if results.ok else 1
@@ -193,7 +202,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         for r in results:
             if not r.ok:
                 continue
-            v = r.value
+            v: dict[str, Any] = r.value or {}
             programs = v.get("programs", [])
             up = sum(1 for p in programs if p.get("state") == "RUNNING")
             rows.append(
@@ -260,6 +269,7 @@ def cmd_proc_start(args: argparse.Namespace) -> int:
             nodes, "proc.start", {"spec": spec}, opts, transport=_transport(nodes, opts)
         )
     )
+    _recorded(results)
     return _render_programs(args, results, "proc.start")
 
 
@@ -272,10 +282,11 @@ def cmd_proc_simple(args: argparse.Namespace) -> int:
     results = asyncio.run(
         agents.call_async(nodes, args.op, payload, opts, transport=_transport(nodes, opts))
     )
+    _recorded(results)
     return _render_programs(args, results, args.op)
 
 
-def _render_programs(args: argparse.Namespace, results: AgentResults, op: str) -> int:
+def _render_programs(args: argparse.Namespace, results: Results[AgentOutcome], op: str) -> int:
     if args.json:
         print_json_lines(map(agent_record, results), sort_keys=True)
         return 0 if results.ok else 1
@@ -357,8 +368,10 @@ def cmd_proc_logs(args: argparse.Namespace) -> int:
             )
         )
         for r in results:
-            if r.ok and r.value["data"]:
-                sink(r.node, r.value["data"])
+            page: dict[str, Any] = r.value or {}
+            if r.ok and page["data"]:
+                sink(r.node, page["data"])
+    _recorded(results)
     print_failures(results)
     return 0 if results.ok else 1
 
@@ -387,6 +400,7 @@ def cmd_events(args: argparse.Namespace) -> int:
                     nodes, opts, transport=_transport(nodes, opts), state=state
                 )
             )
+            _recorded(pulled, state)
             print_failures(pulled)
             status = 0 if pulled.ok else 1
         rows = events.query(state, names, limit=args.lines)
@@ -394,11 +408,14 @@ def cmd_events(args: argparse.Namespace) -> int:
         if not args.follow:
             return status
 
+        async def pull() -> None:
+            _recorded(await agents.pull_events_async(nodes, opts, state=state), state)
+
         async def follow() -> None:
             async for fresh in events.follow(
                 state,
                 names,
-                pull=lambda: agents.pull_events_async(nodes, opts, state=state),
+                pull=pull,
                 after_id=events.cursor_after(state, names, rows),
                 interval=args.interval,
             ):
@@ -426,6 +443,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             opts,
             transport_for=lambda nodes: _transport(nodes, opts),
             rounds=None if every else 1,
+            record=True,
         ):
             if args.json:
                 print_json_lines(

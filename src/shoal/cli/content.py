@@ -26,8 +26,9 @@ from .render import (
 )
 
 if TYPE_CHECKING:
-    from shoal.agentlink.fleet import AgentOptions, AgentResults
+    from shoal.agentlink.fleet import AgentOptions, AgentOutcome
     from shoal.content.push import PushProgress, PushResult
+    from shoal.fanout.results import Results
 
 
 def register(sub: Any) -> None:
@@ -123,11 +124,19 @@ def cmd_push(args: argparse.Namespace) -> int:
         )
     finally:
         live.close()
+    _record(result)
     if args.json:
         print_json_lines({"version": result.version, **_push_record(n)} for n in result)
     else:
         render_push(result)
     return 0 if result.ok else 1
+
+
+def _record(results: Results[Any]) -> None:
+    """Update the failed set: unreachable nodes join it, answering ones leave it."""
+    from shoal.nodes import health
+
+    health.record(results, health.Policy.REACHABILITY)
 
 
 def _push_record(n: Any) -> dict[str, Any]:
@@ -163,7 +172,7 @@ def render_push(result: PushResult, out: TextIO = sys.stdout) -> None:
     print_table(rows, header, file=out)
     ok = sum(1 for n in result if n.ok)
     print(
-        f"version {result.version}: {ok}/{len(result.nodes)} nodes ok, "
+        f"version {result.version}: {ok}/{len(result)} nodes ok, "
         f"{size(result.total_bytes)} in {result.files} files, source sent "
         f"{size(result.source_sent)} ({result.source_sent / max(1, result.total_bytes):.2f}x), "
         f"{result.duration:.1f}s (scan {result.scan_seconds:.1f}s)",
@@ -173,7 +182,7 @@ def render_push(result: PushResult, out: TextIO = sys.stdout) -> None:
         print(f"skipped (not files, dirs or symlinks): {', '.join(result.skipped[:10])}", file=out)
 
 
-def _render_versions(results: AgentResults) -> None:
+def _render_versions(results: Results[AgentOutcome]) -> None:
     rows = []
     groups: dict[str, list[str]] = {}
     for r in results:
@@ -190,7 +199,8 @@ def _render_versions(results: AgentResults) -> None:
         print(f"mixed fleet: {summary}")
 
 
-def _finish(results: AgentResults, args: argparse.Namespace) -> int:
+def _finish(results: Results[AgentOutcome], args: argparse.Namespace) -> int:
+    _record(results)
     if args.json:
         print_json_lines(map(outcome_record, results))
     print_failures(results)
@@ -219,6 +229,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if not args.json:
         for r in results:
             if r.ok:
-                prev = (r.value.get("previous") or "none")[:12]
-                print(f"{r.node}: {prev} -> {r.value['current'][:12]}")
+                switched: dict[str, Any] = r.value or {}
+                prev = (switched.get("previous") or "none")[:12]
+                print(f"{r.node}: {prev} -> {switched['current'][:12]}")
     return _finish(results, args)

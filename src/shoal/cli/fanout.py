@@ -18,7 +18,7 @@ from .common import add_connection_options, connection_settings, selected_nodes
 from .render import NodeProgress, print_json_lines
 
 if TYPE_CHECKING:
-    from shoal.fanout.results import FanoutResult
+    from shoal.fanout.results import CommandOutcome, Results
 
 
 def _add_fanout_options(p: argparse.ArgumentParser) -> None:
@@ -149,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.close()
         for sock in pre.values():
             sock.close()
+    _record(result)
     if args.out_dir:
         _write_out_dir(result, Path(args.out_dir))
     if args.json:
@@ -185,10 +186,18 @@ def cmd_cp(args: argparse.Namespace) -> int:
         progress.close()
         for sock in pre.values():
             sock.close()
+    _record(result)
     if args.json:
         _print_json(result)
     _print_summary(result)
     return 0 if result.ok else 1
+
+
+def _record(result: Results[CommandOutcome]) -> None:
+    """Update the failed set: nodes that did not succeed join it, the others leave it."""
+    from shoal.nodes import health
+
+    health.record(result, health.Policy.OUTCOME)
 
 
 def _stream_line(node: str, stream: str, line: bytes) -> None:
@@ -197,7 +206,7 @@ def _stream_line(node: str, stream: str, line: bytes) -> None:
     out.flush()
 
 
-def _print_groups(result: FanoutResult) -> None:
+def _print_groups(result: Results[CommandOutcome]) -> None:
     from shoal.fanout.output import group_outputs
 
     for group in group_outputs(result):
@@ -213,19 +222,19 @@ def _print_groups(result: FanoutResult) -> None:
     sys.stdout.flush()
 
 
-def _print_json(result: FanoutResult) -> None:
-    print_json_lines((r.to_json() for r in result), sort_keys=True)
+def _print_json(result: Results[CommandOutcome]) -> None:
+    print_json_lines(result.to_json(), sort_keys=True)
     sys.stdout.flush()
 
 
-def _print_summary(result: FanoutResult) -> None:
+def _print_summary(result: Results[CommandOutcome]) -> None:
     from shoal.fanout.output import summary_lines
 
     for line in summary_lines(result):
         print(line, file=sys.stderr)
 
 
-def _write_out_dir(result: FanoutResult, out: Path) -> None:
+def _write_out_dir(result: Results[CommandOutcome], out: Path) -> None:
     from shoal.fanout.copies import safe_component
 
     out.mkdir(parents=True, exist_ok=True)

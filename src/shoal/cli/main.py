@@ -130,7 +130,7 @@ def _run_handler(args: argparse.Namespace, terminated: threading.Event) -> int:
             print(exc.pointer(), file=sys.stderr)
             return exitcodes.USAGE
         except ShoalError as exc:
-            print(f"shoal: error: {exc}", file=sys.stderr)
+            print(f"shoal: error: {exc.located()}", file=sys.stderr)
             usage = exc.kind in ("usage", "selection", "config")
             return exitcodes.USAGE if usage else exitcodes.FAILED
         except KeyboardInterrupt:

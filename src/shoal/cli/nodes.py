@@ -320,7 +320,11 @@ def cmd_facts_refresh(args: argparse.Namespace) -> int:
         if args.timeout is not None:
             kwargs["timeout"] = args.timeout
         options = RunOptions(**kwargs)
-    report = factgather.refresh(nodes, options=options)
+    from shoal.nodes import health
+
+    gathered = factgather.gather(nodes, options=options)
+    health.record(gathered, health.Policy.OUTCOME)
+    report = factgather.store(gathered, None)
     if args.json:
         print_json(
             {

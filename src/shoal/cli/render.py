@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .terminal import escape_controls, unescaped
 
 if TYPE_CHECKING:
-    from shoal.agentlink.fleet import AgentResult, AgentResults
+    from shoal.fanout.results import NodeOutcome, Results
 
 # -- tables ----------------------------------------------------------------------
 
@@ -118,7 +118,7 @@ def tally(labels: Iterable[str]) -> str:
     return ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
 
 
-def print_failures(results: AgentResults) -> None:
+def print_failures(results: Results[Any]) -> None:
     """One stderr line per failed node: ``NODE: KIND: REASON``."""
     for r in results.failed:
         print(f"{r.node}: {r.kind}: {r.reason}", file=sys.stderr)
@@ -186,7 +186,7 @@ def print_json(data: Any, indent: int = 2) -> None:
     sys.stdout.write("\n")
 
 
-def agent_record(r: AgentResult) -> dict[str, Any]:
+def agent_record(r: NodeOutcome[Any]) -> dict[str, Any]:
     """An agent operation's result on one node (``agent``, ``proc``: keys sorted)."""
     return {
         "node": r.node,
@@ -199,6 +199,6 @@ def agent_record(r: AgentResult) -> dict[str, Any]:
     }
 
 
-def outcome_record(r: AgentResult) -> dict[str, Any]:
+def outcome_record(r: NodeOutcome[Any]) -> dict[str, Any]:
     """``{node, ok, value, error}`` for one node (``versions``, ``rollback``)."""
     return {"node": r.node, "ok": r.ok, "value": r.value, "error": r.reason}

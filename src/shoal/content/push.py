@@ -23,8 +23,11 @@ Theory of operation of a push (the coordinator is :mod:`.swarm`, the node side
    port closes; the agent deletes the store after a while), so running the
    same push again soon fetches only what it still lacks.
 
-Every node ends with a :class:`NodePush` (ok, or an error that says what and
-where); one dead node never stops the others.
+Every node ends with a :class:`NodePush` (the per-node outcome of
+:mod:`shoal.fanout.results`: the version now current there, or an error, and
+the bytes it moved either way); one dead node never stops the others.
+Nothing is recorded in the failed set: adapters pass the result to
+:func:`shoal.nodes.health.record` with ``Policy.REACHABILITY``.
 """
 
 from __future__ import annotations
@@ -42,15 +45,13 @@ from shoal.agent.chunkstore import Throttle
 from shoal.agentlink.client import AgentClient
 from shoal.agentlink.fleet import (
     AgentOptions,
-    AgentResult,
-    AgentResults,
+    AgentOutcome,
     call_async,
     connect_agent,
     install_async,
-    record_reachability,
 )
-from shoal.errors import AgentError, ChunkFetchError, ConnectError, ContentError, ShoalError
-from shoal.fanout.results import NodeResult, error_kind, error_reason
+from shoal.errors import AgentError, ChunkFetchError, ConnectError, ContentError
+from shoal.fanout.results import NodeOutcome, Results
 from shoal.fanout.scheduler import fanout
 from shoal.nodes.model import Node
 from shoal.state import State, opened
@@ -83,55 +84,36 @@ class PushOptions(AgentOptions):
 
 
 @dataclass
-class NodePush:
-    """How the push went on one node."""
+class NodePush(NodeOutcome[str]):
+    """How the push went on one node: ``value`` is the version now current there.
 
-    node: str
-    ok: bool = False
-    error: ShoalError | None = None
+    The byte counts are kept for a node that failed too (what it had fetched
+    and verified is not fetched again by a re-run).
+    """
+
     previous: str | None = None
-    current: str | None = None
     need_bytes: int = 0
     received: int = 0
     from_source: int = 0
     from_peers: int = 0
     reused: int = 0
     rejected: int = 0
-    duration: float = 0.0
 
     @property
-    def kind(self) -> str:
-        return error_kind(self.error)
-
-    @property
-    def reason(self) -> str:
-        return error_reason(self.node, self.error)
+    def current(self) -> str | None:
+        return self.value
 
 
 @dataclass
-class PushResult:
-    version: str
-    total_bytes: int
-    files: int
-    nodes: dict[str, NodePush] = field(default_factory=dict)
+class PushResult(Results[NodePush]):
+    """Every node's :class:`NodePush`, in the order given, and the push's totals."""
+
+    version: str = ""
+    total_bytes: int = 0
+    files: int = 0
     source_sent: int = 0
-    duration: float = 0.0
     scan_seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
-
-    def __iter__(self) -> Any:
-        return iter(self.nodes.values())
-
-    def __getitem__(self, node: str) -> NodePush:
-        return self.nodes[node]
-
-    @property
-    def ok(self) -> bool:
-        return all(n.ok for n in self)
-
-    @property
-    def failed(self) -> list[NodePush]:
-        return [n for n in self if not n.ok]
 
 
 @dataclass
@@ -202,7 +184,7 @@ async def addresses(conn: Connection) -> tuple[str, str]:
     res = await conn.run('printf "%s" "$SSH_CONNECTION"', timeout=30)
     parts = res.stdout.decode(errors="replace").split()
     if res.exit_status != 0 or len(parts) != 4:
-        raise ContentError(f"{conn.node.name}: cannot learn addresses from $SSH_CONNECTION")
+        raise ContentError("cannot learn addresses from $SSH_CONNECTION", node=conn.node.name)
     return parts[0], parts[2]
 
 
@@ -229,9 +211,9 @@ async def push_async(
         if tree is None:
             tree = await _scan(Path(local_dir), opts, st)
         result = PushResult(
-            tree.version,
-            tree.total_bytes,
-            sum(1 for e in tree.manifest.entries if e.kind == "f"),
+            version=tree.version,
+            total_bytes=tree.total_bytes,
+            files=sum(1 for e in tree.manifest.entries if e.kind == "f"),
             scan_seconds=time.monotonic() - started,
             skipped=list(tree.skipped),
         )
@@ -239,20 +221,15 @@ async def push_async(
         if opts.install and ready:
             installed = await install_async(ready, opts, transport=transport, state=st)
             for r in installed.failed:
-                result.nodes[r.node] = NodePush(r.node, error=r.error)
+                result.results[r.node] = NodePush(r.node, error=r.error)
             ready = [n for n in ready if installed[n.name].ok]
         await _swarm_push(ready, tree, remote_dir, opts, transport, st, on_progress, result)
         for _ in range(opts.retry_rounds):
-            again = [n for n in ready if _retryable(result.nodes.get(n.name))]
+            again = [n for n in ready if _retryable(result.results.get(n.name))]
             if not again:
                 break
             await _swarm_push(again, tree, remote_dir, opts, transport, st, on_progress, result)
-        if opts.record_health:
-            record_reachability(
-                AgentResults({n.node: AgentResult(n.node, n.ok, error=n.error) for n in result}),
-                st,
-            )
-    result.nodes = {n.name: result.nodes[n.name] for n in nodes if n.name in result.nodes}
+    result.results = {n.name: result[n.name] for n in nodes if n.name in result}
     result.duration = time.monotonic() - started
     return result
 
@@ -290,20 +267,17 @@ async def _swarm_push(
     swarm = Swarm(tree.chunks, batch_bytes=opts.batch_bytes, source_uploads=opts.source_uploads)
     swarm.expect([n.name for n in nodes])
     servers = _SourceServers(tree, token, opts.source_rate)
-    extra: dict[str, dict[str, Any]] = {}
     began = time.monotonic()
 
-    async def op(conn: Connection, node: Node, index: int) -> NodeResult:
+    async def op(conn: Connection, node: Node, index: int) -> AgentOutcome:
         try:
-            extra[node.name] = await _node_push(
-                conn, node, st, tree, remote_dir, opts, swarm, servers, token
-            )
+            info = await _node_push(conn, node, st, tree, remote_dir, opts, swarm, servers, token)
         except BaseException:
             swarm.node_failed(node.name)
             raise
-        return NodeResult(node=node.name, exit_status=0)
+        return NodeOutcome(node.name, value=info)
 
-    def finished(r: NodeResult) -> None:
+    def finished(r: AgentOutcome) -> None:
         if not r.ok:
             swarm.node_failed(r.node)
 
@@ -314,20 +288,7 @@ async def _swarm_push(
 
     tick = asyncio.ensure_future(ticker())
     try:
-        fanned = await fanout(
-            nodes,
-            op,
-            AgentOptions(
-                parallel=opts.parallel,
-                connect_timeout=opts.connect_timeout,
-                retries=opts.retries,
-                host_keys=opts.host_keys,
-                record_health=False,
-                keepalive=opts.keepalive,
-            ),
-            transport=transport,
-            on_result=finished,
-        )
+        fanned = await fanout(nodes, op, opts, transport=transport, on_result=finished)
     finally:
         tick.cancel()
         servers.close()
@@ -336,14 +297,13 @@ async def _swarm_push(
     result.source_sent += servers.sent
     for r in fanned:
         stats = swarm.stats.get(r.node, NodeStats())
-        info = extra.get(r.node, {})
-        before = result.nodes.get(r.node) or NodePush(r.node)
-        result.nodes[r.node] = NodePush(
+        info = r.value or {}
+        before = result.results.get(r.node) or NodePush(r.node)
+        result.results[r.node] = NodePush(
             r.node,
-            ok=r.ok,
+            value=info.get("current"),
             error=r.error,
             previous=info.get("previous"),
-            current=info.get("current"),
             need_bytes=max(stats.need_bytes, before.need_bytes),
             received=before.received + stats.received,
             from_source=before.from_source + stats.from_source,
@@ -420,7 +380,7 @@ async def _node_push(
         for _ in range(3):
             await _fetch_all(conn, client, node, swarm, opts, session)
             if swarm.fatal is not None:
-                raise ContentError(f"{node.name}: push aborted: {swarm.fatal}")
+                raise ContentError(f"push aborted: {swarm.fatal}", node=node.name)
             swarm.stats[node.name].state = "committing"
             outcome = await client.call("content.commit", timeout=opts.commit_timeout, **session)
             if outcome.get("need"):
@@ -428,7 +388,7 @@ async def _node_push(
                 continue
             break
         else:
-            raise ContentError(f"{node.name}: local files kept changing during the push")
+            raise ContentError("local files kept changing during the push", node=node.name)
         swarm.node_done(node.name)
         await swarm.wait_all()
         try:
@@ -492,10 +452,11 @@ async def _fetch_all(
 
 def _check(node: Node, swarm: Swarm, batch: Batch, outcome: dict[str, Any]) -> None:
     if outcome.get("local"):
-        raise ContentError(f"{node.name}: {outcome.get('error')}")
+        raise ContentError(str(outcome.get("error")), node=node.name)
     if swarm.stats[node.name].failures > MAX_FAILURES:
         raise ChunkFetchError(
-            f"{node.name}: cannot fetch chunks (last from {batch.source}: {outcome.get('error')})"
+            f"cannot fetch chunks (last from {batch.source}: {outcome.get('error')})",
+            node=node.name,
         )
 
 
@@ -516,7 +477,7 @@ async def versions_async(
     options: AgentOptions | None = None,
     *,
     transport: Transport | None = None,
-) -> AgentResults:
+) -> Results[AgentOutcome]:
     """Each node's current version of ``remote_dir`` and the versions it keeps."""
     return await call_async(
         nodes, "content.versions", {"dir": remote_dir}, options, transport=transport
@@ -530,7 +491,7 @@ async def rollback_async(
     options: AgentOptions | None = None,
     *,
     transport: Transport | None = None,
-) -> AgentResults:
+) -> Results[AgentOutcome]:
     """Switch ``remote_dir`` back to the previous version (or ``to``) on every node."""
     args: dict[str, Any] = {"dir": remote_dir}
     if to:

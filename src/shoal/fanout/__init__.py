@@ -3,7 +3,10 @@
 Public entry points: :func:`run` (shell command), :func:`copy` (``cp`` with
 ``@`` expansion), :func:`fanout` (any operation on a connection), the options
 :class:`FanoutOptions` / :class:`RunOptions` and the result types
-:class:`FanoutResult` / :class:`NodeResult`.
+:class:`Results` (per node, in order) of :class:`NodeOutcome` (a value or an
+error), :class:`CommandOutcome` for run and cp (its value a
+:class:`CommandOutput`). Nothing here records health: see
+:func:`shoal.nodes.health.record`.
 
 Names are loaded on first use: ``shoal.fanout.options`` must stay importable
 without asyncio (the CLI validates options and starts its TCP connects first).
@@ -18,15 +21,17 @@ if TYPE_CHECKING:
     from .commands import run, run_async
     from .copies import copy, copy_async
     from .options import FanoutOptions, RunOptions
-    from .results import FanoutResult, NodeResult
+    from .results import CommandOutcome, CommandOutput, NodeOutcome, Results
     from .scheduler import fanout
 
 #: public name -> the submodule that defines it
 _HOMES = {
     "FanoutOptions": "options",
     "RunOptions": "options",
-    "FanoutResult": "results",
-    "NodeResult": "results",
+    "CommandOutput": "results",
+    "CommandOutcome": "results",
+    "NodeOutcome": "results",
+    "Results": "results",
     "copy": "copies",
     "copy_async": "copies",
     "fanout": "scheduler",
@@ -35,9 +40,11 @@ _HOMES = {
 }
 
 __all__ = [
+    "CommandOutcome",
+    "CommandOutput",
     "FanoutOptions",
-    "FanoutResult",
-    "NodeResult",
+    "NodeOutcome",
+    "Results",
     "RunOptions",
     "copy",
     "copy_async",

@@ -14,7 +14,7 @@ from shoal.nodes.model import Node
 from shoal.transport.base import Connection, Transport
 
 from .options import FanoutOptions, RunOptions
-from .results import FanoutResult, NodeResult
+from .results import CommandOutcome, CommandOutput, Results
 from .scheduler import CallbackGuard, ResultCallback, fanout
 from .workers import spread
 
@@ -32,17 +32,17 @@ async def run_async(
     options: RunOptions | None = None,
     *,
     transport: Transport | None = None,
-    on_result: ResultCallback | None = None,
+    on_result: ResultCallback[CommandOutcome] | None = None,
     on_line: NodeLineCallback | None = None,
     indices: Sequence[int] | None = None,
-) -> FanoutResult:
+) -> Results[CommandOutcome]:
     options = options or RunOptions()
     if not command.strip():
         raise UsageError("run needs a command")
     guard = CallbackGuard()  # a failing on_line stops the run, as on_result does
     guarded_line = guard.wrap(on_line) if on_line is not None else None
 
-    async def operation(conn: Connection, node: Node, index: int) -> NodeResult:
+    async def operation(conn: Connection, node: Node, index: int) -> CommandOutcome:
         env = {"SHOAL_NODE": node.name, "SHOAL_INDEX": str(index), **options.env}
         line_cb = None
         if guarded_line is not None:
@@ -55,18 +55,14 @@ async def run_async(
         res = await conn.run(
             command, timeout=options.timeout, env=env, sudo=options.sudo, on_line=line_cb
         )
-        return NodeResult(
-            node=node.name,
-            exit_status=res.exit_status,
-            stdout=_decode(res.stdout),
-            stderr=_decode(res.stderr),
-            signal=res.signal,
-        )
+        stdout, stderr = _decode(res.stdout), _decode(res.stderr)
+        return CommandOutcome(node.name, CommandOutput(res.exit_status, stdout, stderr, res.signal))
 
     return await fanout(
         nodes,
         operation,
         options,
+        outcome=CommandOutcome,
         transport=transport,
         on_result=on_result,
         indices=indices,
@@ -80,12 +76,14 @@ def run(
     options: RunOptions | None = None,
     *,
     transport: Transport | None = None,
-    on_result: ResultCallback | None = None,
+    on_result: ResultCallback[CommandOutcome] | None = None,
     on_line: NodeLineCallback | None = None,
-) -> FanoutResult:
+) -> Results[CommandOutcome]:
     """Run ``command`` on every node; returns per-node results, never raises per node.
 
     Large fan-outs are spread over one process per core (:mod:`.workers`).
+    Nothing is recorded: pass the results to :func:`shoal.nodes.health.record`
+    to update the failed set.
     """
     options = options or RunOptions()
     options.validate()
@@ -96,9 +94,9 @@ def run(
         share: Sequence[Node],
         indices: Sequence[int],
         opts: FanoutOptions,
-        result_cb: ResultCallback,
+        result_cb: ResultCallback[CommandOutcome],
         line_cb: NodeLineCallback | None,
-    ) -> FanoutResult:
+    ) -> Results[CommandOutcome]:
         assert isinstance(opts, RunOptions)
         if transport is not None:
             transport.keep_only({n.name for n in share})

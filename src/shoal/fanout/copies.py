@@ -32,7 +32,7 @@ from shoal.nodes.model import Node
 from shoal.transport.base import Connection, Transport
 
 from .options import FanoutOptions
-from .results import FanoutResult, NodeResult
+from .results import CommandOutcome, CommandOutput, Results
 from .scheduler import ResultCallback, fanout
 from .workers import spread
 
@@ -124,9 +124,9 @@ async def copy_async(
     options: FanoutOptions | None = None,
     *,
     transport: Transport | None = None,
-    on_result: ResultCallback | None = None,
+    on_result: ResultCallback[CommandOutcome] | None = None,
     indices: Sequence[int] | None = None,
-) -> FanoutResult:
+) -> Results[CommandOutcome]:
     plan = plan_copy(args)
     options = options or FanoutOptions()
 
@@ -135,13 +135,13 @@ async def copy_async(
         for index, node in enumerate(nodes):
             try:
                 size = _local_fan(plan, node)
-                res = NodeResult(node.name, exit_status=0, stdout=f"{size} bytes", index=index)
+                res = CommandOutcome(node.name, _moved(size), index=index)
             except ShoalError as exc:
-                res = NodeResult(node.name, error=exc, index=index)
+                res = CommandOutcome(node.name, error=exc, index=index)
             results[node.name] = res
             if on_result is not None:
                 on_result(res)
-        return FanoutResult(results)
+        return Results(results)
 
     if plan.mode == "push":
         for src in plan.sources:
@@ -150,7 +150,7 @@ async def copy_async(
     if plan.mode == "push" and len(plan.sources) > 1 and not plan.dest.endswith("/"):
         plan = CopyPlan(plan.mode, plan.sources, plan.dest + "/")
 
-    async def operation(conn: Connection, node: Node, index: int) -> NodeResult:
+    async def operation(conn: Connection, node: Node, index: int) -> CommandOutcome:
         moved = 0
         if plan.mode == "push":
             for src in plan.sources:
@@ -162,11 +162,22 @@ async def copy_async(
                 local_dest += "/"
             for pattern in plan.sources:
                 moved += await _bounded(conn.get(pattern, local_dest), options.timeout, node)
-        return NodeResult(node.name, exit_status=0, stdout=f"{moved} bytes")
+        return CommandOutcome(node.name, _moved(moved))
 
     return await fanout(
-        nodes, operation, options, transport=transport, on_result=on_result, indices=indices
+        nodes,
+        operation,
+        options,
+        outcome=CommandOutcome,
+        transport=transport,
+        on_result=on_result,
+        indices=indices,
     )
+
+
+def _moved(nbytes: int) -> CommandOutput:
+    """A copy's output: exit status 0, the bytes moved as its stdout."""
+    return CommandOutput(exit_status=0, stdout=f"{nbytes} bytes")
 
 
 async def _bounded(coro: Awaitable[int], timeout: float | None, node: Node) -> int:
@@ -182,8 +193,8 @@ def copy(
     options: FanoutOptions | None = None,
     *,
     transport: Transport | None = None,
-    on_result: ResultCallback | None = None,
-) -> FanoutResult:
+    on_result: ResultCallback[CommandOutcome] | None = None,
+) -> Results[CommandOutcome]:
     """Copy per ``args`` (``SRC... DST``) on every node; per-node results.
 
     Large fan-outs are spread over one process per core (:mod:`.workers`).
@@ -197,9 +208,9 @@ def copy(
         share: Sequence[Node],
         indices: Sequence[int],
         opts: FanoutOptions,
-        result_cb: ResultCallback,
+        result_cb: ResultCallback[CommandOutcome],
         line_cb: object,
-    ) -> FanoutResult:
+    ) -> Results[CommandOutcome]:
         if transport is not None:
             transport.keep_only({n.name for n in share})
         return asyncio.run(

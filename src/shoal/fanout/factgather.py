@@ -5,12 +5,14 @@ and staleness) live in :mod:`shoal.nodes.facts`; this module only runs the
 command as a fan-out and hands each node's output to them. There is one
 refresh: :func:`refresh_async` inside an event loop (``app up`` gathers the
 facts its requirements need over its connection pool), :func:`refresh` from
-synchronous code (``shoal nodes facts --refresh``), which goes through
-:func:`~shoal.fanout.run` so large fleets are spread over worker processes
-like any other run.
+synchronous code, which goes through :func:`~shoal.fanout.run` so large
+fleets are spread over worker processes like any other run. A caller that
+also wants the run's per-node results (to record health from them: ``shoal
+nodes facts --refresh``, ``app up``) calls :func:`gather` (or
+:func:`gather_async`) and :func:`store` itself.
 
 ``rtt_ms`` is the wall time of the whole gathering command as the controller
-measured it (``NodeResult.duration``): it includes the SSH connection when the
+measured it (``NodeOutcome.duration``): it includes the SSH connection when the
 fan-out opens a new one.
 """
 
@@ -28,7 +30,7 @@ from shoal.transport.base import Transport
 
 from .commands import run, run_async
 from .options import RunOptions
-from .results import FanoutResult
+from .results import CommandOutcome, Results
 
 
 async def refresh_async(
@@ -39,8 +41,7 @@ async def refresh_async(
     transport: Transport | None = None,
 ) -> RefreshReport:
     """Gather facts from ``nodes`` in parallel (one round trip each) and store them."""
-    result = await run_async(nodes, GATHER_COMMAND, options, transport=transport)
-    return _store(result, state)
+    return store(await gather_async(nodes, options=options, transport=transport), state)
 
 
 def refresh(
@@ -50,17 +51,32 @@ def refresh(
     state: State | None = None,
 ) -> RefreshReport:
     """:func:`refresh_async` for synchronous callers (spread over workers when large)."""
-    return _store(run(nodes, GATHER_COMMAND, options), state)
+    return store(gather(nodes, options=options), state)
 
 
-def _store(result: FanoutResult, state: State | None) -> RefreshReport:
+async def gather_async(
+    nodes: Sequence[Node],
+    *,
+    options: RunOptions | None = None,
+    transport: Transport | None = None,
+) -> Results[CommandOutcome]:
+    """Run the gathering command on ``nodes``; the run's results (nothing stored)."""
+    return await run_async(nodes, GATHER_COMMAND, options, transport=transport)
+
+
+def gather(nodes: Sequence[Node], *, options: RunOptions | None = None) -> Results[CommandOutcome]:
+    """:func:`gather_async` for synchronous callers (spread over workers when large)."""
+    return run(nodes, GATHER_COMMAND, options)
+
+
+def store(result: Results[CommandOutcome], state: State | None) -> RefreshReport:
     """Parse every node's output, store the facts that parsed, report the rest."""
     now = time.time()
     records: list[FactRecord] = []
     failed: dict[str, str] = {}
     for name, res in result.results.items():
         if not res.ok:
-            failed[name] = str(res.error) if res.error else f"exit status {res.exit_status}"
+            failed[name] = res.error.located() if res.error else f"exit status {res.exit_status}"
             continue
         try:
             data = parse_facts(res.stdout)

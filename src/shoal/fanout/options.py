@@ -30,7 +30,6 @@ class FanoutOptions:
     retries: int = 1  # one retry of a failed connection, as the CLI defaults to
     retry_backoff: float = 0.5
     host_keys: str = "verify"
-    record_health: bool = True
     #: Seconds between SSH keepalives; a node silent for 3 of them is lost.
     keepalive: float = 5.0
     #: Processes to spread a large fan-out over (None: one per usable core; see workers.py).

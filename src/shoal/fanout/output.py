@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from shoal.nodes.nodeset import fold
 
-from .results import KINDS, FanoutResult, NodeResult
+from .results import KINDS, CommandOutcome, Results
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class OutputGroup:
         return f"{fold(self.nodes)} ({len(self.nodes)})"
 
 
-def group_outputs(results: Iterable[NodeResult]) -> list[OutputGroup]:
+def group_outputs(results: Iterable[CommandOutcome]) -> list[OutputGroup]:
     """Merge nodes with identical (stdout, stderr, outcome); biggest group first."""
     groups: dict[tuple[str, str, str], list[str]] = {}
     for r in results:
@@ -40,7 +40,7 @@ def group_outputs(results: Iterable[NodeResult]) -> list[OutputGroup]:
     return merged
 
 
-def summary_lines(result: FanoutResult) -> list[str]:
+def summary_lines(result: Results[CommandOutcome]) -> list[str]:
     """'ok 31, failed 1, ...' then one line per non-ok kind naming its nodes."""
     by_kind = result.by_kind()
     counts = ", ".join(

@@ -6,17 +6,21 @@ least ``delay`` seconds after the previous launch, CoDeploy's launch delay),
 opens one connection (retrying a failure marked ``retryable``, a
 :class:`~shoal.errors.ConnectError` such as sshd's ``MaxStartups`` dropping it
 during the banner, with jittered exponential backoff), runs the operation on
-it, and closes it. Whatever happens, the node ends with a :class:`NodeResult`;
-an exception never escapes for one node, so a dead host neither blocks nor
-fails the others. Results keep inventory order.
+it, and closes it. Whatever happens, the node ends with a
+:class:`~.results.NodeOutcome` (the operation's, or one made with the error
+that stopped it); an exception never escapes for one node, so a dead host
+neither blocks nor fails the others. Results keep inventory order.
+
+The scheduler has no side effects: it records nothing. Whoever wants the
+failed set updated passes the results to :func:`shoal.nodes.health.record`
+(the CLI does, after every command).
 
 The caller's callbacks (progress, live output) are the exception: one that
 raises (a closed output pipe) is the caller's failure, not a node's, so it
 stops the whole fan-out as an interrupt does (every task cancelled, which
 ends the commands on the nodes) and its exception is raised once the nodes
-are stopped; nothing is recorded in the failed set. A per-node
-:class:`~shoal.errors.LocalError` (a local destination that cannot be
-written) is kept in that node's result and never marks the node failed.
+are stopped. A per-node :class:`~shoal.errors.LocalError` (a local
+destination that cannot be written) is kept in that node's result.
 """
 
 from __future__ import annotations
@@ -27,18 +31,18 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from shoal.errors import LocalError, ShoalError, TransportError
+from shoal.errors import ShoalError, TransportError
 from shoal.nodes.model import Node
 from shoal.transport.base import Connection, Transport
 from shoal.transport.factory import make_transport
 
 from .options import FanoutOptions, default_parallelism
-from .results import FanoutResult, NodeResult
+from .results import NodeOutcome, OutcomeT, Results
 
-#: An operation: given an open connection, the node and its index, produce its result.
-Operation = Callable[[Connection, Node, int], Awaitable[NodeResult]]
-#: Called once per node as soon as its result is known (progress, live output).
-ResultCallback = Callable[[NodeResult], None]
+#: An operation: given an open connection, the node and its index, produce its outcome.
+Operation = Callable[[Connection, Node, int], Awaitable[OutcomeT]]
+#: Called once per node as soon as its outcome is known (progress, live output).
+ResultCallback = Callable[[OutcomeT], None]
 
 
 class CallbackGuard:
@@ -65,7 +69,7 @@ class CallbackGuard:
 
         return call
 
-    async def stopping(self, work: Awaitable[FanoutResult]) -> FanoutResult:
+    async def stopping(self, work: Awaitable[Results[OutcomeT]]) -> Results[OutcomeT]:
         try:
             return await work
         except asyncio.CancelledError:
@@ -77,34 +81,39 @@ class CallbackGuard:
 
 async def fanout(
     nodes: Sequence[Node],
-    operation: Operation,
+    operation: Operation[OutcomeT],
     options: FanoutOptions | None = None,
     *,
+    outcome: Callable[..., OutcomeT] = NodeOutcome,  # type: ignore[assignment]  # OutcomeT's default
     transport: Transport | None = None,
-    on_result: ResultCallback | None = None,
+    on_result: ResultCallback[OutcomeT] | None = None,
     indices: Sequence[int] | None = None,
     guard: CallbackGuard | None = None,
-) -> FanoutResult:
+) -> Results[OutcomeT]:
     """Run ``operation`` on every node; see the module docstring.
 
+    ``outcome`` makes a node's outcome from ``node=`` and ``error=`` when the
+    operation could not produce one (the class the operation returns).
     ``indices`` are the nodes' positions in the whole selection when this call
     runs a share of it (a worker process); by default 0, 1, 2, ...
     ``guard`` is the caller's when its operation calls guarded callbacks too.
     """
     guard = guard or CallbackGuard()
+    wrapped = guard.wrap(on_result) if on_result is not None else None
     return await guard.stopping(
-        _fanout(nodes, operation, options, transport, on_result and guard.wrap(on_result), indices)
+        _fanout(nodes, operation, options, outcome, transport, wrapped, indices)
     )
 
 
 async def _fanout(
     nodes: Sequence[Node],
-    operation: Operation,
+    operation: Operation[OutcomeT],
     options: FanoutOptions | None,
+    outcome: Callable[..., OutcomeT],
     transport: Transport | None,
-    on_result: ResultCallback | None,
+    on_result: ResultCallback[OutcomeT] | None,
     indices: Sequence[int] | None,
-) -> FanoutResult:
+) -> Results[OutcomeT]:
     options = options or FanoutOptions()
     options.validate()
     transport = transport or make_transport(options)
@@ -127,7 +136,7 @@ async def _fanout(
                 pause = options.retry_backoff * 2 ** (attempt - 1)
                 await asyncio.sleep(pause * random.uniform(0.5, 1.5))
 
-    async def one(index: int, node: Node) -> NodeResult:
+    async def one(index: int, node: Node) -> OutcomeT:
         nonlocal next_launch
         async with slots:
             if options.delay:
@@ -141,15 +150,15 @@ async def _fanout(
             conn, error, attempts = await connect(node)
             if conn is None:
                 assert error is not None
-                result = NodeResult(node=node.name, error=error, index=index)
+                result = outcome(node=node.name, error=error)
             else:
                 try:
                     result = await operation(conn, node, index)
                 except ShoalError as exc:
-                    result = NodeResult(node=node.name, error=exc, index=index)
+                    result = outcome(node=node.name, error=exc)
                 except OSError as exc:
-                    err = TransportError(f"I/O error: {exc}", node.name)
-                    result = NodeResult(node=node.name, error=err, index=index)
+                    err = TransportError(f"I/OutcomeT error: {exc}", node.name)
+                    result = outcome(node=node.name, error=err)
                 finally:
                     await conn.close()
             result.index = index
@@ -161,27 +170,4 @@ async def _fanout(
 
     positions = range(len(nodes)) if indices is None else indices
     results = await asyncio.gather(*(one(i, n) for i, n in zip(positions, nodes, strict=True)))
-    out = FanoutResult({r.node: r for r in results}, duration=time.monotonic() - started)
-    if options.record_health:
-        record_health(out)
-    return out
-
-
-def record_health(result: FanoutResult) -> None:
-    """Failed and unreachable nodes join the failed set; answering ones leave it.
-
-    A node whose operation failed on the controller's side (:class:`LocalError`)
-    is left as it was: that failure says nothing about the node.
-    """
-    from shoal.nodes.health import mark_failed, mark_healthy
-
-    failed = {
-        r.node: f"{r.kind}: {r.reason}"
-        for r in result.failed
-        if not isinstance(r.error, LocalError)
-    }
-    if failed:
-        mark_failed(failed)
-    healthy = [r.node for r in result.succeeded]
-    if healthy:
-        mark_healthy(healthy)
+    return Results({r.node: r for r in results}, duration=time.monotonic() - started)

@@ -10,8 +10,8 @@ import is done and before any event loop runs; child k takes nodes k, k+W, ...
 operation closure in its own event loop (fork: nothing is pickled), and streams
 JSON lines back over a pipe — each output line as it arrives and each node's
 result as soon as it is known. The parent relays them to the callbacks in
-arrival order, rebuilds the results in inventory order, and records health
-once. A child that dies leaves its unfinished nodes with a per-node error;
+arrival order and rebuilds the results in inventory order (recording
+nothing, like the scheduler). A child that dies leaves its unfinished nodes with a per-node error;
 the others are unaffected. Children run in their own process group, so a
 terminal's Ctrl-C reaches the parent alone; when the parent is interrupted or
 one of its callbacks fails, it sends each child one SIGINT (the child's event
@@ -41,15 +41,16 @@ from shoal.errors import ShoalError, TransportError
 from shoal.nodes.model import Node
 
 from .options import FanoutOptions
-from .results import FanoutResult, NodeResult
-from .scheduler import ResultCallback, record_health
+from .results import CommandOutcome, CommandOutput, Results
 
+#: Called once per node with its outcome.
+ResultRelay = Callable[[CommandOutcome], None]
 #: Called with (node, stream, line) for each output line.
 LineRelay = Callable[[str, str, bytes], None]
 #: Runs a fan-out over (nodes, their global indices) with the given callbacks.
 Job = Callable[
-    [Sequence[Node], Sequence[int], FanoutOptions, ResultCallback, LineRelay | None],
-    FanoutResult,
+    [Sequence[Node], Sequence[int], FanoutOptions, ResultRelay, LineRelay | None],
+    Results[CommandOutcome],
 ]
 
 #: Below this many nodes per process, forking costs more than it saves: a command
@@ -72,10 +73,10 @@ def spread(
     job: Job,
     options: FanoutOptions,
     *,
-    on_result: ResultCallback | None = None,
+    on_result: ResultRelay | None = None,
     on_line: LineRelay | None = None,
     kind: str = "command",
-) -> FanoutResult:
+) -> Results[CommandOutcome]:
     """Run ``job`` over ``nodes`` in one process or several; see the module docstring."""
     workers = worker_count(len(nodes), options, kind)
     indices = list(range(len(nodes)))
@@ -83,7 +84,6 @@ def spread(
         return job(nodes, indices, options, on_result or (lambda r: None), on_line)
     child_options = dataclasses.replace(
         options,
-        record_health=False,
         parallel=max(1, (options.parallel or 10**6) // workers),
         workers=1,
     )
@@ -101,10 +101,7 @@ def spread(
         pipes[read_fd] = (pid, [nodes[i].name for i in share])
     results = _collect(pipes, on_result, on_line)
     ordered = {n.name: results[n.name] for n in nodes}
-    out = FanoutResult(ordered, duration=time.monotonic() - started)
-    if options.record_health:
-        record_health(out)
-    return out
+    return Results(ordered, duration=time.monotonic() - started)
 
 
 def _child(
@@ -119,7 +116,7 @@ def _child(
     code = 0
     try:
 
-        def send_result(r: NodeResult) -> None:
+        def send_result(r: CommandOutcome) -> None:
             out.write(json.dumps({"result": encode(r)}) + "\n")
 
         def send_line(node: str, stream: str, line: bytes) -> None:
@@ -135,10 +132,10 @@ def _child(
 
 def _collect(
     pipes: dict[int, tuple[int, list[str]]],
-    on_result: ResultCallback | None,
+    on_result: ResultRelay | None,
     on_line: LineRelay | None,
-) -> dict[str, NodeResult]:
-    results: dict[str, NodeResult] = {}
+) -> dict[str, CommandOutcome]:
+    results: dict[str, CommandOutcome] = {}
     sel = selectors.DefaultSelector()
     buffers: dict[int, bytes] = {}
     for fd in pipes:
@@ -173,7 +170,7 @@ def _collect(
         for name in names:
             if name not in results and stopping is None:
                 why = f"worker process ended (status {status}) before this node finished"
-                r = NodeResult(name, error=TransportError(why, name))
+                r = CommandOutcome(name, error=TransportError(why, name))
                 results[name] = r
                 if on_result is not None:
                     on_result(r)
@@ -184,8 +181,8 @@ def _collect(
 
 def _relay(
     msg: dict[str, Any],
-    results: dict[str, NodeResult],
-    on_result: ResultCallback | None,
+    results: dict[str, CommandOutcome],
+    on_result: ResultRelay | None,
     on_line: LineRelay | None,
 ) -> None:
     if "line" in msg and on_line is not None:
@@ -198,22 +195,31 @@ def _relay(
             on_result(r)
 
 
-def encode(r: NodeResult) -> dict[str, Any]:
-    data = {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name != "error"}
+def encode(r: CommandOutcome) -> dict[str, Any]:
+    """A node's outcome as JSON for the pipe (the error by class name, message and node)."""
+    data = {
+        f.name: getattr(r, f.name)
+        for f in dataclasses.fields(r)
+        if f.name not in ("error", "value")
+    }
+    if r.value is not None:
+        data["value"] = dataclasses.asdict(r.value)
     if r.error is not None:
-        data["error"] = {"cls": type(r.error).__name__, "reason": r.reason}
+        data["error"] = {"cls": type(r.error).__name__, "message": str(r.error)}
     return data
 
 
-def decode(data: dict[str, Any]) -> NodeResult:
+def decode(data: dict[str, Any]) -> CommandOutcome:
+    """The outcome :func:`encode` wrote; an unknown error class comes back a TransportError."""
     err = data.pop("error", None)
-    r = NodeResult(**data)
+    value = data.pop("value", None)
+    r = CommandOutcome(**data, value=CommandOutput(**value) if value is not None else None)
     if err is not None:
         cls = getattr(errors, err["cls"], None)
         if not (isinstance(cls, type) and issubclass(cls, ShoalError)):
             cls = TransportError
-        if issubclass(cls, (TransportError, errors.LocalError)):
-            r.error = cls(err["reason"], r.node)
-        else:
-            r.error = cls(err["reason"])
+        try:
+            r.error = cls(err["message"], node=r.node)
+        except TypeError:  # a class that takes other arguments: keep the message
+            r.error = TransportError(err["message"], r.node)
     return r

@@ -1,9 +1,24 @@
 """The failed set: nodes the last command could not reach, with reason and time.
 
-The fan-out layer calls :func:`mark_failed` with the nodes that were
-unreachable or timed out and :func:`mark_healthy` with the nodes that answered,
-after every command. Selections read it through the words ``failed`` (failed
-nodes that are in the inventory) and ``healthy`` (every other node).
+Selections read it through the words ``failed`` (failed nodes that are in the
+inventory) and ``healthy`` (every other node). Nothing below the adapters
+writes it on its own: the CLI (later the service) passes each command's
+per-node results to :func:`record`, once, with the command's :class:`Policy`:
+
+* ``Policy.OUTCOME`` (``run``, ``cp``, ``nodes facts --refresh``): a node that
+  did not succeed joins the set with ``"KIND: REASON"`` — unreachable, timed
+  out, host key or authentication refused, or its command exited non-zero or
+  was killed; a node that succeeded leaves it.
+* ``Policy.REACHABILITY`` (agent and program operations, ``push``,
+  ``rollback``, ``versions``, ``events``, ``sweep``, ``app``): a node that
+  could not be reached or commanded over SSH (a
+  :class:`~shoal.errors.TransportError`) joins; every node that answered
+  leaves, whatever its agent said (a refusal, a missing agent or a failed
+  push say nothing about the node's health).
+* Under both, a :class:`~shoal.errors.LocalError` (the controller's own side
+  failed: a closed pipe, an unwritable destination) leaves the node as it was.
+
+:func:`mark_failed` and :func:`mark_healthy` are the storage underneath.
 
 Table (owned here)::
 
@@ -17,10 +32,13 @@ through ``MQ_NODES`` are tracked too.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
+from shoal.errors import LocalError, ShoalError, TransportError
 from shoal.nodes.nodeset import natural_key
 from shoal.state import State, opened
 
@@ -44,6 +62,52 @@ class Failure:
 
 def ensure(state: State) -> None:
     state.ensure("health", SCHEMA)
+
+
+class Policy(enum.Enum):
+    """Which nodes a command's results move into or out of the failed set (see above)."""
+
+    OUTCOME = "outcome"
+    REACHABILITY = "reachability"
+
+
+class Outcome(Protocol):
+    """What :func:`record` reads of one node's result (``shoal.fanout.results``)."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def error(self) -> ShoalError | None: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+
+
+def verdicts(results: Iterable[Outcome], policy: Policy) -> tuple[dict[str, str], list[str]]:
+    """(nodes that join the failed set with their reasons, nodes that leave it); pure."""
+    failed: dict[str, str] = {}
+    healthy: list[str] = []
+    for r in results:
+        if isinstance(r.error, LocalError):
+            continue
+        joins = not r.ok if policy is Policy.OUTCOME else isinstance(r.error, TransportError)
+        if joins:
+            failed[r.node] = f"{r.kind}: {r.reason}"
+        else:
+            healthy.append(r.node)
+    return failed, healthy
+
+
+def record(results: Iterable[Outcome], policy: Policy, *, state: State | None = None) -> None:
+    """Update the failed set from one command's per-node results under ``policy``."""
+    failed, healthy = verdicts(results, policy)
+    if failed:
+        mark_failed(failed, state=state)
+    if healthy:
+        mark_healthy(healthy, state=state)
 
 
 def mark_failed(

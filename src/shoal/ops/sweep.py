@@ -12,8 +12,11 @@ each selected node, over SSH:
 * an agent of another protocol version → ``skew``;
 * anything else → ``error``.
 
-Every node that answered SSH leaves the failed set. :func:`sweep_async`
-returns one :class:`SweepEntry` per node; nothing is printed.
+With ``record=True`` (the CLI's ``shoal sweep``) the failed set is updated
+from the sweep (``Policy.REACHABILITY`` of :mod:`shoal.nodes.health`):
+unreachable nodes join it, every node that answered SSH leaves it; without
+it nothing is recorded. :func:`sweep_async` returns one :class:`SweepEntry`
+per node; nothing is printed.
 
 :func:`sweep_every` is the standing schedule: a sweep every ``interval``
 seconds, measured start to start (a sweep that overran starts the next one at
@@ -33,8 +36,10 @@ from typing import Any
 
 from shoal.agentlink import eventlog
 from shoal.agentlink.client import AgentClient, probe, remember, start_agent
-from shoal.agentlink.fleet import AgentOptions, AgentResult, AgentResults, for_each
+from shoal.agentlink.fleet import AgentOptions, AgentOutcome, for_each
 from shoal.errors import AgentNotRunning, VersionMismatch
+from shoal.fanout.results import NodeOutcome, Results
+from shoal.nodes import health
 from shoal.nodes.model import Node
 from shoal.state import State
 from shoal.transport.base import Connection, Transport
@@ -49,10 +54,10 @@ class SweepEntry:
     detail: str
 
 
-async def _check(conn: Connection, node: Node, st: State, opts: AgentOptions) -> AgentResult:
+async def _check(conn: Connection, node: Node, st: State, opts: AgentOptions) -> AgentOutcome:
     found = await probe(conn, opts.home)
     if found is None or found.build is None:
-        return AgentResult(node.name, action="no agent", value=f"nothing installed in {opts.home}")
+        return NodeOutcome(node.name, action="no agent", value=f"nothing installed in {opts.home}")
     remember(st, node.name, opts.home, found.home)
     revived = False
     try:
@@ -65,8 +70,7 @@ async def _check(conn: Connection, node: Node, st: State, opts: AgentOptions) ->
         try:
             status: dict[str, Any] = await client.call("status", timeout=opts.call_timeout)
         except VersionMismatch as exc:
-            text = str(exc)
-            return AgentResult(node.name, action="skew", value=text.split(": ", 1)[-1])
+            return NodeOutcome(node.name, action="skew", value=str(exc))
         remember(st, node.name, opts.home, found.home, status)
         added = await eventlog.pull(client, st)
     finally:
@@ -83,10 +87,10 @@ async def _check(conn: Connection, node: Node, st: State, opts: AgentOptions) ->
         parts.append("errors: " + "; ".join(status["errors"]))
     if added:
         parts.append(f"{added} new event(s)")
-    return AgentResult(node.name, action="revived" if revived else "ok", value="; ".join(parts))
+    return NodeOutcome(node.name, action="revived" if revived else "ok", value="; ".join(parts))
 
 
-def entries(results: AgentResults) -> list[SweepEntry]:
+def entries(results: Results[AgentOutcome]) -> list[SweepEntry]:
     """Per-node sweep entries from the fan-out results."""
     out = []
     for r in results:
@@ -105,14 +109,17 @@ async def sweep_async(
     *,
     transport: Transport | None = None,
     state: State | None = None,
+    record: bool = False,
 ) -> list[SweepEntry]:
-    """One sweep over ``nodes``; the failed set is updated (unless ``record_health`` is off)."""
+    """One sweep over ``nodes``; with ``record`` the failed set is updated from it."""
     opts = options or AgentOptions()
 
-    async def op(conn: Connection, node: Node, st: State) -> AgentResult:
+    async def op(conn: Connection, node: Node, st: State) -> AgentOutcome:
         return await _check(conn, node, st, opts)
 
     results = await for_each(nodes, op, opts, transport=transport, state=state)
+    if record:
+        health.record(results, health.Policy.REACHABILITY, state=state)
     return entries(results)
 
 
@@ -139,6 +146,7 @@ async def sweep_every(
     state: State | None = None,
     rounds: int | None = None,
     stop: asyncio.Event | None = None,
+    record: bool = False,
 ) -> AsyncIterator[SweepRound]:
     """Sweep ``nodes`` every ``interval`` seconds (start to start) and yield each round.
 
@@ -146,14 +154,15 @@ async def sweep_every(
     names ``failed`` changes as the sweeps run); ``transport_for(nodes)`` gives
     each round its transport (default: the options' SSH transport). Ends after
     ``rounds`` rounds (None: never) or as soon as ``stop`` is set, even in the
-    middle of a wait; never waits after the last round.
+    middle of a wait; never waits after the last round. ``record``: each round
+    updates the failed set, as :func:`sweep_async` does.
     """
     done = 0
     while (rounds is None or done < rounds) and not (stop is not None and stop.is_set()):
         began = time.monotonic()
         chosen = nodes() if callable(nodes) else nodes
         transport = transport_for(chosen) if transport_for is not None else None
-        found = await sweep_async(chosen, options, transport=transport, state=state)
+        found = await sweep_async(chosen, options, transport=transport, state=state, record=record)
         done += 1
         took = time.monotonic() - began
         yield SweepRound(done, found, took)
