@@ -83,7 +83,7 @@ if TYPE_CHECKING:
     from .fanout.commands import run, run_async
     from .fanout.copies import copy, copy_async
     from .fanout.options import FanoutOptions, RunOptions
-    from .fanout.results import FanoutResult, NodeResult
+    from .fanout.results import CommandOutcome, CommandOutput, NodeOutcome, Results
     from .nodes.model import Node
     from .nodes.nodeset import NodeSet
     from .nodes.select import resolve, select
@@ -154,8 +154,10 @@ _HOMES: dict[str, tuple[str, str]] = {
     "app_up_async": ("shoal.app.lifecycle", "up_async"),
     "load_app": ("shoal.app.appspec", "load"),
     # per-node results
-    "FanoutResult": ("shoal.fanout.results", "FanoutResult"),
-    "NodeResult": ("shoal.fanout.results", "NodeResult"),
+    "CommandOutcome": ("shoal.fanout.results", "CommandOutcome"),
+    "CommandOutput": ("shoal.fanout.results", "CommandOutput"),
+    "NodeOutcome": ("shoal.fanout.results", "NodeOutcome"),
+    "Results": ("shoal.fanout.results", "Results"),
     "NodePush": ("shoal.content.push", "NodePush"),
     "PushResult": ("shoal.content.push", "PushResult"),
     # errors
@@ -175,6 +177,8 @@ __all__ = [
     "AppStatus",
     "AuthError",
     "ChunkFetchError",
+    "CommandOutcome",
+    "CommandOutput",
     "CommandTimeout",
     "ConfigError",
     "ConnectError",
@@ -182,21 +186,21 @@ __all__ = [
     "DownReport",
     "EmptySelectionError",
     "FanoutOptions",
-    "FanoutResult",
     "HostKeyError",
     "InventoryError",
     "LabError",
     "LocalError",
     "MemberFailed",
     "Node",
+    "NodeOutcome",
     "NodePush",
-    "NodeResult",
     "NodeSet",
     "NodeSetParseError",
     "OperationError",
     "PlanCycleError",
     "PushOptions",
     "PushResult",
+    "Results",
     "RunOptions",
     "SelectionError",
     "SelectionSyntaxError",
