@@ -6,14 +6,14 @@ import argparse
 
 import pytest
 
-from shoal.cli.agent import parse_duration
+from shoal.cli.agentcmds import parse_duration
 from shoal.cli.main import _build_parser
 from shoal.cli.render import table
 from shoal.errors import UsageError
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    return _build_parser(["agent"]).parse_args(list(argv))
+    return _build_parser(["agentcmds"]).parse_args(list(argv))
 
 
 def test_proc_start_takes_options_after_the_name_and_the_command_after_dashes() -> None:

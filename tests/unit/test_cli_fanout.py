@@ -79,7 +79,7 @@ def test_options_and_selection_load_without_asyncio_or_asyncssh() -> None:
     import sys
 
     probe = (
-        "import sys; import shoal.cli.fanout, shoal.fanout.options, shoal.nodes.select, "
+        "import sys; import shoal.cli.runcmds, shoal.fanout.options, shoal.nodes.select, "
         "shoal.transport.preconnect; "
         "print(sorted(m for m in ('asyncio', 'asyncssh', 'shoal.fanout.scheduler') "
         "if m in sys.modules))"

@@ -442,8 +442,8 @@ def test_fanout_options_refuse_non_finite(field: str, flag: str, value: float) -
 
 
 def test_number_and_duration_parsers_refuse_non_finite() -> None:
-    from shoal.cli.agent import parse_duration
-    from shoal.cli.content import parse_rate
+    from shoal.cli.agentcmds import parse_duration
+    from shoal.cli.pushcmds import parse_rate
     from shoal.numeric import is_finite, number
 
     assert number("2.5") == 2.5 and is_finite(3) and not is_finite(True)
