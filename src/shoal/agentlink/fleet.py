@@ -4,10 +4,13 @@ Every operation here is a fan-out (:func:`shoal.fanout.fanout`): one SSH
 connection per node, bounded parallelism, and a per-node
 :class:`~shoal.fanout.results.NodeOutcome` (the agent's answer as ``value``,
 what was done as ``action``, or an error; never an exception for one node).
-There are two skeletons: :func:`for_each` runs an operation on each node's
+There are two skeletons: :func:`for_each` runs a step on each node's
 connection (install, start, stop: shell commands), :func:`each_agent` one
-conversation with each node's running agent (status, requests, events, logs);
-every public operation is one of them with its own per-node step.
+conversation with each node's running agent (status, requests, events, logs).
+Both hand every step the resolved :class:`AgentOptions`, so every public
+operation is one line: a skeleton and its own named per-node step
+(``_install_step``, ``_status_step``...), extra arguments bound with
+:func:`functools.partial`.
 The controller reaches each agent only through SSH: shell commands to install
 and start it, and ``open_unix`` to its socket for everything else (see
 :mod:`.client`). Nothing here records health: adapters pass the results to
@@ -27,6 +30,7 @@ import asyncio
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +71,10 @@ class AgentOptions(FanoutOptions):
 
 #: One node's outcome of an agent operation (``value``: what the agent answered).
 AgentOutcome = NodeOutcome[Any]
-#: One step on a node's connection (the controller's state at hand).
-NodeOp = Callable[[Connection, Node, State], Awaitable[AgentOutcome]]
+#: One step on a node's connection (the controller's state and the options at hand).
+NodeOp = Callable[[Connection, Node, State, AgentOptions], Awaitable[AgentOutcome]]
 #: One conversation with a node's running agent.
-AgentTalk = Callable[[AgentClient, Node, State], Awaitable[AgentOutcome]]
+AgentTalk = Callable[[AgentClient, Node, State, AgentOptions], Awaitable[AgentOutcome]]
 
 
 async def for_each(
@@ -83,13 +87,14 @@ async def for_each(
 ) -> Results[AgentOutcome]:
     """Run ``op`` on every node through the fan-out; errors become per-node outcomes.
 
-    ``state`` is the controller's (agents' working areas are cached there); the
-    default one is opened for the call and closed after it.
+    ``op`` gets the options resolved (``options`` or the defaults). ``state`` is
+    the controller's (agents' working areas are cached there); the default one
+    is opened for the call and closed after it.
     """
     opts = options or AgentOptions()
 
     async def operation(conn: Connection, node: Node, index: int) -> AgentOutcome:
-        return await op(conn, node, st)
+        return await op(conn, node, st, opts)
 
     with opened(state) as st:
         return await fanout(nodes, operation, opts, transport=transport)
@@ -104,16 +109,15 @@ async def each_agent(
     state: State | None = None,
 ) -> Results[AgentOutcome]:
     """:func:`for_each` with a client of the node's running agent, closed after ``talk``."""
-    opts = options or AgentOptions()
 
-    async def op(conn: Connection, node: Node, st: State) -> AgentOutcome:
+    async def op(conn: Connection, node: Node, st: State, opts: AgentOptions) -> AgentOutcome:
         client = await connect_agent(conn, node, st, opts)
         try:
-            return await talk(client, node, st)
+            return await talk(client, node, st, opts)
         finally:
             await client.close()
 
-    return await for_each(nodes, op, opts, transport=transport, state=state)
+    return await for_each(nodes, op, options, transport=transport, state=state)
 
 
 async def connect_agent(
@@ -225,49 +229,57 @@ async def install_async(
     Actions: ``up to date`` (skipped), ``installed``, ``upgraded from X``,
     ``started`` (same build, was not running), ``skipped: no agent``.
     """
-    opts = options or AgentOptions()
     agent = agent or build()
-    local = local_zipapp(agent)
+    step = partial(_install_step, agent=agent, local=local_zipapp(agent), upgrade_only=upgrade_only)
+    return await for_each(nodes, step, options, transport=transport, state=state)
 
-    async def op(conn: Connection, node: Node, st: State) -> AgentOutcome:
-        found = await probe(conn, opts.home, create=not upgrade_only)
-        if found is None or (upgrade_only and found.build is None):
-            return NodeOutcome(node.name, action="skipped: no agent")
-        remember(st, node.name, opts.home, found.home)
-        try:
-            hello = await _hello(conn, found.home, opts.python)
-        except VersionMismatch:
-            hello = {"build": "other protocol"}
-        running = hello.get("build") if hello else None
-        if found.build == agent.build_id and running == agent.build_id:
-            remember(st, node.name, opts.home, found.home, hello)
-            return NodeOutcome(node.name, action="up to date", value=hello)
-        h = shlex.quote(found.home)
-        if found.build != agent.build_id:
-            await conn.put(str(local), f"{found.home}/agent.pyz")
-            res = await conn.run(
-                f"printf '%s\\n' {agent.build_id} > {h}/agent.build.tmp"
-                f" && mv -f {h}/agent.build.tmp {h}/agent.build",
-                timeout=30,
-            )
-            if res.exit_status != 0:
-                raise AgentError(f"cannot record the build in {found.home}", node=node.name)
-        if running is not None and running != agent.build_id:
-            await _shutdown(conn, found.home, hello, opts.python)
-            action = f"upgraded from {running}"
-        elif running is None:
-            action = "installed" if found.build != agent.build_id else "started"
-        else:
-            action = "installed"
-        if running != agent.build_id:
-            await start_agent(conn, found.home, opts.python)
+
+async def _install_step(
+    conn: Connection,
+    node: Node,
+    st: State,
+    opts: AgentOptions,
+    *,
+    agent: AgentBuild,
+    local: Path,
+    upgrade_only: bool,
+) -> AgentOutcome:
+    found = await probe(conn, opts.home, create=not upgrade_only)
+    if found is None or (upgrade_only and found.build is None):
+        return NodeOutcome(node.name, action="skipped: no agent")
+    remember(st, node.name, opts.home, found.home)
+    try:
         hello = await _hello(conn, found.home, opts.python)
-        if hello is None:
-            raise AgentNotRunning("agent started but does not answer", node=node.name)
+    except VersionMismatch:
+        hello = {"build": "other protocol"}
+    running = hello.get("build") if hello else None
+    if found.build == agent.build_id and running == agent.build_id:
         remember(st, node.name, opts.home, found.home, hello)
-        return NodeOutcome(node.name, action=action, value=hello)
-
-    return await for_each(nodes, op, opts, transport=transport, state=state)
+        return NodeOutcome(node.name, action="up to date", value=hello)
+    h = shlex.quote(found.home)
+    if found.build != agent.build_id:
+        await conn.put(str(local), f"{found.home}/agent.pyz")
+        res = await conn.run(
+            f"printf '%s\\n' {agent.build_id} > {h}/agent.build.tmp"
+            f" && mv -f {h}/agent.build.tmp {h}/agent.build",
+            timeout=30,
+        )
+        if res.exit_status != 0:
+            raise AgentError(f"cannot record the build in {found.home}", node=node.name)
+    if running is not None and running != agent.build_id:
+        await _shutdown(conn, found.home, hello, opts.python)
+        action = f"upgraded from {running}"
+    elif running is None:
+        action = "installed" if found.build != agent.build_id else "started"
+    else:
+        action = "installed"
+    if running != agent.build_id:
+        await start_agent(conn, found.home, opts.python)
+    hello = await _hello(conn, found.home, opts.python)
+    if hello is None:
+        raise AgentNotRunning("agent started but does not answer", node=node.name)
+    remember(st, node.name, opts.home, found.home, hello)
+    return NodeOutcome(node.name, action=action, value=hello)
 
 
 async def start_async(
@@ -279,21 +291,23 @@ async def start_async(
     state: State | None = None,
 ) -> Results[AgentOutcome]:
     """Start installed agents (``restart``: stop the running one first)."""
-    opts = options or AgentOptions()
+    step = partial(_start_step, restart=restart)
+    return await for_each(nodes, step, options, transport=transport, state=state)
 
-    async def op(conn: Connection, node: Node, st: State) -> AgentOutcome:
-        found = await probe(conn, opts.home)
-        if found is None or found.build is None:
-            raise AgentNotInstalled(f"no agent installed in {opts.home}", node=node.name)
-        remember(st, node.name, opts.home, found.home)
-        stopped = await _shutdown(conn, found.home, None, opts.python) if restart else False
-        started = await start_agent(conn, found.home, opts.python)
-        hello = await _hello(conn, found.home, opts.python)
-        remember(st, node.name, opts.home, found.home, hello)
-        action = "restarted" if stopped else ("started" if started else "already running")
-        return NodeOutcome(node.name, action=action, value=hello)
 
-    return await for_each(nodes, op, opts, transport=transport, state=state)
+async def _start_step(
+    conn: Connection, node: Node, st: State, opts: AgentOptions, *, restart: bool
+) -> AgentOutcome:
+    found = await probe(conn, opts.home)
+    if found is None or found.build is None:
+        raise AgentNotInstalled(f"no agent installed in {opts.home}", node=node.name)
+    remember(st, node.name, opts.home, found.home)
+    stopped = await _shutdown(conn, found.home, None, opts.python) if restart else False
+    started = await start_agent(conn, found.home, opts.python)
+    hello = await _hello(conn, found.home, opts.python)
+    remember(st, node.name, opts.home, found.home, hello)
+    action = "restarted" if stopped else ("started" if started else "already running")
+    return NodeOutcome(node.name, action=action, value=hello)
 
 
 async def stop_async(
@@ -304,16 +318,15 @@ async def stop_async(
     state: State | None = None,
 ) -> Results[AgentOutcome]:
     """Shut agents down; their programs stop and come back with the next agent."""
-    opts = options or AgentOptions()
+    return await for_each(nodes, _stop_step, options, transport=transport, state=state)
 
-    async def op(conn: Connection, node: Node, st: State) -> AgentOutcome:
-        found = await probe(conn, opts.home)
-        if found is None or found.build is None:
-            return NodeOutcome(node.name, action="no agent")
-        stopped = await _shutdown(conn, found.home, None, opts.python)
-        return NodeOutcome(node.name, action="stopped" if stopped else "not running")
 
-    return await for_each(nodes, op, opts, transport=transport, state=state)
+async def _stop_step(conn: Connection, node: Node, st: State, opts: AgentOptions) -> AgentOutcome:
+    found = await probe(conn, opts.home)
+    if found is None or found.build is None:
+        return NodeOutcome(node.name, action="no agent")
+    stopped = await _shutdown(conn, found.home, None, opts.python)
+    return NodeOutcome(node.name, action="stopped" if stopped else "not running")
 
 
 async def status_async(
@@ -324,14 +337,15 @@ async def status_async(
     state: State | None = None,
 ) -> Results[AgentOutcome]:
     """Each agent's ``status`` (versions, build, pid, uptime, errors, programs)."""
-    opts = options or AgentOptions()
+    return await each_agent(nodes, _status_step, options, transport=transport, state=state)
 
-    async def talk(client: AgentClient, node: Node, st: State) -> AgentOutcome:
-        status = await client.call("status", timeout=opts.call_timeout)
-        remember(st, node.name, opts.home, client.home, status)
-        return NodeOutcome(node.name, value=status)
 
-    return await each_agent(nodes, talk, opts, transport=transport, state=state)
+async def _status_step(
+    client: AgentClient, node: Node, st: State, opts: AgentOptions
+) -> AgentOutcome:
+    status = await client.call("status", timeout=opts.call_timeout)
+    remember(st, node.name, opts.home, client.home, status)
+    return NodeOutcome(node.name, value=status)
 
 
 def build_skew(results: Results[AgentOutcome]) -> dict[str, list[str]]:
@@ -362,16 +376,24 @@ async def call_async(
     state: State | None = None,
 ) -> Results[AgentOutcome]:
     """One agent request on every node (``proc.start``, ``proc.status``...)."""
-    opts = options or AgentOptions()
-    payload = dict(args or {})
+    step = partial(_call_step, op_name=op_name, args=dict(args or {}), pull_events=pull_events)
+    return await each_agent(nodes, step, options, transport=transport, state=state)
 
-    async def talk(client: AgentClient, node: Node, st: State) -> AgentOutcome:
-        value = await client.call(op_name, timeout=opts.call_timeout, **payload)
-        if pull_events:
-            await eventlog.pull(client, st)
-        return NodeOutcome(node.name, value=value)
 
-    return await each_agent(nodes, talk, opts, transport=transport, state=state)
+async def _call_step(
+    client: AgentClient,
+    node: Node,
+    st: State,
+    opts: AgentOptions,
+    *,
+    op_name: str,
+    args: dict[str, Any],
+    pull_events: bool,
+) -> AgentOutcome:
+    value = await client.call(op_name, timeout=opts.call_timeout, **args)
+    if pull_events:
+        await eventlog.pull(client, st)
+    return NodeOutcome(node.name, value=value)
 
 
 def proc_spec(name: str, command: Sequence[str], **fields: Any) -> dict[str, Any]:
@@ -416,11 +438,13 @@ async def pull_events_async(
     state: State | None = None,
 ) -> Results[AgentOutcome]:
     """Pull new events from every agent into the controller's state; value = rows added."""
+    return await each_agent(nodes, _pull_step, options, transport=transport, state=state)
 
-    async def talk(client: AgentClient, node: Node, st: State) -> AgentOutcome:
-        return NodeOutcome(node.name, value=await eventlog.pull(client, st))
 
-    return await each_agent(nodes, talk, options, transport=transport, state=state)
+async def _pull_step(
+    client: AgentClient, node: Node, st: State, opts: AgentOptions
+) -> AgentOutcome:
+    return NodeOutcome(node.name, value=await eventlog.pull(client, st))
 
 
 LogSink = Callable[[str, str], None]
@@ -441,7 +465,7 @@ async def follow_logs(
     then new output every ``interval`` seconds over one connection per node,
     until cancelled (or ``rounds`` polls, for tests)."""
 
-    async def talk(client: AgentClient, node: Node, st: State) -> AgentOutcome:
+    async def talk(client: AgentClient, node: Node, st: State, opts: AgentOptions) -> AgentOutcome:
         page = await client.call("proc.logs", name=name, lines=lines)
         if page["data"]:
             sink(node.name, page["data"])

@@ -29,7 +29,6 @@ from shoal.fanout.results import NodeOutcome
 from shoal.nodes import health
 from shoal.nodes.model import Node
 from shoal.state import State
-from shoal.transport.base import Connection
 
 from .runtime import UpPass, last_line
 from .software import Tree, push_software, tree_digest
@@ -69,8 +68,8 @@ class Configurer:
         t0 = time.monotonic()
         ready = [n for n in ready if n.name not in failures]
         up = self.up
-        installs = await agents.for_each(
-            ready, self._install_op, up.opts.agent, transport=up.transport, state=up.state
+        installs = await agents.each_agent(
+            ready, self._configure_node, up.opts.agent, transport=up.transport, state=up.state
         )
         health.record(installs, health.Policy.REACHABILITY, state=up.state)
         for r in installs:
@@ -111,15 +110,13 @@ class Configurer:
             for node_name, why in errors.items():
                 failures[node_name] = f"software {sname}: {why}"
 
-    async def _install_op(self, conn: Connection, node: Node, st: State) -> agents.AgentOutcome:
-        client = await agents.connect_agent(conn, node, st, self.up.opts.agent)
-        try:
-            await self._make_app_dir(client, node)
-            for sname in self.up.spec.software:
-                if self._uses(node.name, sname):
-                    await self._install_steps(client, node, sname)
-        finally:
-            await client.close()
+    async def _configure_node(
+        self, client: AgentClient, node: Node, st: State, opts: agents.AgentOptions
+    ) -> agents.AgentOutcome:
+        await self._make_app_dir(client, node)
+        for sname in self.up.spec.software:
+            if self._uses(node.name, sname):
+                await self._install_steps(client, node, sname)
         return NodeOutcome(node.name, action="configured")
 
     async def _make_app_dir(self, client: AgentClient, node: Node) -> None:

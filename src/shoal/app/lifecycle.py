@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.agentlink import fleet as agents
-from shoal.agentlink.client import cached_home, probe, start_agent
+from shoal.agentlink.client import AgentClient, cached_home, probe, start_agent
 from shoal.errors import AgentError, AgentNotRunning, AppAborted, LocalError, OperationError
 from shoal.fanout.results import NodeOutcome
 from shoal.nodes import health
@@ -132,22 +132,20 @@ async def stop_all(spec: AppSpec, state: State, options: agents.AgentOptions) ->
     names = list(dict.fromkeys(m.node for m in store.members(state, spec.name)))
     services = _services(spec)
 
-    async def op(conn: Connection, n: Node, st: State) -> agents.AgentOutcome:
-        client = await agents.connect_agent(conn, n, st, options)
-        try:
-            for prog in services:
-                try:
-                    await client.call("proc.remove", name=prog, timeout=60)
-                except AgentError:
-                    pass  # not on this node
-            status = await client.call("step.status", prefix=f"{spec.name}.", timeout=30)
-            for sid in status.get("running", []):
-                await client.call("step.forget", prefix=sid, timeout=30)
-        finally:
-            await client.close()
+    async def talk(
+        client: AgentClient, n: Node, st: State, opts: agents.AgentOptions
+    ) -> agents.AgentOutcome:
+        for prog in services:
+            try:
+                await client.call("proc.remove", name=prog, timeout=60)
+            except AgentError:
+                pass  # not on this node
+        status = await client.call("step.status", prefix=f"{spec.name}.", timeout=30)
+        for sid in status.get("running", []):
+            await client.call("step.forget", prefix=sid, timeout=30)
         return NodeOutcome(n.name, action="stopped")
 
-    await agents.for_each(_nodes(state, names), op, options, state=state)
+    await agents.each_agent(_nodes(state, names), talk, options, state=state)
 
 
 def _services(spec: AppSpec) -> list[str]:
@@ -231,17 +229,17 @@ async def status_async(
         names = list(dict.fromkeys(m.node for m in active))
         prefix = f"{name}."
 
-        async def op(conn: Connection, node: Node, st2: State) -> agents.AgentOutcome:
-            client = await agents.connect_agent(conn, node, st2, opts)
-            try:
-                programs = await client.call("proc.status", timeout=opts.call_timeout)
-                steps = await client.call("step.status", prefix=prefix, timeout=opts.call_timeout)
-            finally:
-                await client.close()
+        async def talk(
+            client: AgentClient, node: Node, st2: State, opts: agents.AgentOptions
+        ) -> agents.AgentOutcome:
+            programs = await client.call("proc.status", timeout=opts.call_timeout)
+            steps = await client.call("step.status", prefix=prefix, timeout=opts.call_timeout)
             mine = [p for p in programs if str(p.get("name", "")).startswith(prefix)]
             return NodeOutcome(node.name, value={"programs": mine, "steps": steps})
 
-        answers = await agents.for_each(_nodes(st, names), op, opts, state=st) if names else None
+        answers = (
+            await agents.each_agent(_nodes(st, names), talk, opts, state=st) if names else None
+        )
         if answers is not None:
             health.record(answers, health.Policy.REACHABILITY, state=st)
         order = {name: i for i, name in enumerate(spec.components)}
@@ -363,7 +361,9 @@ async def logs_async(
         names = list(dict.fromkeys(m.node for m in members))
         out: dict[str, str] = {}
 
-        async def op(conn: Connection, n: Node, st2: State) -> agents.AgentOutcome:
+        async def op(
+            conn: Connection, n: Node, st2: State, opts: agents.AgentOptions
+        ) -> agents.AgentOutcome:
             home = cached_home(st2, n.name, opts.home) or opts.home
             h = shell_path(home)
             pat = f"{shlex.quote(name)}.{shlex.quote(component) + '.' if component else ''}"
@@ -410,7 +410,9 @@ async def down_async(
         services = _services(spec)
         report = DownReport(name, collected=collect)
 
-        async def op(conn: Connection, n: Node, st2: State) -> agents.AgentOutcome:
+        async def op(
+            conn: Connection, n: Node, st2: State, opts: agents.AgentOptions
+        ) -> agents.AgentOutcome:
             try:
                 client = await agents.connect_agent(conn, n, st2, opts)
             except AgentNotRunning:  # a node that came back: its agent cleans up too

@@ -112,12 +112,7 @@ async def sweep_async(
     record: bool = False,
 ) -> list[SweepEntry]:
     """One sweep over ``nodes``; with ``record`` the failed set is updated from it."""
-    opts = options or AgentOptions()
-
-    async def op(conn: Connection, node: Node, st: State) -> AgentOutcome:
-        return await _check(conn, node, st, opts)
-
-    results = await for_each(nodes, op, opts, transport=transport, state=state)
+    results = await for_each(nodes, _check, options, transport=transport, state=state)
     if record:
         health.record(results, health.Policy.REACHABILITY, state=state)
     return entries(results)
