@@ -24,20 +24,19 @@ The curated public API, for scripts and the adapters alike::
 Everything else is importable from its own module (see DESIGN.md, "As built");
 test doubles for scripts live in :mod:`shoal.testing`.
 
-Names load on first use (module ``__getattr__``): ``import shoal`` imports
-nothing else, not asyncio, not asyncssh, so the CLI and ``shoal.errors`` users
-start fast; ``shoal.run`` costs what ``shoal.fanout.commands`` costs.
+Names load on first use (module ``__getattr__``, from :mod:`shoal.lazyexports`):
+``import shoal`` imports nothing else, not asyncio, not asyncssh, so the CLI and
+``shoal.errors`` users start fast; ``shoal.run`` costs what
+``shoal.fanout.commands`` costs.
 """
 
 from __future__ import annotations
 
-import importlib
+from .lazyexports import lazy_exports
 
 # ``typing`` costs ~10 ms to import; mypy honours a module-level TYPE_CHECKING too
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from .agentlink.fleet import AgentOptions
     from .app.appspec import AppSpec
     from .app.appspec import load as load_app
@@ -123,45 +122,45 @@ _ERRORS = (
     "VersionMismatch",
 )
 
-#: public name -> (module, attribute there)
-_HOMES: dict[str, tuple[str, str]] = {
+#: public name -> its home: module, ``:attribute`` where the name differs
+_HOMES: dict[str, str] = {
     # nodes and selections
-    "Node": ("shoal.nodes.model", "Node"),
-    "NodeSet": ("shoal.nodes.nodeset", "NodeSet"),
-    "resolve": ("shoal.nodes.select", "resolve"),
-    "select": ("shoal.nodes.select", "select"),
+    "Node": "shoal.nodes.model",
+    "NodeSet": "shoal.nodes.nodeset",
+    "resolve": "shoal.nodes.select",
+    "select": "shoal.nodes.select",
     # run and copy
-    "FanoutOptions": ("shoal.fanout.options", "FanoutOptions"),
-    "RunOptions": ("shoal.fanout.options", "RunOptions"),
-    "copy": ("shoal.fanout.copies", "copy"),
-    "copy_async": ("shoal.fanout.copies", "copy_async"),
-    "run": ("shoal.fanout.commands", "run"),
-    "run_async": ("shoal.fanout.commands", "run_async"),
+    "FanoutOptions": "shoal.fanout.options",
+    "RunOptions": "shoal.fanout.options",
+    "copy": "shoal.fanout.copies",
+    "copy_async": "shoal.fanout.copies",
+    "run": "shoal.fanout.commands",
+    "run_async": "shoal.fanout.commands",
     # push
-    "AgentOptions": ("shoal.agentlink.fleet", "AgentOptions"),
-    "PushOptions": ("shoal.content.push", "PushOptions"),
-    "push": ("shoal.content.push", "push"),
-    "push_async": ("shoal.content.push", "push_async"),
+    "AgentOptions": "shoal.agentlink.fleet",
+    "PushOptions": "shoal.content.push",
+    "push": "shoal.content.push",
+    "push_async": "shoal.content.push",
     # applications
-    "AppSpec": ("shoal.app.appspec", "AppSpec"),
-    "AppStatus": ("shoal.app.lifecycle", "AppStatus"),
-    "DownReport": ("shoal.app.lifecycle", "DownReport"),
-    "UpOptions": ("shoal.app.runtime", "UpOptions"),
-    "UpReport": ("shoal.app.runtime", "UpReport"),
-    "app_down_async": ("shoal.app.lifecycle", "down_async"),
-    "app_status_async": ("shoal.app.lifecycle", "status_async"),
-    "app_up": ("shoal.app.lifecycle", "up"),
-    "app_up_async": ("shoal.app.lifecycle", "up_async"),
-    "load_app": ("shoal.app.appspec", "load"),
+    "AppSpec": "shoal.app.appspec",
+    "AppStatus": "shoal.app.lifecycle",
+    "DownReport": "shoal.app.lifecycle",
+    "UpOptions": "shoal.app.runtime",
+    "UpReport": "shoal.app.runtime",
+    "app_down_async": "shoal.app.lifecycle:down_async",
+    "app_status_async": "shoal.app.lifecycle:status_async",
+    "app_up": "shoal.app.lifecycle:up",
+    "app_up_async": "shoal.app.lifecycle:up_async",
+    "load_app": "shoal.app.appspec:load",
     # per-node results
-    "CommandOutcome": ("shoal.fanout.results", "CommandOutcome"),
-    "CommandOutput": ("shoal.fanout.results", "CommandOutput"),
-    "NodeOutcome": ("shoal.fanout.results", "NodeOutcome"),
-    "Results": ("shoal.fanout.results", "Results"),
-    "NodePush": ("shoal.content.push", "NodePush"),
-    "PushResult": ("shoal.content.push", "PushResult"),
+    "CommandOutcome": "shoal.fanout.results",
+    "CommandOutput": "shoal.fanout.results",
+    "NodeOutcome": "shoal.fanout.results",
+    "Results": "shoal.fanout.results",
+    "NodePush": "shoal.content.push",
+    "PushResult": "shoal.content.push",
     # errors
-    **{name: ("shoal.errors", name) for name in _ERRORS},
+    **{name: "shoal.errors" for name in _ERRORS},
 }
 
 __all__ = [
@@ -229,15 +228,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, attribute = home
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, __all__)

@@ -14,8 +14,9 @@ without asyncio (the CLI validates options and starts its TCP connects first).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from shoal.lazyexports import lazy_exports
 
 if TYPE_CHECKING:
     from .commands import run, run_async
@@ -25,18 +26,18 @@ if TYPE_CHECKING:
     from .scheduler import fanout
 
 #: public name -> the submodule that defines it
-_HOMES = {
-    "FanoutOptions": "options",
-    "RunOptions": "options",
-    "CommandOutput": "results",
-    "CommandOutcome": "results",
-    "NodeOutcome": "results",
-    "Results": "results",
-    "copy": "copies",
-    "copy_async": "copies",
-    "fanout": "scheduler",
-    "run": "commands",
-    "run_async": "commands",
+_HOMES: dict[str, str] = {
+    "FanoutOptions": ".options",
+    "RunOptions": ".options",
+    "CommandOutput": ".results",
+    "CommandOutcome": ".results",
+    "NodeOutcome": ".results",
+    "Results": ".results",
+    "copy": ".copies",
+    "copy_async": ".copies",
+    "fanout": ".scheduler",
+    "run": ".commands",
+    "run_async": ".commands",
 }
 
 __all__ = [
@@ -54,10 +55,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, __all__)

@@ -11,22 +11,23 @@ use, so ``import shoal.testing`` costs nothing until one is touched.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from shoal.lazyexports import lazy_exports
 
 if TYPE_CHECKING:
     from .localagents import LocalAgents, LocalNodesTransport, local_agents
     from .mocktransport import MockBehaviour, MockConnection, MockLog, MockTransport
 
 #: public name -> the submodule that defines it
-_HOMES = {
-    "LocalAgents": "localagents",
-    "LocalNodesTransport": "localagents",
-    "local_agents": "localagents",
-    "MockBehaviour": "mocktransport",
-    "MockConnection": "mocktransport",
-    "MockLog": "mocktransport",
-    "MockTransport": "mocktransport",
+_HOMES: dict[str, str] = {
+    "LocalAgents": ".localagents",
+    "LocalNodesTransport": ".localagents",
+    "local_agents": ".localagents",
+    "MockBehaviour": ".mocktransport",
+    "MockConnection": ".mocktransport",
+    "MockLog": ".mocktransport",
+    "MockTransport": ".mocktransport",
 }
 
 __all__ = [
@@ -40,14 +41,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, __all__)
