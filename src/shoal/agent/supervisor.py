@@ -298,19 +298,8 @@ class Program:
         self.state = STARTING
         self.health = None
         self.health_failures = 0
-        env = dict(os.environ)
-        env.update(self.spec.env)
-        env["SHOAL_PROGRAM"] = self.spec.name
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.spec.command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=self.spec.cwd,
-                env=env,
-                start_new_session=True,
-            )
+            proc = await self._start_process(self.spec.command, self._environment())
         except OSError as exc:
             self.last_exit = f"cannot start: {exc.strerror or exc}"
             self.last_exit_at = time.time()
@@ -385,24 +374,34 @@ class Program:
             ):
                 await self.restart(f"health check failed {self.health_failures} time(s): {detail}")
 
-    async def _check(self, command: str) -> tuple[bool, str]:
+    def _environment(self) -> dict[str, str]:
+        """The agent's environment, the spec's ``env`` over it, and ``SHOAL_PROGRAM``."""
         env = dict(os.environ)
         env.update(self.spec.env)
         env["SHOAL_PROGRAM"] = self.spec.name
+        return env
+
+    async def _start_process(
+        self, argv: list[str], env: dict[str, str]
+    ) -> asyncio.subprocess.Process:
+        """Start ``argv`` in a session of its own in the spec's ``cwd``, stdin from
+        /dev/null, stdout and stderr into one pipe."""
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=self.spec.cwd,
+            env=env,
+            start_new_session=True,
+        )
+
+    async def _check(self, command: str) -> tuple[bool, str]:
+        env = self._environment()
         if self.pid is not None:
             env["SHOAL_PID"] = str(self.pid)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                "/bin/sh",
-                "-c",
-                command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=self.spec.cwd,
-                env=env,
-                start_new_session=True,
-            )
+            proc = await self._start_process(["/bin/sh", "-c", command], env)
         except OSError as exc:
             return False, f"cannot run health command: {exc.strerror or exc}"
         try:

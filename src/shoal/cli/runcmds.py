@@ -18,7 +18,11 @@ from .common import add_connection_options, connection_settings, selected_nodes
 from .render import NodeProgress, print_json_lines
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from shoal.fanout.options import FanoutOptions
     from shoal.fanout.results import CommandOutcome, Results
+    from shoal.transport.base import Transport
 
 
 def _add_fanout_options(p: argparse.ArgumentParser) -> None:
@@ -116,6 +120,27 @@ def _preconnect(nodes: list, args: argparse.Namespace) -> Any:
     return pre.sockets() if pre is not None else {}  # a launch delay must not be front-run
 
 
+def _with_progress(
+    call: Callable[[Transport, Callable[[CommandOutcome], None]], Results[CommandOutcome]],
+    nodes: list,
+    options: FanoutOptions,
+    pre: dict,
+    *,
+    shown: bool,
+) -> Results[CommandOutcome]:
+    """``call(transport, on_result)`` over the preconnected sockets ``pre``, with a
+    progress line (when ``shown``); the line and every socket closed after."""
+    from shoal.transport.factory import make_transport
+
+    progress = NodeProgress(len(nodes), shown)
+    try:
+        return call(make_transport(options, pre), progress.update)
+    finally:
+        progress.close()
+        for sock in pre.values():
+            sock.close()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from shoal.errors import UsageError
 
@@ -132,23 +157,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     pre = _preconnect(nodes, args)
 
     from shoal.fanout.commands import run
-    from shoal.transport.factory import make_transport
 
-    progress = NodeProgress(len(nodes), not (args.no_progress or args.stream or args.json))
     on_line = _stream_line if args.stream else None
-    try:
-        result = run(
-            nodes,
-            command,
-            options,
-            transport=make_transport(options, pre),
-            on_result=progress.update,
-            on_line=on_line,
-        )
-    finally:
-        progress.close()
-        for sock in pre.values():
-            sock.close()
+    result = _with_progress(
+        lambda transport, on_result: run(
+            nodes, command, options, transport=transport, on_result=on_result, on_line=on_line
+        ),
+        nodes,
+        options,
+        pre,
+        shown=not (args.no_progress or args.stream or args.json),
+    )
     _record(result)
     if args.out_dir:
         _write_out_dir(result, Path(args.out_dir))
@@ -171,21 +190,16 @@ def cmd_cp(args: argparse.Namespace) -> int:
     pre = _preconnect(nodes, args)
 
     from shoal.fanout.copies import copy
-    from shoal.transport.factory import make_transport
 
-    progress = NodeProgress(len(nodes), not (args.no_progress or args.json))
-    try:
-        result = copy(
-            nodes,
-            args.paths,
-            options,
-            transport=make_transport(options, pre),
-            on_result=progress.update,
-        )
-    finally:
-        progress.close()
-        for sock in pre.values():
-            sock.close()
+    result = _with_progress(
+        lambda transport, on_result: copy(
+            nodes, args.paths, options, transport=transport, on_result=on_result
+        ),
+        nodes,
+        options,
+        pre,
+        shown=not (args.no_progress or args.json),
+    )
     _record(result)
     if args.json:
         _print_json(result)

@@ -466,23 +466,25 @@ class Lab:
 
     def cut(self, node: str) -> None:
         """Take ``node``'s link down; its processes keep running."""
-        self._require_root("cut")
-        with self._changing(node) as (st, n):
-            if n.state == "killed":
-                raise LabError(f"{node} is killed (its link is already down)")
-            if n.state != "cut":
-                netns.set_port(st, n, up=False)
-                n.state = "cut"
+        refusal = f"{node} is killed (its link is already down)"
+        self._set_link(node, up=False, command="cut", refusal=refusal)
 
     def heal(self, node: str) -> None:
         """Bring ``node``'s link back up after :meth:`cut`."""
-        self._require_root("heal")
+        refusal = f"{node} is killed; bring it back with: shoal lab revive {node}"
+        self._set_link(node, up=True, command="heal", refusal=refusal)
+
+    def _set_link(self, node: str, *, up: bool, command: str, refusal: str) -> None:
+        """Switch ``node``'s link up or down (state ``up`` or ``cut``); LabError(``refusal``)
+        for a killed node."""
+        self._require_root(command)
+        target = "up" if up else "cut"
         with self._changing(node) as (st, n):
             if n.state == "killed":
-                raise LabError(f"{node} is killed; bring it back with: shoal lab revive {node}")
-            if n.state != "up":
-                netns.set_port(st, n, up=True)
-                n.state = "up"
+                raise LabError(refusal)
+            if n.state != target:
+                netns.set_port(st, n, up=up)
+                n.state = target
 
     def shape(self, target: str, change: ShapeChange) -> list[str]:
         """Change link conditions live of ``target``: a node, ``controller`` or ``all``.
