@@ -588,50 +588,14 @@ class Fetcher:
                 watch.stream = conn
                 conn.stamp = time.monotonic()
                 head = await self._ask(conn, line, False)
-            try:
-                header = json.loads(head)
-            except ValueError:
-                header = None
-            if not isinstance(header, dict):
-                raise ConnectionError("connection closed" if not head else "bad header")
-            if "error" in header:
-                result.error = f"refused: {header['error']}"
-                result.failed.extend(h for h, _ in pending)
+            sizes = _sizes(head, pending, result)
+            if sizes is None:
                 return result
-            sizes = header.get("n")
-            if not isinstance(sizes, list) or len(sizes) != len(pending):
-                raise ConnectionError("bad answer")
-            for (digest, size), n in zip(pending, sizes):
-                if not isinstance(n, int) or (n >= 0 and n != size):
-                    result.lying = True
-                    raise ConnectionError(f"chunk {digest[:12]} has {n} bytes, expected {size}")
             total = sum(n for n in sizes if n > 0)
-            buffer = bytearray(total)
-            whole = memoryview(buffer)
-            for start in range(0, total, SLICE):
-                part = whole[start : start + SLICE]
-                await conn.read_into(part)
-                await self.throttle.take(len(part))
+            whole = await self._receive(conn, total)
             watch.stop()
             result.nbytes = total
-            offset = 0
-            good: list[tuple[str, int]] = []
-            lie = ""
-            for (digest, _), n in zip(pending, sizes):
-                if n < 0:
-                    result.failed.append(digest)
-                    continue
-                if hashlib.sha256(whole[offset : offset + n]).hexdigest() != digest:
-                    lie = f"chunk {digest[:12]} failed verification"
-                    break
-                good.append((digest, n))
-                offset += n
-            # what verified before a bad chunk is kept, as if stored one by one
-            self.store.put_verified(good, whole[:offset], bucket)
-            result.got.extend(h for h, _ in good)
-            if lie:
-                result.lying = True
-                raise ConnectionError(lie)
+            self._store(pending, sizes, whole, bucket, result)
             self._release(host, port, conn)
             conn = None
         except ChunkError as exc:  # our own disk: not the source's fault
@@ -655,6 +619,68 @@ class Fetcher:
         done = set(result.got) | set(result.failed)
         result.failed.extend(h for h, _ in pending if h not in done)
         return result
+
+    async def _receive(self, conn: _Stream, total: int) -> memoryview:
+        """The answer's ``total`` bytes of chunks, read into one buffer a slice at a time."""
+        whole = memoryview(bytearray(total))
+        for start in range(0, total, SLICE):
+            part = whole[start : start + SLICE]
+            await conn.read_into(part)
+            await self.throttle.take(len(part))
+        return whole
+
+    def _store(
+        self,
+        pending: list[tuple[str, int]],
+        sizes: list[int],
+        whole: memoryview,
+        bucket: str,
+        result: FetchResult,
+    ) -> None:
+        """Hash each chunk and store the ones that verify, up to the first that does not
+        (then the source is lying: ConnectionError); chunks it does not have fail."""
+        offset = 0
+        good: list[tuple[str, int]] = []
+        lie = ""
+        for (digest, _), n in zip(pending, sizes):
+            if n < 0:
+                result.failed.append(digest)
+                continue
+            if hashlib.sha256(whole[offset : offset + n]).hexdigest() != digest:
+                lie = f"chunk {digest[:12]} failed verification"
+                break
+            good.append((digest, n))
+            offset += n
+        # what verified before a bad chunk is kept, as if stored one by one
+        self.store.put_verified(good, whole[:offset], bucket)
+        result.got.extend(h for h, _ in good)
+        if lie:
+            result.lying = True
+            raise ConnectionError(lie)
+
+
+def _sizes(head: bytes, pending: list[tuple[str, int]], result: FetchResult) -> list[int] | None:
+    """The chunk sizes the answer's header line announces, one per chunk asked for (-1:
+    not there); None when the source refused (``result`` says why). ConnectionError for
+    a header that is not one, or sizes that are not the chunks' (the source is lying)."""
+    try:
+        header = json.loads(head)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise ConnectionError("connection closed" if not head else "bad header")
+    if "error" in header:
+        result.error = f"refused: {header['error']}"
+        result.failed.extend(h for h, _ in pending)
+        return None
+    sizes = header.get("n")
+    if not isinstance(sizes, list) or len(sizes) != len(pending):
+        raise ConnectionError("bad answer")
+    for (digest, size), n in zip(pending, sizes):
+        if not isinstance(n, int) or (n >= 0 and n != size):
+            result.lying = True
+            raise ConnectionError(f"chunk {digest[:12]} has {n} bytes, expected {size}")
+    return sizes
 
 
 def chunk_sources(value: object) -> list[tuple[str, int]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -130,16 +131,7 @@ def import_nodes(
     inventory: the group then holds exactly ``nodes``.
     """
     batch = list(nodes)
-    seen: set[str] = set()
-    for node in batch:
-        check_name(node.name)
-        if node.name in seen:
-            raise InventoryError(f"node {node.name!r} is given twice")
-        seen.add(node.name)
-        for g in node.groups:
-            check_group(g)
-    if replace_group is not None:
-        check_group(replace_group)
+    seen = _checked_names(batch, replace_group)
     now = time.time()
     with opened(state) as st:
         ensure(st)
@@ -147,40 +139,8 @@ def import_nodes(
             existing = {r[0] for r in db.execute("SELECT name FROM inv_nodes")}
             removed: list[str] = []
             if replace_group is not None:
-                old = [
-                    r[0]
-                    for r in db.execute(
-                        "SELECT node FROM inv_members WHERE grp=?", (replace_group,)
-                    )
-                ]
-                removed = [n for n in old if n not in seen]
-                db.executemany("DELETE FROM inv_nodes WHERE name=?", [(n,) for n in removed])
-                db.execute("INSERT OR IGNORE INTO inv_groups(name) VALUES (?)", (replace_group,))
-            groups: set[str] = set()
-            rows = []
-            members: list[tuple[str, str]] = []
-            attr_rows: list[tuple[str, str, AttrValue, int]] = []
-            for node in batch:
-                node_groups = set(node.groups)
-                if replace_group is not None:
-                    node_groups.add(replace_group)
-                groups |= node_groups
-                rows.append(
-                    (
-                        node.name,
-                        node.host,
-                        node.user,
-                        node.port,
-                        node.ssh_config,
-                        json.dumps(dict(node.attrs), sort_keys=True),
-                        now,
-                        now,
-                    )
-                )
-                members.extend((g, node.name) for g in node_groups)
-                attr_rows.extend(
-                    (k, node.name, v, int(isinstance(v, bool))) for k, v in node.attrs.items()
-                )
+                removed = _drop_leavers(db, replace_group, seen)
+            rows, members, attr_rows, groups = _import_rows(batch, replace_group, now)
             db.executemany(
                 "INSERT INTO inv_nodes(name, host, user, port, ssh_config, attrs, added, updated)"
                 " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET host=excluded.host,"
@@ -211,6 +171,64 @@ def import_nodes(
         removed=tuple(sorted(removed, key=natural_key)),
         groups=tuple(sorted(groups)),
     )
+
+
+def _checked_names(batch: list[Node], replace_group: str | None) -> set[str]:
+    """The names of ``batch``, each valid and given once, its groups' too; InventoryError."""
+    seen: set[str] = set()
+    for node in batch:
+        check_name(node.name)
+        if node.name in seen:
+            raise InventoryError(f"node {node.name!r} is given twice")
+        seen.add(node.name)
+        for g in node.groups:
+            check_group(g)
+    if replace_group is not None:
+        check_group(replace_group)
+    return seen
+
+
+def _drop_leavers(db: sqlite3.Connection, group: str, kept: set[str]) -> list[str]:
+    """Delete the nodes of ``group`` that are not ``kept`` (the group is made to exist)."""
+    old = [r[0] for r in db.execute("SELECT node FROM inv_members WHERE grp=?", (group,))]
+    removed = [n for n in old if n not in kept]
+    db.executemany("DELETE FROM inv_nodes WHERE name=?", [(n,) for n in removed])
+    db.execute("INSERT OR IGNORE INTO inv_groups(name) VALUES (?)", (group,))
+    return removed
+
+
+#: one attribute of one node in ``inv_attrs``: key, node, value, is_bool
+_AttrRow = tuple[str, str, AttrValue, int]
+
+
+def _import_rows(
+    batch: list[Node], replace_group: str | None, now: float
+) -> tuple[list[tuple[object, ...]], list[tuple[str, str]], list[_AttrRow], set[str]]:
+    """The inventory rows of ``batch``: nodes, memberships, attributes, and the groups named."""
+    groups: set[str] = set()
+    rows: list[tuple[object, ...]] = []
+    members: list[tuple[str, str]] = []
+    attr_rows: list[_AttrRow] = []
+    for node in batch:
+        node_groups = set(node.groups)
+        if replace_group is not None:
+            node_groups.add(replace_group)
+        groups |= node_groups
+        rows.append(
+            (
+                node.name,
+                node.host,
+                node.user,
+                node.port,
+                node.ssh_config,
+                json.dumps(dict(node.attrs), sort_keys=True),
+                now,
+                now,
+            )
+        )
+        members.extend((g, node.name) for g in node_groups)
+        attr_rows.extend((k, node.name, v, int(isinstance(v, bool))) for k, v in node.attrs.items())
+    return rows, members, attr_rows, groups
 
 
 def remove_group(name: str, *, state: State | None = None) -> list[str]:
