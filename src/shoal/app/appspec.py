@@ -244,51 +244,9 @@ def build(doc: Located, base: Path) -> AppSpec:
         )
         for name, entry in (data.get("barriers") or {}).items()
     }
-    components: dict[str, Component] = {}
-    for cname, entry in data["components"].items():
-        cpath: PathKey = ("components", cname)
-        steps = []
-        seen: set[str] = set()
-        for i, raw in enumerate(entry["processes"]):
-            spath = (*cpath, "processes", i)
-            if raw["name"] in seen:
-                raise _fail(doc, (*spath, "name"), f"duplicate step name {raw['name']!r}")
-            seen.add(raw["name"])
-            kind = next(k for k in ("run", "service", "barrier") if k in raw)
-            steps.append(
-                Step(
-                    name=raw["name"],
-                    kind=kind,
-                    command=raw[kind],
-                    after=tuple(raw.get("after", [])),
-                    env=_env(raw.get("env")),
-                    timeout=raw.get("timeout"),
-                    restart=raw.get("restart", "always"),
-                    health=raw.get("health"),
-                    health_interval=float(raw.get("health_interval", 5.0)),
-                    ready=raw.get("ready"),
-                    line=doc.line(spath),
-                )
-            )
-        require = []
-        for i, text in enumerate(entry.get("require", [])):
-            try:
-                require.append(Requirement.parse(text))
-            except ValueError as exc:
-                raise _fail(doc, (*cpath, "require", i), str(exc)) from None
-        count = entry.get("count", 1)
-        components[cname] = Component(
-            name=cname,
-            select=entry["select"],
-            count=None if count == "all" else int(count),
-            require=tuple(require),
-            on_failure=Policy(entry.get("on_failure", "restart")),
-            retries=int(entry.get("retries", 2)),
-            software=tuple(entry.get("software", [])),
-            env=_env(entry.get("env")),
-            steps=tuple(steps),
-            line=doc.line(cpath),
-        )
+    components = {
+        cname: _component(doc, cname, entry) for cname, entry in data["components"].items()
+    }
     spec = AppSpec(
         name=data["app"],
         file=doc.file,
@@ -301,6 +259,53 @@ def build(doc: Located, base: Path) -> AppSpec:
     )
     check(spec, doc)
     return spec
+
+
+def _component(doc: Located, cname: str, entry: dict[str, Any]) -> Component:
+    """One validated component entry, typed; its steps in order, names once each."""
+    cpath: PathKey = ("components", cname)
+    steps = []
+    seen: set[str] = set()
+    for i, raw in enumerate(entry["processes"]):
+        spath = (*cpath, "processes", i)
+        if raw["name"] in seen:
+            raise _fail(doc, (*spath, "name"), f"duplicate step name {raw['name']!r}")
+        seen.add(raw["name"])
+        kind = next(k for k in ("run", "service", "barrier") if k in raw)
+        steps.append(
+            Step(
+                name=raw["name"],
+                kind=kind,
+                command=raw[kind],
+                after=tuple(raw.get("after", [])),
+                env=_env(raw.get("env")),
+                timeout=raw.get("timeout"),
+                restart=raw.get("restart", "always"),
+                health=raw.get("health"),
+                health_interval=float(raw.get("health_interval", 5.0)),
+                ready=raw.get("ready"),
+                line=doc.line(spath),
+            )
+        )
+    require = []
+    for i, text in enumerate(entry.get("require", [])):
+        try:
+            require.append(Requirement.parse(text))
+        except ValueError as exc:
+            raise _fail(doc, (*cpath, "require", i), str(exc)) from None
+    count = entry.get("count", 1)
+    return Component(
+        name=cname,
+        select=entry["select"],
+        count=None if count == "all" else int(count),
+        require=tuple(require),
+        on_failure=Policy(entry.get("on_failure", "restart")),
+        retries=int(entry.get("retries", 2)),
+        software=tuple(entry.get("software", [])),
+        env=_env(entry.get("env")),
+        steps=tuple(steps),
+        line=doc.line(cpath),
+    )
 
 
 # -- semantic checks -------------------------------------------------------------

@@ -93,6 +93,16 @@ def _program_pid(name: str, node: str) -> int:
 
 
 def _tour(n: int) -> None:
+    _tour_run(n)
+    with tempfile.TemporaryDirectory(prefix="shoal-demo-") as tmp:
+        _tour_files(Path(tmp))
+    _tour_agents()
+    _application()
+    _shoal("agent", "stop", "-s", "@lab")
+
+
+def _tour_run(n: int) -> None:
+    """Selections, run, a crashed node and the failed set, timeouts."""
     victim = "n3"
     _say("Nodes are in the inventory (group @lab); selections use one grammar everywhere")
     _check(_shoal("select", "@lab"), "select")
@@ -121,36 +131,41 @@ def _tour(n: int) -> None:
     _say("A command that overruns its timeout is killed on the node, children included")
     _shoal("run", "-s", "n[1-2]", "--no-progress", "--timeout", "1", "sleep 30")
 
-    with tempfile.TemporaryDirectory(prefix="shoal-demo-") as tmp:
-        src = Path(tmp) / "release"
-        (src / "bin").mkdir(parents=True)
-        (src / "bin" / "hello").write_text('#!/bin/sh\necho "hello from $(hostname)"\n')
-        (src / "bin" / "hello").chmod(0o755)
-        _say("Copy a tree to every node (@: is the nodes' side), run it, pull results back")
-        _check(_shoal("cp", "-s", "@lab", "--no-progress", str(src), "@:apps/"), "cp push")
-        _check(
-            _shoal("run", "-s", "@lab", "--no-progress", "apps/release/bin/hello > out.txt"),
-            "run hello",
-        )
-        out = Path(tmp) / "collected"
-        _check(_shoal("cp", "-s", "@lab", "--no-progress", "@:out.txt", f"{out}/@/"), "cp pull")
-        names = sorted(p.name for p in out.iterdir())
-        print(f"  collected one folder per node: {', '.join(names)}")
-        print(f"  {out}/n1/out.txt: {(out / 'n1' / 'out.txt').read_text().strip()}")
 
-        _say("Push a tree peer to peer: chunked, verified, switched in atomically")
-        site = Path(tmp) / "site"
-        site.mkdir()
-        for i in range(20):
-            (site / f"page{i}.html").write_text(f"<h1>page {i}</h1>\n" + "lorem ipsum " * 4000)
-        _check(_shoal("push", "-s", "@lab", "--no-progress", str(site), "site"), "push v1")
-        (site / "page3.html").write_text("<h1>page 3, edited</h1>\n" + "lorem ipsum " * 4000)
-        _say("Change one file and push again: only the changed chunks move")
-        _check(_shoal("push", "-s", "@lab", "--no-progress", str(site), "site"), "push v2")
-        _check(_shoal("versions", "-s", "@lab", "site"), "versions")
-        _check(_shoal("rollback", "-s", "@lab", "site"), "rollback")
-        _check(_shoal("run", "-s", "n1", "--no-progress", "head -1 site/page3.html"), "check")
+def _tour_files(tmp: Path) -> None:
+    """Copy out and back, then push peer to peer, again, and roll back (files in ``tmp``)."""
+    src = tmp / "release"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "hello").write_text('#!/bin/sh\necho "hello from $(hostname)"\n')
+    (src / "bin" / "hello").chmod(0o755)
+    _say("Copy a tree to every node (@: is the nodes' side), run it, pull results back")
+    _check(_shoal("cp", "-s", "@lab", "--no-progress", str(src), "@:apps/"), "cp push")
+    _check(
+        _shoal("run", "-s", "@lab", "--no-progress", "apps/release/bin/hello > out.txt"),
+        "run hello",
+    )
+    out = tmp / "collected"
+    _check(_shoal("cp", "-s", "@lab", "--no-progress", "@:out.txt", f"{out}/@/"), "cp pull")
+    names = sorted(p.name for p in out.iterdir())
+    print(f"  collected one folder per node: {', '.join(names)}")
+    print(f"  {out}/n1/out.txt: {(out / 'n1' / 'out.txt').read_text().strip()}")
 
+    _say("Push a tree peer to peer: chunked, verified, switched in atomically")
+    site = tmp / "site"
+    site.mkdir()
+    for i in range(20):
+        (site / f"page{i}.html").write_text(f"<h1>page {i}</h1>\n" + "lorem ipsum " * 4000)
+    _check(_shoal("push", "-s", "@lab", "--no-progress", str(site), "site"), "push v1")
+    (site / "page3.html").write_text("<h1>page 3, edited</h1>\n" + "lorem ipsum " * 4000)
+    _say("Change one file and push again: only the changed chunks move")
+    _check(_shoal("push", "-s", "@lab", "--no-progress", str(site), "site"), "push v2")
+    _check(_shoal("versions", "-s", "@lab", "site"), "versions")
+    _check(_shoal("rollback", "-s", "@lab", "site"), "rollback")
+    _check(_shoal("run", "-s", "n1", "--no-progress", "head -1 site/page3.html"), "check")
+
+
+def _tour_agents() -> None:
+    """The agents: a supervised program killed and restarted, its events."""
     _say("Supervision: an agent per node keeps programs alive (needs only python3 there)")
     _check(_shoal("agent", "install", "-s", "@lab"), "agent install")
     _check(
@@ -176,8 +191,6 @@ def _tour(n: int) -> None:
     _check(_shoal("proc", "status", "ticker", "-s", "@lab"), "proc status")
     _check(_shoal("events", "-s", "n2", "-n", "5"), "events")
     _check(_shoal("proc", "stop", "ticker", "-s", "@lab"), "proc stop")
-    _application()
-    _shoal("agent", "stop", "-s", "@lab")
 
 
 def _application() -> None:

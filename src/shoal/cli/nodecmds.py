@@ -384,6 +384,16 @@ def cmd_facts_show(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _register_nodes(sub)
+    p = sub.add_parser("select", help="evaluate a selection: compact node set and count")
+    p.add_argument("expr", metavar="EXPR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_select)
+    _register_plan(sub)
+    _register_facts(sub)
+
+
+def _register_nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     nodes = sub.add_parser("nodes", help="the inventory: list, add, rm, import, show, failed")
     nsub = nodes.add_subparsers(dest="nodes_command", metavar="ACTION")
     nsub.required = True
@@ -436,11 +446,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_select_option(p)
     p.set_defaults(handler=cmd_nodes_clear_failed)
 
-    p = sub.add_parser("select", help="evaluate a selection: compact node set and count")
-    p.add_argument("expr", metavar="EXPR")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=cmd_select)
 
+def _register_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plan = sub.add_parser("plan", help="named selections evaluated when used (%%NAME)")
     psub = plan.add_subparsers(dest="plan_command", metavar="ACTION")
     psub.required = True
@@ -459,6 +466,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name")
     p.set_defaults(handler=cmd_plan_rm)
 
+
+def _register_facts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     facts = sub.add_parser("facts", help="gather and show node facts (OS, CPUs, memory, disk)")
     fsub = facts.add_subparsers(dest="facts_command", metavar="ACTION")
     fsub.required = True
