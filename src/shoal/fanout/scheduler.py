@@ -26,6 +26,7 @@ destination that cannot be written) is kept in that node's result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -157,7 +158,7 @@ async def _fanout(
                 except ShoalError as exc:
                     result = outcome(node=node.name, error=exc)
                 except OSError as exc:
-                    err = TransportError(f"I/OutcomeT error: {exc}", node.name)
+                    err = TransportError(f"I/O error: {exc}", node.name)
                     result = outcome(node=node.name, error=err)
                 finally:
                     await conn.close()
@@ -169,5 +170,33 @@ async def _fanout(
         return result
 
     positions = range(len(nodes)) if indices is None else indices
-    results = await asyncio.gather(*(one(i, n) for i, n in zip(positions, nodes, strict=True)))
+    tasks = [asyncio.ensure_future(one(i, n)) for i, n in zip(positions, nodes, strict=True)]
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        # gather() would return at the first cancelled node and leave the others'
+        # clean-up (ending remote commands, removing temporary files) to be cut off by
+        # the event loop's shutdown: every node finishes its own first.
+        for task in tasks:
+            task.cancel()
+        await _settle(tasks)
+        raise
+    results = [task.result() for task in tasks]
     return Results({r.node: r for r in results}, duration=time.monotonic() - started)
+
+
+#: How long cancelled nodes may take to clean up (their own steps are bounded shorter).
+SETTLE_TIMEOUT = 10.0
+
+
+async def _settle(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait for cancelled ``tasks`` to end, through further cancels, at most SETTLE_TIMEOUT."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    pending = [t for t in tasks if not t.done()]
+    while pending and (left := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait(pending, timeout=left)
+        pending = [t for t in pending if not t.done()]
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what propagates

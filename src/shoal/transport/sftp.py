@@ -148,12 +148,44 @@ def check_trees(trees: list[RemoteEntry], node: str | None = None) -> None:
                 ) from None
 
 
+async def _finish_bounded(cleanup: Awaitable[object]) -> None:
+    """Run ``cleanup`` to its end or :data:`CLEANUP_TIMEOUT`, even through another cancel.
+
+    An interrupt can cancel the task twice (a second signal, a worker told to stop while
+    it is already stopping); the cleanup is bounded, so it is finished first and the
+    cancellation re-raised after it. Its own failure is ignored: it is a last effort.
+    """
+    task = asyncio.ensure_future(asyncio.wait_for(cleanup, CLEANUP_TIMEOUT))
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+        except (asyncssh.Error, OSError, TimeoutError):
+            break
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed last effort is not an error of its own
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 class SFTPCopier:
     """Uploads and downloads for one node over one SFTP session."""
 
-    def __init__(self, sftp: asyncssh.SFTPClient, node: str) -> None:
+    def __init__(
+        self,
+        sftp: asyncssh.SFTPClient,
+        node: str,
+        discard: Callable[[str], Awaitable[object]] | None = None,
+    ) -> None:
         self.sftp = sftp
         self.node = node
+        # Removes a temporary name when the copy was cancelled: the SFTP channel may
+        # still hold megabytes of queued writes ahead of a remove sent on it (on a
+        # 5 MB/s link the remove came too late on 1 node in 8), so the connection
+        # offers a path around them (a fresh channel); without one, SFTP's remove.
+        self.discard = discard or sftp.remove
 
     # -- errors -------------------------------------------------------------------------
     async def _explain(self, exc: Exception, action: str, path: str) -> OperationError:
@@ -258,8 +290,8 @@ class SFTPCopier:
             error = None
             if isinstance(exc, (asyncssh.Error, OSError)):
                 error = await self._explain(exc, action, target)  # before space is freed
-            with contextlib.suppress(asyncssh.Error, OSError, TimeoutError):
-                await asyncio.wait_for(self.sftp.remove(tmp), CLEANUP_TIMEOUT)
+            remove = self.discard if isinstance(exc, asyncio.CancelledError) else self.sftp.remove
+            await _finish_bounded(remove(tmp))
             if error is None:
                 raise
             raise error from exc

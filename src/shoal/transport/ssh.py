@@ -285,7 +285,12 @@ class SSHConnection(Connection):
         return self._sftp
 
     async def put(self, local: str, remote: str) -> int:
-        return await SFTPCopier(await self.sftp(), self.node.name).upload(local, remote)
+        copier = SFTPCopier(await self.sftp(), self.node.name, discard=self._discard)
+        return await copier.upload(local, remote)
+
+    async def _discard(self, path: str) -> None:
+        """Remove ``path`` on the node over a fresh channel (not behind queued SFTP writes)."""
+        await self._conn.run(f"rm -f -- {shlex.quote(path)}", check=False)
 
     async def get(self, remote: str, local: str) -> int:
         return await SFTPCopier(await self.sftp(), self.node.name).download(remote, local)
