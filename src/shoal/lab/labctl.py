@@ -112,6 +112,15 @@ def _make_labdir(name: str, labdir: Path) -> None:
         raise LabError(_exists_message(name, f"directory {labdir}")) from None
 
 
+def _make_keys(name: str, labdir: Path, *, mode: int) -> tuple[Path, str]:
+    """The lab's ``etc/`` (made with ``mode``) holding its host key, the user key in
+    ``labdir``; the ``etc`` path and the user's public key."""
+    etc = labdir / "etc"
+    etc.mkdir(mode=mode)
+    sshd.generate_keys(etc, labdir, f"shoal-lab-{name}")
+    return etc, sshd.public_key(labdir / (sshd.USER_KEY + ".pub"))
+
+
 def list_labs() -> list[LabSummary]:
     """Labs with a state file under ``labs_dir()``, plus leftovers in the kernel."""
     out: dict[str, LabSummary] = {}
@@ -285,10 +294,7 @@ class Lab:
                 cls._cleanup(spec.name, labdir)
                 raise
         try:
-            etc = labdir / "etc"
-            etc.mkdir(mode=0o755)
-            sshd.generate_keys(etc, labdir, f"shoal-lab-{spec.name}")
-            user_pub = sshd.public_key(labdir / (sshd.USER_KEY + ".pub"))
+            etc, user_pub = _make_keys(spec.name, labdir, mode=0o755)
             (etc / "sshd_config").write_text(sshd.render_sshd_config_netns(spec.home))
             (etc / "ssh_config").write_text("Host *\n  SendEnv LANG LC_*\n")
             netns.make_node_dirs(labdir, [n.name for n in state.nodes], user_pub, spec.home)
@@ -315,10 +321,7 @@ class Lab:
                 ],
             )
             save(state)
-            etc = labdir / "etc"
-            etc.mkdir(mode=0o700)
-            sshd.generate_keys(etc, labdir, f"shoal-lab-{spec.name}")
-            user_pub = sshd.public_key(labdir / (sshd.USER_KEY + ".pub"))
+            _, user_pub = _make_keys(spec.name, labdir, mode=0o700)
             rootless.build(state, user_pub, spec.home)
             lab = cls._finish_up(state)
         except BaseException:
