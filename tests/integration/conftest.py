@@ -9,6 +9,7 @@ shape a node restore it in ``finally``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from shoal.lab import Lab, LabSpec
+from shoal.nodes.model import Node
 
 LAB_NODES = 8
 
@@ -64,3 +66,20 @@ def lab(shoal_home: Path) -> Iterator[Lab]:
         yield the_lab
     finally:
         the_lab.down()
+
+
+def remote(node: Node, command: str, *, check: bool = True, timeout: float = 60.0) -> str:
+    """``command``'s stdout on ``node`` (a fresh SSH connection); exit 0 asserted if ``check``."""
+    from shoal.transport.ssh import SSHTransport
+
+    async def go() -> str:
+        conn = await SSHTransport().connect(node, timeout=10)
+        try:
+            res = await conn.run(command, timeout=timeout)
+        finally:
+            await conn.close()
+        if check:
+            assert res.exit_status == 0, res.stderr
+        return res.stdout.decode()
+
+    return asyncio.run(go())

@@ -25,6 +25,8 @@ from shoal.ops import sweep
 from shoal.state import State
 from shoal.transport.ssh import SSHTransport
 
+from .conftest import remote
+
 pytestmark = pytest.mark.lab
 
 
@@ -46,19 +48,6 @@ def fleet(lab: Any) -> Iterator[list[Node]]:
         lab.revive(node.name)
     run(agents.call_async(nodes, "proc.remove", {"name": "web"}, opts()))
     run(agents.stop_async(nodes, opts()))
-
-
-def remote(node: Node, command: str) -> str:
-    async def go() -> str:
-        conn = await SSHTransport().connect(node, timeout=10)
-        try:
-            res = await conn.run(command, timeout=30)
-        finally:
-            await conn.close()
-        assert res.exit_status == 0, res.stderr
-        return res.stdout.decode()
-
-    return run(go())
 
 
 def program(node: Node, name: str) -> dict[str, Any]:

@@ -28,7 +28,8 @@ from shoal.errors import AcquireError, AppAborted
 from shoal.nodes.health import clear_failed
 from shoal.nodes.model import Node
 from shoal.state import State
-from shoal.transport.ssh import SSHTransport
+
+from .conftest import remote as _remote
 
 pytestmark = pytest.mark.lab
 
@@ -40,15 +41,7 @@ def run(coro: Any) -> Any:
 
 
 def remote(node: Node, command: str) -> str:
-    async def go() -> str:
-        conn = await SSHTransport().connect(node, timeout=10)
-        try:
-            res = await conn.run(command, timeout=30)
-        finally:
-            await conn.close()
-        return res.stdout.decode()
-
-    return str(run(go()))
+    return _remote(node, command, check=False)
 
 
 def leftovers(nodes: list[Node], app: str) -> dict[str, str]:

@@ -27,9 +27,9 @@ from shoal.app.appspec import load
 from shoal.app.runtime import UpOptions
 from shoal.lab import Lab, LabSpec
 from shoal.nodes.model import Node
-from shoal.transport.ssh import SSHTransport
 
 from .conftest import lab_skip_reason, unique_lab_name
+from .conftest import remote as _remote
 
 pytestmark = pytest.mark.lab
 
@@ -66,15 +66,7 @@ def shoal(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[st
 
 
 def remote(node: Node, command: str) -> str:
-    async def go() -> str:
-        conn = await SSHTransport().connect(node, timeout=10)
-        try:
-            res = await conn.run(command, timeout=30)
-        finally:
-            await conn.close()
-        return res.stdout.decode()
-
-    return asyncio.run(go())
+    return _remote(node, command, check=False)
 
 
 def no_split_paths(lab: Lab) -> None:

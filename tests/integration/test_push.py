@@ -25,7 +25,8 @@ from shoal.content.push import PushOptions, push_async, rollback_async, versions
 from shoal.content.scan import ScannedTree, SourceBackend, scan
 from shoal.lab.labspec import ShapeChange
 from shoal.nodes.model import Node
-from shoal.transport.ssh import SSHTransport
+
+from .conftest import remote
 
 pytestmark = pytest.mark.lab
 
@@ -43,20 +44,6 @@ def fleet(lab: Any) -> Iterator[list[Node]]:
     for node in nodes:
         lab.revive(node.name)
     run(agents.stop_async(nodes, agents.AgentOptions()))
-
-
-def remote(node: Node, command: str, check: bool = True) -> str:
-    async def go() -> str:
-        conn = await SSHTransport().connect(node, timeout=10)
-        try:
-            res = await conn.run(command, timeout=60)
-        finally:
-            await conn.close()
-        if check:
-            assert res.exit_status == 0, res.stderr
-        return res.stdout.decode()
-
-    return run(go())
 
 
 def make_tree(root: Path, size: int = 2_000_000, seed: int = 1) -> Path:

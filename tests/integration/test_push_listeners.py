@@ -23,27 +23,14 @@ import pytest
 from shoal.agentlink import fleet as agents
 from shoal.content.push import PushOptions, push_async
 from shoal.nodes.model import Node
-from shoal.transport.ssh import SSHTransport
+
+from .conftest import remote
 
 pytestmark = pytest.mark.lab
 
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-def remote(node: Node, command: str, check: bool = True) -> str:
-    async def go() -> str:
-        conn = await SSHTransport().connect(node, timeout=10)
-        try:
-            res = await conn.run(command, timeout=60)
-        finally:
-            await conn.close()
-        if check:
-            assert res.exit_status == 0, res.stderr
-        return res.stdout.decode()
-
-    return run(go())
 
 
 def make_tree(root: Path, size: int, seed: int) -> Path:

@@ -19,7 +19,8 @@ import pytest
 from shoal.agentlink import fleet as agents
 from shoal.content.push import PushOptions, push_async
 from shoal.nodes.model import Node
-from shoal.transport.ssh import SSHTransport
+
+from .conftest import remote
 
 pytestmark = pytest.mark.lab
 
@@ -35,19 +36,6 @@ def pair(lab: Any) -> Iterator[list[Node]]:
     assert installed.ok, [(r.node, r.reason) for r in installed.failed]
     yield nodes
     run(agents.stop_async(nodes, agents.AgentOptions()))
-
-
-def remote(node: Node, command: str) -> str:
-    async def go() -> str:
-        conn = await SSHTransport().connect(node, timeout=10)
-        try:
-            res = await conn.run(command, timeout=60)
-        finally:
-            await conn.close()
-        assert res.exit_status == 0, res.stderr
-        return res.stdout.decode()
-
-    return run(go())
 
 
 def opts(**kw: Any) -> PushOptions:
