@@ -506,3 +506,30 @@ def test_shoal_run_timeout_nan_is_a_usage_error_that_touches_no_node(tmp_path: P
             node.accept()[0].close()  # nothing connected
     assert done.returncode == 2, done.stderr
     assert "argument -t/--timeout: invalid number value: 'nan'" in done.stderr
+
+
+# -- JSON nested past the recursion limit, as a hostile node or peer could send ------
+
+
+DEEP = b"[" * 100_000
+
+
+def test_an_agent_message_nested_past_the_recursion_limit_is_a_protocol_error() -> None:
+    from shoal.agent.protocol import ProtocolError, decode
+
+    with pytest.raises(ProtocolError, match="not JSON"):
+        decode(DEEP)
+
+
+def test_a_manifest_nested_past_the_recursion_limit_is_a_manifest_error() -> None:
+    from shoal.agent.manifest import ManifestError, parse
+
+    with pytest.raises(ManifestError, match="not JSON"):
+        parse(DEEP)
+
+
+def test_a_chunk_answer_header_nested_past_the_recursion_limit_is_a_bad_header() -> None:
+    from shoal.agent.chunkserver import FetchResult, _sizes
+
+    with pytest.raises(ConnectionError, match="bad header"):
+        _sizes(DEEP, [("0" * 64, 0)], FetchResult())

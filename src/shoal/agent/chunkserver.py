@@ -273,7 +273,7 @@ class ChunkServer:
                     return
                 try:
                     req = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # nesting: a hostile client
                     await self._refuse(writer, "bad request")
                     return
                 if not isinstance(req, dict) or req.get("v") != WIRE_VERSION:
@@ -665,7 +665,7 @@ def _sizes(head: bytes, pending: list[tuple[str, int]], result: FetchResult) -> 
     a header that is not one, or sizes that are not the chunks' (the source is lying)."""
     try:
         header = json.loads(head)
-    except ValueError:
+    except (ValueError, RecursionError):  # nesting: a hostile source
         header = None
     if not isinstance(header, dict):
         raise ConnectionError("connection closed" if not head else "bad header")

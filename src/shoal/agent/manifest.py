@@ -176,7 +176,7 @@ def parse(data: bytes) -> Manifest:
     """Decode and validate a manifest; ManifestError says what is wrong and where."""
     try:
         value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ManifestError(f"manifest is not JSON: {exc}") from None
     if (
         not isinstance(value, dict)

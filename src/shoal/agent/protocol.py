@@ -86,7 +86,7 @@ def decode(line: bytes) -> Message:
         raise ProtocolError(f"message of {len(line)} bytes exceeds the {MAX_LINE}-byte limit")
     try:
         value = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # nesting: a hostile peer
         raise ProtocolError(f"bad message: not JSON ({exc})") from None
     if not isinstance(value, dict):
         raise ProtocolError("bad message: not a JSON object")
