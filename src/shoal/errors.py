@@ -48,7 +48,7 @@ retry by reading a message.
 The node agent (``shoal.agent``) imports nothing of the controller's, so its
 own exceptions (``ProtocolError``, ``ManifestError``, ``ChunkError``,
 ``AreaError``) stay there; the controller translates them where it meets them
-(:mod:`shoal.agentlink.client`, :mod:`shoal.content.scan`,
+(:mod:`shoal.agentlink.agentclient`, :mod:`shoal.content.scan`,
 :mod:`shoal.transport.sftp`), and the agent's refusals reach the controller as
 text in a reply, raised as :class:`AgentError`.
 """

@@ -19,7 +19,7 @@ import pytest
 from shoal.agent.build import build
 from shoal.agentlink import eventlog as events
 from shoal.agentlink import fleet as agents
-from shoal.agentlink.client import AgentClient
+from shoal.agentlink.agentclient import AgentClient
 from shoal.nodes.model import Node
 from shoal.ops import sweep
 from shoal.state import State

@@ -21,7 +21,7 @@ import pytest
 from shoal.agent.build import build
 from shoal.agentlink import eventlog as events
 from shoal.agentlink import fleet as agents
-from shoal.agentlink.client import AgentClient
+from shoal.agentlink.agentclient import AgentClient
 from shoal.errors import AgentError, VersionMismatch
 from shoal.nodes.model import Node
 from shoal.ops import sweep
@@ -197,7 +197,7 @@ def test_upgrade_replaces_the_running_build_and_programs_come_back(
 def test_without_streamlocal_forwarding_the_ctl_relay_is_used(
     env: dict[str, Any], tmp_path: Path
 ) -> None:
-    from shoal.agentlink.client import CtlClient
+    from shoal.agentlink.agentclient import CtlClient
 
     st, nodes, opts = env["state"], env["nodes"][:1], env["opts"]
     tr = LocalNodesTransport(env["tmp"] / "nodes", forwarding=False)

@@ -37,10 +37,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("app",),
     # fleet operations (sweep; later audit, rollout, log collection)
     ("ops",),
+    # the standing controller's machinery (warm links, detector, event journal,
+    # app keeper, schedules): a library the service adapter drives
+    ("control",),
+    # the service's client (HTTP over its Unix socket): what the CLI and tests use
+    ("client",),
     # the network-namespace lab and the test doubles
     ("lab", "testing"),
     # adapters: parse, call the library, render
-    ("cli", "api", "web"),  # api/ and web/ arrive with their issues (none exists yet)
+    ("cli", "service", "api", "web"),  # api/ and web/ arrive with their issues
 ]
 
 

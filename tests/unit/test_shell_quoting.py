@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.agentlink.client import probe_command
+from shoal.agentlink.agentclient import probe_command
 from shoal.app.naming import expand
 from shoal.errors import UsageError
 from shoal.lab.labspec import LabSpec, validate_home

@@ -29,7 +29,7 @@ from typing import Any
 
 from shoal.state import State
 
-from .client import AgentClient
+from .agentclient import AgentClient
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

@@ -49,7 +49,7 @@ from shoal.state import State, opened
 from shoal.transport.base import Connection, Transport
 
 from . import eventlog
-from .client import (
+from .agentclient import (
     DEFAULT_HOME,
     DEFAULT_PYTHON,
     AgentClient,

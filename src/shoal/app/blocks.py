@@ -11,7 +11,7 @@ that exits non-zero is tried again while the policy says so
 ``barrier`` step arrives at :class:`.barrier.BarrierBoard` and waits; when a
 ``run`` step follows it, that step is first spawned held on the node
 (``gate``) and its release (``step.open``) encoded ahead
-(:meth:`StreamClient.prepare <shoal.agentlink.client.StreamClient.prepare>`),
+(:meth:`StreamClient.prepare <shoal.agentlink.agentclient.StreamClient.prepare>`),
 so the barrier's release writes one small message per node in one loop
 iteration. While waiting, the stream is watched: a connection that drops
 fails the node instead of holding the barrier forever.
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.agentlink import fleet as agents
-from shoal.agentlink.client import AgentClient, PreparedRequest, StreamClient
+from shoal.agentlink.agentclient import AgentClient, PreparedRequest, StreamClient
 from shoal.errors import MemberFailed
 from shoal.nodes.model import Node
 from shoal.transport.base import Connection

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from shoal.agent.build import AgentBuild, build
 from shoal.agentlink import fleet as agents
-from shoal.agentlink.client import AgentClient, cached_home
+from shoal.agentlink.agentclient import AgentClient, cached_home
 from shoal.errors import MemberFailed
 from shoal.fanout.results import NodeOutcome
 from shoal.nodes import health

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.agentlink import fleet as agents
-from shoal.agentlink.client import AgentClient, cached_home, probe, start_agent
+from shoal.agentlink.agentclient import AgentClient, cached_home, probe, start_agent
 from shoal.errors import AgentError, AgentNotRunning, AppAborted, LocalError, OperationError
 from shoal.fanout.results import NodeOutcome
 from shoal.nodes import health

@@ -42,7 +42,7 @@ from typing import Any
 
 from shoal.agent.chunkserver import ChunkServer
 from shoal.agent.chunkstore import Throttle
-from shoal.agentlink.client import AgentClient
+from shoal.agentlink.agentclient import AgentClient
 from shoal.agentlink.fleet import (
     AgentOptions,
     AgentOutcome,

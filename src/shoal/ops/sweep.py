@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shoal.agentlink import eventlog
-from shoal.agentlink.client import AgentClient, probe, remember, start_agent
+from shoal.agentlink.agentclient import AgentClient, probe, remember, start_agent
 from shoal.agentlink.fleet import AgentOptions, AgentOutcome, for_each
 from shoal.errors import AgentNotRunning, VersionMismatch
 from shoal.fanout.results import NodeOutcome, Results
