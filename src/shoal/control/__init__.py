@@ -1,0 +1,1 @@
+"""The standing controller's machinery as a library (``shoal serve`` is its adapter)."""
