@@ -5,13 +5,18 @@ select`` grammar), drop nodes in the failed set and nodes another component
 of the application already holds, then check its requirements against each
 node's attributes and facts (:mod:`shoal.nodes.facts`; facts missing or stale
 are gathered first, in one round trip per node). The first ``count``
-qualifying nodes (natural order) are members, the rest spares. Members a
-previous ``up`` chose are kept while they still qualify, so a re-run converges
-instead of reshuffling.
+qualifying nodes are members, the rest spares (spares are what replacements
+are taken from, in the same order). The order is the component's ``prefer:``
+ranking (:func:`ranked`: best first, a node missing a value last, ties in
+natural name order), else natural order. Members a previous ``up`` chose are
+kept while they still qualify, in slot order, so a re-run converges instead of
+reshuffling; when fewer are wanted (a smaller ``count``) the lowest slots stay
+and the rest are dropped (see :mod:`.shrink`).
 
 When a component cannot get its count, :class:`~shoal.errors.AcquireError`
-says which requirement failed on how many nodes, and nothing has been changed
-anywhere.
+says how many qualified and why the others did not (:func:`refusal`), and
+nothing has been changed anywhere; a pass that runs out of spares later says
+the same (:func:`shortfall`).
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ from shoal.nodes.nodeset import fold
 from shoal.state import State
 from shoal.transport.base import Transport
 
-from .appspec import AppSpec, Component, Requirement
+from .appspec import AppSpec, Component, Preference, Requirement
 
 
 @dataclass
 class Allocation:
-    """Members (slot order) and spares of every component."""
+    """Members (slot order) and spares (ranked) of every component, and why the
+    rest of each selection did not qualify."""
 
     members: dict[str, list[Node]] = field(default_factory=dict)
     spares: dict[str, list[Node]] = field(default_factory=dict)
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    selected: dict[str, int] = field(default_factory=dict)
 
     def all_members(self) -> list[Node]:
         seen: dict[str, Node] = {}
@@ -92,16 +100,62 @@ def qualify(
     return Verdict(ok, rejected)
 
 
-def refusal(app: str, comp: Component, wanted: int, selected: int, verdict: Verdict) -> str:
-    """One line: what the component needs and why too few nodes qualify."""
+def ranked(
+    nodes: Sequence[Node],
+    prefer: Sequence[Preference],
+    facts: Mapping[str, Mapping[str, AttrValue]],
+) -> list[Node]:
+    """``nodes`` best first by ``prefer`` (earlier entries first; a missing value
+    ranks last; ties keep the given order, natural name order from a selection)."""
+    if not prefer:
+        return list(nodes)
+
+    def key(node: Node) -> tuple[tuple[int, float | str], ...]:
+        have = facts.get(node.name, {})
+        return tuple(p.rank(node_value(node, have, p.key)) for p in prefer)
+
+    return sorted(nodes, key=key)
+
+
+def _reasons(verdict: Verdict) -> str:
     parts = [
         f"{len(names)} {reason} ({fold(names)})"
         for reason, names in sorted(verdict.rejected.items(), key=lambda kv: -len(kv[1]))
     ]
-    why = "; ".join(parts) if parts else "the selection is too small"
+    return "; ".join(parts) if parts else "the selection is too small"
+
+
+def refusal(app: str, comp: Component, wanted: int, selected: int, verdict: Verdict) -> str:
+    """One line: what the component needs and why too few nodes qualify."""
     return (
         f"app {app}: component {comp.name} needs {wanted} node(s) but only "
-        f"{len(verdict.qualified)} of {selected} selected by {comp.select!r} qualify: {why}"
+        f"{len(verdict.qualified)} of {selected} selected by {comp.select!r} qualify: "
+        f"{_reasons(verdict)}"
+    )
+
+
+def shortfall(
+    app: str,
+    comp: Component,
+    running: int,
+    wanted: int,
+    alloc: Allocation,
+    gone: Mapping[str, str],
+) -> str:
+    """One line: a component running short because its spares ran out, with why
+    the rest of its selection cannot stand in (``gone``: node → why it left)."""
+    verdict = alloc.verdicts.get(comp.name, Verdict([], {}))
+    rejected = {k: list(v) for k, v in verdict.rejected.items()}
+    for name, why in gone.items():
+        rejected.setdefault(f"failed ({why})" if why else "failed", []).append(name)
+    members = [n for ns in alloc.members.values() for n in ns]
+    busy = [n.name for n in members if n.name not in gone]
+    if busy:
+        rejected["members already"] = busy
+    return (
+        f"app {app}: component {comp.name} runs {running} of {wanted} node(s): no spare "
+        f"left of {alloc.selected.get(comp.name, 0)} selected by {comp.select!r}: "
+        f"{_reasons(Verdict([], rejected))}"
     )
 
 
@@ -119,7 +173,7 @@ async def gather_facts(
 
     nodes: dict[str, Node] = {}
     for comp in spec.components.values():
-        if comp.require:
+        if comp.require or comp.prefer:
             nodes.update((n.name, n) for n in resolve(comp.select, state=state))
     if not nodes:
         return {}
@@ -131,7 +185,12 @@ async def gather_facts(
         health.record(gathered, health.Policy.OUTCOME, state=state)
         store(gathered, state)
         records = facts_mod.load_facts(list(nodes), state=state)
-    return {name: dict(r.facts) for name, r in records.items()}
+    out: dict[str, dict[str, AttrValue]] = {}
+    for name, r in records.items():
+        out[name] = dict(r.facts)
+        if r.rtt_ms is not None:  # rankable like any fact (prefer: [{lowest: rtt_ms}])
+            out[name].setdefault("rtt_ms", r.rtt_ms)
+    return out
 
 
 def acquire(
@@ -168,7 +227,7 @@ def acquire(
         verdict = qualify(selected, comp.require, known, failed, others)
         by_name = {n.name: n for n in verdict.qualified}
         kept = [by_name[name] for name in keep.get(comp.name, ()) if name in by_name]
-        rest = [n for n in verdict.qualified if n not in kept]
+        rest = ranked([n for n in verdict.qualified if n not in kept], comp.prefer, known)
         wanted = len(verdict.qualified) if comp.count is None else comp.count
         if comp.count is None and not verdict.qualified:
             wanted = 1
@@ -179,6 +238,8 @@ def acquire(
         if len(ordered) < wanted:
             raise AcquireError(refusal(spec.name, comp, wanted, len(selected), verdict))
         out.members[comp.name] = ordered[:wanted]
-        out.spares[comp.name] = ordered[wanted:]
+        out.spares[comp.name] = ranked(ordered[wanted:], comp.prefer, known)
+        out.verdicts[comp.name] = verdict
+        out.selected[comp.name] = len(selected)
         taken.update(n.name for n in ordered[:wanted])
     return out

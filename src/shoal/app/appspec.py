@@ -11,7 +11,10 @@ both reporting ``file:line: what was expected``:
 
 Steps of a component run in list order on each of its nodes; ``after:``
 adds predecessors in other components (``comp`` = all of its steps, or
-``comp.step``) that must be done on every node of that component first. A
+``comp.step``) that must be done on every node of that component first.
+``prefer:`` ranks a component's candidates before the first ``count`` are
+taken (``[{lowest: rtt_ms}, {highest: disk_free_gb}]``: facts or attributes,
+earlier entries first, a missing value last, ties in name order). A
 ``barrier`` step waits until the barrier releases (see :mod:`.barrier`).
 
 Variables in ``run``/``service``/``health``/``ready``/env values:
@@ -96,6 +99,27 @@ def _number(value: object) -> float | None:
 
 
 @dataclass(frozen=True)
+class Preference:
+    """One ``prefer:`` entry: rank candidates by ``key``, ``lowest`` or ``highest`` first."""
+
+    key: str
+    highest: bool
+
+    @property
+    def text(self) -> str:
+        return f"{'highest' if self.highest else 'lowest'} {self.key}"
+
+    def rank(self, value: object) -> tuple[int, float | str]:
+        """Sort key of a node's ``value``: numbers before text, a missing value last."""
+        if value is None:
+            return (2, 0.0)
+        number = _number(value)
+        if number is not None:
+            return (0, -number if self.highest else number)
+        return (1, str(value).lower())
+
+
+@dataclass(frozen=True)
 class Step:
     """One entry of a process block."""
 
@@ -124,6 +148,7 @@ class Component:
     env: dict[str, str]
     steps: tuple[Step, ...]
     line: int = 0
+    prefer: tuple[Preference, ...] = ()
 
     def step(self, name: str) -> Step | None:
         return next((s for s in self.steps if s.name == name), None)
@@ -293,6 +318,13 @@ def _component(doc: Located, cname: str, entry: dict[str, Any]) -> Component:
             require.append(Requirement.parse(text))
         except ValueError as exc:
             raise _fail(doc, (*cpath, "require", i), str(exc)) from None
+    prefer = tuple(
+        Preference(item.get("highest") or item["lowest"], "highest" in item)
+        for item in entry.get("prefer", [])
+    )
+    for i, pref in enumerate(prefer):
+        if pref.key in {p.key for p in prefer[:i]}:
+            raise _fail(doc, (*cpath, "prefer", i), f"prefer: {pref.key!r} is ranked twice")
     count = entry.get("count", 1)
     return Component(
         name=cname,
@@ -305,6 +337,7 @@ def _component(doc: Located, cname: str, entry: dict[str, Any]) -> Component:
         env=_env(entry.get("env")),
         steps=tuple(steps),
         line=doc.line(cpath),
+        prefer=prefer,
     )
 
 

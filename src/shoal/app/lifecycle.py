@@ -33,7 +33,7 @@ from shoal.nodes.health import failed_names
 from shoal.nodes.inventory import load_nodes
 from shoal.nodes.model import Node
 from shoal.state import State, opened
-from shoal.transport.base import Connection, shell_path
+from shoal.transport.base import Connection, Transport, shell_path
 from shoal.transport.factory import make_transport
 
 from . import store
@@ -46,6 +46,7 @@ from .policy import Action
 from .pool import ConnectionPool
 from .runner import Runner
 from .runtime import UpOptions, UpReport
+from .shrink import dropped, stop_members
 from .software import tree_digest
 
 
@@ -81,6 +82,8 @@ async def up_async(
             known = await gather_facts(spec, st, pool)
             alloc = acquire(spec, st, keep=carried.keep, hold=carried.hold, facts=known)
             slots, replaced = plan_slots(alloc, previous)
+            wanted = {c.name: c.count for c in spec.components.values()}
+            drops = dropped(previous, alloc, {m.node for m, _ in carried.dead}, wanted)
             report_phases = {"acquire": time.monotonic() - t0}
             # decided: record it before touching any node
             store.save_app(
@@ -99,7 +102,18 @@ async def up_async(
             for cname, nodes in alloc.members.items():
                 for n in nodes:
                     store.set_member(st, spec.name, cname, n.name, slots[(cname, n.name)], "active")
+            if replaced:
+                opts.checkpoint and opts.checkpoint("replacement recorded")
+            stopped = await stop_members(spec.name, drops, st, opts.agent, skip=failed_names(st))
+            for d in stopped:
+                m = d.member
+                opts.say and opts.say(
+                    f"{m.component}: {m.node} stopped (slot {m.slot}: {d.reason})"
+                )
             runner = Runner(spec, st, alloc, opts, slots)
+            runner.report.stopped.extend(
+                (d.member.component, d.member.node, d.member.slot) for d in stopped
+            )
             runner.report.phases.update(report_phases)
             runner.report.replaced.extend(replaced)
             for cname, old, new in replaced:
@@ -145,7 +159,7 @@ async def stop_all(spec: AppSpec, state: State, options: agents.AgentOptions) ->
             await client.call("step.forget", prefix=sid, timeout=30)
         return NodeOutcome(n.name, action="stopped")
 
-    await agents.each_agent(_nodes(state, names), talk, options, state=state)
+    await agents.each_agent(member_nodes(state, names), talk, options, state=state)
 
 
 def _services(spec: AppSpec) -> list[str]:
@@ -171,7 +185,7 @@ class NodeState:
     component: str
     node: str
     slot: int
-    state: str  # active | replaced | failed
+    state: str  # active | replaced | failed | stopping | stopped
     reachable: bool | None = None
     programs: list[dict[str, Any]] = field(default_factory=list)
     steps_done: int = 0
@@ -199,13 +213,18 @@ class AppStatus:
         )
 
 
-def _nodes(state: State, names: list[str]) -> list[Node]:
+def member_nodes(state: State, names: list[str]) -> list[Node]:
+    """The inventory's nodes of ``names``, in that order (names it lacks are left out)."""
     found = {n.name: n for n in load_nodes(state, names)}
     return [found[n] for n in names if n in found]
 
 
 async def status_async(
-    name: str, options: agents.AgentOptions | None = None, *, state: State | None = None
+    name: str,
+    options: agents.AgentOptions | None = None,
+    *,
+    state: State | None = None,
+    transport: Transport | None = None,
 ) -> AppStatus:
     """Components × nodes × processes from the agents, barriers and versions from state.
 
@@ -238,7 +257,11 @@ async def status_async(
             return NodeOutcome(node.name, value={"programs": mine, "steps": steps})
 
         answers = (
-            await agents.each_agent(_nodes(st, names), talk, opts, state=st) if names else None
+            await agents.each_agent(
+                member_nodes(st, names), talk, opts, state=st, transport=transport
+            )
+            if names
+            else None
         )
         if answers is not None:
             health.record(answers, health.Policy.REACHABILITY, state=st)
@@ -286,55 +309,34 @@ async def monitor_async(
     rounds: int | None = None,
     state: State | None = None,
 ) -> MonitorReport:
-    """Check the application every ``interval`` s; converge when a member or service is
-    missing. Ends after ``duration`` seconds or ``rounds`` checks (else when cancelled)."""
+    """Check the application every ``interval`` s; restart services that gave up (no
+    cool-down: someone is watching) and converge when a member or service is missing
+    (:func:`.reconcile.reconcile_async`). Ends after ``duration`` seconds or ``rounds``
+    checks (else when cancelled)."""
+    from .reconcile import Backoff, RestartBook, reconcile_async
+
     opts = options or UpOptions()
     out = MonitorReport()
+    book = RestartBook(Backoff(first=0.0, reset_after=0.0))
     deadline = None if duration is None else time.monotonic() + duration
     with opened(state) as st:
         while rounds is None or out.rounds < rounds:
             out.rounds += 1
-            current = await status_async(name, opts.agent, state=st)
-            if not current.healthy:
-                problems = [
-                    f"{n.node}: "
-                    + (n.detail or "unreachable" if not n.reachable else "")
-                    + ", ".join(
-                        f"{p['name']} {p['state']}" for p in n.programs if p["state"] != "RUNNING"
-                    )
-                    for n in current.nodes
-                    if n.state == "active"
-                    and (not n.reachable or any(p["state"] != "RUNNING" for p in n.programs))
-                ]
-                out.problems.extend(problems)
-                if opts.say:
-                    opts.say("converging: " + "; ".join(problems))
-                await _restart_dead_services(current, opts, st)
-                spec = spec_of(store.require_app(st, name))
-                out.last = await up_async(spec, opts, state=st)
+            done = await reconcile_async(name, opts, book, state=st)
+            out.problems.extend(done.problems)
+            if done.problems and opts.say:
+                opts.say("converging: " + "; ".join(done.problems))
+            if done.up is not None:
+                out.last = done.up
                 out.converged += 1
+            if done.shortfall and opts.say:
+                opts.say(done.shortfall)
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if rounds is not None and out.rounds >= rounds:
                 break
             await asyncio.sleep(interval)
         return out
-
-
-async def _restart_dead_services(current: AppStatus, opts: UpOptions, st: State) -> None:
-    """Services that gave up (FATAL) or stopped on reachable members get a restart."""
-    for n in current.nodes:
-        if n.state != "active" or not n.reachable:
-            continue
-        dead = [p["name"] for p in n.programs if p["state"] in ("FATAL", "STOPPED", "EXITED")]
-        if not dead:
-            continue
-        nodes = _nodes(st, [n.node])
-        for prog in dead:
-            restarted = await agents.call_async(
-                nodes, "proc.restart", {"name": prog}, opts.agent, state=st
-            )
-            health.record(restarted, health.Policy.REACHABILITY, state=st)
 
 
 # -- logs --------------------------------------------------------------------------
@@ -376,7 +378,7 @@ async def logs_async(
             out[n.name] = res.stdout.decode("utf-8", "replace")
             return NodeOutcome(n.name)
 
-        await agents.for_each(_nodes(st, names), op, opts, state=st)
+        await agents.for_each(member_nodes(st, names), op, opts, state=st)
         return {k: out[k] for k in names if k in out}
 
 
@@ -464,7 +466,7 @@ async def down_async(
                 raise LocalError(f"cleaned, but logs not all collected: {why}", n.name)
             return NodeOutcome(n.name, action="cleaned")
 
-        results = await agents.for_each(_nodes(st, names), op, opts, state=st)
+        results = await agents.for_each(member_nodes(st, names), op, opts, state=st)
         for r in results:
             report.nodes[r.node] = "cleaned" if r.ok else r.reason
         store.delete_app(st, name)

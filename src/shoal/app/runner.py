@@ -31,7 +31,7 @@ from shoal.nodes.model import Node
 from shoal.state import State
 
 from . import store
-from .acquire import Allocation
+from .acquire import Allocation, shortfall
 from .appspec import AppSpec, Component
 from .barrier import BarrierBoard, BarrierState
 from .blocks import BlockRunner
@@ -53,6 +53,7 @@ class Runner:
         slots: dict[tuple[str, str], int] | None = None,
     ) -> None:
         self.up = UpPass(spec, state, alloc, options, slots)
+        self.alloc = alloc
         self.board = BarrierBoard(
             spec.barriers.values(), on_release=self._released, on_timeout=self._timed_out
         )
@@ -197,13 +198,18 @@ class Runner:
         while True:
             spare = self.next_spare(comp)
             if spare is None:
-                up.say(f"component {comp.name}: no spare left for {node.name}; running short")
+                running = len(up.members[comp.name])
+                wanted = running + 1 if comp.count is None else comp.count
+                why = shortfall(app, comp, running, wanted, self.alloc, self.report.failed)
+                self.report.shortfalls.append(why)
+                up.say(why)
                 return
             up.members[comp.name].insert(min(slot, len(up.members[comp.name])), spare)
             up.slots[(comp.name, spare.name)] = slot
             store.set_member(up.state, app, comp.name, spare.name, slot, "active")
             self.report.replaced.append((comp.name, node.name, spare.name))
             up.say(f"{comp.name}: {spare.name} replaces {node.name} (slot {slot})")
+            up.checkpoint("replacement recorded")
             failures = await self.configure([spare])
             if spare.name not in failures:
                 self._join_barriers(comp, [spare])

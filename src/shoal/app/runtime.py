@@ -38,6 +38,9 @@ class UpOptions:
     connect_timeout: float = 15.0
     transport: Transport | None = None
     say: Say | None = None  # progress lines (adapters print them)
+    #: called at named points of a pass ("replacement recorded": the new member is in
+    #: SQLite, no node changed yet); tests use it to kill a controller exactly there
+    checkpoint: Callable[[str], None] | None = None
     software_method: str = "push"  # push (shoal push, P2P) | copy (SFTP per node)
 
 
@@ -50,6 +53,10 @@ class UpReport:
     members: dict[str, list[str]] = field(default_factory=dict)
     replaced: list[tuple[str, str, str]] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    #: members dropped by a smaller count or a narrower select: (component, node, slot)
+    stopped: list[tuple[str, str, int]] = field(default_factory=list)
+    #: components left short of their count, each with why (acquire.shortfall)
+    shortfalls: list[str] = field(default_factory=list)
     barriers: dict[str, float | None] = field(default_factory=dict)
     #: barrier -> node -> arrival time (controller clock), for arrivals before the release
     arrivals: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -84,6 +91,10 @@ class UpPass:
     def say(self, text: str) -> None:
         if self.opts.say is not None:
             self.opts.say(text)
+
+    def checkpoint(self, point: str) -> None:
+        if self.opts.checkpoint is not None:
+            self.opts.checkpoint(point)
 
     @property
     def transport(self) -> Transport:

@@ -9,7 +9,9 @@ Tables::
 ``status`` is ``starting`` | ``running`` | ``failed`` | ``aborted``; ``phase``
 the last lifecycle phase begun (acquire, configure, start, monitor). A member
 ``state`` is ``active``, ``replaced`` (a spare took its slot), ``failed``
-(policy ignore) or ``pending`` (acquired, not configured yet). Everything
+(left out by its policy), ``stopping`` (dropped by a smaller ``count`` or a
+narrower ``select``, recorded before its node is touched) or ``stopped``
+(dropped, its programs removed; the slot is free). Everything
 ``up`` decides is written before it acts on nodes, so a controller killed
 mid-``up`` resumes with the same members and the barriers it had released.
 """

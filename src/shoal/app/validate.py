@@ -105,7 +105,7 @@ class Validator:
         if types is not None:
             names = [types] if isinstance(types, str) else list(types)
             if not any(_is_type(value, n) for n in names):
-                wanted = " or ".join(("a " if n != "integer" else "an ") + n for n in names)
+                wanted = " or ".join(("an " if n[0] in "aeiou" else "a ") + n for n in names)
                 return [Problem(path, f"expected {wanted}, got {_describe(value)}")]
         if "enum" in schema and value not in schema["enum"]:
             choices = ", ".join(str(c) for c in schema["enum"])
