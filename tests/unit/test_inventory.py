@@ -46,7 +46,7 @@ def check_ansible(inv: importers.Inventory) -> None:
     assert www.attrs["disk_free_gb"] == 20
     assert www.attrs["ntp"] == "ntp.example.com"
     assert www.attrs["weight"] == 1.5
-    assert www.attrs["ansible_python_interpreter"] == "/usr/bin/python3"
+    assert www.python == "/usr/bin/python3"  # ansible_python_interpreter, a field
     eu = nodes["web-eu"]
     assert (eu.host, eu.user, eu.port) == ("192.0.2.10", "ops", None)
     assert eu.attrs["site"] == "eu"

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -94,7 +94,7 @@ async def for_each(
     opts = options or AgentOptions()
 
     async def operation(conn: Connection, node: Node, index: int) -> AgentOutcome:
-        return await op(conn, node, st, opts)
+        return await op(conn, node, st, for_node(opts, node))
 
     with opened(state) as st:
         return await fanout(nodes, operation, opts, transport=transport)
@@ -120,10 +120,16 @@ async def each_agent(
     return await for_each(nodes, op, options, transport=transport, state=state)
 
 
+def for_node(options: AgentOptions, node: Node) -> AgentOptions:
+    """``options`` with the node's own python (the inventory's ansible_python_interpreter)."""
+    return replace(options, python=node.python) if node.python else options
+
+
 async def connect_agent(
     conn: Connection, node: Node, state: State, options: AgentOptions
 ) -> AgentClient:
     """A client for the node's running agent; AgentError when none is installed or running."""
+    options = for_node(options, node)
     home = cached_home(state, node.name, options.home)
     if home is not None:
         try:

@@ -27,6 +27,9 @@ def _node_json(node: Node) -> dict[str, Any]:
         "groups": list(node.groups),
         "attrs": dict(node.attrs),
         "ssh_config": node.ssh_config,
+        "identity_file": node.identity_file,
+        "become": node.become,
+        "python": node.python,
     }
 
 
@@ -114,10 +117,17 @@ def cmd_nodes_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes_import(args: argparse.Namespace) -> int:
-    from shoal.nodes.importers import read_inventory, with_group
+    import sys
+
+    from shoal.nodes.importers import parse_inventory, read_inventory, with_group
     from shoal.nodes.inventory import import_nodes
 
-    inv = read_inventory(args.file, args.format)
+    if args.file == "-":  # ansible-inventory --list | shoal nodes import -
+        inv = parse_inventory(sys.stdin.read(), "<stdin>", args.format)
+    else:
+        inv = read_inventory(args.file, args.format)
+    for warning in inv.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     nodes = with_group(inv.nodes, args.group) if args.group and not args.replace else inv.nodes
     replace_group = args.group if args.replace else None
     report = import_nodes(nodes, replace_group=replace_group, group_vars=inv.group_vars)
@@ -167,6 +177,12 @@ def cmd_nodes_show(args: argparse.Namespace) -> int:
         print(f"  groups    {', '.join(n.groups) or '-'}")
         if n.ssh_config:
             print(f"  ssh       {n.ssh_config}")
+        if n.identity_file:
+            print(f"  key       {n.identity_file}")
+        if n.become:
+            print("  become    sudo -n (shoal run)")
+        if n.python:
+            print(f"  python    {n.python}")
         for k, v in sorted(n.attrs.items()):
             print(f"  attr      {k}={v}")
         f = failed.get(n.name)
@@ -417,9 +433,18 @@ def _register_nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("expr", metavar="EXPR")
     p.set_defaults(handler=cmd_nodes_rm)
 
-    p = nsub.add_parser("import", help="import a node list, Ansible INI or YAML inventory")
-    p.add_argument("file")
-    p.add_argument("-f", "--format", default="auto", choices=("auto", "list", "ini", "yaml"))
+    p = nsub.add_parser(
+        "import",
+        help="import a node list, an Ansible INI/YAML inventory or ansible-inventory --list JSON",
+    )
+    p.add_argument("file", help="the inventory file; - reads standard input")
+    p.add_argument(
+        "-f",
+        "--format",
+        default="auto",
+        choices=("auto", "list", "ini", "yaml", "json"),
+        help="the file's format (default: from its name and content)",
+    )
     p.add_argument("-g", "--group", help="also put every imported node in this group")
     p.add_argument(
         "--replace",

@@ -53,7 +53,11 @@ async def run_async(
                 cb(name, stream, line)
 
         res = await conn.run(
-            command, timeout=options.timeout, env=env, sudo=options.sudo, on_line=line_cb
+            command,
+            timeout=options.timeout,
+            env=env,
+            sudo=options.sudo or node.become,  # the inventory's ansible_become
+            on_line=line_cb,
         )
         stdout, stderr = _decode(res.stdout), _decode(res.stderr)
         return CommandOutcome(node.name, CommandOutput(res.exit_status, stdout, stderr, res.signal))

@@ -12,14 +12,28 @@ Formats:
   ``www[01:50]`` / ``db-[a:f]`` / ``n[1:9:2]``.
 * **Ansible YAML**: nested ``hosts`` / ``vars`` / ``children`` under ``all``
   (or any top-level groups), with the same ranges in host names.
+* **Ansible JSON**: what ``ansible-inventory --list`` (with or without
+  ``--export``) and dynamic inventory scripts print: ``_meta.hostvars`` plus
+  one object per group with ``hosts`` (a list), ``vars`` and ``children`` (a
+  list of group names).
 
 Ansible's connection variables become the record fields: ``ansible_host``
 (``ansible_ssh_host``) -> host, ``ansible_user`` (``ansible_ssh_user``) -> user,
-``ansible_port`` (``ansible_ssh_port``) -> port; every other variable is an
-attribute. Variables merge as Ansible does: ``all`` < parent group < child
-group < host. A host belongs to its groups and to all their ancestors, so
-``@parent`` includes the hosts of its children. Values that read as integers,
-floats or booleans are stored typed.
+``ansible_port`` (``ansible_ssh_port``) -> port, ``ansible_ssh_private_key_file``
+(``ansible_private_key_file``) -> identity_file, ``ansible_become`` -> become
+(``shoal run`` under ``sudo -n``), ``ansible_python_interpreter`` -> python (the
+agent's; ``auto*`` means the default); every other variable is an attribute.
+Variables merge as Ansible does: ``all`` < parent group < child group < host.
+A host belongs to its groups and to all their ancestors, so ``@parent``
+includes the hosts of its children. Values that read as integers, floats or
+booleans are stored typed.
+
+Vault-encrypted values (YAML ``!vault``, JSON ``{"__ansible_vault": ...}``) are
+never decrypted: the variable is skipped and the import carries a warning
+naming it and its hosts or group; the rest of the file is imported. Connection
+settings Shoal cannot honour (a ``become_method`` other than sudo, a
+``become_user`` other than root, ``ansible_connection`` other than ssh) are
+kept as attributes and warned about too.
 """
 
 from __future__ import annotations
@@ -36,11 +50,20 @@ from typing import Any
 
 from shoal.errors import InventoryError, NodeSetParseError
 from shoal.nodes.model import AttrValue, Node
-from shoal.nodes.nodeset import MAX_NAMES, expand
+from shoal.nodes.nodeset import MAX_NAMES, expand, fold
 
 HOST_KEYS = ("ansible_host", "ansible_ssh_host")
 USER_KEYS = ("ansible_user", "ansible_ssh_user")
 PORT_KEYS = ("ansible_port", "ansible_ssh_port")
+KEY_KEYS = ("ansible_ssh_private_key_file", "ansible_private_key_file")
+BECOME_KEYS = ("ansible_become", "ansible_sudo")
+PYTHON_KEYS = ("ansible_python_interpreter",)
+#: Connection settings kept as attributes but not honoured, with the values that are fine.
+_UNUSED = {
+    "ansible_become_method": ("sudo",),
+    "ansible_become_user": ("root",),
+    "ansible_connection": ("ssh", "smart", "paramiko"),
+}
 #: The deepest chain of groups (``children`` of ``children``...) an inventory may have.
 MAX_GROUP_DEPTH = 100
 _ANSIBLE_RANGE = re.compile(r"\[([0-9a-zA-Z]+):([0-9a-zA-Z]+)(?::(\d+))?\]")
@@ -48,10 +71,35 @@ _ANSIBLE_RANGE = re.compile(r"\[([0-9a-zA-Z]+):([0-9a-zA-Z]+)(?::(\d+))?\]")
 
 @dataclass
 class Inventory:
-    """What a file describes: nodes, plus group variables (kept for display)."""
+    """What a file describes: nodes, group variables (kept for display), and the
+    one-line warnings of what was read but not used (vault values, say)."""
 
     nodes: list[Node]
     group_vars: dict[str, dict[str, AttrValue]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Vaulted:
+    """A vault-encrypted value: never decrypted, its variable skipped."""
+
+    def __repr__(self) -> str:
+        return "<vault>"
+
+
+VAULTED = _Vaulted()
+
+
+def _vaulted(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is, or holds, a vault-encrypted value."""
+    if value is VAULTED:
+        return True
+    if isinstance(value, dict):
+        if "__ansible_vault" in value:
+            return True
+        return depth < 64 and any(_vaulted(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return depth < 64 and any(_vaulted(v, depth + 1) for v in value)
+    return False
 
 
 def typed(value: Any) -> AttrValue:
@@ -217,6 +265,37 @@ class _Groups:
         self.vars: dict[str, dict[str, AttrValue]] = {}
         self.host_vars: dict[str, dict[str, AttrValue]] = {}
         self.order: list[str] = []  # hosts in order of first appearance
+        self.skipped: dict[tuple[str, str], list[str]] = {}  # (kind, variable) -> owners
+
+    def clean(self, raw: Mapping[Any, Any], kind: str, owner: str) -> dict[str, AttrValue]:
+        """``raw`` variables typed, vault-encrypted ones dropped and noted for a warning."""
+        out: dict[str, AttrValue] = {}
+        for key, value in raw.items():
+            if _vaulted(value):
+                owners = self.skipped.setdefault((kind, str(key)), [])
+                if owner not in owners:
+                    owners.append(owner)
+            else:
+                out[str(key)] = typed(value)
+        return out
+
+    def warnings(self, source: str, nodes: list[Node]) -> list[str]:
+        out = [
+            f"{source}: vault-encrypted variable {var} of {kind} {fold(owners)} skipped"
+            " (Shoal does not decrypt vault values)"
+            for (kind, var), owners in self.skipped.items()
+        ]
+        unused: dict[tuple[str, AttrValue], list[str]] = {}
+        for n in nodes:
+            for key, fine in _UNUSED.items():
+                if key in n.attrs and n.attrs[key] not in fine:
+                    unused.setdefault((key, n.attrs[key]), []).append(n.name)
+        out += [
+            f"{source}: {key}={value} of host {fold(hosts)} is not used"
+            f" (Shoal connects over SSH{' and becomes root with sudo' if 'become' in key else ''})"
+            for (key, value), hosts in unused.items()
+        ]
+        return out
 
     def group(self, name: str) -> None:
         self.hosts.setdefault(name, [])
@@ -294,13 +373,16 @@ class _Groups:
             merged.update(self.host_vars[h])
             nodes.append(_ansible_node(h, merged, chain, source))
         gvars = {g: v for g, v in self.vars.items() if v and g not in ("all", "ungrouped")}
-        return Inventory(nodes, gvars)
+        return Inventory(nodes, gvars, self.warnings(source, nodes))
 
 
 def _ansible_node(host: str, hvars: dict[str, AttrValue], groups: list[str], src: str) -> Node:
     address: str | None = None
     user: str | None = None
     port: int | None = None
+    identity: str | None = None
+    become = False
+    python: str | None = None
     attrs: dict[str, AttrValue] = {}
     name = host
     m = re.match(r"^(.*?):(\d+)$", host)
@@ -316,10 +398,28 @@ def _ansible_node(host: str, hvars: dict[str, AttrValue], groups: list[str], src
                 port = int(str(value))
             except ValueError:
                 raise InventoryError(f"{src}: host {host}: {key} is not a port") from None
+        elif key in KEY_KEYS:
+            identity = str(value) or None
+        elif key in BECOME_KEYS:
+            if value not in (True, False):  # 1 and 0 are too
+                raise InventoryError(f"{src}: host {host}: {key} is not a boolean: {value!r}")
+            become = bool(value)
+        elif key in PYTHON_KEYS:
+            python = None if str(value).startswith("auto") else str(value) or None
         else:
             attrs[key] = value
     kept = tuple(sorted(g for g in groups if g not in ("all", "ungrouped")))
-    return Node(name=name, host=address, user=user, port=port, groups=kept, attrs=attrs)
+    return Node(
+        name=name,
+        host=address,
+        user=user,
+        port=port,
+        groups=kept,
+        attrs=attrs,
+        identity_file=identity,
+        become=become,
+        python=python,
+    )
 
 
 # --- Ansible INI ---------------------------------------------------------------
@@ -379,13 +479,27 @@ def _strip_quotes(text: str) -> str:
 # --- Ansible YAML --------------------------------------------------------------
 
 
+def _load_yaml(text: str) -> Any:
+    """The YAML document, with ``!vault`` values as :data:`VAULTED` (bounds of yamlload)."""
+    import yaml
+
+    from shoal import yamlload
+
+    class Constructor(yaml.constructor.SafeConstructor):
+        pass
+
+    Constructor.add_constructor("!vault", lambda _c, _n: VAULTED)
+    node = yamlload.compose(text)
+    return None if node is None else Constructor().construct_document(node)
+
+
 def parse_ansible_yaml(text: str, source: str = "<yaml>") -> Inventory:
     import yaml
 
     from shoal import yamlload
 
     try:
-        data = yamlload.load(text)
+        data = _load_yaml(text)
     except yamlload.LimitError as exc:
         raise InventoryError(f"{source}:{exc.line}: {exc.problem}") from None
     except yaml.YAMLError as exc:
@@ -409,13 +523,12 @@ def parse_ansible_yaml(text: str, source: str = "<yaml>") -> Inventory:
         for pattern, hvars in hosts.items():
             if hvars is not None and not isinstance(hvars, dict):
                 raise InventoryError(f"{source}: vars of host {pattern} must be a mapping")
-            typed_vars = {str(k): typed(v) for k, v in (hvars or {}).items()}
             for host in expand_ansible(str(pattern)):
-                g.add_host(name, host, typed_vars)
+                g.add_host(name, host, g.clean(hvars or {}, "host", host))
         gvars = body.get("vars") or {}
         if not isinstance(gvars, dict):
             raise InventoryError(f"{source}: {path}.vars must be a mapping")
-        g.vars[name].update({str(k): typed(v) for k, v in gvars.items()})
+        g.vars[name].update(g.clean(gvars, "group", name))
         children = body.get("children") or {}
         if not isinstance(children, dict):
             raise InventoryError(f"{source}: {path}.children must be a mapping")
@@ -429,10 +542,59 @@ def parse_ansible_yaml(text: str, source: str = "<yaml>") -> Inventory:
     return g.nodes(source)
 
 
+# --- Ansible JSON (ansible-inventory --list) -------------------------------------
+
+
+def parse_ansible_json(text: str, source: str = "<json>") -> Inventory:
+    """Nodes of ``ansible-inventory --list`` output (or a dynamic inventory script's)."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InventoryError(f"{source}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InventoryError(f"{source}: JSON nested too deeply") from None
+    if not isinstance(data, dict):
+        raise InventoryError(f"{source}: an Ansible JSON inventory is an object of groups")
+    meta = data.get("_meta", {})
+    hostvars = meta.get("hostvars", {}) if isinstance(meta, dict) else None
+    if not isinstance(hostvars, dict):
+        raise InventoryError(f"{source}: _meta.hostvars must be an object")
+    g = _Groups()
+    g.group("all")
+    for name, body in data.items():
+        if name == "_meta":
+            continue
+        if isinstance(body, list):  # the old script form: a group is its list of hosts
+            body = {"hosts": body}
+        if not isinstance(body, dict):
+            raise InventoryError(f"{source}: group {name} must be an object")
+        g.group(name)
+        for key in ("hosts", "children"):
+            if not isinstance(body.get(key) or [], list):
+                raise InventoryError(f"{source}: {name}.{key} must be a list")
+        for host in body.get("hosts") or []:
+            hvars = hostvars.get(str(host)) or {}
+            if not isinstance(hvars, dict):
+                raise InventoryError(f"{source}: _meta.hostvars.{host} must be an object")
+            g.add_host(name, str(host), g.clean(hvars, "host", str(host)))
+        gvars = body.get("vars") or {}
+        if not isinstance(gvars, dict):
+            raise InventoryError(f"{source}: {name}.vars must be an object")
+        g.vars[name].update(g.clean(gvars, "group", name))
+        for child in body.get("children") or []:
+            g.group(str(child))
+            if str(child) not in g.children[name]:
+                g.children[name].append(str(child))
+    for host, hvars in hostvars.items():  # in _meta but in no group: ungrouped
+        if host not in g.host_vars and isinstance(hvars, dict):
+            g.add_host("ungrouped", str(host), g.clean(hvars, "host", str(host)))
+    return g.nodes(source)
+
+
 # --- dispatch --------------------------------------------------------------------
 
 
-FORMATS = ("auto", "list", "ini", "yaml")
+FORMATS = ("auto", "list", "ini", "yaml", "json")
 
 
 def detect_format(path: str, text: str) -> str:
@@ -441,6 +603,8 @@ def detect_format(path: str, text: str) -> str:
         return "yaml"
     if lower.endswith((".ini", ".cfg")):
         return "ini"
+    if lower.endswith(".json") or text.lstrip().startswith("{"):
+        return "json"
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith(("#", ";")):
@@ -455,19 +619,26 @@ def detect_format(path: str, text: str) -> str:
 
 def read_inventory(path: str, fmt: str = "auto") -> Inventory:
     """Nodes (and group vars) of an inventory file in any supported format."""
-    if fmt not in FORMATS:
-        raise InventoryError(f"unknown inventory format {fmt!r} (one of {', '.join(FORMATS)})")
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise InventoryError(f"cannot read inventory {path}: {exc.strerror}") from None
+    return parse_inventory(text, path, fmt)
+
+
+def parse_inventory(text: str, source: str, fmt: str = "auto") -> Inventory:
+    """Nodes of an inventory text (``source`` names it in messages and guides ``auto``)."""
+    if fmt not in FORMATS:
+        raise InventoryError(f"unknown inventory format {fmt!r} (one of {', '.join(FORMATS)})")
     if fmt == "auto":
-        fmt = detect_format(path, text)
+        fmt = detect_format(source, text)
     if fmt == "list":
-        return Inventory(parse_plain(text, path))
+        return Inventory(parse_plain(text, source))
     if fmt == "ini":
-        return parse_ansible_ini(text, path)
-    return parse_ansible_yaml(text, path)
+        return parse_ansible_ini(text, source)
+    if fmt == "json":
+        return parse_ansible_json(text, source)
+    return parse_ansible_yaml(text, source)
 
 
 def with_group(nodes: Iterable[Node], group: str) -> list[Node]:

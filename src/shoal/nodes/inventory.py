@@ -7,6 +7,8 @@ Tables (declared here, owned here)::
     inv_members(grp, node)                   membership, cascades with the node
     inv_attrs(key, node, value, is_bool)     attrs again, typed, one row each, so a
                                              filter reads one key without JSON
+    inv_login(node PK, identity_file,        the login settings of the nodes that
+              become, python)                have any (Ansible's connection vars)
 
 Other layers call :func:`import_nodes` (upsert a batch in one transaction,
 optionally making it the whole content of a group: the lab registers its nodes
@@ -58,6 +60,12 @@ CREATE TABLE IF NOT EXISTS inv_attrs (
     PRIMARY KEY (key, node)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS inv_attrs_node ON inv_attrs(node);
+CREATE TABLE IF NOT EXISTS inv_login (
+    node TEXT PRIMARY KEY REFERENCES inv_nodes(name) ON DELETE CASCADE,
+    identity_file TEXT,
+    become INTEGER NOT NULL DEFAULT 0,
+    python TEXT
+);
 """
 
 _decode = json.JSONDecoder().decode
@@ -103,7 +111,7 @@ def check_group(name: str) -> None:
 
 
 def _row_to_node(row: Sequence[object], groups: tuple[str, ...]) -> Node:
-    name, host, user, port, ssh_config, attrs = row[:6]
+    name, host, user, port, ssh_config, attrs, identity_file, become, python = row[:9]
     return Node(
         name=str(name),
         host=host if host is None else str(host),
@@ -112,6 +120,9 @@ def _row_to_node(row: Sequence[object], groups: tuple[str, ...]) -> Node:
         groups=groups,
         attrs=_decode(str(attrs)) if attrs and attrs != "{}" else {},
         ssh_config=ssh_config if ssh_config is None else str(ssh_config),
+        identity_file=identity_file if identity_file is None else str(identity_file),
+        become=bool(become),
+        python=python if python is None else str(python),
     )
 
 
@@ -141,6 +152,11 @@ def import_nodes(
             if replace_group is not None:
                 removed = _drop_leavers(db, replace_group, seen)
             rows, members, attr_rows, groups = _import_rows(batch, replace_group, now)
+            logins = [
+                (n.name, n.identity_file, int(n.become), n.python)
+                for n in batch
+                if n.identity_file or n.become or n.python
+            ]
             db.executemany(
                 "INSERT INTO inv_nodes(name, host, user, port, ssh_config, attrs, added, updated)"
                 " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET host=excluded.host,"
@@ -150,6 +166,11 @@ def import_nodes(
             )
             db.executemany("DELETE FROM inv_members WHERE node=?", [(n,) for n in seen & existing])
             db.executemany("DELETE FROM inv_attrs WHERE node=?", [(n,) for n in seen & existing])
+            db.executemany("DELETE FROM inv_login WHERE node=?", [(n,) for n in seen & existing])
+            db.executemany(
+                "INSERT INTO inv_login(node, identity_file, become, python) VALUES (?,?,?,?)",
+                logins,
+            )
             db.executemany(
                 "INSERT INTO inv_attrs(key, node, value, is_bool) VALUES (?,?,?,?)", attr_rows
             )
@@ -329,21 +350,22 @@ def load_nodes(state: State, names: Iterable[str] | None = None) -> list[Node]:
     ensure(state)
     db = state.db
     wanted = None if names is None else set(names)
-    cols = "n.name, n.host, n.user, n.port, n.ssh_config, n.attrs"
+    cols = (
+        "n.name, n.host, n.user, n.port, n.ssh_config, n.attrs, l.identity_file, l.become, l.python"
+    )
+    joined = "inv_nodes n LEFT JOIN inv_login l ON l.node = n.name"
     if wanted is None:
-        rows = db.execute(f"SELECT {cols} FROM inv_nodes n").fetchall()
+        rows = db.execute(f"SELECT {cols} FROM {joined}").fetchall()
         mrows = db.execute("SELECT node, grp FROM inv_members").fetchall()
     elif len(wanted) <= 500:
         marks = ",".join("?" * len(wanted))
         args = list(wanted)
-        rows = db.execute(
-            f"SELECT {cols} FROM inv_nodes n WHERE name IN ({marks})", args
-        ).fetchall()
+        rows = db.execute(f"SELECT {cols} FROM {joined} WHERE n.name IN ({marks})", args).fetchall()
         mrows = db.execute(
             f"SELECT node, grp FROM inv_members WHERE node IN ({marks})", args
         ).fetchall()
     else:  # most of the inventory: one scan beats a long IN list or a join table
-        rows = [r for r in db.execute(f"SELECT {cols} FROM inv_nodes n") if r[0] in wanted]
+        rows = [r for r in db.execute(f"SELECT {cols} FROM {joined}") if r[0] in wanted]
         mrows = [r for r in db.execute("SELECT node, grp FROM inv_members") if r[0] in wanted]
     member: dict[str, list[str]] = {}
     for node, grp in mrows:

@@ -17,6 +17,12 @@ class Node:
     is resolved through ssh_config (``HostName``) and DNS, as ``ssh NAME`` would.
     ``ssh_config`` names an extra ssh_config file read before ``~/.ssh/config``
     for this node (labs use it to carry their keys and known_hosts).
+
+    The login settings an inventory may give (Ansible's connection variables):
+    ``identity_file`` is a private key tried before ssh_config's IdentityFile
+    entries (as ``ssh -i`` does); ``become`` runs ``shoal run``'s commands under
+    ``sudo -n`` (``ansible_become``); ``python`` is the interpreter that runs the
+    agent on the node (``ansible_python_interpreter``; ``None``: the default).
     """
 
     name: str
@@ -26,6 +32,9 @@ class Node:
     groups: tuple[str, ...] = ()
     attrs: Mapping[str, AttrValue] = field(default_factory=dict)
     ssh_config: str | None = None
+    identity_file: str | None = None
+    become: bool = False
+    python: str | None = None
 
     @property
     def address(self) -> str:

@@ -463,7 +463,11 @@ class SSHTransport(Transport):
         """asyncssh options for this node, and how to find its known_hosts files."""
         resolved = sshconfig.resolve(config, node.name, node.user, node.port)
         kwargs: dict[str, Any] = {}
+        # the node's own key (inventory: ansible_ssh_private_key_file) first, as ssh -i
+        own_key = [os.path.expanduser(node.identity_file)] if node.identity_file else []
         if resolved is None:  # slow path: asyncssh reads the config files itself
+            if own_key:
+                kwargs["client_keys"] = self._keys(own_key)
             if node.user:
                 kwargs["username"] = node.user
             if node.port and not preconnected:
@@ -479,8 +483,8 @@ class SSHTransport(Transport):
         if not preconnected:
             kwargs["port"] = resolved.port
         kwargs["username"] = resolved.user
-        if resolved.identity_files:
-            kwargs["client_keys"] = self._keys(resolved.identity_files)
+        if resolved.identity_files or own_key:
+            kwargs["client_keys"] = self._keys(own_key + resolved.identity_files)
         elif resolved.identity_agent is None and "identityagent" in resolved.options:
             kwargs["agent_path"] = None
         kwargs["known_hosts"] = self._known_hosts(resolved.known_hosts)
