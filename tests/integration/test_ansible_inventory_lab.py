@@ -54,8 +54,8 @@ def test_ansible_connection_variables_are_used(lab: Lab, tmp_path: Path) -> None
     wrapper, marker = f"{work}/python-wrapper", f"{work}/wrapper-ran"
     remote(
         n2,
-        f"mkdir -p {work} && printf '#!/bin/sh\\necho \"$*\" >> {marker}\\n"
-        f"exec python3 \"$@\"\\n' > {wrapper} && chmod 755 {wrapper}",
+        f'mkdir -p {work} && printf \'#!/bin/sh\\necho "$*" >> {marker}\\n'
+        f'exec python3 "$@"\\n\' > {wrapper} && chmod 755 {wrapper}',
     )
     hostvars = {
         f"{prefix}-a": {
@@ -87,9 +87,7 @@ def test_ansible_connection_variables_are_used(lab: Lab, tmp_path: Path) -> None
         try:
             a, b = inventory.load_nodes(st, sorted(hostvars))
             # become: the command runs under sudo -n (SUDO_USER set; or sudo is missing there)
-            results = run(
-                [a, b], "echo user=${SUDO_USER:-none}", RunOptions(timeout=30, retries=0)
-            )
+            results = run([a, b], "echo user=${SUDO_USER:-none}", RunOptions(timeout=30, retries=0))
             out_a, out_b = results[a.name], results[b.name]
             assert out_b.ok and out_b.value is not None
             assert out_b.value.stdout.strip() == "user=none"
