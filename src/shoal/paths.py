@@ -10,13 +10,19 @@ each layer's options are typed dataclasses beside the code that reads them
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+
+
+def home_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the state directory is (``environ`` defaults to ``os.environ``); not created."""
+    env = (os.environ if environ is None else environ).get("SHOAL_HOME")
+    return Path(env) if env else Path.home() / ".local" / "state" / "shoal"
 
 
 def shoal_home() -> Path:
     """The state directory, created on first use (mode 0700)."""
-    env = os.environ.get("SHOAL_HOME")
-    home = Path(env) if env else Path.home() / ".local" / "state" / "shoal"
+    home = home_dir()
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     return home
 

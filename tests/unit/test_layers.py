@@ -20,7 +20,7 @@ ROOT = Path(shoal.__file__).parent
 # layer listed before it, never one listed after it.
 LAYERS: list[tuple[str, ...]] = [
     # shared leaves: the error tree, parsing helpers, paths, the SQLite state, lazy names
-    ("errors", "numeric", "yamlload", "paths", "state", "lazyexports"),
+    ("errors", "numeric", "yamlload", "paths", "state", "lazyexports", "settings", "logsetup"),
     # the node side, shipped as one zipapp: standard library and shoal.agent only
     ("agent",),
     # the node model, node sets, selection, inventory, plans, health, fact parsing

@@ -12,6 +12,12 @@ SIGPIPE ends other tools (state already committed stays committed); SIGTERM
 is handled as Ctrl-C is, so either one stops what the command started on the
 nodes before the command exits (130 for an interrupt, 143 for SIGTERM; every
 status is named in :mod:`.exitcodes`).
+
+Settings (:mod:`shoal.settings`: config files, ``SHOAL_*`` variables) become the
+defaults of the flags they name before the command line is parsed, so a flag
+always wins; ``args.settings`` carries them to handlers. ``-v``/``--debug``/
+``--log-file`` set up logging (:mod:`.logflags`); an unexpected exception is one
+line (its traceback with ``--debug``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,12 @@ import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
+
+from shoal.logsetup import logger
+
+from . import logflags
+
+_log = logger("shoal.cli")
 
 # subcommand -> module under shoal.cli that registers it
 COMMANDS: dict[str, str] = {
@@ -43,7 +55,13 @@ COMMANDS: dict[str, str] = {
     "push": "pushcmds",
     "rollback": "pushcmds",
     "versions": "pushcmds",
+    "config": "configcmds",
+    "completion": "completion",
+    "man": "completion",
 }
+
+#: Global options that take a value (skipped when finding the command word).
+_VALUED_GLOBALS = frozenset({"--log-file"})
 
 #: Commands whose process ends right after the handler: everything they write is
 #: flushed and every state change committed, so interpreter teardown (~50 ms of
@@ -62,6 +80,18 @@ def _build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
         help="print what nodes send as it is, terminal escapes included (default on a "
         "terminal: control characters are shown escaped, e.g. \\x1b)",
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log what happens: -v connects, retries, host keys, agents, push sources; "
+        "-vv debug, asyncssh's too (keys and methods tried)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="debug log, and tracebacks of unexpected errors"
+    )
+    parser.add_argument("--log-file", metavar="PATH", help="append the full debug log to PATH")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     seen: set[str] = set()
@@ -87,10 +117,53 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    first = next((a for a in args_list if not a.startswith("-")), None)
+    first = _command_word(args_list)
     modules = [COMMANDS[first]] if first in COMMANDS else list(COMMANDS.values())
     parser = _build_parser(modules)
-    args = parser.parse_args(args_list)
+    args = _parse_with_settings(parser, args_list)
+    if args is None:
+        from . import exitcodes
+
+        return exitcodes.USAGE  # the settings or the log file refused
+    try:
+        return _main_parsed(args, argv, first)
+    finally:
+        logflags.remove(args.log_handlers)
+
+
+def _command_word(args_list: Sequence[str]) -> str | None:
+    """The first word that is neither an option nor a global option's value."""
+    skip = False
+    for arg in args_list:
+        if skip:
+            skip = False
+        elif arg in _VALUED_GLOBALS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _parse_with_settings(
+    parser: argparse.ArgumentParser, args_list: list[str]
+) -> argparse.Namespace | None:
+    """Parse with the settings as flag defaults, logging set up; None (told) if refused."""
+    from shoal.errors import ShoalError
+
+    from . import configcmds
+
+    try:
+        settings = configcmds.apply_settings(parser)
+        args = parser.parse_args(args_list)
+        args.settings = settings
+        args.log_handlers = logflags.configure(args.verbose, args.debug, args.log_file)
+    except ShoalError as exc:
+        print(f"shoal: error: {exc}", file=sys.stderr)
+        return None
+    return args
+
+
+def _main_parsed(args: argparse.Namespace, argv: Sequence[str] | None, first: str | None) -> int:
     streams = sys.stdout, sys.stderr
     if not args.raw:
         from .terminal import EscapingStream
@@ -130,6 +203,7 @@ def _run_handler(args: argparse.Namespace, terminated: threading.Event) -> int:
             print(exc.pointer(), file=sys.stderr)
             return exitcodes.USAGE
         except ShoalError as exc:
+            _log.debug("%s", type(exc).__name__, exc_info=True)
             print(f"shoal: error: {exc.located()}", file=sys.stderr)
             usage = exc.kind in ("usage", "selection", "config")
             return exitcodes.USAGE if usage else exitcodes.FAILED
@@ -139,6 +213,18 @@ def _run_handler(args: argparse.Namespace, terminated: threading.Event) -> int:
                 return exitcodes.TERMINATED
             print("shoal: interrupted", file=sys.stderr)
             return exitcodes.INTERRUPTED
+        except BrokenPipeError:
+            raise
+        except Exception as exc:  # a bug: one line; the traceback with --debug, in the log
+            if args.debug:
+                raise
+            _log.debug("unexpected error", exc_info=True)
+            print(
+                f"shoal: internal error: {type(exc).__name__}: {exc} "
+                "(rerun with --debug for the traceback)",
+                file=sys.stderr,
+            )
+            return exitcodes.FAILED
     except BrokenPipeError:
         _discard_output()
         return exitcodes.BROKEN_PIPE
