@@ -42,8 +42,8 @@ def test_protocol_round_trip_and_validation() -> None:
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     checked = protocol.check_request(protocol.decode(line))
     assert checked == {"v": 1, "id": 3, "op": "proc.status", "args": {"name": "web"}}
-    with pytest.raises(protocol.ProtocolError, match="unknown operation 'exec'"):
-        protocol.check_request({"v": 1, "id": 1, "op": "exec"})
+    with pytest.raises(protocol.ProtocolError, match="unknown operation 'shell'"):
+        protocol.check_request({"v": 1, "id": 1, "op": "shell"})
     with pytest.raises(protocol.ProtocolError, match="'id' must be"):
         protocol.check_request({"v": 1, "id": True, "op": "hello"})
     with pytest.raises(protocol.ProtocolError, match="not JSON"):

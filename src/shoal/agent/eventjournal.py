@@ -10,7 +10,10 @@ restarts). Kinds: ``agent_started``, ``agent_stopping``, ``started``,
 bounded by twice ``max_bytes``. The latest ``keep`` events are also held in
 memory, which is what :meth:`EventLog.since` serves: the controller pulls with
 ``since=<last seq it has>``. A write that fails (full disk) keeps the event in
-memory and reports the error; nothing is raised.
+memory and reports the error; nothing is raised. Subscribers
+(:meth:`EventLog.subscribe`, the ``watch`` streams) are called with each event
+as it is recorded (held in memory, before it is written to disk); a subscriber that raises is
+dropped, never the event.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Optional
 
 Event = dict[str, Any]
 ErrorHook = Callable[[str, Optional[OSError]], None]
+Subscriber = Callable[[Event], None]
 
 
 class EventLog:
@@ -44,6 +48,7 @@ class EventLog:
         self.on_error = on_error
         self.recent: deque[Event] = deque(maxlen=keep)
         self.seq = 0
+        self._subscribers: list[Subscriber] = []
         self._load()
 
     @property
@@ -81,6 +86,12 @@ class EventLog:
             "detail": detail,
         }
         self.recent.append(event)
+        # before the write: an io_error it causes is recorded (and pushed) after this one
+        for subscriber in tuple(self._subscribers):  # one may unsubscribe while called
+            try:
+                subscriber(event)
+            except Exception:
+                self.unsubscribe(subscriber)
         line = (json.dumps(event, sort_keys=True) + "\n").encode("utf-8")
         try:
             try:
@@ -101,6 +112,17 @@ class EventLog:
             if self.on_error is not None:
                 self.on_error(str(self.path), None)
         return event
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Call ``subscriber(event)`` for every event recorded from now on."""
+        self._subscribers.append(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Stop calling ``subscriber`` (no error when it was not subscribed)."""
+        try:
+            self._subscribers.remove(subscriber)
+        except ValueError:
+            pass
 
     def since(self, seq: int, limit: int = 1000) -> dict[str, Any]:
         """Events with a sequence number above ``seq`` (oldest first, at most ``limit``).

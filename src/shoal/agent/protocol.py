@@ -11,6 +11,19 @@ protocol version. A request is ``{"v", "id", "op", "args"}``; a reply is
 peer of another version learns nothing else. Messages are plain JSON (never
 pickle) and at most :data:`MAX_LINE` bytes.
 
+Streaming operations (:data:`STREAMING_OPS`: ``watch``, ``exec``). Besides its
+one reply, a streaming request may be sent any number of *push* messages
+``{"v", "id": <the request's id>, "push": KIND, ...}``; a client demultiplexes
+what it reads by ``id`` and by the presence of ``push``. ``exec`` pushes its
+output (``out``) and then replies when the command ends; ``watch`` replies at
+once and then pushes ``event`` and ``beat`` messages until it is cancelled,
+overflows (a last ``overflow`` push) or the connection ends. Ordinary requests
+keep exactly one reply each, answered in order; they may be sent while streams
+run on the same connection, and their replies come interleaved with the pushes,
+always as whole lines. ``cancel {id}`` ends a stream of this connection: a watch
+stops pushing, an exec's command is killed (its reply still comes). Closing the
+connection ends every stream on it (an exec's process group is killed).
+
 This module is shared by the agent (standard library only, Python >= 3.9) and
 the controller.
 """
@@ -53,7 +66,18 @@ OPS = (
     "content.end",
     "content.versions",
     "content.rollback",
+    "ping",
+    "watch",
+    "exec",
+    "cancel",
 )
+
+#: Operations that may push messages besides their reply (see the module docstring).
+STREAMING_OPS = ("watch", "exec")
+
+#: Push kinds: ``event`` and ``beat`` (watch), ``overflow`` (a watch dropped because
+#: its reader fell behind: watch again from the last seq), ``out`` (exec output).
+PUSH_KINDS = ("event", "beat", "overflow", "out")
 
 Message = dict[str, Any]
 
@@ -118,6 +142,13 @@ def check_request(message: Message) -> Message:
 def reply(request_id: object, result: Any) -> Message:
     """A successful reply."""
     return {"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result}
+
+
+def push(request_id: object, kind: str, **fields: Any) -> Message:
+    """A push message for the streaming request ``request_id``."""
+    message: Message = {"v": PROTOCOL_VERSION, "id": request_id, "push": kind}
+    message.update(fields)
+    return message
 
 
 def failure(request_id: object, error: str, kind: str = "agent") -> Message:

@@ -4,7 +4,9 @@ Theory of operation. :class:`Agent` owns the working area (default
 ``~/.shoal``): ``agent.sock`` (mode 0600, the only control endpoint; SSH's
 authentication is the authentication), ``programs.json`` (desired state),
 ``pids.json``, ``events.jsonl``, ``logs/``. Each connection is a sequence of
-JSON-line requests answered in order (:mod:`protocol`). Requests:
+JSON-line requests; ordinary ones are answered in order, streaming ones
+(``watch``, ``exec``) run beside them on the same connection and push messages
+(:mod:`protocol`). Requests:
 
 ``hello`` / ``status``          versions, build, pid, uptime, io errors, programs
 ``proc.start`` {spec}           start (or replace) a program; persisted
@@ -15,10 +17,15 @@ JSON-line requests answered in order (:mod:`protocol`). Requests:
 ``shutdown``                    stop programs (desired state kept) and exit
 ``content.*``                   push sessions, chunk fetches, switch-over (:mod:`.pushsession`)
 ``step.run|status|forget``      one-shot steps of applications (:mod:`.steps`)
+``ping``                        ``{t: agent wall clock, seq: last event seq}`` (rtt, skew)
+``watch`` {since, beat}         events pushed as recorded, heartbeats (:mod:`.watching`)
+``exec`` {command, ...}         a command under the login shell, output pushed (:mod:`.execute`)
+``cancel`` {id}                 end a stream of this connection
 
 At most :data:`MAX_CLIENTS` connections are served at once: a newcomer past
-that closes the oldest one waiting for its next request (else it is refused),
-so idle connections, however many, never lock ``status`` out.
+that closes the oldest one waiting for its next request with no stream running
+(else it is refused), so idle connections, however many, never lock ``status``
+out. A connection's end ends its streams (an exec's process group is killed).
 
 Write errors in the working area (a full disk) never stop the agent: they are
 recorded as an ``io_error`` event and listed under ``errors`` in ``status``
@@ -33,17 +40,21 @@ import signal
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import protocol
 from .eventjournal import EventLog
+from .execute import MAX_EXECS, ExecRequest, ExecStream
+from .outbox import Outbox
 from .persist import write_atomic
 from .progspec import ProgramSpec
 from .pushsession import ContentService
 from .steps import Steps
 from .supervisor import Supervisor
+from .watching import WatchStream, beat_interval, since_seq
 
 AGENT_VERSION = "0.1.0"
 #: Control connections served at once (a push holds about five per controller).
@@ -77,8 +88,9 @@ class Agent:
         self.content = ContentService(home, self._record)
         self._stopping: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
-        #: connection handler → whether it waits for a request (oldest first)
-        self._clients: dict[asyncio.Task[Any], bool] = {}
+        #: connection handler → its connection (oldest first)
+        self._clients: dict[asyncio.Task[Any], _Conn] = {}
+        self._execs: set[ExecStream] = set()
 
     def _identity(self) -> str:
         path = self.home / "agent.id"
@@ -161,66 +173,120 @@ class Agent:
 
     # -- requests --------------------------------------------------------
 
-    def _admit(self, task: asyncio.Task[Any]) -> bool:
+    def _admit(self, task: asyncio.Task[Any], conn: _Conn) -> bool:
         if len(self._clients) >= MAX_CLIENTS:
-            idle = next((t for t, waiting in self._clients.items() if waiting), None)
+            idle = next((t for t, c in self._clients.items() if c.waiting and not c.streams), None)
             if idle is None:
                 return False
             del self._clients[idle]
             idle.cancel()
-        self._clients[task] = True
+        self._clients[task] = conn
         return True
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if not self._admit(task):
+        conn = _Conn()
+        if not self._admit(task, conn):
             writer.write(protocol.encode(protocol.failure(None, "too many connections")))
             writer.close()
             return
+        outbox = Outbox(writer)
         try:
             while True:
-                self._clients[task] = True
+                conn.waiting = True
                 try:
                     line = await reader.readline()
                 except (ValueError, asyncio.LimitOverrunError):
-                    writer.write(protocol.encode(protocol.failure(None, "message too long")))
+                    outbox.put(protocol.failure(None, "message too long"))
                     break
                 if not line:
                     break
                 if task not in self._clients:
                     break  # evicted as it read
-                self._clients[task] = False
+                conn.waiting = False
                 request_id: Any = None
                 try:
                     message = protocol.decode(line)
                     request_id = message.get("id")
                     req = protocol.check_request(message)
                 except protocol.ProtocolError as exc:
-                    writer.write(protocol.encode(protocol.failure(request_id, str(exc), exc.kind)))
-                    await writer.drain()
+                    await outbox.send(protocol.failure(request_id, str(exc), exc.kind))
                     break  # a peer that does not speak our protocol gets nothing more
-                try:
-                    result = await self.dispatch(req["op"], req["args"])
-                    answer = protocol.reply(req["id"], result)
-                except (KeyError, ValueError, TypeError) as exc:
-                    text = exc.args[0] if exc.args else str(exc)
-                    answer = protocol.failure(req["id"], str(text), "agent")
-                except Exception as exc:  # answer, and keep serving
-                    text = f"agent error in {req['op']}: {type(exc).__name__}: {exc}"
-                    answer = protocol.failure(req["id"], text, "agent")
-                writer.write(protocol.encode(answer))
-                await writer.drain()
+                if req["op"] in protocol.STREAMING_OPS:
+                    refusal = self._open_stream(req, outbox, conn)
+                    if refusal is not None:
+                        await outbox.send(refusal)
+                    continue
+                await outbox.send(await self._answer(req, conn))
                 if req["op"] == "shutdown":
                     break
         except (ConnectionError, OSError, asyncio.CancelledError):
             pass  # gone, or evicted for a newcomer
         finally:
             self._clients.pop(task, None)
+            for stream in list(conn.streams.values()):
+                stream.close()
             try:
                 writer.close()
             except OSError:
                 pass
+
+    async def _answer(self, req: dict[str, Any], conn: _Conn) -> dict[str, Any]:
+        """The one reply to an ordinary request."""
+        try:
+            if req["op"] == "cancel":
+                stream = conn.streams.get(req["args"].get("id"))
+                if stream is not None:
+                    stream.cancel()
+                return protocol.reply(req["id"], {"cancelled": stream is not None})
+            return protocol.reply(req["id"], await self.dispatch(req["op"], req["args"]))
+        except (KeyError, ValueError, TypeError) as exc:
+            text = exc.args[0] if exc.args else str(exc)
+            return protocol.failure(req["id"], str(text), "agent")
+        except Exception as exc:  # answer, and keep serving
+            text = f"agent error in {req['op']}: {type(exc).__name__}: {exc}"
+            return protocol.failure(req["id"], text, "agent")
+
+    def _open_stream(
+        self, req: dict[str, Any], outbox: Outbox, conn: _Conn
+    ) -> dict[str, Any] | None:
+        """Start a ``watch`` or ``exec``; a refusal to send, or None (the stream answers)."""
+        rid, args = req["id"], req["args"]
+        if rid in conn.streams:
+            return protocol.failure(rid, f"request {rid!r} is already streaming")
+        stream: WatchStream | ExecStream
+        try:
+            if req["op"] == "watch":
+                since = since_seq(args.get("since"))
+                beat = beat_interval(args.get("beat"))
+                stream = WatchStream(
+                    rid, outbox, self.events, str(self.home), self._program_states, beat
+                )
+            else:
+                if len(self._execs) >= MAX_EXECS:
+                    return protocol.failure(rid, "too many commands running")
+                stream = ExecStream(rid, outbox, ExecRequest(args))
+        except ValueError as exc:
+            return protocol.failure(rid, str(exc))
+        conn.streams[rid] = stream
+
+        def ended() -> None:
+            if conn.streams.get(rid) is stream:
+                del conn.streams[rid]
+            if isinstance(stream, ExecStream):
+                self._execs.discard(stream)
+
+        stream.on_end = ended
+        if isinstance(stream, WatchStream):
+            stream.start(since, self.agent_id)
+        else:
+            self._execs.add(stream)
+            stream.start()
+        return None
+
+    def _program_states(self) -> dict[str, int]:
+        return dict(Counter(p.state for p in self.supervisor.programs.values()))
 
     def hello(self) -> dict[str, Any]:
         return {
@@ -243,6 +309,8 @@ class Agent:
             return await self.content.dispatch(op, args)
         if op == "hello":
             return self.hello()
+        if op == "ping":
+            return {"t": round(time.time(), 6), "seq": self.events.seq}
         if op == "status":
             result = self.hello()
             result["programs"] = sup.status()
@@ -277,6 +345,14 @@ class Agent:
             asyncio.get_running_loop().call_soon(self.request_shutdown)
             return {"pid": os.getpid(), "stopping": True}
         raise ValueError(f"unknown operation {op!r}")
+
+
+class _Conn:
+    """One control connection: whether it waits for a request, and its running streams."""
+
+    def __init__(self) -> None:
+        self.waiting = True
+        self.streams: dict[Any, WatchStream | ExecStream] = {}
 
 
 def _name(args: dict[str, Any]) -> str:
