@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from shoal.errors import LocalError
 from shoal.transport import sshconfig
 
 
@@ -41,7 +44,11 @@ Host *
     assert other is not None and other.port == 22 and other.hostname == "db.us"
     assert other.known_hosts == ["/kh/one", "/kh/two"]  # Host * applies to it too
     plain = sshconfig.resolve([write(tmp_path, "Host x\n  Port 1\n", "plain")], "db.us")
-    assert plain is not None and plain.known_hosts == [str(Path.home() / ".ssh/known_hosts")]
+    assert plain is not None
+    assert plain.known_hosts == [
+        str(Path.home() / ".ssh/known_hosts"),
+        str(Path.home() / ".ssh/known_hosts2"),
+    ]
 
 
 def test_inventory_user_and_port_override_the_file(tmp_path: Path) -> None:
@@ -72,10 +79,9 @@ def test_earlier_files_win(tmp_path: Path) -> None:
 def test_anything_not_reproduced_exactly_falls_back_to_asyncssh(tmp_path: Path) -> None:
     for text in (
         "Host n1\n  ProxyCommand nc %h %p\n",
-        "Match host n1\n  User x\n",
-        "Include other\n",
+        "Match exec true\n  User x\n",
+        "Match canonical host n1\n  User x\n",
         "Host n1\n  HostKeyAlias other\n",
-        "Host n1\n  IdentityFile /k\n",  # file keys plus agent keys: asyncssh decides
         "Host n1\n  HostName %n.example\n",  # a token we do not expand
     ):
         assert sshconfig.resolve([write(tmp_path, text)], "n1") is None, text
@@ -92,3 +98,57 @@ def test_dev_null_known_hosts_means_none_and_the_file_is_reread_when_changed(
     Path(cfg).write_text("Host n1\n  UserKnownHostsFile /kh/changed\n  Port 23\n")
     r = sshconfig.resolve([cfg], "n1")
     assert r is not None and r.known_hosts == ["/kh/changed"] and r.port == 23
+
+
+def test_an_included_file_that_changes_or_appears_is_read_again(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.conf").write_text("Host n1\n  Port 1001\n")
+    top = write(tmp_path, f"Include {tmp_path}/d/*.conf\n")
+    r = sshconfig.resolve([top], "n1")
+    assert r is not None and r.port == 1001
+    (tmp_path / "d" / "a.conf").write_text("Host n1\n  Port 1002\n  User changed\n")
+    r = sshconfig.resolve([top], "n1")
+    assert r is not None and (r.port, r.user) == (1002, "changed")
+    (tmp_path / "d" / "0-new.conf").write_text("Host n1\n  Port 1000\n")  # sorts first
+    r = sshconfig.resolve([top], "n1")
+    assert r is not None and r.port == 1000
+
+
+def test_system_file_comes_after_the_user_files_and_includes_from_its_directory(
+    tmp_path: Path,
+) -> None:
+    etc = tmp_path / "etc"
+    (etc / "ssh_config.d").mkdir(parents=True)
+    (etc / "ssh_config").write_text(
+        "Include ssh_config.d/*.conf\nHost *\n  SendEnv LANG LC_*\n  HashKnownHosts yes\n"
+        "  GSSAPIAuthentication yes\n"
+    )
+    (etc / "ssh_config.d" / "site.conf").write_text("Host *\n  User site\n  Port 2200\n")
+    user = write(tmp_path, "Host n1\n  Port 1000\n")
+    r = sshconfig.resolve([user], "n1", system=str(etc))
+    assert r is not None and (r.port, r.user) == (1000, "site")
+    assert r.global_known_hosts == [f"{etc}/ssh_known_hosts", f"{etc}/ssh_known_hosts2"]
+    assert sshconfig.resolve([user], "n1") is not None  # no system dir: not read
+
+
+def test_command_line_options_come_first_and_unsupported_ones_are_refused(
+    tmp_path: Path,
+) -> None:
+    cfg = write(tmp_path, "Host n1\n  User cfg\n  Port 1000\n  IdentityFile /k/cfg\n")
+    opts = [sshconfig.parse_option(o) for o in ("User=cli", "Port 2000", "IdentityFile /k/cli")]
+    r = sshconfig.resolve([cfg], "n1", options=opts)
+    assert r is not None and (r.user, r.port) == ("cli", 2000)
+    assert r.identity_files == ["/k/cli", "/k/cfg"]
+    assert sshconfig.parse_option("StrictHostKeyChecking=accept-new") == (
+        "stricthostkeychecking",
+        ("accept-new",),
+    )
+    for bad, words in (
+        ("ProxyCommand nc %h %p", "cannot honour ProxyCommand"),
+        ("StrictHostKeyChecking no", "never accepts"),
+        ("Port twenty", "whole number"),
+        ("User", "expected 'Keyword value'"),
+    ):
+        with pytest.raises(LocalError, match=words) as info:
+            sshconfig.parse_option(bad)
+        assert "\n" not in str(info.value)
