@@ -26,6 +26,8 @@ always a single line that says what went wrong and where.
     ├── LocalError              the controller's own side failed (closed output pipe,
     │                           unwritable or unsafe local destination): never a node's
     │                           fault, so it never marks a node failed
+    ├── ServiceError            the local service (shoal serve) cannot be used: already
+    │                           running, not answering, gone in the middle of a request
     ├── AgentError              the node agent failed or refused a request
     │   ├── AgentNotInstalled       the working area holds no agent
     │   ├── AgentNotRunning         nothing listens on the agent's socket
@@ -190,6 +192,12 @@ class LocalError(ShoalError):
 
     def __init__(self, message: str, node: str | None = None) -> None:
         super().__init__(message, node=node)
+
+
+class ServiceError(ShoalError):
+    """The local service cannot be used (already running, not answering, gone mid-request)."""
+
+    kind = "service"
 
 
 class AgentError(ShoalError):

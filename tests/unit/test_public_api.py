@@ -55,6 +55,7 @@ PUBLIC = [
     "RunOptions",
     "SelectionError",
     "SelectionSyntaxError",
+    "ServiceError",
     "ShoalError",
     "StateError",
     "TransportError",

@@ -13,43 +13,70 @@ another process stores) and yields the rows stored since, until ``rounds`` are
 done or ``stop`` is set. That cursor is a row id, not a time, so a node whose
 clock is behind still gets its new events shown, and each row is shown once.
 
+One table holds every event, the agents' and the service's own (node down,
+replaced, swept, service started: ``topic`` says whose; they have no ``agent``
+or ``seq``, and ``node`` is NULL when they concern no node). ``id``
+(AUTOINCREMENT: never reused, even after pruning) is the one ordered sequence
+every reader resumes from; :mod:`shoal.control.journal` is the service's view.
+
 Tables (owned here)::
 
-    events(id, node, agent, seq, time, kind, program, detail)
+    events(id, node, agent, seq, time, kind, program, detail, topic, stored)
     event_cursors(node PK, agent, seq)
+    schema_versions(name PK, version)     one row per versioned table set
+
+Schema 1 (before the service) had ``node``, ``agent`` and ``seq`` NOT NULL and
+neither ``topic`` nor ``stored`` (the controller's clock when the row was
+written, which retention reads; ``time`` is the agent's clock). It is migrated
+to 2 once, in one transaction that keeps every row and its id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shoal.errors import StateError
 from shoal.state import State
 
 from .agentclient import AgentClient
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
+SCHEMA_VERSION = 2
+
+VERSIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS schema_versions (name TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+)
+
+EVENTS_DDL = """
+CREATE TABLE {name} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    node TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    seq INTEGER NOT NULL,
+    node TEXT,
+    agent TEXT,
+    seq INTEGER,
     time REAL NOT NULL,
     kind TEXT NOT NULL,
     program TEXT,
     detail TEXT NOT NULL DEFAULT '',
+    topic TEXT NOT NULL DEFAULT 'agent',
+    stored REAL NOT NULL DEFAULT 0,
     UNIQUE (node, agent, seq)
-);
-CREATE INDEX IF NOT EXISTS events_time ON events(time);
-CREATE TABLE IF NOT EXISTS event_cursors (
+)"""
+
+INDEXES_DDL = (
+    "CREATE INDEX IF NOT EXISTS events_time ON events(time)",
+    "CREATE INDEX IF NOT EXISTS events_stored ON events(stored)",
+    """CREATE TABLE IF NOT EXISTS event_cursors (
     node TEXT PRIMARY KEY,
     agent TEXT NOT NULL,
     seq INTEGER NOT NULL
-);
-"""
+)""",
+)
 
 PAGE = 1000
 
@@ -57,16 +84,81 @@ PAGE = 1000
 @dataclass(frozen=True)
 class EventRow:
     id: int
-    node: str
-    seq: int
+    node: str | None
+    seq: int | None
     time: float
     kind: str
     program: str | None
     detail: str
+    topic: str = "agent"
+    agent: str | None = None
+    stored: float = 0.0
+
+
+COLUMNS = "id, node, seq, time, kind, program, detail, topic, agent, stored"
+
+_ready: weakref.WeakSet[State] = weakref.WeakSet()
 
 
 def ensure(state: State) -> None:
-    state.ensure("events", SCHEMA)
+    """The events tables at :data:`SCHEMA_VERSION`, migrated once per database."""
+    if state in _ready:
+        return
+    try:
+        if _version(state.db) != SCHEMA_VERSION:
+            with state.transaction() as db:
+                _migrate(db, state)
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot prepare the events tables in {state.path}: {exc}") from exc
+    _ready.add(state)
+
+
+def _version(db: sqlite3.Connection) -> int:
+    """The events schema version: 0 none, 1 the table without a recorded version."""
+    has = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name=?", ("events",))
+    if has.fetchone() is None:
+        return 0
+    if db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_versions'"
+    ).fetchone():
+        row = db.execute("SELECT version FROM schema_versions WHERE name='events'").fetchone()
+        if row is not None:
+            return int(row[0])
+    return 1
+
+
+def _migrate(db: sqlite3.Connection, state: State) -> None:
+    """Bring the tables to :data:`SCHEMA_VERSION` (inside the caller's transaction)."""
+    version = _version(db)  # again: another process may have migrated meanwhile
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"{state.path}: events schema {version} is newer than this shoal's "
+            f"{SCHEMA_VERSION}: upgrade shoal"
+        )
+    if version == 0:
+        db.execute(EVENTS_DDL.format(name="events"))
+    elif version == 1:
+        db.execute(EVENTS_DDL.format(name="events_v2"))
+        db.execute(
+            "INSERT INTO events_v2(id, node, agent, seq, time, kind, program, detail, topic,"
+            " stored) SELECT id, node, agent, seq, time, kind, program, detail, 'agent', time"
+            " FROM events ORDER BY id"
+        )
+        db.execute("DROP TABLE events")
+        db.execute("ALTER TABLE events_v2 RENAME TO events")
+    for ddl in INDEXES_DDL:
+        db.execute(ddl)
+    db.execute(VERSIONS_DDL)
+    db.execute(
+        "INSERT INTO schema_versions(name, version) VALUES ('events', ?)"
+        " ON CONFLICT(name) DO UPDATE SET version=excluded.version",
+        (SCHEMA_VERSION,),
+    )
+
+
+def row(r: Sequence[Any]) -> EventRow:
+    """An :class:`EventRow` from a row selected as :data:`COLUMNS`."""
+    return EventRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
 
 
 def cursor(state: State, node: str) -> tuple[str | None, int]:
@@ -78,6 +170,16 @@ def cursor(state: State, node: str) -> tuple[str | None, int]:
 def store(state: State, node: str, agent: str, events: Sequence[dict[str, Any]]) -> int:
     """Insert pulled events and move the node's cursor; the number of new rows."""
     ensure(state)
+    with state.transaction() as db:
+        return insert_agent_events(db, node, agent, events)
+
+
+def insert_agent_events(
+    db: sqlite3.Connection, node: str, agent: str, events: Sequence[dict[str, Any]]
+) -> int:
+    """Inside the caller's transaction: one agent's events (idempotent on (node, agent,
+    seq)) and its cursor moved; the number of new rows."""
+    now = time.time()
     rows = [
         (
             node,
@@ -87,24 +189,24 @@ def store(state: State, node: str, agent: str, events: Sequence[dict[str, Any]])
             str(e.get("kind", "")),
             e.get("program"),
             str(e.get("detail", "")),
+            now,
         )
         for e in events
     ]
-    with state.transaction() as db:
-        before = db.total_changes
-        db.executemany(
-            "INSERT OR IGNORE INTO events(node, agent, seq, time, kind, program, detail)"
-            " VALUES (?,?,?,?,?,?,?)",
-            rows,
+    before = db.total_changes
+    db.executemany(
+        "INSERT OR IGNORE INTO events(node, agent, seq, time, kind, program, detail, stored)"
+        " VALUES (?,?,?,?,?,?,?,?)",
+        rows,
+    )
+    added = db.total_changes - before
+    if rows:
+        last = max(r[2] for r in rows)
+        db.execute(
+            "INSERT INTO event_cursors(node, agent, seq) VALUES (?,?,?)"
+            " ON CONFLICT(node) DO UPDATE SET agent=excluded.agent, seq=excluded.seq",
+            (node, agent, last),
         )
-        added = db.total_changes - before
-        if rows:
-            last = max(r[2] for r in rows)
-            db.execute(
-                "INSERT INTO event_cursors(node, agent, seq) VALUES (?,?,?)"
-                " ON CONFLICT(node) DO UPDATE SET agent=excluded.agent, seq=excluded.seq",
-                (node, agent, last),
-            )
     return added
 
 
@@ -134,7 +236,7 @@ def query(
 ) -> list[EventRow]:
     """Stored events, oldest first (``after_id`` for following, ``limit`` = the latest N)."""
     ensure(state)
-    sql = "SELECT id, node, seq, time, kind, program, detail FROM events WHERE id > ?"
+    sql = f"SELECT {COLUMNS} FROM events WHERE id > ?"
     params: list[Any] = [after_id]
     names = list(nodes) if nodes is not None else None
     if names is not None:
@@ -147,7 +249,7 @@ def query(
         params.append(limit)
     sql += " ORDER BY time, id"
     rows = state.db.execute(sql, params).fetchall()
-    return [EventRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+    return [row(r) for r in rows]
 
 
 def cursor_after(

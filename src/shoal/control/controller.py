@@ -1,0 +1,176 @@
+"""The standing controller: one object that owns what ``shoal serve`` keeps running.
+
+:class:`Controller` holds the SQLite :class:`~shoal.state.State`, the event
+:class:`~.journal.Journal`, the :class:`~.schedule.Scheduler` and two slots
+for the parts that plug in: ``links`` (warm SSH connections, heartbeats:
+``shoal.control.links``) and ``keeper`` (applications kept up:
+``shoal.control.keeper``). Each plug-in module, when present, exposes
+``component(controller) -> Component`` and is loaded in that order (the keeper
+may use the links); a :class:`Component` has ``async run(stop)`` and
+``status() -> dict``. The links component may offer ``transport`` (a warm
+:class:`~shoal.transport.base.Transport`) that the sweep then uses.
+
+Everything the service decides is written to SQLite before it acts (the
+journal, the schedules' next runs, the plug-ins' own tables), so a killed
+service started again resumes. The library prints nothing: the adapter
+(:mod:`shoal.service.daemon`) drives :meth:`Controller.run` and renders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from shoal.errors import EmptySelectionError, ShoalError
+from shoal.state import State
+
+from .journal import Journal, ServiceEvent
+from .schedule import Scheduler
+
+#: Plug-in modules under shoal.control, loaded in this order when present.
+PLUGINS = ("links", "keeper")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How one service runs (``shoal serve`` options; typed, never a dict)."""
+
+    state_dir: Path
+    #: selection expression of the managed nodes (None: all nodes)
+    select: str | None = None
+    #: heartbeat interval over the held channels, seconds
+    beat_interval: float = 1.0
+    #: seconds between sweeps, start to start (0: no sweep)
+    sweep_interval: float = 300.0
+    #: new SSH connections per second while attaching
+    attach_rate: float = 50.0
+    #: events kept: at most this many (0: no limit) ...
+    keep_events: int = 1_000_000
+    #: ... and none stored longer ago than this, seconds (0: no limit)
+    keep_seconds: float = 30 * 86400.0
+    #: seconds between retention passes
+    prune_interval: float = 3600.0
+    #: how long a write waits for another process's lock on the database
+    busy_timeout: float = 5.0
+    #: seconds between heartbeat lines on an idle event stream
+    stream_heartbeat: float = 15.0
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "state.db"
+
+
+class Component(Protocol):
+    """A part of the controller that runs until stopped (links, keeper)."""
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class Controller:
+    """The service's machinery over one state directory (see the module docstring)."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.state = State(config.database)
+        self.started = time.time()
+        try:
+            self.state.db.execute(f"PRAGMA busy_timeout={int(config.busy_timeout * 1000)}")
+            self.journal = Journal(
+                self.state, keep_age=config.keep_seconds, keep_count=config.keep_events
+            )
+            self.scheduler = Scheduler(self.state, self.journal)
+        except BaseException:
+            self.state.close()
+            raise
+        #: set when the controller is asked to stop (by run's caller)
+        self.stop = asyncio.Event()
+        self.links: Component | None = None
+        self.keeper: Component | None = None
+        for name in PLUGINS:
+            try:
+                module = importlib.import_module(f"shoal.control.{name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"shoal.control.{name}":
+                    raise
+                continue  # not built yet
+            setattr(self, name, module.component(self))
+
+    @property
+    def transport(self) -> Any:
+        """The warm transport of the links component, or None (cold SSH)."""
+        return getattr(self.links, "transport", None)
+
+    def managed(self) -> list[Any]:
+        """The managed nodes (the configured selection, resolved now)."""
+        from shoal.nodes.select import resolve
+
+        return resolve(self.config.select, state=self.state)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set: journal the start, schedules and plug-ins, then the stop.
+
+        Raises StateError when the start cannot be recorded (disk full, database
+        locked): nothing is started then.
+        """
+        self.stop = stop
+        self.journal.record(ServiceEvent("service", "started", detail=f"pid {os.getpid()}"))
+        self.journal.prune()
+        if self.config.sweep_interval > 0:
+            self.scheduler.register("sweep", self.config.sweep_interval, self.sweep)
+        self.scheduler.register("retention", self.config.prune_interval, self._prune)
+        parts = [self.scheduler.run(stop)]
+        parts += [c.run(stop) for c in (self.links, self.keeper) if c is not None]
+        tasks = [asyncio.create_task(p) for p in parts]
+        try:
+            await stop.wait()
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(ShoalError):
+                self.journal.record(ServiceEvent("service", "stopped", detail=f"pid {os.getpid()}"))
+
+    async def sweep(self) -> str:
+        """One sweep of the managed nodes (the ``sweep`` job); its summary, journaled."""
+        from shoal.ops.sweep import sweep_async
+
+        try:
+            nodes = self.managed()
+        except EmptySelectionError:
+            return "no nodes"
+        found = await sweep_async(nodes, transport=self.transport, state=self.state, record=True)
+        tally = Counter(e.status for e in found)
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(tally.items()))
+        events = [
+            ServiceEvent("sweep", e.status, node=e.node, detail=e.detail)
+            for e in found
+            if e.status != "ok"
+        ]
+        self.journal.record_many([*events, ServiceEvent("sweep", "swept", detail=summary)])
+        return summary
+
+    async def _prune(self) -> str:
+        return f"{self.journal.prune()} event(s) pruned"
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /api/v1/status`` reports (the adapter adds pid, version, protocol)."""
+        return {
+            "state_dir": str(self.config.state_dir),
+            "uptime": time.time() - self.started,
+            "nodes": self.links.status() if self.links is not None else {},
+            "apps": self.keeper.status() if self.keeper is not None else {},
+            "schedules": self.scheduler.status(),
+            "events": {"last": self.journal.last, "pruned_through": self.journal.pruned_through},
+            "problem": self.scheduler.problem,
+        }
+
+    def close(self) -> None:
+        self.state.close()
