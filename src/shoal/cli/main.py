@@ -55,6 +55,7 @@ COMMANDS: dict[str, str] = {
     "push": "pushcmds",
     "rollback": "pushcmds",
     "versions": "pushcmds",
+    "serve": "servecmds",
     "config": "configcmds",
     "completion": "completion",
     "man": "completion",

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import importlib
 import json
 import logging
@@ -38,7 +37,7 @@ import signal
 import socket
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,60 +52,12 @@ from shoal.control.controller import Controller, ServiceConfig
 from shoal.errors import ServiceError, ShoalError, UsageError
 
 from . import routes
+from .servelock import ServiceLock
 
-LOCK_NAME = "serve.lock"
 #: Router modules under shoal.service, included when present.
 ROUTERS = ("routes", "noderoutes", "approutes")
 
 log = logging.getLogger("shoal.serve")
-
-
-class ServiceLock:
-    """The flock on ``serve.lock``: held while one service runs for a state directory."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / LOCK_NAME
-        self.fd = -1
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise ServiceError(
-                f"shoal serve already runs for {self.path.parent} (pid {pid})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, 0)
-            os.close(self.fd)
-            self.fd = -1
-
-
-def lock_holder(state_dir: Path) -> int | None:
-    """The pid of the service holding ``state_dir``'s lock, or None when none holds it."""
-    path = state_dir / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else 0
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
 
 
 class PeerCheckedH11(H11Protocol):
@@ -227,22 +178,23 @@ def bind(path: Path) -> socket.socket:
     return sock
 
 
-def serve(config: ServiceConfig) -> None:
+def serve(config: ServiceConfig, on_ready: Callable[[Path], None] | None = None) -> None:
     """Run the service for ``config.state_dir`` until stopped (see the module docstring).
 
-    Raises ServiceError (already running, cannot listen) or StateError (the
-    database cannot be written: full disk, locked) before or instead of serving.
+    ``on_ready(socket_path)`` is called once the socket listens. Raises
+    ServiceError (already running, cannot listen) or StateError (the database
+    cannot be written: full disk, locked) before or instead of serving.
     """
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = ServiceLock(config.state_dir)
     lock.acquire()
     try:
-        asyncio.run(_main(config))
+        asyncio.run(_main(config, on_ready))
     finally:
         lock.release()
 
 
-async def _main(config: ServiceConfig) -> None:
+async def _main(config: ServiceConfig, on_ready: Callable[[Path], None] | None) -> None:
     ctl = Controller(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -266,6 +218,8 @@ async def _main(config: ServiceConfig) -> None:
         )
         running = asyncio.create_task(ctl.run(stop), name="controller")
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+        if on_ready is not None:
+            on_ready(path)
         await asyncio.wait([running, serving], return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         server.should_exit = True

@@ -1,0 +1,240 @@
+"""``shoal serve`` and ``shoal serve status|stop|install``: parse, call, render.
+
+``shoal serve`` runs the standing controller in the foreground
+(:mod:`shoal.service.servedaemon`); ``status`` asks it over its socket (exit 0
+when it answers, 3 when none runs, as systemd's LSB ``status`` does); ``stop``
+asks it to stop, waits until its lock is free, and falls back to SIGTERM of the
+lock holder's pid; ``install`` writes a systemd unit (:mod:`shoal.service.unit`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shoal.numeric import number
+
+#: ``shoal serve status`` when no service runs (LSB: "program is not running").
+NOT_RUNNING = 3
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="the standing controller (foreground; status, stop, install)")
+    _config_options(p)
+    p.set_defaults(handler=cmd_serve)
+    actions = p.add_subparsers(dest="serve_command", metavar="ACTION")
+    st = actions.add_parser("status", help="is a service running for the state directory")
+    st.add_argument("--json", action="store_true", help="the service's status as JSON")
+    st.set_defaults(handler=cmd_status)
+    sp = actions.add_parser("stop", help="stop the running service and wait until it is gone")
+    sp.add_argument(
+        "--timeout", type=number, default=30.0, metavar="SECONDS", help="wait this long"
+    )
+    sp.set_defaults(handler=cmd_stop)
+    ins = actions.add_parser("install", help="write a systemd unit that runs shoal serve")
+    ins.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user)")
+    ins.add_argument("--force", action="store_true", help="replace a different existing unit")
+    ins.add_argument("--path", type=Path, help=argparse.SUPPRESS)  # tests: write elsewhere
+    ins.set_defaults(handler=cmd_install)
+
+
+def _config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", "--select", metavar="EXPR", help="the managed nodes (default: all)")
+    p.add_argument(
+        "--beat-interval",
+        type=number,
+        default=1.0,
+        metavar="SECONDS",
+        help="heartbeat interval on the held channels (default 1)",
+    )
+    p.add_argument(
+        "--sweep-interval",
+        type=number,
+        default=300.0,
+        metavar="SECONDS",
+        help="seconds between sweeps, 0 for none (default 300)",
+    )
+    p.add_argument(
+        "--attach-rate",
+        type=number,
+        default=50.0,
+        metavar="PER_SECOND",
+        help="new SSH connections per second while attaching (default 50)",
+    )
+    p.add_argument(
+        "--keep-events",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="events kept at most, 0 for no limit (default 1000000)",
+    )
+    p.add_argument(
+        "--keep-days",
+        type=number,
+        default=30.0,
+        metavar="DAYS",
+        help="events kept this long, 0 for no limit (default 30)",
+    )
+    p.add_argument(
+        "--busy-timeout",
+        type=number,
+        default=5.0,
+        metavar="SECONDS",
+        help="wait this long for another process's lock on the state (default 5)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=number,
+        default=15.0,
+        metavar="SECONDS",
+        help="heartbeat line interval on idle event streams (default 15)",
+    )
+
+
+_OPTION_FIELDS = (
+    ("select", "--select"),
+    ("beat_interval", "--beat-interval"),
+    ("sweep_interval", "--sweep-interval"),
+    ("attach_rate", "--attach-rate"),
+    ("keep_events", "--keep-events"),
+    ("keep_days", "--keep-days"),
+    ("busy_timeout", "--busy-timeout"),
+    ("heartbeat", "--heartbeat"),
+)
+
+
+def _state_dir() -> Path:
+    from shoal.paths import shoal_home
+
+    return shoal_home()
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from shoal.control.controller import ServiceConfig
+
+    return ServiceConfig(
+        state_dir=_state_dir(),
+        select=args.select,
+        beat_interval=args.beat_interval,
+        sweep_interval=args.sweep_interval,
+        attach_rate=args.attach_rate,
+        keep_events=args.keep_events,
+        keep_seconds=args.keep_days * 86400.0,
+        busy_timeout=args.busy_timeout,
+        stream_heartbeat=args.heartbeat,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from shoal.service.servedaemon import serve
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="shoal serve: %(message)s")
+    config = _config(args)
+
+    def ready(path: Path) -> None:
+        print(
+            f"shoal serve: pid {os.getpid()} serving {config.state_dir} on {path}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    serve(config, on_ready=ready)
+    print("shoal serve: stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from shoal.client import ServiceClient
+    from shoal.errors import ServiceError
+    from shoal.service.servelock import lock_holder
+
+    from .render import print_object, uptime
+
+    home = _state_dir()
+    client = ServiceClient.locate(home, timeout=10)
+    if client is None:
+        pid = lock_holder(home)
+        if pid is None:
+            print(f"no shoal serve runs for {home}")
+            return NOT_RUNNING
+        raise ServiceError(f"shoal serve (pid {pid}) holds {home} but does not answer")
+    st = client.status()
+    if args.json:
+        print_object(st)
+        return 0
+    print(
+        f"shoal serve pid {st['pid']} version {st['version']} protocol {st['protocol']}, "
+        f"up {uptime(st.get('uptime'))}, state {st.get('state_dir')}"
+    )
+    ev = st.get("events") or {}
+    print(f"events: last seq {ev.get('last', 0)}, pruned through {ev.get('pruned_through', 0)}")
+    for job in st.get("schedules") or []:
+        due = max(0.0, float(job["next_run"]) - time.time())
+        last = job.get("last_status") or "never run"
+        print(f"job {job['name']}: every {job['interval']:g}s, next in {due:.0f}s, last: {last}")
+    if st.get("problem"):
+        print(f"problem: {st['problem']}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from shoal.client import ServiceClient
+    from shoal.errors import ServiceError
+    from shoal.service.servelock import lock_holder
+
+    home = _state_dir()
+    pid = lock_holder(home)
+    client = ServiceClient.locate(home, timeout=10)
+    if client is None and pid is None:
+        print(f"no shoal serve runs for {home}")
+        return 0
+    asked = False
+    if client is not None:
+        try:
+            pid = int(client.stop()["pid"])
+            asked = True
+        except ServiceError:
+            pass  # not answering: the signal below
+    if not asked and pid:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + args.timeout
+    while lock_holder(home) is not None:
+        if time.monotonic() > deadline:
+            raise ServiceError(f"shoal serve (pid {pid}) still runs after {args.timeout:g}s")
+        time.sleep(0.05)
+    print(f"shoal serve (pid {pid}) stopped")
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from shoal.service import unit
+
+    exe = Path(sys.executable).with_name("shoal")
+    command = [str(exe if exe.exists() else Path(sys.argv[0]).resolve()), "serve"]
+    for field, flag in _OPTION_FIELDS:
+        value = getattr(args, field)
+        if value is not None:
+            command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    spec = unit.UnitSpec(
+        exec_start=command,
+        state_dir=_state_dir(),
+        user_unit=args.user,
+        run_as=None if args.user else unit.current_user(),
+    )
+    path = args.path or unit.unit_path(args.user)
+    wrote = unit.install(path, unit.render(spec), force=args.force)
+    print(f"{'wrote' if wrote else 'unchanged:'} {path}")
+    for line in unit.systemctl_hint(args.user):
+        print(f"  {line}")
+    return 0
