@@ -175,7 +175,15 @@ class StateUniverse:
     def group(self, name: str) -> set[str]:
         from shoal.nodes import inventory
 
-        return inventory.group_members(self.state, name)
+        try:
+            return inventory.group_members(self.state, name)
+        except UnknownNameError:  # not the inventory's: a ClusterShell group (groups.conf)?
+            from shoal.nodes import groupsources
+
+            sources = groupsources.configured()
+            if not sources.knows(name):
+                raise
+            return sources.members(name)
 
     def failed(self) -> set[str]:
         from shoal.nodes import health
