@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in sshd:openssh-server ssh:openssh-client ip:iproute2 tc:iproute2 nft:nftables \
-            rsync:rsync unshare:util-linux; do
+            rsync:rsync unshare:util-linux man:man-db groff:groff-base zsh:zsh fish:fish; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done
@@ -33,3 +33,31 @@ fi
 # (CI images often set it), an editable install would otherwise recompile every module
 # on every `shoal` start (~60 ms of `shoal run`'s start-up).
 .venv/bin/python -m compileall -q src/shoal >/dev/null
+
+# Shell completion and the man page, generated from the parser (shoal completion, shoal man);
+# as root into the system's directories, else into the user's. Rewritten only when changed.
+install_generated() {  # install_generated DEST COMMAND...
+  local dest=$1 tmp; shift
+  tmp=$(mktemp)
+  if ! .venv/bin/shoal "$@" > "$tmp"; then
+    rm -f "$tmp"; echo "setup: shoal $* failed; $dest not installed" >&2; return 0
+  fi
+  mkdir -p "$(dirname "$dest")"
+  if cmp -s "$tmp" "$dest"; then rm -f "$tmp"; else install -m 0644 "$tmp" "$dest"; rm -f "$tmp"; fi
+}
+if [ "$(id -u)" = 0 ]; then
+  if [ -d /usr/share/bash-completion/completions ]; then
+    install_generated /usr/share/bash-completion/completions/shoal completion bash
+  else
+    install_generated /etc/bash_completion.d/shoal completion bash
+  fi
+  install_generated /usr/local/share/zsh/site-functions/_shoal completion zsh
+  install_generated /usr/local/share/fish/vendor_completions.d/shoal.fish completion fish
+  install_generated /usr/local/share/man/man1/shoal.1 man
+else
+  data=${XDG_DATA_HOME:-$HOME/.local/share}
+  install_generated "$data/bash-completion/completions/shoal" completion bash
+  install_generated "$data/zsh/site-functions/_shoal" completion zsh
+  install_generated "${XDG_CONFIG_HOME:-$HOME/.config}/fish/completions/shoal.fish" completion fish
+  install_generated "$data/man/man1/shoal.1" man
+fi

@@ -25,7 +25,7 @@ def apply_settings(parser: argparse.ArgumentParser) -> Settings:
     chosen = [key for key in FLAGS if settings.origins.get(key, "default") != "default"]
     if not chosen:
         return settings
-    for p in _parsers(parser):
+    for p in parsers(parser):
         options = p._option_string_actions
         fanout = "--parallel" in options
         for key in chosen:
@@ -37,13 +37,13 @@ def apply_settings(parser: argparse.ArgumentParser) -> Settings:
     return settings
 
 
-def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+def parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
     """``parser`` and every subcommand parser under it."""
     yield parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
-                yield from _parsers(sub)
+                yield from parsers(sub)
 
 
 def register(sub: Any) -> None:
