@@ -97,12 +97,16 @@ def test_sizes_and_tallies() -> None:
     assert render.tally([]) == ""
 
 
-def test_progress_line_draws_on_a_terminal_only_and_blanks_itself() -> None:
+def test_progress_line_draws_on_a_terminal_only_and_blanks_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
     tty = FakeTTY()
-    line = render.ProgressLine(True, tty, clear=10)
-    line.show("3/4")
+    line = render.ProgressLine(True, tty)
+    line.show("3/4 done")
+    line.show("4/4")
     line.close()
-    assert tty.getvalue() == "\r3/4\r" + " " * 10 + "\r"
+    assert tty.getvalue() == "\r3/4 done\r4/4\r" + " " * 8 + "\r"  # the longest line's columns
     pipe = io.StringIO()
     quiet = render.ProgressLine(True, pipe)
     quiet.show("3/4")
@@ -113,7 +117,18 @@ def test_progress_line_draws_on_a_terminal_only_and_blanks_itself() -> None:
     assert pipe.getvalue() == "" and tty.getvalue() == ""
 
 
-def test_node_progress_bar() -> None:
+def test_progress_line_fits_the_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "20")
+    tty = FakeTTY()
+    line = render.ProgressLine(True, tty)
+    line.show("x" * 100)
+    line.close()
+    assert tty.getvalue() == "\r" + "x" * 19 + "\r" + " " * 19 + "\r"  # never wraps
+
+
+def test_node_progress_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+
     @dataclass
     class Done:
         ok: bool
@@ -126,7 +141,7 @@ def test_node_progress_bar() -> None:
     assert tty.getvalue() == (
         "\r[#######-----------------------] 1/4 failed 0"
         "\r[###############---------------] 2/4 failed 1"
-        "\r" + " " * 60 + "\r"
+        "\r" + " " * 45 + "\r"
     )
 
 
@@ -140,25 +155,30 @@ def test_progress_goes_past_the_escaping_stream() -> None:
 
 
 def test_json_lines_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
-    render.print_json_lines([{"b": 1, "a": {"d": 2, "c": "\x1b"}}, {"z": None}])
-    render.print_json_lines([{"b": 1, "a": {"d": 2, "c": 3}}], sort_keys=True)
+    from pathlib import Path
+
+    render.print_records([{"b": 1, "a": {"d": 2, "c": "\x1b"}}, {"z": None}])
+    render.print_object({"path": Path("/x")})
     assert capsys.readouterr().out.splitlines() == [
-        '{"b": 1, "a": {"d": 2, "c": "\\u001b"}}',
+        '{"b": 1, "a": {"d": 2, "c": "\\u001b"}}',  # keys as written, controls escaped
         '{"z": null}',
-        '{"a": {"c": 3, "d": 2}, "b": 1}',
+        '{"path": "/x"}',  # what json cannot encode, as text
     ]
 
 
-def test_json_document_is_indented_and_encodes_the_rest_as_text(
+def test_error_record_names_the_node_only_when_there_is_one(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from pathlib import Path
+    from shoal.errors import ConnectError, UsageError
 
-    render.print_json([{"name": "n1", "path": Path("/x")}])
-    out = capsys.readouterr().out
-    assert out == '[\n  {\n    "name": "n1",\n    "path": "/x"\n  }\n]\n'
-    render.print_json({"a": [1]}, indent=1)
-    assert capsys.readouterr().out == '{\n "a": [\n  1\n ]\n}\n'
+    assert render.error_record(UsageError("bad")) == {"kind": "usage", "error": "bad"}
+    assert render.error_record(ConnectError("refused", node="n1")) == {
+        "kind": "unreachable",
+        "error": "refused",
+        "node": "n1",
+    }
+    render.print_error(UsageError("bad"))
+    assert json.loads(capsys.readouterr().err) == {"kind": "usage", "error": "bad"}
 
 
 @dataclass
@@ -179,28 +199,28 @@ class _Result:
         return "" if self.error is None else str(self.error)
 
 
-def test_agent_and_outcome_records() -> None:
-    good = _Result("n1", value={"pid": 7})
-    bad = _Result("n2", error=RuntimeError("refused"), kind="unreachable")
-    assert render.agent_record(good) == {  # type: ignore[arg-type]
+def test_outcome_record_is_the_result_record_with_ok_and_action() -> None:
+    from shoal.errors import ConnectError
+    from shoal.fanout.results import NodeOutcome
+
+    good = NodeOutcome("n1", value={"pid": 7}, action="status", duration=0.123456)
+    bad = NodeOutcome("n2", error=ConnectError("refused", node="n2"))
+    assert render.outcome_record(good) == {
         "node": "n1",
         "ok": True,
-        "action": "status",
+        "index": 0,
+        "status": "ok",
         "value": {"pid": 7},
+        "duration": 0.1235,
         "error": None,
         "error_kind": None,
-        "duration": 0.1235,
+        "attempts": 1,
+        "action": "status",
     }
-    assert render.agent_record(bad)["error_kind"] == "unreachable"  # type: ignore[arg-type]
-    assert render.agent_record(bad)["error"] == "refused"  # type: ignore[arg-type]
-    assert render.outcome_record(bad) == {  # type: ignore[arg-type]
-        "node": "n2",
-        "ok": False,
-        "value": None,
-        "error": "refused",
-    }
-    assert render.outcome_record(good)["error"] == ""  # type: ignore[arg-type]
-    json.dumps(render.agent_record(good))  # type: ignore[arg-type]
+    record = render.outcome_record(bad)
+    assert (record["ok"], record["status"], record["error"]) == (False, "unreachable", "refused")
+    assert "action" not in record
+    json.dumps(record)
 
 
 def test_failures_go_to_stderr_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:

@@ -172,7 +172,9 @@ class FakeFanout:
 def test_refresh_uses_fanout_and_stores(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def fake_run(nodes: list[Node], command: str, options: object = None) -> FakeFanout:
+    def fake_run(
+        nodes: list[Node], command: str, options: object = None, on_result: object = None
+    ) -> FakeFanout:
         calls.append((tuple(n.name for n in nodes), command))
         return FakeFanout(
             {

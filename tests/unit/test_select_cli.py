@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ def test_import_list_select(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(out)
     assert data["count"] == 4 and data["nodeset"] == "web-eu,www[01-03].example.com"
     code, out, _ = run(capsys, "nodes", "list", "-s", "@dbservers", "--json")
-    assert [n["name"] for n in json.loads(out)][-1] == "db-z.example.com"
+    assert [n["node"] for n in map(json.loads, out.splitlines())][-1] == "db-z.example.com"
     code, out, _ = run(capsys, "nodes", "show", "web-eu")
     assert "192.0.2.10" in out and "healthy" in out
     code, out, _ = run(capsys, "nodes", "groups")
@@ -73,7 +74,7 @@ def test_plans_and_failed(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "nodes", "clear-failed", "-s", "n[1-2]")
     assert out == "cleared 1: n1\n"
     code, out, _ = run(capsys, "plan", "list", "--json")
-    assert [p["name"] for p in json.loads(out)] == ["few", "good"]
+    assert [p["plan"] for p in map(json.loads, out.splitlines())] == ["few", "good"]
     assert run(capsys, "plan", "rm", "few")[0] == 0
     code, out, _ = run(capsys, "nodes", "rm", "n[5-6]")
     assert out == "removed 2: n[5-6]\n"
@@ -106,15 +107,20 @@ def test_facts_refresh_and_show(
         def __iter__(self) -> object:
             return iter(self.results.values())
 
-    def fake_run(nodes: list[object], command: str, options: object = None) -> Out:
-        return Out({n.name: Res(n.name) for n in nodes})  # type: ignore[attr-defined]
+    def fake_run(
+        nodes: list[object], command: str, options: object = None, on_result: Any = None
+    ) -> Out:
+        out = Out({n.name: Res(n.name) for n in nodes})  # type: ignore[attr-defined]
+        for r in out:  # type: ignore[attr-defined]
+            on_result(r)
+        return out
 
     monkeypatch.setattr(factgather, "run", fake_run)
     run(capsys, "nodes", "add", "n[1-3]")
     code, out, _ = run(capsys, "facts", "refresh", "-s", "n[1-2]", "-p", "4", "--timeout", "5")
     assert code == 0 and "2 refreshed, 0 failed" in out and "Debian GNU/Linux 12" in out
     code, out, _ = run(capsys, "facts", "show", "--json")
-    assert [r["name"] for r in json.loads(out)] == ["n1", "n2"]
+    assert [r["node"] for r in map(json.loads, out.splitlines())] == ["n1", "n2"]
     code, out, _ = run(capsys, "select", "[cpus>=8]")
     assert out == "n[1-2]\n2 nodes\n"
     code, out, _ = run(capsys, "facts", "show", "--max-age", "0")

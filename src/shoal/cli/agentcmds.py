@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.numeric import is_finite, number
 
+from . import exitcodes
 from .common import add_agent_options, agent_settings, selected_nodes
+from .exitcodes import for_results
 from .render import (
-    agent_record,
+    outcome_record,
     print_failures,
-    print_json_lines,
+    print_records,
     print_table,
     tally,
     uptime,
@@ -195,8 +197,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         coro = agents.start_async(nodes, opts, transport=tr, restart=action == "restart")
     results = _recorded(asyncio.run(coro))
     if args.json:
-        print_json_lines(map(agent_record, results), sort_keys=True)
-        return 0 if results.ok else 1
+        print_records(map(outcome_record, results))
+        return for_results(results)
     if action == "status":
         rows = []
         for r in results:
@@ -234,7 +236,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     print_failures(results)
     ok = len(results) - len(results.failed)
     print(f"{action}: {ok}/{len(results)} nodes ok in {results.duration:.2f}s", file=sys.stderr)
-    return 0 if results.ok else 1
+    return for_results(results)
 
 
 def cmd_proc_start(args: argparse.Namespace) -> int:
@@ -288,8 +290,8 @@ def cmd_proc_simple(args: argparse.Namespace) -> int:
 
 def _render_programs(args: argparse.Namespace, results: Results[AgentOutcome], op: str) -> int:
     if args.json:
-        print_json_lines(map(agent_record, results), sort_keys=True)
-        return 0 if results.ok else 1
+        print_records(map(outcome_record, results))
+        return for_results(results)
     rows = []
     states: list[str] = []
     for r in results:
@@ -327,7 +329,7 @@ def _render_programs(args: argparse.Namespace, results: Results[AgentOutcome], o
         + f" in {results.duration:.2f}s",
         file=sys.stderr,
     )
-    return 0 if results.ok else 1
+    return for_results(results)
 
 
 def cmd_proc_logs(args: argparse.Namespace) -> int:
@@ -338,6 +340,9 @@ def cmd_proc_logs(args: argparse.Namespace) -> int:
     many = len(nodes) > 1
 
     def sink(node: str, text: str) -> None:
+        if args.json:
+            print_records({"node": node, "line": line} for line in text.splitlines())
+            return
         if many:
             text = "".join(f"{node}: {line}\n" for line in text.splitlines())
         sys.stdout.write(text)
@@ -356,7 +361,7 @@ def cmd_proc_logs(args: argparse.Namespace) -> int:
                 )
             )
         except KeyboardInterrupt:
-            return 0
+            return exitcodes.OK  # the way a follow ends
     else:
         results = asyncio.run(
             agents.call_async(
@@ -372,11 +377,25 @@ def cmd_proc_logs(args: argparse.Namespace) -> int:
             if r.ok and page["data"]:
                 sink(r.node, page["data"])
     _recorded(results)
-    print_failures(results)
-    return 0 if results.ok else 1
+    print_failures(results, as_json=args.json)
+    return for_results(results)
 
 
-def _print_events(rows: Sequence[Any]) -> None:
+def _event_record(e: Any) -> dict[str, Any]:
+    return {
+        "node": e.node,
+        "seq": e.seq,
+        "time": e.time,
+        "kind": e.kind,
+        "program": e.program,
+        "detail": e.detail,
+    }
+
+
+def _print_events(rows: Sequence[Any], json: bool = False) -> None:
+    if json:
+        print_records(map(_event_record, rows))
+        return
     for e in rows:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
         program = e.program or "-"
@@ -401,10 +420,10 @@ def cmd_events(args: argparse.Namespace) -> int:
                 )
             )
             _recorded(pulled, state)
-            print_failures(pulled)
-            status = 0 if pulled.ok else 1
+            print_failures(pulled, as_json=args.json)
+            status = for_results(pulled)
         rows = events.query(state, names, limit=args.lines)
-        _print_events(rows)
+        _print_events(rows, args.json)
         if not args.follow:
             return status
 
@@ -419,7 +438,7 @@ def cmd_events(args: argparse.Namespace) -> int:
                 after_id=events.cursor_after(state, names, rows),
                 interval=args.interval,
             ):
-                _print_events(fresh)
+                _print_events(fresh, args.json)
 
         try:
             asyncio.run(follow())
@@ -445,25 +464,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             rounds=None if every else 1,
             record=True,
         ):
+            status = _sweep_status(sweep)
             if args.json:
-                print_json_lines(
-                    {"node": e.node, "status": e.status, "detail": e.detail} for e in sweep.entries
+                print_records(
+                    {"node": e.node, "status": e.status, "detail": e.detail, "round": sweep.number}
+                    for e in sweep.entries
                 )
-            else:
-                stamp = time.strftime("%H:%M:%S")
-                rows = [[e.node, e.status, e.detail] for e in sweep.entries]
-                print(f"sweep at {stamp}:")
-                print_table(rows, ["NODE", "STATUS", "DETAIL"])
+                continue
+            stamp = time.strftime("%H:%M:%S")
+            rows = [[e.node, e.status, e.detail] for e in sweep.entries]
+            print(f"sweep at {stamp}:")
+            print_table(rows, ["NODE", "STATUS", "DETAIL"])
             summary = tally(e.status for e in sweep.entries)
             print(
                 f"sweep: {len(sweep.entries)} node(s): {summary} in {sweep.duration:.2f}s",
                 file=sys.stderr,
             )
             sys.stdout.flush()
-            status = 0 if sweep.ok else 1
 
     try:
         asyncio.run(sweeps())
     except KeyboardInterrupt:
         pass
     return status
+
+
+def _sweep_status(sweep: Any) -> int:
+    """3 when a node was unreachable (``failed``), 1 when an agent was not made to answer."""
+    if any(e.status == "failed" for e in sweep.entries):
+        return exitcodes.UNREACHABLE
+    return exitcodes.OK if sweep.ok else exitcodes.FAILED

@@ -15,8 +15,8 @@ from typing import Any
 
 from shoal.numeric import number
 
-from .exitcodes import INTERRUPTED
-from .render import print_json
+from .exitcodes import FAILED, OK, USAGE
+from .render import JSON_HELP, print_object, print_records
 
 
 def register(sub: Any) -> None:
@@ -44,47 +44,73 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="monitor in the foreground for this long (default: until Ctrl-C)",
     )
-    up.add_argument("--interval", type=number, default=5.0, help="seconds between checks")
-    up.add_argument("--json", action="store_true", help="print the report as JSON")
+    up.add_argument(
+        "--interval", type=number, default=5.0, metavar="SECONDS", help="seconds between checks"
+    )
+    up.add_argument(
+        "--json", action="store_true", help="print the report as one JSON object (no monitoring)"
+    )
     up.set_defaults(handler=cmd_up)
 
     st = s.add_parser("status", help="components x nodes x processes, barriers, versions")
     st.add_argument("name", nargs="?", help="application (default: the only one)")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help=JSON_HELP)
     st.set_defaults(handler=cmd_status)
 
     lg = s.add_parser("logs", help="last lines of every step and service log")
-    lg.add_argument("name", nargs="?")
-    lg.add_argument("-c", "--component", default=None)
-    lg.add_argument("-n", "--node", default=None)
-    lg.add_argument("--lines", type=int, default=20)
+    lg.add_argument("name", nargs="?", help="application (default: the only one)")
+    lg.add_argument("-c", "--component", default=None, help="only this component's nodes")
+    lg.add_argument("--node", default=None, metavar="NODE", help="only this node")
+    lg.add_argument(
+        "-n", "--lines", type=int, default=20, metavar="N", help="last N lines of each log (20)"
+    )
+    lg.add_argument("--json", action="store_true", help=JSON_HELP)
     lg.set_defaults(handler=cmd_logs)
 
     mo = s.add_parser("monitor", help="check and converge (replace lost nodes) in a loop")
-    mo.add_argument("name", nargs="?")
-    mo.add_argument("--for", dest="duration", type=number, default=None, metavar="SECONDS")
-    mo.add_argument("--interval", type=number, default=5.0)
+    mo.add_argument("name", nargs="?", help="application (default: the only one)")
+    mo.add_argument(
+        "--for",
+        dest="duration",
+        type=number,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this long (default: until Ctrl-C)",
+    )
+    mo.add_argument(
+        "--interval", type=number, default=5.0, metavar="SECONDS", help="between checks (5)"
+    )
     mo.add_argument("--once", action="store_true", help="one check, then exit")
+    mo.add_argument("--json", action="store_true", help=JSON_HELP)
     mo.set_defaults(handler=cmd_monitor)
 
     dn = s.add_parser("down", help="stop everything and remove what was installed")
-    dn.add_argument("name", nargs="?")
+    dn.add_argument("name", nargs="?", help="application (default: the only one)")
     dn.add_argument("--keep", action="store_true", help="keep software and files on the nodes")
     dn.add_argument(
         "--collect", type=Path, default=None, metavar="DIR", help="first copy logs to DIR/NODE/"
     )
+    dn.add_argument("--json", action="store_true", help=JSON_HELP)
     dn.set_defaults(handler=cmd_down)
 
-    ck = s.add_parser("check", help="validate a spec (schema and cross-references)")
-    ck.add_argument("spec")
+    ck = s.add_parser(
+        "check",
+        help="validate a spec (schema and cross-references)",
+        description="Check a spec without touching a node: every schema problem is listed, "
+        "one 'FILE:LINE: PATH: PROBLEM' line each, then the cross-references (steps, "
+        "barriers, software, variables, cycles) are checked. Exit 0 when valid, 2 otherwise.",
+    )
+    ck.add_argument("spec", help="spec file (.yaml, or Plush .xml)")
+    ck.add_argument("--json", action="store_true", help=JSON_HELP)
     ck.set_defaults(handler=cmd_check)
 
     ip = s.add_parser("import-plush", help="convert a Plush XML application to a Shoal spec")
-    ip.add_argument("xml")
+    ip.add_argument("xml", help="the Plush XML file")
     ip.add_argument("-o", "--output", type=Path, default=None, help="write YAML here")
     ip.set_defaults(handler=cmd_import)
 
     ls = s.add_parser("list", help="applications known to this controller")
+    ls.add_argument("--json", action="store_true", help=JSON_HELP)
     ls.set_defaults(handler=cmd_list)
 
     sc = s.add_parser("schema", help="print the spec's JSON Schema (for editors)")
@@ -146,7 +172,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     opts = UpOptions(say=None if args.json else _say)
     report = asyncio.run(lifecycle.up_async(spec, opts))
     if args.json:
-        print_json(_report_json(report), indent=1)
+        print_object(_report_json(report))
     else:
         _render_up(report)
     if args.detach or args.json:
@@ -166,8 +192,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     status = asyncio.run(lifecycle.status_async(_name(args)))
     if args.json:
-        print_json(_status_json(status), indent=1)
-        return 0
+        print_object(_status_json(status))
+        return OK if status.healthy else FAILED
     print(f"app {status.name}: {status.status} (from {status.file})")
     if status.versions:
         print("  software: " + ", ".join(f"{k} {v}" for k, v in status.versions.items()))
@@ -226,6 +252,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
         )
     )
     for node, text in logs.items():
+        if args.json:
+            print_records({"node": node, "line": line} for line in text.splitlines())
+            continue
         for line in text.splitlines():
             print(f"{node}: {line}")
     return 0
@@ -240,15 +269,22 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         report = asyncio.run(
             lifecycle.monitor_async(
                 name,
-                UpOptions(say=_say),
+                UpOptions(say=None if args.json else _say),
                 interval=args.interval,
                 duration=args.duration,
                 rounds=1 if args.once else None,
             )
         )
     except KeyboardInterrupt:
-        print("stopped monitoring")
-        return INTERRUPTED
+        if not args.json:
+            print("stopped monitoring", file=sys.stderr)
+        return OK  # the way a follow ends (exitcodes)
+    if args.json:
+        last = None if report.last is None else _report_json(report.last)
+        print_object(
+            {"app": name, "rounds": report.rounds, "converged": report.converged, "last": last}
+        )
+        return OK
     print(f"{report.rounds} check(s), {report.converged} convergence(s)")
     if report.last is not None:
         _render_up(report.last)
@@ -261,24 +297,64 @@ def cmd_down(args: argparse.Namespace) -> int:
     name = _name(args)
     report = asyncio.run(lifecycle.down_async(name, keep=args.keep, collect=args.collect))
     bad = {n: r for n, r in report.nodes.items() if r != "cleaned"}
+    if args.json:
+        print_records({"node": n, "app": name, "result": r} for n, r in report.nodes.items())
+        return FAILED if bad else OK
     print(f"app {name}: down on {len(report.nodes) - len(bad)} node(s)")
     for node, why in bad.items():
         print(f"  {node}: {why}")
     if args.collect:
         print(f"  logs in {args.collect}/NODE/")
-    return 0
+    return FAILED if bad else OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from shoal.app.appspec import load
 
-    spec = load(args.spec)
+    problems = _schema_problems(Path(args.spec))
+    if problems:
+        if args.json:
+            print_object({"spec": args.spec, "ok": False, "problems": problems})
+        else:
+            for p in problems:
+                print(f"shoal: error: {p['where']}: {p['path']}: {p['message']}", file=sys.stderr)
+        return USAGE
+    spec = load(args.spec)  # the cross-references (first problem as a ConfigError)
     steps = sum(len(c.steps) for c in spec.components.values())
+    if args.json:
+        print_object(
+            {
+                "spec": args.spec,
+                "ok": True,
+                "app": spec.name,
+                "components": len(spec.components),
+                "steps": steps,
+                "barriers": len(spec.barriers),
+                "software": len(spec.software),
+                "problems": [],
+            }
+        )
+        return OK
     print(
         f"{args.spec}: ok — app {spec.name}: {len(spec.components)} component(s), "
         f"{steps} step(s), {len(spec.barriers)} barrier(s), {len(spec.software)} software tree(s)"
     )
-    return 0
+    return OK
+
+
+def _schema_problems(path: Path) -> list[dict[str, str]]:
+    """Every schema violation of the spec at ``path``, in file order: where, path, message."""
+    from shoal.app.located import load as load_yaml
+    from shoal.app.validate import validate
+
+    if path.suffix.lower() == ".xml":
+        from shoal.app.plush import load_plush
+
+        doc = load_plush(path)
+    else:
+        doc = load_yaml(path)
+    found = sorted(validate(doc.value), key=lambda p: (doc.line(p.path), len(p.path)))
+    return [{"where": doc.where(p.path), "path": p.dotted(), "message": p.message} for p in found]
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -307,12 +383,19 @@ def cmd_list(args: argparse.Namespace) -> int:
             rec = store.get_app(st, name)
             assert rec is not None
             count = len(store.members(st, name, active_only=True))
+            if args.json:
+                print_records(
+                    [{"app": name, "status": rec.status, "nodes": count, "file": rec.file}]
+                )
+                continue
             print(f"{name:<20} {rec.status:<9} {count:>4} node(s)  {rec.file}")
-    return 0
+    return OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
     from shoal.app.validate import app_schema
 
-    print_json(app_schema(), indent=1)
-    return 0
+    print(json.dumps(app_schema(), indent=1))  # the schema itself, for editors
+    return OK

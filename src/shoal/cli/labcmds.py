@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
+
+from .render import JSON_HELP, print_object, print_records
 
 HELP_UP = """\
 Bring up N nodes n1..nN. As root each node is a network namespace on a bridge
@@ -29,6 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         q.add_argument(
             "--name", default=None, help="lab name (default: the only lab, or 'default')"
         )
+        q.add_argument("--json", action="store_true", help=JSON_HELP)
         q.set_defaults(handler=handler)
         return q
 
@@ -48,8 +52,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     add("down", "remove a lab and everything it made (also after a crash)", _down)
     add("status", "nodes, addresses, state and shaping of a lab", _status)
-    lsub.add_parser("list", help="labs on this machine", description="labs on this machine")
-    lsub.choices["list"].set_defaults(handler=_list)
+    lab_list = lsub.add_parser(
+        "list", help="labs on this machine", description="labs on this machine"
+    )
+    lab_list.add_argument("--json", action="store_true", help=JSON_HELP)
+    lab_list.set_defaults(handler=_list)
     for name, help in (
         ("kill", "crash NODE: its processes die and its link goes down"),
         ("revive", "boot NODE again after kill: link up, sshd restarted, files kept"),
@@ -95,6 +102,16 @@ def _up(args: argparse.Namespace) -> int:
     lab = Lab.up(spec)
     took = time.monotonic() - t0
     st = lab.status()
+    if args.json:
+        print_object(
+            {
+                **_status_json(st),
+                "seconds": round(took, 3),
+                "inventory": str(lab.inventory),
+                "ssh_config": str(lab.ssh_config),
+            }
+        )
+        return 0
     where = f"{st.subnet}, controller {st.controller_addr}" if st.subnet else "rootless, 127.0.0.1"
     print(f"lab {lab.name}: {n} nodes up in {took:.1f}s ({where})")
     if not shaping.empty:
@@ -116,6 +133,18 @@ def _down(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     rep = Lab.teardown(name)
     took = time.monotonic() - t0
+    if args.json:
+        print_object(
+            {
+                "lab": name,
+                "namespaces": rep.namespaces,
+                "links": list(rep.links),
+                "processes": rep.processes,
+                "removed_dir": rep.removed_dir,
+                "seconds": round(took, 3),
+            }
+        )
+        return 0
     if not rep.anything:
         print(f"lab {name}: nothing to remove")
         return 0
@@ -136,6 +165,9 @@ def _status(args: argparse.Namespace) -> int:
     from shoal.lab import Lab
 
     st = Lab.open(args.name).status()
+    if args.json:
+        print_object(_status_json(st))
+        return 0
     head = f"lab {st.name} ({st.mode}, {st.status})"
     if st.subnet:
         head += f" {st.subnet}, controller {st.controller_addr} [{st.controller.describe()}]"
@@ -154,6 +186,18 @@ def _list(args: argparse.Namespace) -> int:
     from shoal.lab import list_labs
 
     labs = list_labs()
+    if args.json:
+        print_records(
+            {
+                "lab": s.name,
+                "mode": s.mode,
+                "status": s.status,
+                "nodes": s.nodes,
+                "dir": str(s.dir) if s.dir else None,
+            }
+            for s in labs
+        )
+        return 0
     if not labs:
         print("no labs (start one with: shoal lab up N)")
         return 0
@@ -170,6 +214,9 @@ def _node_action(args: argparse.Namespace) -> int:
     action = args.lab_command
     getattr(lab, action)(args.node)
     past = {"kill": "killed", "revive": "revived", "cut": "cut", "heal": "healed"}[action]
+    if args.json:
+        print_object({"lab": lab.name, "node": args.node, "action": past})
+        return 0
     print(f"lab {lab.name}: {args.node} {past}")
     return 0
 
@@ -189,6 +236,12 @@ def _shape(args: argparse.Namespace) -> int:
     lab = Lab.open(args.name)
     changed = lab.shape(args.target, change)
     st = lab.status()
+    if args.json:
+        shaping = {n.name: n.shaping.describe() for n in st.nodes if n.name in changed}
+        if "controller" in changed:
+            shaping["controller"] = st.controller.describe()
+        print_object({"lab": lab.name, "changed": list(changed), "shaping": shaping})
+        return 0
     if changed == ["controller"]:
         print(f"lab {lab.name}: controller link now {st.controller.describe()}")
     else:
@@ -197,3 +250,27 @@ def _shape(args: argparse.Namespace) -> int:
         what = args.target if args.target != "all" else f"all {len(changed)} nodes"
         print(f"lab {lab.name}: {what} now {', '.join(kinds)}")
     return 0
+
+
+def _status_json(st: Any) -> dict[str, Any]:
+    """A lab's status as one object, its nodes inside (``lab up``, ``lab status``)."""
+    return {
+        "lab": st.name,
+        "mode": st.mode,
+        "status": st.status,
+        "subnet": st.subnet,
+        "controller": st.controller_addr,
+        "controller_shaping": st.controller.describe(),
+        "dir": str(st.dir),
+        "nodes": [
+            {
+                "node": n.name,
+                "address": n.addr,
+                "port": n.port,
+                "state": n.state,
+                "sshd": "running" if n.running else "down",
+                "shaping": n.shaping.describe(),
+            }
+            for n in st.nodes
+        ],
+    }

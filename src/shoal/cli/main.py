@@ -11,7 +11,11 @@ that goes away (``| head``) ends the command quietly with status 141, as
 SIGPIPE ends other tools (state already committed stays committed); SIGTERM
 is handled as Ctrl-C is, so either one stops what the command started on the
 nodes before the command exits (130 for an interrupt, 143 for SIGTERM; every
-status is named in :mod:`.exitcodes`).
+status is named in :mod:`.exitcodes`), wherever the interrupt or the closed
+pipe meets the command (parsing, imports, the handler, the exit flush). An
+error that stops a command is one ``shoal: error:`` line (with ``--json`` one
+JSON object, :mod:`.render`'s convention), its status
+:func:`.exitcodes.for_error`.
 
 Settings (:mod:`shoal.settings`: config files, ``SHOAL_*`` variables) become the
 defaults of the flags they name before the command line is parsed, so a flag
@@ -117,6 +121,22 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import exitcodes
+
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before or after the handler: parsing, imports, exit flush
+        try:
+            print("shoal: interrupted", file=sys.stderr)
+        except OSError:
+            pass  # no terminal left to tell
+        return exitcodes.INTERRUPTED
+    except BrokenPipeError:
+        _discard_output()
+        return exitcodes.BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     first = _command_word(args_list)
     modules = [COMMANDS[first]] if first in COMMANDS else list(COMMANDS.values())
@@ -199,15 +219,18 @@ def _run_handler(args: argparse.Namespace, terminated: threading.Event) -> int:
             code = int(args.handler(args) or 0)
             sys.stdout.flush()
             return code
-        except SelectionSyntaxError as exc:
-            print(f"shoal: error: {exc}", file=sys.stderr)
-            print(exc.pointer(), file=sys.stderr)
-            return exitcodes.USAGE
         except ShoalError as exc:
             _log.debug("%s", type(exc).__name__, exc_info=True)
-            print(f"shoal: error: {exc.located()}", file=sys.stderr)
-            usage = exc.kind in ("usage", "selection", "config")
-            return exitcodes.USAGE if usage else exitcodes.FAILED
+            if getattr(args, "json", False):
+                from .render import print_error
+
+                print_error(exc)  # the JSON convention: one object on stderr
+            elif isinstance(exc, SelectionSyntaxError):
+                print(f"shoal: error: {exc}", file=sys.stderr)
+                print(exc.pointer(), file=sys.stderr)
+            else:
+                print(f"shoal: error: {exc.located()}", file=sys.stderr)
+            return exitcodes.for_error(exc)
         except KeyboardInterrupt:
             if terminated.is_set():
                 print("shoal: terminated", file=sys.stderr)

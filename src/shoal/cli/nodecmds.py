@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shoal.cli.common import add_select_option
-from shoal.cli.render import ago, print_json, print_table
+from shoal.cli.render import JSON_HELP, ago, print_object, print_records, print_table
 from shoal.nodes.model import Node
 from shoal.numeric import number
 
@@ -31,6 +31,12 @@ def _node_json(node: Node) -> dict[str, Any]:
         "become": node.become,
         "python": node.python,
     }
+
+
+def _named(record: dict[str, Any], key: str = "node") -> dict[str, Any]:
+    """``record`` with its ``name`` under ``key`` first (the JSON convention: ``node``)."""
+    rest = {k: v for k, v in record.items() if k != "name"}
+    return {key: record["name"], **rest}
 
 
 def _parse_attrs(items: Sequence[str] | None) -> dict[str, Any]:
@@ -56,7 +62,7 @@ def cmd_nodes_list(args: argparse.Namespace) -> int:
     nodes = resolve(args.select)
     failed = {f.name for f in health.failures()}
     if args.json:
-        print_json([{**_node_json(n), "failed": n.name in failed} for n in nodes])
+        print_records(_named({**_node_json(n), "failed": n.name in failed}) for n in nodes)
         return 0
     rows = [
         (
@@ -101,6 +107,9 @@ def cmd_nodes_add(args: argparse.Namespace) -> int:
         for n in nodes
     ]
     report = import_nodes(nodes)
+    if args.json:
+        print_object({"added": list(report.added), "updated": list(report.updated)})
+        return 0
     print(f"added {len(report.added)}, updated {len(report.updated)}")
     return 0
 
@@ -112,6 +121,9 @@ def cmd_nodes_rm(args: argparse.Namespace) -> int:
 
     names = [n.name for n in resolve(args.expr)]
     gone = remove_nodes(names)
+    if args.json:
+        print_object({"removed": list(gone)})
+        return 0
     print(f"removed {len(gone)}: {fold(gone)}")
     return 0
 
@@ -132,7 +144,7 @@ def cmd_nodes_import(args: argparse.Namespace) -> int:
     replace_group = args.group if args.replace else None
     report = import_nodes(nodes, replace_group=replace_group, group_vars=inv.group_vars)
     if args.json:
-        print_json(
+        print_object(
             {
                 "added": list(report.added),
                 "updated": list(report.updated),
@@ -163,9 +175,9 @@ def cmd_nodes_show(args: argparse.Namespace) -> int:
         item["failed"] = None if f is None else {"reason": f.reason, "since": f.since}
         rec = stored.get(n.name)
         item["facts"] = None if rec is None else facts.as_json(rec)
-        out.append(item)
+        out.append(_named(item))
     if args.json:
-        print_json(out if len(out) != 1 else out[0])
+        print_records(out)
         return 0
     now = time.time()
     for i, n in enumerate(nodes):
@@ -203,7 +215,7 @@ def cmd_nodes_groups(args: argparse.Namespace) -> int:
     with State() as st:
         groups = inventory.groups(st)
     if args.json:
-        print_json([{"name": g.name, "size": g.size, "vars": g.vars} for g in groups])
+        print_records({"group": g.name, "size": g.size, "vars": g.vars} for g in groups)
         return 0
     print_table([(g.name, str(g.size)) for g in groups], ("GROUP", "NODES"))
     return 0
@@ -214,11 +226,9 @@ def cmd_nodes_failed(args: argparse.Namespace) -> int:
 
     items = health.failures()
     if args.json:
-        print_json(
-            [
-                {"name": f.name, "reason": f.reason, "since": f.since, "updated": f.updated}
-                for f in items
-            ]
+        print_records(
+            {"node": f.name, "reason": f.reason, "since": f.since, "updated": f.updated}
+            for f in items
         )
         return 0
     now = time.time()
@@ -237,6 +247,9 @@ def cmd_nodes_clear_failed(args: argparse.Namespace) -> int:
         cleared = health.clear_failed()
     else:
         cleared = health.clear_failed(list(select(args.select)))
+    if args.json:
+        print_object({"cleared": list(cleared)})
+        return 0
     print(f"cleared {len(cleared)}" + (f": {fold(cleared)}" if cleared else ""))
     return 0
 
@@ -251,7 +264,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     nodes = resolve(args.expr)
     names = [n.name for n in nodes]
     if args.json:
-        print_json(
+        print_object(
             {"expression": args.expr, "nodeset": fold(names), "count": len(names), "nodes": names}
         )
         return 0
@@ -264,6 +277,9 @@ def cmd_plan_set(args: argparse.Namespace) -> int:
     from shoal.nodes.plans import set_plan
 
     plan = set_plan(args.name, args.expr)
+    if args.json:
+        print_object({"plan": plan.name, "expr": plan.expr})
+        return 0
     print(f"plan %{plan.name} = {plan.expr}")
     return 0
 
@@ -273,7 +289,7 @@ def cmd_plan_list(args: argparse.Namespace) -> int:
 
     items = list_plans()
     if args.json:
-        print_json([{"name": p.name, "expr": p.expr, "updated": p.updated} for p in items])
+        print_records({"plan": p.name, "expr": p.expr, "updated": p.updated} for p in items)
         return 0
     print_table([(p.name, p.expr) for p in items], ("PLAN", "EXPRESSION"))
     return 0
@@ -287,9 +303,9 @@ def cmd_plan_show(args: argparse.Namespace) -> int:
     plan = get_plan(args.name)
     names = select(f"%{plan.name}")
     if args.json:
-        print_json(
+        print_object(
             {
-                "name": plan.name,
+                "plan": plan.name,
                 "expr": plan.expr,
                 "nodeset": fold(names),
                 "count": len(names),
@@ -307,6 +323,9 @@ def cmd_plan_rm(args: argparse.Namespace) -> int:
     from shoal.nodes.plans import remove_plan
 
     remove_plan(args.name)
+    if args.json:
+        print_object({"removed": args.name})
+        return 0
     print(f"removed plan %{args.name}")
     return 0
 
@@ -323,7 +342,6 @@ def _max_age(args: argparse.Namespace) -> float:
 def cmd_facts_refresh(args: argparse.Namespace) -> int:
     from shoal.cli.common import selected_nodes
     from shoal.fanout import factgather
-    from shoal.nodes import facts
 
     nodes = selected_nodes(args)
     options = None
@@ -336,24 +354,44 @@ def cmd_facts_refresh(args: argparse.Namespace) -> int:
         if args.timeout is not None:
             kwargs["timeout"] = args.timeout
         options = RunOptions(**kwargs)
+    from shoal.cli.render import NodeProgress
     from shoal.nodes import health
 
-    gathered = factgather.gather(nodes, options=options)
+    progress = NodeProgress(len(nodes), not (args.json or args.no_progress))
+    try:
+        gathered = factgather.gather(nodes, options=options, on_result=progress.update)
+    finally:
+        progress.close()
     health.record(gathered, health.Policy.OUTCOME)
     report = factgather.store(gathered, None)
     if args.json:
-        print_json(
-            {
-                "refreshed": [facts.as_json(r) for r in report.refreshed],
-                "failed": dict(report.failed),
-            }
-        )
+        print_records(_refresh_records(gathered, report))
     else:
         _print_facts(list(report.refreshed), _max_age(args))
         for name, reason in report.failed.items():
             print(f"{name}: failed: {reason}")
         print(f"{len(report.refreshed)} refreshed, {len(report.failed)} failed")
-    return 0 if not report.failed else 1
+    from shoal.cli.exitcodes import FAILED, for_results
+
+    status = for_results(gathered)
+    return status or (FAILED if report.failed else 0)
+
+
+def _refresh_records(gathered: Any, report: Any) -> list[dict[str, Any]]:
+    """One record per node, in selection order: its new facts, or why it has none."""
+    from shoal.nodes import facts
+
+    refreshed = {r.name: r for r in report.refreshed}
+    out = []
+    for r in gathered:
+        rec = refreshed.get(r.node)
+        if rec is not None:
+            out.append({"node": r.node, "ok": True, "status": "ok", **_named(facts.as_json(rec))})
+            continue
+        kind = r.kind if not r.ok else "failed"
+        reason = report.failed.get(r.node, r.reason)
+        out.append({"node": r.node, "ok": False, "status": kind, "error": reason})
+    return out
 
 
 def _print_facts(records: list[Any], max_age: float) -> None:
@@ -387,7 +425,7 @@ def cmd_facts_show(args: argparse.Namespace) -> int:
     records = facts.load_facts(names)
     max_age = _max_age(args)
     if args.json:
-        print_json([facts.as_json(r, max_age) for r in records.values()])
+        print_records(_named(facts.as_json(r, max_age)) for r in records.values())
         return 0
     _print_facts(list(records.values()), max_age)
     missing = len(names) - len(records)
@@ -403,7 +441,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_nodes(sub)
     p = sub.add_parser("select", help="evaluate a selection: compact node set and count")
     p.add_argument("expr", metavar="EXPR")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_select)
     _register_plan(sub)
     _register_facts(sub)
@@ -416,7 +454,7 @@ def _register_nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = nsub.add_parser("list", help="list nodes")
     add_select_option(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_nodes_list)
 
     p = nsub.add_parser("add", help="add nodes: [user@]host[:port] (host may be n[1-4])")
@@ -427,10 +465,12 @@ def _register_nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("-g", "--group", action="append", help="add to group (repeatable)")
     p.add_argument("-a", "--attr", action="append", metavar="KEY=VALUE", help="attribute")
     p.add_argument("--ssh-config", help="extra ssh_config file for these nodes")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_nodes_add)
 
     p = nsub.add_parser("rm", help="remove the nodes a selection names")
-    p.add_argument("expr", metavar="EXPR")
+    p.add_argument("expr", metavar="EXPR", help="selection of the nodes to remove")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_nodes_rm)
 
     p = nsub.add_parser(
@@ -451,24 +491,25 @@ def _register_nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="with --group: the group becomes exactly this file's nodes (others are deleted)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_nodes_import)
 
     p = nsub.add_parser("show", help="one node (or a selection) in detail, with facts")
     p.add_argument("name", metavar="NAME_OR_EXPR")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_nodes_show)
 
     p = nsub.add_parser("groups", help="list groups and their sizes")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_nodes_groups)
 
     p = nsub.add_parser("failed", help="the failed set, with reasons and times")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_nodes_failed)
 
     p = nsub.add_parser("clear-failed", help="forget failures (all, or those -s selects)")
     add_select_option(p)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_nodes_clear_failed)
 
 
@@ -478,17 +519,19 @@ def _register_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     psub.required = True
     p = psub.add_parser("set", help="store a plan")
     p.add_argument("name")
-    p.add_argument("expr", metavar="EXPR")
+    p.add_argument("expr", metavar="EXPR", help="the selection it stands for")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_plan_set)
     p = psub.add_parser("list", help="list plans")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_plan_list)
     p = psub.add_parser("show", help="a plan and what it selects now")
     p.add_argument("name")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_plan_show)
     p = psub.add_parser("rm", help="remove a plan")
-    p.add_argument("name")
+    p.add_argument("name", help="the plan's name")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_plan_rm)
 
 
@@ -501,10 +544,11 @@ def _register_facts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("-p", "--parallel", type=int, help="connections at once")
     p.add_argument("--timeout", type=number, help="seconds per node")
     p.add_argument("--max-age", type=number, help="seconds before facts count as stale")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     p.set_defaults(handler=cmd_facts_refresh)
     p = fsub.add_parser("show", help="stored facts, stale ones marked")
     add_select_option(p)
     p.add_argument("--max-age", type=number, help="seconds before facts count as stale")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_facts_show)

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 from shoal.numeric import is_finite
 
 from .common import add_agent_options, agent_settings, selected_nodes
+from .exitcodes import for_results
 from .render import (
     ProgressLine,
     outcome_record,
     print_failures,
-    print_json_lines,
+    print_records,
     print_table,
     size,
 )
@@ -40,7 +41,7 @@ def register(sub: Any) -> None:
         "symlink) to the new version atomically.",
     )
     add_agent_options(push)
-    push.add_argument("local_dir", metavar="LOCAL_DIR")
+    push.add_argument("local_dir", metavar="LOCAL_DIR", help="the directory to push")
     push.add_argument("remote_dir", metavar="REMOTE_DIR", help="relative to the remote home")
     push.add_argument(
         "-a", "--pack", action="store_true", help="pack small files into compressed chunks"
@@ -55,18 +56,28 @@ def register(sub: Any) -> None:
         help="replace an existing empty directory at REMOTE_DIR (refused otherwise)",
     )
     push.add_argument("--no-fsync", action="store_true", help="do not flush to disk first")
-    push.add_argument("--no-progress", action="store_true")
+    push.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     push.set_defaults(handler=cmd_push)
 
-    rollback = sub.add_parser("rollback", help="switch REMOTE_DIR back to an earlier version")
+    rollback = sub.add_parser(
+        "rollback",
+        help="switch REMOTE_DIR back to an earlier version",
+        description="Switch REMOTE_DIR on every selected node back to a kept version (the "
+        "one before the current, or --to VERSION) with one atomic symlink swap.",
+    )
     add_agent_options(rollback)
-    rollback.add_argument("remote_dir", metavar="REMOTE_DIR")
+    rollback.add_argument("remote_dir", metavar="REMOTE_DIR", help="relative to the remote home")
     rollback.add_argument("--to", metavar="VERSION", help="a kept version id (or prefix)")
     rollback.set_defaults(handler=cmd_rollback)
 
-    versions = sub.add_parser("versions", help="which version of REMOTE_DIR each node runs")
+    versions = sub.add_parser(
+        "versions",
+        help="which version of REMOTE_DIR each node runs",
+        description="Show, per node, the version REMOTE_DIR points at and the versions kept "
+        "for rollback; a fleet running several versions is summed up.",
+    )
     add_agent_options(versions)
-    versions.add_argument("remote_dir", metavar="REMOTE_DIR")
+    versions.add_argument("remote_dir", metavar="REMOTE_DIR", help="relative to the remote home")
     versions.set_defaults(handler=cmd_versions)
 
 
@@ -113,7 +124,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     opts.allow_setuid = args.allow_setuid
     opts.replace_empty_dir = args.replace_empty_dir
     opts.durable = not args.no_fsync
-    live = ProgressLine(not (args.no_progress or args.json), clear=100)
+    live = ProgressLine(not (args.no_progress or args.json))
     try:
         result = push(
             nodes,
@@ -126,10 +137,10 @@ def cmd_push(args: argparse.Namespace) -> int:
         live.close()
     _record(result)
     if args.json:
-        print_json_lines({"version": result.version, **_push_record(n)} for n in result)
+        print_records({**_push_record(n), "version": result.version} for n in result)
     else:
         render_push(result)
-    return 0 if result.ok else 1
+    return for_results(result)
 
 
 def _record(results: Results[Any]) -> None:
@@ -141,16 +152,13 @@ def _record(results: Results[Any]) -> None:
 
 def _push_record(n: Any) -> dict[str, Any]:
     return {
-        "node": n.node,
-        "status": n.kind,
-        "error": n.reason or None,
+        **outcome_record(n),
         "previous": n.previous,
         "current": n.current,
         "received": n.received,
         "from_source": n.from_source,
         "from_peers": n.from_peers,
         "reused": n.reused,
-        "seconds": round(n.duration, 3),
     }
 
 
@@ -202,9 +210,10 @@ def _render_versions(results: Results[AgentOutcome]) -> None:
 def _finish(results: Results[AgentOutcome], args: argparse.Namespace) -> int:
     _record(results)
     if args.json:
-        print_json_lines(map(outcome_record, results))
-    print_failures(results)
-    return 0 if results.ok else 1
+        print_records(map(outcome_record, results))
+    else:
+        print_failures(results)
+    return for_results(results)
 
 
 def cmd_versions(args: argparse.Namespace) -> int:

@@ -10,17 +10,34 @@ column is as wide as the text will look on a terminal
 character takes two; a combining mark none. Plain ASCII is measured by
 ``len``.
 
-JSON goes out in three shapes for now (one per family of commands; a later
-issue makes them one): :func:`print_json_lines`, one object per line (``run``,
-``cp``, ``agent``, ``proc``, ``sweep``, ``push``, ``versions``,
-``rollback``), with :func:`agent_record` and :func:`outcome_record` as the two
-record forms of agent results; :func:`print_json`, one indented document
-(``nodes``, ``select``, ``plan``, ``facts``, ``app``). Values are escaped by
-``json`` whatever the stream.
+The JSON convention (``--json``, on every command that prints data):
+
+* stdout is JSON lines: every line is one complete JSON object, nothing else
+  is written there. A command about many things (a per-node result, a list
+  of nodes, events, log lines, groups, plans, labs, applications) writes one
+  object per thing, as it comes (a follow keeps writing); a command about one
+  thing (``select``, ``plan show``, ``app status``, ``app up``, ``lab
+  status``, an import's report) writes exactly one object.
+* Every object about a node has ``"node"``; a per-node result is
+  :func:`outcome_record`: ``node``, ``ok``, ``status`` (the kind: ``ok``,
+  ``failed``, ``timeout``, ``unreachable``, ...), ``error``, ``error_kind``
+  and ``duration`` beside what the command produced there.
+* stderr gets no summary lines; an error that stops the command is one
+  object there, :func:`error_record`: ``{"kind", "error", "node"?}``
+  (``node`` only when the error concerns one). Per-node failures are in the
+  stdout records, not repeated on stderr; a command whose records are not
+  per-node results (``events``, ``proc logs``) writes one such object per
+  failed node on stderr (:func:`print_failures`).
+* The exit status is the same as without ``--json`` (:mod:`.exitcodes`).
+
+Values are escaped by ``json`` whatever the stream; keys keep the order
+written here. (``app schema`` prints the schema itself, an indented document,
+for editors: it is a file format, not ``--json`` output.)
 
 Progress lines (:class:`ProgressLine`) are redrawn in place with ``\\r`` on a
 terminal's stderr only, written past the escaping stream (their own control
-characters, not a node's); elsewhere they write nothing.
+characters, not a node's), cut to the terminal's width; elsewhere they write
+nothing.
 
 Start-up time counts for ``shoal run``: this module imports only ``json``
 and ``sys`` at load time.
@@ -118,34 +135,55 @@ def tally(labels: Iterable[str]) -> str:
     return ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
 
 
-def print_failures(results: Results[Any]) -> None:
-    """One stderr line per failed node: ``NODE: KIND: REASON``."""
+def print_failures(results: Results[Any], as_json: bool = False) -> None:
+    """One stderr line per failed node: ``NODE: KIND: REASON``, or its :func:`error_record`.
+
+    (For commands whose stdout records are not per-node results: events, log lines.)
+    """
     for r in results.failed:
-        print(f"{r.node}: {r.kind}: {r.reason}", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"kind": r.kind, "error": r.reason, "node": r.node}), file=sys.stderr)
+        else:
+            print(f"{r.node}: {r.kind}: {r.reason}", file=sys.stderr)
 
 
 # -- progress ------------------------------------------------------------------------
 
 
 class ProgressLine:
-    """One line redrawn in place on a terminal; writes nothing to anything else."""
+    """One line redrawn in place on a terminal; writes nothing to anything else.
 
-    def __init__(self, enabled: bool, stream: TextIO | None = None, clear: int = 60) -> None:
+    A line is cut to the terminal's width (``shutil.get_terminal_size``, read
+    when the line is made) so it never wraps, and :meth:`close` blanks exactly
+    the columns the longest line took.
+    """
+
+    def __init__(self, enabled: bool, stream: TextIO | None = None) -> None:
         stream = sys.stderr if stream is None else stream
         self.enabled = enabled and stream.isatty()
         self.stream = unescaped(stream)  # its own \r, not a node's
-        self.clear = clear
+        self.width = 0  # columns written by the longest line so far
+        self.columns = _columns() if self.enabled else 0
 
     def show(self, text: str) -> None:
         if self.enabled:
+            text = text[: max(1, self.columns - 1)]  # the last column would wrap on some
+            self.width = max(self.width, len(text))
             self.stream.write(f"\r{text}")
             self.stream.flush()
 
     def close(self) -> None:
-        """Blank the line (``clear`` columns) and return to its start."""
-        if self.enabled:
-            self.stream.write("\r" + " " * self.clear + "\r")
+        """Blank the columns the line took and return to its start."""
+        if self.enabled and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
             self.stream.flush()
+            self.width = 0
+
+
+def _columns() -> int:
+    import shutil
+
+    return shutil.get_terminal_size().columns
 
 
 class NodeProgress:
@@ -173,32 +211,38 @@ class NodeProgress:
 
 # -- JSON -------------------------------------------------------------------------------
 
+#: The ``--json`` option's help, the same on every command.
+JSON_HELP = "print JSON lines: one object per node or item, or one object (see 'shoal --help')"
 
-def print_json_lines(records: Iterable[dict[str, Any]], sort_keys: bool = False) -> None:
-    """One JSON object per line on stdout."""
+
+def print_records(records: Iterable[dict[str, Any]]) -> None:
+    """JSON lines on stdout: one object per line, each flushed as it is written."""
     for record in records:
-        print(json.dumps(record, sort_keys=sort_keys))
+        sys.stdout.write(json.dumps(record, default=str) + "\n")
+        sys.stdout.flush()
 
 
-def print_json(data: Any, indent: int = 2) -> None:
-    """One indented JSON document on stdout (what ``json`` cannot encode, as ``str``)."""
-    json.dump(data, sys.stdout, indent=indent, default=str)
-    sys.stdout.write("\n")
-
-
-def agent_record(r: NodeOutcome[Any]) -> dict[str, Any]:
-    """An agent operation's result on one node (``agent``, ``proc``: keys sorted)."""
-    return {
-        "node": r.node,
-        "ok": r.ok,
-        "action": r.action,
-        "value": r.value,
-        "error": r.reason or None,
-        "error_kind": r.kind if r.error else None,
-        "duration": round(r.duration, 4),
-    }
+def print_object(record: dict[str, Any]) -> None:
+    """The one object of a command about one thing (one line, like :func:`print_records`)."""
+    print_records([record])
 
 
 def outcome_record(r: NodeOutcome[Any]) -> dict[str, Any]:
-    """``{node, ok, value, error}`` for one node (``versions``, ``rollback``)."""
-    return {"node": r.node, "ok": r.ok, "value": r.value, "error": r.reason}
+    """A per-node result: ``node``, ``ok``, ``status``, what it produced, the error."""
+    record = r.to_json()
+    record = {"node": r.node, "ok": r.ok, **record}
+    if r.action:
+        record["action"] = r.action
+    return record
+
+
+def error_record(error: BaseException) -> dict[str, Any]:
+    """The stderr object of an error that stopped a command: ``{kind, error, node?}``."""
+    kind = getattr(error, "kind", "error")
+    node = getattr(error, "node", None)
+    return {"kind": kind, "error": str(error), **({"node": node} if node else {})}
+
+
+def print_error(error: BaseException) -> None:
+    """:func:`error_record` as one line on stderr."""
+    print(json.dumps(error_record(error)), file=sys.stderr)

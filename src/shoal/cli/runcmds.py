@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from shoal.numeric import number
 
 from .common import add_connection_options, connection_settings, selected_nodes
-from .render import NodeProgress, print_json_lines
+from .exitcodes import for_results
+from .render import NodeProgress, outcome_record, print_records
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -74,7 +75,10 @@ def register(sub: Any) -> None:
         help="export a variable to the command (repeatable)",
     )
     run.add_argument(
-        "--stream", action="store_true", help="print lines live, prefixed with the node name"
+        "--stream",
+        action="store_true",
+        help="print lines live, prefixed with the node name (with --json: one "
+        '{"node", "stream", "line"} object per line, then the per-node results)',
     )
     run.add_argument(
         "--out-dir",
@@ -91,7 +95,12 @@ def register(sub: Any) -> None:
         "one local copy per node: cp DIR @.",
     )
     _add_fanout_options(cp)
-    cp.add_argument("paths", nargs="+", metavar="SRC... DST")
+    cp.add_argument(
+        "paths",
+        nargs="+",
+        metavar="SRC... DST",
+        help="sources then the destination; @ stands for each node's name, @: for its side",
+    )
     cp.set_defaults(handler=cmd_cp)
 
 
@@ -158,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from shoal.fanout.commands import run
 
-    on_line = _stream_line if args.stream else None
+    on_line = (_stream_record if args.json else _stream_line) if args.stream else None
     result = _with_progress(
         lambda transport, on_result: run(
             nodes, command, options, transport=transport, on_result=on_result, on_line=on_line
@@ -172,11 +181,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.out_dir:
         _write_out_dir(result, Path(args.out_dir))
     if args.json:
-        _print_json(result)
-    elif not args.stream:
+        print_records(map(outcome_record, result))
+        return for_results(result)
+    if not args.stream:
         _print_groups(result)
     _print_summary(result)
-    return 0 if result.ok else 1
+    return for_results(result)
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
@@ -202,9 +212,10 @@ def cmd_cp(args: argparse.Namespace) -> int:
     )
     _record(result)
     if args.json:
-        _print_json(result)
-    _print_summary(result)
-    return 0 if result.ok else 1
+        print_records(map(outcome_record, result))
+    else:
+        _print_summary(result)
+    return for_results(result)
 
 
 def _record(result: Results[CommandOutcome]) -> None:
@@ -220,6 +231,11 @@ def _stream_line(node: str, stream: str, line: bytes) -> None:
     out.flush()
 
 
+def _stream_record(node: str, stream: str, line: bytes) -> None:
+    text = line.decode("utf-8", errors="replace")
+    print_records([{"node": node, "stream": stream, "line": text}])
+
+
 def _print_groups(result: Results[CommandOutcome]) -> None:
     from shoal.fanout.output import group_outputs
 
@@ -233,11 +249,6 @@ def _print_groups(result: Results[CommandOutcome]) -> None:
         if group.stderr:
             for line in group.stderr.rstrip("\n").split("\n"):
                 print(f"[stderr] {line}")
-    sys.stdout.flush()
-
-
-def _print_json(result: Results[CommandOutcome]) -> None:
-    print_json_lines(result.to_json(), sort_keys=True)
     sys.stdout.flush()
 
 

@@ -31,6 +31,7 @@ from shoal.transport.base import Transport
 from .commands import run, run_async
 from .options import RunOptions
 from .results import CommandOutcome, Results
+from .scheduler import ResultCallback
 
 
 async def refresh_async(
@@ -64,9 +65,15 @@ async def gather_async(
     return await run_async(nodes, GATHER_COMMAND, options, transport=transport)
 
 
-def gather(nodes: Sequence[Node], *, options: RunOptions | None = None) -> Results[CommandOutcome]:
-    """:func:`gather_async` for synchronous callers (spread over workers when large)."""
-    return run(nodes, GATHER_COMMAND, options)
+def gather(
+    nodes: Sequence[Node],
+    *,
+    options: RunOptions | None = None,
+    on_result: ResultCallback[CommandOutcome] | None = None,
+) -> Results[CommandOutcome]:
+    """:func:`gather_async` for synchronous callers (spread over workers when large);
+    ``on_result`` is called with each node's outcome as it finishes (a progress line)."""
+    return run(nodes, GATHER_COMMAND, options, on_result=on_result)
 
 
 def store(result: Results[CommandOutcome], state: State | None) -> RefreshReport:
