@@ -63,7 +63,12 @@ async def up_async(
 ) -> UpReport:
     """Acquire, configure and start ``spec`` (or converge it when it runs already)."""
     given = options or UpOptions()
-    with opened(state) as st:
+    with opened(state) as st, store.app_lock(st, spec.name) as mine:
+        if not mine:
+            raise LocalError(
+                f"app {spec.name}: another process is bringing it up or converging it"
+                " (its service, or another shoal app up); try again when it is done"
+            )
         began = time.monotonic()
         pool = ConnectionPool(given.transport or make_transport(given.agent))
         opts = replace(given, transport=pool)

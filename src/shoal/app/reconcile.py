@@ -108,6 +108,8 @@ class Round:
     #: the component that cannot get its count, and why
     shortfall: str = ""
     healthy: bool = False
+    #: another process held the application: nothing was checked
+    busy: bool = False
 
 
 def drifted(name: str, state: State) -> str:
@@ -142,8 +144,21 @@ async def reconcile_async(
     state: State,
     now: Callable[[], float] = time.monotonic,
 ) -> Round:
-    """One round for application ``name`` (see the module docstring)."""
+    """One round for application ``name`` (see the module docstring); skipped
+    (``busy``) while another process holds the application (an ``up`` running)."""
     out = Round(name)
+    with store.app_lock(state, name) as mine:
+        if not mine:
+            out.busy = True
+            return out
+        await _round(out, options, book, state, now)
+    return out
+
+
+async def _round(
+    out: Round, options: UpOptions, book: RestartBook, state: State, now: Callable[[], float]
+) -> None:
+    name = out.app
     current = await status_async(name, options.agent, state=state, transport=options.transport)
     for n in current.nodes:
         if n.state != "active":
@@ -183,7 +198,6 @@ async def reconcile_async(
         else:
             out.shortfall = "; ".join(out.up.shortfalls)
     out.healthy = current.healthy and not out.converged and not out.restarted
-    return out
 
 
 def _missing(spec: AppSpec, current: AppStatus) -> list[tuple[str, str]]:

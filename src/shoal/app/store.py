@@ -18,12 +18,16 @@ mid-``up`` resumes with the same members and the barriers it had released.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from shoal.errors import UsageError
+from shoal.errors import StateError, UsageError
 from shoal.state import State
 
 SCHEMA = """
@@ -208,3 +212,40 @@ def delete_app(state: State, name: str) -> None:
         db.execute("DELETE FROM app_nodes WHERE app=?", (name,))
         db.execute("DELETE FROM app_barriers WHERE app=?", (name,))
         db.execute("DELETE FROM apps WHERE name=?", (name,))
+
+
+_held: dict[str, int] = {}  # lock path -> depth held by this process
+
+
+@contextmanager
+def app_lock(state: State, name: str) -> Iterator[bool]:
+    """Try to hold application ``name``'s lock (a file lock beside the database): one
+    ``up`` pass at a time across processes (the CLI, the service's keeper). Yields
+    False at once when another process holds it; re-entrant within a process
+    (callers in one process serialise themselves). The kernel drops the lock of a
+    killed process."""
+    path = str(state.path.parent / f".app-{name}.lock")
+    if _held.get(path):
+        _held[path] += 1
+        try:
+            yield True
+        finally:
+            _held[path] -= 1
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StateError(f"cannot open the lock of app {name} ({path}): {exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        _held[path] = 1
+        try:
+            yield True
+        finally:
+            del _held[path]
+    finally:
+        os.close(fd)
