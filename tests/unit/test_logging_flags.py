@@ -96,3 +96,24 @@ def test_unexpected_error_is_one_line_and_debug_shows_it(
     )
     with pytest.raises(RuntimeError, match="boom"):
         main(["--debug", "config", "show"])
+
+
+def test_connect_retries_are_logged_per_node(caplog: pytest.LogCaptureFixture) -> None:
+    from shoal.errors import ConnectError
+    from shoal.fanout import RunOptions, run
+    from shoal.nodes.model import Node
+    from shoal.testing import MockBehaviour, MockTransport
+
+    transport = MockTransport({"n2": MockBehaviour(connect_errors=[ConnectError("refused")] * 5)})
+    options = RunOptions(retries=2, retry_backoff=0.001)
+    with caplog.at_level(logging.DEBUG, logger="shoal"):
+        run([Node("n1"), Node("n2")], "true", options, transport=transport)
+    lines = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("shoal.fanout.scheduler", "DEBUG", "n1: connecting (attempt 1)") in lines
+    retries = [m for _, level, m in lines if level == "INFO" and "retrying in" in m]
+    assert len(retries) == 2 and retries[0].startswith("n2: refused; retrying in ")
+    assert (
+        "shoal.fanout.scheduler",
+        "INFO",
+        "n2: not connected after 3 attempt(s): refused",
+    ) in lines

@@ -44,6 +44,7 @@ from shoal.errors import (
 from shoal.fanout.options import FanoutOptions
 from shoal.fanout.results import NodeOutcome, Results
 from shoal.fanout.scheduler import fanout
+from shoal.logsetup import logger
 from shoal.nodes.model import Node
 from shoal.state import State, opened
 from shoal.transport.base import Connection, Transport
@@ -58,6 +59,8 @@ from .agentclient import (
     remember,
     start_agent,
 )
+
+_log = logger(__name__)
 
 
 @dataclass
@@ -263,6 +266,10 @@ async def _install_step(
         remember(st, node.name, opts.home, found.home, hello)
         return NodeOutcome(node.name, action="up to date", value=hello)
     h = shlex.quote(found.home)
+    _log.info(
+        "%s: agent in %s: build %s on disk, %s running; bringing %s up",
+        *(node.name, found.home, found.build, running, agent.build_id),
+    )
     if found.build != agent.build_id:
         await conn.put(str(local), f"{found.home}/agent.pyz")
         res = await conn.run(

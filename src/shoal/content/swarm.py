@@ -45,6 +45,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shoal.logsetup import logger
+
+_log = logger(__name__)
 SOURCE = "(source)"
 #: Fetches a node runs at once, and uploads a peer serves at once. Every link must run
 #: near full for a swarm to finish near S/B (each node downloads the whole content while
@@ -361,6 +364,7 @@ class Swarm:
             self.flying.setdefault(i, now)
             self.flying_count[i] = self.flying_count.get(i, 0) + 1
         host, port = self.source_hosts[node] if peer.name == SOURCE else (peer.host, peer.port)
+        _log.debug("%s: %d chunk(s) from %s (%s:%s)", node, len(chunks), peer.name, host, port)
         return Batch(node, peer.name, host, port, chunks, sum(self.sizes[i] for i in chunks))
 
     def complete(self, batch: Batch, outcome: dict[str, Any] | None) -> None:
@@ -399,6 +403,7 @@ class Swarm:
         failed = outcome.get("failed", [])
         if outcome.get("lying") and peer is not None:
             st.rejected += 1
+            _log.warning("%s: chunks from %s did not match their hashes", node, batch.source)
             if peer is not self.source:
                 peer.lying = True
         elif failed and peer is not None:

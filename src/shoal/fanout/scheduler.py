@@ -33,12 +33,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from shoal.errors import ShoalError, TransportError
+from shoal.logsetup import logger
 from shoal.nodes.model import Node
 from shoal.transport.base import Connection, Transport
 from shoal.transport.factory import make_transport
 
 from .options import FanoutOptions, default_parallelism
 from .results import NodeOutcome, OutcomeT, Results
+
+_log = logger(__name__)
 
 #: An operation: given an open connection, the node and its index, produce its outcome.
 Operation = Callable[[Connection, Node, int], Awaitable[OutcomeT]]
@@ -129,13 +132,16 @@ async def _fanout(
         attempt = 0
         while True:
             attempt += 1
+            _log.debug("%s: connecting (attempt %d)", node.name, attempt)
             try:
                 return await transport.connect(node, timeout=options.connect_timeout), None, attempt
             except ShoalError as exc:
                 if not exc.retryable or attempt > options.retries:
+                    _log.info("%s: not connected after %d attempt(s): %s", node.name, attempt, exc)
                     return None, exc, attempt
-                pause = options.retry_backoff * 2 ** (attempt - 1)
-                await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+                pause = options.retry_backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                _log.info("%s: %s; retrying in %.2f s", node.name, exc, pause)
+                await asyncio.sleep(pause)
 
     async def one(index: int, node: Node) -> OutcomeT:
         nonlocal next_launch
