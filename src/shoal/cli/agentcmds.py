@@ -84,8 +84,13 @@ def register(sub: Any) -> None:
         description="Start NAME on every selected node: shoal proc start web -- ./server --port 80",
     )
     add_agent_options(start)
-    start.add_argument("name", metavar="NAME")
-    start.add_argument("--restart", choices=("always", "on-failure", "never"), default="always")
+    start.add_argument("name", metavar="NAME", help="the program's name on each node")
+    start.add_argument(
+        "--restart",
+        choices=("always", "on-failure", "never"),
+        default="always",
+        help="when the agent restarts it (default always)",
+    )
     start.add_argument("--cwd", metavar="DIR", help="working directory on the node")
     start.add_argument(
         "-e", "--env", action="append", default=[], metavar="NAME=VALUE", help="repeatable"
@@ -105,17 +110,19 @@ def register(sub: Any) -> None:
 
     status = psub.add_parser("status", help="one table of the programs on every node")
     add_agent_options(status)
-    status.add_argument("name", nargs="?", metavar="NAME")
+    status.add_argument("name", nargs="?", metavar="NAME", help="one program (default: all)")
     status.set_defaults(handler=cmd_proc_simple, op="proc.status")
     for action in ("stop", "restart", "remove"):
         p = psub.add_parser(action, help=f"{action} a program on the selected nodes")
         add_agent_options(p)
-        p.add_argument("name", metavar="NAME")
+        p.add_argument("name", metavar="NAME", help="the program's name")
         p.set_defaults(handler=cmd_proc_simple, op=f"proc.{action}")
     logs = psub.add_parser("logs", help="a program's output (stdout and stderr)")
     add_agent_options(logs)
-    logs.add_argument("name", metavar="NAME")
-    logs.add_argument("-n", "--lines", type=int, default=20, metavar="LINES")
+    logs.add_argument("name", metavar="NAME", help="the program's name")
+    logs.add_argument(
+        "-n", "--lines", type=int, default=20, metavar="N", help="last N lines first (20)"
+    )
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     logs.set_defaults(handler=cmd_proc_logs)
 

@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
         description="A guided run on a local lab of real SSH nodes: run, select, "
         "failure handling, cp, and supervised programs through the agent.",
     )
-    p.add_argument("-n", "--nodes", type=int, default=8, help="lab size (default 8)")
+    p.add_argument("--nodes", type=int, default=8, metavar="N", help="lab size (default 8)")
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     p.set_defaults(handler=cmd_demo)
 

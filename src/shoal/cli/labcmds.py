@@ -64,9 +64,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("heal", "bring NODE's link back up after cut"),
     ):
         q = add(name, help, _node_action)
-        q.add_argument("node", metavar="NODE")
+        q.add_argument("node", metavar="NODE", help="a node of the lab (n1, n2, ...)")
     shape = add("shape", "change rate/delay/loss of a node, the controller or all, live", _shape)
-    shape.add_argument("target", metavar="NODE|controller|all")
+    shape.add_argument(
+        "target",
+        metavar="NODE|controller|all",
+        help="one node, the controller's own link, or every node",
+    )
     shape.add_argument("--rate", help="rate limit each direction, or 'none'")
     shape.add_argument("--delay", help="one-way delay each direction, or 'none' (needs netem)")
     shape.add_argument("--loss", help="packet loss each direction (0 removes it)")

@@ -111,7 +111,21 @@ def _build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
                 raise
             continue  # a command group not built yet
         module.register(sub)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Every command's ``--help`` opens with a description: its one-line help when it has none."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {a.dest: a.help for a in action._choices_actions}
+        for name, sub in action.choices.items():
+            if not sub.description and helps.get(name):
+                text = str(helps[name]).replace("%%", "%")  # help is %-formatted, this not
+                sub.description = text[:1].upper() + text[1:] + "."
+            _describe(sub)
 
 
 def _version() -> str:

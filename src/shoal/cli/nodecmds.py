@@ -439,8 +439,14 @@ def cmd_facts_show(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_nodes(sub)
-    p = sub.add_parser("select", help="evaluate a selection: compact node set and count")
-    p.add_argument("expr", metavar="EXPR")
+    p = sub.add_parser(
+        "select",
+        help="evaluate a selection: compact node set and count",
+        description="Evaluate a selection expression against the inventory and print the "
+        "nodes it names as a folded node set (n[1-4,7]) and their count; nothing is "
+        "contacted. See README 'Selecting nodes'.",
+    )
+    p.add_argument("expr", metavar="EXPR", help="the selection expression, e.g. '@web - failed'")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_select)
     _register_plan(sub)
@@ -458,10 +464,12 @@ def _register_nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=cmd_nodes_list)
 
     p = nsub.add_parser("add", help="add nodes: [user@]host[:port] (host may be n[1-4])")
-    p.add_argument("spec", nargs="+", metavar="[USER@]HOST[:PORT]")
+    p.add_argument(
+        "spec", nargs="+", metavar="[USER@]HOST[:PORT]", help="hosts to add (ranges: n[1-4])"
+    )
     p.add_argument("--name", help="inventory name (default: the host)")
-    p.add_argument("--user")
-    p.add_argument("--port", type=int)
+    p.add_argument("--user", help="SSH user for these nodes (default: ssh_config's or yours)")
+    p.add_argument("--port", type=int, help="SSH port for these nodes (default 22)")
     p.add_argument("-g", "--group", action="append", help="add to group (repeatable)")
     p.add_argument("-a", "--attr", action="append", metavar="KEY=VALUE", help="attribute")
     p.add_argument("--ssh-config", help="extra ssh_config file for these nodes")
@@ -494,8 +502,13 @@ def _register_nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_nodes_import)
 
-    p = nsub.add_parser("show", help="one node (or a selection) in detail, with facts")
-    p.add_argument("name", metavar="NAME_OR_EXPR")
+    p = nsub.add_parser(
+        "show",
+        help="one node (or a selection) in detail, with facts",
+        description="Show each selected node in detail: address, user, groups, attributes, "
+        "whether it is in the failed set (and why), and its stored facts with their age.",
+    )
+    p.add_argument("name", metavar="NAME_OR_EXPR", help="a node name or a selection expression")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_nodes_show)
 
@@ -518,7 +531,7 @@ def _register_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     psub = plan.add_subparsers(dest="plan_command", metavar="ACTION")
     psub.required = True
     p = psub.add_parser("set", help="store a plan")
-    p.add_argument("name")
+    p.add_argument("name", help="the plan's name (used as %%NAME)")
     p.add_argument("expr", metavar="EXPR", help="the selection it stands for")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_plan_set)
@@ -526,7 +539,7 @@ def _register_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_plan_list)
     p = psub.add_parser("show", help="a plan and what it selects now")
-    p.add_argument("name")
+    p.add_argument("name", help="the plan's name")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_plan_show)
     p = psub.add_parser("rm", help="remove a plan")
