@@ -305,3 +305,46 @@ def test_prefer_takes_the_best_n_and_replaces_from_the_best_spare(
     finally:
         set_attrs({n: {} for n in ("n2", "n4", "n5", "n6")})
         down("picky")
+
+
+def test_through_shoal_serve_up_status_heal_and_down(
+    lab: Any, nodes: list[Node], tmp_path: Path
+) -> None:
+    from shoal.client import ServiceClient
+
+    marker = f"sleep 85{os.getpid() % 100:02d}"
+    path = marker_spec(tmp_path, "served", marker, 2, select="n[1-4]")
+    cmd = [sys.executable, "-m", "shoal.cli.main", "serve"]
+    service = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = wait_for(ServiceClient.locate, 30)
+        assert client is not None, "the service did not start"
+        body = {"spec": str(path), "select": {"w": "n[2-4]"}, "stream": True}
+        lines = list(client.stream("POST", "/api/v1/apps", body=body))
+        assert "report" in lines[-1], lines
+        assert lines[-1]["report"]["members"] == {"w": ["n2", "n3"]}
+        status = client.request("GET", "/api/v1/apps/served")
+        assert status["healthy"] and [n["node"] for n in status["nodes"]] == ["n2", "n3"]
+        assert [a["app"] for a in client.request("GET", "/api/v1/apps")] == ["served"]
+        lab.kill("n3")
+        began = time.monotonic()
+        assert wait_for(lambda: active("served") == ["n2", "n4"], 60)
+        print(f"replacement recorded {time.monotonic() - began:.1f} s after the kill")
+        assert wait_for(lambda: running_on("served", "n4"), 60)
+        kinds = [e["kind"] for e in client.events(topic="app")]
+        assert "member_replaced" in kinds
+        assert client.request("POST", "/api/v1/apps/served/down")["nodes"]
+    finally:
+        lab.revive("n3")
+        clear_failed()
+        if service.poll() is None:
+            service.send_signal(signal.SIGTERM)
+            try:
+                service.wait(30)
+            except subprocess.TimeoutExpired:
+                service.kill()
+                service.wait(10)
+        assert service.stdout is not None
+        print(service.stdout.read())
+        down("served")
+    assert processes(nodes[0], marker) == 0

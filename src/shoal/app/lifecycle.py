@@ -217,6 +217,32 @@ class AppStatus:
             if n.state == "active"
         )
 
+    def as_json(self) -> dict[str, Any]:
+        """The JSON form (``app status --json``, ``GET /api/v1/apps/NAME``)."""
+        return {
+            "app": self.name,
+            "status": self.status,
+            "healthy": self.healthy,
+            "versions": self.versions,
+            "barriers": {
+                k: {"arrived": b.arrived, "needed": b.needed, "released": b.released}
+                for k, b in self.barriers.items()
+            },
+            "nodes": [
+                {
+                    "component": n.component,
+                    "node": n.node,
+                    "slot": n.slot,
+                    "state": n.state,
+                    "reachable": n.reachable,
+                    "steps_done": n.steps_done,
+                    "programs": n.programs,
+                    "detail": n.detail,
+                }
+                for n in self.nodes
+            ],
+        }
+
 
 def member_nodes(state: State, names: list[str]) -> list[Node]:
     """The inventory's nodes of ``names``, in that order (names it lacks are left out)."""

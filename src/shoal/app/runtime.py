@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from shoal.agentlink import fleet as agents
 from shoal.nodes.model import Node
@@ -63,6 +64,22 @@ class UpReport:
     steps_run: int = 0
     steps_cached: int = 0
     wall: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON form (``app up --json``, ``POST /api/v1/apps``)."""
+        return {
+            "app": self.app,
+            "wall": round(self.wall, 3),
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
+            "members": self.members,
+            "replaced": [list(r) for r in self.replaced],
+            "stopped": [list(r) for r in self.stopped],
+            "shortfalls": self.shortfalls,
+            "failed": self.failed,
+            "barriers": self.barriers,
+            "steps_run": self.steps_run,
+            "steps_cached": self.steps_cached,
+        }
 
 
 class UpPass:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,8 +33,10 @@ from typing import Any
 from shoal.agentlink.eventlog import EventRow
 from shoal.agentlink.fleet import AgentOptions
 from shoal.app import store
+from shoal.app.appspec import AppSpec
+from shoal.app.lifecycle import DownReport, down_async, up_async
 from shoal.app.reconcile import Backoff, RestartBook, Round, reconcile_async
-from shoal.app.runtime import UpOptions
+from shoal.app.runtime import UpOptions, UpReport
 from shoal.errors import ShoalError
 from shoal.state import State
 from shoal.transport.base import Transport
@@ -132,7 +135,7 @@ class Keeper:
             try:
                 out.append(await self.keep(name))
             except ShoalError as exc:
-                self._line(f"app {name}: round failed: {exc.located()}")
+                self.note(f"app {name}: round failed: {exc.located()}")
                 self.last[name] = {"error": str(exc), "at": time.time()}
         return out
 
@@ -145,10 +148,42 @@ class Keeper:
         self._journal(done)
         return done
 
+    async def up(self, spec: AppSpec, say: Callable[[str], None] | None = None) -> UpReport:
+        """``up`` of ``spec`` (new or changed) in the keeper's turn for it; kept after."""
+        async with self._locks.setdefault(spec.name, asyncio.Lock()):
+            opts = self.options()
+            if say is not None:
+                tell = say
+
+                def both(text: str) -> None:
+                    self.note(text)
+                    tell(text)
+
+                opts = dataclasses.replace(opts, say=both)
+            report = await up_async(spec, opts, state=self.state)
+        self.books.pop(spec.name, None)
+        self.nudge()
+        return report
+
+    def up_failed(self, name: str, exc: BaseException) -> None:
+        """A detached ``up`` (the API's) failed: journaled and logged."""
+        text = exc.located() if isinstance(exc, ShoalError) else f"{type(exc).__name__}: {exc}"
+        self.note(f"app {name}: up failed: {text}")
+        self.journal.record(ServiceEvent("app", "app_up_failed", detail=f"{name}: {text}"))
+
+    async def down(self, name: str) -> DownReport:
+        """``down`` of application ``name`` in the keeper's turn for it (no longer kept)."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            report = await down_async(name, options=self.options().agent, state=self.state)
+        self.books.pop(name, None)
+        self.last.pop(name, None)
+        self.shortfalls.pop(name, None)
+        return report
+
     def options(self) -> UpOptions:
         agent = AgentOptions(connect_timeout=self.config.connect_timeout)
         return UpOptions(
-            agent=agent, transport=self._transport(), say=self._line, checkpoint=self.checkpoint
+            agent=agent, transport=self._transport(), say=self.note, checkpoint=self.checkpoint
         )
 
     # -- what it did -----------------------------------------------------------------
@@ -174,7 +209,7 @@ class Keeper:
         if done.up is not None and not done.shortfall:
             events.append(ServiceEvent("app", "app_converged", detail=f"{app}: {done.converged}"))
         for e in events:
-            self._line(f"{e.kind} {e.node or ''} {e.program or ''} {e.detail}".replace("  ", " "))
+            self.note(f"{e.kind} {e.node or ''} {e.program or ''} {e.detail}".replace("  ", " "))
         if events:
             self.journal.record_many(events)
         self.last[app] = {
@@ -186,7 +221,8 @@ class Keeper:
             "shortfall": done.shortfall,
         }
 
-    def _line(self, text: str) -> None:
+    def note(self, text: str) -> None:
+        """One line for the service's log (kept for the status too)."""
         self.lines.append(text)
         if self.say is not None:
             self.say(text)
