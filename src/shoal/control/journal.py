@@ -82,13 +82,18 @@ class Page:
 
 def db_error(state: State, exc: sqlite3.Error) -> StateError:
     """A one-line StateError for a failed write: disk full and locked named as such."""
-    text = str(exc)
+    # SQLite rolls a failed commit back itself, so State's ROLLBACK may fail in turn
+    # ("no transaction is active"): the cause is then in the chain
+    causes: list[BaseException] = [exc]
+    while causes[-1].__context__ is not None and len(causes) < 5:
+        causes.append(causes[-1].__context__)  # type: ignore[arg-type]
+    text = " | ".join(str(c) for c in causes)
     if "full" in text:
         why = "the disk holding it is full"
     elif "locked" in text or "busy" in text:
         why = "it is locked by another process"
     else:
-        why = text
+        why = str(causes[-1])
     return StateError(f"cannot write the state database {state.path}: {why} (nothing was changed)")
 
 
