@@ -182,7 +182,7 @@ def test_a_full_disk_or_locked_database_is_one_clear_error_and_no_partial_write(
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN EXCLUSIVE")
         try:
-            with pytest.raises(StateError, match="locked|busy") as info:
+            with pytest.raises(StateError, match=r"locked|busy") as info:
                 j.record_many([ServiceEvent("node", "down", node="n1")] * 3)
             assert "\n" not in str(info.value)
         finally:

@@ -86,7 +86,7 @@ def db_error(state: State, exc: sqlite3.Error) -> StateError:
     # ("no transaction is active"): the cause is then in the chain
     causes: list[BaseException] = [exc]
     while causes[-1].__context__ is not None and len(causes) < 5:
-        causes.append(causes[-1].__context__)  # type: ignore[arg-type]
+        causes.append(causes[-1].__context__)
     text = " | ".join(str(c) for c in causes)
     if "full" in text:
         why = "the disk holding it is full"
