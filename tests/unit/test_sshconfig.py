@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.errors import LocalError
+from shoal.errors import UsageError
 from shoal.transport import sshconfig
 
 
@@ -149,6 +149,6 @@ def test_command_line_options_come_first_and_unsupported_ones_are_refused(
         ("Port twenty", "whole number"),
         ("User", "expected 'Keyword value'"),
     ):
-        with pytest.raises(LocalError, match=words) as info:
+        with pytest.raises(UsageError, match=words) as info:
             sshconfig.parse_option(bad)
         assert "\n" not in str(info.value)

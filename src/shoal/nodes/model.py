@@ -23,6 +23,8 @@ class Node:
     entries (as ``ssh -i`` does); ``become`` runs ``shoal run``'s commands under
     ``sudo -n`` (``ansible_become``); ``python`` is the interpreter that runs the
     agent on the node (``ansible_python_interpreter``; ``None``: the default).
+    ``ssh_options`` are ``ssh -o`` options (``"Keyword value"``) read before every
+    ssh_config file, as on ssh's command line (``-w``/``-o``/``-i`` give them).
     """
 
     name: str
@@ -35,6 +37,7 @@ class Node:
     identity_file: str | None = None
     become: bool = False
     python: str | None = None
+    ssh_options: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:

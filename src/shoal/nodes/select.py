@@ -24,20 +24,33 @@ Meaning of the words:
   without KEY form one last bucket), so as many values as possible are covered.
   N may be a percentage of E's size (``10%``, rounded up).
 
-``MQ_NODES`` (CoDeploy's convention): when the inventory holds no node at all
-and ``MQ_NODES`` names a file, that plain node list is the universe, with
-``MQ_SLICE`` as the user of every node whose line names none. Groups are those
-the list's ``groups=`` give; plans and the failed set still come from the
-state database. Once the inventory holds a node, ``MQ_NODES`` is ignored.
+``MQ_NODES`` (CoDeploy's convention) names a plain node list, with
+``MQ_SLICE`` as the user of every node whose line names none. It is the
+universe when asked for: ``-s mq`` (all of it) or ``use_mq=True`` (the
+``use_mq_nodes`` setting), and, as before, when the inventory holds no node at
+all. Otherwise it is ignored, and :func:`mq_ignored` says so (the CLI warns).
+Groups are those the list's ``groups=`` give; plans and the failed set still
+come from the state database.
+
+Ad-hoc targets (:class:`AdHoc`, the CLI's ``-w HOSTS -l USER``): ``-w`` takes
+a node set (``web[1-4],db1``) whose items may carry ``user@`` and ``:port``
+(``root@10.0.0.[1-8]:2222``); its hosts need not be in the inventory and are
+not added to it. A host that is an inventory name is that record (``user@`` and
+``:port`` still win); any other is a node of that name, reached as ``ssh HOST``
+would. With ``-w``, a selection narrows the listed hosts: it is evaluated over
+them (``all`` is them; ``failed``, plans and the inventory records' groups and
+attributes still count).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random as _random
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from shoal.errors import EmptySelectionError, PlanCycleError, SelectionError, UnknownNameError
@@ -55,7 +68,7 @@ from shoal.nodes.grammar import (
     PlanRef,
 )
 from shoal.nodes.model import AttrValue, Node
-from shoal.nodes.nodeset import MAX_NAMES, NodeSet, fold, natural_key, natural_sorted
+from shoal.nodes.nodeset import MAX_NAMES, NodeSet, expand, fold, natural_key, natural_sorted
 from shoal.state import State, opened
 
 FIELDS = ("host", "user", "port", "name")
@@ -212,14 +225,13 @@ class StateUniverse:
         return inventory.load_nodes(self.state, names)
 
 
-class MqUniverse(MemoryUniverse):
-    """The ``MQ_NODES`` list as the universe (groups from its ``groups=``); failed
-    set and plans from the state."""
+class ListUniverse(MemoryUniverse):
+    """Nodes listed outside the inventory (``MQ_NODES``, ``-w``) as the universe
+    (groups from their records); failed set and plans from the state."""
 
     def __init__(self, nodes: Iterable[Node], state: State) -> None:
         super().__init__(nodes)
         self.backing = StateUniverse(state)
-        self.path = os.environ.get("MQ_NODES", "")
 
     def failed(self) -> set[str]:
         from shoal.nodes import health
@@ -228,6 +240,14 @@ class MqUniverse(MemoryUniverse):
 
     def plan(self, name: str) -> str | None:
         return self.backing.plan(name)
+
+
+class MqUniverse(ListUniverse):
+    """The ``MQ_NODES`` list as the universe (groups from its ``groups=``)."""
+
+    def __init__(self, nodes: Iterable[Node], state: State) -> None:
+        super().__init__(nodes, state)
+        self.path = os.environ.get("MQ_NODES", "")
 
 
 # --- attribute tests ---------------------------------------------------------
@@ -464,44 +484,154 @@ def mq_nodes() -> list[Node] | None:
     return [with_defaults(n, slice_user) for n in read_plain_file(path)]
 
 
-def universe(state: State) -> Universe:
-    """The inventory of ``state``, or the MQ_NODES list when the inventory is empty."""
+#: The selection that means the whole ``MQ_NODES`` list.
+MQ_WORD = "mq"
+
+
+def universe(state: State, *, use_mq: bool = False) -> Universe:
+    """The inventory of ``state``, or the MQ_NODES list when asked for or the inventory is
+    empty."""
     from shoal.nodes import inventory
 
-    if inventory.count(state) == 0:
+    if use_mq or inventory.count(state) == 0:
         listed = mq_nodes()
         if listed is not None:
             return MqUniverse(listed, state)
+        if use_mq:
+            raise SelectionError("the MQ_NODES list was asked for but MQ_NODES is not set")
     return StateUniverse(state)
 
 
-def select(expr: str | None, *, state: State | None = None) -> NodeSet:
+def mq_ignored(expr: str | None, *, use_mq: bool = False, state: State | None = None) -> str | None:
+    """A one-line warning when ``MQ_NODES`` is set but this selection does not use it."""
+    if not os.environ.get("MQ_NODES") or use_mq or expr == MQ_WORD:
+        return None
+    from shoal.nodes import inventory
+
+    with opened(state) as st:
+        if inventory.count(st) == 0:
+            return None
+    return (
+        "warning: MQ_NODES is set but ignored (the inventory has nodes): "
+        "select its list with -s mq, or set use_mq_nodes"
+    )
+
+
+@dataclass(frozen=True)
+class AdHoc:
+    """Targets named on the command line: ``-w HOSTS`` and ``-l USER``."""
+
+    #: a node set whose items may be ``user@host:port`` (None: the inventory)
+    hosts: str | None = None
+    #: the user of every node that names none (``-l``)
+    user: str | None = None
+
+
+def _split_items(text: str) -> list[str]:
+    """``-w``'s comma-separated items (commas inside ``[...]`` belong to a range)."""
+    items, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item.strip() for item in items if item.strip()]
+
+
+def parse_hosts(text: str) -> list[Node]:
+    """The nodes of ``-w`` (``[user@]NODESET[:port]`` items), in the order given."""
+    found: dict[str, Node] = {}
+    for item in _split_items(text):
+        user, at, rest = item.rpartition("@")
+        if at and not user:
+            raise SelectionError(f"-w {item!r}: empty user before '@'")
+        port: int | None = None
+        head, colon, tail = rest.rpartition(":")
+        if colon and not tail.endswith("]"):
+            if not tail.isdigit() or not 0 < int(tail) < 65536:
+                raise SelectionError(f"-w {item!r}: the port must be a number from 1 to 65535")
+            rest, port = head, int(tail)
+        for name in expand(rest):
+            node = Node(name=name, user=user or None, port=port)
+            seen = found.get(name)
+            if seen is not None and (seen.user, seen.port) != (node.user, node.port):
+                raise SelectionError(f"-w: host {name} given twice with different user or port")
+            found[name] = node
+    if not found:
+        raise SelectionError("-w: no host given")
+    return list(found.values())
+
+
+def _adhoc_nodes(hosts: str, state: State) -> list[Node]:
+    """``-w``'s nodes: an inventory name is its record (``user@``/``:port`` still win)."""
+    from shoal.nodes import inventory
+
+    listed = parse_hosts(hosts)
+    known = {n.name: n for n in inventory.load_nodes(state, [n.name for n in listed])}
+    out = []
+    for node in listed:
+        record = known.get(node.name)
+        if record is not None:
+            node = dataclasses.replace(
+                record, user=node.user or record.user, port=node.port or record.port
+            )
+        out.append(node)
+    return out
+
+
+def _mq_text(expr: str | None, use_mq: bool) -> tuple[bool, str]:
+    """Whether the MQ_NODES list is the universe, and the expression to evaluate over it."""
+    mq = use_mq or (expr == MQ_WORD and bool(os.environ.get("MQ_NODES")))
+    return mq, "all" if expr is None or (expr == MQ_WORD and mq) else expr
+
+
+def select(expr: str | None, *, state: State | None = None, use_mq: bool = False) -> NodeSet:
     """The names ``expr`` selects (all nodes when None); may be empty."""
 
+    mq, text = _mq_text(expr, use_mq)
     with opened(state) as st:
-        return evaluate(expr if expr is not None else "all", universe(st))
+        return evaluate(text, universe(st, use_mq=mq))
 
 
-def resolve(expr: str | None, *, state: State | None = None) -> list[Node]:
+def resolve(
+    expr: str | None,
+    *,
+    state: State | None = None,
+    adhoc: AdHoc | None = None,
+    use_mq: bool = False,
+) -> list[Node]:
     """The nodes a command should act on, in natural order.
 
-    ``expr`` None means all nodes. Raises SelectionSyntaxError, UnknownNameError
-    (unknown group, plan, or node names not in the inventory),
-    PlanCycleError, and EmptySelectionError naming the expression when nothing
-    matches.
+    ``expr`` None means all nodes (of ``adhoc.hosts`` when given); ``mq`` the
+    MQ_NODES list. ``adhoc.user`` is the user of every node that names none.
+    Raises SelectionSyntaxError, UnknownNameError (unknown group, plan, or node
+    names not in the inventory), PlanCycleError, and EmptySelectionError naming
+    the expression when nothing matches.
     """
 
-    text = expr if expr is not None else "all"
+    adhoc = adhoc or AdHoc()
+    mq, text = _mq_text(expr, use_mq)
     with opened(state) as st:
-        u = universe(st)
+        u: Universe
+        if adhoc.hosts is not None:
+            u = ListUniverse(_adhoc_nodes(adhoc.hosts, st), st)
+        else:
+            u = universe(st, use_mq=mq)
         names = evaluate(text, u)
         if not names:
             hint = ""
-            if expr is None or not u.all_names():
-                hint = " (the inventory is empty: shoal nodes import FILE, or set MQ_NODES)"
+            if adhoc.hosts is not None:
+                hint = f" (among -w {adhoc.hosts})"
+            elif expr is None or not u.all_names():
+                hint = " (the inventory is empty: shoal nodes import FILE, or -w HOSTS)"
             raise EmptySelectionError(f"selection matched no nodes: {text}{hint}")
         found = u.nodes(names.names())
     if len(found) != len(names):
         missing = names - {n.name for n in found}
-        raise UnknownNameError(f"unknown node(s) not in the inventory: {fold(missing)}")
+        where = "-w's hosts" if adhoc.hosts is not None else "the inventory"
+        raise UnknownNameError(f"unknown node(s) not in {where}: {fold(missing)}")
+    if adhoc.user:
+        found = [n if n.user else dataclasses.replace(n, user=adhoc.user) for n in found]
     return found

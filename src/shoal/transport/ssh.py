@@ -1,9 +1,18 @@
 """The SSH transport, on asyncssh.
 
-Honours ``~/.ssh/config`` (Host, HostName, User, Port, IdentityFile, ProxyJump
-and the rest asyncssh supports), ssh-agent and known_hosts, plus a per-node
-ssh_config file read first (labs use it). Inventory address and port, when
-set, win over ssh_config's HostName and Port.
+Reads what ssh reads, in its order: a node's ``ssh_options`` (``-o``, ``-i``)
+and its inventory user and port as ssh's command line, the node's own
+ssh_config file (labs use one), ``~/.ssh/config``, then the system
+``ssh_config`` (see :mod:`.sshconfig`); ssh-agent; ``UserKnownHostsFile`` and
+``GlobalKnownHostsFile`` (``/etc/ssh/ssh_known_hosts``, where clusters
+distribute host keys). Inventory address and port, when set, win over
+ssh_config's HostName and Port. The system directory is ``/etc/ssh`` unless
+``system_dir`` (or ``$SHOAL_SSH_SYSTEM_DIR``) says otherwise.
+
+An authentication failure says, in one line, what was tried and what the
+server allows (``auth failed for root@10.0.0.1:22: tried publickey
+(~/.ssh/id_ed25519, agent: 2 keys), server allows publickey,password``) and is
+logged on the ``shoal.transport`` logger.
 
 Host keys are always verified. ``HostKeyPolicy.VERIFY`` (default) refuses a
 host that is not in known_hosts; ``ACCEPT_NEW`` trusts a host seen for the
@@ -35,18 +44,27 @@ import asyncio
 import contextlib
 import enum
 import errno
+import logging
 import os
 import secrets
 import shlex
 import socket
 import time
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
-from shoal.errors import AuthError, CommandTimeout, ConnectError, HostKeyError, TransportError
+from shoal.errors import (
+    AuthError,
+    CommandTimeout,
+    ConnectError,
+    HostKeyError,
+    TransportError,
+    UsageError,
+)
 from shoal.nodes.model import Node
 
 from . import sshconfig
@@ -65,6 +83,11 @@ from .sftp import SFTPCopier
 KILL_GRACE = 2.0
 #: Longest an interrupt waits for the node to confirm it signalled the command.
 END_REMOTE_TIMEOUT = 3.0
+#: Keys asyncssh (like ssh) tries when no IdentityFile is given, in ~/.ssh.
+DEFAULT_KEYS = ("id_ed25519_sk", "id_ecdsa_sk", "id_ed448", "id_ed25519", "id_ecdsa", "id_rsa",
+                "id_dsa")  # fmt: skip
+
+log = logging.getLogger("shoal.transport")
 
 
 def _aes_accelerated() -> bool:
@@ -94,6 +117,23 @@ class HostKeyPolicy(enum.Enum):
 def _user_config() -> list[str]:
     default = Path.home() / ".ssh" / "config"
     return [str(default)] if os.access(default, os.R_OK) else []
+
+
+def node_options(node: Node) -> list[tuple[str, tuple[str, ...]]]:
+    """The node's command-line settings: its own key (as ``ssh -i``), then its ``-o``s."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    if node.identity_file:
+        out.append(("identityfile", (node.identity_file,)))
+    try:
+        out += [sshconfig.parse_option(text) for text in node.ssh_options]
+    except UsageError as exc:
+        raise UsageError(str(exc), node.name) from None
+    return out
+
+
+def _tilde(path: str) -> str:
+    home = str(Path.home())
+    return "~" + path[len(home) :] if path.startswith(home + os.sep) else path
 
 
 def remote_command(
@@ -250,7 +290,7 @@ class SSHConnection(Connection):
         started = time.monotonic()
         try:
             await asyncio.wait_for(asyncio.shield(session.exited), hard)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             chan.close()
             raise CommandTimeout(
                 f"command timed out after {timeout:g}s (node stopped answering)", self.node.name
@@ -311,16 +351,46 @@ class SSHConnection(Connection):
 
 
 class _KeyChecker(asyncssh.SSHClient):
-    """Decides on keys not already trusted by known_hosts (asyncssh calls us only then)."""
+    """Decides on keys not already trusted by known_hosts (asyncssh calls us only then),
+    and notes the authentication methods the server allows."""
 
     def __init__(
-        self, transport: SSHTransport, node: str, known_hosts: Callable[[], list[str]]
+        self,
+        transport: SSHTransport,
+        node: str,
+        known_hosts: Callable[[], list[str]],
+        policy: HostKeyPolicy,
     ) -> None:
         self._transport = transport
         self._node = node
         self._known_hosts = known_hosts
+        self._policy = policy
+        self._conn: asyncssh.SSHClientConnection | None = None
         self.verdict: str | None = None  # "unknown" | "changed" | "accepted"
         self.stale: tuple[str, str] | None = None  # (known_hosts file, entry) when changed
+        self.server_methods: list[str] = []
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._conn = conn
+
+    def _note_methods(self) -> None:
+        if self._conn is not None:
+            for method in self._conn.get_server_auth_methods():
+                if method not in self.server_methods:
+                    self.server_methods.append(method)
+
+    def public_key_auth_requested(self) -> None:
+        """Called once the keys given are used up: the server still allows these."""
+        self._note_methods()
+        return None
+
+    def password_auth_requested(self) -> None:
+        self._note_methods()
+        return None
+
+    def kbdint_auth_requested(self) -> None:
+        self._note_methods()
+        return None
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
@@ -341,7 +411,7 @@ class _KeyChecker(asyncssh.SSHClient):
         if known:
             self.verdict = "changed"
             return False
-        if self._transport.host_keys is HostKeyPolicy.ACCEPT_NEW and files:
+        if self._policy is HostKeyPolicy.ACCEPT_NEW and files:
             self._transport.record_key(files[0], [self._node, host, addr], port, key)
             self.verdict = "accepted"
             return True
@@ -360,8 +430,11 @@ class SSHTransport(Transport):
         use_user_config: bool = True,
         keepalive: float = 5.0,
         keepalive_count: int = 3,
+        system_dir: str | None = None,
     ) -> None:
         self.host_keys = host_keys
+        #: where ssh_config and ssh_known_hosts are read (``/etc/ssh``); "" reads none
+        self.system_dir = sshconfig.system_dir() if system_dir is None else system_dir
         self.keepalive = keepalive
         self.keepalive_count = keepalive_count
         self._preconnected = preconnected or {}
@@ -376,7 +449,12 @@ class SSHTransport(Transport):
                 self._preconnected.pop(name).close()
 
     def config_files(self, node: Node) -> list[str]:
+        """The user-side config files of this node (the system file comes after them)."""
         return ([node.ssh_config] if node.ssh_config else []) + self._user_config
+
+    def _system_config(self) -> list[str]:
+        path = os.path.join(self.system_dir, "ssh_config") if self.system_dir else ""
+        return [path] if path and os.access(path, os.R_OK) else []
 
     def known_hosts_files(self, node: Node, config: list[str]) -> list[str]:
         """The known_hosts files ssh would use for this node (slow path only)."""
@@ -385,9 +463,27 @@ class SSHTransport(Transport):
             opts = asyncssh.SSHClientConnectionOptions(config=config, host=node.name)
             files = opts.known_hosts
             if files == () or files is None:
-                files = [str(Path.home() / ".ssh" / "known_hosts")]
+                system = self.system_dir or sshconfig.ETC_SSH
+                files = [
+                    *(os.path.expanduser(f) for f in sshconfig.DEFAULT_USER_KNOWN_HOSTS),
+                    f"{system}/ssh_known_hosts",
+                    f"{system}/ssh_known_hosts2",
+                ]
             self._known_files[key] = [str(f) for f in files]  # type: ignore[union-attr]
         return self._known_files[key]
+
+    def _resolve(self, node: Node) -> tuple[list[str], sshconfig.Resolved | None]:
+        """The node's config files and, when the fast path can, its settings."""
+        config = self.config_files(node)
+        resolved = sshconfig.resolve(
+            config,
+            node.name,
+            node.user,
+            node.port,
+            options=node_options(node),
+            system=self.system_dir or None,
+        )
+        return config, resolved
 
     def record_key(self, path: str, names: list[str], port: int, key: asyncssh.SSHKey) -> None:
         """Append a first-seen key (accept-new) under the node's name and address."""
@@ -414,7 +510,7 @@ class SSHTransport(Transport):
         loop.add_writer(fd, writable)
         try:
             await asyncio.wait_for(ready, timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             loop.remove_writer(fd)
             sock.close()
             raise ConnectError(
@@ -458,36 +554,28 @@ class SSHTransport(Transport):
         return self._kh_cache[key]
 
     def _connect_kwargs(
-        self, node: Node, config: list[str], preconnected: bool
-    ) -> tuple[dict[str, Any], Callable[[], list[str]]]:
-        """asyncssh options for this node, and how to find its known_hosts files."""
-        resolved = sshconfig.resolve(config, node.name, node.user, node.port)
-        kwargs: dict[str, Any] = {}
-        # the node's own key (inventory: ansible_ssh_private_key_file) first, as ssh -i
-        own_key = [os.path.expanduser(node.identity_file)] if node.identity_file else []
-        if resolved is None:  # slow path: asyncssh reads the config files itself
-            if own_key:
-                kwargs["client_keys"] = self._keys(own_key)
-            if node.user:
-                kwargs["username"] = node.user
-            if node.port and not preconnected:
-                kwargs["port"] = node.port
-            kwargs["config"] = config
-            kwargs["host"] = node.name if preconnected else node.host or node.name
-            # known_hosts still read by us: a missing file is empty, as for OpenSSH
-            files = self.known_hosts_files(node, config)
-            kwargs["known_hosts"] = self._known_hosts(files)
-            return kwargs, lambda: files
-        kwargs["config"] = []
-        kwargs["host"] = node.name if preconnected else node.host or resolved.hostname
-        if not preconnected:
+        self, node: Node, config: list[str], resolved: sshconfig.Resolved | None, sock: bool
+    ) -> _Plan:
+        """asyncssh options for this node, where its host keys are, what it authenticates with."""
+        if resolved is None:
+            return self._slow_kwargs(node, config, sock)
+        kwargs: dict[str, Any] = {"config": [], "username": resolved.user}
+        kwargs["host"] = node.name if sock else node.host or resolved.hostname
+        if not sock:
             kwargs["port"] = resolved.port
-        kwargs["username"] = resolved.user
-        if resolved.identity_files or own_key:
-            kwargs["client_keys"] = self._keys(own_key + resolved.identity_files)
-        elif resolved.identity_agent is None and "identityagent" in resolved.options:
-            kwargs["agent_path"] = None
-        kwargs["known_hosts"] = self._known_hosts(resolved.known_hosts)
+        keys: list[asyncssh.SSHKeyPair] = []
+        if resolved.identity_files:
+            keys = kwargs["client_keys"] = self._keys(resolved.identity_files)
+        agent = resolved.identity_agent
+        if agent is None or (resolved.identities_only and not keys):
+            kwargs["agent_path"] = agent = None
+        else:
+            if agent:
+                kwargs["agent_path"] = agent
+            if resolved.identities_only:  # the agent's copies of the listed keys only
+                kwargs["agent_identities"] = [k.public_data for k in keys]
+        files = resolved.known_hosts + resolved.global_known_hosts
+        kwargs["known_hosts"] = self._known_hosts(files)
         if resolved.proxy_jump:
             kwargs["tunnel"] = resolved.proxy_jump
         if "ciphers" not in resolved.options and AES_ACCELERATED:
@@ -501,41 +589,94 @@ class SSHTransport(Transport):
             kwargs["keepalive_interval"] = float(resolved.options["serveraliveinterval"])
         if "serveralivecountmax" in resolved.options:
             kwargs["keepalive_count_max"] = int(resolved.options["serveralivecountmax"])
-        files = resolved.known_hosts
-        return kwargs, lambda: files
+        tried = self._key_names(resolved.identity_files) if resolved.identity_files else None
+        return _Plan(
+            kwargs,
+            resolved.known_hosts,
+            files,
+            f"{resolved.user}@{node.host or resolved.hostname}:{node.port or resolved.port}",
+            tried,
+            None if agent is None else agent or os.environ.get("SSH_AUTH_SOCK") or None,
+            resolved.identities_only,
+        )
+
+    def _slow_kwargs(self, node: Node, config: list[str], sock: bool) -> _Plan:
+        """asyncssh reads the config files itself; the command line still comes first."""
+        cli = sshconfig.resolve([], node.name, node.user, node.port, options=node_options(node))
+        assert cli is not None  # no file: nothing that needs asyncssh
+        given = {key for key, _ in node_options(node)}
+        kwargs: dict[str, Any] = {"config": config + self._system_config()}
+        kwargs["host"] = node.name if sock else node.host or node.name
+        if node.user or "user" in given:
+            kwargs["username"] = cli.user
+        if (node.port or "port" in given) and not sock:
+            kwargs["port"] = cli.port
+        if cli.identity_files:
+            kwargs["client_keys"] = self._keys(cli.identity_files)
+        if cli.proxy_jump:
+            kwargs["tunnel"] = cli.proxy_jump
+        for key, arg in (("serveraliveinterval", "keepalive_interval"),
+                         ("serveralivecountmax", "keepalive_count_max")):  # fmt: skip
+            if key in cli.options:
+                kwargs[arg] = int(cli.options[key])
+        # known_hosts still read by us: a missing file is empty, as for OpenSSH
+        user_files = cli.known_hosts if "userknownhostsfile" in given else None
+        files = user_files or self.known_hosts_files(node, config + self._system_config())
+        kwargs["known_hosts"] = self._known_hosts(files)
+        who = f"{node.user + '@' if node.user else ''}{node.address}:{node.port or 22}"
+        tried = self._key_names(cli.identity_files) if cli.identity_files else None
+        return _Plan(kwargs, files, files, who, tried, os.environ.get("SSH_AUTH_SOCK"), False)
+
+    def _key_names(self, paths: list[str]) -> list[str]:
+        """The key files, as a person reads them (``~/``; a file without a key says so)."""
+        return [_tilde(p) if self._key_cache.get(p) else f"{_tilde(p)} (no key)" for p in paths]
 
     async def connect(self, node: Node, *, timeout: float | None = 10.0) -> SSHConnection:
-        config = self.config_files(node)
         checker: _KeyChecker | None = None
+        plan: _Plan | None = None
         started = time.monotonic()
         try:
+            config, resolved = self._resolve(node)
+            given = dict(node_options(node))
+            if resolved is not None and "connecttimeout" in given:
+                timeout = resolved.connect_timeout  # -o ConnectTimeout, as ssh's command line
+            policy = self.host_keys
+            if "stricthostkeychecking" in given:
+                strict = given["stricthostkeychecking"][0].lower()
+                policy = HostKeyPolicy.ACCEPT_NEW if strict == "accept-new" else policy
             sock = await self._wait_socket(node, timeout)
             left = None if timeout is None else max(0.1, timeout - (time.monotonic() - started))
             if sock is None and node.host and node.port:
                 sock = await _open_socket(node, left)
-            kwargs, known_files = self._connect_kwargs(node, config, sock is not None)
-            checker = _KeyChecker(self, node.name, known_files)
-            kwargs.setdefault("keepalive_interval", self.keepalive)
-            kwargs.setdefault("keepalive_count_max", self.keepalive_count)
+            plan = self._connect_kwargs(node, config, resolved, sock is not None)
+            log.debug(
+                "connect %s: %s (%s path)",
+                node.name,
+                plan.who,
+                "asyncssh" if resolved is None else "fast",
+            )
+            checker = _KeyChecker(self, node.name, plan.user_known_hosts_files, policy)
+            plan.kwargs.setdefault("keepalive_interval", self.keepalive)
+            plan.kwargs.setdefault("keepalive_count_max", self.keepalive_count)
             key_checker = checker
             conn = await asyncssh.connect(
                 sock=sock,
                 client_factory=lambda: key_checker,
                 connect_timeout=left,
-                **kwargs,
+                **plan.kwargs,
             )
         except asyncssh.HostKeyNotVerifiable as exc:
             raise _host_key_error(checker, node, exc) from exc
         except asyncssh.PermissionDenied as exc:
-            who = f"{node.user}@" if node.user else ""
-            raise AuthError(
-                f"permission denied ({exc.reason}) as {who}{node.address}", node.name
-            ) from exc
+            assert plan is not None and checker is not None
+            message = await _auth_failure(plan, checker, exc)
+            log.info("%s: %s", node.name, message)
+            raise AuthError(message, node.name) from exc
         except (asyncssh.ConnectionLost, asyncssh.DisconnectError) as exc:
             raise ConnectError(f"connection closed during SSH handshake: {exc}", node.name) from exc
         except asyncssh.Error as exc:
             raise TransportError(f"SSH error: {exc}", node.name) from exc
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise ConnectError(f"connect timed out after {timeout:g}s", node.name) from None
         except socket.gaierror as exc:
             raise ConnectError(f"cannot resolve host name {node.address!r}", node.name) from exc
@@ -544,6 +685,55 @@ class SSHTransport(Transport):
         except ValueError as exc:  # asyncssh reports bad config/keys this way
             raise TransportError(f"SSH configuration error: {exc}", node.name) from exc
         return SSHConnection(node, conn)
+
+
+@dataclass
+class _Plan:
+    """How one connection is made: asyncssh's options and what to say if it fails."""
+
+    kwargs: dict[str, Any]
+    #: where accept-new records a first-seen key (the first of them)
+    user_known_hosts: list[str]
+    #: every known_hosts file that verifies (user's, then the global ones)
+    known_hosts: list[str]
+    #: user@host:port
+    who: str
+    #: the key files offered (None: ssh's defaults in ~/.ssh)
+    keys: list[str] | None
+    #: the agent socket consulted, if any
+    agent: str | None
+    identities_only: bool
+
+    def user_known_hosts_files(self) -> list[str]:
+        return self.user_known_hosts
+
+
+async def _agent_keys(path: str) -> str:
+    """``agent: N keys`` (asked only after a failure, bounded in time)."""
+    try:
+        async with asyncssh.connect_agent(path) as agent:
+            keys = await asyncio.wait_for(agent.get_keys(), 2.0)
+    except (asyncio.TimeoutError, asyncssh.Error, OSError, ValueError):
+        return "agent: unreachable"
+    return f"agent: {len(keys)} key{'s' if len(keys) != 1 else ''}"
+
+
+async def _auth_failure(plan: _Plan, checker: _KeyChecker, exc: asyncssh.PermissionDenied) -> str:
+    """One line: who, the keys and methods tried, the methods the server allows."""
+    if plan.keys is None:
+        home = Path.home() / ".ssh"
+        found = [f"~/.ssh/{k}" for k in DEFAULT_KEYS if (home / k).is_file()]
+        tried = found or ["no key in ~/.ssh"]
+    else:
+        tried = list(plan.keys) or ["no key"]
+    if plan.agent:
+        tried.append(
+            "agent: only those keys" if plan.identities_only else await _agent_keys(plan.agent)
+        )
+    allowed = ",".join(checker.server_methods) or f"none Shoal could use ({exc.reason})"
+    return (
+        f"auth failed for {plan.who}: tried publickey ({', '.join(tried)}), server allows {allowed}"
+    )
 
 
 async def _open_socket(node: Node, timeout: float | None) -> socket.socket:

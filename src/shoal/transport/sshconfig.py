@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from shoal.errors import LocalError
+from shoal.errors import UsageError
 
 #: The system directory OpenSSH reads (ssh_config, ssh_known_hosts).
 ETC_SSH = "/etc/ssh"
@@ -108,29 +108,29 @@ def _words(rest: str) -> tuple[str, ...]:
 def parse_option(text: str) -> tuple[str, tuple[str, ...]]:
     """One ``-o 'Keyword value'`` (or ``Keyword=value``) as ``(keyword, values)``.
 
-    Raises LocalError, in one line, for a keyword Shoal does not honour and for
+    Raises UsageError, in one line, for a keyword Shoal does not honour and for
     ``StrictHostKeyChecking no`` (Shoal never accepts a changed host key).
     """
     parts = _SPLIT.split(text.strip(), maxsplit=1)
     key = parts[0].lower()
     values = _words(parts[1]) if len(parts) > 1 else ()
     if not key or not values:
-        raise LocalError(f"-o {text!r}: expected 'Keyword value'")
+        raise UsageError(f"-o {text!r}: expected 'Keyword value'")
     if key not in COMMAND_LINE:
-        raise LocalError(
+        raise UsageError(
             f"-o {text!r}: Shoal cannot honour {parts[0]} (it honours User, Port, HostName, "
             "IdentityFile, IdentitiesOnly, IdentityAgent, ProxyJump, StrictHostKeyChecking, "
             "UserKnownHostsFile, GlobalKnownHostsFile, ConnectTimeout, ServerAlive*, the "
             "algorithm lists, and options without effect here such as SendEnv or BatchMode)"
         )
     if key == "stricthostkeychecking" and values[0].lower() not in ("yes", "ask", "accept-new"):
-        raise LocalError(
+        raise UsageError(
             f"-o {text!r}: Shoal never accepts unknown or changed host keys silently; "
             "use StrictHostKeyChecking accept-new (trust first-seen keys) or yes"
         )
     numeric = ("port", "connecttimeout", "serveraliveinterval", "serveralivecountmax")
     if key in numeric and not values[0].isdigit():
-        raise LocalError(f"-o {text!r}: {parts[0]} takes a whole number")
+        raise UsageError(f"-o {text!r}: {parts[0]} takes a whole number")
     return key, values
 
 
