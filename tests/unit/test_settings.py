@@ -155,3 +155,18 @@ def test_a_broken_file_stops_every_command_with_a_usage_status(
     assert main(["nodes", "list"]) == 2
     err = capsys.readouterr().err
     assert err == f"shoal: error: {user}:1: parallel must be an integer >= 1, got 0\n"
+
+
+def test_keepalive_has_no_flag_and_reaches_the_fanout_options(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shoal.cli import configcmds, runcmds
+    from shoal.cli.main import _build_parser
+    from shoal.fanout.options import RunOptions
+
+    monkeypatch.setenv("SHOAL_KEEPALIVE", "2.5")
+    parser = _build_parser(["runcmds"])
+    settings = configcmds.apply_settings(parser)
+    args = parser.parse_args(["run", "true"])
+    args.settings = settings
+    assert runcmds._options(args, RunOptions).keepalive == 2.5
