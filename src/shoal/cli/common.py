@@ -19,9 +19,43 @@ def add_select_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_target_options(parser: argparse.ArgumentParser) -> None:
+    """``-w HOSTS``, ``-l USER``, ``-i KEY``, ``-o OPTION``: ad-hoc targets, as pssh/clush/ssh."""
+    parser.add_argument(
+        "-w",
+        "--hosts",
+        metavar="HOSTS",
+        default=None,
+        help="these hosts, in the inventory or not (node-set syntax, items may be "
+        "user@host:port: 'root@web[1-4],db1:2222'); -s then narrows them",
+    )
+    parser.add_argument(
+        "-l", "--login", metavar="USER", default=None, help="user for nodes that name none"
+    )
+    parser.add_argument(
+        "-i",
+        "--identity",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="private key tried first, as ssh -i (repeatable)",
+    )
+    parser.add_argument(
+        "-o",
+        "--ssh-option",
+        metavar="'Option value'",
+        action="append",
+        default=[],
+        help="ssh option, as ssh -o: before any ssh_config value (repeatable; e.g. "
+        "'ProxyJump gw', 'UserKnownHostsFile FILE', 'StrictHostKeyChecking accept-new')",
+    )
+
+
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
-    """``-s``, ``-p``, ``--connect-timeout``, ``--host-keys`` and ``--json``: every fan-out."""
+    """``-s``, ad-hoc targets, ``-p``, ``--connect-timeout``, ``--host-keys``, ``--json``:
+    every fan-out."""
     add_select_option(parser)
+    add_target_options(parser)
     parser.add_argument(
         "-p",
         "--parallel",
@@ -78,7 +112,31 @@ def agent_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def selected_nodes(args: argparse.Namespace) -> list[Node]:
-    """The nodes ``-s EXPR`` names (all when absent); EmptySelectionError if none."""
-    from shoal.nodes.select import resolve
+    """The nodes ``-s EXPR`` (and ``-w``) name, with ``-l``/``-i``/``-o`` applied.
 
-    return resolve(args.select)
+    All nodes when neither is given; EmptySelectionError if none; UsageError for an
+    ``-o`` Shoal cannot honour. Warns on stderr when MQ_NODES is set but ignored
+    (``args.use_mq_nodes``, the setting, or ``-s mq`` use it).
+    """
+    import dataclasses
+    import sys
+
+    from shoal.nodes.select import AdHoc, mq_ignored, resolve
+    from shoal.transport.sshconfig import parse_option
+
+    options = [f"IdentityFile {key}" for key in getattr(args, "identity", None) or []]
+    options += getattr(args, "ssh_option", None) or []
+    for text in options:
+        parse_option(text)  # refused here, once, before any node is touched
+    use_mq = bool(getattr(args, "use_mq_nodes", False))
+    hosts = getattr(args, "hosts", None)
+    adhoc = AdHoc(hosts=hosts, user=getattr(args, "login", None))
+    nodes = resolve(args.select, adhoc=adhoc, use_mq=use_mq)
+    if hosts is None:
+        warning = mq_ignored(args.select, use_mq=use_mq)
+        if warning:
+            print(warning, file=sys.stderr)
+    if options:
+        extra = tuple(options)
+        nodes = [dataclasses.replace(n, ssh_options=extra + n.ssh_options) for n in nodes]
+    return nodes
