@@ -116,7 +116,7 @@ def selected_nodes(args: argparse.Namespace) -> list[Node]:
 
     All nodes when neither is given; EmptySelectionError if none; UsageError for an
     ``-o`` Shoal cannot honour. Warns on stderr when MQ_NODES is set but ignored
-    (``args.use_mq_nodes``, the setting, or ``-s mq`` use it).
+    (the ``use_mq_nodes`` setting, ``args.settings``, or ``-s mq`` use it).
     """
     import dataclasses
     import sys
@@ -128,7 +128,7 @@ def selected_nodes(args: argparse.Namespace) -> list[Node]:
     options += getattr(args, "ssh_option", None) or []
     for text in options:
         parse_option(text)  # refused here, once, before any node is touched
-    use_mq = bool(getattr(args, "use_mq_nodes", False))
+    use_mq = bool(getattr(getattr(args, "settings", None), "use_mq_nodes", False))
     hosts = getattr(args, "hosts", None)
     adhoc = AdHoc(hosts=hosts, user=getattr(args, "login", None))
     nodes = resolve(args.select, adhoc=adhoc, use_mq=use_mq)
