@@ -38,7 +38,9 @@ from . import protocol
 from .outbox import Outbox
 
 MAX_EXECS = 256
-CHUNK = 64 << 10
+#: Raw bytes per output push: its base64 line (~44 KB) stays under asyncio's default
+#: 64 KiB line limit, so any stream reader takes it.
+CHUNK = 32 << 10
 HIGH_WATER = 256 << 10
 DRAIN_AFTER_EXIT = 0.25
 KILL_AFTER = 2.0
@@ -266,7 +268,7 @@ class ExecStream:
                 pipe.write_eof()
         timer = None if req.timeout is None else loop.call_later(req.timeout, self._on_timeout)
         try:
-            await self._exit
+            await asyncio.shield(self._exit)  # a cancel must not cancel the exit itself
             if not self._eof.is_set():
                 try:
                     await asyncio.wait_for(self._eof.wait(), DRAIN_AFTER_EXIT)

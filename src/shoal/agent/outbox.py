@@ -25,9 +25,9 @@ PUSH_LIMIT = 1 << 20
 class Outbox:
     """The writer of one connection."""
 
-    def __init__(self, writer: asyncio.StreamWriter, limit: int = PUSH_LIMIT) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, limit: int | None = None) -> None:
         self.writer = writer
-        self.limit = limit
+        self.limit = PUSH_LIMIT if limit is None else limit
         self._drain_lock = asyncio.Lock()
 
     def buffered(self) -> int:
