@@ -209,12 +209,21 @@ def cmd_stop(args: argparse.Namespace) -> int:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + args.timeout
-    while lock_holder(home) is not None:
+    while lock_holder(home) is not None or (pid and _alive(pid)):
         if time.monotonic() > deadline:
             raise ServiceError(f"shoal serve (pid {pid}) still runs after {args.timeout:g}s")
         time.sleep(0.05)
     print(f"shoal serve (pid {pid}) stopped")
     return 0
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z"
 
 
 def cmd_install(args: argparse.Namespace) -> int:

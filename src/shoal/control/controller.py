@@ -13,13 +13,12 @@ may use the links); a :class:`Component` has ``async run(stop)`` and
 Everything the service decides is written to SQLite before it acts (the
 journal, the schedules' next runs, the plug-ins' own tables), so a killed
 service started again resumes. The library prints nothing: the adapter
-(:mod:`shoal.service.daemon`) drives :meth:`Controller.run` and renders.
+(:mod:`shoal.service.servedaemon`) drives :meth:`Controller.run` and renders.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import os
 import time
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from shoal.errors import EmptySelectionError, ShoalError
+from shoal.errors import EmptySelectionError, ShoalError, StateError
 from shoal.state import State
 
 from .journal import Journal, ServiceEvent
@@ -67,6 +66,22 @@ class ServiceConfig:
         return self.state_dir / "state.db"
 
 
+def _open(path: Path) -> State:
+    """The state database; a failure on a full disk says so (SQLite says "disk I/O error")."""
+    try:
+        return State(path)
+    except StateError as exc:
+        try:
+            full = os.statvfs(path.parent).f_bavail == 0
+        except OSError:
+            full = False
+        if not full:
+            raise
+        raise StateError(
+            f"cannot open the state database {path}: the disk holding it is full"
+        ) from exc
+
+
 class Component(Protocol):
     """A part of the controller that runs until stopped (links, keeper)."""
 
@@ -80,7 +95,7 @@ class Controller:
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        self.state = State(config.database)
+        self.state = _open(config.database)
         self.started = time.time()
         try:
             self.state.db.execute(f"PRAGMA busy_timeout={int(config.busy_timeout * 1000)}")
@@ -95,6 +110,9 @@ class Controller:
         self.stop = asyncio.Event()
         self.links: Component | None = None
         self.keeper: Component | None = None
+        self._started = False
+        #: why the stop could not be journaled, when it could not
+        self.stop_problem: str | None = None
         for name in PLUGINS:
             try:
                 module = importlib.import_module(f"shoal.control.{name}")
@@ -115,18 +133,29 @@ class Controller:
 
         return resolve(self.config.select, state=self.state)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set: journal the start, schedules and plug-ins, then the stop.
+    def start(self) -> None:
+        """Journal the start, prune, register the schedules (once; ``run`` calls it too).
 
         Raises StateError when the start cannot be recorded (disk full, database
         locked): nothing is started then.
         """
-        self.stop = stop
+        if self._started:
+            return
         self.journal.record(ServiceEvent("service", "started", detail=f"pid {os.getpid()}"))
+        self._started = True
         self.journal.prune()
         if self.config.sweep_interval > 0:
             self.scheduler.register("sweep", self.config.sweep_interval, self.sweep)
         self.scheduler.register("retention", self.config.prune_interval, self._prune)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set: schedules and plug-ins, then the stop journaled.
+
+        A stop that cannot be journaled (disk full) still stops; the reason is
+        left in :attr:`stop_problem` for the adapter to report.
+        """
+        self.stop = stop
+        self.start()
         parts = [self.scheduler.run(stop)]
         parts += [c.run(stop) for c in (self.links, self.keeper) if c is not None]
         tasks = [asyncio.create_task(p) for p in parts]
@@ -135,8 +164,10 @@ class Controller:
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(ShoalError):
+            try:
                 self.journal.record(ServiceEvent("service", "stopped", detail=f"pid {os.getpid()}"))
+            except ShoalError as exc:
+                self.stop_problem = str(exc)
 
     async def sweep(self) -> str:
         """One sweep of the managed nodes (the ``sweep`` job); its summary, journaled."""

@@ -205,6 +205,7 @@ async def _main(config: ServiceConfig, on_ready: Callable[[Path], None] | None) 
         loop.add_signal_handler(sig, stop.set)
     sock: socket.socket | None = None
     try:
+        ctl.start()  # journaled before anyone can connect: a full disk fails here
         sock = bind(path)
         server = _Server(
             uvicorn.Config(
@@ -224,7 +225,9 @@ async def _main(config: ServiceConfig, on_ready: Callable[[Path], None] | None) 
         stop.set()
         server.should_exit = True
         await asyncio.gather(running, serving, return_exceptions=True)
-        running.result()  # the controller's failure (cannot record its start) is the service's
+        running.result()  # the controller's own failure is the service's
+        if ctl.stop_problem:
+            log.warning("stopped, but the stop was not journaled: %s", ctl.stop_problem)
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)

@@ -9,7 +9,6 @@ Light on purpose (``shoal serve status|stop`` import it without FastAPI).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -36,14 +35,16 @@ class ServiceLock:
             raise ServiceError(
                 f"shoal serve already runs for {self.path.parent} (pid {pid})"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # fixed width: later starts rewrite the same bytes (no new space on a full disk)
+            os.pwrite(fd, f"{os.getpid():<15}\n".encode(), 0)
+            os.ftruncate(fd, 16)
+        except OSError as exc:
+            os.close(fd)
+            raise ServiceError(f"cannot write {self.path}: {exc.strerror}") from exc
         self.fd = fd
 
     def release(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, 0)
+        if self.fd >= 0:  # the pid stays: lock_holder asks the kernel, not the file
             os.close(self.fd)
             self.fd = -1
 
