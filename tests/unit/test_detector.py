@@ -90,8 +90,8 @@ def test_a_closed_connection_is_confirmed_by_the_probe() -> None:
     d.heard(5.0)
     step = d.lost(5.1)
     assert step.event == "node_suspect" and step.probe and step.reason == "connection closed"
-    # sshd answers: the node is alive, the link reconnects at once
-    assert d.probed(True, 5.2).reconnect
+    # sshd answers: the node is alive; the link reconnects at its own backoff, not at once
+    assert d.probed(True, 5.2) == Step()
     assert d.phase is Phase.SUSPECT
     # the connection is closed and sshd stops answering: down once silent long enough
     assert d.tick(6.2).probe

@@ -18,9 +18,11 @@ connection).
   (reason ``"down: no heartbeat for 1.6 s, sshd unreachable"``).
 * The probe succeeded → the host is alive: the node stays ``suspect`` (a late
   beat, held up by TCP retransmits on a lossy link, then brings it back to
-  ``up``). When the connection is closed, or the silence reaches
-  ``stall_after`` although the host answers TCP (a wedged channel), the link
-  is told to reconnect; the node is re-probed every ``probe_every`` seconds.
+  ``up``). When the silence reaches ``stall_after`` on an open connection
+  although the host answers TCP (a wedged channel), or a down node's host
+  answers again, the link is told to reconnect now (a closed link is already
+  reconnecting, with its own backoff); the node is re-probed every
+  ``probe_every`` seconds.
 * Anything heard → ``up`` (from ``down``: ``node_up``, the node leaves the
   failed set; from ``suspect``: ``node_up`` too, nothing was marked).
 
@@ -137,9 +139,10 @@ class Detector:
             return NOTHING  # heard meanwhile
         quiet = self.silence(now)
         if alive:
-            # wait for a late beat; reconnect when the channel is gone, wedged, or was down
-            stalled = quiet >= self.config.stall_after
-            return Step(reconnect=self.phase is Phase.DOWN or self.closed or stalled)
+            # wait for a late beat; a closed link is already retrying at its own pace (its
+            # backoff spares an sshd at MaxStartups); reconnect now a wedged or a down one
+            stalled = not self.closed and quiet >= self.config.stall_after
+            return Step(reconnect=self.phase is Phase.DOWN or stalled)
         if self.phase is Phase.DOWN or quiet < self.config.down_after:
             return NOTHING
         self.phase = Phase.DOWN

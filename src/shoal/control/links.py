@@ -1,0 +1,723 @@
+"""Warm links: one held SSH connection per managed node, its agent watched, its failures seen.
+
+Theory of operation. :class:`Links` keeps one :class:`Link` per node. Each
+link's task loops: attach (one SSH connection made by
+:func:`shoal.transport.factory.make_transport`, so host keys are verified
+exactly as the CLI verifies them), ensure the agent (the cached working area's
+agent answering ``hello`` with this build; else the fleet's install step:
+probe, install or upgrade, start), then watch it over one long-lived agent
+stream until that breaks. Everything heard on the stream (beats, replies,
+events) feeds the node's :class:`~.detector.Detector`; events go to the
+journal; beats and ping times feed :class:`~.livefacts.LiveFacts`.
+
+* **Attach at a bounded rate**: every handshake passes :class:`AttachGate`, a
+  token bucket (``attach_rate`` per second, ``attach_burst``) and a cap on
+  handshakes in flight (``handshakes``, default 8: below sshd's default
+  ``MaxStartups 10:30:100`` even when every node is behind one bastion).
+* **Reconnect** with exponential backoff and full jitter (``backoff_base``
+  doubling to ``backoff_cap``); the detector's ``reconnect`` hint (its probe
+  found the host alive) cuts a wait short. An sshd that refuses at attach
+  (``MaxStartups`` drops the connection in the banner) is retried, and a node
+  is marked down only when the detector's probe also finds no sshd.
+* **Link states** (:class:`LinkState`): ``attaching`` (never up since this
+  process started), ``up``, ``suspect``, ``down`` (in the failed set with the
+  detector's reason), ``no-agent`` (reached, but no agent could be started),
+  ``refused`` (host key changed or unknown, or authentication refused: the
+  CLI's message; that node alone).
+* **An agent killed under a held channel**: the stream ends while the SSH
+  connection lives: ``agent_lost``, the agent is started again over the held
+  connection (as the sweep would), ``agent_revived``, and watching resumes
+  from the last stored event ``seq`` (nothing lost, nothing twice).
+* **Watching**: the agent's ``watch`` op when it has one (pushed events and
+  beats); an agent without it is polled with ``events since=seq`` every
+  ``beat_interval`` seconds on the same stream (each answer is a beat).
+
+:class:`WarmTransport` is a :class:`~shoal.transport.base.Transport` whose
+``connect(node)`` returns the held connection (``close()`` does nothing), so
+every library call (``run_async``, fleet operations, ``app up``, sweep) runs
+unchanged over warm connections and opens no SSH connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import random
+import time
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shoal.agent.build import AgentBuild, build
+from shoal.agentlink import eventlog
+from shoal.agentlink.agentclient import (
+    AgentClient,
+    cached_home,
+    remember,
+    start_agent,
+)
+from shoal.agentlink.fleet import AgentOptions, install_async
+from shoal.errors import (
+    AgentError,
+    AuthError,
+    ConnectError,
+    EmptySelectionError,
+    HostKeyError,
+    ShoalError,
+    TransportError,
+)
+from shoal.nodes import health
+from shoal.nodes.model import Node
+from shoal.state import State
+from shoal.transport import sshconfig
+from shoal.transport.base import (
+    ByteReader,
+    ByteWriter,
+    CommandResult,
+    Connection,
+    LineCallback,
+    Transport,
+)
+from shoal.transport.factory import make_transport
+
+from .detector import Detector, DetectorConfig, Phase, Step
+from .journal import Journal, ServiceEvent
+from .livefacts import LIVE_COMMAND, LiveFacts, from_beat, parse_live
+
+if TYPE_CHECKING:
+    from .controller import Controller
+
+
+class LinkState(enum.Enum):
+    ATTACHING = "attaching"
+    UP = "up"
+    SUSPECT = "suspect"
+    DOWN = "down"
+    NO_AGENT = "no-agent"
+    REFUSED = "refused"
+
+
+@dataclass
+class LinkConfig:
+    """Settings of the warm links (typed; the service's config fills them)."""
+
+    #: seconds between beats (the agent's watch beat, or a poll of an older agent)
+    beat_interval: float = 1.0
+    #: how often detectors are ticked
+    tick: float = 0.1
+    #: SSH handshakes started per second at most, and the bucket's size
+    attach_rate: float = 50.0
+    attach_burst: int = 10
+    #: SSH handshakes in flight at once
+    handshakes: int = 8
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    connect_timeout: float = 10.0
+    #: the confirm probe: parallel TCP connects to sshd, each this long at most
+    probe_connects: int = 4
+    probe_timeout: float = 0.8
+    #: seconds between live-facts writes (and shell fact samples of older agents)
+    facts_every: float = 10.0
+    #: how long an agent request may take (a beat that long is a broken stream)
+    call_timeout: float = 10.0
+    host_keys: str = "verify"
+    keepalive: float = 5.0
+    agent: AgentOptions = field(default_factory=AgentOptions)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+
+    def validate(self) -> LinkConfig:
+        for name in _POSITIVE:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"links {name} must be positive")
+        if self.attach_burst < 1 or self.handshakes < 1 or self.probe_connects < 1:
+            raise ValueError("links attach_burst, handshakes and probe_connects must be >= 1")
+        self.detector.validate()
+        return self
+
+
+_POSITIVE = (
+    "beat_interval", "tick", "attach_rate", "backoff_base", "backoff_cap", "connect_timeout",
+    "probe_timeout", "facts_every", "call_timeout",
+)  # fmt: skip
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (attempt counts from 0)."""
+    return (rng or random).uniform(0.0, min(cap, base * 2 ** min(attempt, 30)))
+
+
+class AttachGate:
+    """A token bucket plus a cap on handshakes in flight (``async with gate:``)."""
+
+    def __init__(
+        self, rate: float, burst: int, in_flight: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+        self._slots = asyncio.Semaphore(in_flight)
+        self._order = asyncio.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def _token(self) -> None:
+        async with self._order:
+            while True:
+                now = self.clock()
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+
+    async def __aenter__(self) -> None:
+        await self._slots.acquire()
+        try:
+            await self._token()
+        except BaseException:
+            self._slots.release()
+            raise
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.in_flight -= 1
+        self._slots.release()
+
+
+async def probe_alive(host: str, port: int, connects: int, timeout: float) -> bool:
+    """True when any of ``connects`` parallel TCP connects to host:port completes."""
+
+    async def one() -> bool:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        writer.close()
+        return True
+
+    tasks = [asyncio.ensure_future(one()) for _ in range(connects)]
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            if await next_done:
+                return True
+        return False
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+class Link:
+    """One managed node: its held connection, agent stream, detector and counters."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.conn: Connection | None = None
+        self.home: str | None = None
+        self.agent_id: str | None = None
+        self.detector: Detector | None = None
+        self.ever_up = False
+        self.streaming = False
+        self.refused: str | None = None
+        self.no_agent: str | None = None
+        self.last_error = ""
+        #: SSH connections made to this node (a warm run makes none)
+        self.connects = 0
+        self.attaches = 0
+        self.agent_restarts = 0
+        self.since = time.time()
+        self.wake = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    @property
+    def state(self) -> LinkState:
+        if self.refused is not None:
+            return LinkState.REFUSED
+        if self.detector is not None and self.detector.phase is Phase.DOWN:
+            return LinkState.DOWN
+        if self.no_agent is not None:
+            return LinkState.NO_AGENT
+        if not self.ever_up:
+            return LinkState.ATTACHING
+        if self.detector is not None and self.detector.phase is Phase.SUSPECT:
+            return LinkState.SUSPECT
+        return LinkState.UP if self.streaming else LinkState.ATTACHING
+
+    @property
+    def reason(self) -> str:
+        if self.refused is not None:
+            return self.refused
+        if self.detector is not None and self.detector.phase is not Phase.UP:
+            return self.detector.reason
+        if self.no_agent is not None:
+            return self.no_agent
+        return "" if self.streaming else self.last_error
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.node.name,
+            "link": self.state.value,
+            "reason": self.reason,
+            "since": self.since,
+            "connects": self.connects,
+            "agent_restarts": self.agent_restarts,
+        }
+
+
+class _Held(Connection):
+    """A node's held connection lent to one caller: ``close()`` leaves it open."""
+
+    def __init__(self, link: Link, conn: Connection) -> None:
+        self.node = link.node
+        self._conn = conn
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        input: bytes | None = None,
+        sudo: bool = False,
+        on_line: LineCallback | None = None,
+    ) -> CommandResult:
+        return await self._conn.run(
+            command, timeout=timeout, env=env, input=input, sudo=sudo, on_line=on_line
+        )
+
+    async def put(self, local: str, remote: str) -> int:
+        return await self._conn.put(local, remote)
+
+    async def get(self, remote: str, local: str) -> int:
+        return await self._conn.get(remote, local)
+
+    async def open_unix(self, path: str) -> tuple[ByteReader, ByteWriter]:
+        return await self._conn.open_unix(path)
+
+    async def close(self) -> None:
+        return None
+
+
+class WarmTransport(Transport):
+    """Connections that are the links' held ones; nodes not managed get a cold one."""
+
+    def __init__(self, links: Links) -> None:
+        self.links = links
+
+    async def connect(self, node: Node, *, timeout: float | None = None) -> Connection:
+        link = self.links.link(node.name)
+        if link is None:
+            self.links.cold_connects += 1
+            return await self.links.cold.connect(node, timeout=timeout)
+        if link.state in (LinkState.REFUSED, LinkState.DOWN):
+            raise _link_error(link)
+        if link.conn is None or not link.ready.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(link.ready.wait(), timeout)
+        if link.conn is None:
+            raise _link_error(link)
+        return _Held(link, link.conn)
+
+
+def _link_error(link: Link) -> ShoalError:
+    reason = link.reason or f"no warm connection ({link.state.value})"
+    if link.state is LinkState.REFUSED and link.refused is not None:
+        return HostKeyError(reason, link.node.name)
+    return ConnectError(reason, link.node.name)
+
+
+class _OneConnection(Transport):
+    """The transport the fleet's install step sees at attach: this node's held connection."""
+
+    def __init__(self, link: Link, conn: Connection) -> None:
+        self._held = _Held(link, conn)
+
+    async def connect(self, node: Node, *, timeout: float | None = None) -> Connection:
+        return self._held
+
+
+class Links:
+    """The warm links of a set of nodes; see the module docstring."""
+
+    def __init__(
+        self,
+        nodes: Sequence[Node],
+        *,
+        state: State,
+        journal: Journal,
+        config: LinkConfig | None = None,
+        agent: AgentBuild | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = (config or LinkConfig()).validate()
+        self.state = state
+        self.journal = journal
+        self.clock = clock
+        self._agent = agent
+        self.cold = make_transport(self.config)
+        self.gate = AttachGate(
+            self.config.attach_rate, self.config.attach_burst, self.config.handshakes
+        )
+        self.facts = LiveFacts(state, every=self.config.facts_every)
+        self.links: dict[str, Link] = {n.name: Link(n) for n in nodes}
+        self.transport = WarmTransport(self)
+        self.cold_connects = 0
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._probes: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    @property
+    def agent(self) -> AgentBuild:
+        if self._agent is None:
+            self._agent = build()
+        return self._agent
+
+    async def start(self) -> None:
+        """Start attaching every node (returns at once) and the detectors' ticker."""
+        _ = self.agent
+        for link in self.links.values():
+            self._launch(link)
+        if self._ticker is None:
+            self._ticker = asyncio.ensure_future(self._tick_loop())
+
+    def _launch(self, link: Link) -> None:
+        if link.node.name not in self._tasks:
+            self._tasks[link.node.name] = asyncio.ensure_future(self._keep(link))
+
+    async def stop(self) -> None:
+        """Stop every link and close every held connection; pending facts are written."""
+        tasks = [*self._tasks.values(), *self._probes]
+        if self._ticker is not None:
+            tasks.append(self._ticker)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._ticker = None
+        for link in self.links.values():
+            await self._drop(link)
+        with contextlib.suppress(ShoalError):
+            self.facts.flush()
+
+    async def update(self, nodes: Sequence[Node]) -> None:
+        """Manage exactly ``nodes`` from now on: new ones attach, dropped ones close."""
+        wanted = {n.name: n for n in nodes}
+        for name in [n for n in self.links if n not in wanted]:
+            task = self._tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            await self._drop(self.links.pop(name))
+        for name, node in wanted.items():
+            if name not in self.links:
+                self.links[name] = Link(node)
+            if self._ticker is not None:
+                self._launch(self.links[name])
+
+    def link(self, name: str) -> Link | None:
+        return self.links.get(name)
+
+    def status(self, names: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """Each link's state, reason and counters, with its live facts."""
+        out = []
+        for name, link in self.links.items():
+            if names is None or name in names:
+                out.append({**link.status(), "facts": self.facts.snapshot(name)})
+        return out
+
+    async def wait_up(self, names: Collection[str] | None = None, timeout: float = 30.0) -> bool:
+        """Wait until the named links (all by default) are up; False on timeout."""
+        deadline = self.clock() + timeout
+        wanted = [self.links[n] for n in (names if names is not None else self.links)]
+        while self.clock() < deadline:
+            if all(link.state is LinkState.UP for link in wanted):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    @property
+    def connects(self) -> int:
+        """SSH connections made so far (links and cold fallbacks)."""
+        return sum(link.connects for link in self.links.values()) + self.cold_connects
+
+    # -- one node -------------------------------------------------------------
+
+    async def _keep(self, link: Link) -> None:
+        attempt = 0
+        while True:
+            attached = link.attaches
+            try:
+                await self._session(link)
+            except (HostKeyError, AuthError) as exc:
+                self._refuse(link, exc)
+            except AgentError as exc:
+                self._agentless(link, exc)
+            except ShoalError as exc:
+                self._lost(link, exc)
+            await self._drop(link)
+            attempt = 0 if link.attaches > attached else attempt + 1
+            pause = backoff(attempt, self.config.backoff_base, self.config.backoff_cap)
+            link.wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(link.wake.wait(), pause)
+
+    async def _session(self, link: Link) -> None:
+        """Attach, ensure the agent, then watch until the stream or connection breaks."""
+        conn = await self._connect(link)
+        link.conn = conn
+        client = await self._ensure_agent(link, conn)
+        link.refused = link.no_agent = None
+        link.attaches += 1
+        if link.detector is None:
+            link.detector = Detector(self.clock(), self.config.detector)
+        if not link.ever_up:
+            link.ever_up = True
+            self._clear_unreachable(link)
+        link.streaming = True
+        link.ready.set()
+        self._heard(link)
+        while True:
+            try:
+                await self._watch(link, client)
+            except AgentError as exc:  # the stream ended or stalled: the agent, or the link?
+                link.last_error = str(exc)
+            finally:
+                await client.close()
+            client = await self._revive_agent(link, conn)
+
+    async def _connect(self, link: Link) -> Connection:
+        async with self.gate:
+            link.connects += 1
+            return await self.cold.connect(link.node, timeout=self.config.connect_timeout)
+
+    def _options(self, link: Link) -> AgentOptions:
+        python = link.node.python or self.config.agent.python
+        return replace(self.config.agent, python=python, parallel=1, retries=0)
+
+    async def _ensure_agent(self, link: Link, conn: Connection) -> AgentClient:
+        """A stream to this build's running agent: the cached one, else installed/started."""
+        opts = self._options(link)
+        home = cached_home(self.state, link.node.name, opts.home)
+        if home is not None:
+            with contextlib.suppress(AgentError, TransportError):
+                client = await AgentClient.open(conn, home, opts.python)
+                hello = await client.call("hello", timeout=self.config.call_timeout)
+                if hello.get("build") == self.agent.build_id:
+                    remember(self.state, link.node.name, opts.home, home, hello)
+                    link.home, link.agent_id = home, hello.get("agent_id")
+                    return client
+                await client.close()
+        results = await install_async(
+            [link.node], opts, transport=_OneConnection(link, conn), state=self.state,
+            agent=self.agent,
+        )  # fmt: skip
+        outcome = results[link.node.name]
+        if outcome.error is not None:
+            raise outcome.error
+        hello = outcome.value or {}
+        link.home, link.agent_id = str(hello.get("home")), hello.get("agent_id")
+        if outcome.action not in ("up to date", ""):
+            self._event("agent_installed", link.node.name, outcome.action)
+        return await AgentClient.open(conn, link.home, opts.python)
+
+    async def _revive_agent(self, link: Link, conn: Connection) -> AgentClient:
+        """The agent's stream ended under a live connection: start the agent again."""
+        assert link.home is not None
+        link.streaming = False
+        self._event("agent_lost", link.node.name, "the agent's stream ended")
+        started = await start_agent(conn, link.home, self._options(link).python)
+        client = await AgentClient.open(conn, link.home, self._options(link).python)
+        link.agent_restarts += started
+        link.streaming = True
+        self._event("agent_revived", link.node.name, "started again" if started else "was running")
+        self._heard(link)
+        return client
+
+    async def _watch(self, link: Link, client: AgentClient) -> None:
+        """Poll ``events`` every beat (each answer is a beat); returns never, raises on break."""
+        name = link.node.name
+        next_facts = 0.0
+        while True:
+            sent = self.clock()
+            await self._pull(link, client)
+            received = self.clock()
+            self._heard(link)
+            self.facts.rtt(name, (received - sent) * 1000)
+            if received >= next_facts and link.conn is not None:
+                next_facts = received + self.config.facts_every
+                await self._sample_facts(link, link.conn)
+            await asyncio.sleep(max(0.0, self.config.beat_interval - (self.clock() - sent)))
+
+    async def _pull(self, link: Link, client: AgentClient) -> None:
+        """New events of the agent into the journal (a new agent id starts from 0)."""
+        known, seq = eventlog.cursor(self.state, link.node.name)
+        page = await client.call("events", timeout=self.config.call_timeout, since=seq)
+        if seq and (page.get("agent_id") != known or int(page.get("last", 0)) < seq):
+            page = await client.call("events", timeout=self.config.call_timeout, since=0)
+        if page.get("events"):
+            self.journal.store_agent_events(link.node.name, str(page["agent_id"]), page["events"])
+
+    async def _sample_facts(self, link: Link, conn: Connection) -> None:
+        sent = time.time()
+        res = await conn.run(LIVE_COMMAND, timeout=self.config.call_timeout)
+        if res.exit_status == 0:
+            output = res.stdout.decode(errors="replace")
+            self.facts.update(link.node.name, parse_live(output, sent, time.time()))
+
+    def beat(self, link: Link, beat: dict[str, Any], sent: float) -> None:
+        """A heartbeat pushed by the agent's ``watch`` (facts it carries are kept)."""
+        self._heard(link)
+        self.facts.update(link.node.name, from_beat(beat, time.time(), sent))
+
+    async def _drop(self, link: Link) -> None:
+        link.streaming = False
+        link.ready.clear()
+        conn, link.conn = link.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    # -- verdicts ---------------------------------------------------------------
+
+    def _event(self, kind: str, node: str, detail: str) -> None:
+        with contextlib.suppress(ShoalError):  # a full disk must not stop the detector
+            self.journal.record(ServiceEvent("node", kind, node=node, detail=detail))
+
+    def _refuse(self, link: Link, exc: ShoalError) -> None:
+        if link.refused != str(exc):
+            link.refused = str(exc)
+            link.since = time.time()
+            self._event("node_refused", link.node.name, str(exc))
+            health.mark_failed({link.node.name: f"{exc.kind}: {exc}"}, state=self.state)
+
+    def _agentless(self, link: Link, exc: ShoalError) -> None:
+        if link.no_agent != str(exc):
+            link.no_agent = str(exc)
+            link.since = time.time()
+            self._event("agent_missing", link.node.name, str(exc))
+
+    def _lost(self, link: Link, exc: ShoalError) -> None:
+        link.last_error = str(exc)
+        if link.detector is None:  # never attached: the silence starts at this failure
+            link.detector = Detector(self.clock(), self.config.detector)
+        self._apply(link, link.detector.lost(self.clock()))
+
+    def _heard(self, link: Link) -> None:
+        if link.detector is not None:
+            self._apply(link, link.detector.heard(self.clock()))
+
+    def _apply(self, link: Link, step: Step) -> None:
+        name = link.node.name
+        if step.event is not None and (link.ever_up or step.event != "node_suspect"):
+            link.since = time.time()
+            self._event(step.event, name, step.reason)
+            if step.event == "node_down":
+                health.mark_failed({name: step.reason}, state=self.state)
+                if link.conn is not None:  # useless to a dead node: its watch ends now
+                    self._spawn(link.conn.close())
+            elif step.event == "node_up":
+                health.mark_healthy([name], state=self.state)
+        if step.probe:
+            self._spawn(self._probe(link))
+        if step.reconnect:
+            link.wake.set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    def _clear_unreachable(self, link: Link) -> None:
+        """A node that attached leaves the failed set if it was there as unreachable."""
+        for failure in health.failures(self.state):
+            if failure.name == link.node.name and failure.reason.startswith(
+                ("down:", "unreachable:", "hostkey:", "auth:")
+            ):
+                health.mark_healthy([link.node.name], state=self.state)
+
+    async def _probe(self, link: Link) -> None:
+        host, port = self._address(link.node)
+        alive = await probe_alive(host, port, self.config.probe_connects, self.config.probe_timeout)
+        if link.detector is not None:
+            self._apply(link, link.detector.probed(alive, self.clock()))
+
+    def _address(self, node: Node) -> tuple[str, int]:
+        if node.host and node.port:
+            return node.host, node.port
+        user = Path.home() / ".ssh" / "config"
+        files = ([node.ssh_config] if node.ssh_config else []) + (
+            [str(user)] if os.access(user, os.R_OK) else []
+        )
+        resolved = sshconfig.resolve(files, node.name, node.user, node.port)
+        if resolved is None:
+            return node.address, node.port or 22
+        return node.host or resolved.hostname, node.port or resolved.port
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick)
+            now = self.clock()
+            for link in list(self.links.values()):
+                if link.detector is not None and link.refused is None:
+                    self._apply(link, link.detector.tick(now))
+            if self.facts.due():
+                with contextlib.suppress(ShoalError):
+                    self.facts.flush()
+
+
+class LinksComponent:
+    """The links as a part of the :class:`~.controller.Controller` (``component``)."""
+
+    #: seconds between re-reading the managed selection (nodes imported or removed)
+    RESELECT = 30.0
+
+    def __init__(self, controller: Controller) -> None:
+        cfg = controller.config
+        self.controller = controller
+        self.links = Links(
+            [],
+            state=controller.state,
+            journal=controller.journal,
+            config=LinkConfig(beat_interval=cfg.beat_interval, attach_rate=cfg.attach_rate),
+        )
+
+    @property
+    def transport(self) -> WarmTransport:
+        return self.links.transport
+
+    def _managed(self) -> list[Node]:
+        try:
+            return list(self.controller.managed())
+        except EmptySelectionError:
+            return []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.links.update(self._managed())
+        await self.links.start()
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.RESELECT)
+                if not stop.is_set():
+                    await self.links.update(self._managed())
+        finally:
+            await self.links.stop()
+
+    def status(self) -> dict[str, Any]:
+        """Links per state (``{"up": 7, "down": 1}``) and SSH connections made."""
+        states: dict[str, int] = {}
+        for link in self.links.links.values():
+            states[link.state.value] = states.get(link.state.value, 0) + 1
+        return {"links": states, "connects": self.links.connects}
+
+
+def component(controller: Controller) -> LinksComponent:
+    return LinksComponent(controller)
