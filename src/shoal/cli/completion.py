@@ -20,7 +20,7 @@ from typing import Any
 
 SHELLS = ("bash", "zsh", "fish")
 #: The options whose value is a selection expression or a host list.
-SELECTION_OPTIONS = frozenset({"-s", "--select", "-w"})
+SELECTION_OPTIONS = frozenset({"-s", "--select", "-w", "--hosts"})
 NAMES_COMMAND = "shoal completion --names"
 BUILTIN_SETS = ("all", "failed", "healthy")
 

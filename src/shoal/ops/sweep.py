@@ -167,7 +167,7 @@ async def sweep_every(
         if stop is None:
             await asyncio.sleep(wait)
         else:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
             if stop.is_set():
                 return
