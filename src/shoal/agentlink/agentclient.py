@@ -249,7 +249,7 @@ class StreamClient(AgentClient):
                 self.writer.write(line)
                 await self.writer.drain()
                 message = await asyncio.wait_for(self._reply_inline(request_id), timeout)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 raise AgentError(
                     f"agent did not answer {op} within {timeout:g}s", node=self.node
                 ) from None
@@ -389,7 +389,7 @@ class StreamClient(AgentClient):
         try:
             await self._write(line)
             message = await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             self._abandon(request_id, on_push is not None)
             raise AgentError(
                 f"agent did not answer {op} within {timeout:g}s", node=self.node
@@ -593,7 +593,7 @@ class PreparedRequest:
                 line = await asyncio.wait_for(self.client.reader.readline(), timeout)
                 message = protocol.decode(line)
             return protocol.check_reply(message, self.request_id)
-        except (TimeoutError, OSError, EOFError, protocol.ProtocolError, AgentError) as exc:
+        except (asyncio.TimeoutError, OSError, EOFError, protocol.ProtocolError, AgentError) as exc:
             self.client.forget(self.request_id)
             raise AgentError(f"{self.op} failed: {exc}", node=self.client.node) from None
 

@@ -90,7 +90,7 @@ class Watch:
             result = self.client._result(message, "watch")
             self.agent_id = str(result["agent_id"])
             last = int(result["last"])
-        except TimeoutError:
+        except asyncio.TimeoutError:
             self._drop(request_id)
             raise AgentError(
                 f"agent did not answer watch within {timeout:g}s", node=self.client.node

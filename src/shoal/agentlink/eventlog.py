@@ -286,7 +286,7 @@ async def follow(
         if stop is None:
             await asyncio.sleep(interval)
         else:
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
             if stop.is_set():
                 return

@@ -26,16 +26,22 @@ out under every policy.
 
 from __future__ import annotations
 
-from enum import Enum, StrEnum
+from enum import Enum
 
 
-class Policy(StrEnum):
-    """A component's ``on_failure`` (the spec's word is the value)."""
+class Policy(str, Enum):
+    """A component's ``on_failure`` (the spec's word is the value, and its str)."""
 
     RESTART = "restart"
     REPLACE = "replace"
     IGNORE = "ignore"
     ABORT = "abort"
+
+    def __str__(self) -> str:  # as StrEnum (3.11) does
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 class FailureKind(Enum):

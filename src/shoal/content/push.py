@@ -348,7 +348,7 @@ async def _node_push(
     if swarm.begun > 1 and not swarm.registered.is_set():
         try:  # let the first node fetch the manifest from the source; the rest from peers
             await asyncio.wait_for(swarm.registered.wait(), 10.0)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             pass
     session = {"version": tree.version, "dir": remote_dir}
     try:

@@ -253,7 +253,7 @@ class Swarm:
             changed = self._changed
             try:
                 await asyncio.wait_for(changed.wait(), 1.0)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 pass  # re-plan: penalties expire and stragglers age
 
     def _eligible(self, node: str, now: float) -> dict[str, Peer]:

@@ -183,7 +183,7 @@ def _moved(nbytes: int) -> CommandOutput:
 async def _bounded(coro: Awaitable[int], timeout: float | None, node: Node) -> int:
     try:
         return await asyncio.wait_for(coro, timeout)
-    except TimeoutError:
+    except asyncio.TimeoutError:
         raise CommandTimeout(f"copy timed out after {timeout:g}s", node.name) from None
 
 

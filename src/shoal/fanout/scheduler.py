@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -79,7 +80,8 @@ class CallbackGuard:
         except asyncio.CancelledError:
             if self.error is None or self.task is None:
                 raise
-            self.task.uncancel()
+            if sys.version_info >= (3, 11):  # 3.10 does not count cancellations
+                self.task.uncancel()
             raise self.error from None
 
 

@@ -84,7 +84,7 @@ class MockConnection(Connection):
         self._log.commands.append((self.node.name, command, dict(env or {})))
         try:
             await asyncio.wait_for(asyncio.sleep(self._b.command_delay), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             raise CommandTimeout(f"command timed out after {timeout:g}s", self.node.name) from None
         result = self._b.respond(command, env or {})
         if on_line is not None:

@@ -107,7 +107,7 @@ class LocalConnection(Connection):
         ]
         try:
             code = await asyncio.wait_for(_exit_code(proc), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await _exit_code(proc)

@@ -162,7 +162,7 @@ async def _finish_bounded(cleanup: Awaitable[object]) -> None:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             cancelled = True
-        except (asyncssh.Error, OSError, TimeoutError):
+        except (asyncssh.Error, OSError, asyncio.TimeoutError):
             break
     if not task.cancelled():
         task.exception()  # retrieved: a failed last effort is not an error of its own
