@@ -27,9 +27,10 @@ component C and software S, ``${addrs.C}`` (comma-separated addresses),
 
 from __future__ import annotations
 
+import copy
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,24 @@ def _threshold(value: Any) -> int | float | None:
     if isinstance(value, float):
         return None if value >= 1.0 else value
     return int(value)
+
+
+def with_selections(spec: AppSpec, overrides: dict[str | None, str]) -> AppSpec:
+    """``spec`` with its components' ``select`` replaced (``app up -s``): key ``None``
+    for every component, else the component's name. The document is changed too, so
+    what is stored (and rebuilt by a monitor or the keeper) keeps the override."""
+    unknown = sorted(k for k in overrides if k is not None and k not in spec.components)
+    if unknown:
+        known = ", ".join(spec.components)
+        raise ConfigError(f"{spec.file}: no component {unknown[0]!r} to select for ({known})")
+    document = copy.deepcopy(spec.document)
+    components = dict(spec.components)
+    for name, comp in spec.components.items():
+        expr = overrides.get(name, overrides.get(None))
+        if expr is not None:
+            components[name] = replace(comp, select=expr)
+            document["components"][name]["select"] = expr
+    return replace(spec, components=components, document=document)
 
 
 def build(doc: Located, base: Path) -> AppSpec:

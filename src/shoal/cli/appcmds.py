@@ -15,8 +15,12 @@ from typing import Any
 
 from shoal.numeric import number
 
+from .common import add_link_options
 from .exitcodes import FAILED, OK, USAGE
 from .render import JSON_HELP, print_object, print_records
+
+#: The name argument of status, logs, monitor and down.
+APP_HELP = "the application's name or its spec file (default: the only one)"
 
 
 def register(sub: Any) -> None:
@@ -31,6 +35,16 @@ def register(sub: Any) -> None:
 
     up = s.add_parser("up", help="acquire, configure and start (re-run: converge)")
     up.add_argument("spec", help="spec file (.yaml, or Plush .xml)")
+    up.add_argument(
+        "-s",
+        "--select",
+        metavar="[COMPONENT=]EXPR",
+        action="append",
+        default=[],
+        help="select the nodes from EXPR instead of the spec's select: (every component, "
+        "or COMPONENT=EXPR for one; repeatable)",
+    )
+    add_link_options(up, connect_timeout=15.0)
     up.add_argument(
         "--detach",
         action="store_true",
@@ -53,12 +67,12 @@ def register(sub: Any) -> None:
     up.set_defaults(handler=cmd_up)
 
     st = s.add_parser("status", help="components x nodes x processes, barriers, versions")
-    st.add_argument("name", nargs="?", help="application (default: the only one)")
+    st.add_argument("name", nargs="?", help=APP_HELP)
     st.add_argument("--json", action="store_true", help=JSON_HELP)
     st.set_defaults(handler=cmd_status)
 
     lg = s.add_parser("logs", help="last lines of every step and service log")
-    lg.add_argument("name", nargs="?", help="application (default: the only one)")
+    lg.add_argument("name", nargs="?", help=APP_HELP)
     lg.add_argument("-c", "--component", default=None, help="only this component's nodes")
     lg.add_argument("--node", default=None, metavar="NODE", help="only this node")
     lg.add_argument(
@@ -68,7 +82,7 @@ def register(sub: Any) -> None:
     lg.set_defaults(handler=cmd_logs)
 
     mo = s.add_parser("monitor", help="check and converge (replace lost nodes) in a loop")
-    mo.add_argument("name", nargs="?", help="application (default: the only one)")
+    mo.add_argument("name", nargs="?", help=APP_HELP)
     mo.add_argument(
         "--for",
         dest="duration",
@@ -85,7 +99,7 @@ def register(sub: Any) -> None:
     mo.set_defaults(handler=cmd_monitor)
 
     dn = s.add_parser("down", help="stop everything and remove what was installed")
-    dn.add_argument("name", nargs="?", help="application (default: the only one)")
+    dn.add_argument("name", nargs="?", help=APP_HELP)
     dn.add_argument("--keep", action="store_true", help="keep software and files on the nodes")
     dn.add_argument(
         "--collect", type=Path, default=None, metavar="DIR", help="first copy logs to DIR/NODE/"
@@ -126,15 +140,44 @@ def _name(args: argparse.Namespace) -> str:
     from shoal.errors import UsageError
     from shoal.state import State
 
-    if args.name:
-        return str(args.name)
     with State() as st:
         names = store.list_apps(st)
+        if args.name:
+            return _app_of(str(args.name), names, st)
     if len(names) == 1:
         return names[0]
     if not names:
         raise UsageError("no application is up (shoal app up SPEC)")
     raise UsageError(f"several applications are up; name one: {', '.join(names)}")
+
+
+def _app_of(given: str, names: list[str], st: Any) -> str:
+    """The application ``given`` names: an app's name, else the spec file of one
+    (the app brought up from that file, else the name the file declares)."""
+    from shoal.app import store
+
+    path = Path(given)
+    if given in names or not path.is_file():
+        return given
+    for name in names:
+        rec = store.get_app(st, name)
+        if rec is not None and Path(rec.file).resolve() == path.resolve():
+            return name
+    from shoal.app.appspec import load
+
+    return load(path).name
+
+
+def _selections(items: list[str], components: Any) -> dict[str | None, str]:
+    """``app up -s``: ``COMPONENT=EXPR`` for a component of the spec, else EXPR for all."""
+    out: dict[str | None, str] = {}
+    for item in items:
+        comp, sep, expr = item.partition("=")
+        if sep and comp in components:
+            out[comp] = expr
+        else:
+            out[None] = item
+    return out
 
 
 def _render_up(report: Any) -> None:
@@ -164,12 +207,18 @@ def _report_json(report: Any) -> dict[str, Any]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from shoal.agentlink.fleet import AgentOptions
     from shoal.app import lifecycle
-    from shoal.app.appspec import load
+    from shoal.app.appspec import load, with_selections
     from shoal.app.runtime import UpOptions
 
     spec = load(args.spec)
-    opts = UpOptions(say=None if args.json else _say)
+    if args.select:
+        spec = with_selections(spec, _selections(args.select, spec.components))
+    agent = AgentOptions(connect_timeout=args.connect_timeout, host_keys=args.host_keys)
+    opts = UpOptions(
+        say=None if args.json else _say, agent=agent, connect_timeout=args.connect_timeout
+    )
     report = asyncio.run(lifecycle.up_async(spec, opts))
     if args.json:
         print_object(_report_json(report))

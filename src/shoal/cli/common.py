@@ -63,12 +63,18 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="connections open at once (default: sized from the open-file limit)",
     )
+    add_link_options(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON record per node")
+
+
+def add_link_options(parser: argparse.ArgumentParser, connect_timeout: float = 10.0) -> None:
+    """``--connect-timeout`` and ``--host-keys``: every command that connects to nodes."""
     parser.add_argument(
         "--connect-timeout",
         type=number,
-        default=10.0,
+        default=connect_timeout,
         metavar="SECONDS",
-        help="give up connecting to a node after this long (default 10)",
+        help=f"give up connecting to a node after this long (default {connect_timeout:g})",
     )
     parser.add_argument(
         "--host-keys",
@@ -77,7 +83,6 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         help="verify (default): refuse unknown hosts; accept-new: trust and record "
         "first-seen keys. A changed key is always refused.",
     )
-    parser.add_argument("--json", action="store_true", help="one JSON record per node")
 
 
 def connection_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from shoal.cli.common import add_select_option
+from shoal.cli.common import add_link_options, add_select_option
 from shoal.cli.render import JSON_HELP, ago, print_object, print_records, print_table
 from shoal.nodes.model import Node
 from shoal.numeric import number
@@ -341,19 +341,15 @@ def _max_age(args: argparse.Namespace) -> float:
 
 def cmd_facts_refresh(args: argparse.Namespace) -> int:
     from shoal.cli.common import selected_nodes
-    from shoal.fanout import factgather
+    from shoal.fanout import RunOptions, factgather
 
     nodes = selected_nodes(args)
-    options = None
-    if args.parallel is not None or args.timeout is not None:
-        from shoal.fanout import RunOptions
-
-        kwargs: dict[str, Any] = {}
-        if args.parallel is not None:
-            kwargs["parallel"] = args.parallel
-        if args.timeout is not None:
-            kwargs["timeout"] = args.timeout
-        options = RunOptions(**kwargs)
+    kwargs: dict[str, Any] = {"connect_timeout": args.connect_timeout, "host_keys": args.host_keys}
+    if args.parallel is not None:
+        kwargs["parallel"] = args.parallel
+    if args.timeout is not None:
+        kwargs["timeout"] = args.timeout
+    options = RunOptions(**kwargs)
     from shoal.cli.render import NodeProgress
     from shoal.nodes import health
 
@@ -556,6 +552,7 @@ def _register_facts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_select_option(p)
     p.add_argument("-p", "--parallel", type=int, help="connections at once")
     p.add_argument("--timeout", type=number, help="seconds per node")
+    add_link_options(p)
     p.add_argument("--max-age", type=number, help="seconds before facts count as stale")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
