@@ -153,3 +153,46 @@ def test_push_and_rollback_json_and_closed_pipe(three: str, tmp_path: Path) -> N
             assert "Traceback" not in p.stderr and "Error" not in p.stderr, p.stderr
     finally:
         os.close(write_end)
+
+
+def _on_terminal(*argv: str) -> tuple[int, bytes]:
+    """``argv``'s exit status and all it wrote, run with stdout and stderr on a terminal."""
+    import pty
+    import select
+    import time
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([*SHOAL, *argv], stdout=follower, stderr=follower)
+    os.close(follower)
+    out = b""
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(leader)
+        code = proc.wait(timeout=30)
+    return code, out
+
+
+@pytest.mark.parametrize(
+    "argv", [("agent", "install"), ("sweep",), ("facts", "refresh")], ids=lambda a: a[0]
+)
+def test_long_work_shows_progress_on_a_terminal_only(three: str, argv: tuple[str, ...]) -> None:
+    code, out = _on_terminal(*argv, "-s", three)
+    assert code == 0, out
+    assert b"\r[##########" in out and b"] 3/3 failed 0" in out, out  # the bar, redrawn
+    assert b"\r" + b" " * 45 + b"\r" in out, out  # and blanked before the table
+    p = shoal(*argv, "-s", three)
+    assert p.returncode == 0 and "[#" not in p.stderr + p.stdout, p.stderr  # a pipe: none

@@ -43,7 +43,7 @@ from shoal.errors import (
 )
 from shoal.fanout.options import FanoutOptions
 from shoal.fanout.results import NodeOutcome, Results
-from shoal.fanout.scheduler import fanout
+from shoal.fanout.scheduler import ResultCallback, fanout
 from shoal.logsetup import logger
 from shoal.nodes.model import Node
 from shoal.state import State, opened
@@ -87,12 +87,14 @@ async def for_each(
     *,
     transport: Transport | None = None,
     state: State | None = None,
+    on_result: ResultCallback[AgentOutcome] | None = None,
 ) -> Results[AgentOutcome]:
     """Run ``op`` on every node through the fan-out; errors become per-node outcomes.
 
     ``op`` gets the options resolved (``options`` or the defaults). ``state`` is
     the controller's (agents' working areas are cached there); the default one
-    is opened for the call and closed after it.
+    is opened for the call and closed after it. ``on_result`` is called with
+    each node's outcome as it finishes (a progress line).
     """
     opts = options or AgentOptions()
 
@@ -100,7 +102,7 @@ async def for_each(
         return await op(conn, node, st, for_node(opts, node))
 
     with opened(state) as st:
-        return await fanout(nodes, operation, opts, transport=transport)
+        return await fanout(nodes, operation, opts, transport=transport, on_result=on_result)
 
 
 async def each_agent(
@@ -230,6 +232,7 @@ async def install_async(
     upgrade_only: bool = False,
     state: State | None = None,
     agent: AgentBuild | None = None,
+    on_result: ResultCallback[AgentOutcome] | None = None,
 ) -> Results[AgentOutcome]:
     """Copy this build where it is missing and make it the running agent.
 
@@ -240,7 +243,9 @@ async def install_async(
     """
     agent = agent or build()
     step = partial(_install_step, agent=agent, local=local_zipapp(agent), upgrade_only=upgrade_only)
-    return await for_each(nodes, step, options, transport=transport, state=state)
+    return await for_each(
+        nodes, step, options, transport=transport, state=state, on_result=on_result
+    )
 
 
 async def _install_step(

@@ -21,6 +21,7 @@ from . import exitcodes
 from .common import add_agent_options, agent_settings, selected_nodes
 from .exitcodes import for_results
 from .render import (
+    NodeProgress,
     outcome_record,
     print_failures,
     print_records,
@@ -73,6 +74,8 @@ def register(sub: Any) -> None:
     ):
         p = asub.add_parser(action, help=text, description=text)
         add_agent_options(p)
+        if action in ("install", "upgrade"):
+            p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
         p.set_defaults(handler=cmd_agent, action=action)
 
     proc = sub.add_parser("proc", help="supervised programs on the nodes")
@@ -142,10 +145,18 @@ def register(sub: Any) -> None:
     )
     add_agent_options(sw)
     sw.add_argument("--every", metavar="DURATION", help="repeat (e.g. 30s, 5m, 1h) until Ctrl-C")
+    sw.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
     sw.set_defaults(handler=cmd_sweep)
 
 
 # -- helpers -------------------------------------------------------------------
+
+NO_PROGRESS_HELP = "no progress line on a terminal"
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Whether to draw a progress line (on a terminal only, see render.ProgressLine)."""
+    return not (args.json or getattr(args, "no_progress", False))
 
 
 def parse_duration(text: str) -> float:
@@ -194,15 +205,25 @@ def cmd_agent(args: argparse.Namespace) -> int:
     opts = _options(args)
     tr = _transport(nodes, opts)
     action = args.action
+    progress = NodeProgress(len(nodes), action in ("install", "upgrade") and _progress(args))
     if action in ("install", "upgrade"):
-        coro = agents.install_async(nodes, opts, transport=tr, upgrade_only=action == "upgrade")
+        coro = agents.install_async(
+            nodes,
+            opts,
+            transport=tr,
+            upgrade_only=action == "upgrade",
+            on_result=progress.update,
+        )
     elif action == "status":
         coro = agents.status_async(nodes, opts, transport=tr)
     elif action == "stop":
         coro = agents.stop_async(nodes, opts, transport=tr)
     else:
         coro = agents.start_async(nodes, opts, transport=tr, restart=action == "restart")
-    results = _recorded(asyncio.run(coro))
+    try:
+        results = _recorded(asyncio.run(coro))
+    finally:
+        progress.close()
     if args.json:
         print_records(map(outcome_record, results))
         return for_results(results)
@@ -460,17 +481,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     every = parse_duration(args.every) if args.every else None
     opts = _options(args)
     status = 0
+    progress = NodeProgress(0, False)
+
+    def chosen() -> list[Node]:
+        nonlocal progress
+        nodes = selected_nodes(args)
+        progress = NodeProgress(len(nodes), _progress(args))  # one bar per round
+        return nodes
 
     async def sweeps() -> None:
         nonlocal status
         async for sweep in sweep_every(
             every or 0.0,
-            lambda: selected_nodes(args),
+            chosen,
             opts,
             transport_for=lambda nodes: _transport(nodes, opts),
             rounds=None if every else 1,
             record=True,
+            on_result=lambda r: progress.update(r),
         ):
+            progress.close()
             status = _sweep_status(sweep)
             if args.json:
                 print_records(
@@ -492,7 +522,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         asyncio.run(sweeps())
     except KeyboardInterrupt:
-        pass
+        pass  # the way --every ends: the last round's status
+    finally:
+        progress.close()
     return status
 
 

@@ -192,20 +192,6 @@ def _render_up(report: Any) -> None:
     print(f"  steps: {report.steps_run} run, {report.steps_cached} already done")
 
 
-def _report_json(report: Any) -> dict[str, Any]:
-    return {
-        "app": report.app,
-        "wall": round(report.wall, 3),
-        "phases": {k: round(v, 3) for k, v in report.phases.items()},
-        "members": report.members,
-        "replaced": [list(r) for r in report.replaced],
-        "failed": report.failed,
-        "barriers": report.barriers,
-        "steps_run": report.steps_run,
-        "steps_cached": report.steps_cached,
-    }
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     from shoal.agentlink.fleet import AgentOptions
     from shoal.app import lifecycle
@@ -221,7 +207,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     report = asyncio.run(lifecycle.up_async(spec, opts))
     if args.json:
-        print_object(_report_json(report))
+        print_object(report.as_json())
     else:
         _render_up(report)
     if args.detach or args.json:
@@ -329,7 +315,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             print("stopped monitoring", file=sys.stderr)
         return OK  # the way a follow ends (exitcodes)
     if args.json:
-        last = None if report.last is None else _report_json(report.last)
+        last = None if report.last is None else report.last.as_json()
         print_object(
             {"app": name, "rounds": report.rounds, "converged": report.converged, "last": last}
         )

@@ -110,9 +110,15 @@ async def sweep_async(
     transport: Transport | None = None,
     state: State | None = None,
     record: bool = False,
+    on_result: Callable[[AgentOutcome], None] | None = None,
 ) -> list[SweepEntry]:
-    """One sweep over ``nodes``; with ``record`` the failed set is updated from it."""
-    results = await for_each(nodes, _check, options, transport=transport, state=state)
+    """One sweep over ``nodes``; with ``record`` the failed set is updated from it.
+
+    ``on_result`` is called with each node's outcome as it finishes (a progress line).
+    """
+    results = await for_each(
+        nodes, _check, options, transport=transport, state=state, on_result=on_result
+    )
     if record:
         health.record(results, health.Policy.REACHABILITY, state=state)
     return entries(results)
@@ -142,6 +148,7 @@ async def sweep_every(
     rounds: int | None = None,
     stop: asyncio.Event | None = None,
     record: bool = False,
+    on_result: Callable[[AgentOutcome], None] | None = None,
 ) -> AsyncIterator[SweepRound]:
     """Sweep ``nodes`` every ``interval`` seconds (start to start) and yield each round.
 
@@ -150,14 +157,17 @@ async def sweep_every(
     each round its transport (default: the options' SSH transport). Ends after
     ``rounds`` rounds (None: never) or as soon as ``stop`` is set, even in the
     middle of a wait; never waits after the last round. ``record``: each round
-    updates the failed set, as :func:`sweep_async` does.
+    updates the failed set, as :func:`sweep_async` does; ``on_result`` is
+    called as each node of a round finishes.
     """
     done = 0
     while (rounds is None or done < rounds) and not (stop is not None and stop.is_set()):
         began = time.monotonic()
         chosen = nodes() if callable(nodes) else nodes
         transport = transport_for(chosen) if transport_for is not None else None
-        found = await sweep_async(chosen, options, transport=transport, state=state, record=record)
+        found = await sweep_async(
+            chosen, options, transport=transport, state=state, record=record, on_result=on_result
+        )
         done += 1
         took = time.monotonic() - began
         yield SweepRound(done, found, took)
