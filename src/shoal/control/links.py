@@ -55,14 +55,19 @@ from shoal.agent.build import AgentBuild, build
 from shoal.agentlink import eventlog
 from shoal.agentlink.agentclient import (
     AgentClient,
+    StreamClient,
     cached_home,
     remember,
     start_agent,
 )
+from shoal.agentlink.agentwatch import Beat
 from shoal.agentlink.fleet import AgentOptions, install_async
 from shoal.errors import (
     AgentError,
+    AgentLinkBroken,
+    AgentNotRunning,
     AuthError,
+    CommandTimeout,
     ConnectError,
     EmptySelectionError,
     HostKeyError,
@@ -85,7 +90,7 @@ from shoal.transport.factory import make_transport
 
 from .detector import Detector, DetectorConfig, Phase, Step
 from .journal import Journal, ServiceEvent
-from .livefacts import LIVE_COMMAND, LiveFacts, from_beat, parse_live
+from .livefacts import LiveFacts, beat_facts
 
 if TYPE_CHECKING:
     from .controller import Controller
@@ -125,6 +130,9 @@ class LinkConfig:
     call_timeout: float = 10.0
     host_keys: str = "verify"
     keepalive: float = 5.0
+    #: how a warm ``run`` reaches the node: ``ssh`` (a session channel on the held
+    #: connection) or ``agent`` (the agent's ``exec`` on the watched stream)
+    run_via: str = "ssh"
     agent: AgentOptions = field(default_factory=AgentOptions)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
 
@@ -134,9 +142,14 @@ class LinkConfig:
                 raise ValueError(f"links {name} must be positive")
         if self.attach_burst < 1 or self.handshakes < 1 or self.probe_connects < 1:
             raise ValueError("links attach_burst, handshakes and probe_connects must be >= 1")
+        if self.run_via not in ("ssh", "agent"):
+            raise ValueError(f"links run_via must be ssh or agent, not {self.run_via!r}")
         self.detector.validate()
         return self
 
+
+#: Rounds of cancel-and-wait (1 s each) that stop() gives the links' tasks.
+STOP_ROUNDS = 10
 
 _POSITIVE = (
     "beat_interval", "tick", "attach_rate", "backoff_base", "backoff_cap", "connect_timeout",
@@ -232,6 +245,8 @@ class Link:
         self.attaches = 0
         self.agent_restarts = 0
         self.since = time.time()
+        #: the watched agent stream (calls and execs share it), while watching
+        self.client: StreamClient | None = None
         self.wake = asyncio.Event()
         self.ready = asyncio.Event()
 
@@ -271,11 +286,17 @@ class Link:
 
 
 class _Held(Connection):
-    """A node's held connection lent to one caller: ``close()`` leaves it open."""
+    """A node's held connection lent to one caller: ``close()`` leaves it open.
 
-    def __init__(self, link: Link, conn: Connection) -> None:
+    ``run`` goes through the agent's ``exec`` on the watched stream when
+    ``via_agent`` (and the command needs no sudo), else an SSH session channel on
+    the held connection."""
+
+    def __init__(self, link: Link, conn: Connection, via_agent: bool = False) -> None:
         self.node = link.node
+        self._link = link
         self._conn = conn
+        self._via_agent = via_agent
 
     async def run(
         self,
@@ -287,9 +308,22 @@ class _Held(Connection):
         sudo: bool = False,
         on_line: LineCallback | None = None,
     ) -> CommandResult:
-        return await self._conn.run(
-            command, timeout=timeout, env=env, input=input, sudo=sudo, on_line=on_line
-        )
+        client = self._link.client
+        if not self._via_agent or client is None or sudo:
+            return await self._conn.run(
+                command, timeout=timeout, env=env, input=input, sudo=sudo, on_line=on_line
+            )
+        try:
+            res = await client.exec(command, timeout=timeout, env=env, input=input, on_line=on_line)
+        except AgentLinkBroken as exc:
+            raise ConnectError(
+                f"connection lost while the command ran: {exc}", self.node.name
+            ) from exc
+        if res.timed_out:
+            raise CommandTimeout(
+                f"command timed out after {timeout:g}s and was killed on the node", self.node.name
+            )
+        return CommandResult(res.exit_status, res.stdout, res.stderr, res.signal)
 
     async def put(self, local: str, remote: str) -> int:
         return await self._conn.put(local, remote)
@@ -322,7 +356,7 @@ class WarmTransport(Transport):
                 await asyncio.wait_for(link.ready.wait(), timeout)
         if link.conn is None:
             raise _link_error(link)
-        return _Held(link, link.conn)
+        return _Held(link, link.conn, self.links.config.run_via == "agent")
 
 
 def _link_error(link: Link) -> ShoalError:
@@ -371,6 +405,7 @@ class Links:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -389,17 +424,22 @@ class Links:
             self._ticker = asyncio.ensure_future(self._tick_loop())
 
     def _launch(self, link: Link) -> None:
-        if link.node.name not in self._tasks:
+        if link.node.name not in self._tasks and not self._stopping:
             self._tasks[link.node.name] = asyncio.ensure_future(self._keep(link))
 
     async def stop(self) -> None:
         """Stop every link and close every held connection; pending facts are written."""
+        self._stopping = True
         tasks = [*self._tasks.values(), *self._probes]
         if self._ticker is not None:
             tasks.append(self._ticker)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(STOP_ROUNDS):  # again: a wait_for may swallow a cancel (Python < 3.12)
+            pending = [t for t in tasks if not t.done()]
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
         self._ticker = None
         for link in self.links.values():
@@ -452,7 +492,7 @@ class Links:
 
     async def _keep(self, link: Link) -> None:
         attempt = 0
-        while True:
+        while not self._stopping:
             attached = link.attaches
             try:
                 await self._session(link)
@@ -542,40 +582,41 @@ class Links:
         return client
 
     async def _watch(self, link: Link, client: AgentClient) -> None:
-        """Poll ``events`` every beat (each answer is a beat); returns never, raises on break."""
+        """Watch the agent from the last stored seq: events to the journal, beats to the
+        detector and live facts, a ping every half ``facts_every`` (RTT, clock skew).
+        Returns never; raises AgentError when the stream ends or stalls."""
+        if not isinstance(client, StreamClient):
+            raise AgentNotRunning("the SSH server refuses to forward to the agent's socket")
         name = link.node.name
-        next_facts = 0.0
+        known, seq = eventlog.cursor(self.state, name)
+        watch = client.watch(since=seq if known == link.agent_id else 0,
+                             beat=self.config.beat_interval)  # fmt: skip
+        await watch.start(timeout=self.config.call_timeout)
+        link.client = client
+        pinger = asyncio.ensure_future(self._pings(link, client))
+        try:
+            async for item in watch:
+                self._heard(link)
+                if isinstance(item, Beat):
+                    self.facts.update(name, beat_facts(item))
+                else:
+                    event = {"seq": item.seq, "time": item.time, "kind": item.kind,
+                             "program": item.program, "detail": item.detail}  # fmt: skip
+                    self.journal.store_agent_events(name, str(watch.agent_id), [event])
+        finally:
+            link.client = None
+            pinger.cancel()
+            await asyncio.gather(pinger, return_exceptions=True)
+            await watch.stop()
+
+    async def _pings(self, link: Link, client: StreamClient) -> None:
+        every = self.config.facts_every / 2
         while True:
-            sent = self.clock()
-            await self._pull(link, client)
-            received = self.clock()
+            ping = await client.ping(timeout=self.config.call_timeout)
             self._heard(link)
-            self.facts.rtt(name, (received - sent) * 1000)
-            if received >= next_facts and link.conn is not None:
-                next_facts = received + self.config.facts_every
-                await self._sample_facts(link, link.conn)
-            await asyncio.sleep(max(0.0, self.config.beat_interval - (self.clock() - sent)))
-
-    async def _pull(self, link: Link, client: AgentClient) -> None:
-        """New events of the agent into the journal (a new agent id starts from 0)."""
-        known, seq = eventlog.cursor(self.state, link.node.name)
-        page = await client.call("events", timeout=self.config.call_timeout, since=seq)
-        if seq and (page.get("agent_id") != known or int(page.get("last", 0)) < seq):
-            page = await client.call("events", timeout=self.config.call_timeout, since=0)
-        if page.get("events"):
-            self.journal.store_agent_events(link.node.name, str(page["agent_id"]), page["events"])
-
-    async def _sample_facts(self, link: Link, conn: Connection) -> None:
-        sent = time.time()
-        res = await conn.run(LIVE_COMMAND, timeout=self.config.call_timeout)
-        if res.exit_status == 0:
-            output = res.stdout.decode(errors="replace")
-            self.facts.update(link.node.name, parse_live(output, sent, time.time()))
-
-    def beat(self, link: Link, beat: dict[str, Any], sent: float) -> None:
-        """A heartbeat pushed by the agent's ``watch`` (facts it carries are kept)."""
-        self._heard(link)
-        self.facts.update(link.node.name, from_beat(beat, time.time(), sent))
+            self.facts.rtt(link.node.name, ping.rtt * 1000)
+            self.facts.update(link.node.name, {"clock_skew_s": round(ping.skew, 3)})
+            await asyncio.sleep(every)
 
     async def _drop(self, link: Link) -> None:
         link.streaming = False

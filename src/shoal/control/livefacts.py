@@ -1,12 +1,12 @@
 """Live facts: what the held links already see of each node, kept fresh in the facts table.
 
 The links (:mod:`.links`) hand over what they measure: the round-trip time of
-each beat over the held agent stream (:meth:`LiveFacts.rtt`, an agent answer:
-not the wall time of an SSH command, which is what ``nodes facts --refresh``
-stores), the node's clock against ours (``clock_skew_s``: the node's time minus
-the midpoint of our send and receive), ``load1``, ``mem_available_mb``,
-``disk_free_gb`` and ``disk_free_mb`` (:meth:`LiveFacts.update`, from a beat
-or from :data:`LIVE_COMMAND`'s output parsed by :func:`parse_live`).
+each ``ping`` over the held agent stream (:meth:`LiveFacts.rtt`, an agent
+answer: not the wall time of an SSH command, which is what ``nodes facts
+--refresh`` stores), the node's clock against ours (``clock_skew_s``: the
+agent's time minus the midpoint of our send and receive), and what each beat
+carries: ``load1``, ``mem_available_mb``, ``disk_free_gb`` and
+``disk_free_mb`` (:func:`beat_facts`, :meth:`LiveFacts.update`).
 
 Nothing is written per beat: :meth:`LiveFacts.flush` (the links call it every
 ``every`` seconds) merges the changed nodes into their stored
@@ -19,66 +19,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
+from shoal.agentlink.agentwatch import Beat
 from shoal.nodes.facts import FactRecord, load_facts, store_facts
 from shoal.nodes.model import AttrValue
 from shoal.state import State
-
-#: One shell round trip that prints what a beat of an older agent does not carry.
-LIVE_COMMAND = (
-    "date +%s.%N; cat /proc/loadavg; grep '^MemAvailable:' /proc/meminfo; "
-    'df -Pk "$HOME" | tail -n 1'
-)
 
 #: Weight of a new RTT sample in the smoothed value (RFC 6298's alpha).
 RTT_ALPHA = 0.125
 
 
-def skew(node_time: float, sent: float, received: float) -> float:
-    """The node's clock minus ours at the moment it answered (wall clocks, seconds)."""
-    return round(node_time - (sent + received) / 2, 3)
-
-
-def parse_live(output: str, sent: float, received: float) -> dict[str, AttrValue]:
-    """Facts from :data:`LIVE_COMMAND`'s output; lines that do not parse are left out."""
+def beat_facts(beat: Beat) -> dict[str, AttrValue]:
+    """Facts a heartbeat of the agent's ``watch`` carries (load, memory, free disk)."""
     facts: dict[str, AttrValue] = {}
-    for line in output.splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if line.startswith("MemAvailable:") and len(parts) >= 2 and parts[1].isdigit():
-            facts["mem_available_mb"] = int(parts[1]) // 1024
-        elif len(parts) == 1 and "clock_skew_s" not in facts:
-            try:
-                facts["clock_skew_s"] = skew(float(parts[0]), sent, received)
-            except ValueError:
-                continue
-        elif len(parts) == 5 and "/" in parts[3]:  # /proc/loadavg
-            try:
-                facts["load1"] = float(parts[0])
-            except ValueError:
-                continue
-        elif len(parts) >= 6 and parts[3].isdigit():  # df -Pk: available KiB is field 4
-            free_kb = int(parts[3])
-            facts["disk_free_mb"] = free_kb // 1024
-            facts["disk_free_gb"] = round(free_kb / 1024 / 1024, 2)
-    return facts
-
-
-def from_beat(beat: dict[str, Any], received: float, sent: float) -> dict[str, AttrValue]:
-    """Facts from a heartbeat of the agent's ``watch`` (time, load1, mem and disk)."""
-    facts: dict[str, AttrValue] = {}
-    if isinstance(beat.get("time"), int | float):
-        facts["clock_skew_s"] = skew(float(beat["time"]), sent, received)
-    if isinstance(beat.get("load1"), int | float):
-        facts["load1"] = float(beat["load1"])
-    for key in ("mem_avail_mb", "mem_available_mb"):
-        if isinstance(beat.get(key), int | float):
-            facts["mem_available_mb"] = int(beat[key])
-    if isinstance(beat.get("disk_free_mb"), int | float):
-        facts["disk_free_mb"] = int(beat["disk_free_mb"])
-        facts["disk_free_gb"] = round(float(beat["disk_free_mb"]) / 1024, 2)
+    if beat.load1 is not None:
+        facts["load1"] = beat.load1
+    if beat.mem_avail_mb is not None:
+        facts["mem_available_mb"] = int(beat.mem_avail_mb)
+    if beat.disk_free_mb is not None:
+        facts["disk_free_mb"] = int(beat.disk_free_mb)
+        facts["disk_free_gb"] = round(beat.disk_free_mb / 1024, 2)
     return facts
 
 
