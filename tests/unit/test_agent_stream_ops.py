@@ -72,8 +72,15 @@ async def read_pid(path: Path, timeout: float = 5.0) -> int:
 
 
 def witness(path: Path) -> str:
-    """A background member of the command's process group that notes a SIGTERM in ``path``."""
-    return f"sh -c 'trap \"echo TERM > {path}; exit 0\" TERM; while :; do sleep 0.05; done' & "
+    """A background member of the command's process group that notes a SIGTERM in
+    ``path`` (the command goes on once its trap is set). Its output goes to /dev/null: a
+    closed pipe would kill it with SIGPIPE when its shell reports the killed sleep."""
+    ready = f"{path}.ready"
+    return (
+        f'sh -c \'trap "echo TERM > {path}; exit 0" TERM; touch {ready}; '
+        f"while :; do sleep 0.05; done' >/dev/null 2>&1 & "
+        f"while [ ! -e {ready} ]; do sleep 0.01; done; "
+    )
 
 
 def run(coro: Awaitable[Any]) -> Any:

@@ -330,8 +330,9 @@ class Program:
         self.pid = None
         self.last_exit = describe_exit(code)
         self.last_exit_at = time.time()
-        self.sup.save_pids()
+        # the event first: pushed to watchers now, not after pids.json's two fsyncs
         self.sup.record("exited", self.spec.name, self.last_exit)
+        self.sup.save_pids()
         return code
 
     async def _pump(self, stream: asyncio.StreamReader | None) -> None:
