@@ -2,13 +2,11 @@
 
 :class:`Controller` holds the SQLite :class:`~shoal.state.State`, the event
 :class:`~.journal.Journal`, the :class:`~.schedule.Scheduler` and two slots
-for the parts that plug in: ``links`` (warm SSH connections, heartbeats:
-``shoal.control.links``) and ``keeper`` (applications kept up:
-``shoal.control.keeper``). Each plug-in module, when present, exposes
-``component(controller) -> Component`` and is loaded in that order (the keeper
-may use the links); a :class:`Component` has ``async run(stop)`` and
-``status() -> dict``. The links component may offer ``transport`` (a warm
-:class:`~shoal.transport.base.Transport`) that the sweep then uses.
+and its two parts: ``links`` (warm SSH connections, heartbeats:
+:mod:`.links`) and ``keeper`` (applications kept up: :mod:`.keeper`), each
+made by its module's ``component(controller)``, links first (the keeper
+borrows their warm :class:`~shoal.transport.base.Transport`, which the sweep
+uses too). Each has ``async run(stop)`` and ``status() -> dict``.
 
 Everything the service decides is written to SQLite before it acts (the
 journal, the schedules' next runs, the plug-ins' own tables), so a killed
@@ -19,22 +17,19 @@ service started again resumes. The library prints nothing: the adapter
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from shoal.errors import EmptySelectionError, ShoalError, StateError
 from shoal.state import State
 
+from . import keeper, links
 from .journal import Journal, ServiceEvent
 from .schedule import Scheduler
-
-#: Plug-in modules under shoal.control, loaded in this order when present.
-PLUGINS = ("links", "keeper")
 
 
 @dataclass(frozen=True)
@@ -82,14 +77,6 @@ def _open(path: Path) -> State:
         ) from exc
 
 
-class Component(Protocol):
-    """A part of the controller that runs until stopped (links, keeper)."""
-
-    async def run(self, stop: asyncio.Event) -> None: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-
 class Controller:
     """The service's machinery over one state directory (see the module docstring)."""
 
@@ -108,24 +95,16 @@ class Controller:
             raise
         #: set when the controller is asked to stop (by run's caller)
         self.stop = asyncio.Event()
-        self.links: Component | None = None
-        self.keeper: Component | None = None
         self._started = False
         #: why the stop could not be journaled, when it could not
         self.stop_problem: str | None = None
-        for name in PLUGINS:
-            try:
-                module = importlib.import_module(f"shoal.control.{name}")
-            except ModuleNotFoundError as exc:
-                if exc.name != f"shoal.control.{name}":
-                    raise
-                continue  # not built yet
-            setattr(self, name, module.component(self))
+        self.links = links.component(self)
+        self.keeper = keeper.component(self)
 
     @property
-    def transport(self) -> Any:
-        """The warm transport of the links component, or None (cold SSH)."""
-        return getattr(self.links, "transport", None)
+    def transport(self) -> links.WarmTransport:
+        """The warm transport of the links: every library call the service makes uses it."""
+        return self.links.transport
 
     def managed(self) -> list[Any]:
         """The managed nodes (the configured selection, resolved now)."""
@@ -157,7 +136,7 @@ class Controller:
         self.stop = stop
         self.start()
         parts = [self.scheduler.run(stop)]
-        parts += [c.run(stop) for c in (self.links, self.keeper) if c is not None]
+        parts += [self.links.run(stop), self.keeper.run(stop)]
         tasks = [asyncio.create_task(p) for p in parts]
         try:
             await stop.wait()
@@ -196,8 +175,8 @@ class Controller:
         return {
             "state_dir": str(self.config.state_dir),
             "uptime": time.time() - self.started,
-            "nodes": self.links.status() if self.links is not None else {},
-            "apps": self.keeper.status() if self.keeper is not None else {},
+            "nodes": self.links.status(),
+            "apps": self.keeper.status(),
             "schedules": self.scheduler.status(),
             "events": {"last": self.journal.last, "pruned_through": self.journal.pruned_through},
             "problem": self.scheduler.problem,
