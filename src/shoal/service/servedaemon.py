@@ -21,15 +21,14 @@ SIGINT or ``POST /api/v1/service/stop``:
 * **Stop**: streams end, links and schedules stop, "service stopped" is
   journaled, the socket is removed and the lock released.
 
-Routers: :mod:`.routes` always; ``noderoutes`` and ``approutes`` (the node
-and app APIs) when those modules exist (see :data:`ROUTERS`).
+Routers: :mod:`.routes` (status, events, stop), :mod:`.noderoutes` (nodes,
+runs, programs) and :mod:`.approutes` (applications, sweep).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -51,11 +50,8 @@ from shoal.client import PROTOCOL, PROTOCOL_HEADER, SOCKET_NAME
 from shoal.control.controller import Controller, ServiceConfig
 from shoal.errors import ServiceError, ShoalError, UsageError
 
-from . import routes
+from . import approutes, noderoutes, routes
 from .servelock import ServiceLock
-
-#: Router modules under shoal.service, included when present.
-ROUTERS = ("routes", "noderoutes", "approutes")
 
 log = logging.getLogger("shoal.serve")
 
@@ -100,13 +96,7 @@ def build_app(ctl: Controller) -> FastAPI:
         redoc_url=None,
     )
     app.state.controller = ctl
-    for name in ROUTERS:
-        try:
-            module = importlib.import_module(f"shoal.service.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"shoal.service.{name}":
-                raise
-            continue  # not built yet
+    for module in (routes, noderoutes, approutes):
         app.include_router(module.router)
 
     @app.exception_handler(ShoalError)
