@@ -5,6 +5,9 @@
 when it answers, 3 when none runs, as systemd's LSB ``status`` does); ``stop``
 asks it to stop, waits until its lock is free, and falls back to SIGTERM of the
 lock holder's pid; ``install`` writes a systemd unit (:mod:`shoal.service.unit`).
+The config file's ``[serve]`` table (``beat``, ``sweep_interval``,
+``retention``) gives the defaults of ``--beat-interval``, ``--sweep-interval``
+and ``--keep-days``; a flag given wins.
 """
 
 from __future__ import annotations
@@ -48,49 +51,42 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--beat-interval",
         type=number,
-        default=1.0,
         metavar="SECONDS",
-        help="heartbeat interval on the held channels (default 1)",
+        help="heartbeat interval on the held channels (default: the serve.beat setting, 1)",
     )
     p.add_argument(
         "--sweep-interval",
         type=number,
-        default=300.0,
         metavar="SECONDS",
-        help="seconds between sweeps, 0 for none (default 300)",
+        help="seconds between sweeps, 0 for none (default: serve.sweep_interval, 300)",
     )
     p.add_argument(
         "--attach-rate",
         type=number,
-        default=50.0,
         metavar="PER_SECOND",
         help="new SSH connections per second while attaching (default 50)",
     )
     p.add_argument(
         "--keep-events",
         type=int,
-        default=1_000_000,
         metavar="N",
         help="events kept at most, 0 for no limit (default 1000000)",
     )
     p.add_argument(
         "--keep-days",
         type=number,
-        default=30.0,
         metavar="DAYS",
-        help="events kept this long, 0 for no limit (default 30)",
+        help="events kept this long, 0 for no limit (default: serve.retention, 7 days)",
     )
     p.add_argument(
         "--busy-timeout",
         type=number,
-        default=5.0,
         metavar="SECONDS",
         help="wait this long for another process's lock on the state (default 5)",
     )
     p.add_argument(
         "--heartbeat",
         type=number,
-        default=15.0,
         metavar="SECONDS",
         help="heartbeat line interval on idle event streams (default 15)",
     )
@@ -115,18 +111,23 @@ def _state_dir() -> Path:
 
 
 def _config(args: argparse.Namespace) -> Any:
+    """The service's config: the flags given, else ``[serve]`` settings, else the defaults."""
     from shoal.control.controller import ServiceConfig
 
+    serve = args.settings.serve
+    given = {
+        "select": args.select,
+        "attach_rate": args.attach_rate,
+        "keep_events": args.keep_events,
+        "busy_timeout": args.busy_timeout,
+        "stream_heartbeat": args.heartbeat,
+    }
     return ServiceConfig(
         state_dir=_state_dir(),
-        select=args.select,
-        beat_interval=args.beat_interval,
-        sweep_interval=args.sweep_interval,
-        attach_rate=args.attach_rate,
-        keep_events=args.keep_events,
-        keep_seconds=args.keep_days * 86400.0,
-        busy_timeout=args.busy_timeout,
-        stream_heartbeat=args.heartbeat,
+        beat_interval=serve.beat if args.beat_interval is None else args.beat_interval,
+        sweep_interval=serve.sweep_interval if args.sweep_interval is None else args.sweep_interval,
+        keep_seconds=serve.retention if args.keep_days is None else args.keep_days * 86400.0,
+        **{k: v for k, v in given.items() if v is not None},
     )
 
 
