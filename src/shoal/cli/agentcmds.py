@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.numeric import is_finite, number
 
-from . import exitcodes
+from . import exitcodes, viaservice
 from .common import add_agent_options, agent_settings, selected_nodes
 from .exitcodes import for_results
 from .render import (
@@ -292,6 +292,8 @@ def cmd_proc_start(args: argparse.Namespace) -> int:
         log_max_bytes=args.log_max_bytes,
         log_backups=args.log_backups,
     )
+    if (code := viaservice.proc(args, "proc.start", {"spec": spec})) is not None:
+        return code
     nodes = selected_nodes(args)
     opts = _options(args)
     results = asyncio.run(
@@ -306,9 +308,11 @@ def cmd_proc_start(args: argparse.Namespace) -> int:
 def cmd_proc_simple(args: argparse.Namespace) -> int:
     from shoal.agentlink import fleet as agents
 
+    payload = {"name": args.name} if args.name else {}
+    if (code := viaservice.proc(args, args.op, payload)) is not None:
+        return code
     nodes = selected_nodes(args)
     opts = _options(args)
-    payload = {"name": args.name} if args.name else {}
     results = asyncio.run(
         agents.call_async(nodes, args.op, payload, opts, transport=_transport(nodes, opts))
     )
@@ -363,6 +367,9 @@ def _render_programs(args: argparse.Namespace, results: Results[AgentOutcome], o
 def cmd_proc_logs(args: argparse.Namespace) -> int:
     from shoal.agentlink import fleet as agents
 
+    payload = {"name": args.name, "lines": args.lines}
+    if (code := viaservice.proc(args, "proc.logs", payload)) is not None:
+        return code
     nodes = selected_nodes(args)
     opts = _options(args)
     many = len(nodes) > 1
@@ -436,6 +443,8 @@ def cmd_events(args: argparse.Namespace) -> int:
     from shoal.agentlink import fleet as agents
     from shoal.state import State
 
+    if (code := viaservice.events(args)) is not None:
+        return code  # shoal serve stores what agents push: nothing to pull
     nodes = selected_nodes(args)
     names = [n.name for n in nodes]
     opts = _options(args)
@@ -479,6 +488,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from shoal.ops.sweep import sweep_every
 
     every = parse_duration(args.every) if args.every else None
+    if (code := viaservice.sweep(args, every)) is not None:
+        return code
     opts = _options(args)
     status = 0
     progress = NodeProgress(0, False)
@@ -502,22 +513,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ):
             progress.close()
             status = _sweep_status(sweep)
-            if args.json:
-                print_records(
-                    {"node": e.node, "status": e.status, "detail": e.detail, "round": sweep.number}
-                    for e in sweep.entries
-                )
-                continue
-            stamp = time.strftime("%H:%M:%S")
-            rows = [[e.node, e.status, e.detail] for e in sweep.entries]
-            print(f"sweep at {stamp}:")
-            print_table(rows, ["NODE", "STATUS", "DETAIL"])
-            summary = tally(e.status for e in sweep.entries)
-            print(
-                f"sweep: {len(sweep.entries)} node(s): {summary} in {sweep.duration:.2f}s",
-                file=sys.stderr,
-            )
-            sys.stdout.flush()
+            print_sweep(args, sweep)
 
     try:
         asyncio.run(sweeps())
@@ -526,6 +522,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     return status
+
+
+def print_sweep(args: argparse.Namespace, sweep: Any) -> None:
+    """One sweep round: a table and a summary line, or JSON lines with ``--json``."""
+    if args.json:
+        print_records(
+            {"node": e.node, "status": e.status, "detail": e.detail, "round": sweep.number}
+            for e in sweep.entries
+        )
+        return
+    stamp = time.strftime("%H:%M:%S")
+    rows = [[e.node, e.status, e.detail] for e in sweep.entries]
+    print(f"sweep at {stamp}:")
+    print_table(rows, ["NODE", "STATUS", "DETAIL"])
+    summary = tally(e.status for e in sweep.entries)
+    print(
+        f"sweep: {len(sweep.entries)} node(s): {summary} in {sweep.duration:.2f}s",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
 
 
 def _sweep_status(sweep: Any) -> int:

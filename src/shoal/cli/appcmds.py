@@ -15,6 +15,7 @@ from typing import Any
 
 from shoal.numeric import number
 
+from . import viaservice
 from .common import add_link_options
 from .exitcodes import FAILED, OK, USAGE
 from .render import JSON_HELP, print_object, print_records
@@ -205,12 +206,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     opts = UpOptions(
         say=None if args.json else _say, agent=agent, connect_timeout=args.connect_timeout
     )
-    report = asyncio.run(lifecycle.up_async(spec, opts))
+    kept = viaservice.app_up(args, spec, _selections(args.select, spec.components))
+    report = kept or asyncio.run(lifecycle.up_async(spec, opts))
     if args.json:
         print_object(report.as_json())
     else:
         _render_up(report)
-    if args.detach or args.json:
+    if args.detach or args.json or (kept and viaservice.app_monitor(args, spec.name) == 0):
         return 0
     print(f"monitoring {spec.name} (Ctrl-C to stop; the application keeps running)")
     try:
@@ -225,7 +227,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from shoal.app import lifecycle
 
-    status = asyncio.run(lifecycle.status_async(_name(args)))
+    name = _name(args)
+    status = viaservice.app_status(args, name) or asyncio.run(lifecycle.status_async(name))
     if args.json:
         print_object(_status_json(status))
         return OK if status.healthy else FAILED
@@ -300,6 +303,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from shoal.app.runtime import UpOptions
 
     name = _name(args)
+    if (code := viaservice.app_monitor(args, name)) is not None:
+        return code  # shoal serve's keeper runs the rounds
     try:
         report = asyncio.run(
             lifecycle.monitor_async(
@@ -330,7 +335,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     from shoal.app import lifecycle
 
     name = _name(args)
-    report = asyncio.run(lifecycle.down_async(name, keep=args.keep, collect=args.collect))
+    report = viaservice.app_down(args, name) or asyncio.run(
+        lifecycle.down_async(name, keep=args.keep, collect=args.collect)
+    )
     bad = {n: r for n, r in report.nodes.items() if r != "cleaned"}
     if args.json:
         print_records({"node": n, "app": name, "result": r} for n, r in report.nodes.items())

@@ -127,12 +127,14 @@ def selected_nodes(args: argparse.Namespace) -> list[Node]:
     import sys
 
     from shoal.nodes.select import AdHoc, mq_ignored, resolve
-    from shoal.transport.sshconfig import parse_option
 
     options = [f"IdentityFile {key}" for key in getattr(args, "identity", None) or []]
     options += getattr(args, "ssh_option", None) or []
-    for text in options:
-        parse_option(text)  # refused here, once, before any node is touched
+    if options:  # the ssh_config reader costs ~15 ms of start-up: only when needed
+        from shoal.transport.sshconfig import parse_option
+
+        for text in options:
+            parse_option(text)  # refused here, once, before any node is touched
     use_mq = bool(getattr(getattr(args, "settings", None), "use_mq_nodes", False))
     hosts = getattr(args, "hosts", None)
     adhoc = AdHoc(hosts=hosts, user=getattr(args, "login", None))

@@ -97,6 +97,11 @@ def _build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
         "--debug", action="store_true", help="debug log, and tracebacks of unexpected errors"
     )
     parser.add_argument("--log-file", metavar="PATH", help="append the full debug log to PATH")
+    parser.add_argument(
+        "--no-service",
+        action="store_true",
+        help="go to the nodes directly even when shoal serve runs (also SHOAL_NO_SERVICE=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     seen: set[str] = set()

@@ -222,9 +222,11 @@ def cmd_nodes_groups(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes_failed(args: argparse.Namespace) -> int:
+    from shoal.cli import viaservice
     from shoal.nodes import health
 
-    items = health.failures()
+    items = viaservice.failures(args)
+    items = health.failures() if items is None else items
     if args.json:
         print_records(
             {"node": f.name, "reason": f.reason, "since": f.since, "updated": f.updated}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.numeric import number
 
+from . import viaservice
 from .common import add_connection_options, connection_settings, selected_nodes
 from .exitcodes import for_results
 from .render import NodeProgress, outcome_record, print_records
@@ -162,6 +163,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     options.sudo = args.sudo
     options.env = parse_env(args.env)
     options.validate()  # refuse bad options before any packet leaves
+    if (code := viaservice.run(args, command, options)) is not None:
+        return code  # answered by shoal serve over its held connections
     nodes = selected_nodes(args)
     pre = _preconnect(nodes, args)
 

@@ -9,7 +9,8 @@ bool?}``): it returns at once with the application to follow (its events are
 topic ``app``), or, with ``stream``, answers NDJSON: one ``{"line": ...}`` per
 progress line, then ``{"report": ...}`` or ``{"error": ...}``. ``POST
 /api/v1/apps/{name}/down`` takes it down; ``POST /api/v1/sweep`` runs one
-keeper round over every kept application now. Every ``up`` and ``down`` goes
+keeper round over every kept application now (with ``{"selection": EXPR}``:
+the sweep of those nodes alone, each node's entry answered). Every ``up`` and ``down`` goes
 through the keeper, one at a time per application.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -137,10 +139,19 @@ async def app_down(request: Request, name: str) -> dict[str, Any]:
     return {"app": report.app, "nodes": report.nodes}
 
 
+class SweepRequest(BaseModel):
+    """The body of ``POST /api/v1/sweep`` for a selection (``shoal sweep``)."""
+
+    selection: str | None = None
+
+
 @router.post("/sweep")
-async def sweep(request: Request) -> dict[str, Any]:
+async def sweep(request: Request, body: SweepRequest | None = None) -> dict[str, Any]:
     """The sweep of the managed nodes, then one keeper round over every kept
-    application, now."""
+    application, now. With a body: the sweep of the nodes ``selection`` names
+    alone, each node's entry answered (``shoal sweep`` through the service)."""
+    if body is not None:
+        return await _sweep_nodes(controller(request), body.selection)
     swept = await controller(request).sweep()
     rounds = await keeper(request).sweep()
     return {
@@ -158,6 +169,17 @@ async def sweep(request: Request) -> dict[str, Any]:
             for r in rounds
         ],
     }
+
+
+async def _sweep_nodes(ctl: Any, selection: str | None) -> dict[str, Any]:
+    from shoal.nodes.select import resolve
+    from shoal.ops.sweep import sweep_async
+
+    began = time.monotonic()
+    nodes = resolve(selection, state=ctl.state)
+    found = await sweep_async(nodes, transport=ctl.transport, state=ctl.state, record=True)
+    entries = [dataclasses.asdict(e) for e in found]
+    return {"entries": entries, "duration": time.monotonic() - began}
 
 
 def _line(record: dict[str, Any]) -> bytes:
