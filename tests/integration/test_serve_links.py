@@ -74,9 +74,14 @@ async def wait_for(check: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - start
 
 
-def test_a_warm_run_opens_no_connection_and_matches_the_cold_run(lab: Any) -> None:
+@pytest.mark.parametrize("via", ["agent", "ssh"])
+def test_a_warm_run_opens_no_connection_and_matches_the_cold_run(lab: Any, via: str) -> None:
     nodes = lab.nodes()
-    command = 'echo "$SHOAL_NODE $SHOAL_INDEX"; echo err >&2; exit $((SHOAL_INDEX % 2))'
+    # SSH_CONNECTION's addresses: what push learns the controller's address from
+    command = (
+        'echo "$SHOAL_NODE $SHOAL_INDEX"; echo "$SSH_CONNECTION" | cut -d" " -f1,3; '
+        "echo err >&2; exit $((SHOAL_INDEX % 2))"
+    )
     cold = asyncio.run(run_async(nodes, command, RunOptions()))
 
     async def body(links: Links, journal: Journal) -> None:
@@ -91,8 +96,9 @@ def test_a_warm_run_opens_no_connection_and_matches_the_cold_run(lab: Any) -> No
         cold_rows = [{k: v for k, v in r.items() if k not in strip} for r in cold.to_json()]
         warm_rows = [{k: v for k, v in r.items() if k not in strip} for r in warm.to_json()]
         assert warm_rows == cold_rows
+        assert all(r["stdout"].count(".") == 6 for r in warm_rows)  # two IPv4 addresses
 
-    with_links(nodes, body)
+    with_links(nodes, body, run_via=via)
 
 
 def test_a_killed_node_is_down_within_three_seconds_and_up_when_revived(lab: Any) -> None:

@@ -1,0 +1,287 @@
+"""The standing controller's figures (issue 13), on one lab, in one run, ratios printed.
+
+    .venv/bin/python -m bench.serve [--nodes 32] [--rounds 7] [--kills 10]
+                                       [--loss-minutes 0] [--restart] [--big 0]
+
+1. A warm ``run true`` on every node: a fresh Python process asking the running
+   service (shoal.client, the whole process timed) against the cold peers in the
+   same lab: a parallel ssh loop with the lab's ssh_config and pssh (if installed).
+   Target <= 0.1x the fastest peer.
+2. How a warm run reaches the node: an SSH session channel on the held connection
+   against the agent's ``exec`` on the watched stream (in-process, the links alone).
+3. Kill detection: ``shoal lab kill`` of one node at a time; the time from the kill to
+   the service's ``node_down`` event (median, max). Target <= 3 s.
+4. ``--loss-minutes M``: 5 % loss on every link for M minutes; false ``node_down``
+   events counted (target 0).
+5. Service RSS and idle CPU with every node attached (targets 300 MB, 3 % of a core);
+   ``--restart``: SIGKILL the service, start it again, time until all links are up
+   (target <= 10 s).
+
+``--big N`` runs 1, 5 again on a second lab of N nodes (``shoal lab up 250``: slow).
+Everything shares this machine's two cores: the service, every node's sshd and agent,
+and the peers; that is the bound of each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shoal.client import ServiceClient
+from shoal.lab import Lab, LabSpec
+from shoal.lab.labspec import ShapeChange
+from shoal.nodes.inventory import import_nodes
+from shoal.state import State
+
+SERVE = (
+    "import os, pathlib; from shoal.control.controller import ServiceConfig; "
+    "from shoal.service.servedaemon import serve; "
+    "serve(ServiceConfig(pathlib.Path(os.environ['SHOAL_HOME'])))"
+)
+WARM_RUN = (
+    "from shoal.client import ServiceClient; c = ServiceClient.locate(); "
+    "r = list(c.stream('POST', '/api/v1/runs', body={'command': 'true'})); "
+    "assert r[-1]['summary']['ok'], r[-1]"
+)
+
+
+class Service:
+    """``shoal serve`` as a subprocess over ``home``; stopped by :meth:`stop`."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {**os.environ, "SHOAL_HOME": str(home)}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceClient:
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVE], env=self.env)
+        deadline = time.monotonic() + 30
+        while (client := ServiceClient.locate(self.home)) is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the service did not start")
+            time.sleep(0.02)
+        return client
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def cpu_rss(self) -> tuple[float, float]:
+        """(CPU seconds so far, RSS in MB) of the service process."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        return cpu, rss
+
+
+def links_up(client: ServiceClient) -> int:
+    return int(client.status()["nodes"].get("links", {}).get("up", 0))
+
+
+def wait_up(client: ServiceClient, n: int, timeout: float = 120) -> float:
+    start = time.monotonic()
+    while links_up(client) < n:
+        if time.monotonic() - start > timeout:
+            raise SystemExit(f"only {links_up(client)} of {n} links up after {timeout:g} s")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def median_of(fn: Callable[[], float], rounds: int) -> tuple[float, float]:
+    fn()  # warm-up
+    times = [fn() for _ in range(rounds)]
+    return statistics.median(times), min(times)
+
+
+def warm_vs_cold(lab: Lab, svc: Service, rounds: int) -> None:
+    n = len(lab.nodes())
+    names = [node.name for node in lab.nodes()]
+    cfg = str(lab.ssh_config)
+    loop = 'rc=0; for n; do ssh -F "$0" "$n" true & p+=($!); done'
+    loop += '; for q in "${p[@]}"; do wait "$q" || rc=1; done; exit $rc'
+    peers = {"ssh-loop": ["bash", "-c", loop, cfg, *names]}
+    if subprocess.run(["which", "parallel-ssh"], capture_output=True).returncode == 0:
+        hosts = svc.home / "hosts"
+        hosts.write_text("\n".join(names) + "\n")
+        peers["pssh"] = ["parallel-ssh", "-h", str(hosts), "-p", str(n), "-x", f"-F {cfg}", "true"]
+    warm = median_of(lambda: timed([sys.executable, "-c", WARM_RUN], svc.env), rounds)
+    cold = {name: median_of(lambda a=argv: timed(a), rounds) for name, argv in peers.items()}
+    best = min(cold, key=lambda k: cold[k][0])
+    print(f"\nrun true on {n} nodes (median / min of {rounds}, whole process)")
+    print(f"  warm (service)  {warm[0]:.3f} s / {warm[1]:.3f} s")
+    for name, (med, low) in cold.items():
+        print(f"  {name:<14}  {med:.3f} s / {low:.3f} s")
+    print(f"  ratio warm / {best}: {warm[0] / cold[best][0]:.3f}x (target <= 0.1x)")
+
+
+def run_paths(lab: Lab, rounds: int) -> None:
+    """A warm run over an SSH session channel against the agent's exec (links alone)."""
+    from shoal.control.journal import Journal
+    from shoal.control.links import LinkConfig, Links
+    from shoal.fanout.commands import run_async
+
+    async def go() -> dict[str, float]:
+        out = {}
+        with State() as state:
+            for via in ("ssh", "agent"):
+                links = Links(lab.nodes(), state=state, journal=Journal(state),
+                              config=LinkConfig(run_via=via))  # fmt: skip
+                await links.start()
+                try:
+                    assert await links.wait_up(timeout=120)
+                    times = []
+                    for _ in range(rounds + 1):
+                        t0 = time.perf_counter()
+                        res = await run_async(lab.nodes(), "true", transport=links.transport)
+                        times.append(time.perf_counter() - t0)
+                        assert res.ok, [r.reason for r in res.failed]
+                    out[via] = statistics.median(times[1:])
+                finally:
+                    await links.stop()
+        return out
+
+    got = asyncio.run(go())
+    print(f"\nwarm run true on {len(lab.nodes())} nodes, in-process (median of {rounds})")
+    print(f"  ssh session channel  {got['ssh'] * 1000:.1f} ms")
+    print(f"  agent exec           {got['agent'] * 1000:.1f} ms")
+    print(f"  ratio agent / ssh: {got['agent'] / got['ssh']:.2f}x")
+
+
+def node_down_after(client: ServiceClient, node: str, after: int) -> dict[str, Any] | None:
+    for e in client.events(after, node=node):
+        if e.get("kind") == "node_down":
+            return e
+    return None
+
+
+def kills(lab: Lab, client: ServiceClient, count: int) -> None:
+    nodes = lab.nodes()
+    took = []
+    for i in range(count):
+        victim = nodes[(i * 3 + 1) % len(nodes)].name
+        after = int(client.status()["events"]["last"])
+        t0 = time.time()
+        lab.kill(victim)
+        try:
+            deadline = time.monotonic() + 15
+            while (event := node_down_after(client, victim, after)) is None:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{victim} not marked down within 15 s")
+                time.sleep(0.02)
+            took.append(float(event.get("stored") or event["time"]) - t0)
+        finally:
+            lab.revive(victim)
+        wait_up(client, len(nodes))
+    print(f"\nkill detection over {count} kills: median {statistics.median(took):.2f} s, "
+          f"max {max(took):.2f} s (target <= 3 s)")  # fmt: skip
+
+
+def lossy(lab: Lab, client: ServiceClient, minutes: float) -> None:
+    after = int(client.status()["events"]["last"])
+    lab.shape("all", ShapeChange(loss_bp=500))
+    try:
+        time.sleep(minutes * 60)
+    finally:
+        lab.shape("all", ShapeChange(loss_bp=0))
+    events = client.events(after)
+    downs = [e for e in events if e.get("kind") == "node_down"]
+    suspects = [e for e in events if e.get("kind") == "node_suspect"]
+    print(f"\n5 % loss on every link for {minutes:g} min: {len(downs)} false node_down "
+          f"(target 0), {len(suspects)} node_suspect")  # fmt: skip
+
+
+def idle(svc: Service, seconds: float = 30.0) -> None:
+    cpu0, _ = svc.cpu_rss()
+    time.sleep(seconds)
+    cpu1, rss = svc.cpu_rss()
+    print(f"\nservice idle: {(cpu1 - cpu0) / seconds * 100:.1f} % of one core over {seconds:g} s "
+          f"(target <= 3 %), RSS {rss:.0f} MB (target <= 300 MB)")  # fmt: skip
+
+
+def restart(svc: Service, n: int) -> ServiceClient:
+    svc.kill9()
+    t0 = time.monotonic()
+    client = svc.start()
+    wait_up(client, n)
+    print(
+        f"\nSIGKILL and restart: all {n} links up again in {time.monotonic() - t0:.2f} s "
+        "(target <= 10 s)"
+    )
+    return client
+
+
+def one_lab(n: int, args: argparse.Namespace, first: bool) -> None:
+    lab = Lab.up(LabSpec(n=n, name=f"bs{os.getpid() % 10000}{'a' if first else 'b'}"))
+    svc = Service(Path(os.environ["SHOAL_HOME"]) / f"svc{n}")
+    try:
+        svc.home.mkdir(mode=0o700)
+        with State(svc.home / "state.db") as st:
+            import_nodes(lab.nodes(), state=st)
+        client = svc.start()
+        print(f"\n{n} nodes attached in {wait_up(client, n):.2f} s (agents installed)")
+        client = restart(svc, n) if args.restart or not first else client
+        warm_vs_cold(lab, svc, args.rounds)
+        idle(svc)
+        if first:
+            if args.kills:
+                kills(lab, client, args.kills)
+            if args.loss_minutes:
+                lossy(lab, client, args.loss_minutes)
+    finally:
+        svc.stop()
+        lab.down()
+    if first:
+        paths_lab = Lab.up(LabSpec(n=n, name=f"bs{os.getpid() % 10000}c"))
+        try:
+            run_paths(paths_lab, args.rounds)
+        finally:
+            paths_lab.down()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--loss-minutes", type=float, default=0.0)
+    parser.add_argument("--restart", action="store_true")
+    parser.add_argument("--big", type=int, default=0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-serve-") as home:
+        os.environ["SHOAL_HOME"] = home
+        one_lab(args.nodes, args, True)
+        if args.big:
+            one_lab(args.big, args, False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
