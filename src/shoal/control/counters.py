@@ -1,0 +1,167 @@
+"""What the service's metrics report, read from the live objects when asked.
+
+Nothing here is updated per beat or per event: each reading looks at what the
+controller already holds (the adapter, :mod:`shoal.service.metrics`, reads at
+every scrape and renders Prometheus' format; this module knows no format).
+
+* :func:`link_counts`: the links now: nodes per :class:`~.links.LinkState`,
+  attaches, reconnects (attaches after a node's first), SSH connections made,
+  agents restarted under a held connection, and each node's smoothed
+  heartbeat round-trip time (:class:`~.livefacts.LiveFacts`).
+* :class:`JournalCounts`: a cursor over the :class:`~.journal.Journal`; each
+  :meth:`~JournalCounts.catch_up` reads the rows stored since the last one
+  and counts events per topic, the keeper's reconcile actions (topic ``app``,
+  :data:`RECONCILE_KINDS`) and programs' restarts per node and program, all
+  since the service started (counters, as Prometheus means them: they start
+  at 0 with the process). Programs' states are the last state each program's
+  agent reported (its last lifecycle event, :data:`PROGRAM_STATES`) over the
+  whole journal: one aggregate query at the first reading, then the new rows.
+* :class:`PushBytes`: bytes delivered to each node by the source and by its
+  peers, summed over the pushes the service ran (each node's record counted
+  once, when its node finished).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .journal import Journal
+from .links import Links, LinkState
+
+#: A program's state after each lifecycle event its agent records.
+PROGRAM_STATES = {
+    "started": "RUNNING",
+    "restarted": "STARTING",
+    "backoff": "BACKOFF",
+    "fatal": "FATAL",
+    "exited": "EXITED",
+    "spawn_failed": "EXITED",
+    "stopped": "STOPPED",
+}
+#: Journal kinds (topic ``app``) that are the keeper's reconcile actions.
+RECONCILE_KINDS = (
+    "member_replaced",
+    "program_restarted",
+    "member_stopped",
+    "app_converged",
+    "app_shortfall",
+    "app_up_failed",
+)
+#: Rows read per query while catching up.
+PAGE = 5000
+
+
+@dataclass(frozen=True)
+class LinkCounts:
+    """The links at one instant."""
+
+    by_state: dict[str, int]
+    attaches: int
+    reconnects: int
+    connects: int
+    agent_restarts: int
+    #: node -> smoothed heartbeat round-trip time, milliseconds
+    rtt_ms: dict[str, float]
+
+
+def link_counts(links: Links) -> LinkCounts:
+    """Counts over every link now (every state listed, 0 when no node is in it)."""
+    by_state = {s.value: 0 for s in LinkState}
+    attaches = reconnects = restarts = 0
+    for link in links.links.values():
+        by_state[link.state.value] += 1
+        attaches += link.attaches
+        reconnects += max(0, link.attaches - 1)
+        restarts += link.agent_restarts
+    rtt = {n: ms for n, ms in links.facts.rtt_ms.items() if n in links.links}
+    return LinkCounts(by_state, attaches, reconnects, links.connects, restarts, rtt)
+
+
+@dataclass
+class JournalCounts:
+    """Counters fed by the journal from ``since`` (a store time) on; see the module docstring."""
+
+    journal: Journal
+    #: rows stored at or after this time (the service's start) are counted
+    since: float
+    events: Counter[str] = field(default_factory=Counter)
+    reconcile: Counter[str] = field(default_factory=Counter)
+    restarts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    programs: dict[tuple[str, str], str] = field(default_factory=dict)
+    after: int | None = None
+    _first: int = 0
+
+    def catch_up(self) -> None:
+        """Count the rows stored since the last call."""
+        if self.after is None:
+            self._start()
+        assert self.after is not None
+        while True:
+            page = self.journal.read(self.after, limit=PAGE)
+            for row in page.events:
+                self._count(row.id, row.topic, row.kind, row.node, row.program)
+            self.after = page.last
+            if len(page.events) < PAGE:
+                return
+
+    def _start(self) -> None:
+        db = self.journal.state.db
+        first = db.execute("SELECT MIN(id) FROM events WHERE stored >= ?", (self.since,))
+        found = first.fetchone()[0]
+        self._first = int(found) if found is not None else self.journal.last + 1
+        kinds = tuple(PROGRAM_STATES)
+        marks = ",".join("?" * len(kinds))
+        rows = db.execute(
+            "SELECT node, program, kind FROM events WHERE id IN (SELECT MAX(id) FROM events "
+            f"WHERE topic = 'agent' AND program IS NOT NULL AND kind IN ({marks}) "
+            "AND id < ? GROUP BY node, program)",
+            (*kinds, self._first),
+        )
+        for node, program, kind in rows:
+            self.programs[(node, program)] = PROGRAM_STATES[kind]
+        self.after = self._first - 1
+
+    def _count(
+        self, row_id: int, topic: str, kind: str, node: str | None, program: str | None
+    ) -> None:
+        if row_id < self._first:
+            return
+        self.events[topic] += 1
+        if topic == "app" and kind in RECONCILE_KINDS:
+            self.reconcile[kind] += 1
+        if topic == "agent" and node is not None and program is not None:
+            state = PROGRAM_STATES.get(kind)
+            if state is not None:
+                self.programs[(node, program)] = state
+            if kind == "restarted":
+                self.restarts[(node, program)] += 1
+
+    def program_states(self, nodes: Iterable[str] | None = None) -> dict[str, int]:
+        """Programs per state (of ``nodes`` only, when given); every state listed."""
+        wanted = None if nodes is None else set(nodes)
+        out = dict.fromkeys(sorted(set(PROGRAM_STATES.values())), 0)
+        for (node, _), state in self.programs.items():
+            if wanted is None or node in wanted:
+                out[state] += 1
+        return out
+
+
+@dataclass
+class PushBytes:
+    """Bytes delivered per node, from the source and from peers, over the service's pushes."""
+
+    source: Counter[str] = field(default_factory=Counter)
+    peers: Counter[str] = field(default_factory=Counter)
+    _seen: dict[str, int] = field(default_factory=dict)
+
+    def absorb(self, push_id: str, records: list[Mapping[str, Any]]) -> None:
+        """Count the per-node records of push ``push_id`` not counted yet (in order)."""
+        start = self._seen.get(push_id, 0)
+        for record in records[start:]:
+            node = str(record.get("node"))
+            self.source[node] += int(record.get("from_source") or 0)
+            self.peers[node] += int(record.get("from_peers") or 0)
+        self._seen[push_id] = max(start, len(records))
