@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.client import ServiceClient
+from shoal.control.journal import Journal
+from shoal.control.links import LinkConfig, Links
+from shoal.fanout.commands import run_async
 from shoal.lab import Lab, LabSpec
 from shoal.lab.labspec import ShapeChange
 from shoal.nodes.inventory import import_nodes
@@ -144,9 +147,6 @@ def warm_vs_cold(lab: Lab, svc: Service, rounds: int) -> None:
 
 def run_paths(lab: Lab, rounds: int) -> None:
     """A warm run over an SSH session channel against the agent's exec (links alone)."""
-    from shoal.control.journal import Journal
-    from shoal.control.links import LinkConfig, Links
-    from shoal.fanout.commands import run_async
 
     async def go() -> dict[str, float]:
         out = {}
