@@ -280,3 +280,20 @@ def test_a_closed_pipe_ends_every_printing_command_quietly(
     help_only = "--help" in argv  # argparse drops what it cannot write, and exits 0
     assert p.returncode == (0 if help_only else 141), (p.returncode, p.stderr)
     assert p.stderr == "", p.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [("run", "--json", "--connect-timeout", "nan", "true"), ("nodes", "list", "--json", "--frob")],
+)
+def test_a_usage_error_under_json_is_one_object_too(
+    home: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    from shoal.cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    (record,) = _json_lines(err)
+    assert out == "" and record["kind"] == "usage" and record["error"], err

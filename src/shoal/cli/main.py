@@ -194,13 +194,37 @@ def _parse_with_settings(
 
     try:
         settings = configcmds.apply_settings(parser)
-        args = parser.parse_args(args_list)
+        args = _parse(parser, args_list)
         args.settings = settings
         args.log_handlers = logflags.configure(args.verbose, args.debug, args.log_file)
     except ShoalError as exc:
         print(f"shoal: error: {exc}", file=sys.stderr)
         return None
     return args
+
+
+def _parse(parser: argparse.ArgumentParser, args_list: list[str]) -> argparse.Namespace:
+    """``parse_args``; under ``--json`` a refusal is one error object on stderr (status 2)."""
+    if "--json" not in args_list:
+        return parser.parse_args(args_list)
+    import contextlib
+    import io
+
+    told = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(told):
+            return parser.parse_args(args_list)
+    except SystemExit as exc:
+        text = told.getvalue()
+        if exc.code == 2 and "error: " in text:  # usage line, then "PROG: error: MESSAGE"
+            from shoal.errors import UsageError
+
+            from .render import print_error
+
+            print_error(UsageError(text.rsplit("error: ", 1)[1].strip()))
+        else:
+            sys.stderr.write(text)
+        raise
 
 
 def _main_parsed(args: argparse.Namespace, argv: Sequence[str] | None, first: str | None) -> int:
