@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.serve [--nodes 32] [--rounds 7] [--kills 10]
                                        [--loss-minutes 0] [--restart] [--big 0]
 
-1. A warm ``run true`` on every node: a fresh Python process asking the running
-   service (shoal.client, the whole process timed) against the cold peers in the
+1. A warm ``shoal run true`` on every node, the whole CLI process timed (it goes
+   through the running service: cli/viaservice) against the cold peers in the
    same lab: a parallel ssh loop with the lab's ssh_config and pssh (if installed).
    Target <= 0.1x the fastest peer.
 2. How a warm run reaches the node: an SSH session channel on the held connection
@@ -51,11 +51,7 @@ SERVE = (
     "from shoal.service.servedaemon import serve; "
     "serve(ServiceConfig(pathlib.Path(os.environ['SHOAL_HOME'])))"
 )
-WARM_RUN = (
-    "from shoal.client import ServiceClient; c = ServiceClient.locate(); "
-    "r = list(c.stream('POST', '/api/v1/runs', body={'command': 'true'})); "
-    "assert r[-1]['summary']['ok'], r[-1]"
-)
+SHOAL = str(Path(sys.executable).with_name("shoal"))
 
 
 class Service:
@@ -135,11 +131,12 @@ def warm_vs_cold(lab: Lab, svc: Service, rounds: int) -> None:
         hosts = svc.home / "hosts"
         hosts.write_text("\n".join(names) + "\n")
         peers["pssh"] = ["parallel-ssh", "-h", str(hosts), "-p", str(n), "-x", f"-F {cfg}", "true"]
-    warm = median_of(lambda: timed([sys.executable, "-c", WARM_RUN], svc.env), rounds)
+    warm_argv = [SHOAL, "run", "--no-progress", "true"]  # through the service: SHOAL_HOME
+    warm = median_of(lambda: timed(warm_argv, svc.env), rounds)
     cold = {name: median_of(lambda a=argv: timed(a), rounds) for name, argv in peers.items()}
     best = min(cold, key=lambda k: cold[k][0])
     print(f"\nrun true on {n} nodes (median / min of {rounds}, whole process)")
-    print(f"  warm (service)  {warm[0]:.3f} s / {warm[1]:.3f} s")
+    print(f"  shoal (service) {warm[0]:.3f} s / {warm[1]:.3f} s")
     for name, (med, low) in cold.items():
         print(f"  {name:<14}  {med:.3f} s / {low:.3f} s")
     print(f"  ratio warm / {best}: {warm[0] / cold[best][0]:.3f}x (target <= 0.1x)")

@@ -75,7 +75,8 @@ def test_a_run_through_the_service_opens_no_connection(lab: Any, service: Any) -
     before = wait_links_up(client, len(nodes))
     sockets = [sshd_established(lab, n) for n in nodes]
     command = 'echo "$SHOAL_NODE $SHOAL_INDEX"; exit $((SHOAL_INDEX % 2))'
-    lines = list(client.stream("POST", "/api/v1/runs", body={"command": command}))
+    body = {"command": command}
+    lines = list(client.stream("POST", "/api/v1/runs", query={"stream": 1}, body=body))
     after = client.status()
     assert after["nodes"]["connects"] == before["nodes"]["connects"]
     assert [sshd_established(lab, n) for n in nodes] == sockets
@@ -118,6 +119,6 @@ def test_program_operations_through_the_service(lab: Any, service: Any) -> None:
                                     body={"selection": selection, "name": "svcsleep"}))  # fmt: skip
         assert [r["value"][0]["state"] for r in status[:-1]] == ["RUNNING", "RUNNING"], status
     finally:
-        removed = list(client.stream("POST", "/api/v1/proc/remove",
-                                     body={"selection": selection, "name": "svcsleep"}))  # fmt: skip
+        body = {"selection": selection, "name": "svcsleep"}
+        removed = list(client.stream("POST", "/api/v1/proc/remove", body=body))
     assert removed[-1]["summary"]["ok"] is True, removed
