@@ -149,6 +149,123 @@ class ServiceClient:
         """Ask the service to stop (it answers, then stops)."""
         return dict(self.request("POST", "/api/v1/service/stop"))
 
+    # -- nodes, selections, plans -----------------------------------------------------
+
+    def nodes(self, selection: str | None = None) -> list[dict[str, Any]]:
+        """Inventory, link state, failed reason and facts of each node."""
+        return list(self.request("GET", "/api/v1/nodes", query={"selection": selection}))
+
+    def node(self, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/api/v1/nodes/{quote(name)}"))
+
+    def failed(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/api/v1/nodes/failed"))
+
+    def select(self, expr: str) -> dict[str, Any]:
+        """What ``expr`` selects now (SelectionSyntaxError, with its caret, on bad syntax)."""
+        return dict(self.request("POST", "/api/v1/select", body={"expr": expr}))
+
+    def plans(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", "/api/v1/plans"))
+
+    def plan(self, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/api/v1/plans/{quote(name)}"))
+
+    def save_plan(self, name: str, expr: str) -> dict[str, Any]:
+        return dict(self.request("PUT", f"/api/v1/plans/{quote(name)}", body={"expr": expr}))
+
+    def remove_plan(self, name: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", f"/api/v1/plans/{quote(name)}"))
+
+    # -- runs, copies, pushes (jobs: started at once, then read or followed) -------------
+
+    def start_run(
+        self, command: str, selection: str | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """Start ``command`` on the selection: ``{"id", "href", "state"}`` at once."""
+        body = {"command": command, "selection": selection, "options": options}
+        return dict(self.request("POST", "/api/v1/runs", body=body))
+
+    def start_copy(
+        self, paths: list[str], selection: str | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """Start ``shoal cp PATHS...`` on the selection: ``{"id", "href", "state"}``."""
+        body = {"paths": list(paths), "selection": selection, "options": options}
+        return dict(self.request("POST", "/api/v1/copies", body=body))
+
+    def start_push(
+        self,
+        source_dir: str,
+        remote_dir: str,
+        selection: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Start a push of ``source_dir`` (on the service's machine): ``{"id", "href", ...}``."""
+        body = {
+            "source_dir": source_dir,
+            "remote_dir": remote_dir,
+            "selection": selection,
+            "options": options,
+        }
+        return dict(self.request("POST", "/api/v1/pushes", body=body))
+
+    def job(self, href: str) -> dict[str, Any]:
+        """A run, copy or push by its ``href``: state, progress, per-node results so far."""
+        return dict(self.request("GET", href))
+
+    def results(
+        self, href: str, *, follow: bool = False, start: int = 0
+    ) -> Iterator[dict[str, Any]]:
+        """A run's or copy's per-node records, then ``{"summary": ...}`` (or ``error``,
+        ``cancelled``); ``follow``: as the nodes finish."""
+        query = {"follow": 1 if follow else None, "start": start or None}
+        return self.stream("GET", f"{href}/results", query=query)
+
+    def push_progress(self, href: str, *, follow: bool = False) -> Iterator[dict[str, Any]]:
+        """A push's ``{"progress"}`` snapshots (per node), ``{"result"}`` per node, ``{"end"}``."""
+        return self.stream("GET", f"{href}/progress", query={"follow": 1 if follow else None})
+
+    def cancel(self, href: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", href))
+
+    def versions(self, remote_dir: str, selection: str | None = None) -> list[dict[str, Any]]:
+        query = {"remote_dir": remote_dir, "selection": selection}
+        return list(self.request("GET", "/api/v1/versions", query=query))
+
+    def rollback(
+        self, remote_dir: str, selection: str | None = None, to: str | None = None
+    ) -> list[dict[str, Any]]:
+        body = {"remote_dir": remote_dir, "selection": selection, "to": to}
+        return list(self.request("POST", "/api/v1/rollback", body=body))
+
+    # -- applications and logs ---------------------------------------------------------
+
+    def app(self, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/api/v1/apps/{quote(name)}"))
+
+    def app_spec(self, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/api/v1/apps/{quote(name)}/spec"))
+
+    def app_logs(self, name: str, **query: Any) -> dict[str, str]:
+        """``component``, ``node``, ``lines``: every step and service log's tail by node."""
+        return dict(self.request("GET", f"/api/v1/apps/{quote(name)}/logs", query=query))
+
+    def barriers(self, name: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/api/v1/apps/{quote(name)}/barriers"))
+
+    def log(
+        self,
+        node: str,
+        program: str,
+        *,
+        offset: int | None = None,
+        lines: int | None = None,
+        follow: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """A program's log as ``{"data", "offset"}`` pages (``follow``: as it grows)."""
+        query = {"offset": offset, "lines": lines, "follow": 1 if follow else None}
+        return self.stream("GET", f"/api/v1/logs/{quote(node)}/{quote(program)}", query=query)
+
     # -- HTTP ---------------------------------------------------------------------
 
     def request(

@@ -33,6 +33,7 @@ Nothing is recorded in the failed set: adapters pass the result to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -128,6 +129,8 @@ class PushProgress:
     elapsed: float
     rate: float  # bytes/s received over all nodes
     source_sent: int
+    #: Each node's counts so far (copies: received, from_source, from_peers, state...).
+    nodes: dict[str, NodeStats] = field(default_factory=dict)
 
     @property
     def eta(self) -> float | None:
@@ -327,6 +330,7 @@ def _progress(swarm: Swarm, servers: _SourceServers, began: float) -> PushProgre
         elapsed,
         received / elapsed if elapsed > 0 else 0.0,
         servers.sent,
+        {name: dataclasses.replace(s) for name, s in swarm.stats.items()},
     )
 
 

@@ -32,6 +32,7 @@ from shoal.app.appspec import AppSpec, load
 from shoal.control.keeper import Keeper
 from shoal.errors import ServiceError, ShoalError, UsageError
 
+from .logroutes import require_app
 from .routes import controller, error_response
 
 router = APIRouter(prefix="/api/v1")
@@ -90,7 +91,8 @@ async def apps(request: Request) -> list[dict[str, Any]]:
 
 @router.get("/apps/{name}")
 async def app_status(request: Request, name: str) -> dict[str, Any]:
-    """The application's status from its agents (``app status --json``)."""
+    """The application's status from its agents (``app status --json``); 404 if unknown."""
+    require_app(request, name)
     k = keeper(request)
     opts = k.options()
     status = await lifecycle.status_async(name, opts.agent, state=k.state, transport=opts.transport)

@@ -138,9 +138,9 @@ def _streamed(
     return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
-@router.post("/runs")
 async def runs(request: Request, body: RunRequest) -> StreamingResponse:
-    """A warm ``run`` (see the module docstring)."""
+    """A warm ``run`` (see the module docstring; ``POST /api/v1/runs`` is
+    :mod:`.runroutes`, which answers with this stream for ``stream=1``)."""
     from shoal.fanout.commands import run_async
 
     if not body.command.strip():

@@ -32,7 +32,8 @@ from shoal import __version__
 from shoal.client import PROTOCOL
 from shoal.control.controller import Controller
 from shoal.control.journal import event_record
-from shoal.errors import ShoalError, UnknownNameError, UsageError
+from shoal.errors import SelectionSyntaxError, ShoalError, UnknownNameError, UsageError
+from shoal.nodes.select import resolve
 
 router = APIRouter(prefix="/api/v1")
 
@@ -57,6 +58,8 @@ def error_response(exc: ShoalError) -> JSONResponse:
     body: dict[str, Any] = {"kind": exc.kind, "error": str(exc), "type": type(exc).__name__}
     if exc.node:
         body["node"] = exc.node
+    if isinstance(exc, SelectionSyntaxError):
+        body["pointer"] = exc.pointer()  # the CLI's caret lines under its message
     fields = {
         k: v
         for k, v in vars(exc).items()
@@ -91,14 +94,29 @@ async def events(
     node: str | None = None,
     topic: str | None = None,
     limit: int | None = None,
+    selection: str | None = None,
 ) -> StreamingResponse:
-    """Events as NDJSON (see the module docstring)."""
+    """Events as NDJSON, or as Server-Sent Events with ``Accept: text/event-stream``
+    (see the module docstring and :mod:`.eventstream`)."""
+    from . import eventstream
+
+    sse = eventstream.wants_sse(request.headers.get("accept"))
+    if sse:
+        follow = True
+        if after is None:
+            after = eventstream.last_event_id(request.headers.get("last-event-id"))
     if after is not None and after < 0:
         raise UsageError(f"after must be a sequence number (0 or more), not {after}")
     if limit is not None and limit < 1:
         raise UsageError(f"limit must be at least 1, not {limit}")
     ctl = controller(request)
     lines = _lines(ctl, after, follow, node, topic, limit)
+    if selection is not None:
+        names = {n.name for n in resolve(selection, state=ctl.state)}
+        lines = eventstream.only_nodes(lines, names)
+    if sse:
+        return StreamingResponse(eventstream.as_sse(lines), media_type=eventstream.SSE,
+                                 headers={"Cache-Control": "no-cache"})  # fmt: skip
     return StreamingResponse(lines, media_type="application/x-ndjson")
 
 

@@ -50,7 +50,7 @@ from shoal.client import PROTOCOL, PROTOCOL_HEADER, SOCKET_NAME
 from shoal.control.controller import Controller, ServiceConfig
 from shoal.errors import ServiceError, ShoalError, UsageError
 
-from . import approutes, noderoutes, routes
+from . import approutes, noderoutes, resources, routes
 from .servelock import ServiceLock
 
 log = logging.getLogger("shoal.serve")
@@ -98,6 +98,7 @@ def build_app(ctl: Controller) -> FastAPI:
     app.state.controller = ctl
     for module in (routes, noderoutes, approutes):
         app.include_router(module.router)
+    resources.install(app)  # the resource routers and the one body limit
 
     @app.exception_handler(ShoalError)
     async def shoal_error(request: Request, exc: ShoalError) -> JSONResponse:
