@@ -22,7 +22,8 @@ SIGINT or ``POST /api/v1/service/stop``:
   journaled, the socket is removed and the lock released.
 
 Routers: :mod:`.routes` (status, events, stop), :mod:`.noderoutes` (nodes,
-runs, programs) and :mod:`.approutes` (applications, sweep).
+runs, programs), :mod:`.approutes` (applications, sweep), :mod:`.xmlrpc`
+(``/RPC2``) and :mod:`.metrics` (``/metrics``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from shoal.client import PROTOCOL, PROTOCOL_HEADER, SOCKET_NAME
 from shoal.control.controller import Controller, ServiceConfig
 from shoal.errors import ServiceError, ShoalError, UsageError
 
-from . import approutes, noderoutes, resources, routes
+from . import approutes, metrics, noderoutes, resources, routes, xmlrpc
 from .servelock import ServiceLock
 
 log = logging.getLogger("shoal.serve")
@@ -96,7 +97,7 @@ def build_app(ctl: Controller) -> FastAPI:
         redoc_url=None,
     )
     app.state.controller = ctl
-    for module in (routes, noderoutes, approutes):
+    for module in (routes, noderoutes, approutes, xmlrpc, metrics):
         app.include_router(module.router)
     resources.install(app)  # the resource routers and the one body limit
 
@@ -122,14 +123,19 @@ def build_app(ctl: Controller) -> FastAPI:
     return app
 
 
+#: Paths other protocols' clients call (XML-RPC, Prometheus): no Shoal-Protocol header.
+UNVERSIONED = frozenset({"/RPC2", "/metrics"})
+
+
 class _ProtocolMiddleware:
-    """ASGI middleware: every request carries ``Shoal-Protocol: PROTOCOL``, else 400."""
+    """ASGI middleware: every request carries ``Shoal-Protocol: PROTOCOL``, else 400
+    (except on :data:`UNVERSIONED` paths)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in UNVERSIONED:
             await self.app(scope, receive, send)
             return
         want = PROTOCOL_HEADER.lower().encode()

@@ -1,0 +1,327 @@
+"""XML-RPC at /RPC2 and Prometheus metrics at /metrics of a real `shoal serve` on the lab.
+
+The XML-RPC client is the stdlib's ``xmlrpc.client.ServerProxy`` over the
+service's Unix socket (a small Transport subclass); the metrics are parsed
+with ``prometheus_client.parser`` and checked against what the lab does."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shoal.client import ServiceClient
+from shoal.errors import ShoalError
+from shoal.nodes.inventory import import_nodes
+from shoal.service.xmlrpc import FAULT_CODES
+from shoal.state import State
+
+pytestmark = pytest.mark.lab
+
+SERVE = (
+    "import os, pathlib; from shoal.control.controller import ServiceConfig; "
+    "from shoal.service.servedaemon import serve; "
+    "serve(ServiceConfig(pathlib.Path(os.environ['SHOAL_HOME'])))"
+)
+NODES = 4
+
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 60.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class UnixTransport(xmlrpc.client.Transport):
+    """ServerProxy's transport over the service's Unix socket."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        return UnixConnection(self.path)
+
+
+def proxy(home: Path) -> xmlrpc.client.ServerProxy:
+    sock = str(home / "serve.sock")
+    return xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=UnixTransport(sock))
+
+
+def raw(home: Path, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
+    conn = UnixConnection(str(home / "serve.sock"))
+    try:
+        conn.request(method, target, body=body, headers={"Content-Type": "text/xml"})
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def scrape(home: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = raw(home, "GET", "/metrics")
+    assert status == 200
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def service(lab: Any, tmp_path: Path) -> Iterator[tuple[ServiceClient, Path, list[Any]]]:
+    """A service over its own state holding NODES lab nodes, all linked; always stopped."""
+    home = tmp_path / "svc"
+    home.mkdir(mode=0o700)
+    nodes = lab.nodes()[:NODES]
+    with State(home / "state.db") as st:
+        import_nodes(nodes, state=st)
+    env = {**os.environ, "SHOAL_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-c", SERVE], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        client = None
+        while client is None:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the service did not listen within 30 s"
+            client = ServiceClient.locate(home)
+            time.sleep(0.05)
+        until(lambda: client.status()["nodes"]["links"].get("up") == NODES, 60, "links up")
+        yield client, home, nodes
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_xmlrpc_answers_what_the_http_api_answers(service: Any) -> None:
+    client, home, nodes = service
+    rpc = proxy(home)
+    names = rpc.system.listMethods()
+    for name in ("nodes.list", "nodes.failed", "apps.list", "apps.status", "apps.up",
+                 "apps.down", "runs.start", "runs.get", "proc.status", "proc.start",
+                 "proc.stop", "proc.restart", "system.methodHelp"):  # fmt: skip
+        assert name in names
+    assert "SELECTION" in rpc.system.methodHelp("runs.run")
+    assert ["struct", "string"] in rpc.system.methodSignature("runs.get")
+
+    listed = rpc.nodes.list()
+    served = client.request("GET", "/api/v1/nodes")
+    assert [(n["name"], n["link"]) for n in listed] == [(n["name"], n["link"]) for n in served]
+    assert {n["link"] for n in listed} == {"up"}
+    assert rpc.nodes.failed() == client.request("GET", "/api/v1/nodes/failed") == []
+    assert rpc.apps.list() == []
+
+    ran = rpc.runs.run("", "echo hi-$((6*7))")
+    assert ran["summary"]["ok"] is True and ran["summary"]["nodes"] == NODES
+    assert sorted(r["node"] for r in ran["nodes"]) == sorted(n.name for n in nodes)
+    assert {r["stdout"] for r in ran["nodes"]} == {"hi-42\n"}
+
+    started = rpc.runs.start(nodes[0].name, "echo later")
+    assert set(started) >= {"id", "href"}
+    done = until(
+        lambda: (r := rpc.runs.get(started["id"]))["state"] != "running" and r, 30, "the run"
+    )
+    assert done["state"] == "done" and done["results"][0]["stdout"] == "later\n"
+
+
+def test_xmlrpc_faults_carry_the_cli_kinds_and_hostile_bodies_are_refused(service: Any) -> None:
+    client, home, _nodes = service
+    rpc = proxy(home)
+    with pytest.raises(xmlrpc.client.Fault) as bad:
+        rpc.nodes.list("web[")
+    assert bad.value.faultCode == 6 and bad.value.faultString.startswith("selection: ")
+    with pytest.raises(xmlrpc.client.Fault) as unknown:
+        rpc.apps.status("no-such-app")
+    with pytest.raises(ShoalError) as over_http:
+        client.request("GET", "/api/v1/apps/no-such-app")
+    kind = over_http.value.kind  # the HTTP API's kind, the fault's too
+    assert unknown.value.faultString == f"{kind}: {over_http.value}"
+    assert unknown.value.faultCode == FAULT_CODES[kind]
+    with pytest.raises(xmlrpc.client.Fault) as missing:
+        rpc.no.such.method()
+    assert missing.value.faultCode == -32601
+    with pytest.raises(xmlrpc.client.Fault) as params:
+        rpc.nodes.list(1, 2)
+    assert params.value.faultCode == -32602
+
+    laughs = (
+        b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY a "aaaaaaaaaa">'
+        + b"".join(
+            f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'.encode() for i in range(9)
+        )
+        + b"]><methodCall><methodName>&j;</methodName></methodCall>"
+    )
+    external = (
+        b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        b"<methodCall><methodName>&x;</methodName></methodCall>"
+    )
+    harmless_dtd = (  # xmlrpc.client.loads would call nodes.list: any DTD is refused
+        b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY n "nodes.list">]>'
+        b"<methodCall><methodName>&n;</methodName></methodCall>"
+    )
+    for hostile in (harmless_dtd, laughs, external, b"<methodCall><methodName>x", b"\x00junk"):
+        status, body = raw(home, "POST", "/RPC2", hostile)
+        assert status == 200
+        with pytest.raises(xmlrpc.client.Fault) as refused:
+            xmlrpc.client.loads(body)
+        assert refused.value.faultCode == -32700, body
+        assert b"root:" not in body
+    status, _ = raw(home, "POST", "/RPC2", b"<methodCall>" + b" " * (2 << 20))
+    assert status == 413
+    assert rpc.service.status()["protocol"] == 1  # still serving
+
+
+def test_metrics_follow_links_programs_and_events(service: Any, lab: Any) -> None:
+    _client, home, nodes = service
+    rpc = proxy(home)
+    first = scrape(home)
+    assert first[("shoal_nodes", (("state", "up"),))] == NODES
+    assert first[("shoal_nodes", (("state", "down"),))] == 0
+    assert first[("shoal_link_attaches_total", ())] >= NODES
+    assert first[("shoal_heartbeat_rtt_seconds_gcount", ())] == NODES
+    assert first[("shoal_events_total", (("topic", "service"),))] >= 1
+
+    spec = {"name": "metered", "command": ["sleep", "600"]}
+    started = rpc.proc.start("", spec)
+    assert started["summary"]["ok"] is True
+    until(
+        lambda: scrape(home).get(("shoal_programs", (("state", "RUNNING"),))) == NODES,
+        15,
+        "4 programs RUNNING in the metrics",
+    )
+    assert rpc.proc.restart(nodes[0].name, "metered")["summary"]["ok"] is True
+    key = ("shoal_program_restarts_total", (("node", nodes[0].name), ("program", "metered")))
+    until(lambda: scrape(home).get(key) == 1, 15, "the restart counted")
+    assert rpc.proc.stop("", "metered")["summary"]["ok"] is True
+
+    victim = nodes[-1]
+    before = scrape(home).get(("shoal_events_total", (("topic", "node"),)), 0)
+    lab.kill(victim.name)
+    try:
+        seen = until(
+            lambda: (m := scrape(home))[("shoal_nodes", (("state", "down"),))] == 1 and m,
+            15,
+            "nodes{state=down} 1",
+        )
+        assert seen[("shoal_nodes", (("state", "up"),))] == NODES - 1
+        assert seen[("shoal_failed_nodes", ())] == 1
+        assert seen[("shoal_events_total", (("topic", "node"),))] > before
+        assert [n["name"] for n in rpc.nodes.failed()] == [victim.name]
+    finally:
+        lab.revive(victim.name)
+    back = until(
+        lambda: (m := scrape(home))[("shoal_nodes", (("state", "up"),))] == NODES and m,
+        60,
+        "the node up again",
+    )
+    assert back[("shoal_link_reconnects_total", ())] >= 1
+    assert back[("shoal_failed_nodes", ())] == 0
+
+
+SERVE_TCP = (
+    "import os, pathlib; from shoal.control.controller import ServiceConfig; "
+    "from shoal.service.servedaemon import serve; "
+    "serve(ServiceConfig(pathlib.Path(os.environ['SHOAL_HOME'])), "
+    "on_ready=lambda path, urls: print(urls[0], flush=True), listen=[('127.0.0.1', 0)])"
+)
+
+
+@pytest.fixture
+def tcp_service(lab: Any, tmp_path: Path) -> Iterator[tuple[str, Path, list[Any]]]:
+    """A service with two lab nodes, also listening on a free loopback port; always stopped."""
+    home = tmp_path / "svc"
+    home.mkdir(mode=0o700)
+    nodes = lab.nodes()[:2]
+    with State(home / "state.db") as st:
+        import_nodes(nodes, state=st)
+    env = {**os.environ, "SHOAL_HOME": str(home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE_TCP], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        client = ServiceClient.locate(home)
+        assert client is not None
+        until(lambda: client.status()["nodes"]["links"].get("up") == 2, 60, "links up")
+        yield url, home, nodes
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_xmlrpc_and_metrics_over_tcp_need_a_token_and_a_read_token_cannot_act(
+    tcp_service: Any,
+) -> None:
+    from shoal.service.access import TokenStore
+
+    url, home, nodes = tcp_service
+    store = TokenStore(home)
+    admin, read = store.token("admin"), store.token("read")
+
+    def over_tcp(token: str | None) -> xmlrpc.client.ServerProxy:
+        headers = [("Authorization", f"Bearer {token}")] if token else []
+        return xmlrpc.client.ServerProxy(f"{url}/RPC2", headers=headers)
+
+    for token in (None, "not-the-token"):
+        with pytest.raises(xmlrpc.client.ProtocolError) as refused:
+            over_tcp(token).nodes.list()
+        assert refused.value.errcode == 401
+
+    ran = over_tcp(admin).runs.run("", "echo tcp")
+    assert ran["summary"]["ok"] is True and {r["stdout"] for r in ran["nodes"]} == {"tcp\n"}
+
+    reader = over_tcp(read)
+    assert sorted(n["name"] for n in reader.nodes.list()) == sorted(n.name for n in nodes)
+    for name, params in (("runs.run", ("", "touch /tmp/should-not")), ("apps.down", ("x",)),
+                         ("proc.stop", ("", "x")), ("service.stop", ())):  # fmt: skip
+        with pytest.raises(xmlrpc.client.Fault) as forbidden:
+            getattr(reader, name)(*params)
+        assert forbidden.value.faultCode == 403, name
+
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(f"{url}/metrics", timeout=10)
+    assert anonymous.value.code == 401
+    scraped = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {read}"})
+    with urllib.request.urlopen(scraped, timeout=10) as answer:
+        text = answer.read().decode()
+    families = {f.name for f in text_string_to_metric_families(text)}
+    assert {"shoal_nodes", "shoal_events", "shoal_heartbeat_rtt_seconds"} <= families
+    assert over_tcp(admin).service.status()["protocol"] == 1  # still serving: stop refused
