@@ -1,10 +1,11 @@
-"""``shoal serve`` and ``shoal serve status|stop|install``: parse, call, render.
+"""``shoal serve`` and ``shoal serve status|stop|install|token``: parse, call, render.
 
 ``shoal serve`` runs the standing controller in the foreground
 (:mod:`shoal.service.servedaemon`); ``status`` asks it over its socket (exit 0
 when it answers, 3 when none runs, as systemd's LSB ``status`` does); ``stop``
 asks it to stop, waits until its lock is free, and falls back to SIGTERM of the
-lock holder's pid; ``install`` writes a systemd unit (:mod:`shoal.service.unit`).
+lock holder's pid; ``install`` writes a systemd unit (:mod:`shoal.service.unit`);
+``token`` prints the token TCP clients present (:mod:`shoal.service.access`).
 The config file's ``[serve]`` table (``beat``, ``sweep_interval``,
 ``retention``) gives the defaults of ``--beat-interval``, ``--sweep-interval``
 and ``--keep-days``; a flag given wins.
@@ -44,10 +45,32 @@ def register(sub: Any) -> None:
     ins.add_argument("--force", action="store_true", help="replace a different existing unit")
     ins.add_argument("--path", type=Path, help=argparse.SUPPRESS)  # tests: write elsewhere
     ins.set_defaults(handler=cmd_install)
+    tok = actions.add_parser(
+        "token",
+        help="print the token that TCP clients (--listen) must present",
+        description="Print the service's token for HTTP over TCP (made when missing; kept "
+        "0600 in the state directory). A browser logs in by opening "
+        "http://HOST:PORT/?token=TOKEN. --rotate makes a new one: the old one is refused "
+        "at once, by a running service too.",
+    )
+    tok.add_argument("--rotate", action="store_true", help="replace it (the old one stops working)")
+    tok.add_argument(
+        "--read-only",
+        action="store_true",
+        help="the read-only token (reads: starts and changes nothing)",
+    )
+    tok.set_defaults(handler=cmd_token)
 
 
 def _config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-s", "--select", metavar="EXPR", help="the managed nodes (default: all)")
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="serve HTTP on TCP too, every request needing a token (shoal serve token); "
+        "[ADDR]:PORT for IPv6; repeatable (default: the Unix socket only)",
+    )
     p.add_argument(
         "--beat-interval",
         type=number,
@@ -94,6 +117,7 @@ def _config_options(p: argparse.ArgumentParser) -> None:
 
 _OPTION_FIELDS = (
     ("select", "--select"),
+    ("listen", "--listen"),
     ("beat_interval", "--beat-interval"),
     ("sweep_interval", "--sweep-interval"),
     ("attach_rate", "--attach-rate"),
@@ -138,16 +162,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="shoal serve: %(message)s")
-    config = _config(args)
+    from shoal.service.access import parse_listen
 
-    def ready(path: Path) -> None:
+    config = _config(args)
+    listen = [parse_listen(a) for a in args.listen or ()]
+
+    def ready(path: Path, urls: list[str]) -> None:
+        tcp = "".join(f" and {u}/" for u in urls)
         print(
-            f"shoal serve: pid {os.getpid()} serving {config.state_dir} on {path}",
+            f"shoal serve: pid {os.getpid()} serving {config.state_dir} on {path}{tcp}",
             file=sys.stderr,
             flush=True,
         )
+        if urls:
+            print(
+                "shoal serve: TCP needs a token: 'shoal serve token' prints it",
+                file=sys.stderr,
+                flush=True,
+            )
 
-    serve(config, on_ready=ready)
+    serve(config, on_ready=ready, listen=listen)
     print("shoal serve: stopped", file=sys.stderr)
     return 0
 
@@ -227,6 +261,14 @@ def _alive(pid: int) -> bool:
     return fields[0] != "Z"
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from shoal.service.access import TokenStore
+
+    store = TokenStore(_state_dir())
+    print(store.token("read" if args.read_only else "admin", rotate=args.rotate))
+    return 0
+
+
 def cmd_install(args: argparse.Namespace) -> int:
     from shoal.service import unit
 
@@ -234,8 +276,8 @@ def cmd_install(args: argparse.Namespace) -> int:
     command = [str(exe if exe.exists() else Path(sys.argv[0]).resolve()), "serve"]
     for field, flag in _OPTION_FIELDS:
         value = getattr(args, field)
-        if value is not None:
-            command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+        for one in value if isinstance(value, list) else [] if value is None else [value]:
+            command += [flag, f"{one:g}" if isinstance(one, float) else str(one)]
     spec = unit.UnitSpec(
         exec_start=command,
         state_dir=_state_dir(),

@@ -77,11 +77,12 @@ def controller(request: Request) -> Controller:
 
 @router.get("/status")
 async def status(request: Request) -> dict[str, Any]:
-    """The service: pid, version, protocol, uptime, nodes, apps, schedules, events."""
+    """The service: pid, version, protocol, TCP listeners, uptime, nodes, apps, schedules."""
     return {
         "pid": os.getpid(),
         "version": __version__,
         "protocol": PROTOCOL,
+        "listen": getattr(request.app.state, "listen", []),
         **controller(request).status(),
     }
 
