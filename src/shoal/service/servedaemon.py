@@ -12,7 +12,10 @@ SIGINT or ``POST /api/v1/service/stop``:
   directory. A socket left by a killed service is replaced (holding the lock
   proves it stale). Each connection's peer credentials (``SO_PEERCRED``) are
   checked: a uid other than the service's is cut before a byte is read.
-  Nothing listens on TCP.
+* **TCP** only when asked (``listen``: ``shoal serve --listen HOST:PORT``),
+  each listener behind :class:`.access.TokenGate` (bearer tokens, the
+  browser's session cookie, the cross-site check); nothing listens on TCP
+  otherwise.
 * **HTTP**: FastAPI served by uvicorn in the service's own event loop, beside
   the :class:`~shoal.control.controller.Controller`; uvicorn's own signal
   capture is turned off (this module owns SIGTERM/SIGINT). Every request must
@@ -37,7 +40,7 @@ import signal
 import socket
 import stat
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +54,7 @@ from shoal.client import PROTOCOL, PROTOCOL_HEADER, SOCKET_NAME
 from shoal.control.controller import Controller, ServiceConfig
 from shoal.errors import ServiceError, ShoalError, UsageError
 
-from . import approutes, metrics, noderoutes, resources, routes, xmlrpc
+from . import access, approutes, metrics, noderoutes, resources, routes, xmlrpc
 from .servelock import ServiceLock
 
 log = logging.getLogger("shoal.serve")
@@ -175,23 +178,48 @@ def bind(path: Path) -> socket.socket:
     return sock
 
 
-def serve(config: ServiceConfig, on_ready: Callable[[Path], None] | None = None) -> None:
+def serve(
+    config: ServiceConfig,
+    on_ready: Callable[[Path, list[str]], None] | None = None,
+    *,
+    listen: Sequence[tuple[str, int]] = (),
+) -> None:
     """Run the service for ``config.state_dir`` until stopped (see the module docstring).
 
-    ``on_ready(socket_path)`` is called once the socket listens. Raises
-    ServiceError (already running, cannot listen) or StateError (the database
-    cannot be written: full disk, locked) before or instead of serving.
+    ``listen``: TCP addresses to serve too, behind :class:`.access.TokenGate`
+    (port 0: any free one). ``on_ready(socket_path, urls)`` is called once the
+    socket and every TCP listener listen (``urls``: ``http://HOST:PORT`` each).
+    Raises ServiceError (already running, cannot listen) or StateError (the
+    database cannot be written: full disk, locked) before or instead of serving.
     """
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = ServiceLock(config.state_dir)
     lock.acquire()
     try:
-        asyncio.run(_main(config, on_ready))
+        asyncio.run(_main(config, on_ready, listen))
     finally:
         lock.release()
 
 
-async def _main(config: ServiceConfig, on_ready: Callable[[Path], None] | None) -> None:
+def _server(app: Any, http: Any = "h11") -> _Server:
+    return _Server(
+        uvicorn.Config(
+            app,
+            http=http,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=3,
+        )
+    )
+
+
+async def _main(
+    config: ServiceConfig,
+    on_ready: Callable[[Path, list[str]], None] | None,
+    listen: Sequence[tuple[str, int]],
+) -> None:
     ctl = Controller(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -200,36 +228,44 @@ async def _main(config: ServiceConfig, on_ready: Callable[[Path], None] | None) 
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    sock: socket.socket | None = None
+    socks: list[socket.socket] = []
     try:
         ctl.start()  # journaled before anyone can connect: a full disk fails here
-        sock = bind(path)
-        server = _Server(
-            uvicorn.Config(
-                build_app(ctl),
-                http=PeerCheckedH11,
-                lifespan="off",
-                log_level="warning",
-                access_log=False,
-                timeout_graceful_shutdown=3,
-            )
-        )
+        tcp = [access.bind_tcp(host, port) for host, port in listen]
+        socks += tcp
+        store = access.TokenStore(config.state_dir)
+        if tcp:
+            store.token("admin")  # there is a token to give before anyone can ask
+        socks.insert(0, bind(path))
+        app = build_app(ctl)
+        app.state.listen = [access.url_of(s) for s in tcp]
+        servers = [(_server(app, PeerCheckedH11), socks[0])]
+        servers += [
+            (_server(access.TokenGate(app, store, port=s.getsockname()[1])), s) for s in tcp
+        ]
         running = asyncio.create_task(ctl.run(stop), name="controller")
-        serving = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+        serving = [
+            asyncio.create_task(srv.serve(sockets=[s]), name=f"http {s.getsockname()}")
+            for srv, s in servers
+        ]
         if on_ready is not None:
-            on_ready(path)
-        await asyncio.wait([running, serving], return_when=asyncio.FIRST_COMPLETED)
+            on_ready(path, app.state.listen)
+        await asyncio.wait([running, *serving], return_when=asyncio.FIRST_COMPLETED)
         stop.set()
-        server.should_exit = True
-        await asyncio.gather(running, serving, return_exceptions=True)
+        for srv, _ in servers:
+            srv.should_exit = True
+        await asyncio.gather(running, *serving, return_exceptions=True)
         running.result()  # the controller's own failure is the service's
+        for task in serving:
+            task.result()  # a listener that failed
         if ctl.stop_problem:
             log.warning("stopped, but the stop was not journaled: %s", ctl.stop_problem)
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-        if sock is not None:
-            sock.close()
+        for s in socks:
+            s.close()
+        if socks:  # the Unix socket was bound: ours, the lock kept every other service out
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # ours: the lock kept every other service out
+                path.unlink()
         ctl.close()
