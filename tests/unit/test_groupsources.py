@@ -146,3 +146,42 @@ def test_selections_fall_back_to_clustershell_groups(
     if not groupsources.config_files():
         with pytest.raises(UnknownNameError, match="unknown group: @io"):
             select("@io")
+
+
+def test_w_group_items_expand_as_clush_w(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-w @group`` (``@source:group``) is the group's members, in the inventory or not,
+    as ``clush -w @group``; a ``user@host`` item refines a member; ``-s @g`` narrows -w."""
+    from shoal.errors import SelectionError, UnknownNameError
+    from shoal.nodes import inventory
+    from shoal.nodes.model import Node
+    from shoal.nodes.select import AdHoc, parse_hosts, resolve
+
+    monkeypatch.setenv("SHOAL_HOME", str(tmp_path))
+    monkeypatch.delenv("MQ_NODES", raising=False)
+    monkeypatch.setenv("CLUSTERSHELL_CFGDIR", str(FIXTURE))
+    monkeypatch.setattr(groupsources, "_loaded", None)
+    inventory.import_nodes([Node(name="example4", host="10.9.0.4", groups=("oss",))])
+
+    def hosts(text: str, select: str | None = None) -> list[Node]:
+        return resolve(select, adhoc=AdHoc(hosts=text))
+
+    # the inventory's @oss first (as -s): its record
+    assert [(n.name, n.host) for n in hosts("@oss")] == [("example4", "10.9.0.4")]
+    got = hosts("@local:oss,root@example5:2222,db1")
+    assert [(n.name, n.user, n.port) for n in got] == [
+        ("db1", None, None),
+        ("example4", None, None),
+        ("example5", "root", 2222),
+    ]
+    assert got[1].host == "10.9.0.4"  # an inventory name is its record
+    assert fold(n.name for n in hosts("@cluster:servers")) == "login[1-2],node[0281-0288]"
+    narrowed = hosts("@cluster:servers,example6", "@local:io")
+    assert [n.name for n in narrowed] == ["example6"]
+    with pytest.raises(InventoryError, match="unknown group @cluster:nosuch"):
+        hosts("@cluster:nosuch")
+    with pytest.raises(UnknownNameError, match="unknown group: @nosuch"):
+        hosts("@nosuch:thing")  # no such source: an unknown group, as -s says
+    with pytest.raises(SelectionError, match="needs a name"):
+        hosts("@,n1")
+    with pytest.raises(SelectionError, match="resolve"):
+        parse_hosts("@oss")

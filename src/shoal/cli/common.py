@@ -27,7 +27,8 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
         metavar="HOSTS",
         default=None,
         help="these hosts, in the inventory or not (node-set syntax, items may be "
-        "user@host:port: 'root@web[1-4],db1:2222'); -s then narrows them",
+        "user@host:port or @group as clush -w: 'root@web[1-4],db1:2222,@gpu'); -s then "
+        "narrows them",
     )
     parser.add_argument(
         "-l", "--login", metavar="USER", default=None, help="user for nodes that name none"

@@ -37,9 +37,11 @@ a node set (``web[1-4],db1``) whose items may carry ``user@`` and ``:port``
 (``root@10.0.0.[1-8]:2222``); its hosts need not be in the inventory and are
 not added to it. A host that is an inventory name is that record (``user@`` and
 ``:port`` still win); any other is a node of that name, reached as ``ssh HOST``
-would. With ``-w``, a selection narrows the listed hosts: it is evaluated over
-them (``all`` is them; ``failed``, plans and the inventory records' groups and
-attributes still count).
+would. An item ``@group`` (``@source:group``) stands for the group's members,
+as ``clush -w @group``: the inventory's group of that name, else ClusterShell's
+(:mod:`.groupsources`). With ``-w``, a selection narrows the listed hosts: it is
+evaluated over them (``all`` is them; ``failed``, plans, the inventory records'
+groups and ClusterShell's groups and attributes still count).
 """
 
 from __future__ import annotations
@@ -171,6 +173,15 @@ def _merge_values(
     return out
 
 
+def _clustershell_group(name: str) -> set[str] | None:
+    """``@name`` from ClusterShell's group sources; None when no source is configured for
+    it (InventoryError when one is and says no)."""
+    from shoal.nodes import groupsources
+
+    sources = groupsources.configured()
+    return sources.members(name) if sources.knows(name) else None
+
+
 class StateUniverse:
     """The inventory, failed set, plans and facts of a state database, read lazily."""
 
@@ -191,12 +202,10 @@ class StateUniverse:
         try:
             return inventory.group_members(self.state, name)
         except UnknownNameError:  # not the inventory's: a ClusterShell group (groups.conf)?
-            from shoal.nodes import groupsources
-
-            sources = groupsources.configured()
-            if not sources.knows(name):
+            found = _clustershell_group(name)
+            if found is None:
                 raise
-            return sources.members(name)
+            return found
 
     def failed(self) -> set[str]:
         from shoal.nodes import health
@@ -232,6 +241,15 @@ class ListUniverse(MemoryUniverse):
     def __init__(self, nodes: Iterable[Node], state: State) -> None:
         super().__init__(nodes)
         self.backing = StateUniverse(state)
+
+    def group(self, name: str) -> set[str]:
+        try:
+            return super().group(name)
+        except UnknownNameError:  # not the listed records': a ClusterShell group?
+            found = _clustershell_group(name)
+            if found is None:
+                raise
+            return found & self.by_name.keys()  # -s narrows what is listed
 
     def failed(self) -> set[str]:
         from shoal.nodes import health
@@ -540,10 +558,25 @@ def _split_items(text: str) -> list[str]:
     return [item.strip() for item in items if item.strip()]
 
 
-def parse_hosts(text: str) -> list[Node]:
-    """The nodes of ``-w`` (``[user@]NODESET[:port]`` items), in the order given."""
+def parse_hosts(text: str, groups: Callable[[str], set[str]] | None = None) -> list[Node]:
+    """The nodes of ``-w`` (``[user@]NODESET[:port]`` items), in the order given; an
+    ``@group`` item is ``groups(group)``'s names, in natural order (refused without
+    ``groups``)."""
     found: dict[str, Node] = {}
+    grouped: set[str] = set()  # names only a group gave: a user@/:port item may refine them
+    had_group = False
     for item in _split_items(text):
+        if item.startswith("@"):
+            if len(item) == 1:
+                raise SelectionError("-w '@': a group needs a name")
+            if groups is None:
+                raise SelectionError(f"-w {item!r}: groups are read by resolve(), not here")
+            had_group = True
+            for name in natural_sorted(groups(item[1:])):
+                if name not in found:
+                    found[name] = Node(name=name)
+                    grouped.add(name)
+            continue
         user, at, rest = item.rpartition("@")
         if at and not user:
             raise SelectionError(f"-w {item!r}: empty user before '@'")
@@ -555,12 +588,14 @@ def parse_hosts(text: str) -> list[Node]:
             rest, port = head, int(tail)
         for name in expand(rest):
             node = Node(name=name, user=user or None, port=port)
-            seen = found.get(name)
+            seen = None if name in grouped else found.get(name)
+            grouped.discard(name)
             if seen is not None and (seen.user, seen.port) != (node.user, node.port):
                 raise SelectionError(f"-w: host {name} given twice with different user or port")
             found[name] = node
     if not found:
-        raise SelectionError("-w: no host given")
+        why = " (its groups are empty)" if had_group else ""
+        raise SelectionError(f"-w {text!r}: no host given{why}")
     return list(found.values())
 
 
@@ -568,7 +603,7 @@ def _adhoc_nodes(hosts: str, state: State) -> list[Node]:
     """``-w``'s nodes: an inventory name is its record (``user@``/``:port`` still win)."""
     from shoal.nodes import inventory
 
-    listed = parse_hosts(hosts)
+    listed = parse_hosts(hosts, StateUniverse(state).group)
     known = {n.name: n for n in inventory.load_nodes(state, [n.name for n in listed])}
     out = []
     for node in listed:
