@@ -58,6 +58,7 @@ from shoal.nodes.model import Node
 from shoal.state import State, opened
 from shoal.transport.base import Connection, Transport
 
+from .depot import Depot, record_deployed
 from .scan import ChunkParams, ScannedTree, SourceBackend, load_cache, save_cache, scan
 from .swarm import MAX_FAILURES, PIPELINE, Batch, NodeStats, Swarm
 
@@ -204,14 +205,18 @@ async def push_async(
 ) -> PushResult:
     """Push ``local_dir`` to ``remote_dir`` on ``nodes``; see the module docstring.
 
-    ``tree`` reuses an earlier :func:`.scan.scan` of ``local_dir``.
+    ``local_dir`` may be ``depot:NAME@VERSION`` (served from the depot's store,
+    :mod:`.depot`); ``tree`` reuses an earlier :func:`.scan.scan` of ``local_dir``.
+    What each node now holds is recorded (:func:`.depot.record_deployed`).
     """
     opts = options or PushOptions()
     if opts.keep < 1:
         raise ContentError("--keep must be at least 1")
     started = time.monotonic()
     with opened(state) as st:
-        if tree is None:
+        if tree is None and str(local_dir).startswith("depot:"):
+            tree = Depot(st).tree(str(local_dir))[1]
+        elif tree is None:
             tree = await _scan(Path(local_dir), opts, st)
         result = PushResult(
             version=tree.version,
@@ -232,6 +237,7 @@ async def push_async(
             if not again:
                 break
             await _swarm_push(again, tree, remote_dir, opts, transport, st, on_progress, result)
+        record_deployed(st, remote_dir, {n.node: n.current for n in result if n.ok and n.current})
     result.results = {n.name: result[n.name] for n in nodes if n.name in result}
     result.duration = time.monotonic() - started
     return result
@@ -496,8 +502,13 @@ async def rollback_async(
     *,
     transport: Transport | None = None,
 ) -> Results[AgentOutcome]:
-    """Switch ``remote_dir`` back to the previous version (or ``to``) on every node."""
+    """Switch ``remote_dir`` back to the previous version (or ``to``) on every node
+    (and note what each now holds, :func:`.depot.record_deployed`)."""
     args: dict[str, Any] = {"dir": remote_dir}
     if to:
         args["to"] = to
-    return await call_async(nodes, "content.rollback", args, options, transport=transport)
+    results = await call_async(nodes, "content.rollback", args, options, transport=transport)
+    now = {r.node: (r.value or {}).get("current") for r in results if r.ok}
+    with opened(None) as st:
+        record_deployed(st, remote_dir, {node: v for node, v in now.items() if v})
+    return results
