@@ -110,7 +110,8 @@ def wait_up(client: ServiceClient, n: int, timeout: float = 120) -> float:
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
-    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    quiet = subprocess.DEVNULL
+    subprocess.run(argv, check=True, env=env, stdout=quiet, stderr=quiet, stdin=quiet)
     return time.perf_counter() - t0
 
 

@@ -15,8 +15,9 @@ journal; beats and ping times feed :class:`~.livefacts.LiveFacts`.
   handshakes in flight (``handshakes``, default 8: below sshd's default
   ``MaxStartups 10:30:100`` even when every node is behind one bastion).
 * **Reconnect** with exponential backoff and full jitter (``backoff_base``
-  doubling to ``backoff_cap``); the detector's ``reconnect`` hint (its probe
-  found the host alive) cuts a wait short. An sshd that refuses at attach
+  doubling to ``backoff_cap``); the detector's ``reconnect`` hint (a down
+  node's host answers TCP again, or a live host's channel is wedged) cuts a
+  wait short. An sshd that refuses at attach
   (``MaxStartups`` drops the connection in the banner) is retried, and a node
   is marked down only when the detector's probe also finds no sshd.
 * **Link states** (:class:`LinkState`): ``attaching`` (never up since this
@@ -28,9 +29,13 @@ journal; beats and ping times feed :class:`~.livefacts.LiveFacts`.
   connection lives: ``agent_lost``, the agent is started again over the held
   connection (as the sweep would), ``agent_revived``, and watching resumes
   from the last stored event ``seq`` (nothing lost, nothing twice).
-* **Watching**: the agent's ``watch`` op when it has one (pushed events and
-  beats); an agent without it is polled with ``events since=seq`` every
-  ``beat_interval`` seconds on the same stream (each answer is a beat).
+* **Watching**: the agent's ``watch`` (:mod:`shoal.agentlink.agentwatch`:
+  events pushed as recorded, a beat every ``beat_interval`` carrying load,
+  memory and free disk) from the journal's cursor for the node, and a ``ping``
+  every ``facts_every / 2`` (RTT, clock skew) on the same stream; calls and
+  execs share it (the stream is multiplexed). The agent ensured at attach is
+  this build, so it has ``watch``; a node whose sshd will not forward to the
+  agent's socket is ``no-agent``.
 
 :class:`WarmTransport` is a :class:`~shoal.transport.base.Transport` whose
 ``connect(node)`` returns the held connection (``close()`` does nothing), so
