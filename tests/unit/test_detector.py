@@ -186,3 +186,11 @@ def test_without_the_confirming_probe_lossy_beats_would_declare_down() -> None:
 def test_bad_config_is_refused() -> None:
     with pytest.raises(ValueError, match="suspect_after"):
         DetectorConfig(suspect_after=0).validate()
+
+
+def test_timings_scale_with_the_beat() -> None:
+    assert DetectorConfig.for_beat(1.0) == DetectorConfig()
+    slow = DetectorConfig.for_beat(4.0)
+    assert slow.suspect_after == 6.0 and slow.down_after == 6.0 and slow.stall_after == 24.0
+    d = Detector(0.0, slow)
+    assert d.tick(5.0) == Step()  # a 4 s beat one second late: not suspect

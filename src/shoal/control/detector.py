@@ -59,6 +59,17 @@ class DetectorConfig:
     #: silence, with the host alive, after which the link reconnects
     stall_after: float = 6.0
 
+    @classmethod
+    def for_beat(cls, beat: float) -> DetectorConfig:
+        """Timings scaled to a beat interval (the defaults are those of a 1 s beat):
+        suspect after 1.5 beats of silence, so one late beat is not yet suspect."""
+        return cls(
+            suspect_after=1.5 * beat,
+            down_after=1.5 * beat,
+            probe_every=max(1.0, beat),
+            stall_after=max(6.0, 6 * beat),
+        )
+
     def validate(self) -> DetectorConfig:
         for name in ("suspect_after", "down_after", "probe_every", "stall_after"):
             if not getattr(self, name) > 0:

@@ -751,7 +751,11 @@ class LinksComponent:
             [],
             state=controller.state,
             journal=controller.journal,
-            config=LinkConfig(beat_interval=cfg.beat_interval, attach_rate=cfg.attach_rate),
+            config=LinkConfig(
+                beat_interval=cfg.beat_interval,
+                attach_rate=cfg.attach_rate,
+                detector=DetectorConfig.for_beat(cfg.beat_interval),
+            ),
         )
 
     @property
