@@ -125,3 +125,43 @@ def test_login_fields_survive_the_store(tmp_path: Path) -> None:
         inventory.import_nodes(plain, state=st)
         again = inventory.load_nodes(st, ["web01"])[0]
         assert (again.identity_file, again.become, again.python) == (None, False, None)
+
+
+SSH_ARGS_INI = """\
+[web]
+web01 ansible_ssh_common_args='-o ProxyJump=gw1 -o "UserKnownHostsFile /etc/k h"'
+web02 ansible_ssh_extra_args="-J gw2 -C -oServerAliveInterval=7 -i ~/.ssh/w2 -L 80:h:80"
+
+[web:vars]
+ansible_ssh_extra_args='-o ConnectTimeout=4 -q'
+"""
+
+
+def test_ssh_args_become_ssh_options_and_other_flags_warn(tmp_path: Path) -> None:
+    """ansible_ssh_common_args then _extra_args, read as ssh's command line: -o options
+    as written, -J/-i as ProxyJump/IdentityFile; other flags dropped with a warning
+    naming the flag, the variable and the hosts; stored and read back."""
+    inv = importers.parse_ansible_ini(SSH_ARGS_INI, "hosts.ini")
+    nodes = by_name(inv)
+    assert nodes["web01"].ssh_options == (
+        "ProxyJump=gw1",
+        "UserKnownHostsFile /etc/k h",
+        "ConnectTimeout=4",  # the group's extra args, after the host's common ones
+    )
+    assert nodes["web02"].ssh_options == (
+        "ProxyJump gw2",
+        "ServerAliveInterval=7",
+        "IdentityFile ~/.ssh/w2",
+    )
+    assert not any(k.startswith("ansible_ssh") for n in nodes.values() for k in n.attrs)
+    text = "\n".join(inv.warnings)
+    assert "ansible_ssh_extra_args of host web02: ssh flag -C not used" in text
+    assert "ansible_ssh_extra_args of host web02: ssh flag -L 80:h:80 not used" in text
+    assert "ansible_ssh_extra_args of host web01: ssh flag -q not used" in text
+    with State(tmp_path / "state.db") as st:
+        inventory.import_nodes(inv.nodes, state=st)
+        assert {n.name: n for n in inventory.load_nodes(st)} == nodes
+        inventory.import_nodes([Node(name="web01")], state=st)  # replaced whole: they go
+        assert inventory.load_nodes(st, ["web01"])[0].ssh_options == ()
+    with pytest.raises(InventoryError, match="web03: ansible_ssh_common_args"):
+        importers.parse_ansible_ini('web03 ansible_ssh_common_args="-o \'X"\n', "bad.ini")

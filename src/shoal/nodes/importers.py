@@ -22,7 +22,11 @@ Ansible's connection variables become the record fields: ``ansible_host``
 ``ansible_port`` (``ansible_ssh_port``) -> port, ``ansible_ssh_private_key_file``
 (``ansible_private_key_file``) -> identity_file, ``ansible_become`` -> become
 (``shoal run`` under ``sudo -n``), ``ansible_python_interpreter`` -> python (the
-agent's; ``auto*`` means the default); every other variable is an attribute.
+agent's; ``auto*`` means the default); ``ansible_ssh_common_args`` then
+``ansible_ssh_extra_args`` -> ssh_options, read as ssh's command line (``-o
+Keyword=value``, ``-o 'Keyword value'``, ``-oKeyword=value``; ``-J``, ``-i``, ``-l``,
+``-p``, ``-c``, ``-m`` as their ``-o`` twins; any other ssh flag is dropped with a
+warning naming it, the variable and the hosts); every other variable is an attribute.
 Variables merge as Ansible does: ``all`` < parent group < child group < host.
 A host belongs to its groups and to all their ancestors, so ``@parent``
 includes the hosts of its children. Values that read as integers, floats or
@@ -58,6 +62,15 @@ PORT_KEYS = ("ansible_port", "ansible_ssh_port")
 KEY_KEYS = ("ansible_ssh_private_key_file", "ansible_private_key_file")
 BECOME_KEYS = ("ansible_become", "ansible_sudo")
 PYTHON_KEYS = ("ansible_python_interpreter",)
+#: ssh command-line arguments, in the order Ansible puts them on ssh's command line.
+SSH_ARGS_KEYS = ("ansible_ssh_common_args", "ansible_ssh_extra_args")
+#: ssh flags that are an ``-o`` option with their argument.
+_SSH_FLAG_OPTIONS = {
+    "J": "ProxyJump", "i": "IdentityFile", "l": "User", "p": "Port",
+    "c": "Ciphers", "m": "MACs",
+}  # fmt: skip
+#: ssh flags that take an argument (dropped with it when not in _SSH_FLAG_OPTIONS).
+_SSH_VALUED = frozenset("BbcDEeFIiJLlmOopQRSWw")
 #: Connection settings kept as attributes but not honoured, with the values that are fine.
 _UNUSED = {
     "ansible_become_method": ("sudo",),
@@ -266,6 +279,7 @@ class _Groups:
         self.host_vars: dict[str, dict[str, AttrValue]] = {}
         self.order: list[str] = []  # hosts in order of first appearance
         self.skipped: dict[tuple[str, str], list[str]] = {}  # (kind, variable) -> owners
+        self.dropped: dict[tuple[str, str], list[str]] = {}  # (variable, ssh flag) -> hosts
 
     def clean(self, raw: Mapping[Any, Any], kind: str, owner: str) -> dict[str, AttrValue]:
         """``raw`` variables typed, vault-encrypted ones dropped and noted for a warning."""
@@ -290,6 +304,11 @@ class _Groups:
             for key, fine in _UNUSED.items():
                 if key in n.attrs and n.attrs[key] not in fine:
                     unused.setdefault((key, n.attrs[key]), []).append(n.name)
+        out += [
+            f"{source}: {var} of host {fold(hosts)}: ssh flag {flag} not used (Shoal takes "
+            "-o options and -J, -i, -l, -p, -c, -m)"
+            for (var, flag), hosts in self.dropped.items()
+        ]
         out += [
             f"{source}: {key}={value} of host {fold(hosts)} is not used"
             f" (Shoal connects over SSH{' and becomes root with sudo' if 'become' in key else ''})"
@@ -371,18 +390,56 @@ class _Groups:
             for g in sorted(chain, key=lambda g: (depth[g], g)):
                 merged.update(self.vars.get(g, {}))
             merged.update(self.host_vars[h])
-            nodes.append(_ansible_node(h, merged, chain, source))
+            nodes.append(_ansible_node(h, merged, chain, source, self.dropped))
         gvars = {g: v for g, v in self.vars.items() if v and g not in ("all", "ungrouped")}
         return Inventory(nodes, gvars, self.warnings(source, nodes))
 
 
-def _ansible_node(host: str, hvars: dict[str, AttrValue], groups: list[str], src: str) -> Node:
+def ssh_arguments(text: str) -> tuple[list[str], list[str]]:
+    """ssh command-line arguments as ``(["Keyword value" ...], [dropped flag ...])``.
+
+    ``-o X=Y``, ``-o 'X Y'``, ``-oX=Y`` are options as written; ``-J``, ``-i``,
+    ``-l``, ``-p``, ``-c``, ``-m`` (joined to their value or not) their ``-o``
+    twins; any other flag (with its value, if it takes one) or word is dropped.
+    ValueError for unbalanced quotes.
+    """
+    words = shlex.split(text)
+    options: list[str] = []
+    dropped: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if len(word) < 2 or word[0] != "-" or word == "--":
+            dropped.append(word)
+            continue
+        letter, value = word[1], word[2:] or None
+        if letter in _SSH_VALUED and value is None:
+            value = words[i] if i < len(words) else ""
+            i += 1
+        if letter == "o" and value:
+            options.append(value)
+        elif letter in _SSH_FLAG_OPTIONS and value:
+            options.append(f"{_SSH_FLAG_OPTIONS[letter]} {value}")
+        else:
+            dropped.append(word if not value or word[2:] else f"{word} {value}")
+    return options, dropped
+
+
+def _ansible_node(
+    host: str,
+    hvars: dict[str, AttrValue],
+    groups: list[str],
+    src: str,
+    dropped: dict[tuple[str, str], list[str]],
+) -> Node:
     address: str | None = None
     user: str | None = None
     port: int | None = None
     identity: str | None = None
     become = False
     python: str | None = None
+    ssh_args: dict[str, list[str]] = {}
     attrs: dict[str, AttrValue] = {}
     name = host
     m = re.match(r"^(.*?):(\d+)$", host)
@@ -406,6 +463,15 @@ def _ansible_node(host: str, hvars: dict[str, AttrValue], groups: list[str], src
             become = bool(value)
         elif key in PYTHON_KEYS:
             python = None if str(value).startswith("auto") else str(value) or None
+        elif key in SSH_ARGS_KEYS:
+            try:
+                ssh_args[key], flags = ssh_arguments(str(value))
+            except ValueError as exc:
+                raise InventoryError(f"{src}: host {host}: {key}: {exc}") from None
+            for flag in flags:
+                hosts = dropped.setdefault((key, flag), [])
+                if name not in hosts:
+                    hosts.append(name)
         else:
             attrs[key] = value
     kept = tuple(sorted(g for g in groups if g not in ("all", "ungrouped")))
@@ -419,6 +485,7 @@ def _ansible_node(host: str, hvars: dict[str, AttrValue], groups: list[str], src
         identity_file=identity,
         become=become,
         python=python,
+        ssh_options=tuple(o for key in SSH_ARGS_KEYS for o in ssh_args.get(key, ())),
     )
 
 

@@ -9,6 +9,8 @@ Tables (declared here, owned here)::
                                              filter reads one key without JSON
     inv_login(node PK, identity_file,        the login settings of the nodes that
               become, python)                have any (Ansible's connection vars)
+    inv_sshopts(node PK, options JSON)       ssh -o options of the nodes that have
+                                             any (ansible_ssh_common/extra_args)
 
 Other layers call :func:`import_nodes` (upsert a batch in one transaction,
 optionally making it the whole content of a group: the lab registers its nodes
@@ -66,6 +68,10 @@ CREATE TABLE IF NOT EXISTS inv_login (
     become INTEGER NOT NULL DEFAULT 0,
     python TEXT
 );
+CREATE TABLE IF NOT EXISTS inv_sshopts (
+    node TEXT PRIMARY KEY REFERENCES inv_nodes(name) ON DELETE CASCADE,
+    options TEXT NOT NULL
+);
 """
 
 _decode = json.JSONDecoder().decode
@@ -111,7 +117,7 @@ def check_group(name: str) -> None:
 
 
 def _row_to_node(row: Sequence[object], groups: tuple[str, ...]) -> Node:
-    name, host, user, port, ssh_config, attrs, identity_file, become, python = row[:9]
+    name, host, user, port, ssh_config, attrs, identity_file, become, python, options = row[:10]
     return Node(
         name=str(name),
         host=host if host is None else str(host),
@@ -123,6 +129,7 @@ def _row_to_node(row: Sequence[object], groups: tuple[str, ...]) -> Node:
         identity_file=identity_file if identity_file is None else str(identity_file),
         become=bool(become),
         python=python if python is None else str(python),
+        ssh_options=tuple(_decode(str(options))) if options else (),
     )
 
 
@@ -136,9 +143,9 @@ def import_nodes(
     """Add or replace ``nodes`` in one transaction.
 
     A node that exists already is replaced whole (address, user, port, attrs,
-    ssh_config and its group memberships become those given). With
-    ``replace_group`` every given node also joins that group, and the nodes that
-    were in the group before but are not given now are deleted from the
+    ssh_config, login settings, ssh options and its group memberships become those
+    given). With ``replace_group`` every given node also joins that group, and the
+    nodes that were in the group before but are not given now are deleted from the
     inventory: the group then holds exactly ``nodes``.
     """
     batch = list(nodes)
@@ -167,6 +174,11 @@ def import_nodes(
             db.executemany("DELETE FROM inv_members WHERE node=?", [(n,) for n in seen & existing])
             db.executemany("DELETE FROM inv_attrs WHERE node=?", [(n,) for n in seen & existing])
             db.executemany("DELETE FROM inv_login WHERE node=?", [(n,) for n in seen & existing])
+            db.executemany("DELETE FROM inv_sshopts WHERE node=?", [(n,) for n in seen & existing])
+            db.executemany(
+                "INSERT INTO inv_sshopts(node, options) VALUES (?,?)",
+                [(n.name, json.dumps(list(n.ssh_options))) for n in batch if n.ssh_options],
+            )
             db.executemany(
                 "INSERT INTO inv_login(node, identity_file, become, python) VALUES (?,?,?,?)",
                 logins,
@@ -351,9 +363,13 @@ def load_nodes(state: State, names: Iterable[str] | None = None) -> list[Node]:
     db = state.db
     wanted = None if names is None else set(names)
     cols = (
-        "n.name, n.host, n.user, n.port, n.ssh_config, n.attrs, l.identity_file, l.become, l.python"
+        "n.name, n.host, n.user, n.port, n.ssh_config, n.attrs, l.identity_file, l.become,"
+        " l.python, o.options"
     )
-    joined = "inv_nodes n LEFT JOIN inv_login l ON l.node = n.name"
+    joined = (
+        "inv_nodes n LEFT JOIN inv_login l ON l.node = n.name"
+        " LEFT JOIN inv_sshopts o ON o.node = n.name"
+    )
     if wanted is None:
         rows = db.execute(f"SELECT {cols} FROM {joined}").fetchall()
         mrows = db.execute("SELECT node, grp FROM inv_members").fetchall()
