@@ -333,9 +333,7 @@ def main() -> None:
 
 
 def report(out: dict[str, Any], args: argparse.Namespace, real: bool) -> None:
-    print(
-        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (figures are noisy above 1)"
-    )
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (noisy above 1)")
     times = out["nodes"]["times_ms"]
     med = statistics.median(times)
     how = "a real lab, attached" if real else "inventory + fake link states"
