@@ -161,6 +161,7 @@ class Software:
     source: Path
     install: tuple[str, ...]
     line: int = 0
+    depot: str = ""  # ``depot:NAME@VERSION`` when the software comes from the depot
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,7 @@ def load(path: str | Path) -> AppSpec:
         located = load_yaml(text_path)
     spec = build(located, text_path.parent)
     for name, sw in spec.software.items():
-        if not sw.source.is_dir():
+        if not sw.depot and not sw.source.is_dir():
             where = located.where(("software", name, "source"))
             raise ConfigError(f"{where}: software {name}: {sw.source} is not a local directory")
     return spec
@@ -261,6 +262,13 @@ def with_selections(spec: AppSpec, overrides: dict[str | None, str]) -> AppSpec:
     return replace(spec, components=components, document=document)
 
 
+def _software(name: str, entry: dict[str, Any], base: Path, line: int) -> Software:
+    source, install = entry["source"], tuple(entry.get("install", []))
+    if source.startswith("depot:"):
+        return Software(name, Path(source), install, line, depot=source)
+    return Software(name, (base / source).resolve(), install, line)
+
+
 def build(doc: Located, base: Path) -> AppSpec:
     """The typed spec of a located document; ConfigError (file:line) on the first problem."""
     problems = validate(doc.value)
@@ -271,12 +279,7 @@ def build(doc: Located, base: Path) -> AppSpec:
         raise ConfigError(f"{where}: {first.dotted()}: {first.message}{more}")
     data = doc.value
     software = {
-        name: Software(
-            name,
-            (base / entry["source"]).resolve(),
-            tuple(entry.get("install", [])),
-            doc.line(("software", name)),
-        )
+        name: _software(name, entry, base, doc.line(("software", name)))
         for name, entry in (data.get("software") or {}).items()
     }
     barriers = {

@@ -31,7 +31,7 @@ from shoal.nodes.model import Node
 from shoal.state import State
 
 from .runtime import UpPass, last_line
-from .software import Tree, push_software, tree_digest
+from .software import Tree, push_software, software_tree
 
 
 class Configurer:
@@ -45,7 +45,7 @@ class Configurer:
     def tree(self, name: str) -> Tree:
         if name not in self._trees:
             sw = self.up.spec.software[name]
-            self._trees[name] = Tree(name, sw.source, tree_digest(sw.source))
+            self._trees[name] = software_tree(sw, self.up.state)
         return self._trees[name]
 
     def _uses(self, node: str, software: str) -> bool:

@@ -47,7 +47,7 @@ from .pool import ConnectionPool
 from .runner import Runner
 from .runtime import UpOptions, UpReport
 from .shrink import dropped, stop_members
-from .software import tree_digest
+from .software import software_tree
 
 
 def spec_of(record: store.AppRecord) -> AppSpec:
@@ -272,7 +272,7 @@ async def status_async(
         result.barriers = store.barriers(st, name)
         for sname, sw in spec.software.items():
             try:
-                result.versions[sname] = tree_digest(sw.source)
+                result.versions[sname] = software_tree(sw, st).digest
             except Exception:  # the local tree moved: still show the rest
                 result.versions[sname] = "?"
         active = [m for m in members if m.state == "active"]

@@ -11,6 +11,12 @@ A copy replaces only what Shoal put at ``sw/NAME``: an earlier copy (it holds
 the digest file) or a push's symlink; anything else there is refused, as a
 push refuses a directory that is not its deployment.
 
+Software named ``depot:NAME@VERSION`` (or ``@latest``) comes from the depot
+(:mod:`shoal.content.depot`): its version is the depot entry's manifest id,
+resolved once per pass, and it is always pushed from the depot's store.
+:func:`depot_users` says which apps name which depot versions, so ``depot rm``
+can refuse to drop what an app still names.
+
 A tree's digest covers relative paths, modes, contents and symlink targets; it
 is the software's *version* in ``app status``. The tree is walked as a push
 scans it (:mod:`shoal.content.scan`): symlinks never followed, FIFOs, sockets
@@ -28,8 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.content.depot import Depot
 from shoal.content.scan import read_link, read_listed, walk
-from shoal.errors import ConfigError, OperationError
+from shoal.errors import ConfigError, OperationError, ShoalError
 from shoal.fanout.options import FanoutOptions
 from shoal.fanout.results import CommandOutcome, CommandOutput, Results
 from shoal.fanout.scheduler import fanout
@@ -37,16 +44,47 @@ from shoal.nodes.model import Node
 from shoal.state import State
 from shoal.transport.base import Connection, Transport
 
+from . import store
+from .appspec import Software
+
 DIGEST_FILE = ".shoal-version"
 
 
 @dataclass(frozen=True)
 class Tree:
-    """A local software tree and its digest."""
+    """A local software tree (or a depot entry, ``depot:NAME@LABEL``) and its digest."""
 
     name: str
     source: Path
     digest: str
+    depot: str = ""
+
+
+def software_tree(sw: Software, state: State) -> Tree:
+    """The tree of ``sw``: a local directory's digest, or the depot entry it names."""
+    if not sw.depot:
+        return Tree(sw.name, sw.source, tree_digest(sw.source))
+    entry = Depot(state).resolve(sw.depot)
+    return Tree(sw.name, sw.source, entry.version, depot=f"depot:{entry.ref}")
+
+
+def depot_users(state: State) -> dict[str, list[str]]:
+    """depot version id → the apps (``app NAME``) whose spec names it."""
+    depot = Depot(state)
+    users: dict[str, list[str]] = {}
+    for app in store.list_apps(state):
+        record = store.get_app(state, app)
+        software = (record.document.get("software") or {}) if record else {}
+        for sname, entry in software.items():
+            source = str((entry or {}).get("source", ""))
+            if not source.startswith("depot:"):
+                continue
+            try:
+                version = depot.resolve(source).version
+            except ShoalError:
+                continue  # names nothing the depot holds now
+            users.setdefault(version, []).append(f"app {app} (software {sname})")
+    return users
 
 
 def tree_digest(root: Path) -> str:
@@ -109,7 +147,7 @@ async def push_software(
     method: str = "push",
 ) -> dict[str, str]:
     """Put ``tree`` at ``remote_dir[node]`` on every node; errors by node name."""
-    if method == "copy":
+    if method == "copy" and not tree.depot:
         copied = await copy_software(nodes, tree, remote_dir, transport=transport)
         return {r.node: r.reason or r.stderr.strip() for r in copied if not r.ok}
     from shoal.content import PushOptions, push_async
@@ -120,9 +158,8 @@ async def push_software(
     errors: dict[str, str] = {}
     for target, members in groups.items():
         opts = PushOptions(install=False, keep=2)
-        result = await push_async(
-            members, tree.source, target, opts, transport=transport, state=state
-        )
+        source = tree.depot or tree.source
+        result = await push_async(members, source, target, opts, transport=transport, state=state)
         for outcome in result:
             if not outcome.ok:
                 errors[outcome.node] = outcome.reason

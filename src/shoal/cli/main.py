@@ -56,6 +56,7 @@ COMMANDS: dict[str, str] = {
     "events": "agentcmds",
     "sweep": "agentcmds",
     "app": "appcmds",
+    "depot": "depotcmds",
     "push": "pushcmds",
     "rollback": "pushcmds",
     "versions": "pushcmds",

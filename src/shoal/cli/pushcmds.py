@@ -41,7 +41,11 @@ def register(sub: Any) -> None:
         "symlink) to the new version atomically.",
     )
     add_agent_options(push)
-    push.add_argument("local_dir", metavar="LOCAL_DIR", help="the directory to push")
+    push.add_argument(
+        "local_dir",
+        metavar="LOCAL_DIR",
+        help="the directory to push, or depot:NAME@VERSION (@latest) from 'shoal depot'",
+    )
     push.add_argument("remote_dir", metavar="REMOTE_DIR", help="relative to the remote home")
     push.add_argument(
         "-a", "--pack", action="store_true", help="pack small files into compressed chunks"
@@ -191,8 +195,14 @@ def render_push(result: PushResult, out: TextIO = sys.stdout) -> None:
 
 
 def _render_versions(results: Results[AgentOutcome]) -> None:
+    from shoal.content.depot import origins
+    from shoal.state import State
+
     rows = []
     groups: dict[str, list[str]] = {}
+    currents = [str((r.value or {}).get("current")) for r in results if r.ok]
+    with State() as st:
+        depot = origins(st, currents)
     for r in results:
         if not r.ok:
             continue
@@ -200,8 +210,8 @@ def _render_versions(results: Results[AgentOutcome]) -> None:
         current = value.get("current") or "(none)"
         groups.setdefault(current, []).append(r.node)
         kept = ", ".join(v["version"][:12] for v in value.get("versions", []))
-        rows.append([r.node, current[:16], kept])
-    print_table(rows, ["NODE", "CURRENT", "KEPT (oldest first)"])
+        rows.append([r.node, current[:16], depot.get(current, "-"), kept])
+    print_table(rows, ["NODE", "CURRENT", "DEPOT", "KEPT (oldest first)"])
     if len(groups) > 1:
         summary = "; ".join(f"{v[:12]}: {len(n)} nodes" for v, n in sorted(groups.items()))
         print(f"mixed fleet: {summary}")
