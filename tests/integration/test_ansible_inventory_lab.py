@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from shoal.agentlink import fleet
-from shoal.errors import AuthError
+from shoal.errors import AuthError, HostKeyError
 from shoal.fanout import RunOptions, run
 from shoal.lab import Lab
 from shoal.lab.sshd import HOSTKEY_ALGS, KEX
@@ -111,3 +111,36 @@ def test_ansible_connection_variables_are_used(lab: Lab, tmp_path: Path) -> None
         finally:
             inventory.remove_nodes(sorted(hostvars), state=st)
             remote(n2, f"rm -rf {work}")
+
+
+def test_ansible_ssh_args_reach_the_connection(lab: Lab, tmp_path: Path) -> None:
+    """``ansible_ssh_common_args``/``_extra_args`` are ssh's command line: here the only
+    known_hosts file (-o) and the only key (-i) come from them; without them, refused."""
+    n1 = lab.nodes()[2]
+    name = unique_lab_name("args")
+    config = tmp_path / "ssh_config"
+    _trust_only_config(lab, config)
+    config.write_text(config.read_text().replace(str(lab.known_hosts), "/dev/null"))
+    hostvars = {
+        name: {
+            "ansible_host": n1.host,
+            "ansible_port": n1.port,
+            "ansible_user": n1.user,
+            "ansible_ssh_common_args": f"-o 'UserKnownHostsFile {lab.known_hosts}' -C",
+            "ansible_ssh_extra_args": f"-i {lab.identity} -o ConnectTimeout=7",
+        }
+    }
+    listing = {"_meta": {"hostvars": hostvars}, "all": {"hosts": [name]}}
+    inv = importers.parse_ansible_json(json.dumps(listing), "listing.json")
+    assert any("ssh flag -C not used" in w and name in w for w in inv.warnings)
+    with State() as st:
+        inventory.import_nodes([replace(n, ssh_config=str(config)) for n in inv.nodes], state=st)
+        try:
+            (node,) = inventory.load_nodes(st, [name])
+            results = run([node], "echo reached", RunOptions(timeout=30, retries=0))
+            assert results[name].value is not None, results[name].error
+            assert results[name].value.stdout.strip() == "reached"
+            bare = run([replace(node, ssh_options=())], "true", RunOptions(retries=0))
+            assert isinstance(bare[name].error, HostKeyError)
+        finally:
+            inventory.remove_nodes([name], state=st)
