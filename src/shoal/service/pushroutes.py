@@ -48,6 +48,7 @@ from shoal.nodes.select import resolve
 from .jobs import Job, accepted, jobs
 from .noderoutes import summary
 from .routes import controller
+from .runroutes import checked_options
 
 router = APIRouter(prefix="/api/v1")
 
@@ -77,15 +78,9 @@ class RollbackRequest(BaseModel):
 
 def push_options(raw: dict[str, Any]) -> PushOptions:
     """PushOptions from a request's ``options``; UsageError naming an unknown or bad one."""
-    unknown = sorted(set(raw) - set(PUSH_OPTIONS))
-    if unknown:
-        known = ", ".join(PUSH_OPTIONS)
-        raise UsageError(f"unknown push option(s): {', '.join(unknown)} (known: {known})")
-    try:
-        options = PushOptions(**raw)
-    except TypeError as exc:
-        raise UsageError(f"bad push options: {exc}") from None
-    options.validate()
+    options: PushOptions = checked_options(PushOptions, raw, PUSH_OPTIONS, "push")
+    if options.keep < 1:
+        raise UsageError("push option keep must be at least 1")
     return options
 
 

@@ -21,6 +21,7 @@ that is still running (the nodes' commands are ended, as by Ctrl-C).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -92,17 +93,38 @@ async def runs(
     return start_streamed(request, "run", body.model_dump(), streamed)
 
 
+def checked_options(cls: Any, raw: dict[str, Any], allowed: tuple[str, ...], what: str) -> Any:
+    """``cls(**raw)`` for a request's ``options``: only ``allowed`` keys, each value of its
+    field's annotated type, then ``validate()``; UsageError naming the first bad one."""
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        known = ", ".join(allowed)
+        raise UsageError(f"unknown {what} option(s): {', '.join(unknown)} (known: {known})")
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for key, value in raw.items():
+        if not _of_type(value, types.get(key, "Any")):
+            raise UsageError(f"{what} option {key} has the wrong type: {value!r} ({types[key]})")
+    options = cls(**raw)
+    options.validate()
+    return options
+
+
+def _of_type(value: Any, annotation: str) -> bool:
+    """Whether a JSON value fits a dataclass field's annotation (its text)."""
+    if value is None:
+        return "None" in annotation or "Any" in annotation
+    if isinstance(value, bool):
+        return "bool" in annotation or "Any" in annotation
+    checks = (("bool", bool), ("float", (int, float)), ("int", int), ("str", str), ("dict", dict))
+    for name, kinds in checks:
+        if name in annotation:
+            return isinstance(value, kinds)
+    return True
+
+
 def copy_options(raw: dict[str, Any]) -> FanoutOptions:
     """FanoutOptions from a request's ``options``; UsageError naming an unknown or bad one."""
-    unknown = sorted(set(raw) - set(COPY_OPTIONS))
-    if unknown:
-        known = ", ".join(COPY_OPTIONS)
-        raise UsageError(f"unknown copy option(s): {', '.join(unknown)} (known: {known})")
-    try:
-        options = FanoutOptions(**raw)
-    except TypeError as exc:
-        raise UsageError(f"bad copy options: {exc}") from None
-    options.validate()
+    options: FanoutOptions = checked_options(FanoutOptions, raw, COPY_OPTIONS, "copy")
     return options
 
 
