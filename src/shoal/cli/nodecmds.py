@@ -30,6 +30,7 @@ def _node_json(node: Node) -> dict[str, Any]:
         "identity_file": node.identity_file,
         "become": node.become,
         "python": node.python,
+        "ssh_options": list(node.ssh_options),
     }
 
 
@@ -195,6 +196,8 @@ def cmd_nodes_show(args: argparse.Namespace) -> int:
             print("  become    sudo -n (shoal run)")
         if n.python:
             print(f"  python    {n.python}")
+        for option in n.ssh_options:
+            print(f"  -o        {option}")
         for k, v in sorted(n.attrs.items()):
             print(f"  attr      {k}={v}")
         f = failed.get(n.name)
