@@ -325,3 +325,38 @@ def test_sse_resumes_exactly_with_last_event_id(api: Any) -> None:
     journal_n2 = [e["seq"] for e in client.events(after=seqs[0], node="n2") if "seq" in e]
     assert len(journal_n2) >= 2 and [e["seq"] for e in kept] == journal_n2
     assert {e["node"] for e in kept} == {"n2"}
+
+
+def test_a_program_log_is_read_from_offsets_and_followed(api: Any) -> None:
+    client, http, _ = api
+    name = unique_lab_name("hlog")
+    spec = {
+        "name": name,
+        "command": ["sh", "-c", 'i=0; while :; do i=$((i+1)); echo "line $i"; sleep 0.2; done'],
+    }
+    started = list(
+        client.stream("POST", "/api/v1/proc/start", body={"selection": "n4", "spec": spec})
+    )
+    assert started[-1]["summary"]["ok"] is True, started
+    try:
+        time.sleep(1.0)
+        (tail,) = client.log("n4", name, lines=2)
+        assert tail["data"].count("\n") == 2 and tail["offset"] > 0
+        (whole,) = client.log("n4", name, offset=0)
+        assert whole["data"].startswith("line 1\nline 2\n") and whole["offset"] >= tail["offset"]
+        pages = client.log("n4", name, offset=whole["offset"], follow=True)
+        seen, at = "", whole["offset"]
+        for page in pages:  # the log as it grows: each page starts where the last ended
+            assert page["offset"] == at + len(page["data"].encode())
+            seen += page["data"]
+            at = page["offset"]
+            if seen.count("\n") >= 5:
+                break
+        numbers = [int(x.split()[1]) for x in seen.splitlines()]
+        last_before = int(whole["data"].splitlines()[-1].split()[1])
+        assert numbers == list(range(last_before + 1, last_before + 1 + len(numbers)))
+        assert http.get(f"/api/v1/logs/n4/{name}", params={"offset": -1}).status_code == 400
+    finally:
+        body = {"selection": "n4", "name": name}
+        removed = list(client.stream("POST", "/api/v1/proc/remove", body=body))
+    assert removed[-1]["summary"]["ok"] is True, removed
