@@ -360,3 +360,37 @@ def test_a_program_log_is_read_from_offsets_and_followed(api: Any) -> None:
         body = {"selection": "n4", "name": name}
         removed = list(client.stream("POST", "/api/v1/proc/remove", body=body))
     assert removed[-1]["summary"]["ok"] is True, removed
+
+
+def test_an_apps_spec_barriers_and_logs(api: Any, tmp_path: Path) -> None:
+    client, http, _ = api
+    app = unique_lab_name("happ")
+    path = tmp_path / "app.yaml"
+    path.write_text(
+        f"app: {app}\n"
+        "components:\n"
+        "  w:\n"
+        '    select: "n[5-6]"\n'
+        "    count: 2\n"
+        "    processes:\n"
+        "      - {name: meet, barrier: go}\n"
+        '      - {name: passed, run: "echo passed-after-go"}\n'
+        "barriers:\n"
+        "  go: {threshold: 100%}\n"
+    )
+    lines = list(client.stream("POST", "/api/v1/apps", body={"spec": str(path), "stream": True}))
+    assert "report" in lines[-1], lines
+    try:
+        spec = client.app_spec(app)
+        assert spec["app"] == app and spec["file"] == str(path)
+        assert spec["spec"]["components"]["w"]["select"] == "n[5-6]"
+        (barrier,) = client.barriers(app)
+        assert barrier["barrier"] == "go" and barrier["arrived"] == barrier["needed"] == 2
+        assert isinstance(barrier["released"], float)
+        logs = client.app_logs(app, lines=5)
+        assert set(logs) == {"n5", "n6"}
+        assert all("passed-after-go" in text for text in logs.values()), logs
+        assert set(client.app_logs(app, node="n6")) == {"n6"}
+        assert http.get(f"/api/v1/apps/{app}/logs", params={"lines": -1}).status_code == 400
+    finally:
+        assert client.request("POST", f"/api/v1/apps/{app}/down")["nodes"]
