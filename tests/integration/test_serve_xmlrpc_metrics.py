@@ -325,3 +325,48 @@ def test_xmlrpc_and_metrics_over_tcp_need_a_token_and_a_read_token_cannot_act(
     families = {f.name for f in text_string_to_metric_families(text)}
     assert {"shoal_nodes", "shoal_events", "shoal_heartbeat_rtt_seconds"} <= families
     assert over_tcp(admin).service.status()["protocol"] == 1  # still serving: stop refused
+
+
+def test_an_app_brought_up_and_down_over_xmlrpc_is_kept_and_counted(
+    service: Any, tmp_path: Path
+) -> None:
+    client, home, nodes = service
+    rpc = proxy(home)
+    marker = f"sleep 6{os.getpid() % 1000:03d}1"
+    spec = tmp_path / "rpcapp.yaml"
+    spec.write_text(
+        "app: rpcapp\ncomponents:\n  w:\n"
+        f'    select: "{nodes[0].name},{nodes[1].name}"\n    count: 2\n'
+        f'    processes:\n      - {{name: svc, service: "exec {marker}"}}\n'
+    )
+    accepted = rpc.apps.up(str(spec))
+    assert accepted["app"] == "rpcapp"
+    try:
+
+        def running() -> Any:
+            status = rpc.apps.status("rpcapp")
+            members = [n for n in status["nodes"] if n["state"] == "active"]
+            ok = len(members) == 2 and all(
+                n["programs"] and all(p["state"] == "RUNNING" for p in n["programs"])
+                for n in members
+            )
+            return ok and status
+
+        status = until(running, 90, "both members RUNNING")
+        assert status == client.request("GET", "/api/v1/apps/rpcapp") | {
+            "nodes": status["nodes"]
+        }  # the same answer (programs' uptimes aside)
+        assert [a["app"] for a in rpc.apps.list()] == ["rpcapp"]
+        until(
+            lambda: scrape(home).get(("shoal_programs", (("state", "RUNNING"),)), 0) >= 2,
+            15,
+            "the members' programs RUNNING in the metrics",
+        )
+    finally:
+        down = rpc.apps.down("rpcapp")
+    assert sorted(down["nodes"]) == sorted([nodes[0].name, nodes[1].name])
+    until(
+        lambda: scrape(home).get(("shoal_programs", (("state", "RUNNING"),))) == 0,
+        15,
+        "no program RUNNING after down",
+    )
