@@ -16,8 +16,11 @@ logged on the ``shoal.transport`` logger.
 
 Host keys are always verified. ``HostKeyPolicy.VERIFY`` (default) refuses a
 host that is not in known_hosts; ``ACCEPT_NEW`` trusts a host seen for the
-first time and records its key; a host whose key *changed* is refused under
-both, with a message that says so. asyncssh's errors are translated here into
+first time and records its key; a host whose key *changed* (in any known_hosts
+file that verifies, the global ones included) is refused under both, with a
+message that says so. Each decision is logged on ``shoal.transport``: a key
+accepted (where recorded) or refused at INFO, the known_hosts file that
+trusted a key at DEBUG. asyncssh's errors are translated here into
 :mod:`shoal.errors`; nothing above this module sees an asyncssh type.
 
 Commands run under the node's login shell as::
@@ -50,7 +53,7 @@ import secrets
 import shlex
 import socket
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -355,15 +358,11 @@ class _KeyChecker(asyncssh.SSHClient):
     and notes the authentication methods the server allows."""
 
     def __init__(
-        self,
-        transport: SSHTransport,
-        node: str,
-        known_hosts: Callable[[], list[str]],
-        policy: HostKeyPolicy,
+        self, transport: SSHTransport, node: str, plan: _Plan, policy: HostKeyPolicy
     ) -> None:
         self._transport = transport
         self._node = node
-        self._known_hosts = known_hosts
+        self._plan = plan
         self._policy = policy
         self._conn: asyncssh.SSHClientConnection | None = None
         self.verdict: str | None = None  # "unknown" | "changed" | "accepted"
@@ -395,27 +394,28 @@ class _KeyChecker(asyncssh.SSHClient):
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
     ) -> bool:
-        files = self._known_hosts()
-        known = False
-        for path in files:
-            if not os.path.exists(path):
-                continue
-            try:
-                trusted = asyncssh.read_known_hosts(path).match(host, addr, port)[0]
-            except (asyncssh.Error, OSError, ValueError):
-                continue
-            if trusted:
-                known = True
-                self.stale = path, host if port in (0, 22) else f"[{host}]:{port}"
-                break
-        if known:
+        offered = f"{key.get_algorithm()} {key.get_fingerprint()}"
+        path = _known_in(self._plan.known_hosts, host, addr, port)
+        if path is not None:  # a key for this host is known, and not this one
+            self.stale = path, host if port in (0, 22) else f"[{host}]:{port}"
             self.verdict = "changed"
+            log.info(
+                "%s: refused host key %s: %s has another key for it", self._node, offered, path
+            )
             return False
+        files = self._plan.user_known_hosts
         if self._policy is HostKeyPolicy.ACCEPT_NEW and files:
             self._transport.record_key(files[0], [self._node, host, addr], port, key)
             self.verdict = "accepted"
+            log.info("%s: accepted new host key %s, recorded in %s", self._node, offered, files[0])
             return True
         self.verdict = "unknown"
+        log.info(
+            "%s: refused unknown host key %s (not in %s)",
+            self._node,
+            offered,
+            ", ".join(self._plan.known_hosts) or "any known_hosts file",
+        )
         return False
 
 
@@ -655,7 +655,7 @@ class SSHTransport(Transport):
                 plan.who,
                 "asyncssh" if resolved is None else "fast",
             )
-            checker = _KeyChecker(self, node.name, plan.user_known_hosts_files, policy)
+            checker = _KeyChecker(self, node.name, plan, policy)
             plan.kwargs.setdefault("keepalive_interval", self.keepalive)
             plan.kwargs.setdefault("keepalive_count_max", self.keepalive_count)
             key_checker = checker
@@ -684,6 +684,8 @@ class SSHTransport(Transport):
             raise _os_error(exc, node) from exc
         except ValueError as exc:  # asyncssh reports bad config/keys this way
             raise TransportError(f"SSH configuration error: {exc}", node.name) from exc
+        if checker.verdict is None and log.isEnabledFor(logging.DEBUG):
+            _log_trusted_by(node, plan, conn)
         return SSHConnection(node, conn)
 
 
@@ -704,8 +706,38 @@ class _Plan:
     agent: str | None
     identities_only: bool
 
-    def user_known_hosts_files(self) -> list[str]:
-        return self.user_known_hosts
+
+def _known_in(files: list[str], host: str, addr: str, port: int) -> str | None:
+    """The first of ``files`` with an entry (any key) for the host, or None."""
+    for path in files:
+        if not os.path.exists(path):
+            continue
+        try:
+            trusted = asyncssh.read_known_hosts(path).match(host, addr, port)[0]
+        except (asyncssh.Error, OSError, ValueError):
+            continue
+        if trusted:
+            return path
+    return None
+
+
+def _log_trusted_by(node: Node, plan: _Plan, conn: asyncssh.SSHClientConnection) -> None:
+    """DEBUG: which known_hosts file trusted the key asyncssh accepted (read only then)."""
+    key = conn.get_server_host_key()
+    peer = conn.get_extra_info("peername") or ("", 0)
+    host = str(plan.kwargs.get("host") or node.address)
+    port = int(peer[1]) if len(peer) > 1 else 22
+    where = "a known_hosts file"
+    for path in plan.known_hosts:
+        with contextlib.suppress(asyncssh.Error, OSError, ValueError):
+            if key is not None and any(
+                k.public_data == key.public_data
+                for k in asyncssh.read_known_hosts(path).match(host, str(peer[0]), port)[0]
+            ):
+                where = path
+                break
+    shown = f"{key.get_algorithm()} {key.get_fingerprint()}" if key is not None else "its key"
+    log.debug("%s: host key %s trusted by %s", node.name, shown, where)
 
 
 async def _agent_keys(path: str) -> str:
