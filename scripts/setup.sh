@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in sshd:openssh-server ssh:openssh-client ip:iproute2 tc:iproute2 nft:nftables \
-            rsync:rsync unshare:util-linux man:man-db groff:groff-base zsh:zsh fish:fish; do
+            rsync:rsync unshare:util-linux man:man-db groff:groff-base zsh:zsh fish:fish \
+            chromium:chromium; do  # chromium: the dashboard's browser tests (Playwright drives it)
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

@@ -53,6 +53,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from shoal.client import PROTOCOL, PROTOCOL_HEADER, SOCKET_NAME
 from shoal.control.controller import Controller, ServiceConfig
 from shoal.errors import ServiceError, ShoalError, UsageError
+from shoal.web import dashboard
 
 from . import access, approutes, metrics, noderoutes, resources, routes, xmlrpc
 from .servelock import ServiceLock
@@ -103,6 +104,7 @@ def build_app(ctl: Controller) -> FastAPI:
     for module in (routes, noderoutes, approutes, xmlrpc, metrics):
         app.include_router(module.router)
     resources.install(app)  # the resource routers and the one body limit
+    dashboard.mount(app)  # the web dashboard at / and /ui/
 
     @app.exception_handler(ShoalError)
     async def shoal_error(request: Request, exc: ShoalError) -> JSONResponse:
@@ -138,11 +140,12 @@ class _ProtocolMiddleware:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in UNVERSIONED:
+        if scope["type"] != "http" or scope["path"] in UNVERSIONED or dashboard.page(scope):
             await self.app(scope, receive, send)
             return
         want = PROTOCOL_HEADER.lower().encode()
         got = next((v.decode("latin-1") for k, v in scope["headers"] if k == want), None)
+        got = got if got is not None else dashboard.query_protocol(scope)  # EventSource
         if got == str(PROTOCOL):
             await self.app(scope, receive, send)
             return

@@ -1,0 +1,1 @@
+"""The live web dashboard ``shoal serve`` shows at ``/`` (see :mod:`.dashboard`)."""

@@ -1,0 +1,208 @@
+"""The web dashboard in a real browser against a real ``shoal serve`` on the lab.
+
+Headless Chromium (Debian's package, driven by Playwright: shoal.testing.chromium)
+opens ``http://127.0.0.1:PORT/?token=TOKEN`` of a ``shoal serve --listen``
+holding the lab's nodes, and logs in with the session cookie. Then, with no
+reload: a killed node's tile turns down within 5 s (and up again when revived);
+a bad selection in the filter shows the API's caret message; an app brought up
+from the page fills its barrier; a push started from the page shows per-node
+progress. Screenshots go to $SHOAL_TEST_ARTIFACTS (default tests/artifacts/,
+git-ignored). Skipped with the reason when Chromium or Playwright is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.client import ServiceClient
+from shoal.nodes.inventory import import_nodes
+from shoal.state import State
+from shoal.testing.chromium import browser, skip_reason
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+SHOAL = str(Path(sys.executable).with_name("shoal"))
+ARTIFACTS = Path(
+    os.environ.get("SHOAL_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts")
+)
+#: The app the page brings up: three members meet at a barrier after staggered work.
+SPEC = """\
+app: {name}
+components:
+  meet:
+    select: "n[6-8]"
+    count: 3
+    processes:
+      - name: work
+        run: "sleep $(( $(od -An -N1 -tu1 /dev/urandom) % 3 ))"
+      - {{name: gather, barrier: b}}
+      - {{name: after, run: "echo released"}}
+barriers:
+  b: {{}}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """``shoal serve --listen`` over the lab's nodes: (its login URL, its home); stopped after."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    home = tmp_path_factory.mktemp("dash") / "svc"
+    home.mkdir(mode=0o700)
+    with State(home / "state.db") as st:
+        import_nodes(lab.nodes(), state=st)
+    env = {**os.environ, "SHOAL_HOME": str(home)}
+    port = _free_port()
+    proc = subprocess.Popen(
+        [SHOAL, "serve", "--sweep-interval", "0", "--listen", f"127.0.0.1:{port}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while ServiceClient.locate(home) is None:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "shoal serve did not listen within 30 s"
+            time.sleep(0.05)
+        token = subprocess.run(
+            [SHOAL, "serve", "token"], env=env, capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+        yield f"http://127.0.0.1:{port}/?token={token}", home
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def chrome(served: Any) -> Iterator[Any]:
+    with browser() as context:
+        yield context
+
+
+@pytest.fixture
+def page(chrome: Any, served: tuple[str, Path], request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The dashboard logged in by ``?token=``, every tile up; a screenshot kept after."""
+    url, _ = served
+    tab = chrome.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda exc: problems.append(str(exc)))
+    tab.goto(url)
+    assert "token=" not in tab.url  # the login redirected to the URL without it
+    tab.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    tab.wait_for_function(
+        "() => document.querySelectorAll('#tiles .tile').length === 8"
+        " && document.querySelectorAll('#tiles .tile.s-up').length === 8",
+        timeout=60_000,
+    )
+    tab.evaluate("window.__sameDocument = true")  # gone if the page ever reloads
+    try:
+        yield tab
+        assert tab.evaluate("window.__sameDocument === true"), "the page reloaded"
+        assert problems == [], problems
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        tab.screenshot(path=str(ARTIFACTS / f"dashboard-{request.node.name}.png"), full_page=True)
+        tab.close()
+
+
+def _tile(page: Any, node: str) -> str:
+    return str(page.get_attribute(f"#tiles .tile[data-node='{node}']", "class"))
+
+
+def test_a_killed_node_turns_down_within_5_s_without_a_reload(lab: Any, page: Any) -> None:
+    node = "n5"
+    try:
+        lab.kill(node)
+        killed = time.monotonic()
+        page.wait_for_selector(f"#tiles .tile.s-down[data-node='{node}']", timeout=5_000)
+        took = time.monotonic() - killed
+        assert "s-down" in _tile(page, node), took
+        assert page.text_content("#counts .count.s-down") == "down 1"
+        page.click(f"#tiles .tile[data-node='{node}']")
+        assert "down" in page.text_content("#node-detail .facts")
+    finally:
+        lab.revive(node)
+    page.wait_for_selector(f"#tiles .tile.s-up[data-node='{node}']", timeout=30_000)
+    assert page.text_content("#counts .count.s-down") == "down 0"
+
+
+def test_the_filter_shows_the_caret_and_dims_the_rest(page: Any) -> None:
+    page.fill("#filter", "n[1-")
+    page.press("#filter", "Enter")
+    page.wait_for_selector("#filter-error:not([hidden])")
+    text = page.text_content("#filter-error")
+    assert "^" in text and "n[1-" in text, text
+    page.fill("#filter", "n[1-3]")
+    page.press("#filter", "Enter")
+    page.wait_for_function("() => document.querySelectorAll('#tiles .tile.dim').length === 5")
+    assert page.is_hidden("#filter-error")
+    assert "dim" not in _tile(page, "n2") and "dim" in _tile(page, "n4")
+
+
+def test_an_app_brought_up_from_the_page_fills_its_barrier(
+    page: Any, served: tuple[str, Path], tmp_path: Path
+) -> None:
+    spec = tmp_path / "meet.yaml"
+    spec.write_text(SPEC.format(name="dashmeet"))
+    page.click("nav button[data-tab='apps']")
+    page.fill("#app-spec", str(spec))
+    page.click("#app-up")
+    page.wait_for_selector("#app-view .barrier[data-barrier='b']", timeout=60_000)
+    page.wait_for_function(
+        "() => { const p = document.querySelector("
+        "\"#app-view .barrier[data-barrier='b'] progress\");"
+        " return p && Number(p.value) === 3 && Number(p.max) === 3; }",
+        timeout=90_000,
+    )
+    assert "3/3" in page.text_content("#app-view .barrier[data-barrier='b']")
+    members = page.locator("#app-view tbody tr")
+    assert members.count() == 3
+    page.click("#app-down")
+    page.wait_for_function(
+        "() => !document.querySelector('#app-view h3')"
+        " || !document.querySelector('#app-view h3').textContent.includes('running')",
+        timeout=60_000,
+    )
+
+
+def test_a_push_from_the_page_shows_per_node_progress(page: Any, tmp_path: Path) -> None:
+    tree = tmp_path / "site"
+    tree.mkdir()
+    for i in range(4):
+        (tree / f"blob{i}").write_bytes(os.urandom(2_000_000))
+    page.click("nav button[data-tab='pushes']")
+    page.fill("#push-source", str(tree))
+    page.fill("#push-dir", "/tmp/dash-site")
+    page.fill("#push-selection", "n[1-4]")
+    page.click("#push-start")
+    page.wait_for_selector(".push[data-state='done'], .push[data-state='failed']", timeout=120_000)
+    block = page.locator(".push").first
+    assert block.get_attribute("data-state") == "done", block.text_content()
+    rows = block.locator("tbody tr")
+    assert rows.count() == 4
+    for i in range(4):
+        cells = rows.nth(i).locator("td")
+        assert cells.nth(0).text_content() in {"n1", "n2", "n3", "n4"}
+        assert int(cells.nth(2).text_content()) > 0  # bytes received by that node
+    page.wait_for_selector("#versions-view tbody tr")
