@@ -26,6 +26,8 @@ from shoal.nodes.inventory import import_nodes
 from shoal.service.xmlrpc import FAULT_CODES
 from shoal.state import State
 
+from .conftest import unique_lab_name
+
 pytestmark = pytest.mark.lab
 
 SERVE = (
@@ -369,4 +371,32 @@ def test_an_app_brought_up_and_down_over_xmlrpc_is_kept_and_counted(
         lambda: scrape(home).get(("shoal_programs", (("state", "RUNNING"),))) == 0,
         15,
         "no program RUNNING after down",
+    )
+
+
+def test_a_push_over_xmlrpc_counts_its_bytes_by_source_and_peers(
+    service: Any, tmp_path: Path
+) -> None:
+    _client, home, nodes = service
+    rpc = proxy(home)
+    src = tmp_path / "tree"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))
+    remote_dir = unique_lab_name("xpush")
+    started = rpc.pushes.start(str(src), remote_dir, "", {"rate_limit": 1.5e6})
+    done = until(
+        lambda: (p := rpc.pushes.get(started["id"]))["state"] != "running" and p, 90, "the push"
+    )
+    assert done["state"] == "done", done["error"]
+    records = {r["node"]: r for r in done["results"]}
+    assert set(records) == {n.name for n in nodes}
+    metrics = scrape(home)
+    for name, record in records.items():
+        for via in ("source", "peers"):
+            key = ("shoal_push_bytes_total", (("node", name), ("via", via)))
+            assert metrics[key] == record[f"from_{via}"], (name, via)
+        assert record["from_source"] + record["from_peers"] >= 3 << 20
+    versions = rpc.content.versions(remote_dir, "")
+    assert {v["node"]: v["value"]["current"] for v in versions} == dict.fromkeys(
+        records, done["summary"]["version"]
     )
