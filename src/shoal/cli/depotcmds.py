@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
         ".tar.zst file (read without extracting; unsafe members refused by name) or an "
         "http(s):// URL of one, fetched once by the controller.",
     )
-    put.add_argument("source", metavar="PATH|TARBALL|URL")
+    put.add_argument("source", metavar="PATH|TARBALL|URL", help="what to store")
     put.add_argument("--name", required=True, help="the package's name")
     put.add_argument("--version", dest="label", metavar="V", help="label (default: its id)")
     put.add_argument("--sha256", metavar="HEX", help="a URL's expected SHA-256 (refused else)")
@@ -39,14 +39,14 @@ def register(sub: Any) -> None:
     listing = dsub.add_parser("list", help="every package version, oldest first")
     listing.set_defaults(handler=cmd_list)
     show = dsub.add_parser("show", help="a package's versions and where each is deployed")
-    show.add_argument("name", metavar="NAME")
+    show.add_argument("name", metavar="NAME", help="the package")
     show.set_defaults(handler=cmd_show)
     rm = dsub.add_parser(
         "rm",
         help="drop NAME@VERSION (refused while a node or an app uses it)",
         description="Remove a version from the depot's index; 'depot gc' frees its chunks.",
     )
-    rm.add_argument("ref", metavar="NAME@VERSION")
+    rm.add_argument("ref", metavar="NAME@VERSION", help="the version to drop")
     rm.set_defaults(handler=cmd_rm)
     gc = dsub.add_parser("gc", help="delete chunks no version references")
     gc.set_defaults(handler=cmd_gc)
