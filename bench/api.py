@@ -218,6 +218,7 @@ async def serve(home: Path, args: argparse.Namespace, fake: bool) -> dict[str, A
     out: dict[str, Any] = {"nodes_in_state": len(ctl.managed())}
     try:
         out["library_ms"] = library_steps(ctl)
+        out["metrics_ms"] = metrics_render(ctl)
         me = [sys.executable, __file__]
         got = await asyncio.to_thread(
             subprocess.run,
@@ -289,6 +290,24 @@ def library_steps(ctl: Any, rounds: int = 5) -> dict[str, float]:
     return {**medians, "total": sum(medians.values())}
 
 
+def metrics_render(ctl: Any, rounds: int = 5) -> float:
+    """Median ms of rendering /metrics in-process (the loop's share of a scrape)."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shoal.service.metrics import ServiceCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceCollector(ctl, SimpleNamespace()))
+    times = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        generate_latest(registry)
+        times.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times)
+
+
 def lab_state(home: Path, count: int) -> Any:
     from shoal.lab import Lab, LabSpec
     from shoal.nodes.inventory import import_nodes
@@ -344,6 +363,7 @@ def report(out: dict[str, Any], args: argparse.Namespace, real: bool) -> None:
     steps = ", ".join(f"{k} {v:.1f}" for k, v in lib.items() if k != "total")
     print(f"  the handler's library calls alone {lib['total']:.1f} ms ({steps})")
     print(f"  target {TARGET_MS:.0f} ms: ratio {med / TARGET_MS:.2f}")
+    print(f"/metrics rendered for the same fleet: {out['metrics_ms']:.1f} ms (median, in-process)")
     lat = out["sse"]["latencies_ms"]
     print(f"one event -> {args.subscribers} SSE subscribers, {args.events} events "
           f"({len(lat)}/{out['sse']['expected']} deliveries):")  # fmt: skip
