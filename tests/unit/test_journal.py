@@ -57,7 +57,7 @@ def test_schema_1_migrates_keeping_rows_and_ids(tmp_path: Path) -> None:
             (9, "n2", "exited", "agent"),
         ]
         assert eventlog.cursor(st, "n1") == ("a", 1)
-        seq = journal.record(ServiceEvent("service", "started"))
+        seq = journal.record(ServiceEvent("service", "started")).result()
         assert seq == 10  # AUTOINCREMENT continues after the migrated ids
         version = st.db.execute("SELECT version FROM schema_versions WHERE name='events'")
         assert version.fetchone()[0] == eventlog.SCHEMA_VERSION
@@ -98,12 +98,12 @@ def test_resume_after_seq_is_exact_across_reopening(tmp_path: Path) -> None:
 def test_agent_events_are_idempotent_and_batched(tmp_path: Path) -> None:
     with State(tmp_path / "state.db") as st:
         j = Journal(st)
-        assert j.store_agent_events("n1", "a", _agent_events(1, 3)) == 3
-        assert j.store_agent_events("n1", "a", _agent_events(2, 3)) == 1  # 2, 3 again; 4 new
+        assert j.store_agent_events("n1", "a", _agent_events(1, 3)).result() == 3
+        assert j.store_agent_events("n1", "a", _agent_events(2, 3)).result() == 1  # 4 new
         added = j.store_agent_batches(
             [("n2", "b", _agent_events(1, 2)), ("n3", "c", _agent_events(1, 2))]
         )
-        assert added == 4
+        assert added.result() == 4
         assert len(j.read(0).events) == 8
         assert eventlog.cursor(st, "n1") == ("a", 4)
 
@@ -143,15 +143,15 @@ def test_retention_prunes_a_prefix_and_a_late_reader_is_told(tmp_path: Path) -> 
         j = Journal(st, keep_age=0, keep_count=3)
         for i in range(10):
             j.record(ServiceEvent("service", "tick", detail=str(i)))
-        assert j.prune() == 7
+        assert j.prune().result() == 7
         assert j.pruned_through == 7
         late = j.read(2)
         assert late.lost == 7 and [r.id for r in late.events] == [8, 9, 10]
         assert j.read(7).lost == 0  # it had seen everything pruned
         old = Journal(st, keep_age=60, keep_count=0)
         st.db.execute("UPDATE events SET stored = stored - 120 WHERE id <= 9")
-        assert old.prune() == 2 and old.pruned_through == 9
-        assert j.record(ServiceEvent("service", "tick")) == 11  # ids are never reused
+        assert old.prune().result() == 2 and old.pruned_through == 9
+        assert j.record(ServiceEvent("service", "tick")).result() == 11  # ids never reused
 
 
 def test_a_waiter_wakes_on_commit_not_on_a_timer() -> None:

@@ -10,7 +10,9 @@ uses too). Each has ``async run(stop)`` and ``status() -> dict``.
 
 Everything the service decides is written to SQLite before it acts (the
 journal, the schedules' next runs, the plug-ins' own tables), so a killed
-service started again resumes. The library prints nothing: the adapter
+service started again resumes. The journal's and the schedules' writes go to
+one writer thread (:mod:`.dbwriter`), so a database locked by another process
+delays them, not the event loop. The library prints nothing: the adapter
 (:mod:`shoal.service.servedaemon`) drives :meth:`Controller.run` and renders.
 """
 
@@ -28,7 +30,8 @@ from shoal.errors import EmptySelectionError, ShoalError, StateError
 from shoal.state import State
 
 from . import keeper, links
-from .journal import Journal, ServiceEvent
+from .dbwriter import Writer
+from .journal import Journal, ServiceEvent, db_error
 from .schedule import Scheduler
 
 
@@ -84,14 +87,22 @@ class Controller:
         self.config = config
         self.state = _open(config.database)
         self.started = time.time()
+        self.writer: Writer | None = None
         try:
             self.state.db.execute(f"PRAGMA busy_timeout={int(config.busy_timeout * 1000)}")
             self.journal = Journal(
                 self.state, keep_age=config.keep_seconds, keep_count=config.keep_events
             )
+            self.writer = Writer(
+                config.database,
+                busy_timeout=config.busy_timeout,
+                on_commit=self.journal.committed,
+                error=lambda exc: db_error(self.state, exc),
+            )
+            self.journal.writer = self.writer
             self.scheduler = Scheduler(self.state, self.journal)
         except BaseException:
-            self.state.close()
+            self.close()
             raise
         #: set when the controller is asked to stop (by run's caller)
         self.stop = asyncio.Event()
@@ -120,7 +131,8 @@ class Controller:
         """
         if self._started:
             return
-        self.journal.record(ServiceEvent("service", "started", detail=f"pid {os.getpid()}"))
+        started = ServiceEvent("service", "started", detail=f"pid {os.getpid()}")
+        self.journal.record(started, patience=0).result()  # one try: a locked db says so
         self._started = True
         self.journal.prune()
         if self.config.sweep_interval > 0:
@@ -143,8 +155,10 @@ class Controller:
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+            stopped = ServiceEvent("service", "stopped", detail=f"pid {os.getpid()}")
             try:
-                self.journal.record(ServiceEvent("service", "stopped", detail=f"pid {os.getpid()}"))
+                wrote = self.journal.record(stopped, patience=self.config.busy_timeout)
+                await asyncio.wrap_future(wrote)
             except ShoalError as exc:
                 self.stop_problem = str(exc)
 
@@ -164,11 +178,14 @@ class Controller:
             for e in found
             if e.status != "ok"
         ]
-        self.journal.record_many([*events, ServiceEvent("sweep", "swept", detail=summary)])
+        await asyncio.wrap_future(
+            self.journal.record_many([*events, ServiceEvent("sweep", "swept", detail=summary)])
+        )
         return summary
 
     async def _prune(self) -> str:
-        return f"{self.journal.prune()} event(s) pruned"
+        pruned: int = await asyncio.wrap_future(self.journal.prune())
+        return f"{pruned} event(s) pruned"
 
     def status(self) -> dict[str, Any]:
         """What ``GET /api/v1/status`` reports (the adapter adds pid, version, protocol)."""
@@ -183,4 +200,7 @@ class Controller:
         }
 
     def close(self) -> None:
+        """Write what is queued (bounded by the busy timeout), then close the database."""
+        if self.writer is not None:
+            self.writer.close(timeout=max(1.0, 2 * self.config.busy_timeout))
         self.state.close()

@@ -24,6 +24,11 @@ without a service). An event's sequence number is its row ``id``:
   waiters (:meth:`Journal.wait`), so nothing in the service polls; rows other
   processes write (a CLI without the service) are seen at the next wake or
   timeout.
+* **Off the loop**: in the service every write goes to the one writer thread
+  (:mod:`.dbwriter`) and the write methods return futures: a database locked
+  by another process delays the writes (kept in order, stored once the lock
+  goes), never the event loop. Reads stay on the loop's connection (WAL:
+  readers do not wait for a writer).
 
 Tables (owned here, beside eventlog's)::
 
@@ -36,14 +41,19 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from shoal.agentlink import eventlog
 from shoal.agentlink.eventlog import EventRow
 from shoal.errors import StateError
 from shoal.state import State
+
+from .dbwriter import Writer
+
+T = TypeVar("T")
 
 RETENTION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS event_retention (
@@ -98,61 +108,87 @@ def db_error(state: State, exc: sqlite3.Error) -> StateError:
 
 
 class Journal:
-    """The ordered event log of one state database, with in-process wake-ups."""
+    """The ordered event log of one state database, with in-process wake-ups.
+
+    With a :class:`~.dbwriter.Writer` (the service's), every write is queued
+    to the writer thread and the methods return at once with a
+    :class:`~concurrent.futures.Future` of their result: the event loop never
+    waits for the database's lock. Without one (the library, tests), writes run
+    in the caller, raise there, and return a future already done.
+    """
 
     def __init__(
-        self, state: State, *, keep_age: float = 30 * 86400, keep_count: int = 1_000_000
+        self,
+        state: State,
+        *,
+        keep_age: float = 30 * 86400,
+        keep_count: int = 1_000_000,
+        writer: Writer | None = None,
     ) -> None:
         self.state = state
         self.keep_age = keep_age
         self.keep_count = keep_count
+        self.writer = writer
         eventlog.ensure(state)
         state.ensure("journal", RETENTION_SCHEMA)
         self._changed = asyncio.Event()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     # -- writing ------------------------------------------------------------------
 
-    def record(self, event: ServiceEvent) -> int:
-        """Store one service event; its sequence number."""
-        return self.record_many([event])[-1]
+    def record(self, event: ServiceEvent, *, patience: float | None = None) -> Future[int]:
+        """Store one service event; its sequence number (a future)."""
+        made = time.time()
+        return self.submit(lambda st: _insert(st, [event], made)[-1], patience=patience)
 
-    def record_many(self, events: Sequence[ServiceEvent]) -> list[int]:
+    def record_many(self, events: Sequence[ServiceEvent]) -> Future[list[int]]:
         """Store service events in one transaction; their sequence numbers, in order."""
-        now = time.time()
-        ids: list[int] = []
-        with self._writing() as db:
-            for e in events:
-                cur = db.execute(
-                    "INSERT INTO events(node, agent, seq, time, kind, program, detail, topic,"
-                    " stored) VALUES (?, NULL, NULL, ?, ?, ?, ?, ?, ?)",
-                    (e.node, now, e.kind, e.program, e.detail, e.topic, now),
-                )
-                ids.append(int(cur.lastrowid or 0))
-        return ids
+        events, made = list(events), time.time()
+        return self.submit(lambda st: _insert(st, events, made))
 
-    def store_agent_events(self, node: str, agent_id: str, events: Sequence[dict[str, Any]]) -> int:
+    def store_agent_events(
+        self, node: str, agent_id: str, events: Sequence[dict[str, Any]]
+    ) -> Future[int]:
         """Events one agent sent (idempotent on (node, agent, seq)); the number new."""
         return self.store_agent_batches([(node, agent_id, events)])
 
     def store_agent_batches(
         self, batches: Iterable[tuple[str, str, Sequence[dict[str, Any]]]]
-    ) -> int:
+    ) -> Future[int]:
         """Several agents' events in one transaction (one commit for many nodes)."""
-        with self._writing() as db:
-            return sum(eventlog.insert_agent_events(db, n, a, ev) for n, a, ev in batches)
+        batches = list(batches)
 
-    @contextlib.contextmanager
-    def _writing(self) -> Any:
-        """One write transaction; waiters woken after it commits; sqlite errors as StateError."""
+        def insert(st: State) -> int:
+            with st.transaction() as db:
+                return sum(eventlog.insert_agent_events(db, n, a, ev) for n, a, ev in batches)
+
+        return self.submit(insert)
+
+    def submit(self, fn: Callable[[State], T], *, patience: float | None = None) -> Future[T]:
+        """Any write ``fn(state)``, in the journal's order: through the writer when there is
+        one (``state`` is then the writer's), else now, in the caller (errors raised).
+        ``fn`` makes its own ``state.transaction()``."""
+        if self.writer is not None:
+            return self.writer.submit(fn, patience=patience)
+        done: Future[T] = Future()
         try:
-            with self.state.transaction() as db:
-                yield db
+            done.set_result(fn(self.state))
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 if self.state.db.in_transaction:
                     self.state.db.execute("ROLLBACK")
             raise db_error(self.state, exc) from exc
         self.wake()
+        return done
+
+    def committed(self) -> None:
+        """The writer committed (called in its thread): wake the waiters on the loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.wake)
 
     def wake(self) -> None:
         """Wake every waiter (called after each commit)."""
@@ -240,30 +276,50 @@ class Journal:
 
     # -- retention ----------------------------------------------------------------
 
-    def prune(self, now: float | None = None) -> int:
+    def prune(self, now: float | None = None) -> Future[int]:
         """Delete what retention no longer keeps (a prefix in id order); rows deleted."""
         now = time.time() if now is None else now
-        db = self.state.db
         newest = self.last
         by_count = newest - self.keep_count if self.keep_count > 0 else 0
-        r = db.execute(
+        r = self.state.db.execute(
             "SELECT max(id) FROM events WHERE stored < ?", (now - self.keep_age,)
         ).fetchone()
         by_age = int(r[0] or 0) if self.keep_age > 0 else 0
         through = max(by_count, by_age)
         if through <= self.pruned_through:
-            return 0
-        with self._writing() as w:
-            before = w.total_changes
-            w.execute("DELETE FROM events WHERE id <= ?", (through,))
-            deleted = w.total_changes - before
-            w.execute(
-                "INSERT INTO event_retention(id, pruned_through) VALUES (1, ?)"
-                " ON CONFLICT(id) DO UPDATE SET pruned_through="
-                "max(pruned_through, excluded.pruned_through)",
-                (through,),
+            done: Future[int] = Future()
+            done.set_result(0)
+            return done
+
+        def delete(st: State) -> int:
+            with st.transaction() as db:
+                before = db.total_changes
+                db.execute("DELETE FROM events WHERE id <= ?", (through,))
+                deleted = db.total_changes - before
+                db.execute(
+                    "INSERT INTO event_retention(id, pruned_through) VALUES (1, ?)"
+                    " ON CONFLICT(id) DO UPDATE SET pruned_through="
+                    "max(pruned_through, excluded.pruned_through)",
+                    (through,),
+                )
+            return deleted
+
+        return self.submit(delete)
+
+
+def _insert(state: State, events: Sequence[ServiceEvent], made: float) -> list[int]:
+    """Insert service events: ``time`` when the service made them, ``stored`` now."""
+    now = time.time()
+    ids = []
+    with state.transaction() as db:
+        for e in events:
+            cur = db.execute(
+                "INSERT INTO events(node, agent, seq, time, kind, program, detail, topic,"
+                " stored) VALUES (?, NULL, NULL, ?, ?, ?, ?, ?, ?)",
+                (e.node, made, e.kind, e.program, e.detail, e.topic, now),
             )
-        return deleted
+            ids.append(int(cur.lastrowid or 0))
+    return ids
 
 
 def event_record(r: EventRow) -> dict[str, Any]:

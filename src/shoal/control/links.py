@@ -468,7 +468,7 @@ class Links:
         for link in self.links.values():
             await self._drop(link)
         with contextlib.suppress(ShoalError):
-            self.facts.flush()
+            self.facts.flush(self.journal.submit)
 
     async def update(self, nodes: Sequence[Node]) -> None:
         """Manage exactly ``nodes`` from now on: new ones attach, dropped ones close."""
@@ -661,7 +661,8 @@ class Links:
             link.refused = str(exc)
             link.since = time.time()
             self._event("node_refused", link.node.name, str(exc))
-            health.mark_failed({link.node.name: f"{exc.kind}: {exc}"}, state=self.state)
+            failed = {link.node.name: f"{exc.kind}: {exc}"}
+            self.journal.submit(lambda st: health.mark_failed(failed, state=st))
 
     def _agentless(self, link: Link, exc: ShoalError) -> None:
         if link.no_agent != str(exc):
@@ -685,11 +686,12 @@ class Links:
             link.since = time.time()
             self._event(step.event, name, step.reason)
             if step.event == "node_down":
-                health.mark_failed({name: step.reason}, state=self.state)
+                failed = {name: step.reason}
+                self.journal.submit(lambda st: health.mark_failed(failed, state=st))
                 if link.conn is not None:  # useless to a dead node: its watch ends now
                     self._spawn(link.conn.close())
             elif step.event == "node_up":
-                health.mark_healthy([name], state=self.state)
+                self.journal.submit(lambda st: health.mark_healthy([name], state=st))
         if step.probe:
             self._spawn(self._probe(link))
         if step.reconnect:
@@ -702,11 +704,12 @@ class Links:
 
     def _clear_unreachable(self, link: Link) -> None:
         """A node that attached leaves the failed set if it was there as unreachable."""
+        healthy = [link.node.name]
         for failure in health.failures(self.state):
             if failure.name == link.node.name and failure.reason.startswith(
                 ("down:", "unreachable:", "hostkey:", "auth:")
             ):
-                health.mark_healthy([link.node.name], state=self.state)
+                self.journal.submit(lambda st: health.mark_healthy(healthy, state=st))
 
     async def _probe(self, link: Link) -> None:
         host, port = self._address(link.node)
@@ -735,7 +738,7 @@ class Links:
                     self._apply(link, link.detector.tick(now))
             if self.facts.due():
                 with contextlib.suppress(ShoalError):
-                    self.facts.flush()
+                    self.facts.flush(self.journal.submit)
 
 
 class LinksComponent:

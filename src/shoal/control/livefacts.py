@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from shoal.agentlink.agentwatch import Beat
 from shoal.nodes.facts import FactRecord, load_facts, store_facts
@@ -77,8 +78,11 @@ class LiveFacts:
     def due(self) -> bool:
         return bool(self._dirty) and self.clock() - self._last_flush >= self.every
 
-    def flush(self) -> int:
-        """Write the nodes changed since the last flush; how many were written."""
+    def flush(self, submit: Callable[[Callable[[State], Any]], Any] | None = None) -> int:
+        """Write the nodes changed since the last flush; how many were written.
+
+        ``submit`` (the journal's: the service's writer thread) takes the write
+        off the caller; without it the write is made here."""
         now = self.clock()
         self._last_flush = now
         names = sorted(self._dirty)
@@ -93,6 +97,9 @@ class LiveFacts:
             data.update(self.facts.get(name, {}))
             rtt = self.rtt_ms.get(name, old.rtt_ms if old else None)
             records.append(FactRecord(name, now, None if rtt is None else round(rtt, 3), data))
-        store_facts(records, state=self.state)
+        if submit is None:
+            store_facts(records, state=self.state)
+        else:
+            submit(lambda st: store_facts(records, state=st))
         self.flushes += 1
         return len(records)

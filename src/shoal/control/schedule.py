@@ -3,7 +3,8 @@
 A job is an async callable run every ``interval`` seconds (start to start, with
 up to ``jitter`` of the interval added at random so that many services, or
 many jobs, do not fire together). Its next run time is written to the
-``schedules`` table *before* the job runs, so a service killed and started
+``schedules`` table *before* the job runs (through the journal's writer: a
+locked database delays the job, not the event loop), so a service killed and started
 again keeps each job's phase instead of running everything at start-up (a run
 that came due while the service was down runs once, at start). One job runs
 at a time per name; a job that raises is recorded (``last_error``) and
@@ -20,15 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from shoal.state import State
 
-from .journal import Journal, ServiceEvent, db_error
+from .journal import Journal, ServiceEvent
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schedules (
@@ -81,7 +82,7 @@ class Scheduler:
             job.next_run = float(row[1])
         else:  # new, or its interval changed: first run one (jittered) interval from now
             job.next_run = self._next(job, time.time())
-            self._save(job)
+            self._save(job, patience=0).result()  # at start: one try, a lock fails it
         self.jobs[name] = job
         self._changed.set()
         return job
@@ -89,19 +90,21 @@ class Scheduler:
     def _next(self, job: Job, start: float) -> float:
         return start + job.interval * (1 + job.jitter * self._rng.random())
 
-    def _save(self, job: Job, **last: Any) -> None:
+    def _save(self, job: Job, patience: float | None = None, **last: Any) -> Future[None]:
+        """Write the job's row (through the journal's writer, in its order)."""
         cols = ", ".join(f"{k}=excluded.{k}" for k in ("interval", "next_run", *last))
         names = ["name", "interval", "next_run", *last]
         values = [job.name, job.interval, job.next_run, *last.values()]
-        try:
-            with self.state.transaction() as db:
+
+        def write(st: State) -> None:
+            with st.transaction() as db:
                 db.execute(
                     f"INSERT INTO schedules({', '.join(names)}) VALUES"
                     f" ({', '.join('?' * len(names))}) ON CONFLICT(name) DO UPDATE SET {cols}",
                     values,
                 )
-        except sqlite3.Error as exc:
-            raise db_error(self.state, exc) from exc
+
+        return self.journal.submit(write, patience=patience)
 
     def status(self) -> list[dict[str, Any]]:
         """Every registered job: interval, next run, the last run's outcome."""
@@ -152,16 +155,19 @@ class Scheduler:
 
     def _start(self, job: Job, now: float) -> None:
         job.next_run = self._next(job, now)
+        saved = self._save(job, last_start=now)  # the phase is on disk before the job acts
+        job.running = asyncio.create_task(self._run_one(job, now, saved), name=f"job {job.name}")
+
+    async def _run_one(self, job: Job, now: float, saved: Future[None]) -> None:
         try:
-            self._save(job, last_start=now)  # the phase is on disk before the job acts
+            await asyncio.wrap_future(saved)
         except Exception as exc:
             job.next_run = now + job.interval  # cannot persist: retry later, do not act
             self.problem = f"job {job.name} not run: {exc}"
+            job.running = None
+            self._changed.set()
             return
         self.problem = None
-        job.running = asyncio.create_task(self._run_one(job), name=f"job {job.name}")
-
-    async def _run_one(self, job: Job) -> None:
         status, error = "ok", None
         try:
             summary = await job.fn()
