@@ -12,7 +12,9 @@ short component (:func:`drifted`, from stored facts, no node contacted).
 ``up_async`` applies the failure policies (:mod:`.policy`), replaces lost
 members from spares and stops dropped ones (:mod:`.shrink`); every decision
 is in SQLite before a node changes. The :class:`Round` says what was done;
-adapters turn it into journal events and log lines. Nothing here prints.
+adapters turn it into journal events and output. Each decision is also logged
+on ``shoal.app.reconcile`` (restarts, convergence and shortfalls at INFO,
+cool-downs at DEBUG). Nothing here prints.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 
 from shoal.agentlink import fleet as agents
 from shoal.errors import AcquireError
+from shoal.logsetup import logger
 from shoal.nodes import health
 from shoal.nodes.facts import load_facts
 from shoal.nodes.health import failed_names
@@ -35,6 +38,8 @@ from .carryover import carry_over
 from .lifecycle import AppStatus, member_nodes, spec_of, status_async, up_async
 from .naming import step_id
 from .runtime import UpOptions, UpReport
+
+log = logger(__name__)
 
 #: program states a round restarts (the agent gave up, or the program is not running)
 DEAD = ("FATAL", "STOPPED", "EXITED")
@@ -175,7 +180,10 @@ async def _round(
                 due = book.dead(key, now())
                 if due > now():
                     out.cooling.append((*key, due - now()))
+                    log.debug("app %s: %s on %s %s, restart in %.0fs", name, key[1], n.node,
+                              p["state"], due - now())  # fmt: skip
                     continue
+                log.info("app %s: restarting %s on %s (%s)", name, key[1], n.node, p["state"])
                 await _restart(n.node, key[1], options, state)
                 book.restarted(key, now())
                 out.restarted.append(key)
@@ -191,12 +199,19 @@ async def _round(
         else drifted(name, state)
     )
     if out.converged:
+        log.info("app %s: converging (%s)", name, out.converged)
         try:
             out.up = await up_async(spec, options, state=state)
         except AcquireError as exc:
             out.shortfall = str(exc)
         else:
             out.shortfall = "; ".join(out.up.shortfalls)
+            for comp, old, new in out.up.replaced:
+                log.info("app %s: %s: %s replaces %s", name, comp, new, old)
+            for comp, node, slot in out.up.stopped:
+                log.info("app %s: %s: %s stopped (slot %s dropped)", name, comp, node, slot)
+        if out.shortfall:
+            log.info("app %s: shortfall: %s", name, out.shortfall)
     out.healthy = current.healthy and not out.converged and not out.restarted
 
 

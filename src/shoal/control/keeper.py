@@ -15,8 +15,9 @@ A round replaces lost members from spares that meet the requirements, keeps
 component's failure policy and stops dropped members; each action is one
 journal event (topic ``app``: ``member_replaced``, ``program_restarted``,
 ``member_stopped``, ``app_converged``, ``app_shortfall``) and one line for
-the service's log (``say``). One round per application at a time; another
-process's ``up`` of it (the application's lock) makes the round skip it.
+the service's log (``say``, and INFO on ``shoal.control.keeper``). One round per
+application at a time; another process's ``up`` of it (the application's lock)
+makes the round skip it.
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ from shoal.app.lifecycle import DownReport, down_async, up_async
 from shoal.app.reconcile import Backoff, RestartBook, Round, reconcile_async
 from shoal.app.runtime import UpOptions, UpReport
 from shoal.errors import ShoalError
+from shoal.logsetup import logger
 from shoal.state import State
 from shoal.transport.base import Transport
 
 from .journal import Journal, ServiceEvent
+
+log = logger(__name__)
 
 #: statuses of applications the keeper keeps
 KEPT = ("running", "starting")
@@ -223,6 +227,7 @@ class Keeper:
 
     def note(self, text: str) -> None:
         """One line for the service's log (kept for the status too)."""
+        log.info("%s", text)
         self.lines.append(text)
         if self.say is not None:
             self.say(text)
