@@ -33,7 +33,7 @@ def app() -> FastAPI:
 def _routes(app: FastAPI) -> list[Any]:
     """Every route the app serves, included routers walked (FastAPI >= 0.165 nests them)."""
     try:
-        from fastapi.routing import iter_route_contexts  # type: ignore[attr-defined]
+        from fastapi.routing import iter_route_contexts
     except ImportError:
         return list(app.routes)
     return list(iter_route_contexts(app.routes))
