@@ -57,6 +57,11 @@ def test_journal_counts_count_from_the_start_and_read_program_states_from_all(
         counts.catch_up()  # nothing new: nothing counted twice
         assert counts.events == {"agent": 3, "node": 1, "app": 2}
 
+        late = JournalCounts(journal, since=counts.since)  # first read after it all
+        late.catch_up()
+        for field in ("events", "reconcile", "restarts", "programs", "after"):
+            assert getattr(late, field) == getattr(counts, field), field
+
 
 def test_push_bytes_count_each_node_record_once(tmp_path: Path) -> None:
     pushes = PushBytes()

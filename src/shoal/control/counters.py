@@ -15,7 +15,8 @@ every scrape and renders Prometheus' format; this module knows no format).
   since the service started (counters, as Prometheus means them: they start
   at 0 with the process). Programs' states are the last state each program's
   agent reported (its last lifecycle event, :data:`PROGRAM_STATES`) over the
-  whole journal: one aggregate query at the first reading, then the new rows.
+  whole journal. The first reading is aggregate queries (one scan however
+  long the service ran unscraped); later ones read only the new rows.
 * :class:`PushBytes`: bytes delivered to each node by the source and by its
   peers, summed over the pushes the service ran (each node's record counted
   once, when its node finished).
@@ -108,21 +109,46 @@ class JournalCounts:
                 return
 
     def _start(self) -> None:
+        """The first reading: aggregate queries over what is stored already, whatever its size."""
         db = self.journal.state.db
-        first = db.execute("SELECT MIN(id) FROM events WHERE stored >= ?", (self.since,))
-        found = first.fetchone()[0]
-        self._first = int(found) if found is not None else self.journal.last + 1
-        kinds = tuple(PROGRAM_STATES)
-        marks = ",".join("?" * len(kinds))
-        rows = db.execute(
-            "SELECT node, program, kind FROM events WHERE id IN (SELECT MAX(id) FROM events "
-            f"WHERE topic = 'agent' AND program IS NOT NULL AND kind IN ({marks}) "
-            "AND id < ? GROUP BY node, program)",
-            (*kinds, self._first),
-        )
-        for node, program, kind in rows:
-            self.programs[(node, program)] = PROGRAM_STATES[kind]
-        self.after = self._first - 1
+        db.execute("BEGIN")  # one snapshot for every query
+        try:
+            last = self.journal.last
+            found = db.execute("SELECT MIN(id) FROM events WHERE stored >= ?", (self.since,))
+            first = found.fetchone()[0]
+            self._first = int(first) if first is not None else last + 1
+            span = "id >= ? AND id <= ?"
+            bounds = (self._first, last)
+            kinds = tuple(PROGRAM_STATES)
+            marks = ",".join("?" * len(kinds))
+            latest = db.execute(
+                "SELECT node, program, kind FROM events WHERE id IN (SELECT MAX(id) FROM events "
+                f"WHERE topic = 'agent' AND program IS NOT NULL AND kind IN ({marks}) "
+                "AND id <= ? GROUP BY node, program)",
+                (*kinds, last),
+            )
+            for node, program, kind in latest:
+                self.programs[(node, program)] = PROGRAM_STATES[kind]
+            by_topic = f"SELECT topic, COUNT(*) FROM events WHERE {span} GROUP BY topic"
+            for topic, n in db.execute(by_topic, bounds):
+                self.events[topic] += n
+            marks = ",".join("?" * len(RECONCILE_KINDS))
+            actions = (
+                f"SELECT kind, COUNT(*) FROM events WHERE {span} AND topic = 'app' "
+                f"AND kind IN ({marks}) GROUP BY kind"
+            )
+            for kind, n in db.execute(actions, (*bounds, *RECONCILE_KINDS)):
+                self.reconcile[kind] += n
+            restarts = (
+                f"SELECT node, program, COUNT(*) FROM events WHERE {span} AND topic = 'agent' "
+                "AND kind = 'restarted' AND node IS NOT NULL AND program IS NOT NULL "
+                "GROUP BY node, program"
+            )
+            for node, program, n in db.execute(restarts, bounds):
+                self.restarts[(node, program)] += n
+        finally:
+            db.execute("COMMIT")
+        self.after = last
 
     def _count(
         self, row_id: int, topic: str, kind: str, node: str | None, program: str | None
