@@ -284,7 +284,8 @@ def library_steps(ctl: Any, rounds: int = 5) -> dict[str, float]:
         t = timed("failed+facts", t)
         for n in chosen:
             link = links.get(n.name)
-            node_record(n, link, failed.get(n.name), dict(stored[n.name].facts))
+            facts = dict(stored[n.name].facts) if n.name in stored else {}
+            node_record(n, link, failed.get(n.name), facts)
         t = timed("records", t)
     medians = {name: statistics.median(v) for name, v in steps.items()}
     return {**medians, "total": sum(medians.values())}
