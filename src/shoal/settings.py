@@ -26,7 +26,7 @@ Example ``config.toml``::
     [serve]
     sweep_interval = 600
     [output]
-    color = "never"
+    json = true               # --json by default
 """
 
 from __future__ import annotations
@@ -131,7 +131,6 @@ class ServeSettings:
 class OutputSettings:
     """``[output]``: how the CLI writes."""
 
-    color: str = _setting("auto", _choice("auto", "always", "never"), "colour in output")
     json: bool = _setting(False, FLAG, "--json by default")
 
 

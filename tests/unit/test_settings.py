@@ -61,7 +61,11 @@ def test_state_file_wins_over_user_file_and_env_over_both(dirs: tuple[Path, Path
         ("# c\n\nconnect_timeout = -3\n", 3, "connect_timeout must be a positive number"),
         ("timeout = nan\n", 1, "timeout must be a positive number"),
         ('host_keys = "yes"\n', 1, "host_keys must be verify or accept-new"),
-        ('[output]\ncolor = "blue"\n', 2, "output.color must be auto or always or never"),
+        (
+            '[output]\ncolor = "never"\n',
+            2,
+            "unknown setting 'output.color' (known in [output]: json)",
+        ),
         ("serve.retention = 0\n", 1, "serve.retention must be a positive number"),
         ("[bogus]\nx = 1\n", 1, "unknown setting 'bogus'"),
         ("parallel = \n", 1, "Invalid value"),
@@ -124,6 +128,25 @@ def test_settings_become_flag_defaults_and_flags_win(
     args = parser.parse_args(["run", "--connect-timeout", "7", "-s", "n1", "true"])
     assert (args.connect_timeout, args.select) == (7.0, "n1")
     assert parser.parse_args(["nodes", "list"]).select is None  # not a fan-out: all nodes
+
+
+def test_help_shows_the_default_a_config_file_set(
+    dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--help`` says the effective default and where it came from, not the built-in one
+    the file overrode; an untouched flag keeps its own text."""
+    user, _ = dirs
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside the paths
+    user.write_text('connect_timeout = 3\nparallel = 7\nhost_keys = "accept-new"\n')
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default 3, from {user}:1)" in out
+    assert f"(default 7, from {user}:2)" in out and "open-file limit" not in out
+    refused = "A changed key is always refused."
+    assert f"{refused} (default accept-new, from {user}:3)" in out
+    assert "verify (default)" not in out
+    assert "retry failed connections N times with backoff (default 1)" in out
 
 
 def test_config_show_origins_and_json(

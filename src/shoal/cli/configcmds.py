@@ -3,7 +3,8 @@
 :func:`apply_settings` runs before every command line is parsed (main.py): a
 setting that did not come from its default becomes the default of the flag it
 names (:data:`shoal.settings.FLAGS`), so the flag given on the command line
-still wins. Connection settings (parallelism, user, timeouts, host keys,
+still wins, and its help says so (``--help`` shows "(default 32, from FILE:LINE)"
+in place of the built-in default). Connection settings (parallelism, user, timeouts, host keys,
 selection, agent home, keepalive) are applied only to fan-out commands, those
 with ``--parallel``: ``nodes list`` keeps listing every node and ``nodes add
 --user`` keeps storing only what it is told; ``output.json`` applies to every
@@ -13,6 +14,7 @@ with ``--parallel``: ``nodes list`` keeps listing every node and ``nodes add
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,7 +36,24 @@ def apply_settings(parser: argparse.ArgumentParser) -> Settings:
             action = next((options[o] for o in FLAGS[key] if o in options), None)
             if action is not None and action.default is not argparse.SUPPRESS:
                 action.default = settings.get(key)
+                action.help = _help_with_default(
+                    action.help, settings.get(key), settings.origins[key]
+                )
     return settings
+
+
+_BUILT_IN = re.compile(r"\s*\(default\b[^)]*\)")
+
+
+def _help_with_default(text: str | None, value: Any, origin: str) -> str:
+    """A flag's help with the built-in "(default ...)" replaced by the effective one."""
+    import os
+
+    home = os.path.expanduser("~")
+    where = "~" + origin[len(home) :] if origin.startswith(home + os.sep) else origin
+    shown = f"(default {_shown(value)}, from {where})".replace("%", "%%")
+    rest = _BUILT_IN.sub("", text or "").strip()
+    return f"{rest} {shown}" if rest else shown
 
 
 def parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
