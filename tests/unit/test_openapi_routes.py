@@ -103,7 +103,13 @@ def test_bodies_are_typed_in_the_document(app: FastAPI) -> None:
     ):
         schema = doc["paths"][path][method]["requestBody"]["content"]["application/json"]
         assert "$ref" in schema["schema"], path
-    assert "202" in doc["paths"]["/api/v1/runs"]["post"]["responses"]
+    for path in ("/api/v1/runs", "/api/v1/copies", "/api/v1/pushes"):
+        answer = doc["paths"][path]["post"]["responses"]["202"]["content"]["application/json"]
+        assert answer["schema"]["$ref"].endswith("/Accepted"), path
+    select = doc["paths"]["/api/v1/select"]["post"]["responses"]["200"]["content"]
+    assert select["application/json"]["schema"]["$ref"].endswith("/Selection")
+    logs = doc["paths"]["/api/v1/logs/{node}/{program}"]["get"]["responses"]["200"]["content"]
+    assert "application/x-ndjson" in logs
 
 
 # -- the body limit ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from pydantic import BaseModel
 
 from shoal.errors import ShoalError, UnknownNameError
 
@@ -186,6 +187,20 @@ def jobs(request: Request) -> Jobs:
         found = Jobs()
         request.app.state.jobs = found
     return found
+
+
+class Accepted(BaseModel):
+    """The 202 answer of a POST that started a job: follow ``href``."""
+
+    id: str
+    href: str
+    state: str
+
+
+#: The OpenAPI ``responses`` of a route that starts a job.
+ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {"model": Accepted, "description": "started: follow href"}
+}
 
 
 def accepted(job: Job) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from shoal.agentlink.fleet import AgentOptions, logs_async
 from shoal.app import lifecycle, store
@@ -34,6 +35,31 @@ from shoal.nodes.select import resolve
 from .routes import controller
 
 router = APIRouter(prefix="/api/v1")
+
+
+class Barrier(BaseModel):
+    """One barrier of an application: arrivals, need, release time (null while waiting)."""
+
+    barrier: str
+    arrived: int
+    needed: int
+    released: float | None
+
+
+class LogPage(BaseModel):
+    """One page of a program's log (a line of ``GET /logs/...``'s NDJSON)."""
+
+    data: str
+    offset: int
+
+
+#: The OpenAPI ``responses`` of the log stream: NDJSON lines of LogPage.
+NDJSON_PAGES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "NDJSON: one LogPage per line",
+        "content": {"application/x-ndjson": {"schema": LogPage.model_json_schema()}},
+    }
+}
 
 
 def require_app(request: Request, name: str) -> store.AppRecord:
@@ -50,6 +76,7 @@ def require_app(request: Request, name: str) -> store.AppRecord:
     "/logs/{node}/{program}",
     summary="A program's log on a node, from an offset; follow=1 streams it",
     response_class=StreamingResponse,
+    responses=NDJSON_PAGES,
 )
 async def program_log(
     request: Request,
@@ -120,7 +147,11 @@ async def app_logs(
     )
 
 
-@router.get("/apps/{name}/barriers", summary="An application's barriers and their arrivals")
+@router.get(
+    "/apps/{name}/barriers",
+    response_model=list[Barrier],
+    summary="An application's barriers and their arrivals",
+)
 async def app_barriers(request: Request, name: str) -> list[dict[str, Any]]:
     """Each barrier: arrived, needed, released (a time, or null while waiting)."""
     require_app(request, name)

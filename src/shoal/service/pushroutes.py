@@ -45,7 +45,7 @@ from shoal.fanout.results import Results
 from shoal.nodes import health
 from shoal.nodes.select import resolve
 
-from .jobs import Job, accepted, jobs
+from .jobs import ACCEPTED, Job, accepted, jobs
 from .noderoutes import summary
 from .routes import controller
 from .runroutes import checked_options
@@ -114,7 +114,12 @@ def push_record(n: NodePush, version: str) -> dict[str, Any]:
     }
 
 
-@router.post("/pushes", status_code=202, summary="Start a push of a tree to a selection")
+@router.post(
+    "/pushes",
+    status_code=202,
+    responses=ACCEPTED,
+    summary="Start a push of a tree to a selection",
+)
 async def pushes(request: Request, body: PushRequest) -> JSONResponse:
     """``shoal push`` as a job: 202 with the push to follow (see the module docstring)."""
     if not body.remote_dir.strip():

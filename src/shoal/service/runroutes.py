@@ -36,7 +36,7 @@ from shoal.nodes import health
 from shoal.nodes.select import resolve
 
 from . import noderoutes
-from .jobs import COLLECTIONS, Job, accepted, jobs
+from .jobs import ACCEPTED, COLLECTIONS, Job, accepted, jobs
 from .routes import controller
 
 router = APIRouter(prefix="/api/v1")
@@ -80,6 +80,7 @@ def start_streamed(
     "/runs",
     status_code=202,
     response_model=None,
+    responses=ACCEPTED,
     summary="Start a run on a selection (202 with the run to follow; stream=1: NDJSON)",
 )
 async def runs(
@@ -132,6 +133,7 @@ def copy_options(raw: dict[str, Any]) -> FanoutOptions:
     "/copies",
     status_code=202,
     response_model=None,
+    responses=ACCEPTED,
     summary="Start a copy (shoal cp) on a selection (202; stream=1: NDJSON)",
 )
 async def copies(

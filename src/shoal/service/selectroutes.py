@@ -38,6 +38,33 @@ class SelectRequest(BaseModel):
     expr: str
 
 
+class Selection(BaseModel):
+    """What an expression selects now (``shoal select --json``)."""
+
+    expression: str
+    nodeset: str
+    count: int
+    nodes: list[str]
+
+
+class PlanSelection(BaseModel):
+    """A plan and what it selects now (``shoal plan show --json``)."""
+
+    plan: str
+    expr: str
+    nodeset: str
+    count: int
+    nodes: list[str]
+
+
+class PlanInfo(BaseModel):
+    """A stored plan (``shoal plan list --json``)."""
+
+    plan: str
+    expr: str
+    updated: float
+
+
 class PlanRequest(BaseModel):
     """The body of ``PUT /api/v1/plans/{name}``."""
 
@@ -49,29 +76,32 @@ def _selected(expr: str, names: Any) -> dict[str, Any]:
     return {"expression": expr, "nodeset": fold(listed), "count": len(listed), "nodes": listed}
 
 
-@router.post("/select", summary="Evaluate a selection expression")
+@router.post("/select", response_model=Selection, summary="Evaluate a selection expression")
 async def select(request: Request, body: SelectRequest) -> dict[str, Any]:
     """The nodes ``expr`` selects now (``shoal select --json``); 400 with the caret on bad
     syntax."""
     return _selected(body.expr, evaluate(body.expr, state=controller(request).state))
 
 
-@router.get("/plans", summary="List the saved plans")
+@router.get("/plans", response_model=list[PlanInfo], summary="List the saved plans")
 async def plans(request: Request) -> list[dict[str, Any]]:
     """Every plan: name, expression, last update (``shoal plan list --json``)."""
     found = list_plans(state=controller(request).state)
     return [{"plan": p.name, "expr": p.expr, "updated": p.updated} for p in found]
 
 
-@router.get("/plans/{name}", summary="A plan and the nodes it selects now")
+@router.get(
+    "/plans/{name}", response_model=PlanSelection, summary="A plan and the nodes it selects now"
+)
 async def plan(request: Request, name: str) -> dict[str, Any]:
     """The plan's expression and what it selects now (``shoal plan show --json``)."""
     st = controller(request).state
     found = get_plan(name, state=st)
-    return {"plan": found.name, **_selected(found.expr, evaluate(f"%{found.name}", state=st))}
+    chosen = _selected(found.expr, evaluate(f"%{found.name}", state=st))
+    return {"plan": found.name, "expr": found.expr, **chosen}
 
 
-@router.put("/plans/{name}", summary="Save a plan")
+@router.put("/plans/{name}", response_model=PlanInfo, summary="Save a plan")
 async def save_plan(request: Request, name: str, body: PlanRequest) -> dict[str, Any]:
     """Store or replace the plan (``shoal plan set``)."""
     saved = set_plan(name, body.expr, state=controller(request).state)
