@@ -28,7 +28,11 @@ def register(sub: Any) -> None:
         "failure handling, cp, and supervised programs through the agent.",
     )
     p.add_argument("--nodes", type=int, default=8, metavar="N", help="lab size (default 8)")
-    p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the lab and the service (its dashboard) up afterwards",
+    )
     p.set_defaults(handler=cmd_demo)
 
 
@@ -57,6 +61,8 @@ def _check(code: int, what: str) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from shoal.errors import UsageError
 
+    from .dashboarddemo import show_dashboard
+
     if args.nodes < 3:
         raise UsageError("the demo needs at least 3 nodes")
     started = time.monotonic()
@@ -67,12 +73,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _check(_shoal("lab", "up", str(args.nodes), "--name", DEMO_LAB), "lab up")
     try:
         _tour(args.nodes)
+        show_dashboard(args.keep, _say)
     finally:
         if not args.keep:
             _say("Cleaning up")
             _shoal("lab", "down", "--name", DEMO_LAB)
         else:
-            _say(f"The lab stays up: shoal lab status --name {DEMO_LAB}")
+            _say(f"The lab stays up: shoal lab status --name {DEMO_LAB}; the service too")
     _say(f"Demo finished in {time.monotonic() - started:.1f}s. Next: README.md, 'shoal --help'.")
     return 0
 
