@@ -32,8 +32,7 @@ def test_a_call_is_read_with_its_params() -> None:
         # billion laughs
         b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY a "aaaaaaaaaa">'
         + b"".join(
-            f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'.encode()
-            for i in range(9)
+            f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'.encode() for i in range(9)
         )
         + b"]><methodCall><methodName>&j;</methodName></methodCall>",
         # an external entity
