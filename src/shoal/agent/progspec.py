@@ -37,7 +37,8 @@ class ProgramSpec:
     stop_signal: str = "TERM"
     stop_grace: float = 5.0
     log_max_bytes: int = 1 << 20
-    log_backups: int = 3
+    log_backups: int = 3  # collected rotated files kept
+    log_budget_bytes: int = 64 << 20  # all its files (at least log_max_bytes)
     health: str | None = None  # shell command; exit 0 = healthy
     health_interval: float = 10.0
     health_timeout: float = 5.0
@@ -108,7 +109,13 @@ class ProgramSpec:
             raise ValueError(f"{where}: backoff_factor must be >= 1")
         if self.health_interval <= 0 or self.health_timeout <= 0:
             raise ValueError(f"{where}: health_interval and health_timeout must be > 0")
-        for key in ("fatal_after", "log_max_bytes", "log_backups", "health_retries"):
+        for key in (
+            "fatal_after",
+            "log_max_bytes",
+            "log_backups",
+            "log_budget_bytes",
+            "health_retries",
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{where}: {key} must be an integer >= 0")

@@ -70,6 +70,9 @@ OPS = (
     "watch",
     "exec",
     "cancel",
+    "logs.list",
+    "logs.read",
+    "logs.ack",
 )
 
 #: Operations that may push messages besides their reply (see the module docstring).

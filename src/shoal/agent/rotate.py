@@ -1,9 +1,15 @@
-"""Size-rotated log files with a bounded number of backups.
+"""Size-rotated log files that keep what was never collected, within a budget.
 
-``NAME.log`` grows up to ``max_bytes``; then it becomes ``NAME.log.1``, the
-older backups shift up and the oldest beyond ``backups`` is dropped, so the
-files of one log never hold more than ``max_bytes * (backups + 1)`` bytes.
-Writes are split at the boundary, so the bound is exact. Offsets handed to
+``NAME.log`` grows up to ``max_bytes``; then it becomes ``NAME.log.1`` and the
+older backups shift up (renames: a file keeps its inode, which is how the
+controller's log collection (:mod:`.logship`) knows it whatever its name).
+A rotated file the controller has *collected* (stored and verified, see
+:meth:`RotatingLog.mark_collected`) is dropped once ``backups`` newer ones
+exist; one never collected is kept until the log's files would exceed
+``budget`` bytes (default ``max_bytes * (backups + 1)``, the old bound), and
+then the oldest is dropped and reported through ``on_drop(file, bytes)`` (the
+agent records a ``log_budget`` event naming it), so the bound on disk use is
+exact either way. Writes are split at the boundary. Offsets handed to
 followers are absolute byte counts since the log was opened by this agent.
 A write that fails (full disk) is dropped and reported through ``on_error``;
 the writer keeps going.
@@ -17,6 +23,8 @@ from pathlib import Path
 from typing import Optional
 
 ErrorHook = Callable[[str, Optional[OSError]], None]
+#: Called with the file name and byte count of data dropped before it was collected.
+DropHook = Callable[[str, int], None]
 
 
 class RotatingLog:
@@ -28,6 +36,8 @@ class RotatingLog:
         max_bytes: int = 1 << 20,
         backups: int = 3,
         on_error: ErrorHook | None = None,
+        budget: int | None = None,
+        on_drop: DropHook | None = None,
     ) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
@@ -37,6 +47,11 @@ class RotatingLog:
         self.max_bytes = max_bytes
         self.backups = backups
         self.on_error = on_error
+        self.budget = max_bytes * (backups + 1) if budget is None else budget
+        if self.budget < max_bytes:
+            raise ValueError("the log budget must be at least max_bytes")
+        self.on_drop = on_drop
+        self.collected: set[int] = set()  # inodes of rotated files the controller holds
         self._fd: int | None = None
         self.size = 0
         self.base = 0  # bytes that went to rotated files since this object was made
@@ -51,20 +66,70 @@ class RotatingLog:
     def backup_path(self, index: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{index}")
 
+    def rotated(self) -> list[tuple[int, Path]]:
+        """The rotated files present as ``(index, path)``, newest (index 1) first."""
+        prefix = self.path.name + "."
+        found = []
+        try:
+            names = os.listdir(str(self.path.parent))
+        except OSError:
+            return []
+        for name in names:
+            suffix = name[len(prefix) :] if name.startswith(prefix) else ""
+            if suffix.isdigit():
+                found.append((int(suffix), self.path.with_name(name)))
+        return sorted(found)
+
+    def mark_collected(self, inode: int) -> None:
+        """The controller stored and verified the whole rotated file ``inode``."""
+        self.collected.add(inode)
+
     def rotate(self) -> None:
-        """Shift backups up by one and start an empty log."""
+        """Shift backups up by one, start an empty log, drop what the policy says."""
         self.close()
-        if self.backups == 0:
+        if self.budget <= self.max_bytes:
+            if self.on_drop is not None and self.size:
+                self.on_drop(self.path.name, self.size)
             os.truncate(str(self.path), 0)
         else:
-            for index in range(self.backups - 1, 0, -1):
-                older = self.backup_path(index)
-                if older.exists():
-                    os.replace(str(older), str(self.backup_path(index + 1)))
+            for index, older in reversed(self.rotated()):
+                os.replace(str(older), str(self.backup_path(index + 1)))
             if self.path.exists():
                 os.replace(str(self.path), str(self.backup_path(1)))
+            self._prune()
         self.base += self.size
         self.size = 0
+
+    def _prune(self) -> None:
+        """Drop collected files past ``backups``, then the oldest past the budget."""
+        files = []
+        for index, path in self.rotated():
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            files.append((index, path, st.st_ino, st.st_size))
+        total = sum(size for _, _, _, size in files)
+        kept = []
+        for rank, (_index, path, ino, size) in enumerate(files):
+            if rank >= self.backups and ino in self.collected:
+                self._unlink(path, ino)
+                total -= size
+            else:
+                kept.append((path, ino, size))
+        while kept and total > self.budget - self.max_bytes:
+            path, ino, size = kept.pop()  # the oldest
+            self._unlink(path, ino)
+            total -= size
+            if ino not in self.collected and self.on_drop is not None:
+                self.on_drop(path.name, size)
+
+    def _unlink(self, path: Path, ino: int) -> None:
+        try:
+            os.unlink(str(path))
+        except OSError:
+            pass
+        self.collected.discard(ino)
 
     def write(self, data: bytes) -> None:
         """Append ``data``, rotating as needed; errors are reported, never raised."""
@@ -95,8 +160,8 @@ class RotatingLog:
 
     def files(self) -> list[Path]:
         """The log's files, oldest first."""
-        found = [self.backup_path(i) for i in range(self.backups, 0, -1)]
-        return [p for p in found if p.exists()] + ([self.path] if self.path.exists() else [])
+        found = [path for _, path in reversed(self.rotated())]
+        return found + ([self.path] if self.path.exists() else [])
 
     def disk_usage(self) -> int:
         total = 0

@@ -21,6 +21,7 @@ JSON-line requests; ordinary ones are answered in order, streaming ones
 ``watch`` {since, beat}         events pushed as recorded, heartbeats (:mod:`.watching`)
 ``exec`` {command, ...}         a command under the login shell, output pushed (:mod:`.execute`)
 ``cancel`` {id}                 end a stream of this connection
+``logs.list|read|ack``          central log collection (:mod:`.logship`)
 
 At most :data:`MAX_CLIENTS` connections are served at once: a newcomer past
 that closes the oldest one waiting for its next request with no stream running
@@ -48,10 +49,12 @@ from typing import Any
 from . import protocol
 from .eventjournal import EventLog
 from .execute import MAX_EXECS, ExecRequest, ExecStream
+from .logship import LogShip
 from .outbox import Outbox
 from .persist import write_atomic
 from .progspec import ProgramSpec
 from .pushsession import ContentService
+from .rotate import RotatingLog
 from .steps import Steps
 from .supervisor import Supervisor
 from .watching import WatchStream, beat_interval, since_seq
@@ -84,6 +87,7 @@ class Agent:
         self.events = EventLog(home / "events.jsonl", on_error=self._io)
         self.supervisor = Supervisor(home, self._record, self._io)
         self.steps = Steps(home, self._record)
+        self.logship = LogShip(self.supervisor.logs_dir, self._program_log)
         self.agent_id = self._identity()
         self.content = ContentService(home, self._record)
         self._stopping: asyncio.Event | None = None
@@ -285,6 +289,10 @@ class Agent:
             stream.start()
         return None
 
+    def _program_log(self, name: str) -> RotatingLog | None:
+        program = self.supervisor.programs.get(name)
+        return program.log if program is not None else None
+
     def _program_states(self) -> dict[str, int]:
         return dict(Counter(p.state for p in self.supervisor.programs.values()))
 
@@ -341,6 +349,8 @@ class Agent:
             return result
         if op.startswith("step."):
             return await self.steps.dispatch(op, args)
+        if op.startswith("logs."):
+            return self.logship.dispatch(op, args)
         if op == "shutdown":
             asyncio.get_running_loop().call_soon(self.request_shutdown)
             return {"pid": os.getpid(), "stopping": True}

@@ -137,6 +137,8 @@ class Program:
             spec.log_max_bytes,
             spec.log_backups,
             on_error=supervisor.io_hook,
+            budget=max(spec.log_budget_bytes, spec.log_max_bytes),
+            on_drop=self._log_dropped,
         )
         self.backoff = Backoff(
             spec.backoff_base, spec.backoff_factor, spec.backoff_cap, spec.backoff_jitter
@@ -148,6 +150,11 @@ class Program:
         self._health_task: asyncio.Task[None] | None = None
         self._terminating: asyncio.Future[None] | None = None
         self._spawned: asyncio.Event | None = None
+
+    def _log_dropped(self, file: str, size: int) -> None:
+        budget = self.spec.log_budget_bytes
+        detail = f"dropped {file} ({size} bytes never collected): log budget {budget} bytes"
+        self.sup.record("log_budget", self.spec.name, detail)
 
     # -- control ---------------------------------------------------------
 
