@@ -117,3 +117,20 @@ def test_connect_retries_are_logged_per_node(caplog: pytest.LogCaptureFixture) -
         "INFO",
         "n2: not connected after 3 attempt(s): refused",
     ) in lines
+
+
+def test_logging_flags_are_taken_after_the_command_word_too(tmp_path: Path) -> None:
+    """``shoal run -v`` as ``pssh -v``/``clush -v`` users type it, not only ``shoal -v run``;
+    not given after the command, the global flags' values stand."""
+    from shoal.cli.main import COMMANDS, _build_parser
+
+    parser = _build_parser(list(dict.fromkeys(COMMANDS.values())))
+    log = str(tmp_path / "log")
+    args = parser.parse_args(["run", "-vv", "--debug", "--log-file", log, "true"])
+    assert (args.verbose, args.debug, args.log_file) == (2, True, log)
+    args = parser.parse_args(["--debug", "-v", "nodes", "list"])
+    assert (args.verbose, args.debug, args.log_file) == (1, True, None)
+    args = parser.parse_args(["app", "status", "-v", "x"])
+    assert (args.verbose, args.debug) == (1, False)
+    args = parser.parse_args(["cp", "a", "b"])
+    assert (args.verbose, args.debug, args.log_file) == (0, False, None)

@@ -8,10 +8,13 @@ decisions, agent installs, push sources, reconcile actions), ``-vv`` DEBUG and
 asyncssh's own log at its debug level 2 (which keys and methods were tried),
 ``--debug`` is ``-vv`` plus full tracebacks for unexpected errors. ``--log-file
 PATH`` appends every record (DEBUG, timestamped) to PATH whatever ``-v`` says.
+The flags are taken after the command word too (``shoal run -v ...``, as
+``pssh -v``/``clush -v`` users type them): :func:`accept_after_command`.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from typing import Any
@@ -48,6 +51,25 @@ class _Short(logging.Formatter):
         if record.exc_info and self.verbose:
             text += "\n" + self.formatException(record.exc_info)
         return text
+
+
+def accept_after_command(parser: argparse.ArgumentParser) -> None:
+    """``-v``, ``--debug``, ``--log-file`` in every subcommand's parser too (where it
+    uses none of them itself); given there, they set what the global flags set."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in subs:
+        for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+            taken = sub._option_string_actions
+            if "-v" not in taken and "--verbose" not in taken:
+                sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                                 help="as shoal -v (before the command)")  # fmt: skip
+            if "--debug" not in taken:
+                sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                 help="as shoal --debug")  # fmt: skip
+            if "--log-file" not in taken:
+                sub.add_argument("--log-file", metavar="PATH", default=argparse.SUPPRESS,
+                                 help="as shoal --log-file")  # fmt: skip
+            accept_after_command(sub)
 
 
 def configure(verbosity: int, debug: bool, log_file: str | None) -> list[logging.Handler]:

@@ -118,6 +118,7 @@ def _build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
             continue  # a command group not built yet
         module.register(sub)
     _describe(parser)
+    logflags.accept_after_command(parser)
     return parser
 
 
