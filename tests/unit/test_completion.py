@@ -111,6 +111,8 @@ def test_man_page_renders(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     assert main(["man"]) == 0
     page = tmp_path / "shoal.1"
     page.write_text(capsys.readouterr().out)
+    name = page.read_text().split(".SH NAME\n", 1)[1].splitlines()[0]
+    assert name.startswith("shoal \\- deploy") and not name.endswith(".")  # man(7): no period
     if shutil.which("groff") is None:
         pytest.skip("groff is not installed")
     out = subprocess.run(

@@ -161,7 +161,7 @@ def man_page() -> str:
     lines = [
         f'.TH SHOAL 1 "" "shoal {_roff(__version__)}" "User Commands"',
         ".SH NAME",
-        f"shoal \\- {_roff((parser.description or '').removeprefix('Shoal: '))}",
+        f"shoal \\- {_roff((parser.description or '').removeprefix('Shoal: ').rstrip('.'))}",
         ".SH SYNOPSIS",
         ".B shoal",
         "[\\fIGLOBAL OPTIONS\\fR] \\fICOMMAND\\fR [\\fIOPTIONS\\fR] [\\fIARGS\\fR]",
