@@ -143,34 +143,53 @@ def warm_vs_cold(lab: Lab, svc: Service, rounds: int) -> None:
     print(f"  ratio warm / {best}: {warm[0] / cold[best][0]:.3f}x (target <= 0.1x)")
 
 
-def run_paths(lab: Lab, rounds: int) -> None:
-    """A warm run over an SSH session channel against the agent's exec (links alone)."""
+def busy_seconds() -> float:
+    """CPU time the whole machine spent busy so far (every core, every process: nodes too)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
-    async def go() -> dict[str, float]:
-        out = {}
+
+def run_paths(lab: Lab, rounds: int) -> None:
+    """A warm run over an SSH session channel against the agent's exec (links alone):
+    both sets of links up at once, runs alternated so load drifts hit both alike."""
+
+    async def go() -> dict[str, tuple[float, float]]:
+        samples: dict[str, list[tuple[float, float]]] = {"ssh": [], "agent": []}
         with State() as state:
-            for via in ("ssh", "agent"):
-                links = Links(lab.nodes(), state=state, journal=Journal(state),
-                              config=LinkConfig(run_via=via))  # fmt: skip
+            sets = {
+                via: Links(lab.nodes(), state=state, journal=Journal(state),
+                           config=LinkConfig(run_via=via))
+                for via in samples
+            }  # fmt: skip
+            for links in sets.values():
                 await links.start()
-                try:
+            try:
+                for links in sets.values():
                     assert await links.wait_up(timeout=120)
-                    times = []
-                    for _ in range(rounds + 1):
-                        t0 = time.perf_counter()
-                        res = await run_async(lab.nodes(), "true", transport=links.transport)
-                        times.append(time.perf_counter() - t0)
-                        assert res.ok, [r.reason for r in res.failed]
-                    out[via] = statistics.median(times[1:])
-                finally:
+                for r in range(2 * (rounds + 1)):
+                    via = ("ssh", "agent")[r % 2]
+                    t0, c0 = time.perf_counter(), busy_seconds()
+                    res = await run_async(lab.nodes(), "true", transport=sets[via].transport)
+                    sample = (time.perf_counter() - t0, busy_seconds() - c0)
+                    assert res.ok, [x.reason for x in res.failed]
+                    if r >= 2:
+                        samples[via].append(sample)
+            finally:
+                for links in sets.values():
                     await links.stop()
-        return out
+        return {
+            via: (statistics.median(w for w, _ in got), statistics.median(c for _, c in got))
+            for via, got in samples.items()
+        }
 
     got = asyncio.run(go())
-    print(f"\nwarm run true on {len(lab.nodes())} nodes, in-process (median of {rounds})")
-    print(f"  ssh session channel  {got['ssh'] * 1000:.1f} ms")
-    print(f"  agent exec           {got['agent'] * 1000:.1f} ms")
-    print(f"  ratio agent / ssh: {got['agent'] / got['ssh']:.2f}x")
+    print(f"\nwarm run true on {len(lab.nodes())} nodes, in-process, alternated "
+          f"(median of {rounds}: wall, machine CPU)")  # fmt: skip
+    for via, label in (("ssh", "ssh session channel"), ("agent", "agent exec         ")):
+        print(f"  {label}  {got[via][0] * 1000:6.1f} ms  {got[via][1]:.3f} core-s")
+    print(f"  ratio agent / ssh: wall {got['agent'][0] / got['ssh'][0]:.2f}x, "
+          f"CPU {got['agent'][1] / got['ssh'][1]:.2f}x")  # fmt: skip
 
 
 def node_down_after(client: ServiceClient, node: str, after: int) -> dict[str, Any] | None:
