@@ -152,3 +152,18 @@ def test_command_line_options_come_first_and_unsupported_ones_are_refused(
         with pytest.raises(UsageError, match=words) as info:
             sshconfig.parse_option(bad)
         assert "\n" not in str(info.value)
+
+
+def test_an_inventory_option_shoal_cannot_honour_is_one_line_about_its_node() -> None:
+    """A node's stored ssh option (ansible_ssh_common_args) refused at connect: the
+    message is the option's refusal, the node its field (it printed as a tuple)."""
+    from shoal.errors import UsageError
+    from shoal.nodes.model import Node
+    from shoal.transport.ssh import node_options
+
+    node = Node("w2", ssh_options=("ConnectTimeout 3", "StrictHostKeyChecking=no"))
+    with pytest.raises(UsageError) as info:
+        node_options(node)
+    assert info.value.node == "w2"
+    assert str(info.value).startswith("-o 'StrictHostKeyChecking=no': Shoal never accepts")
+    assert info.value.located().startswith("w2: -o ")

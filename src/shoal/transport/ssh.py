@@ -130,7 +130,7 @@ def node_options(node: Node) -> list[tuple[str, tuple[str, ...]]]:
     try:
         out += [sshconfig.parse_option(text) for text in node.ssh_options]
     except UsageError as exc:
-        raise UsageError(str(exc), node.name) from None
+        raise UsageError(str(exc), node=node.name) from None
     return out
 
 
