@@ -511,11 +511,12 @@ class Area:
             pass  # the switch happened; history is advisory
         return previous
 
-    def gc(self, keep: int) -> list[str]:
-        """Delete versions beyond the newest ``keep`` (never the current one)."""
+    def gc(self, keep: int, protect: str | None = None) -> list[str]:
+        """Delete versions beyond the newest ``keep`` (never the current one, nor
+        ``protect``: a version just staged beside it)."""
         current = self.current()
         kept = self.kept()
-        removable = [v for v in kept if v != current]
+        removable = [v for v in kept if v not in (current, protect)]
         excess = len(kept) - max(1, keep)
         removed: list[str] = []
         for version in removable[: max(0, excess)]:

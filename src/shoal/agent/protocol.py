@@ -66,6 +66,7 @@ OPS = (
     "content.end",
     "content.versions",
     "content.rollback",
+    "content.activate",
     "ping",
     "watch",
     "exec",
@@ -73,6 +74,7 @@ OPS = (
     "logs.list",
     "logs.read",
     "logs.ack",
+    "agent.handover",
 )
 
 #: Operations that may push messages besides their reply (see the module docstring).

@@ -16,10 +16,14 @@ it is told, over its control socket (so only SSH can start anything):
     Fetches those chunks from one source (a peer or the controller), verifies
     each hash, stores it; answers ``got``, ``failed``, ``bytes`` and whether
     the source lied (sent bytes that do not match).
-``content.commit`` {version, dir}
+``content.commit`` {version, dir, switch?}
     Assembles the version beside the running one and switches ``dir`` to it
     atomically (:mod:`.activate`); answers ``need`` (indices) instead when a
-    chunk expected in a local file no longer matches.
+    chunk expected in a local file no longer matches. ``switch: false`` stages
+    it: assembled, verified and kept in ``versions``, ``dir`` left as it is.
+``content.activate`` {dir, version}
+    Switches ``dir`` to a version already here (staged or kept) with one
+    rename: the fast step of a rollout, which moves no bytes.
 ``content.end`` {version, dir, keep?}
     Closes the session: its token stops working, the store drops chunks no
     other session wants (at once; their files are deleted on a worker thread
@@ -174,6 +178,8 @@ class ContentService:
                 return self._area(args).describe()
             if op == "content.rollback":
                 return self.rollback(_require(args, "dir", str), args.get("to"))
+            if op == "content.activate":
+                return self.activate(_require(args, "dir", str), _require(args, "version", str))
         except (AreaError, ChunkError, OSError) as exc:
             raise ValueError(str(exc)) from None
         raise ValueError(f"unknown operation {op!r}")
@@ -449,9 +455,20 @@ class ContentService:
             finally:
                 self._committing.discard(session.version)
             previous = area.current()
-            if previous != session.version:
+            switch = args.get("switch", True) is not False
+            if switch and previous != session.version:
                 previous = area.switch(session.version)
-            removed = area.gc(session.keep)
+            removed = area.gc(session.keep, protect=session.version)
+        if not switch:
+            self.record("content", None, f"{area.target}: {session.version} staged")
+            return {
+                "previous": previous,
+                "current": previous,
+                "staged": session.version,
+                "reused": counts["reused"],
+                "stored": counts["stored"],
+                "removed": removed,
+            }
         self.record(
             "content", None, f"{area.target} now at {session.version} (was {previous or 'none'})"
         )
@@ -479,6 +496,14 @@ class ContentService:
         version = area.pick(str(to) if to else None)
         previous = area.switch(version, "rollback")
         self.record("content", None, f"{area.target} rolled back to {version}")
+        return {"previous": previous, "current": version}
+
+    def activate(self, target: str, version: str) -> dict[str, Any]:
+        area = self._area({"dir": target})
+        previous = area.current()
+        if previous != version:
+            area.switch(version, "activate")
+            self.record("content", None, f"{area.target} now at {version} (was {previous})")
         return {"previous": previous, "current": version}
 
     def close(self) -> None:

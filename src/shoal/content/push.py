@@ -16,7 +16,9 @@ Theory of operation of a push (the coordinator is :mod:`.swarm`, the node side
 4. :data:`PushOptions.pipeline` workers per node fetch batches the swarm
    assigns (peers first, the source striped, fallbacks for the dead, lying and
    slow) until nothing is missing; then ``content.commit`` assembles the version
-   beside the old one and switches ``REMOTE_DIR`` atomically.
+   beside the old one and switches ``REMOTE_DIR`` atomically (or, with
+   :attr:`PushOptions.switch` off, only stages it there: :func:`activate_async`
+   switches later with one rename per node, as a rollout does).
 5. Finished nodes keep serving until every node has finished or failed, then
    ``content.end`` closes the session (the token dies, the store is emptied).
    A node that failed is told to end its session too but keep its store (its
@@ -83,6 +85,8 @@ class PushOptions(AgentOptions):
     source_uploads: int = 16
     chunking: ChunkParams = field(default_factory=ChunkParams)
     commit_timeout: float = 900.0
+    #: Switch REMOTE_DIR to the new version; False stages it (see :func:`activate_async`).
+    switch: bool = True
 
 
 @dataclass
@@ -94,6 +98,7 @@ class NodePush(NodeOutcome[str]):
     """
 
     previous: str | None = None
+    staged: str | None = None  # the version assembled here but not switched to
     need_bytes: int = 0
     received: int = 0
     from_source: int = 0
@@ -214,10 +219,8 @@ async def push_async(
         raise ContentError("--keep must be at least 1")
     started = time.monotonic()
     with opened(state) as st:
-        if tree is None and str(local_dir).startswith("depot:"):
-            tree = Depot(st).tree(str(local_dir))[1]
-        elif tree is None:
-            tree = await _scan(Path(local_dir), opts, st)
+        if tree is None:
+            tree = await scan_source(local_dir, opts, st)
         result = PushResult(
             version=tree.version,
             total_bytes=tree.total_bytes,
@@ -249,6 +252,13 @@ def _retryable(outcome: NodePush | None) -> bool:
     if outcome is None or outcome.ok or outcome.error is None:
         return False
     return outcome.error.retryable and not isinstance(outcome.error, ConnectError)
+
+
+async def scan_source(local_dir: str | Path, opts: PushOptions, st: State) -> ScannedTree:
+    """The tree a push of ``local_dir`` sends (a depot entry's, or a scan of the directory)."""
+    if str(local_dir).startswith("depot:"):
+        return Depot(st).tree(str(local_dir))[1]
+    return await _scan(Path(local_dir), opts, st)
 
 
 async def _scan(root: Path, opts: PushOptions, st: State) -> ScannedTree:
@@ -313,6 +323,7 @@ async def _swarm_push(
             value=info.get("current"),
             error=r.error,
             previous=info.get("previous"),
+            staged=info.get("staged"),
             need_bytes=max(stats.need_bytes, before.need_bytes),
             received=before.received + stats.received,
             from_source=before.from_source + stats.from_source,
@@ -392,7 +403,9 @@ async def _node_push(
             if swarm.fatal is not None:
                 raise ContentError(f"push aborted: {swarm.fatal}", node=node.name)
             swarm.stats[node.name].state = "committing"
-            outcome = await client.call("content.commit", timeout=opts.commit_timeout, **session)
+            outcome = await client.call(
+                "content.commit", timeout=opts.commit_timeout, switch=opts.switch, **session
+            )
             if outcome.get("need"):
                 swarm.add_need(node.name, outcome["need"])
                 continue
@@ -508,7 +521,30 @@ async def rollback_async(
     if to:
         args["to"] = to
     results = await call_async(nodes, "content.rollback", args, options, transport=transport)
-    now = {r.node: (r.value or {}).get("current") for r in results if r.ok}
-    with opened(None) as st:
-        record_deployed(st, remote_dir, {node: v for node, v in now.items() if v})
+    _record(results, remote_dir, None)
     return results
+
+
+async def activate_async(
+    nodes: Sequence[Node],
+    remote_dir: str,
+    version: str,
+    options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    state: State | None = None,
+) -> Results[AgentOutcome]:
+    """Switch ``remote_dir`` to ``version``, staged or kept there, on every node: one
+    rename each, no transfer (what a push with ``switch=False`` left ready)."""
+    args = {"dir": remote_dir, "version": version}
+    results = await call_async(
+        nodes, "content.activate", args, options, transport=transport, state=state
+    )
+    _record(results, remote_dir, state)
+    return results
+
+
+def _record(results: Results[AgentOutcome], remote_dir: str, state: State | None) -> None:
+    now = {r.node: (r.value or {}).get("current") for r in results if r.ok}
+    with opened(state) as st:
+        record_deployed(st, remote_dir, {node: v for node, v in now.items() if v})
