@@ -180,7 +180,8 @@ async def _fanout(
     positions = range(len(nodes)) if indices is None else indices
     tasks = [asyncio.ensure_future(one(i, n)) for i, n in zip(positions, nodes, strict=True)]
     try:
-        await asyncio.wait(tasks)
+        if tasks:  # no node (every one refused before): nothing to wait for
+            await asyncio.wait(tasks)
     except asyncio.CancelledError:
         # gather() would return at the first cancelled node and leave the others'
         # clean-up (ending remote commands, removing temporary files) to be cut off by
