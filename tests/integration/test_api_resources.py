@@ -42,13 +42,15 @@ def api(lab: Any, tmp_path: Path) -> Iterator[tuple[ServiceClient, httpx.Client,
     with State(home / "state.db") as st:
         import_nodes(lab.nodes(), state=st)
     env = {**os.environ, "SHOAL_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-c", SERVE], env=env, stderr=subprocess.PIPE)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", SERVE], env=env, stderr=out)
     http = None
     try:
         deadline = time.monotonic() + 30
         client = None
         while client is None:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the service did not listen within 30 s"
             client = ServiceClient.locate(home)
             time.sleep(0.05)
@@ -69,6 +71,7 @@ def api(lab: Any, tmp_path: Path) -> Iterator[tuple[ServiceClient, httpx.Client,
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        print(log.read_text())  # the service's own lines, shown when a test fails
 
 
 def wait_links_up(client: ServiceClient, count: int, timeout: float = 60) -> None:
@@ -241,6 +244,7 @@ def test_a_push_with_per_node_progress_then_versions_and_rollback(
     snapshots = [x["progress"] for x in lines if "progress" in x]
     results = [x["result"] for x in lines if "result" in x]
     assert "end" in lines[-1] and lines[-1]["end"]["state"] == "done", lines[-1]
+    assert lines[-1]["end"]["summary"]["ok"] is True, [x for x in lines if "result" in x]
     assert len(snapshots) >= 3, "progress is pushed while bytes move"
     nodes = {"n1", "n2", "n3", "n4"}
     mid = [s for s in snapshots if 0 < s["received"] < s["needed"]]
