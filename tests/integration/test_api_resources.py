@@ -400,3 +400,15 @@ def test_an_apps_spec_barriers_and_logs(api: Any, tmp_path: Path) -> None:
         assert http.get(f"/api/v1/apps/{app}/logs", params={"lines": -1}).status_code == 400
     finally:
         assert client.request("POST", f"/api/v1/apps/{app}/down")["nodes"]
+
+
+def test_the_openapi_document_is_served_over_the_socket(api: Any) -> None:
+    _, http, _ = api
+    answer = http.get("/api/v1/openapi.json")
+    assert answer.status_code == 200
+    doc = answer.json()
+    assert doc["openapi"].startswith("3.")
+    assert {"/api/v1/runs", "/api/v1/pushes", "/api/v1/select", "/api/v1/events"} <= set(
+        doc["paths"]
+    )
+    assert http.get("/api/v1/openapi.json", headers={PROTOCOL_HEADER: "0"}).status_code == 400
