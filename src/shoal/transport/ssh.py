@@ -64,13 +64,12 @@ from shoal.errors import (
     AuthError,
     CommandTimeout,
     ConnectError,
-    HostKeyError,
     TransportError,
     UsageError,
 )
 from shoal.nodes.model import Node
 
-from . import sshconfig
+from . import hostkeys, sshconfig
 from .base import (
     DRAIN_AFTER_EXIT,
     ByteReader,
@@ -357,10 +356,7 @@ class _KeyChecker(asyncssh.SSHClient):
     """Decides on keys not already trusted by known_hosts (asyncssh calls us only then),
     and notes the authentication methods the server allows."""
 
-    def __init__(
-        self, transport: SSHTransport, node: str, plan: _Plan, policy: HostKeyPolicy
-    ) -> None:
-        self._transport = transport
+    def __init__(self, node: str, plan: _Plan, policy: HostKeyPolicy) -> None:
         self._node = node
         self._plan = plan
         self._policy = policy
@@ -395,7 +391,7 @@ class _KeyChecker(asyncssh.SSHClient):
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
     ) -> bool:
         offered = f"{key.get_algorithm()} {key.get_fingerprint()}"
-        path = _known_in(self._plan.known_hosts, host, addr, port)
+        path = hostkeys.known_in(self._plan.known_hosts, host, addr, port)
         if path is not None:  # a key for this host is known, and not this one
             self.stale = path, host if port in (0, 22) else f"[{host}]:{port}"
             self.verdict = "changed"
@@ -405,7 +401,7 @@ class _KeyChecker(asyncssh.SSHClient):
             return False
         files = self._plan.user_known_hosts
         if self._policy is HostKeyPolicy.ACCEPT_NEW and files:
-            self._transport.record_key(files[0], [self._node, host, addr], port, key)
+            hostkeys.record_key(files[0], [self._node, host, addr], port, key)
             self.verdict = "accepted"
             log.info("%s: accepted new host key %s, recorded in %s", self._node, offered, files[0])
             return True
@@ -484,16 +480,6 @@ class SSHTransport(Transport):
             system=self.system_dir or None,
         )
         return config, resolved
-
-    def record_key(self, path: str, names: list[str], port: int, key: asyncssh.SSHKey) -> None:
-        """Append a first-seen key (accept-new) under the node's name and address."""
-        unique = [n for i, n in enumerate(names) if n and n not in names[:i]]
-        if port and port != 22:
-            unique = [f"[{n}]:{port}" for n in unique]
-        line = f"{','.join(unique)} {key.export_public_key().decode().strip()}\n"
-        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(path, "a", encoding="ascii") as fh:
-            fh.write(line)
 
     async def _wait_socket(self, node: Node, timeout: float | None) -> socket.socket | None:
         sock = self._preconnected.pop(node.name, None)
@@ -655,7 +641,7 @@ class SSHTransport(Transport):
                 plan.who,
                 "asyncssh" if resolved is None else "fast",
             )
-            checker = _KeyChecker(self, node.name, plan, policy)
+            checker = _KeyChecker(node.name, plan, policy)
             plan.kwargs.setdefault("keepalive_interval", self.keepalive)
             plan.kwargs.setdefault("keepalive_count_max", self.keepalive_count)
             key_checker = checker
@@ -666,7 +652,12 @@ class SSHTransport(Transport):
                 **plan.kwargs,
             )
         except asyncssh.HostKeyNotVerifiable as exc:
-            raise _host_key_error(checker, node, exc) from exc
+            raise hostkeys.refusal(
+                checker.verdict if checker else None,
+                checker.stale if checker else None,
+                node.name,
+                exc,
+            ) from exc
         except asyncssh.PermissionDenied as exc:
             assert plan is not None and checker is not None
             message = await _auth_failure(plan, checker, exc)
@@ -685,7 +676,9 @@ class SSHTransport(Transport):
         except ValueError as exc:  # asyncssh reports bad config/keys this way
             raise TransportError(f"SSH configuration error: {exc}", node.name) from exc
         if checker.verdict is None and log.isEnabledFor(logging.DEBUG):
-            _log_trusted_by(node, plan, conn)
+            hostkeys.log_trusted_by(
+                node.name, str(plan.kwargs.get("host") or node.address), plan.known_hosts, conn
+            )
         return SSHConnection(node, conn)
 
 
@@ -705,39 +698,6 @@ class _Plan:
     #: the agent socket consulted, if any
     agent: str | None
     identities_only: bool
-
-
-def _known_in(files: list[str], host: str, addr: str, port: int) -> str | None:
-    """The first of ``files`` with an entry (any key) for the host, or None."""
-    for path in files:
-        if not os.path.exists(path):
-            continue
-        try:
-            trusted = asyncssh.read_known_hosts(path).match(host, addr, port)[0]
-        except (asyncssh.Error, OSError, ValueError):
-            continue
-        if trusted:
-            return path
-    return None
-
-
-def _log_trusted_by(node: Node, plan: _Plan, conn: asyncssh.SSHClientConnection) -> None:
-    """DEBUG: which known_hosts file trusted the key asyncssh accepted (read only then)."""
-    key = conn.get_server_host_key()
-    peer = conn.get_extra_info("peername") or ("", 0)
-    host = str(plan.kwargs.get("host") or node.address)
-    port = int(peer[1]) if len(peer) > 1 else 22
-    where = "a known_hosts file"
-    for path in plan.known_hosts:
-        with contextlib.suppress(asyncssh.Error, OSError, ValueError):
-            if key is not None and any(
-                k.public_data == key.public_data
-                for k in asyncssh.read_known_hosts(path).match(host, str(peer[0]), port)[0]
-            ):
-                where = path
-                break
-    shown = f"{key.get_algorithm()} {key.get_fingerprint()}" if key is not None else "its key"
-    log.debug("%s: host key %s trusted by %s", node.name, shown, where)
 
 
 async def _agent_keys(path: str) -> str:
@@ -793,23 +753,3 @@ def _os_error(exc: OSError, node: Node) -> ConnectError:
         errno.ECONNRESET: f"connection reset by {where}",
     }
     return ConnectError(reasons.get(exc.errno or 0, f"cannot connect to {where}: {exc}"), node.name)
-
-
-def _host_key_error(checker: _KeyChecker | None, node: Node, exc: Exception) -> HostKeyError:
-    verdict = checker.verdict if checker else None
-    if verdict == "changed":
-        assert checker is not None and checker.stale is not None
-        path, entry = checker.stale
-        return HostKeyError(
-            "HOST KEY CHANGED: the key offered differs from the one in known_hosts; refusing "
-            f"(if the change is expected: ssh-keygen -f {shlex.quote(path)} "
-            f"-R {shlex.quote(entry)})",
-            node.name,
-        )
-    if verdict == "unknown":
-        return HostKeyError(
-            "host key not in known_hosts; refusing (verify it, add it with ssh-keyscan, "
-            "or use --host-keys accept-new to trust on first use)",
-            node.name,
-        )
-    return HostKeyError(f"host key not verifiable: {exc}", node.name)
