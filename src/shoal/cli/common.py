@@ -21,18 +21,7 @@ def add_select_option(parser: argparse.ArgumentParser) -> None:
 
 def add_target_options(parser: argparse.ArgumentParser) -> None:
     """``-w HOSTS``, ``-l USER``, ``-i KEY``, ``-o OPTION``: ad-hoc targets, as pssh/clush/ssh."""
-    parser.add_argument(
-        "-w",
-        "--hosts",
-        metavar="HOSTS",
-        default=None,
-        help="these hosts, in the inventory or not (node-set syntax, items may be "
-        "user@host:port or @group as clush -w: 'root@web[1-4],db1:2222,@gpu'); -s then "
-        "narrows them",
-    )
-    parser.add_argument(
-        "-l", "--login", metavar="USER", default=None, help="user for nodes that name none"
-    )
+    add_hosts_options(parser)
     parser.add_argument(
         "-i",
         "--identity",
@@ -50,6 +39,29 @@ def add_target_options(parser: argparse.ArgumentParser) -> None:
         help="ssh option, as ssh -o: before any ssh_config value (repeatable; e.g. "
         "'ProxyJump gw', 'UserKnownHostsFile FILE', 'StrictHostKeyChecking accept-new')",
     )
+
+
+def add_hosts_options(parser: argparse.ArgumentParser) -> None:
+    """``-w HOSTS`` and ``-l USER``: what commands that only name nodes take of the targets."""
+    parser.add_argument(
+        "-w",
+        "--hosts",
+        metavar="HOSTS",
+        default=None,
+        help="these hosts, in the inventory or not (node-set syntax, items may be "
+        "user@host:port or @group as clush -w: 'root@web[1-4],db1:2222,@gpu'); -s then "
+        "narrows them",
+    )
+    parser.add_argument(
+        "-l", "--login", metavar="USER", default=None, help="user for nodes that name none"
+    )
+
+
+def adhoc_of(args: argparse.Namespace) -> Any:
+    """The :class:`~shoal.nodes.select.AdHoc` targets of ``-w``/``-l`` (none when not given)."""
+    from shoal.nodes.select import AdHoc
+
+    return AdHoc(hosts=getattr(args, "hosts", None), user=getattr(args, "login", None))
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +139,7 @@ def selected_nodes(args: argparse.Namespace) -> list[Node]:
     import dataclasses
     import sys
 
-    from shoal.nodes.select import AdHoc, mq_ignored, resolve
+    from shoal.nodes.select import mq_ignored, resolve
 
     options = [f"IdentityFile {key}" for key in getattr(args, "identity", None) or []]
     options += getattr(args, "ssh_option", None) or []
@@ -138,8 +150,7 @@ def selected_nodes(args: argparse.Namespace) -> list[Node]:
             parse_option(text)  # refused here, once, before any node is touched
     use_mq = bool(getattr(getattr(args, "settings", None), "use_mq_nodes", False))
     hosts = getattr(args, "hosts", None)
-    adhoc = AdHoc(hosts=hosts, user=getattr(args, "login", None))
-    nodes = resolve(args.select, adhoc=adhoc, use_mq=use_mq)
+    nodes = resolve(args.select, adhoc=adhoc_of(args), use_mq=use_mq)
     if hosts is None:
         warning = mq_ignored(args.select, use_mq=use_mq)
         if warning:

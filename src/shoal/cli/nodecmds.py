@@ -11,7 +11,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from shoal.cli.common import add_link_options, add_select_option
+from shoal.cli.common import (
+    add_hosts_options,
+    add_link_options,
+    add_select_option,
+    add_target_options,
+    adhoc_of,
+)
 from shoal.cli.render import JSON_HELP, ago, print_object, print_records, print_table
 from shoal.nodes.model import Node
 from shoal.numeric import number
@@ -60,7 +66,7 @@ def cmd_nodes_list(args: argparse.Namespace) -> int:
     from shoal.nodes import health
     from shoal.nodes.select import resolve
 
-    nodes = resolve(args.select)
+    nodes = resolve(args.select, adhoc=adhoc_of(args))
     failed = {f.name for f in health.failures()}
     if args.json:
         print_records(_named({**_node_json(n), "failed": n.name in failed}) for n in nodes)
@@ -266,7 +272,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from shoal.nodes.nodeset import fold
     from shoal.nodes.select import resolve
 
-    nodes = resolve(args.expr)
+    nodes = resolve(args.expr, adhoc=adhoc_of(args))
     names = [n.name for n in nodes]
     if args.json:
         print_object(
@@ -422,7 +428,7 @@ def cmd_facts_show(args: argparse.Namespace) -> int:
     from shoal.nodes import facts
     from shoal.nodes.select import resolve
 
-    names = [n.name for n in resolve(args.select)]
+    names = [n.name for n in resolve(args.select, adhoc=adhoc_of(args))]
     records = facts.load_facts(names)
     max_age = _max_age(args)
     if args.json:
@@ -448,6 +454,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "contacted. See README 'Selecting nodes'.",
     )
     p.add_argument("expr", metavar="EXPR", help="the selection expression, e.g. '@web - failed'")
+    add_hosts_options(p)
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_select)
     _register_plan(sub)
@@ -461,6 +468,7 @@ def _register_nodes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = nsub.add_parser("list", help="list nodes")
     add_select_option(p)
+    add_hosts_options(p)
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_nodes_list)
 
@@ -555,6 +563,7 @@ def _register_facts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     fsub.required = True
     p = fsub.add_parser("refresh", help="gather facts over SSH, in parallel")
     add_select_option(p)
+    add_target_options(p)
     p.add_argument("-p", "--parallel", type=int, help="connections at once")
     p.add_argument("--timeout", type=number, help="seconds per node")
     add_link_options(p)
@@ -564,6 +573,7 @@ def _register_facts(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=cmd_facts_refresh)
     p = fsub.add_parser("show", help="stored facts, stale ones marked")
     add_select_option(p)
+    add_hosts_options(p)
     p.add_argument("--max-age", type=number, help="seconds before facts count as stale")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(handler=cmd_facts_show)
