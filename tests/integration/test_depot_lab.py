@@ -84,9 +84,7 @@ def test_push_from_the_depot_then_a_new_version_moves_only_its_new_chunks(
         assert second.source_sent < 200_000
         # every node's version is traced to its depot entry; version 1 is no longer
         # in use, version 2 is and cannot be removed
-        assert {d.node for d in depot.deployments(two.entry.version)} == {
-            n.name for n in fleet
-        }
+        assert {d.node for d in depot.deployments(two.entry.version)} == {n.name for n in fleet}
         with pytest.raises(ContentError, match=r"dpkg@2 is in use by n\d+:t-depot/pkg"):
             depot.remove("dpkg@2")
         assert depot.remove("dpkg@1").version == one.version
