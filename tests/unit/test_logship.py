@@ -114,3 +114,14 @@ def test_logship_head_tells_a_reused_inode_apart(tmp_path: Path) -> None:
     assert "mismatch" not in ship.read(args)
     (logs / "a.log").write_bytes(b"other file\n")  # same inode, other bytes
     assert ship.read(args)["mismatch"]
+
+
+def test_the_file_being_written_is_never_taken_for_collected(tmp_path: Path) -> None:
+    """A freed file's inode can come back as the new log: it must not count as collected."""
+    log = RotatingLog(tmp_path / "p.log", max_bytes=110, backups=0, budget=10_000)
+    log.write(b"a\n")
+    ino = log.path.stat().st_ino
+    log.mark_collected(ino)  # what an earlier file with this inode was
+    log.close()
+    log.write(b"b\n")  # the log (re)opened: this inode is the one written now
+    assert ino not in log.collected

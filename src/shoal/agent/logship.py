@@ -7,7 +7,10 @@ by its *inode* (rotation renames, so a name moves from file to file while an
 inode stays with its bytes) plus the sha256 of its first bytes, which the
 controller sends back so that an inode reused by a new file is told apart.
 
-``logs.list``                       every file: stream, name, inode, size, rotated
+``logs.list`` {known?}              every file: stream, name, inode, size, rotated;
+                                    ``known`` lists ``[ino, head_len, head_sha]``
+                                    the controller holds: those files get
+                                    ``same``, whether their head still matches
 ``logs.read`` {file, ino, offset, max?, head?}
                                     bytes ``[offset, offset+max)`` of that file
                                     (found by inode if it was renamed since),
@@ -55,24 +58,34 @@ class LogShip:
 
     def dispatch(self, op: str, args: dict[str, Any]) -> Any:
         if op == "logs.list":
-            return {"files": self.listing()}
+            return {"files": self.listing(args.get("known") or [])}
         if op == "logs.read":
             return self.read(args)
         if op == "logs.ack":
             return self.ack(args)
         raise ValueError(f"unknown operation {op!r}")
 
-    def listing(self) -> list[dict[str, Any]]:
-        """Every log file, each stream's oldest first."""
+    def listing(self, known: list[Any] | None = None) -> list[dict[str, Any]]:
+        """Every log file, each stream's oldest first; ``same`` for the ``known`` ones."""
+        heads = {int(k[0]): (int(k[1]), str(k[2])) for k in known or []}
         found: list[tuple[str, int, dict[str, Any]]] = []
         for rel in self._names():
             entry = self._entry(rel)
+            if entry is not None and entry["ino"] in heads:
+                entry["same"] = self._same(rel, *heads[entry["ino"]])
             if entry is not None:
                 match = _NAME.match(Path(rel).name)
                 index = int(match.group("index") or 0) if match else 0
                 found.append((entry["stream"], -index, entry))
         found.sort(key=lambda item: (item[0], item[1]))
         return [entry for _, _, entry in found]
+
+    def _same(self, rel: str, length: int, digest: str) -> bool:
+        try:
+            with open(str(self.logs_dir / rel), "rb") as handle:
+                return hashlib.sha256(handle.read(length)).hexdigest() == digest
+        except OSError:
+            return False
 
     def _names(self) -> list[str]:
         names: list[str] = []
@@ -167,12 +180,12 @@ class LogShip:
             raise ValueError(
                 f"{entry['file']}: size or sha256 differ from what the controller stored; kept"
             )
-        log = self.lookup(entry["stream"])
-        if log is not None:
-            log.mark_collected(entry["ino"])
         freed = bool(args.get("free"))
+        log = self.lookup(entry["stream"])
         if freed:
             os.unlink(str(path))
+        elif log is not None:
+            log.mark_collected(entry["ino"])
         return {"file": entry["file"], "freed": freed}
 
 

@@ -60,7 +60,9 @@ class RotatingLog:
     def _open(self) -> int:
         if self._fd is None:
             self._fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            self.size = os.fstat(self._fd).st_size
+            st = os.fstat(self._fd)
+            self.size = st.st_size
+            self.collected.discard(st.st_ino)  # a freed file's inode, reused
         return self._fd
 
     def backup_path(self, index: int) -> Path:

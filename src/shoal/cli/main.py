@@ -57,6 +57,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "agentcmds",
     "app": "appcmds",
     "depot": "depotcmds",
+    "logs": "logscmds",
     "push": "pushcmds",
     "rollback": "pushcmds",
     "versions": "pushcmds",

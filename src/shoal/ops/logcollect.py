@@ -1,0 +1,502 @@
+"""Central log collection: every node's logs in the state directory, nothing lost or twice.
+
+Theory of operation. For each selected node, over one agent connection
+(:mod:`shoal.agent.logship` on the node side): ``logs.list``, then for every
+file (programs' logs, rotated ones included, and steps' logs) the bytes after
+the controller's offset of that file, in ranges the node gzip-compresses and
+checksums (sha256 of the raw range). Each range is decompressed and checked
+here, then written as one *segment* (the gzip bytes as sent) with write to a
+temporary name + fsync + rename + fsync of the directory, and only then is the
+offset advanced, in the same transaction that registers the segment. A
+controller killed at any point leaves either a counted segment or one that is
+not registered (a later run writes the same range under the same name); a
+node killed mid-collect loses nothing already committed.
+
+A file is known by its inode (rotation renames files; the inode stays) plus
+the sha256 of its first bytes, which the node checks on every read, so a
+rotated file is neither sent again under its new name nor skipped, and a new
+file that got an old inode is collected from its start. Once a rotated file
+is collected whole, the controller re-reads its segments from the store,
+hashes them, and acknowledges (``logs.ack``): the node may then drop it when
+enough newer ones exist, or at once with ``free=True`` — never before, and
+never unless the node's own size and sha256 of the file are exactly those.
+
+Store layout: ``<state dir>/logs/<node>/<stream>/<file id>/<start>.gz``
+(``stream``: the program's name, or ``steps/<step id>``). Tables (owned here)::
+
+    log_files(id PK, node, stream, ino, head_len, head_sha, offset, rotated,
+              acked, freed, gone, first_seen, last_seen)
+    log_segments(file_id, start, length, stored, sha256, t)
+
+:func:`lines` reads a stream back in order; :func:`grep` searches the store;
+:func:`prune` applies retention by size and age (whole files, oldest first;
+a file still on a node keeps its row, so it is not collected again).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import os
+import re
+import sqlite3
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from shoal.agentlink.agentclient import AgentClient
+from shoal.agentlink.fleet import AgentOptions, AgentOutcome, each_agent
+from shoal.errors import AgentError, LocalError
+from shoal.fanout.results import NodeOutcome, Results
+from shoal.nodes.model import Node
+from shoal.state import State, opened
+from shoal.transport.base import Transport
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS log_files (
+    id INTEGER PRIMARY KEY,
+    node TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    ino INTEGER NOT NULL,
+    head_len INTEGER NOT NULL,
+    head_sha TEXT NOT NULL,
+    offset INTEGER NOT NULL DEFAULT 0,
+    rotated INTEGER NOT NULL DEFAULT 0,
+    acked INTEGER NOT NULL DEFAULT 0,
+    freed INTEGER NOT NULL DEFAULT 0,
+    gone INTEGER NOT NULL DEFAULT 0,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS log_files_node ON log_files(node, gone);
+CREATE TABLE IF NOT EXISTS log_segments (
+    file_id INTEGER NOT NULL REFERENCES log_files(id) ON DELETE CASCADE,
+    start INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    stored INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    t REAL NOT NULL,
+    PRIMARY KEY (file_id, start)
+);
+"""
+
+#: Bytes of a file's start whose sha256 tells it from a later file with its inode.
+HEAD_BYTES = 256
+
+
+@dataclass
+class CollectOptions:
+    """What to collect: ``app`` limits to one application's programs and steps;
+    ``free`` deletes rotated files on the nodes once stored and verified."""
+
+    app: str | None = None
+    free: bool = False
+    chunk: int = 1 << 20
+
+
+@dataclass
+class Collected:
+    """One node's collection: files seen, ranges stored, bytes, rotated files freed."""
+
+    files: int = 0
+    segments: int = 0
+    raw: int = 0
+    stored: int = 0
+    acked: int = 0
+    freed: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "segments": self.segments,
+            "bytes": self.raw,
+            "stored": self.stored,
+            "acked": self.acked,
+            "freed": self.freed,
+        }
+
+
+@contextmanager
+def _tx(st: State, node: str) -> Iterator[sqlite3.Connection]:
+    """:meth:`State.transaction`, a failed commit (a full disk) one LocalError line."""
+    try:
+        with st.transaction() as db:
+            yield db
+    except sqlite3.Error as exc:
+        with suppress(sqlite3.Error):
+            st.db.execute("ROLLBACK")
+        raise LocalError(
+            f"cannot record collected logs in {st.path}: {exc}; nothing freed on the node",
+            node=node,
+        ) from None
+
+
+def ensure(state: State) -> None:
+    state.ensure("logcollect", SCHEMA)
+
+
+def store_dir(state: State) -> Path:
+    return state.path.parent / "logs"
+
+
+async def collect_async(
+    nodes: Sequence[Node],
+    options: CollectOptions | None = None,
+    agent_options: AgentOptions | None = None,
+    *,
+    transport: Transport | None = None,
+    state: State | None = None,
+) -> Results[AgentOutcome]:
+    """Collect the logs of every node; each outcome's value is a :class:`Collected`."""
+    opts = options or CollectOptions()
+    with opened(state) as st:
+        ensure(st)
+        step = partial(_collect_node, opts=opts)
+        return await each_agent(nodes, step, agent_options, transport=transport, state=st)
+
+
+def _wanted(stream: str, app: str | None) -> bool:
+    if app is None:
+        return True
+    name = stream[len("steps/") :] if stream.startswith("steps/") else stream
+    return name.startswith(app + ".")
+
+
+async def _collect_node(
+    client: AgentClient, node: Node, st: State, ao: AgentOptions, *, opts: CollectOptions
+) -> AgentOutcome:
+    done = Collected()
+    rows = {
+        int(r["ino"]): dict(r)
+        for r in st.db.execute("SELECT * FROM log_files WHERE node = ? AND gone = 0", (node.name,))
+    }
+    known = [[ino, r["head_len"], r["head_sha"]] for ino, r in rows.items()]
+    listing = (await client.call("logs.list", timeout=ao.call_timeout, known=known))["files"]
+    same = {int(f["ino"]) for f in listing if f.get("same")}
+    gone = [r["id"] for ino, r in rows.items() if ino not in same]  # deleted, or a new file
+    if gone:
+        with _tx(st, node.name) as db:
+            db.executemany("UPDATE log_files SET gone = 1 WHERE id = ?", [(i,) for i in gone])
+    rows = {ino: r for ino, r in rows.items() if ino in same}
+    for entry in listing:
+        if not _wanted(entry["stream"], opts.app):
+            continue
+        done.files += 1
+        row = rows.get(int(entry["ino"]))
+        if row is not None and row["stream"] != entry["stream"]:
+            _mark_gone(st, node.name, row["id"])
+            row = None
+        row = await _pull_file(client, node, st, ao, opts, entry, row, done)
+        if row is not None and entry["rotated"]:
+            await _acknowledge(client, node, st, ao, opts, entry, row, done)
+    return NodeOutcome(node.name, value=done)
+
+
+def _mark_gone(st: State, node: str, file_id: int) -> None:
+    with _tx(st, node) as db:
+        db.execute("UPDATE log_files SET gone = 1 WHERE id = ?", (file_id,))
+
+
+async def _pull_file(
+    client: AgentClient,
+    node: Node,
+    st: State,
+    ao: AgentOptions,
+    opts: CollectOptions,
+    entry: dict[str, Any],
+    row: dict[str, Any] | None,
+    done: Collected,
+) -> dict[str, Any] | None:
+    """Store the file's bytes after the row's offset; the row (made at the first bytes)."""
+    offset = int(row["offset"]) if row else 0
+    while offset < int(entry["size"]):  # what the listing saw; a later run gets the rest
+        args: dict[str, Any] = {
+            "file": entry["file"],
+            "ino": int(entry["ino"]),
+            "offset": offset,
+            "max": opts.chunk,
+        }
+        if row is not None:
+            args["head"] = [row["head_len"], row["head_sha"]]
+        try:
+            page = await client.call("logs.read", timeout=ao.call_timeout, **args)
+        except AgentError as exc:
+            if "is gone" in str(exc):
+                return row  # rotated away by the budget, or freed: its row goes next run
+            raise
+        if page.get("mismatch"):
+            if row is not None:
+                _mark_gone(st, node.name, row["id"])  # a new file on an old inode
+            row, offset = None, 0
+            continue
+        raw = _verified(page, node.name, entry["file"])
+        if not raw:
+            break
+        if row is None:
+            row = _new_row(st, node.name, entry, raw)
+        stored = _write_segment(st, node.name, row, offset, page["data"])
+        now = time.time()
+        with _tx(st, node.name) as db:
+            db.execute(
+                "INSERT OR REPLACE INTO log_segments VALUES (?, ?, ?, ?, ?, ?)",
+                (row["id"], offset, len(raw), stored, page["sha256"], now),
+            )
+            db.execute(
+                "UPDATE log_files SET offset = ?, rotated = ?, last_seen = ? WHERE id = ?",
+                (offset + len(raw), int(bool(page["rotated"])), now, row["id"]),
+            )
+        offset += len(raw)
+        row["offset"] = offset
+        done.segments += 1
+        done.raw += len(raw)
+        done.stored += stored
+    return row
+
+
+def _verified(page: dict[str, Any], node: str, file: str) -> bytes:
+    try:
+        raw = gzip.decompress(base64.b64decode(page["data"]))
+    except (ValueError, OSError, EOFError, zlib.error) as exc:
+        raise AgentError(f"log range of {file} arrived corrupt: {exc}", node=node) from None
+    if len(raw) != page["length"] or hashlib.sha256(raw).hexdigest() != page["sha256"]:
+        raise AgentError(f"log range of {file} failed its sha256 check", node=node)
+    return raw
+
+
+def _new_row(st: State, node: str, entry: dict[str, Any], raw: bytes) -> dict[str, Any]:
+    head = raw[:HEAD_BYTES]
+    now = time.time()
+    with _tx(st, node) as db:
+        cur = db.execute(
+            "INSERT INTO log_files (node, stream, ino, head_len, head_sha, rotated, first_seen,"
+            " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                node,
+                entry["stream"],
+                int(entry["ino"]),
+                len(head),
+                hashlib.sha256(head).hexdigest(),
+                int(bool(entry["rotated"])),
+                now,
+                now,
+            ),
+        )
+        file_id = cur.lastrowid
+    found = st.db.execute("SELECT * FROM log_files WHERE id = ?", (file_id,)).fetchone()
+    return dict(found)
+
+
+def _segment_dir(st: State, node: str, row: dict[str, Any]) -> Path:
+    return store_dir(st) / _safe(node) / row["stream"] / str(row["id"])
+
+
+def _safe(name: str) -> str:
+    return name.replace("/", "_")
+
+
+def _write_segment(st: State, node: str, row: dict[str, Any], start: int, data: str) -> int:
+    """The gzip bytes at ``<dir>/<start>.gz``, durable before the offset moves."""
+    directory = _segment_dir(st, node, row)
+    blob = base64.b64decode(data)
+    final = directory / f"{start:016d}.gz"
+    temp = directory / f".tmp-{start:016d}-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(str(temp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(str(temp), str(final))
+        dfd = os.open(str(directory), os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        try:
+            os.unlink(str(temp))
+        except OSError:
+            pass
+        raise LocalError(
+            f"cannot store logs in {directory}: {exc.strerror or exc}; nothing freed on the node",
+            node=node,
+        ) from None
+    return len(blob)
+
+
+def stored_digest(st: State, node: str, row: dict[str, Any]) -> tuple[int, str]:
+    """Length and sha256 of the file as the store holds it (read back, gaps refused)."""
+    digest = hashlib.sha256()
+    total = 0
+    for raw, start in _segments(st, node, row):
+        if start != total:
+            raise LocalError(f"the store lacks bytes {total}..{start} of a log file", node=node)
+        digest.update(raw)
+        total += len(raw)
+    return total, digest.hexdigest()
+
+
+def _segments(st: State, node: str, row: dict[str, Any]) -> Iterator[tuple[bytes, int]]:
+    directory = _segment_dir(st, node, row)
+    for seg in st.db.execute(
+        "SELECT start, length, sha256 FROM log_segments WHERE file_id = ? ORDER BY start",
+        (row["id"],),
+    ):
+        path = directory / f"{seg['start']:016d}.gz"
+        try:
+            raw = gzip.decompress(path.read_bytes())
+        except (OSError, EOFError, zlib.error) as exc:
+            raise LocalError(f"log segment {path} unreadable: {exc}", node=node) from None
+        if hashlib.sha256(raw).hexdigest() != seg["sha256"]:
+            raise LocalError(f"log segment {path} fails its sha256 check", node=node)
+        yield raw, int(seg["start"])
+
+
+async def _acknowledge(
+    client: AgentClient,
+    node: Node,
+    st: State,
+    ao: AgentOptions,
+    opts: CollectOptions,
+    entry: dict[str, Any],
+    row: dict[str, Any],
+    done: Collected,
+) -> None:
+    """Tell the node a whole rotated file is stored (and free it with ``--free``)."""
+    if row["offset"] != int(entry["size"]) or (row["acked"] and not opts.free):
+        return
+    size, sha = stored_digest(st, node.name, row)
+    if size != int(entry["size"]):
+        return
+    args = {"file": entry["file"], "ino": int(entry["ino"]), "size": size, "sha256": sha}
+    answer = await client.call("logs.ack", timeout=ao.call_timeout, free=opts.free, **args)
+    with _tx(st, node.name) as db:
+        db.execute(
+            "UPDATE log_files SET acked = 1, freed = ?, gone = ? WHERE id = ?",
+            (int(bool(answer["freed"])), int(bool(answer["freed"])), row["id"]),
+        )
+    done.acked += 1
+    if answer["freed"]:
+        done.freed.append(entry["file"])
+
+
+# -- reading the store -----------------------------------------------------------
+
+
+@dataclass
+class Hit:
+    node: str
+    stream: str
+    line: str
+
+
+def streams(state: State, node: str | None = None) -> list[tuple[str, str]]:
+    """The ``(node, stream)`` pairs the store holds."""
+    ensure(state)
+    sql = "SELECT DISTINCT node, stream FROM log_files"
+    rows = state.db.execute(
+        sql + (" WHERE node = ?" if node else "") + " ORDER BY node, stream",
+        (node,) if node else (),
+    )
+    return [(r["node"], r["stream"]) for r in rows]
+
+
+def lines(state: State, node: str, stream: str, since: float | None = None) -> Iterator[bytes]:
+    """The stream's lines as collected, oldest file first (a line split by rotation joined)."""
+    ensure(state)
+    files = state.db.execute(
+        "SELECT f.*, MAX(s.t) AS last FROM log_files f JOIN log_segments s ON s.file_id = f.id"
+        " WHERE f.node = ? AND f.stream = ? GROUP BY f.id ORDER BY f.id",
+        (node, stream),
+    )
+    carry = b""
+    for row in [dict(r) for r in files]:
+        if since is not None and row["last"] < since:
+            continue
+        for raw, _start in _segments(state, node, row):
+            parts = (carry + raw).split(b"\n")
+            carry = parts.pop()
+            yield from parts
+    if carry:
+        yield carry
+
+
+def grep(
+    pattern: str,
+    *,
+    state: State | None = None,
+    nodes: Sequence[str] | None = None,
+    since: float | None = None,
+) -> Iterator[Hit]:
+    """Lines of the store matching the regular expression ``pattern``."""
+    try:
+        regex = re.compile(pattern.encode())
+    except re.error as exc:
+        raise LocalError(f"bad pattern {pattern!r}: {exc}") from None
+    wanted = set(nodes) if nodes is not None else None
+    with opened(state) as st:
+        for node, stream in streams(st):
+            if wanted is not None and node not in wanted:
+                continue
+            for line in lines(st, node, stream, since):
+                if regex.search(line):
+                    yield Hit(node, stream, line.decode("utf-8", "replace"))
+
+
+@dataclass
+class Pruned:
+    files: int = 0
+    bytes: int = 0
+
+
+def prune(
+    *,
+    state: State | None = None,
+    max_bytes: int | None = None,
+    max_age: float | None = None,
+    now: float | None = None,
+) -> Pruned:
+    """Delete whole collected files, oldest first, past ``max_bytes`` or ``max_age`` seconds."""
+    result = Pruned()
+    moment = time.time() if now is None else now
+    with opened(state) as st:
+        ensure(st)
+        files = [
+            dict(r)
+            for r in st.db.execute(
+                "SELECT f.id, f.node, f.stream, f.gone, MAX(s.t) AS last, SUM(s.stored) AS size"
+                " FROM log_files f JOIN log_segments s ON s.file_id = f.id"
+                " GROUP BY f.id ORDER BY last"
+            )
+        ]
+        total = sum(int(f["size"]) for f in files)
+        for f in files:
+            old = max_age is not None and moment - f["last"] > max_age
+            big = max_bytes is not None and total > max_bytes
+            if not (old or big):
+                continue
+            directory = _segment_dir(st, f["node"], f)
+            with st.transaction() as db:
+                db.execute("DELETE FROM log_segments WHERE file_id = ?", (f["id"],))
+                if f["gone"]:
+                    db.execute("DELETE FROM log_files WHERE id = ?", (f["id"],))
+            for path in directory.glob("*"):
+                path.unlink(missing_ok=True)
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+            total -= int(f["size"])
+            result.files += 1
+            result.bytes += int(f["size"])
+    return result

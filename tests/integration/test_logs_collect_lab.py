@@ -1,0 +1,180 @@
+"""Central log collection on real nodes: nothing lost, nothing twice, nothing freed early.
+
+Programs write sequence-numbered lines into tiny, constantly rotating logs
+while the controller collects; the store must end up with every line exactly
+once. ``--free`` must leave files it did not store alone, and a full disk on
+the controller must fail with one clear line and leave the nodes' files as
+they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.agentlink import fleet as agents
+from shoal.nodes.model import Node
+from shoal.ops import logcollect
+from shoal.state import State
+
+from .conftest import remote
+
+pytestmark = pytest.mark.lab
+
+WRITER = """
+import sys, time, os
+n, rate, width = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+t0 = time.time()
+for i in range(n):
+    pad = os.urandom(width).hex() if width else "path=/api/v1/items status=200"
+    sys.stdout.write(f"2026-12-01T12:00:00Z INFO req seq={i:08d} {pad}\\n")
+    if i % 50 == 49:
+        sys.stdout.flush()
+        time.sleep(max(0.0, t0 + (i + 1) / rate - time.time()))
+sys.stdout.write("done\\n")
+sys.stdout.flush()
+time.sleep(3600)
+"""
+SEQ = re.compile(rb"seq=(\d{8})")
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def opts() -> agents.AgentOptions:
+    return agents.AgentOptions()
+
+
+@pytest.fixture(scope="module")
+def trio(lab: Any) -> Iterator[list[Node]]:
+    nodes = lab.nodes()[5:8]
+    assert run(agents.install_async(nodes, opts())).ok
+    yield nodes
+    for name in ("la.w", "lb.w", "lc.w"):
+        run(agents.call_async(nodes, "proc.remove", {"name": name}, opts()))
+    run(agents.stop_async(nodes, opts()))
+
+
+def start_writer(nodes: list[Node], name: str, lines: int, rate: int, width: int = 0) -> None:
+    spec = agents.proc_spec(
+        name,
+        ["python3", "-c", WRITER, str(lines), str(rate), str(width)],
+        restart="never",
+        log_max_bytes=8192,
+        log_backups=1,
+        log_budget_bytes=64 << 20,
+    )
+    run(agents.call_async(nodes, "proc.remove", {"name": name}, opts()))
+    assert run(agents.proc_start_async(nodes, spec, opts())).ok
+
+
+def wait_done(node: Node, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if remote(node, f"tail -c 5 .shoal/logs/{name}.log", check=False) == "done\n":
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{name} on {node.name} did not finish writing")
+
+
+def collect(state: State, nodes: list[Node], **kw: Any) -> Any:
+    results = run(
+        logcollect.collect_async(nodes, logcollect.CollectOptions(**kw), opts(), state=state)
+    )
+    return results
+
+
+def node_files(node: Node, name: str) -> str:
+    return remote(node, f"cd .shoal/logs && sha256sum {name}.log* | sort -k2", check=False)
+
+
+def test_collect_while_rotating_then_again_no_gap_no_duplicate(
+    trio: list[Node], tmp_path: Path
+) -> None:
+    lines = 12_000
+    start_writer(trio, "la.w", lines, rate=4000)  # ~1 MiB, a rotation every ~100 lines
+    with State(tmp_path / "state.db") as state:
+        for rounds in range(4):  # while it writes and rotates
+            results = collect(state, trio, free=rounds % 2 == 1)
+            assert results.ok, [str(r.error) for r in results.failed]
+            time.sleep(0.7)
+        for node in trio:
+            wait_done(node, "la.w")
+        results = collect(state, trio, free=True)
+        assert results.ok, [str(r.error) for r in results.failed]
+        again = collect(state, trio)
+        assert all(r.value.raw == 0 for r in again), "a second collect found nothing new"
+        for node in trio:
+            got = list(logcollect.lines(state, node.name, "la.w"))
+            seqs = [int(m.group(1)) for line in got if (m := SEQ.search(line))]
+            assert seqs == list(range(lines)), f"{node.name}: gap or duplicate"
+            assert got[-1] == b"done"
+        hits = list(logcollect.grep(r"seq=00001234 ", state=state))
+        assert sorted(h.node for h in hits) == sorted(n.name for n in trio)
+        # rotated files were freed only after they were stored: what is left is recent
+        left = remote(trio[0], "ls .shoal/logs/ | grep -c '^la.w.log.' || true").strip()
+        assert int(left) <= 1
+
+
+def test_free_never_deletes_an_uncollected_file(trio: list[Node], tmp_path: Path) -> None:
+    start_writer(trio[:1], "lb.w", 3000, rate=20_000)
+    start_writer(trio[:1], "lc.w", 3000, rate=20_000)
+    node = trio[0]
+    wait_done(node, "lb.w")
+    wait_done(node, "lc.w")
+    before_c = node_files(node, "lc.w")
+    assert before_c.count("lc.w.log.") >= 10
+    with State(tmp_path / "state.db") as state:
+        results = collect(state, [node], app="lb", free=True)
+        assert results.ok, [str(r.error) for r in results.failed]
+        assert results[node.name].value.freed, "lb's rotated files were freed"
+        assert node_files(node, "lc.w") == before_c  # not collected: untouched
+        assert remote(node, "ls .shoal/logs/ | grep -c '^lb.w.log.' || true").strip() == "0"
+        # a free with a checksum the store does not hold is refused by the node
+        listing = run(agents.call_async([node], "logs.list", {}, opts()))[node.name].value
+        rotated = next(f for f in listing["files"] if f["stream"] == "lc.w" and f["rotated"])
+        bad = {"file": rotated["file"], "ino": rotated["ino"], "size": rotated["size"]}
+        refused = run(
+            agents.call_async([node], "logs.ack", {**bad, "sha256": "0" * 64, "free": True}, opts())
+        )
+        assert not refused.ok and "kept" in str(refused[node.name].error)
+        assert node_files(node, "lc.w") == before_c
+
+
+def test_disk_full_on_the_controller_fails_clearly_and_leaves_the_nodes_alone(
+    trio: list[Node], tmp_path: Path
+) -> None:
+    node = trio[1]
+    start_writer([node], "lc.w", 6000, rate=50_000, width=48)  # ~700 KB, random: ~2x gzip
+    wait_done(node, "lc.w")
+    before = node_files(node, "lc.w")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
+    try:
+        with State(small / "state.db") as state:
+            results = collect(state, [node], free=True)
+            assert not results.ok
+            error = str(results[node.name].error)
+            assert "\n" not in error
+            assert "No space left on device" in error or "full" in error, error
+            stored = {
+                logcollect.stored_digest(state, node.name, dict(row))[1]
+                for row in state.db.execute("SELECT * FROM log_files WHERE acked = 1")
+            }
+        after = node_files(node, "lc.w")
+        kept = {line.split()[0] for line in after.splitlines()}
+        was = {line.split()[0] for line in before.splitlines()}
+        assert kept <= was, "a file on the node changed"
+        assert was - kept <= stored, "a file left the node that the store does not hold"
+        assert len(kept) > len(was) // 2  # the disk filled long before the end
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
