@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from pathlib import Path
 
 import pytest
 
 from shoal.agentlink.agentwatch import Beat
-from shoal.control.links import AttachGate, LinkConfig, backoff
+from shoal.control.attach import AttachGate, backoff
+from shoal.control.links import LinkConfig
 from shoal.control.livefacts import LiveFacts, beat_facts
 from shoal.nodes.facts import FactRecord, load_facts, store_facts
 from shoal.state import State
@@ -24,22 +26,23 @@ def test_backoff_is_full_jitter_capped() -> None:
     assert max(late) <= 30.0 and max(late) > 25.0 and min(late) < 5.0
 
 
-def test_the_attach_gate_bounds_handshakes_in_flight_and_rate() -> None:
-    async def go() -> tuple[int, float]:
-        gate = AttachGate(rate=200.0, burst=5, in_flight=3)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+def test_the_attach_gate_bounds_handshakes_in_flight_per_sshd_and_rate() -> None:
+    async def go() -> AttachGate:
+        gate = AttachGate(rate=400.0, burst=5, in_flight=6, per_sshd=2)
 
-        async def handshake() -> None:
-            async with gate:
+        async def handshake(sshd: str) -> None:
+            async with gate.admit(sshd):
                 await asyncio.sleep(0.01)
 
-        await asyncio.gather(*(handshake() for _ in range(45)))
-        return gate.most_in_flight, loop.time() - start
+        await asyncio.gather(*(handshake(f"s{i % 5}") for i in range(45)))
+        return gate
 
-    most, took = asyncio.run(go())
-    assert most == 3
-    assert took >= (45 - 5) / 200.0 * 0.9  # the bucket: 5 at once, then 200 per second
+    loop_start = time.monotonic()
+    gate = asyncio.run(go())
+    took = time.monotonic() - loop_start
+    assert gate.most_in_flight == 6
+    assert max(gate.most_per_sshd.values()) == 2  # a bastion never sees more than 2
+    assert took >= (45 - 5) / 400.0 * 0.9  # the bucket: 5 at once, then 400 per second
 
 
 def test_link_config_is_checked() -> None:

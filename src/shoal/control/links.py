@@ -11,9 +11,11 @@ events) feeds the node's :class:`~.detector.Detector`; events go to the
 journal; beats and ping times feed :class:`~.livefacts.LiveFacts`.
 
 * **Attach at a bounded rate**: every handshake passes :class:`AttachGate`, a
-  token bucket (``attach_rate`` per second, ``attach_burst``) and a cap on
-  handshakes in flight (``handshakes``, default 8: below sshd's default
-  ``MaxStartups 10:30:100`` even when every node is behind one bastion).
+  token bucket (``attach_rate`` per second, ``attach_burst``), a cap on
+  handshakes in flight (``handshakes``, 64: the client's CPU) and one per sshd
+  that counts them (``handshakes_per_sshd``, 8: below sshd's default
+  ``MaxStartups 10:30:100``; nodes behind one ``ProxyJump`` share their jump
+  host's).
 * **Reconnect** with exponential backoff and full jitter (``backoff_base``
   doubling to ``backoff_cap``); the detector's ``reconnect`` hint (a down
   node's host answers TCP again, or a live host's channel is wedged) cuts a
@@ -55,7 +57,6 @@ import asyncio
 import contextlib
 import enum
 import os
-import random
 import time
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -99,6 +100,7 @@ from shoal.transport.base import (
 )
 from shoal.transport.factory import make_transport
 
+from .attach import AttachGate, backoff, probe_alive
 from .detector import Detector, DetectorConfig, Phase, Step
 from .journal import Journal, ServiceEvent
 from .livefacts import LiveFacts, beat_facts
@@ -127,8 +129,10 @@ class LinkConfig:
     #: SSH handshakes started per second at most, and the bucket's size
     attach_rate: float = 50.0
     attach_burst: int = 10
-    #: SSH handshakes in flight at once
-    handshakes: int = 8
+    #: SSH handshakes in flight at once, in all and per sshd (a node's own, or the jump
+    #: host every node behind it shares: 8 stays below sshd's MaxStartups 10:30:100)
+    handshakes: int = 64
+    handshakes_per_sshd: int = 8
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     connect_timeout: float = 10.0
@@ -151,8 +155,12 @@ class LinkConfig:
         for name in _POSITIVE:
             if not getattr(self, name) > 0:
                 raise ValueError(f"links {name} must be positive")
-        if self.attach_burst < 1 or self.handshakes < 1 or self.probe_connects < 1:
-            raise ValueError("links attach_burst, handshakes and probe_connects must be >= 1")
+        counts = (self.attach_burst, self.handshakes, self.handshakes_per_sshd, self.probe_connects)
+        if min(counts) < 1:
+            raise ValueError(
+                "links attach_burst, handshakes, handshakes_per_sshd and probe_connects "
+                "must be >= 1"
+            )
         if self.run_via not in ("ssh", "agent"):
             raise ValueError(f"links run_via must be ssh or agent, not {self.run_via!r}")
         self.detector.validate()
@@ -169,75 +177,6 @@ _POSITIVE = (
     "beat_interval", "tick", "attach_rate", "backoff_base", "backoff_cap", "connect_timeout",
     "probe_timeout", "facts_every", "call_timeout",
 )  # fmt: skip
-
-
-def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (attempt counts from 0)."""
-    return (rng or random).uniform(0.0, min(cap, base * 2 ** min(attempt, 30)))
-
-
-class AttachGate:
-    """A token bucket plus a cap on handshakes in flight (``async with gate:``)."""
-
-    def __init__(
-        self, rate: float, burst: int, in_flight: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.clock = clock
-        self._tokens = float(burst)
-        self._stamp = clock()
-        self._slots = asyncio.Semaphore(in_flight)
-        self._order = asyncio.Lock()
-        self.in_flight = 0
-        self.most_in_flight = 0
-
-    async def _token(self) -> None:
-        async with self._order:
-            while True:
-                now = self.clock()
-                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-                self._stamp = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                await asyncio.sleep((1 - self._tokens) / self.rate)
-
-    async def __aenter__(self) -> None:
-        await self._slots.acquire()
-        try:
-            await self._token()
-        except BaseException:
-            self._slots.release()
-            raise
-        self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.in_flight -= 1
-        self._slots.release()
-
-
-async def probe_alive(host: str, port: int, connects: int, timeout: float) -> bool:
-    """True when any of ``connects`` parallel TCP connects to host:port completes."""
-
-    async def one() -> bool:
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        except (OSError, asyncio.TimeoutError):
-            return False
-        writer.close()
-        return True
-
-    tasks = [asyncio.ensure_future(one()) for _ in range(connects)]
-    try:
-        for next_done in asyncio.as_completed(tasks):
-            if await next_done:
-                return True
-        return False
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 class Link:
@@ -420,7 +359,10 @@ class Links:
         self._agent = agent
         self.cold = make_transport(self.config)
         self.gate = AttachGate(
-            self.config.attach_rate, self.config.attach_burst, self.config.handshakes
+            self.config.attach_rate,
+            self.config.attach_burst,
+            self.config.handshakes,
+            self.config.handshakes_per_sshd,
         )
         self.facts = LiveFacts(state, every=self.config.facts_every)
         self.links: dict[str, Link] = {n.name: Link(n) for n in nodes}
@@ -558,7 +500,7 @@ class Links:
             client = await self._revive_agent(link, conn)
 
     async def _connect(self, link: Link) -> Connection:
-        async with self.gate:
+        async with self.gate.admit(self._sshd(link.node)):
             link.connects += 1
             return await self.cold.connect(link.node, timeout=self.config.connect_timeout)
 
@@ -718,17 +660,28 @@ class Links:
         if link.detector is not None:
             self._apply(link, link.detector.probed(alive, self.clock()))
 
-    def _address(self, node: Node) -> tuple[str, int]:
-        if node.host and node.port:
-            return node.host, node.port
+    def _resolved(self, node: Node) -> sshconfig.Resolved | None:
         user = Path.home() / ".ssh" / "config"
         files = ([node.ssh_config] if node.ssh_config else []) + (
             [str(user)] if os.access(user, os.R_OK) else []
         )
-        resolved = sshconfig.resolve(files, node.name, node.user, node.port)
+        return sshconfig.resolve(files, node.name, node.user, node.port)
+
+    def _address(self, node: Node) -> tuple[str, int]:
+        if node.host and node.port:
+            return node.host, node.port
+        resolved = self._resolved(node)
         if resolved is None:
             return node.address, node.port or 22
         return node.host or resolved.hostname, node.port or resolved.port
+
+    def _sshd(self, node: Node) -> str:
+        """The sshd that counts this node's handshake: its jump host's, else its own."""
+        resolved = self._resolved(node)
+        if resolved is not None and resolved.proxy_jump:
+            return f"jump {resolved.proxy_jump}"
+        host, port = self._address(node)
+        return f"{host}:{port}"
 
     async def _tick_loop(self) -> None:
         while True:
