@@ -8,6 +8,7 @@ subprocess with a private ``SHOAL_HOME`` and must leave no lab behind.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ CHAPTERS = [
     "# Push a tree peer to peer: chunked, verified, switched in atomically",
     "# Kill the program on one node with SIGKILL; the agent restarts it within a second",
     "# An application (Plush's ByteTorrent)",
+    "# The standing controller: shoal serve holds a connection to every node",
+    "# A warm run (through shoal serve: no new SSH connection) beside a cold one",
     "# Cleaning up",
     "# Demo finished in",
 ]
@@ -54,5 +57,7 @@ def test_the_demo_runs_every_chapter_and_leaves_no_lab(tmp_path: Path) -> None:
     ]
     assert positions == sorted(positions), "chapters out of order"
     assert "sha256 ok" in out  # ByteTorrent's receivers verified what they got
+    assert re.search(r"the service journaled: \"kept: w: n\d+ replaces n\d+\"", out)
+    assert re.search(r"warm: [0-9.]+s .*\n.*\n  cold: [0-9.]+s", out)
     labs = home / "labs"
     assert not labs.exists() or not any(labs.iterdir()), sorted(labs.iterdir())

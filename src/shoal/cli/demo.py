@@ -105,6 +105,7 @@ def _tour(n: int) -> None:
         _tour_files(Path(tmp))
     _tour_agents()
     _application()
+    _standing_controller()
     _shoal("agent", "stop", "-s", "@lab")
 
 
@@ -210,3 +211,129 @@ def _application() -> None:
     _check(_shoal("app", "status"), "app status")
     _check(_shoal("app", "logs", "-c", "receivers", "--lines", "1"), "app logs")
     _check(_shoal("app", "down"), "app down")
+
+
+#: A kept application for the standing-controller chapter: two members, replaced when lost.
+KEPT_SPEC = """\
+app: kept
+components:
+  w:
+    select: "@lab"
+    count: 2
+    on_failure: replace
+    processes:
+      - {name: svc, service: "exec sleep 3600"}
+"""
+
+
+def _standing_controller() -> None:
+    """``shoal serve``: a member's node killed and replaced unattended; warm run beside cold."""
+    import subprocess
+
+    from shoal.client import ServiceClient
+    from shoal.paths import shoal_home
+
+    _say("The standing controller: shoal serve holds a connection to every node and keeps apps")
+    print("$ shoal serve --sweep-interval 0 &", flush=True)
+    log = shoal_home() / "demo-keeper.log"
+    with open(log, "wb") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "shoal.cli.main", "serve", "--sweep-interval", "0"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        client = _until("shoal serve attached every node", 60, lambda: _attached(serve))
+        _warm_beside_cold()
+        with tempfile.TemporaryDirectory(prefix="shoal-demo-") as tmp:
+            spec = Path(tmp) / "kept.yaml"
+            spec.write_text(KEPT_SPEC)
+            _check(_shoal("app", "up", str(spec), "--detach"), "app up (kept)")
+            _replaced_unattended(client)
+            _check(_shoal("app", "down", "kept"), "app down (kept)")
+    finally:
+        print("$ shoal serve stop", flush=True)
+        if serve.poll() is None:
+            ServiceClient(str(shoal_home() / "serve.sock"), timeout=10).stop()
+            try:
+                serve.wait(30)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+                serve.wait(10)
+
+
+def _attached(serve: Any) -> Any:
+    """The service's client once every lab node's link is up (None before)."""
+    from shoal.client import ServiceClient
+    from shoal.errors import ServiceError
+
+    if serve.poll() is not None:
+        raise ServiceError(f"shoal serve exited with {serve.returncode} (see demo-keeper.log)")
+    client = ServiceClient.locate(timeout=30)
+    if client is None:
+        return None
+    links = [n["link"] for n in client.request("GET", "/api/v1/nodes", query={"selection": "@lab"})]
+    return client if links and all(link == "up" for link in links) else None
+
+
+def _until(what: str, timeout: float, probe: Any) -> Any:
+    from shoal.errors import ShoalError
+
+    deadline = time.monotonic() + timeout
+    while (found := probe()) is None or found is False:
+        if time.monotonic() > deadline:
+            raise ShoalError(f"demo step failed: {what} not within {timeout:g} s")
+        time.sleep(0.1)
+    return found
+
+
+def _warm_beside_cold() -> None:
+    """``shoal run -s @lab true`` as whole processes: through the service, then direct."""
+    import os
+    import subprocess
+
+    _say("A warm run (through shoal serve: no new SSH connection) beside a cold one (direct SSH)")
+    argv = [sys.executable, "-m", "shoal.cli.main", "run", "-s", "@lab", "--no-progress", "true"]
+    times = {}
+    for label, env in (
+        ("warm", dict(os.environ)),
+        ("cold", {**os.environ, "SHOAL_NO_SERVICE": "1"}),
+    ):
+        best = float("inf")
+        for _ in range(3):
+            began = time.monotonic()
+            subprocess.run(argv, env=env, capture_output=True, check=False)
+            best = min(best, time.monotonic() - began)
+        times[label] = best
+    print("$ shoal run -s @lab true                     # shoal serve runs", flush=True)
+    print(f"  warm: {times['warm']:.3f}s for the whole command (best of 3)")
+    print("$ SHOAL_NO_SERVICE=1 shoal run -s @lab true  # direct SSH")
+    print(f"  cold: {times['cold']:.3f}s ({times['cold'] / times['warm']:.1f}x the warm run)")
+
+
+def _replaced_unattended(client: Any) -> None:
+    """Kill the node of the member in slot 1; wait for the keeper's replacement event."""
+    import json
+
+    from shoal.app import store
+    from shoal.state import State
+
+    with State() as st:
+        members = [m for m in store.members(st, "kept") if m.state == "active"]
+    victim = max(members, key=lambda m: m.slot).node
+    after = client.status()["events"]["last"]
+    _say(f"Kill {victim}, a member's node, and keep hands off the keyboard")
+    began = time.monotonic()
+    _check(_shoal("lab", "kill", victim, "--name", DEMO_LAB), "lab kill")
+    try:
+
+        def replaced() -> Any:
+            found = client.events(after, topic="app")
+            return next((e for e in found if e.get("kind") == "member_replaced"), None)
+
+        event = _until("the keeper's replacement", 60, replaced)
+        took = time.monotonic() - began
+        print(f"  {time.strftime('%H:%M:%S')} the service journaled: {json.dumps(event['detail'])}")
+        print(f"  replaced {took:.1f}s after the kill, nobody at the keyboard")
+        _shoal("app", "status", "kept")
+    finally:
+        _check(_shoal("lab", "revive", victim, "--name", DEMO_LAB), "lab revive")
