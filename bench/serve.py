@@ -135,9 +135,12 @@ def warm_vs_cold(lab: Lab, svc: Service, rounds: int) -> None:
     warm_argv = [SHOAL, "run", "--no-progress", "true"]  # through the service: SHOAL_HOME
     warm = median_of(lambda: timed(warm_argv, svc.env), rounds)
     cold = {name: median_of(lambda a=argv: timed(a), rounds) for name, argv in peers.items()}
+    direct_env = {**svc.env, "SHOAL_NO_SERVICE": "1"}  # the same CLI, direct SSH
+    direct = median_of(lambda: timed(warm_argv, direct_env), rounds)
     best = min(cold, key=lambda k: cold[k][0])
     print(f"\nrun true on {n} nodes (median / min of {rounds}, whole process)")
     print(f"  shoal (service) {warm[0]:.3f} s / {warm[1]:.3f} s")
+    print(f"  shoal (direct)  {direct[0]:.3f} s / {direct[1]:.3f} s  (SHOAL_NO_SERVICE=1)")
     for name, (med, low) in cold.items():
         print(f"  {name:<14}  {med:.3f} s / {low:.3f} s")
     print(f"  ratio warm / {best}: {warm[0] / cold[best][0]:.3f}x (target <= 0.1x)")
