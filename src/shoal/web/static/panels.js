@@ -126,7 +126,8 @@ export class Pushes {
     this.status = status;
     this.shown = new Map();    // push id -> its block
     this.following = new Set();
-    this.pending = new Map();  // push id -> newest snapshot not drawn yet
+    this.known = new Map();    // push id -> what is known of it (the API's object)
+    this.pending = new Set();  // push ids to draw at the next frame
     this.scheduled = false;
     const value = (id) => root.querySelector(id).value.trim();
     root.querySelector("#push-form").addEventListener("submit", (ev) => {
@@ -167,13 +168,14 @@ export class Pushes {
       else this.view.replaceChildren(...pushes.map((p) => this.block(p)));
       for (const p of pushes) {
         if (p.state === "running") this.follow(p.id);
-        else this.draw(p.id, await get(`/pushes/${encodeURIComponent(p.id)}`));
+        else this.item(p.id, { end: await get(`/pushes/${encodeURIComponent(p.id)}`) });
       }
       if (pushes.length && pushes[0].request?.remote_dir) await this.drawVersions(pushes[0].request.remote_dir);
     });
   }
 
   block(p) {
+    this.known.set(p.id, { ...(this.known.get(p.id) || {}), ...p });
     const block = this.shown.get(p.id) || el("div", { class: "push", "data-push": p.id });
     this.shown.set(p.id, block);
     if (!block.childNodes.length) this.fill(block, p, p.progress);
@@ -200,26 +202,32 @@ export class Pushes {
     } finally {
       this.following.delete(id);
     }
-    this.draw(id, await get(`/pushes/${encodeURIComponent(id)}`));
+    this.item(id, { end: await get(`/pushes/${encodeURIComponent(id)}`) });
+    const dir = this.known.get(id)?.request?.remote_dir;
+    if (dir) await this.drawVersions(dir);
   }
 
   item(id, item) {
-    if (item.progress) {
-      this.pending.set(id, { state: "running", progress: item.progress });
-      if (!this.scheduled) {
-        this.scheduled = true;
-        requestAnimationFrame(() => {
-          this.scheduled = false;
-          for (const [pid, p] of this.pending) this.draw(pid, p);
-          this.pending.clear();
-        });
-      }
+    const known = this.known.get(id) || { id };
+    if (item.progress) known.progress = item.progress;
+    if (item.result) known.results = [...(known.results || []), item.result];
+    if (item.end) Object.assign(known, item.end, { progress: item.end.progress ?? known.progress });
+    this.known.set(id, known);
+    this.pending.add(id);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      requestAnimationFrame(() => {
+        this.scheduled = false;
+        for (const pid of this.pending) this.draw(pid);
+        this.pending.clear();
+      });
     }
   }
 
-  draw(id, p) {
+  draw(id) {
     const block = this.shown.get(id);
-    if (block) this.fill(block, { id, ...p }, p.progress);
+    const p = this.known.get(id);
+    if (block && p) this.fill(block, p, p.progress);
   }
 
   fill(block, p, progress) {
@@ -231,18 +239,19 @@ export class Pushes {
     const totals = progress ? `${progress.received}/${progress.needed} bytes, ${progress.nodes_done}/${progress.nodes_total} nodes done` : "";
     const request = p.request || {};
     block.dataset.state = p.state || "";
-    block.replaceChildren(
+    block.replaceChildren(...[
       el("h3", {}, `push ${p.id}: ${p.state || ""} ${request.source_dir || ""} → ${request.remote_dir || ""}`),
       el("p", {}, totals, progress ? ` · source egress ${progress.source_sent} bytes` : "",
         p.summary?.version ? ` · version ${p.summary.version}` : ""),
       p.error ? el("pre", { class: "error" }, typeof p.error === "string" ? p.error : p.error.error) : null,
-      table(["node", "progress", "received", "from source", "from peers", "state"], rows));
+      table(["node", "progress", "received", "from source", "from peers", "state"], rows),
+    ].filter(Boolean));
   }
 
   async drawVersions(remoteDir) {
     const records = await get(`/versions?remote_dir=${encodeURIComponent(remoteDir)}`);
     this.versions.replaceChildren(el("p", {}, remoteDir), table(["node", "current", "kept"], records.map((r) =>
-      [r.node, String(r.value?.current ?? r.error ?? ""), (r.value?.versions || []).map((v) => v.id ?? v.version ?? v).join(" ")])));
+      [r.node, String(r.value?.current ?? r.error ?? ""), (r.value?.versions || []).map((v) => v.version ?? v).join(" ")])));
   }
 }
 
