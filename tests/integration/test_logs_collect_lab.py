@@ -58,7 +58,7 @@ def trio(lab: Any) -> Iterator[list[Node]]:
     nodes = lab.nodes()[5:8]
     assert run(agents.install_async(nodes, opts())).ok
     yield nodes
-    for name in ("la.w", "lb.w", "lc.w"):
+    for name in ("la.w", "lb.w", "lc.w", "ld.w"):
         run(agents.call_async(nodes, "proc.remove", {"name": name}, opts()))
     run(agents.stop_async(nodes, opts()))
 
@@ -178,3 +178,41 @@ def test_disk_full_on_the_controller_fails_clearly_and_leaves_the_nodes_alone(
         assert len(kept) > len(was) // 2  # the disk filled long before the end
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_the_service_collects_on_its_schedule(trio: list[Node], tmp_path: Path) -> None:
+    from shoal.control.controller import Controller, ServiceConfig
+
+    node = trio[2]
+    start_writer([node], "ld.w", 500, rate=5000)
+    wait_done(node, "ld.w")
+    config = ServiceConfig(state_dir=tmp_path, sweep_interval=0, logs_interval=1.0)
+    controller = Controller(config)
+    controller.managed = lambda: [node]  # type: ignore[method-assign]
+
+    async def serve_a_while() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(controller.run(stop))
+        try:
+            for _ in range(60):  # bounded: 30 s
+                await asyncio.sleep(0.5)
+                logs = next(s for s in controller.scheduler.status() if s["name"] == "logs")
+                if logs["last_end"]:
+                    break
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+    try:
+        run(serve_a_while())
+        logs = next(s for s in controller.scheduler.status() if s["name"] == "logs")
+        assert "bytes from 1 node(s)" in str(logs["last_status"]), logs
+    finally:
+        controller.close()
+    with State(tmp_path / "state.db") as state:
+        seqs = [
+            int(m.group(1))
+            for x in logcollect.lines(state, node.name, "ld.w")
+            if (m := SEQ.search(x))
+        ]
+    assert seqs == list(range(500))

@@ -54,6 +54,8 @@ class ServiceConfig:
     keep_seconds: float = 30 * 86400.0
     #: seconds between retention passes
     prune_interval: float = 3600.0
+    #: seconds between central log collections (0: none; see shoal.ops.logcollect)
+    logs_interval: float = 600.0
     #: how long a write waits for another process's lock on the database
     busy_timeout: float = 5.0
     #: seconds between heartbeat lines on an idle event stream
@@ -138,6 +140,8 @@ class Controller:
         if self.config.sweep_interval > 0:
             self.scheduler.register("sweep", self.config.sweep_interval, self.sweep)
         self.scheduler.register("retention", self.config.prune_interval, self._prune)
+        if self.config.logs_interval > 0:
+            self.scheduler.register("logs", self.config.logs_interval, self.collect_logs)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set: schedules and plug-ins, then the stop journaled.
@@ -182,6 +186,17 @@ class Controller:
             self.journal.record_many([*events, ServiceEvent("sweep", "swept", detail=summary)])
         )
         return summary
+
+    async def collect_logs(self) -> str:
+        """Collect the managed nodes' logs into the store (the ``logs`` job), off the loop."""
+        from shoal.ops.logcollect import collect_scheduled
+
+        try:
+            nodes = self.managed()
+        except EmptySelectionError:
+            return "no nodes"
+        database, age = self.config.database, self.config.keep_seconds or None
+        return await asyncio.to_thread(collect_scheduled, nodes, database, max_age=age)
 
     async def _prune(self) -> str:
         pruned: int = await asyncio.wrap_future(self.journal.prune())

@@ -500,3 +500,18 @@ def prune(
             result.files += 1
             result.bytes += int(f["size"])
     return result
+
+
+def collect_scheduled(
+    nodes: Sequence[Node], database: Path, *, max_age: float | None = None
+) -> str:
+    """One scheduled round (the service's ``logs`` job, run in a worker thread): collect
+    with a state connection and an event loop of its own, then retention; a summary line."""
+    import asyncio
+
+    with State(database) as st:
+        results = asyncio.run(collect_async(nodes, state=st))
+        pruned = prune(state=st, max_age=max_age)
+    raw = sum(r.value.raw for r in results if r.ok and r.value)
+    failed = f", {len(results.failed)} node(s) failed" if results.failed else ""
+    return f"{raw} bytes from {len(results)} node(s){failed}, {pruned.files} file(s) pruned"
