@@ -61,6 +61,7 @@ COMMANDS: dict[str, str] = {
     "push": "pushcmds",
     "rollback": "pushcmds",
     "versions": "pushcmds",
+    "rollout": "rolloutcmds",
     "serve": "servecmds",
     "config": "configcmds",
     "completion": "completion",
