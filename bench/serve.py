@@ -207,6 +207,7 @@ def kills(lab: Lab, client: ServiceClient, count: int) -> None:
     took = []
     for i in range(count):
         victim = nodes[(i * 3 + 1) % len(nodes)].name
+        wait_up(client, len(nodes))  # every link up (the last phase may have left one not)
         after = int(client.status()["events"]["last"])
         t0 = time.time()
         lab.kill(victim)

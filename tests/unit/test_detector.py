@@ -194,3 +194,15 @@ def test_timings_scale_with_the_beat() -> None:
     assert slow.suspect_after == 6.0 and slow.down_after == 6.0 and slow.stall_after == 24.0
     d = Detector(0.0, slow)
     assert d.tick(5.0) == Step()  # a 4 s beat one second late: not suspect
+
+
+def test_a_starved_controller_excuses_the_silence_and_probes_again() -> None:
+    d = Detector(0.0, CFG)
+    d.heard(10.0)
+    d.excuse(3.0)  # our loop stalled 3 s: the beats could not be read
+    assert d.tick(12.0) == Step()
+    assert d.tick(14.6).event == "node_suspect"  # 1.6 s of real silence after the stall
+    d.inconclusive(15.5)  # the probe timed out while we were starved: no verdict
+    assert d.phase is Phase.SUSPECT
+    assert d.tick(15.5).probe  # asked again at once
+    assert d.probed(False, 16.0).event == "node_down"

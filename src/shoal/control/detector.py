@@ -26,6 +26,11 @@ connection).
 * Anything heard → ``up`` (from ``down``: ``node_up``, the node leaves the
   failed set; from ``suspect``: ``node_up`` too, nothing was marked).
 
+A starved controller (its own loop late, a 2-core machine shared with every
+node) must not blame the nodes: the caller :meth:`Detector.excuse`-s the time
+it could not listen, and a probe that timed out while the caller was late is
+:meth:`Detector.inconclusive` (probed again), never a ``down``.
+
 This is the flap filter: one lost beat, or three (5 % loss, retransmits
 after 0.2/0.4/0.8 s), never makes a node ``down``, because an alive host's
 sshd answers one of the parallel connects; a killed node (no packet comes
@@ -160,6 +165,16 @@ class Detector:
         closed = "connection closed, " if self.closed else ""
         self.reason = f"down: {closed}no heartbeat for {quiet:.1f} s, sshd unreachable"
         return Step("node_down", self.reason)
+
+    def excuse(self, seconds: float) -> None:
+        """The caller could not listen for ``seconds`` (its loop was starved): that much
+        silence is not the node's."""
+        self.last_heard += max(0.0, seconds)
+
+    def inconclusive(self, now: float) -> None:
+        """The probe gave no verdict (the caller was starved while it ran): probe again."""
+        self.probing = False
+        self.last_probe = now - self.config.probe_every
 
     def _start_probe(self, now: float) -> bool:
         if self.probing:

@@ -170,6 +170,10 @@ class LinkConfig:
 #: Prints the held connection's SSH_CONNECTION and SSH_CLIENT (what an exec is given).
 SSH_ENV_COMMAND = 'printf "%s\\n%s" "$SSH_CONNECTION" "$SSH_CLIENT"'
 
+#: Lateness of our own event loop (seconds) past which a stall is ours, not the nodes':
+#: silence during it is excused, a probe that timed out during it has no verdict.
+STALL_LAG = 0.25
+
 #: Rounds of cancel-and-wait (1 s each) that stop() gives the links' tasks.
 STOP_ROUNDS = 10
 
@@ -656,9 +660,17 @@ class Links:
 
     async def _probe(self, link: Link) -> None:
         host, port = self._address(link.node)
+        started = self.clock()
         alive = await probe_alive(host, port, self.config.probe_connects, self.config.probe_timeout)
-        if link.detector is not None:
-            self._apply(link, link.detector.probed(alive, self.clock()))
+        if link.detector is None:
+            return
+        now = self.clock()
+        if not alive and now - started > self.config.probe_timeout + STALL_LAG:
+            # our own loop was starved past the timeout: the connects may have completed
+            # unseen; no verdict, probe again (a busy controller must not declare downs)
+            link.detector.inconclusive(now)
+            return
+        self._apply(link, link.detector.probed(alive, now))
 
     def _resolved(self, node: Node) -> sshconfig.Resolved | None:
         user = Path.home() / ".ssh" / "config"
@@ -684,11 +696,15 @@ class Links:
         return f"{host}:{port}"
 
     async def _tick_loop(self) -> None:
+        last = self.clock()
         while True:
             await asyncio.sleep(self.config.tick)
             now = self.clock()
+            lag, last = now - last - self.config.tick, now
             for link in list(self.links.values()):
                 if link.detector is not None and link.refused is None:
+                    if lag > STALL_LAG:  # we could not read beats meanwhile: not their silence
+                        link.detector.excuse(lag)
                     self._apply(link, link.detector.tick(now))
             if self.facts.due():
                 with contextlib.suppress(ShoalError):
