@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
         default="0",
         help="seconds between stages, or 'manual': wait for 'shoal rollout resume' (default 0)",
     )
-    start.set_defaults(func=cmd_start)
+    start.set_defaults(handler=cmd_start)
     for name, helptext in (
         ("status", "a rollout's stages and node steps (default: the latest)"),
         ("resume", "carry a stopped or paused rollout on (default: the latest unfinished)"),
@@ -75,7 +75,7 @@ def register(sub: Any) -> None:
         else:
             verb.add_argument("--json", action="store_true", help="JSON lines, one per node")
         verb.set_defaults(
-            func={"status": cmd_status, "resume": cmd_resume, "abort": cmd_abort}[name]
+            handler={"status": cmd_status, "resume": cmd_resume, "abort": cmd_abort}[name]
         )
 
 
