@@ -121,6 +121,9 @@ def _build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
         module.register(sub)
     _describe(parser)
     logflags.accept_after_command(parser)
+    from .render import add_no_json
+
+    add_no_json(parser)
     return parser
 
 

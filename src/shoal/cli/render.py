@@ -29,6 +29,8 @@ The JSON convention (``--json``, on every command that prints data):
   per-node results (``events``, ``proc logs``) writes one such object per
   failed node on stderr (:func:`print_failures`).
 * The exit status is the same as without ``--json`` (:mod:`.exitcodes`).
+* ``--no-json`` stands beside every ``--json`` (:func:`add_no_json`): it
+  undoes ``[output] json = true`` for one command; the later one wins.
 
 Values are escaped by ``json`` whatever the stream; keys keep the order
 written here. (``app schema`` prints the schema itself, an indented document,
@@ -53,6 +55,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from .terminal import escape_controls, unescaped
 
 if TYPE_CHECKING:
+    import argparse
+
     from shoal.fanout.results import NodeOutcome, Results
 
 # -- tables ----------------------------------------------------------------------
@@ -213,6 +217,28 @@ class NodeProgress:
 
 #: The ``--json`` option's help, the same on every command.
 JSON_HELP = "print JSON lines: one object per node or item, or one object (see 'shoal --help')"
+
+#: The ``--no-json`` option's help (:func:`add_no_json`).
+NO_JSON_HELP = "print text, not JSON (where [output] json = true or SHOAL_OUTPUT_JSON set --json)"
+
+
+def add_no_json(parser: argparse.ArgumentParser) -> None:
+    """``--no-json`` beside every ``--json`` of ``parser`` and its subcommands.
+
+    ``[output] json = true`` (a config file or ``SHOAL_OUTPUT_JSON``) makes
+    ``--json`` every command's default; ``--no-json`` turns it off for one
+    command, and the later of the two on a command line wins.
+    """
+    import argparse
+
+    taken = parser._option_string_actions
+    if "--json" in taken and "--no-json" not in taken:
+        parser.add_argument("--no-json", dest=taken["--json"].dest, action="store_false",
+                            default=argparse.SUPPRESS, help=NO_JSON_HELP)  # fmt: skip
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                add_no_json(sub)
 
 
 def print_records(records: Iterable[dict[str, Any]]) -> None:
