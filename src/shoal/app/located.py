@@ -81,8 +81,11 @@ def _scalar(node: yaml.Node) -> Any:
 
 def loads(text: str, file: str = "<spec>") -> Located:
     """Parse YAML text; ConfigError names file:line on a syntax error."""
+    lines: dict[PathKey, int] = {}
     try:
         root = yamlload.compose(text)
+        # typing a scalar can fail too: a tag the safe loader has no constructor for
+        value = None if root is None else _convert(root, (), lines, file)
     except yamlload.LimitError as exc:
         raise ConfigError(f"{file}:{exc.line}: {exc.problem}") from None
     except yaml.MarkedYAMLError as exc:
@@ -93,8 +96,6 @@ def loads(text: str, file: str = "<spec>") -> Located:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from None
     if root is None:
         raise ConfigError(f"{file}:1: the file is empty; expected a mapping")
-    lines: dict[PathKey, int] = {}
-    value = _convert(root, (), lines, file)
     return Located(value, file, lines)
 
 
