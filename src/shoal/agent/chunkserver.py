@@ -450,6 +450,7 @@ class _Stream:
         self.pending = bytearray()
         self.lowat = 1
         self.stamp = time.monotonic()
+        self.filled = 0  # bytes of the view read_into is filling that are in
 
     @classmethod
     async def connect(cls, host: str, port: int, timeout: float) -> _Stream:
@@ -492,7 +493,7 @@ class _Stream:
 
     async def read_into(self, view: memoryview) -> None:
         """Fill ``view`` exactly; ConnectionError if the peer closes first."""
-        have = min(len(self.pending), len(view))
+        have = self.filled = min(len(self.pending), len(view))
         if have:
             view[:have] = self.pending[:have]
             del self.pending[:have]
@@ -504,6 +505,7 @@ class _Stream:
                 raise ConnectionError("connection closed mid-chunk")
             self.stamp = time.monotonic()
             have += n
+            self.filled = have
 
     def close(self) -> None:
         self.sock.close()
@@ -575,6 +577,9 @@ class Fetcher:
             return result
         conn: _Stream | None = None
         watch: _Watchdog | None = None
+        sizes: list[int] | None = None
+        whole = memoryview(b"")
+        arrived = [0]  # body bytes read so far: whole chunks among them are kept on a cut
         try:
             request = {"v": WIRE_VERSION, "token": token, "want": [h for h, _ in pending]}
             line = json.dumps(request).encode() + b"\n"
@@ -592,7 +597,8 @@ class Fetcher:
             if sizes is None:
                 return result
             total = sum(n for n in sizes if n > 0)
-            whole = await self._receive(conn, total)
+            whole = memoryview(bytearray(total))
+            await self._receive(conn, whole, arrived)
             watch.stop()
             result.nbytes = total
             self._store(pending, sizes, whole, bucket, result)
@@ -616,18 +622,49 @@ class Fetcher:
             if conn is not None:
                 conn.close()
             result.seconds = time.monotonic() - started
+        if result.error and not (result.local or result.lying) and sizes is not None and arrived[0]:
+            self._keep_arrived(pending, sizes, whole, arrived[0], bucket, result)
         done = set(result.got) | set(result.failed)
         result.failed.extend(h for h, _ in pending if h not in done)
         return result
 
-    async def _receive(self, conn: _Stream, total: int) -> memoryview:
-        """The answer's ``total`` bytes of chunks, read into one buffer a slice at a time."""
-        whole = memoryview(bytearray(total))
-        for start in range(0, total, SLICE):
+    async def _receive(self, conn: _Stream, whole: memoryview, arrived: list[int]) -> None:
+        """The answer's chunk bytes, read into ``whole`` a slice at a time; ``arrived[0]``
+        counts what is in."""
+        for start in range(0, len(whole), SLICE):
             part = whole[start : start + SLICE]
-            await conn.read_into(part)
+            try:
+                await conn.read_into(part)
+            finally:
+                arrived[0] = start + conn.filled
             await self.throttle.take(len(part))
-        return whole
+
+    def _keep_arrived(
+        self,
+        pending: list[tuple[str, int]],
+        sizes: list[int],
+        whole: memoryview,
+        arrived: int,
+        bucket: str,
+        result: FetchResult,
+    ) -> None:
+        """A cut answer (timed out, connection lost): the whole chunks that arrived before
+        the cut are verified and kept, so a slow or lossy link still makes progress (before,
+        a batch that could not finish within its deadline was thrown away whole, again and
+        again: 30 % loss ended a push with one error per node)."""
+        head: list[tuple[str, int]] = []
+        used = 0
+        for (digest, size), n in zip(pending, sizes):
+            if n > 0 and used + n > arrived:
+                break
+            head.append((digest, size))
+            used += max(n, 0)
+        try:
+            self._store(head, sizes[: len(head)], whole[:used], bucket, result)
+        except ConnectionError:  # a chunk that arrived did not verify: result.lying says so
+            pass
+        except ChunkError as exc:
+            result.error, result.local = str(exc), True
 
     def _store(
         self,
