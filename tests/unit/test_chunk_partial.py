@@ -38,7 +38,7 @@ def _fetch(tmp_path: Path, body: bytes, *, close: bool) -> tuple[ChunkStore, obj
         port = server.sockets[0].getsockname()[1]
         try:
             fetcher = Fetcher(store, idle_timeout=1.0)
-            wanted = [(d, len(c)) for d, c in zip(DIGESTS, CHUNKS)]
+            wanted = [(d, len(c)) for d, c in zip(DIGESTS, CHUNKS, strict=True)]
             result = await fetcher.fetch(
                 "127.0.0.1", port, "k" * 32, wanted, deadline=time.monotonic() + 1.0
             )
