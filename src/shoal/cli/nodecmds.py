@@ -135,6 +135,28 @@ def cmd_nodes_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refused_ssh_options(nodes: Sequence[Node], source: str) -> list[str]:
+    """One warning per stored ssh option Shoal will refuse at connect (Ansible's
+    ``-o StrictHostKeyChecking=no``, a ProxyCommand), the hosts folded: the import
+    keeps them, as read, and every connection to those hosts fails until they change."""
+    from shoal.errors import UsageError
+    from shoal.nodes.nodeset import fold
+    from shoal.transport.sshconfig import parse_option
+
+    refused: dict[str, tuple[str, list[str]]] = {}
+    for node in nodes:
+        for option in node.ssh_options:
+            try:
+                parse_option(option)
+            except UsageError as exc:
+                refused.setdefault(option, (str(exc), []))[1].append(node.name)
+    return [
+        f"{source}: {fold(hosts)}: {why} (stored as read: connecting there fails until it is "
+        "changed)"
+        for why, hosts in refused.values()
+    ]
+
+
 def cmd_nodes_import(args: argparse.Namespace) -> int:
     import sys
 
@@ -145,7 +167,7 @@ def cmd_nodes_import(args: argparse.Namespace) -> int:
         inv = parse_inventory(sys.stdin.read(), "<stdin>", args.format)
     else:
         inv = read_inventory(args.file, args.format)
-    for warning in inv.warnings:
+    for warning in [*inv.warnings, *_refused_ssh_options(inv.nodes, args.file)]:
         print(f"warning: {warning}", file=sys.stderr)
     nodes = with_group(inv.nodes, args.group) if args.group and not args.replace else inv.nodes
     replace_group = args.group if args.replace else None
