@@ -7,6 +7,7 @@ always a single line that says what went wrong and where.
 
     ShoalError
     ├── UsageError              bad input from the user (arguments, values)
+    │   └── RequestError            a request the service will not read (XML-RPC body, parameter)
     ├── ConfigError             a configuration file or setting is invalid
     ├── StateError              the controller's SQLite state cannot be used
     ├── InventoryError          an inventory cannot be read or imported
@@ -86,6 +87,11 @@ class ShoalError(Exception):
 
 class UsageError(ShoalError):
     kind = "usage"
+
+
+class RequestError(UsageError):
+    """A request the service will not read: an XML-RPC body that is not a call or holds a
+    DTD, a parameter of the wrong type, an unknown method."""
 
 
 class ConfigError(ShoalError):

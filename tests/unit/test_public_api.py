@@ -51,6 +51,7 @@ PUBLIC = [
     "PlanCycleError",
     "PushOptions",
     "PushResult",
+    "RequestError",
     "Results",
     "RunOptions",
     "SelectionError",

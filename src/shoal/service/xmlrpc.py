@@ -47,7 +47,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from shoal.errors import ShoalError
+from shoal.errors import RequestError, ShoalError
 
 from . import approutes, jobs, noderoutes, pushroutes, routes, runroutes
 
@@ -90,14 +90,6 @@ FORBIDDEN = 403
 _INT_MAX = 2**31 - 1
 
 
-class Refused(ValueError):
-    """The body is not accepted as XML-RPC (see the module docstring)."""
-
-
-class BadParam(ValueError):
-    """A parameter of the wrong type."""
-
-
 @dataclass(frozen=True)
 class Method:
     """One XML-RPC method: its handler, signatures and help."""
@@ -133,11 +125,11 @@ _UNPARSABLE = (expat.ExpatError, xmlrpc.client.ResponseError, ValueError, TypeEr
 
 
 def _no_dtd(*_: object) -> None:
-    raise Refused("document type declarations are not accepted")
+    raise RequestError("document type declarations are not accepted")
 
 
 def loads(data: bytes) -> tuple[tuple[Any, ...], str]:
-    """``(params, method_name)`` of a call; :class:`Refused` on a bad or hostile body."""
+    """``(params, method_name)`` of a call; :class:`RequestError` on a bad or hostile body."""
     target = xmlrpc.client.Unmarshaller(use_builtin_types=True)
     parser = expat.ParserCreate(None, None)
     parser.StartDoctypeDeclHandler = _no_dtd
@@ -151,13 +143,13 @@ def loads(data: bytes) -> tuple[tuple[Any, ...], str]:
     try:
         parser.Parse(data, True)
         params = target.close()
-    except Refused:
+    except RequestError:
         raise
     except _UNPARSABLE as exc:
-        raise Refused(f"not an XML-RPC document: {exc}") from None
+        raise RequestError(f"not an XML-RPC document: {exc}") from None
     name = target.getmethodname()
     if not name:
-        raise Refused("not an XML-RPC call (no methodName)")
+        raise RequestError("not an XML-RPC call (no methodName)")
     return params, name
 
 
@@ -205,7 +197,7 @@ async def rpc2(request: Request) -> Response:
         return Response(f"request body over {MAX_BODY} bytes\n", status_code=413)
     try:
         params, name = loads(data)
-    except Refused as exc:
+    except RequestError as exc:
         return _answer(xmlrpc.client.Fault(PARSE_ERROR, f"parse error: {exc}"))
     return _answer(await dispatch(request, name, params))
 
@@ -225,11 +217,11 @@ async def dispatch(
         return xmlrpc.client.Fault(BAD_PARAMS, f"bad parameters for {name}: {exc}")
     try:
         return (wire(await found.call(request, *params)),)
+    except (ValidationError, RequestError) as exc:
+        text = str(exc).splitlines()[0] if isinstance(exc, RequestError) else _validation(exc)
+        return xmlrpc.client.Fault(BAD_PARAMS, f"bad parameters for {name}: {text}")
     except ShoalError as exc:
         return fault_of(exc)
-    except (ValidationError, BadParam) as exc:
-        text = str(exc).splitlines()[0] if isinstance(exc, BadParam) else _validation(exc)
-        return xmlrpc.client.Fault(BAD_PARAMS, f"bad parameters for {name}: {text}")
     except Exception as exc:
         log.error("XML-RPC %s failed", name, exc_info=exc)
         return xmlrpc.client.Fault(INTERNAL, f"internal error: {exc!r}")
@@ -244,7 +236,7 @@ def _validation(exc: ValidationError) -> str:
 
 def _want(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
     if value is not None and not isinstance(value, kind):
-        raise BadParam(f"{what} must be {getattr(kind, '__name__', kind)}, not {value!r}")
+        raise RequestError(f"{what} must be {getattr(kind, '__name__', kind)}, not {value!r}")
     return value
 
 
@@ -274,7 +266,7 @@ async def _list_methods(request: Request) -> list[str]:
 def _known(name: Any) -> Method:
     found = METHODS.get(_want(name, str, "the method name"))
     if found is None:
-        raise BadParam(f"unknown method {name!r}")
+        raise RequestError(f"unknown method {name!r}")
     return found
 
 
