@@ -334,12 +334,15 @@ def test_agent_shutdown_stops_programs_and_a_new_agent_resumes_them(
 
 
 def test_log_rotation_bounds_disk_use(agent: AgentProcess) -> None:
+    """Nothing collected these logs, so rotation keeps them up to the program's budget
+    (3 x 4000 bytes here), drops the oldest past it and says so in a log_budget event."""
     agent.start_program(
         "chatty",
         ["sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo line $i; i=$((i+1)); done"],
         restart="never",
         log_max_bytes=4000,
         log_backups=2,
+        log_budget_bytes=3 * 4000,
     )
     assert wait_for(lambda: agent.program("chatty")["state"] == "EXITED", 10)
     logs = agent.home / "logs"
@@ -347,6 +350,7 @@ def test_log_rotation_bounds_disk_use(agent: AgentProcess) -> None:
     assert files == ["chatty.log", "chatty.log.1", "chatty.log.2"]
     total = sum((logs / f).stat().st_size for f in files)
     assert total <= 3 * 4000
+    assert any(e["kind"] == "log_budget" for e in agent.events())
     tail = agent.call("proc.logs", name="chatty", lines=3)["data"]
     assert tail == "line 2997\nline 2998\nline 2999\n"
     follow = agent.call("proc.logs", name="chatty", offset=0)
