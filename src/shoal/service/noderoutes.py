@@ -4,7 +4,8 @@
 on the selected nodes over the links' held connections (no new SSH connection
 for a node whose link is up) and answers NDJSON: one line per node as it
 finishes, in the JSON form of :meth:`shoal.fanout.results.NodeOutcome.to_json`
-(``run --json``'s records), then ``{"summary": {"nodes", "kinds": {KIND: count}, "ok", "duration"}}``. ``options`` are :class:`~shoal.fanout.options.RunOptions`
+(``run --json``'s records), then ``{"summary": {"nodes", "kinds": {KIND: count},
+"ok", "duration"}}``. ``options`` are :class:`~shoal.fanout.options.RunOptions`
 fields (``timeout``, ``parallel``, ``env``, ``sudo``, ``retries``,
 ``connect_timeout``, ``delay``); any other key is refused.
 
@@ -40,9 +41,10 @@ from shoal.errors import UsageError
 from shoal.fanout.options import RunOptions
 from shoal.fanout.results import KINDS, NodeOutcome, Results
 from shoal.nodes import health
-from shoal.nodes.facts import load_facts
 from shoal.nodes.model import Node
 from shoal.nodes.select import resolve
+
+from .inventorycache import inventory_cache
 
 router = APIRouter(prefix="/api/v1")
 
@@ -224,22 +226,20 @@ def node_record(
 
 @router.get("/nodes")
 async def nodes(request: Request, selection: str | None = None) -> list[dict[str, Any]]:
-    """The nodes with link state, failed reason and facts (live ones where the links see)."""
+    """The nodes with link state, failed reason and facts (live ones where the links see);
+    what the state holds comes from the service's snapshot (:mod:`.inventorycache`)."""
     ctl = _controller(request)
-    chosen = resolve(selection, state=ctl.state)
+    snap = inventory_cache(request).snapshot(ctl.state)
+    # a selection, or an empty inventory (refused as the CLI refuses it): resolved
+    chosen = snap.nodes if selection is None and snap.nodes else resolve(selection, state=ctl.state)
     links = _link_status(ctl)
-    failed = {f.name: f.reason for f in health.failures(ctl.state)}
-    stored = load_facts([n.name for n in chosen], state=ctl.state)
     out = []
     for node in chosen:
         link = links.get(node.name)
-        facts: dict[str, Any] = {}
-        if node.name in stored:
-            record = stored[node.name]
-            facts = {**record.facts, "rtt_ms": record.rtt_ms, "gathered": record.gathered}
+        facts: dict[str, Any] = dict(snap.facts.get(node.name, ()))
         if link:
             facts.update(link.get("facts", {}))
-        out.append(node_record(node, link, failed.get(node.name), facts))
+        out.append(node_record(node, link, snap.failed.get(node.name), facts))
     return out
 
 
