@@ -16,6 +16,12 @@ made by the handler's own rendering code from the same result objects
 stdout, stderr and the exit status are those of the direct path; the
 selection is resolved here, by the same :func:`~.common.selected_nodes`, so a
 bad selection fails with the same line and caret before the service is asked.
+``run`` without a progress bar (not a terminal, ``--no-progress``, ``--json``)
+sends the expression as typed instead: the service resolves it by the same
+:func:`~shoal.nodes.select.resolve` on the same state (its error answer is the
+same exception, fields and caret included), and the CLI never imports the
+selection code; unless ``MQ_NODES`` or ``CLUSTERSHELL_CFGDIR`` is set (this
+process's environment decides those).
 
 What the service cannot do as asked goes direct: ad-hoc targets (``-w``,
 ``-l``, ``-i``, ``-o``), ``-s mq``, ``--host-keys accept-new``, ``run
@@ -102,9 +108,10 @@ def _error(record: dict[str, Any]) -> Any:
 
 
 def _collect(
-    records: Iterator[dict[str, Any]], nodes: list[Node], make: Any, progress: Any = None
+    records: Iterator[dict[str, Any]], nodes: list[Node] | None, make: Any, progress: Any = None
 ) -> Results[Any]:
-    """Results in selection order from a per-node NDJSON answer ending with its summary."""
+    """Results in selection order from a per-node NDJSON answer ending with its summary
+    (``nodes`` None: the service resolved the selection; its ``index`` is that order)."""
     from shoal.fanout.results import Results
 
     got: dict[str, Any] = {}
@@ -119,6 +126,9 @@ def _collect(
         got[outcome.node] = outcome
         if progress is not None:
             progress.update(outcome)
+    if nodes is None:
+        ordered = sorted(got.values(), key=lambda o: o.index)
+        return Results({o.node: o for o in ordered}, duration)
     return Results({n.name: got[n.name] for n in nodes if n.name in got}, duration)
 
 
@@ -158,6 +168,22 @@ def _command_outcome(record: dict[str, Any]) -> NodeOutcome[Any]:
 # -- run -----------------------------------------------------------------------------
 
 
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _resolved_here(args: argparse.Namespace) -> list[Node]:
+    """The selection resolved by the CLI (a progress bar's total; the environment's
+    MQ_NODES or ClusterShell groups). Otherwise the service resolves it, and the
+    selection code is not imported: ~10 ms of a warm run's start-up."""
+    from .common import selected_nodes
+
+    return selected_nodes(args)
+
+
 def run(args: argparse.Namespace, command: str, options: RunOptions) -> int | None:
     """``shoal run`` over the service's held connections; None: go direct."""
     if args.stream:
@@ -165,14 +191,15 @@ def run(args: argparse.Namespace, command: str, options: RunOptions) -> int | No
     client = _client_for(args)
     if client is None:
         return None
-    from .common import selected_nodes
     from .exitcodes import for_results
     from .render import NodeProgress, outcome_record, print_records
     from .runcmds import _print_groups, _print_summary, _write_out_dir
 
-    nodes = selected_nodes(args)
+    shown = not (args.no_progress or args.json) and _isatty(sys.stderr)
+    local = shown or any(os.environ.get(v) for v in ("MQ_NODES", "CLUSTERSHELL_CFGDIR"))
+    nodes = _resolved_here(args) if local else None
     body = {
-        "selection": _selection(nodes),
+        "selection": args.select if nodes is None else _selection(nodes),
         "command": command,
         "options": {
             "timeout": options.timeout,
@@ -184,7 +211,7 @@ def run(args: argparse.Namespace, command: str, options: RunOptions) -> int | No
             "delay": options.delay,
         },
     }
-    progress = NodeProgress(len(nodes), not (args.no_progress or args.json))
+    progress = NodeProgress(len(nodes or ()), shown)
     try:
         records = client.stream("POST", "/api/v1/runs", query={"stream": 1}, body=body)
         result = _collect(records, nodes, _command_outcome, progress)
