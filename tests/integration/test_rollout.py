@@ -21,9 +21,9 @@ import pytest
 
 from shoal.agentlink import fleet as agents
 from shoal.content.push import PushOptions, push_async
+from shoal.content.rollout import RolloutPlan, resume_async, rollout_async
+from shoal.content.rolloutstate import RolloutStore
 from shoal.nodes.model import Node
-from shoal.ops.rollout import RolloutPlan, resume_async, rollout_async
-from shoal.ops.rolloutstate import RolloutStore
 from shoal.state import State
 
 from .conftest import remote, unique_lab_name

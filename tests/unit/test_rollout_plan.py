@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from shoal.content.rollout import RolloutPlan, assign_stages, parse_stages, unavailable
 from shoal.errors import UsageError
-from shoal.ops.rollout import RolloutPlan, assign_stages, parse_stages, unavailable
 
 NAMES = [f"n{i}" for i in range(1, 11)]
 

@@ -112,6 +112,7 @@ async def each_agent(
     *,
     transport: Transport | None = None,
     state: State | None = None,
+    on_result: ResultCallback[AgentOutcome] | None = None,
 ) -> Results[AgentOutcome]:
     """:func:`for_each` with a client of the node's running agent, closed after ``talk``."""
 
@@ -122,7 +123,9 @@ async def each_agent(
         finally:
             await client.close()
 
-    return await for_each(nodes, op, options, transport=transport, state=state)
+    return await for_each(
+        nodes, op, options, transport=transport, state=state, on_result=on_result
+    )
 
 
 def for_node(options: AgentOptions, node: Node) -> AgentOptions:

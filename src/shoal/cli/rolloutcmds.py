@@ -1,4 +1,4 @@
-"""``shoal rollout start|status|resume|abort``: parse, call :mod:`shoal.ops.rollout`, print.
+"""``shoal rollout start|status|resume|abort``: parse, call :mod:`shoal.content.rollout`, print.
 
 Each event of the rollout is printed as one line as it happens; ``status`` shows
 the stored state machine (rollout, stages, each node's step). Exit status 0 when
@@ -16,9 +16,9 @@ from .common import add_agent_options, agent_settings, selected_nodes
 from .render import print_records, print_table
 
 if TYPE_CHECKING:
+    from shoal.content.rollout import RolloutResult
+    from shoal.content.rolloutstate import Record
     from shoal.nodes.model import Node
-    from shoal.ops.rollout import RolloutResult
-    from shoal.ops.rolloutstate import Record
 
 
 def register(sub: Any) -> None:
@@ -85,7 +85,7 @@ def _say(kind: str, node: str | None, message: str) -> None:
 
 def cmd_start(args: argparse.Namespace) -> int:
     from shoal.agentlink.fleet import AgentOptions
-    from shoal.ops.rollout import RolloutPlan, parse_stages, rollout_async
+    from shoal.content.rollout import RolloutPlan, parse_stages, rollout_async
 
     plan = RolloutPlan.from_dict(
         {
@@ -113,9 +113,9 @@ def _finish(result: RolloutResult) -> int:
 
 
 def _pick(rid: str | None, unfinished: bool) -> tuple[str, list[Node]]:
+    from shoal.content.rolloutstate import RolloutStore
     from shoal.errors import UsageError
     from shoal.nodes.select import resolve
-    from shoal.ops.rolloutstate import RolloutStore
     from shoal.state import State
 
     with State() as st:
@@ -129,7 +129,7 @@ def _pick(rid: str | None, unfinished: bool) -> tuple[str, list[Node]]:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from shoal.agentlink.fleet import AgentOptions
-    from shoal.ops.rollout import resume_async
+    from shoal.content.rollout import resume_async
 
     rid, nodes = _pick(args.id, True)
     opts = AgentOptions(**agent_settings(args))
@@ -138,7 +138,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_abort(args: argparse.Namespace) -> int:
     from shoal.agentlink.fleet import AgentOptions
-    from shoal.ops.rollout import abort_async
+    from shoal.content.rollout import abort_async
 
     rid, nodes = _pick(args.id, True)
     opts = AgentOptions(**agent_settings(args))
@@ -147,7 +147,7 @@ def cmd_abort(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from shoal.ops.rolloutstate import RolloutStore
+    from shoal.content.rolloutstate import RolloutStore
     from shoal.state import State
 
     rid, _ = _pick(args.id, False)

@@ -41,7 +41,6 @@ from typing import Any
 
 from shoal.agentlink.agentclient import AgentClient
 from shoal.agentlink.fleet import AgentOptions, AgentOutcome, each_agent
-from shoal.content.push import PushOptions, push_async, scan_source
 from shoal.errors import OperationError, ShoalError, UsageError
 from shoal.fanout.results import NodeOutcome
 from shoal.nodes.model import Node
@@ -49,6 +48,7 @@ from shoal.nodes.select import evaluate, universe
 from shoal.state import State, opened
 from shoal.transport.base import Transport
 
+from .push import PushOptions, push_async, scan_source
 from .rolloutstate import TOUCHED, Record, RolloutStore
 
 #: on_event(kind, node or None, message)
