@@ -10,6 +10,9 @@ Three phases over a batch of nodes, each timed in the report:
    install steps of its software run by the agent (``step.run``, cached
    there per software version, so a re-run costs one round trip).
 
+Each phase counts its nodes as they finish (``UpOptions.on_progress``: phase
+``agents``, ``software NAME``, ``install``).
+
 A node that fails a phase skips the later ones; :meth:`Configurer.configure`
 returns the failures by node name and the runner applies the component's
 policy to them (:mod:`.policy`, kind ``CONFIGURE``).
@@ -68,8 +71,14 @@ class Configurer:
         t0 = time.monotonic()
         ready = [n for n in ready if n.name not in failures]
         up = self.up
+        count = up.count("install", len(ready))
         installs = await agents.each_agent(
-            ready, self._configure_node, up.opts.agent, transport=up.transport, state=up.state
+            ready,
+            self._configure_node,
+            up.opts.agent,
+            transport=up.transport,
+            state=up.state,
+            on_result=count.tick,
         )
         health.record(installs, health.Policy.REACHABILITY, state=up.state)
         for r in installs:
@@ -80,8 +89,14 @@ class Configurer:
 
     async def _agents(self, nodes: Sequence[Node], failures: dict[str, str]) -> None:
         up = self.up
+        count = up.count("agents", len(nodes))
         installed = await agents.install_async(
-            nodes, up.opts.agent, transport=up.transport, state=up.state, agent=self._agent
+            nodes,
+            up.opts.agent,
+            transport=up.transport,
+            state=up.state,
+            agent=self._agent,
+            on_result=count.tick,
         )
         health.record(installed, health.Policy.REACHABILITY, state=up.state)
         for r in installed:
@@ -99,6 +114,7 @@ class Configurer:
             if not users:
                 continue
             dirs = {n.name: f"{up.app_dir(n.name)}/sw/{sname}" for n in users}
+            count = up.count(f"software {sname}", len(users))
             errors = await push_software(
                 users,
                 self.tree(sname),
@@ -106,6 +122,7 @@ class Configurer:
                 transport=up.transport,
                 state=up.state,
                 method=up.opts.software_method,
+                on_progress=count.set if up.opts.on_progress else None,  # no idle snapshots
             )
             for node_name, why in errors.items():
                 failures[node_name] = f"software {sname}: {why}"

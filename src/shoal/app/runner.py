@@ -38,7 +38,7 @@ from .blocks import BlockRunner
 from .configure import Configurer
 from .policy import Action, FailureKind, decide
 from .predecessors import Predecessors
-from .runtime import UpOptions, UpPass, UpReport
+from .runtime import PhaseCount, UpOptions, UpPass, UpReport
 
 
 class Runner:
@@ -65,6 +65,7 @@ class Runner:
         self.blocks = BlockRunner(self.up, self.board, self.after)
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.abort: AppAborted | None = None
+        self.started: PhaseCount | None = None  # member blocks done, once start begins
 
     @property
     def report(self) -> UpReport:
@@ -87,6 +88,7 @@ class Runner:
         policy applies to them first.
         """
         failures = failures or {}
+        self.started = self.up.count("start", sum(map(len, self.up.members.values())))
         for comp in self.up.spec.components.values():
             self._join_barriers(comp, self.up.members[comp.name])
         for cname, nodes in list(self.up.members.items()):
@@ -94,7 +96,7 @@ class Runner:
             for n in list(nodes):
                 if n.name in failures:
                     self.tasks[f"{cname}/{n.name}!"] = asyncio.ensure_future(
-                        self.node_failed(comp, n, failures[n.name], FailureKind.CONFIGURE)
+                        self._unconfigured(comp, n, failures[n.name])
                     )
                 else:
                     self._spawn(comp, n)
@@ -130,6 +132,19 @@ class Runner:
             await self.node_failed(comp, node, _reason(exc, node.name), FailureKind.NODE_ERROR)
         except OSError as exc:
             await self.node_failed(comp, node, f"I/O error: {exc}", FailureKind.NODE_ERROR)
+        finally:
+            self._block_done()
+
+    async def _unconfigured(self, comp: Component, node: Node, reason: str) -> None:
+        """A member whose configuration failed: its block ends before it starts."""
+        try:
+            await self.node_failed(comp, node, reason, FailureKind.CONFIGURE)
+        finally:
+            self._block_done()
+
+    def _block_done(self) -> None:
+        if self.started is not None:
+            self.started.tick()
 
     # -- barriers ------------------------------------------------------------------
 
@@ -214,6 +229,8 @@ class Runner:
             if spare.name not in failures:
                 self._join_barriers(comp, [spare])
                 self._spawn(comp, spare)
+                if self.started is not None:  # one more block to count
+                    self.started.grow()
                 return
             self._leave(comp, spare)
             why = failures[spare.name]

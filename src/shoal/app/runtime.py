@@ -28,6 +28,9 @@ from .acquire import Allocation
 from .appspec import AppSpec, Component
 
 Say = Callable[[str], None]
+#: ``on_progress(phase, done, total)``: ``done`` of ``total`` nodes have finished
+#: ``phase`` (``agents``, ``software NAME``, ``install``; ``start``: member blocks).
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -39,6 +42,8 @@ class UpOptions:
     connect_timeout: float = 15.0
     transport: Transport | None = None
     say: Say | None = None  # progress lines (adapters print them)
+    #: counts of the long phases as nodes finish them (adapters draw a live line)
+    on_progress: Progress | None = None
     #: called at named points of a pass ("replacement recorded": the new member is in
     #: SQLite, no node changed yet); tests use it to kill a controller exactly there
     checkpoint: Callable[[str], None] | None = None
@@ -109,6 +114,10 @@ class UpPass:
         if self.opts.say is not None:
             self.opts.say(text)
 
+    def count(self, phase: str, total: int) -> PhaseCount:
+        """A counter of ``phase`` over ``total`` nodes, told to ``on_progress`` (0 now)."""
+        return PhaseCount(self.opts.on_progress, phase, total)
+
     def checkpoint(self, point: str) -> None:
         if self.opts.checkpoint is not None:
             self.opts.checkpoint(point)
@@ -151,6 +160,35 @@ class UpPass:
     def phase(self, name: str, t0: float) -> None:
         """Add the time since ``t0`` to phase ``name`` of the report."""
         self.report.phases[name] = self.report.phases.get(name, 0.0) + time.monotonic() - t0
+
+
+class PhaseCount:
+    """How many of a phase's nodes are done, told to ``UpOptions.on_progress`` on change."""
+
+    def __init__(self, tell: Progress | None, phase: str, total: int) -> None:
+        self.tell = tell
+        self.phase = phase
+        self.total = total
+        self.done = 0
+        self._told()
+
+    def tick(self, _outcome: object = None) -> None:
+        """One more done (usable as a fan-out's ``on_result``)."""
+        self.set(self.done + 1)
+
+    def set(self, done: int) -> None:
+        if done != self.done:
+            self.done = done
+            self._told()
+
+    def grow(self) -> None:
+        """One more to do (a spare replacing a member)."""
+        self.total += 1
+        self._told()
+
+    def _told(self) -> None:
+        if self.tell is not None:
+            self.tell(self.phase, self.done, self.total)
 
 
 def last_line(text: str) -> str:

@@ -30,7 +30,7 @@ import hashlib
 import posixpath
 import shlex
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,12 +145,24 @@ async def push_software(
     transport: Transport | None = None,
     state: State | None = None,
     method: str = "push",
+    on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, str]:
-    """Put ``tree`` at ``remote_dir[node]`` on every node; errors by node name."""
+    """Put ``tree`` at ``remote_dir[node]`` on every node; errors by node name.
+
+    ``on_progress`` is told how many nodes are done (the tree in place, or failed).
+    """
+    finished = 0
+
+    def one(_outcome: object) -> None:
+        nonlocal finished
+        finished += 1
+        on_progress and on_progress(finished)
+
     if method == "copy" and not tree.depot:
-        copied = await copy_software(nodes, tree, remote_dir, transport=transport)
+        copied = await copy_software(nodes, tree, remote_dir, transport=transport, on_result=one)
         return {r.node: r.reason or r.stderr.strip() for r in copied if not r.ok}
     from shoal.content import PushOptions, push_async
+    from shoal.content.push import PushProgress
 
     groups: dict[str, list[Node]] = {}
     for node in nodes:
@@ -159,7 +171,22 @@ async def push_software(
     for target, members in groups.items():
         opts = PushOptions(install=False, keep=2)
         source = tree.depot or tree.source
-        result = await push_async(members, source, target, opts, transport=transport, state=state)
+        before = finished
+
+        def seen(p: PushProgress, before: int = before) -> None:
+            on_progress and on_progress(before + p.nodes_done + p.nodes_failed)
+
+        result = await push_async(
+            members,
+            source,
+            target,
+            opts,
+            transport=transport,
+            state=state,
+            on_progress=None if on_progress is None else seen,
+        )
+        finished = before + len(members)
+        on_progress and on_progress(finished)
         for outcome in result:
             if not outcome.ok:
                 errors[outcome.node] = outcome.reason
@@ -176,6 +203,7 @@ async def copy_software(
     options: FanoutOptions | None = None,
     *,
     transport: Transport | None = None,
+    on_result: Callable[[CommandOutcome], None] | None = None,
 ) -> Results[CommandOutcome]:
     """SFTP copy of ``tree`` to ``remote_dir[node]`` where that version is missing.
 
@@ -210,4 +238,6 @@ async def copy_software(
         return CommandOutcome(node.name, output)
 
     opts = options or FanoutOptions()
-    return await fanout(nodes, operation, opts, outcome=CommandOutcome, transport=transport)
+    return await fanout(
+        nodes, operation, opts, outcome=CommandOutcome, transport=transport, on_result=on_result
+    )

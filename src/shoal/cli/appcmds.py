@@ -18,7 +18,7 @@ from shoal.numeric import number
 from . import viaservice
 from .common import add_link_options
 from .exitcodes import FAILED, OK, USAGE
-from .render import JSON_HELP, print_object, print_records
+from .render import JSON_HELP, ProgressLine, bar, print_object, print_records
 
 #: The name argument of status, logs, monitor and down.
 APP_HELP = "the application's name or its spec file (default: the only one)"
@@ -65,6 +65,7 @@ def register(sub: Any) -> None:
     up.add_argument(
         "--json", action="store_true", help="print the report as one JSON object (no monitoring)"
     )
+    up.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     up.set_defaults(handler=cmd_up)
 
     st = s.add_parser("status", help="components x nodes x processes, barriers, versions")
@@ -136,6 +137,31 @@ def _say(text: str) -> None:
     print(f"  {text}", file=sys.stderr, flush=True)
 
 
+class _UpLine:
+    """``app up``'s live line (a terminal's stderr only): the phase and how many of its
+    nodes are done (``agents [####------] 3/8``); text lines are printed above it."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.line = ProgressLine(enabled)
+        self.text = ""
+
+    def progress(self, phase: str, done: int, total: int) -> None:
+        self.text = f"{phase} {bar(done, total)}"
+        self.line.show(self.text)
+        if phase == "start" and done >= total:
+            self.close()  # started: nothing left to count
+
+    def say(self, text: str) -> None:
+        self.line.close()
+        _say(text)
+        if self.text:
+            self.line.show(self.text)
+
+    def close(self) -> None:
+        self.line.close()
+        self.text = ""
+
+
 def _name(args: argparse.Namespace) -> str:
     from shoal.app import store
     from shoal.errors import UsageError
@@ -203,11 +229,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.select:
         spec = with_selections(spec, _selections(args.select, spec.components))
     agent = AgentOptions(connect_timeout=args.connect_timeout, host_keys=args.host_keys)
+    live = _UpLine(not (args.json or args.no_progress))
     opts = UpOptions(
-        say=None if args.json else _say, agent=agent, connect_timeout=args.connect_timeout
+        say=None if args.json else live.say,
+        on_progress=live.progress,
+        agent=agent,
+        connect_timeout=args.connect_timeout,
     )
     kept = viaservice.app_up(args, spec, _selections(args.select, spec.components))
-    report = kept or asyncio.run(lifecycle.up_async(spec, opts))
+    try:
+        report = kept or asyncio.run(lifecycle.up_async(spec, opts))
+    finally:
+        live.close()
     if args.json:
         print_object(report.as_json())
     else:

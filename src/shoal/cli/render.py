@@ -190,6 +190,12 @@ def _columns() -> int:
     return shutil.get_terminal_size().columns
 
 
+def bar(done: int, total: int, width: int = 30) -> str:
+    """``[####------] 12/40``: ``done`` of ``total`` as a bar ``width`` wide."""
+    filled = min(width, int(width * done / max(1, total)))
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total}"
+
+
 class NodeProgress:
     """A fan-out's progress bar: ``[####------] 12/40 failed 1``."""
 
@@ -205,9 +211,7 @@ class NodeProgress:
         """Count one finished node (anything with ``ok``) and redraw."""
         self.done += 1
         self.bad += not result.ok
-        filled = int(self.WIDTH * self.done / max(1, self.total))
-        bar = "#" * filled + "-" * (self.WIDTH - filled)
-        self.line.show(f"[{bar}] {self.done}/{self.total} failed {self.bad}")
+        self.line.show(f"{bar(self.done, self.total, self.WIDTH)} failed {self.bad}")
 
     def close(self) -> None:
         self.line.close()
