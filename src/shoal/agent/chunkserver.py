@@ -384,6 +384,7 @@ class FetchResult:
     error: str = ""
     lying: bool = False  # the source sent bytes that do not match the hash
     local: bool = False  # the failure is this node's own (its disk), not the source's
+    unreachable: bool = False  # no TCP connection to the source could be opened
     seconds: float = 0.0
 
 
@@ -609,6 +610,7 @@ class Fetcher:
             result.local = True
         except asyncio.TimeoutError:
             result.error = "timed out"
+            result.unreachable = watch is None  # while connecting
         except asyncio.CancelledError:
             if watch is None or not watch.expired:
                 raise
@@ -616,6 +618,7 @@ class Fetcher:
             result.error = "timed out"
         except (ConnectionError, OSError) as exc:
             result.error = str(exc) or type(exc).__name__
+            result.unreachable = watch is None
         finally:
             if watch is not None:
                 watch.stop()

@@ -3,10 +3,14 @@
 Theory of operation. The controller is the coordinator; a node only does what
 it is told, over its control socket (so only SSH can start anything):
 
-``content.begin`` {dir, version, blob, blob_size, token, sources, ...}
-    Opens a push session: starts this node's chunk server (TCP, read-only,
-    token-checked: :mod:`.chunkserver`) if it is not running, fetches the
-    manifest (a zlib-compressed chunk named ``blob``) from the given sources,
+``content.begin`` {dir, version, blob, blob_size, token, sources, probe?, ...}
+    With ``probe`` [host, port] (the controller's chunk server), first checks
+    that this node can connect to it; if not it answers only ``unreachable``
+    (why) and opens nothing, and the controller tunnels the source through its
+    SSH connection and asks again. Then opens a push session: starts this
+    node's chunk server (TCP, read-only, token-checked: :mod:`.chunkserver`)
+    if it is not running, fetches the manifest (a zlib-compressed chunk
+    named ``blob``) from the given sources,
     checks that it hashes to ``version`` and obeys every safety rule
     (:func:`manifest.parse`), and answers which chunks, by index in
     :meth:`Manifest.unique_chunks`, it lacks (``missing``) and which it holds
@@ -15,7 +19,8 @@ it is told, over its control socket (so only SSH can start anything):
 ``content.fetch`` {version, dir, source: [host, port], chunks: [index...], limit}
     Fetches those chunks from one source (a peer or the controller), verifies
     each hash, stores it; answers ``got``, ``failed``, ``bytes`` and whether
-    the source lied (sent bytes that do not match).
+    the source lied (sent bytes that do not match) or could not be connected to
+    (``unreachable``: the controller stops choosing that peer for this node).
 ``content.commit`` {version, dir, switch?}
     Assembles the version beside the running one and switches ``dir`` to it
     atomically (:mod:`.activate`); answers ``need`` (indices) instead when a
@@ -69,6 +74,9 @@ IDLE_SECONDS = 900.0
 LISTEN_SECONDS = 120.0
 #: How often sessions are checked for the two limits above.
 REAP_SECONDS = 30.0
+#: How long ``content.begin`` waits to connect to the controller (``probe``) before
+#: saying it cannot, so the controller sends chunks through SSH instead.
+PROBE_SECONDS = 3.0
 
 Record = Callable[[str, Optional[str], str], None]
 
@@ -141,6 +149,19 @@ def _same_device(store: Path, target_parent: Path) -> bool:
         return device(store) == device(target_parent)
     except OSError:
         return False
+
+
+async def _unreachable(source: object, timeout: float = PROBE_SECONDS) -> str:
+    """Why this node cannot open a TCP connection to ``source`` ([host, port]); "" if it can."""
+    ((host, port),) = chunk_sources([source])
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except asyncio.TimeoutError:
+        return f"{host}:{port}: connect timed out"
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
+    writer.close()
+    return ""
 
 
 def _require(args: dict[str, Any], name: str, kind: type) -> Any:
@@ -286,6 +307,10 @@ class ContentService:
         old = self.sessions.get(key)
         if old is not None and old.busy:
             raise ValueError(f"a push of {version} to {area.target} is still running here")
+        if args.get("probe") is not None:  # can we reach the controller's chunk server?
+            unreachable = await _unreachable(args["probe"])
+            if unreachable:
+                return {"unreachable": unreachable}  # nothing opened: it tunnels, asks again
         await self._serve(str(args.get("bind") or "0.0.0.0"), int(args.get("port") or 0))
         assert self.server is not None
         self._arm_reaper()
@@ -429,6 +454,7 @@ class ContentService:
             "error": result.error,
             "lying": result.lying,
             "local": result.local,
+            "unreachable": result.unreachable,
             "seconds": round(result.seconds, 4),
         }
 

@@ -22,6 +22,7 @@ from shoal.transport.base import (
     CommandResult,
     Connection,
     LineCallback,
+    RemoteForward,
     Transport,
 )
 
@@ -62,6 +63,9 @@ class SharedConnection(Connection):
 
     async def open_unix(self, path: str) -> tuple[ByteReader, ByteWriter]:
         return await self.inner.open_unix(path)
+
+    async def forward_remote(self, host: str, port: int) -> RemoteForward:
+        return await self.inner.forward_remote(host, port)
 
     async def close(self) -> None:
         return None

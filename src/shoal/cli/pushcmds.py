@@ -163,6 +163,7 @@ def _push_record(n: Any) -> dict[str, Any]:
         "from_source": n.from_source,
         "from_peers": n.from_peers,
         "reused": n.reused,
+        "path": n.path or None,
     }
 
 
@@ -174,13 +175,24 @@ def render_push(result: PushResult, out: TextIO = sys.stdout) -> None:
             (n.current or "-")[:12],
             size(n.received),
             size(n.from_source),
+            n.path or "-",
             size(n.reused),
             f"{n.duration:.1f}s",
             n.reason,
         ]
         for n in result
     ]
-    header = ["NODE", "STATUS", "VERSION", "RECEIVED", "FROM SOURCE", "REUSED", "TIME", "ERROR"]
+    header = [
+        "NODE",
+        "STATUS",
+        "VERSION",
+        "RECEIVED",
+        "FROM SOURCE",
+        "PATH",
+        "REUSED",
+        "TIME",
+        "ERROR",
+    ]
     print_table(rows, header, file=out)
     ok = sum(1 for n in result if n.ok)
     print(

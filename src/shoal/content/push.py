@@ -10,7 +10,13 @@ Theory of operation of a push (the coordinator is :mod:`.swarm`, the node side
    address the node sees the controller at and its own address; the
    controller starts a read-only chunk server (:class:`.scan.SourceBackend`)
    on the former, so nodes can reach the source without any new service.
-3. Each node's agent gets ``content.begin`` over SSH (token included),
+3. Each node's agent gets ``content.begin`` over SSH (token included), first
+   checks it can connect to that server (NAT, ``ProxyJump`` and closed inbound
+   ports say no, and so does an address that is not ours to bind): if not,
+   the source is tunnelled through the node's SSH connection (a remote port
+   forward to a chunk server on our loopback: same token, same hashes) and
+   the node fetches from a port on its own loopback, ``path`` "ssh-tunnel"
+   (else "direct"); peers stay direct where they reach each other. It then
    fetches the manifest, validates it, and says which chunks it lacks after
    counting what its store and its deployed versions already hold.
 4. :data:`PushOptions.pipeline` workers per node fetch batches the swarm
@@ -58,7 +64,7 @@ from shoal.fanout.results import NodeOutcome, Results
 from shoal.fanout.scheduler import fanout
 from shoal.nodes.model import Node
 from shoal.state import State, opened
-from shoal.transport.base import Connection, Transport
+from shoal.transport.base import Connection, RemoteForward, Transport
 
 from .depot import Depot, record_deployed
 from .scan import ChunkParams, ScannedTree, SourceBackend, load_cache, save_cache, scan
@@ -105,6 +111,7 @@ class NodePush(NodeOutcome[str]):
     from_peers: int = 0
     reused: int = 0
     rejected: int = 0
+    path: str = ""  # how it reached the source: "direct" or "ssh-tunnel" ("" if it never did)
 
     @property
     def current(self) -> str | None:
@@ -171,6 +178,11 @@ class _SourceServers:
             task = asyncio.ensure_future(self._start(addr))
             self.servers[addr] = task
         return (await task)[1]
+
+    async def tunnel(self, conn: Connection) -> RemoteForward:
+        """A port on the node's loopback carried through its SSH connection to our
+        chunk server on 127.0.0.1 (for a node that cannot connect to us)."""
+        return await conn.forward_remote("127.0.0.1", await self.port_for("127.0.0.1"))
 
     @property
     def sent(self) -> int:
@@ -330,6 +342,7 @@ async def _swarm_push(
             from_peers=before.from_peers + stats.from_peers,
             reused=int(info.get("reused", 0)),
             rejected=before.rejected + stats.rejected,
+            path=stats.path or before.path,
             duration=before.duration + ((stats.finished or time.monotonic()) - began),
         )
 
@@ -363,7 +376,13 @@ async def _node_push(
     token: str,
 ) -> dict[str, Any]:
     controller_addr, node_addr = await addresses(conn)
-    port = await servers.port_for(controller_addr)
+    source: tuple[str, int] | None = None
+    why = ""
+    try:
+        source = (controller_addr, await servers.port_for(controller_addr))
+    except ContentError as exc:  # not an address of ours (NAT, a jump host): tunnel
+        why = str(exc)
+    forward: RemoteForward | None = None
     client = await connect_agent(conn, node, st, opts)
     swarm.begun += 1
     if swarm.begun > 1 and not swarm.registered.is_set():
@@ -373,29 +392,24 @@ async def _node_push(
             pass
     session = {"version": tree.version, "dir": remote_dir}
     try:
-        begin = await client.call(
-            "content.begin",
-            timeout=120,
-            dir=remote_dir,
-            version=tree.version,
-            blob=tree.blob_hash,
-            blob_size=len(tree.blob),
-            token=token,
-            sources=swarm.manifest_sources((controller_addr, port)),
-            bind=node_addr,
-            rate=opts.rate_limit,
-            keep=opts.keep,
-            allow_setuid=opts.allow_setuid,
-            replace_empty_dir=opts.replace_empty_dir,
-            durable=opts.durable,
-        )
+        begin: dict[str, Any] = {"unreachable": why}
+        if source is not None:
+            begin = await _begin(client, tree, remote_dir, opts, swarm, token, source, node_addr)
+        if begin.get("unreachable"):
+            why = begin["unreachable"]
+            forward = await servers.tunnel(conn)
+            source = (forward.host, forward.port)
+            begin = await _begin(client, tree, remote_dir, opts, swarm, token, source, node_addr)
+            if begin.get("unreachable"):
+                raise ContentError(
+                    f"cannot reach the controller's chunk server ({why}) "
+                    f"nor through SSH ({begin['unreachable']})",
+                    node=node.name,
+                )
+        assert source is not None
+        path = "direct" if forward is None else "ssh-tunnel"
         swarm.register(
-            node.name,
-            node_addr,
-            int(begin["port"]),
-            (controller_addr, port),
-            begin["missing"],
-            begin["held"],
+            node.name, node_addr, int(begin["port"]), source, begin["missing"], begin["held"], path
         )
         outcome: dict[str, Any] = {}
         for _ in range(3):
@@ -428,6 +442,39 @@ async def _node_push(
         raise
     finally:
         await client.close()
+        if forward is not None:
+            forward.close()
+
+
+async def _begin(
+    client: AgentClient,
+    tree: ScannedTree,
+    remote_dir: str,
+    opts: PushOptions,
+    swarm: Swarm,
+    token: str,
+    source: tuple[str, int],
+    node_addr: str,
+) -> dict[str, Any]:
+    """``content.begin`` with the source at ``source`` (answers ``unreachable`` if the
+    node cannot connect to it, having opened nothing)."""
+    return await client.call(
+        "content.begin",
+        timeout=120,
+        dir=remote_dir,
+        version=tree.version,
+        blob=tree.blob_hash,
+        blob_size=len(tree.blob),
+        token=token,
+        sources=swarm.manifest_sources(source),
+        probe=list(source),
+        bind=node_addr,
+        rate=opts.rate_limit,
+        keep=opts.keep,
+        allow_setuid=opts.allow_setuid,
+        replace_empty_dir=opts.replace_empty_dir,
+        durable=opts.durable,
+    )
 
 
 async def _fetch_all(

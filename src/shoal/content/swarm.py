@@ -27,6 +27,14 @@ in this order:
    elsewhere for more than :attr:`Swarm.straggle` seconds: stragglers never
    hold the others back.
 
+A node reaches the source at the address it registered with: the controller's
+chunk server directly, or a port on its own loopback tunnelled through the
+controller's SSH connection when it cannot connect to us (``path``). A peer a
+node cannot connect to (the fetch says ``unreachable``: NAT, a firewall) is
+never chosen for that node again (:attr:`Swarm.blocked`) and counts as no
+holder for it, so it takes those chunks from elsewhere, the source at worst;
+the peer stays good for everyone else.
+
 Otherwise the worker waits for the next completion (an event, no polling).
 A source that sends bytes that do not match their hash is marked lying and
 never used again; one that times out or refuses is penalised for
@@ -97,6 +105,7 @@ class NodeStats:
     from_peers: int = 0
     rejected: int = 0  # batches refused because a source lied
     state: str = "waiting"  # waiting, fetching, committing, done, failed
+    path: str = ""  # how it reaches the source once registered: direct or ssh-tunnel
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     failures: int = 0
@@ -132,6 +141,7 @@ class Swarm:
         self.from_source: dict[str, int] = {}  # source batches in flight per node
         self.peers: dict[str, Peer] = {}
         self.source_hosts: dict[str, tuple[str, int]] = {}
+        self.blocked: dict[str, set[str]] = {}  # node → peers it cannot connect to
         self.source = Peer(SOURCE, "", 0)
         self.stats: dict[str, NodeStats] = {}
         self.expected: set[str] = set()
@@ -160,6 +170,7 @@ class Swarm:
         source: tuple[str, int],
         missing: Sequence[int],
         held: Sequence[int],
+        path: str = "direct",
     ) -> None:
         self.peers[node] = Peer(node, host, port)
         self.source_hosts[node] = source
@@ -171,7 +182,7 @@ class Swarm:
             self.holders[i].add(node)
         st = self.stats.setdefault(node, NodeStats())
         st.need_bytes = sum(self.sizes[i] for i in missing)
-        st.state = "fetching"
+        st.state, st.path = "fetching", path
         self.registered.set()
         self._notify()
 
@@ -257,10 +268,12 @@ class Swarm:
                 pass  # re-plan: penalties expire and stragglers age
 
     def _eligible(self, node: str, now: float) -> dict[str, Peer]:
+        blocked = self.blocked.get(node, ())
         return {
             name: p
             for name, p in self.peers.items()
             if name != node
+            and name not in blocked
             and p.alive
             and not p.lying
             and p.penalty_until <= now
@@ -328,13 +341,17 @@ class Swarm:
         #    stragglers (sourced, but no live honest holder and none arriving soon)
         picked = self._take(self._unsourced(node), lambda i: True, small)
         if not picked:
-            live = {n for n, p in self.peers.items() if p.alive and not p.lying}
+            blocked = self.blocked.get(node, set())
+            live = {n for n, p in self.peers.items() if p.alive and not p.lying} - blocked
 
             def orphan(i: int) -> bool:
                 if self.holders[i] & live:
                     return False
                 began = self.flying.get(i)
-                return began is None or now - began > self.straggle
+                if began is None or now - began > self.straggle:
+                    return True
+                # in flight only to nodes this one cannot reach: no use waiting for it
+                return bool(blocked) and not any(i in self.inflight.get(n, ()) for n in live)
 
             picked = self._take(self._candidates(node), orphan, small)
         if not picked:
@@ -401,6 +418,12 @@ class Swarm:
         if peer is not None and nbytes and seconds > 0:
             peer.rate = 0.7 * peer.rate + 0.3 * (nbytes / seconds)
         failed = outcome.get("failed", [])
+        if outcome.get("unreachable") and peer is not None and peer is not self.source:
+            # a fact about this pair (NAT, a firewall), not the peer's fault nor the node's
+            _log.info("%s cannot connect to peer %s: %s", node, peer.name, outcome.get("error"))
+            self.blocked.setdefault(node, set()).add(peer.name)
+            self._notify()
+            return
         if outcome.get("lying") and peer is not None:
             st.rejected += 1
             _log.warning("%s: chunks from %s did not match their hashes", node, batch.source)

@@ -96,6 +96,7 @@ from shoal.transport.base import (
     CommandResult,
     Connection,
     LineCallback,
+    RemoteForward,
     Transport,
 )
 from shoal.transport.factory import make_transport
@@ -300,6 +301,9 @@ class _Held(Connection):
 
     async def open_unix(self, path: str) -> tuple[ByteReader, ByteWriter]:
         return await self._conn.open_unix(path)
+
+    async def forward_remote(self, host: str, port: int) -> RemoteForward:
+        return await self._conn.forward_remote(host, port)
 
     async def close(self) -> None:
         return None

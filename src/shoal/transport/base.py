@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from shoal.errors import TransportError
 from shoal.nodes.model import Node
 
 #: After a command's shell exits, how long to wait for its output to drain; a
@@ -66,6 +67,17 @@ class ByteWriter(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass
+class RemoteForward:
+    """A port on the node tunnelled back to an address of the controller's
+    (:meth:`Connection.forward_remote`): whatever connects to ``host:port`` on the
+    node reaches it through the connection; ``close`` stops listening."""
+
+    host: str
+    port: int
+    close: Callable[[], None]
+
+
 class Connection(abc.ABC):
     """An open connection to one node, reused for every operation on it."""
 
@@ -105,6 +117,14 @@ class Connection(abc.ABC):
     @abc.abstractmethod
     async def open_unix(self, path: str) -> tuple[ByteReader, ByteWriter]:
         """A byte stream to a Unix socket on the node (SSH streamlocal forwarding)."""
+
+    async def forward_remote(self, host: str, port: int) -> RemoteForward:
+        """Listen on a free port of the node's loopback and carry each connection to
+        it through this connection to ``host:port`` as this machine reaches it (SSH
+        remote forwarding): the data plane for nodes that cannot reach us over TCP."""
+        raise TransportError(
+            "this transport cannot forward a port to the controller", self.node.name
+        )
 
     @abc.abstractmethod
     async def close(self) -> None: ...

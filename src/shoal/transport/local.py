@@ -26,6 +26,7 @@ from .base import (
     CommandResult,
     Connection,
     LineCallback,
+    RemoteForward,
     Transport,
 )
 
@@ -160,6 +161,10 @@ class LocalConnection(Connection):
             return await asyncio.open_unix_connection(str(self._path(path)))
         except OSError as exc:
             raise OperationError(f"cannot open {path}: {exc}", self.node.name) from exc
+
+    async def forward_remote(self, host: str, port: int) -> RemoteForward:
+        """The node is this machine: ``host:port`` is already reachable from it."""
+        return RemoteForward(host, port, lambda: None)
 
     async def close(self) -> None:
         return None

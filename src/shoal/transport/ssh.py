@@ -77,6 +77,7 @@ from .base import (
     CommandResult,
     Connection,
     LineCallback,
+    RemoteForward,
     Transport,
 )
 from .sftp import SFTPCopier
@@ -343,6 +344,15 @@ class SSHConnection(Connection):
         except (asyncssh.Error, OSError) as exc:
             raise TransportError(f"cannot open {path} on the node: {exc}", self.node.name) from exc
         return reader, writer
+
+    async def forward_remote(self, host: str, port: int) -> RemoteForward:
+        try:
+            listener = await self._conn.forward_remote_port("127.0.0.1", 0, host, port)
+        except (asyncssh.Error, OSError) as exc:
+            raise TransportError(
+                f"cannot forward a port on the node to the controller: {exc}", self.node.name
+            ) from exc
+        return RemoteForward("127.0.0.1", listener.get_port(), listener.close)
 
     async def close(self) -> None:
         if self._sftp is not None:
