@@ -170,7 +170,8 @@ def test_program_operations_give_the_same_output_through_the_service(
 def test_a_run_through_the_service_imports_no_ssh_and_no_asyncio(
     service: subprocess.Popen[str],
 ) -> None:
-    """asyncssh is this process's only way to SSH: not imported means no connection made."""
+    """asyncssh is this process's only way to SSH: not imported means no connection made.
+    Nor the selection code or SQLite: the service resolves ``-s`` (start-up is measured)."""
     code = "import sys; from shoal.cli.main import main; sys.exit(main())"
     cmd = [sys.executable, "-X", "importtime", "-c", code, "run", "-s", "n[1-7]", "hostname"]
     warm = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -178,6 +179,7 @@ def test_a_run_through_the_service_imports_no_ssh_and_no_asyncio(
     assert warm.stdout.count("\nn") + warm.stdout.startswith("n") >= 7  # every node answered
     imported = {line.split("|")[-1].strip() for line in warm.stderr.splitlines() if "|" in line}
     assert "asyncio" not in imported and "asyncssh" not in imported
+    assert not imported & {"shoal.nodes.select", "shoal.nodes.grammar", "sqlite3"}, imported
     cold = subprocess.run(
         cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "SHOAL_NO_SERVICE": "1"}
     )
