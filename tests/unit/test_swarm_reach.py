@@ -1,0 +1,123 @@
+"""Reachability in a push: peers a node cannot connect to, and the node-side probe.
+
+A node that cannot open a TCP connection to a peer (NAT, a firewall) must stop
+being sent to it, without the peer being penalised for the others and without
+the node counting failures towards giving up; a node that reaches no peer
+takes what the others hold from the source at once. The agent's side says
+which failures were connection attempts (loopback sockets only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+from shoal.agent.chunkserver import Fetcher
+from shoal.agent.chunkstore import ChunkStore
+from shoal.agent.pushsession import _unreachable
+from shoal.content.swarm import SOURCE, Swarm
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _swarm(n: int = 6) -> Swarm:
+    chunks = [(f"{i:064x}", 100) for i in range(n)]
+    swarm = Swarm(chunks, batch_bytes=300, source_batch_bytes=100, source_uploads=8)
+    swarm.expect(["a", "b", "c"])
+    swarm.register("a", "ha", 1, ("s", 1), range(n), [])
+    swarm.register("b", "hb", 2, ("s", 1), [], range(n))  # b and c hold everything
+    swarm.register("c", "hc", 3, ("s", 1), [], range(n))
+    swarm.sourced.update(range(n))
+    return swarm
+
+
+def test_a_peer_the_node_cannot_connect_to_is_never_chosen_for_it_again() -> None:
+    async def go() -> None:
+        swarm = _swarm()
+        first = await swarm.next_batch("a")
+        assert first is not None and first.source in ("b", "c")
+        bad = first.source
+        swarm.complete(
+            first, {"got": [], "failed": first.chunks, "error": "timed out", "unreachable": True}
+        )
+        assert swarm.stats["a"].failures == 0  # a fact about the pair, not a failure
+        assert swarm.peers[bad].penalty_until == 0.0  # and not the peer's fault
+        sources = set()
+        for _ in range(5):
+            b = await swarm.next_batch("a")
+            if b is None:
+                break
+            sources.add(b.source)
+            swarm.complete(b, {"got": b.chunks, "bytes": b.nbytes, "seconds": 0.1})
+        assert sources == {"b", "c"} - {bad} and not swarm.need["a"]
+
+    asyncio.run(go())
+
+
+def test_a_node_that_reaches_no_peer_takes_their_chunks_from_the_source() -> None:
+    async def go() -> None:
+        swarm = _swarm()
+        tried = set()
+        for _ in range(2):
+            b = await swarm.next_batch("a")
+            assert b is not None and b.source in ("b", "c")
+            tried.add(b.source)
+            swarm.complete(b, {"got": [], "failed": b.chunks, "unreachable": True})
+        assert tried == {"b", "c"}
+        assert swarm.blocked["a"] == {"b", "c"}
+        got: list[int] = []
+        for _ in range(10):
+            b = await asyncio.wait_for(swarm.next_batch("a"), 0.5)  # no straggle wait
+            if b is None:
+                break
+            assert b.source == SOURCE
+            got += b.chunks
+            swarm.complete(b, {"got": b.chunks, "bytes": b.nbytes, "seconds": 0.1})
+        assert sorted(got) == list(range(6))
+
+    asyncio.run(go())
+
+
+def test_the_probe_says_why_it_cannot_connect_and_nothing_when_it_can() -> None:
+    async def go() -> None:
+        port = _closed_port()
+        why = await _unreachable(["127.0.0.1", port], timeout=2.0)
+        assert why.startswith(f"127.0.0.1:{port}: ") and len(why) > len(f"127.0.0.1:{port}: ")
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        try:
+            open_port = server.sockets[0].getsockname()[1]
+            assert await _unreachable(["127.0.0.1", open_port], timeout=2.0) == ""
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(go())
+
+
+def test_a_fetch_says_unreachable_only_when_it_could_not_connect(tmp_path: Path) -> None:
+    async def go() -> None:
+        fetcher = Fetcher(ChunkStore(tmp_path / "s"), connect_timeout=2.0)
+        want = [("ab" * 32, 10)]
+        refused = await fetcher.fetch("127.0.0.1", _closed_port(), "k" * 32, want)
+        assert refused.unreachable and refused.failed and refused.error
+
+        async def hang_up(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await r.readline()
+            w.close()  # connected, then the source broke: not unreachable
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            broke = await fetcher.fetch("127.0.0.1", port, "k" * 32, want)
+            assert broke.failed and not broke.unreachable
+        finally:
+            fetcher.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(go())
