@@ -34,7 +34,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import ConfigError
+from shoal.content.rollout import RolloutPlan
+from shoal.errors import ConfigError, UsageError
 from shoal.numeric import is_finite
 
 from .located import Located, PathKey
@@ -191,6 +192,8 @@ class AppSpec:
     barriers: dict[str, Barrier] = field(default_factory=dict)
     cleanup: tuple[str, ...] = ()
     description: str = ""
+    #: how ``app up`` rolls changed software out under running services (``rollout:``)
+    rollout: RolloutPlan = field(default_factory=lambda: RolloutPlan(max_unavailable="25%"))
     document: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def barrier_components(self, name: str) -> list[str]:
@@ -220,6 +223,14 @@ def load(path: str | Path) -> AppSpec:
             where = located.where(("software", name, "source"))
             raise ConfigError(f"{where}: software {name}: {sw.source} is not a local directory")
     return spec
+
+
+def _rollout(doc: Located, entry: dict[str, Any] | None) -> RolloutPlan:
+    """The ``rollout:`` block (default: one stage, a quarter of the nodes at a time)."""
+    try:
+        return RolloutPlan.from_dict({"max_unavailable": "25%", **(entry or {})})
+    except UsageError as exc:
+        raise _fail(doc, ("rollout",), str(exc)) from None
 
 
 def _fail(doc: Located, path: PathKey, message: str) -> ConfigError:
@@ -302,6 +313,7 @@ def build(doc: Located, base: Path) -> AppSpec:
         barriers=barriers,
         cleanup=tuple(data.get("cleanup", [])),
         description=data.get("description", ""),
+        rollout=_rollout(doc, data.get("rollout")),
         document=data,
     )
     check(spec, doc)

@@ -10,6 +10,12 @@ Three phases over a batch of nodes, each timed in the report:
    install steps of its software run by the agent (``step.run``, cached
    there per software version, so a re-run costs one round trip).
 
+On the nodes in :attr:`Configurer.hold` (the application's services run
+there) a changed tree is only staged, its install steps run in the staged
+version's directory, and :attr:`Configurer.staged` says which version each
+node holds for the rollout that switches it under the services
+(:func:`.lifecycle.up_async`).
+
 Each phase counts its nodes as they finish (``UpOptions.on_progress``: phase
 ``agents``, ``software NAME``, ``install``).
 
@@ -44,6 +50,8 @@ class Configurer:
         self.up = up
         self._agent: AgentBuild | None = None
         self._trees: dict[str, Tree] = {}
+        self.hold: set[str] = set()  # nodes whose services run the trees: stage, not switch
+        self.staged: dict[str, dict[str, str]] = {}  # software -> node -> staged version
 
     def tree(self, name: str) -> Tree:
         if name not in self._trees:
@@ -123,6 +131,8 @@ class Configurer:
                 state=up.state,
                 method=up.opts.software_method,
                 on_progress=count.set if up.opts.on_progress else None,  # no idle snapshots
+                hold=self.hold,
+                staged=self.staged.setdefault(sname, {}),
             )
             for node_name, why in errors.items():
                 failures[node_name] = f"software {sname}: {why}"
@@ -153,12 +163,16 @@ class Configurer:
         up = self.up
         adir = up.app_dir(node.name)
         tree = self.tree(sname)
+        cwd = f"{adir}/sw/{sname}"
+        version = self.staged.get(sname, {}).get(node.name)
+        if version:  # not switched yet: install where it is (Area.link_for)
+            cwd = f"{adir}/sw/.{sname}.shoal/versions/{version}"
         for i, command in enumerate(up.spec.software[sname].install):
             res = await client.call(
                 "step.run",
                 id=f"{up.spec.name}.sw.{sname}.{i}",
                 command=command,
-                cwd=f"{adir}/sw/{sname}",
+                cwd=cwd,
                 env={"SHOAL_SW_VERSION": tree.digest, "SHOAL_APP_DIR": adir},
                 limit=up.opts.step_timeout,
                 timeout=up.opts.step_timeout + 30,

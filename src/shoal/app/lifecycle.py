@@ -2,7 +2,11 @@
 
 ``up`` = acquire (nothing touched when it fails) → configure → start, with
 the application, its members and released barriers recorded in SQLite before
-nodes are changed; running it again converges (every step is idempotent, see
+nodes are changed; changed software on members whose services run is
+staged beside the running tree and switched under them by a rollout
+(:mod:`shoal.content.rollout`, the spec's ``rollout:`` block: stop → switch →
+restart, health-gated, rolled back on failure), so services run the code on
+disk; running it again converges (every step is idempotent, see
 :mod:`.runtime`), which also makes it the resume after a killed controller
 and the repair after a lost node: members that joined the failed set are
 replaced (policy ``replace``) by spares that qualify, given the same slot
@@ -26,7 +30,15 @@ from typing import Any
 
 from shoal.agentlink import fleet as agents
 from shoal.agentlink.agentclient import AgentClient, cached_home, probe, start_agent
-from shoal.errors import AgentError, AgentNotRunning, AppAborted, LocalError, OperationError
+from shoal.content.rollout import rollout_async
+from shoal.errors import (
+    AgentError,
+    AgentNotRunning,
+    AppAborted,
+    LocalError,
+    OperationError,
+    ShoalError,
+)
 from shoal.fanout.results import NodeOutcome
 from shoal.nodes import health
 from shoal.nodes.health import failed_names
@@ -75,6 +87,7 @@ async def up_async(
         try:
             store.ensure(st)
             previous = store.members(st, spec.name)
+            running = _running_services(st, spec.name, previous)
             carried = carry_over(spec, previous, failed_names(st))
             if carried.abort is not None:
                 m = carried.abort
@@ -125,8 +138,13 @@ async def up_async(
                 opts.say and opts.say(f"{cname}: {new} replaces {old}")
             store.set_status(st, spec.name, phase="configure")
             t0 = time.monotonic()
+            runner.configurer.hold = set(running)
             failures = await runner.configure(alloc.all_members())
             runner.report.phases["configure"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            failures.update(await _roll_out(runner, running, st))
+            if any(runner.configurer.staged.values()):
+                runner.report.phases["rollout"] = time.monotonic() - t0
             store.set_status(st, spec.name, phase="start")
             t0 = time.monotonic()
             try:
@@ -143,6 +161,72 @@ async def up_async(
             return report
         finally:
             await pool.aclose()
+
+
+def _running_services(st: State, app: str, previous: list[store.Member]) -> dict[str, set[str]]:
+    """Node -> the app's services running there before this pass (its active members
+    while the app is ``running``, as its stored spec says); empty otherwise."""
+    record = store.get_app(st, app)
+    if record is None or record.status != "running":
+        return {}
+    try:
+        old = spec_of(record)
+    except ShoalError:  # the stored spec no longer builds here: nothing to roll
+        return {}
+    out: dict[str, set[str]] = {}
+    for m in previous:
+        if m.state == "active" and m.component in old.components:
+            comp = old.components[m.component]
+            steps = [s for s in comp.steps if s.kind == "service"]
+            out.setdefault(m.node, set()).update(step_id(app, comp.name, s.name) for s in steps)
+    return out
+
+
+async def _roll_out(runner: Runner, running: dict[str, set[str]], st: State) -> dict[str, str]:
+    """Switch the software staged under running services by a rollout per tree, its
+    services restarted and gated; failures by node name. A rollout rolled back leaves
+    every node on its previous version and running, and ends the pass."""
+    up, failures = runner.up, {}
+    for sname, held in runner.configurer.staged.items():
+        names = [n for n in held if n not in failures]
+        if not names:
+            continue
+        found = {n.name: n for ns in up.members.values() for n in ns}
+        nodes = [found[n] for n in names if n in found]
+        programs = {
+            n: sorted(
+                running[n]
+                & {
+                    step_id(up.spec.name, c.name, s.name)
+                    for c in up.components_of(n)
+                    if sname in c.software
+                    for s in c.steps
+                    if s.kind == "service"
+                }
+            )
+            for n in names
+        }
+        tree = runner.configurer.tree(sname)
+        result = await rollout_async(
+            nodes,
+            tree.depot or str(tree.source),
+            {n: f"{up.app_dir(n)}/sw/{sname}" for n in names},
+            programs,
+            up.spec.rollout,
+            up.opts.agent,
+            transport=up.transport,
+            state=st,
+            on_event=lambda kind, node, text: up.say(text),
+        )
+        if not result.ok:
+            store.set_status(st, up.spec.name, status="running", phase="running")
+            raise OperationError(
+                f"app {up.spec.name}: software {sname} rolled back on every node it touched"
+                f" (rollout {result.id}, {result.state}): {result.reason}"
+            )
+        for node, why in result.failed.items():
+            failures[node] = f"software {sname}: rollout: {why}"
+    return failures
 
 
 async def stop_all(spec: AppSpec, state: State, options: agents.AgentOptions) -> None:

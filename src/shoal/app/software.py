@@ -30,7 +30,7 @@ import hashlib
 import posixpath
 import shlex
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,8 +146,14 @@ async def push_software(
     state: State | None = None,
     method: str = "push",
     on_progress: Callable[[int], None] | None = None,
+    hold: Collection[str] = (),
+    staged: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Put ``tree`` at ``remote_dir[node]`` on every node; errors by node name.
+
+    On the nodes in ``hold`` (services run the tree there) a new version is only
+    staged beside the running one: ``staged[node]`` names it, for a rollout
+    (:mod:`shoal.content.rollout`) to switch; the other nodes switch at once.
 
     ``on_progress`` is told how many nodes are done (the tree in place, or failed).
     """
@@ -162,14 +168,14 @@ async def push_software(
         copied = await copy_software(nodes, tree, remote_dir, transport=transport, on_result=one)
         return {r.node: r.reason or r.stderr.strip() for r in copied if not r.ok}
     from shoal.content import PushOptions, push_async
-    from shoal.content.push import PushProgress
+    from shoal.content.push import PushProgress, activate_async
 
     groups: dict[str, list[Node]] = {}
     for node in nodes:
         groups.setdefault(remote_dir[node.name], []).append(node)
     errors: dict[str, str] = {}
     for target, members in groups.items():
-        opts = PushOptions(install=False, keep=2)
+        opts = PushOptions(install=False, keep=2, switch=not hold)
         source = tree.depot or tree.source
         before = finished
 
@@ -187,9 +193,20 @@ async def push_software(
         )
         finished = before + len(members)
         on_progress and on_progress(finished)
+        now: list[Node] = []
         for outcome in result:
             if not outcome.ok:
                 errors[outcome.node] = outcome.reason
+            elif outcome.staged and outcome.staged != outcome.previous:
+                if outcome.node in hold and outcome.previous and staged is not None:
+                    staged[outcome.node] = outcome.staged
+                else:
+                    now.append(next(n for n in members if n.name == outcome.node))
+        if now:  # held back from nothing running: switch now
+            switched = await activate_async(
+                now, target, result.version, transport=transport, state=state
+            )
+            errors.update({r.node: r.reason for r in switched if not r.ok})
         for node in members:
             if node.name not in result:
                 errors[node.name] = "push gave no result"
