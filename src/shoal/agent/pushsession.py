@@ -72,6 +72,9 @@ from .chunkstore import ChunkError, ChunkStore, Throttle, unlink_all
 IDLE_SECONDS = 900.0
 #: A session whose token nobody used for this long stops being served.
 LISTEN_SECONDS = 120.0
+#: How long ``content.begin`` waits for a request of an earlier session of the same push
+#: (a killed controller's last fetch or commit) before refusing.
+BUSY_WAIT_SECONDS = 60.0
 #: How often sessions are checked for the two limits above.
 REAP_SECONDS = 30.0
 #: How long ``content.begin`` waits to connect to the controller (``probe``) before
@@ -305,6 +308,12 @@ class ContentService:
         current = area.current()  # refuses a REMOTE_DIR that Shoal did not make
         key = (version, str(area.target))
         old = self.sessions.get(key)
+        # a controller killed mid-push leaves its last fetch or commit running here for a
+        # while: a re-run waits for it to end rather than being refused
+        waited = time.monotonic() + BUSY_WAIT_SECONDS
+        while old is not None and old.busy and time.monotonic() < waited:
+            await asyncio.sleep(0.2)
+            old = self.sessions.get(key)
         if old is not None and old.busy:
             raise ValueError(f"a push of {version} to {area.target} is still running here")
         if args.get("probe") is not None:  # can we reach the controller's chunk server?

@@ -78,7 +78,11 @@ def sh(nodes: Sequence[Node], command: str, timeout: float = 60.0) -> dict[str, 
 
 def deployed(nodes: Sequence[Node], remote_dir: str) -> dict[str, tuple[str, str] | None]:
     """Per node: (version REMOTE_DIR points at, sha256 of its data.bin); None if broken."""
-    out = sh(nodes, f"v=$(readlink {remote_dir}) && sha256sum {remote_dir}/data.bin && echo $v")
+    out = sh(
+        nodes,
+        f"if [ ! -e {remote_dir} ] && [ ! -L {remote_dir} ]; then echo absent; echo absent; "
+        f"else v=$(readlink {remote_dir}) && sha256sum {remote_dir}/data.bin && echo $v; fi",
+    )
     seen: dict[str, tuple[str, str] | None] = {}
     for name, text in out.items():
         lines = (text or "").split("\n")
@@ -94,6 +98,7 @@ def whole_versions(
 ) -> tuple[list[str], list[str]]:
     """(nodes on a whole known version, nodes with a half/broken one) given version→sha."""
     whole, partial = [], []
+    good = {**good, "absent": "absent"}  # never deployed there yet: nothing half
     for name, got in seen.items():
         if got is not None and good.get(got[0]) == got[1]:
             whole.append(name)
@@ -205,10 +210,10 @@ def controller_killed_mid_push(
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         seen = deployed(fleet, rdir)
-        mid = {name: got for name, got in seen.items() if got is not None}
         # whatever a node shows right after the kill must be a whole version
-        for name, got in mid.items():
-            if got[0] not in good and got[1] != good_sha:
+        shas = {*good.values(), good_sha, "absent"}
+        for name, got in seen.items():
+            if got is None or got[1] not in shas:
                 partial += 1
                 row.details.append(f"after kill {name}: {got}")
         again = subprocess.run(
