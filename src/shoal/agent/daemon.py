@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the agent (daemonized unless --foreground)")
     serve.add_argument("--home", type=Path, default=None, help="working area (~/.shoal)")
     serve.add_argument("--foreground", action="store_true", help="do not daemonize")
+    serve.add_argument("--handover", type=Path, default=None, help=argparse.SUPPRESS)
     ctl = sub.add_parser("ctl", help="relay stdin/stdout to the agent's socket")
     ctl.add_argument("--home", type=Path, default=None)
     sub.add_parser("version", help="print protocol version and build id as JSON")
@@ -65,7 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     home = (args.home or default_home()).expanduser().absolute()
     if args.command == "ctl":
         return ctl(home)
+    if args.handover is not None:
+        return serve_handed_over(home, args.handover)
     return serve(home, foreground=args.foreground)
+
+
+def serve_handed_over(home: Path, path: Path) -> int:
+    """Serve in the process a previous build exec'd (``agent.handover``): already
+    detached, its lock fd and running programs passed in ``path``."""
+    data = json.loads(path.read_text())
+    path.unlink()
+    lock_fd = int(data["lock_fd"])
+    os.set_inheritable(lock_fd, False)
+    asyncio.run(Agent(home, lock_fd=lock_fd, handed=data.get("programs") or {}).serve())
+    return 0
 
 
 def _lock(home: Path) -> int | None:
@@ -106,7 +120,7 @@ def serve(home: Path, foreground: bool = False) -> int:
         return protocol.EXIT_RUNNING
     if foreground:
         _write_pid(lock_fd)
-        asyncio.run(Agent(home).serve())
+        asyncio.run(Agent(home, lock_fd=lock_fd).serve())
         return 0
     read_end, write_end = os.pipe()
     child = os.fork()
@@ -123,7 +137,7 @@ def serve(home: Path, foreground: bool = False) -> int:
     try:
         _detach(home)
         _write_pid(lock_fd)
-        agent = Agent(home)
+        agent = Agent(home, lock_fd=lock_fd)
 
         def ready() -> None:
             os.write(write_end, f"ok {os.getpid()}\n".encode())

@@ -22,6 +22,8 @@ JSON-line requests; ordinary ones are answered in order, streaming ones
 ``exec`` {command, ...}         a command under the login shell, output pushed (:mod:`.execute`)
 ``cancel`` {id}                 end a stream of this connection
 ``logs.list|read|ack``          central log collection (:mod:`.logship`)
+``agent.handover``              exec ``<home>/agent.pyz`` in this process: the new build
+                                adopts the running programs (:meth:`Supervisor.handover`)
 
 At most :data:`MAX_CLIENTS` connections are served at once: a newcomer past
 that closes the oldest one waiting for its next request with no stream running
@@ -36,11 +38,14 @@ until a later write to the same file succeeds.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -78,8 +83,15 @@ def read_build() -> str:
 class Agent:
     """One node agent serving its working area."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(
+        self, home: Path, lock_fd: int | None = None, handed: dict[str, Any] | None = None
+    ) -> None:
         self.home = home
+        #: the working area's lock (``agent.pid``), kept across a handover's exec
+        self.lock_fd = lock_fd
+        #: programs handed over by the build this process ran before (name → entry)
+        self.handed = handed or {}
+        self._handover_to: str | None = None
         self.sock_path = home / "agent.sock"
         self.build = read_build()
         self.started = time.time()
@@ -138,11 +150,13 @@ class Agent:
             loop.add_signal_handler(sig, self._stopping.set)
         for problem in self.supervisor.load():
             self.events.record("io_error", None, problem)
+        adopted = self.supervisor.adopt(self.handed)
         killed = await self.supervisor.reap_stale()
         self.events.record(
             "agent_started",
             None,
             f"pid {os.getpid()} build {self.build} protocol {protocol.PROTOCOL_VERSION}"
+            + (f"; adopted {', '.join(adopted)}" if adopted else "")
             + (f"; killed leftovers of {', '.join(killed)}" if killed else ""),
         )
         try:
@@ -225,6 +239,10 @@ class Agent:
                 await outbox.send(await self._answer(req, conn))
                 if req["op"] == "shutdown":
                     break
+                if req["op"] == "agent.handover" and self._handover_to is not None:
+                    # a moment for the reply to leave (over SSH) before the exec closes it
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(0.2, self._exec_handover, self._handover_to)
         except (ConnectionError, OSError, asyncio.CancelledError):
             pass  # gone, or evicted for a newcomer
         finally:
@@ -289,6 +307,45 @@ class Agent:
             stream.start()
         return None
 
+    def _check_handover(self) -> dict[str, Any]:
+        """Refuse a handover that cannot work; the build it would exec."""
+        pyz = self.home / "agent.pyz"
+        if self.lock_fd is None:
+            raise ValueError("this agent does not hold its working area's lock: restart it")
+        try:
+            with zipfile.ZipFile(str(pyz)) as archive:
+                new = archive.read("shoal/agent/BUILD").decode("ascii").strip()
+                archive.getinfo("__main__.py")
+        except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+            raise ValueError(f"no agent build to hand over to in {pyz}: {exc}") from None
+        if new == self.build:
+            raise ValueError(f"build {new} already runs")
+        self._handover_to = str(pyz)
+        programs = sum(1 for p in self.supervisor.programs.values() if p.out_fd is not None)
+        return {"pid": os.getpid(), "from": self.build, "to": new, "programs": programs}
+
+    def _exec_handover(self, pyz: str) -> None:
+        """Exec the new build in this process, passing the running programs over."""
+        assert self.lock_fd is not None
+        path = self.home / "handover.json"
+        programs = self.supervisor.handover()
+        os.set_inheritable(self.lock_fd, True)
+        value = {"lock_fd": self.lock_fd, "from": self.build, "programs": programs}
+        self.events.record(
+            "agent_handover",
+            None,
+            f"pid {os.getpid()} build {self.build}: exec {pyz}; "
+            f"{len(programs)} running program(s) handed over",
+        )
+        try:
+            write_atomic(path, json.dumps(value).encode())
+            argv = [sys.executable, pyz, "serve", "--home", str(self.home), "--handover", str(path)]
+            os.execv(sys.executable, argv)
+        except OSError as exc:  # still the old build: keep serving
+            self._handover_to = None
+            os.set_inheritable(self.lock_fd, False)
+            self.events.record("io_error", None, f"handover failed: {exc.strerror or exc}")
+
     def _program_log(self, name: str) -> RotatingLog | None:
         program = self.supervisor.programs.get(name)
         return program.log if program is not None else None
@@ -308,6 +365,7 @@ class Agent:
             "uptime": round(time.time() - self.started, 1),
             "errors": sorted(self.errors.values()),
             "last_event": self.events.seq,
+            "handover": True,
         }
 
     async def dispatch(self, op: str, args: dict[str, Any]) -> Any:
@@ -351,6 +409,8 @@ class Agent:
             return await self.steps.dispatch(op, args)
         if op.startswith("logs."):
             return self.logship.dispatch(op, args)
+        if op == "agent.handover":
+            return self._check_handover()
         if op == "shutdown":
             asyncio.get_running_loop().call_soon(self.request_shutdown)
             return {"pid": os.getpid(), "stopping": True}

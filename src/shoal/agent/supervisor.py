@@ -22,6 +22,15 @@ with a ``health_timeout``; ``health_retries`` failures in a row restart the
 program (when ``health_restart``). Pids of running programs are kept in
 ``pids.json``; a new agent kills the groups its dead predecessor left behind
 (checked by process start time) before it starts the programs again.
+
+Upgrade without restart (:meth:`Supervisor.handover` / :meth:`Supervisor.adopt`).
+Each program's output pipe is one the supervisor makes itself, so its read end
+is a plain fd. An agent being upgraded execs the new build in its own process:
+the pid stays, so running programs stay its children (their exits are still
+waited for), and the read ends, made inheritable, survive the exec. The new
+agent adopts each program whose pid still has the start time recorded at the
+handover (``/proc/PID/stat``: a recycled pid is never adopted), pumping the
+same pipe into the same log; anything it cannot adopt is reaped as before.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -113,6 +123,40 @@ def process_start_ticks(pid: int) -> int | None:
         return None
 
 
+class AdoptedProcess:
+    """A running program handed over by the previous build of this agent process.
+
+    Quacks like the ``asyncio.subprocess.Process`` the run loop uses: ``pid``,
+    ``returncode``, ``stdout`` (the inherited pipe) and ``wait()`` (a thread in
+    ``waitpid``: the program is still this process's child).
+    """
+
+    def __init__(self, pid: int, stdout: asyncio.StreamReader) -> None:
+        self.pid = pid
+        self.stdout: asyncio.StreamReader | None = stdout
+        self.returncode: int | None = None
+        loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = loop.create_future()
+
+        def reap() -> None:
+            try:
+                _, status = os.waitpid(pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+            except ChildProcessError:
+                code = -signal.SIGKILL  # reaped elsewhere: its status is lost
+            loop.call_soon_threadsafe(self._set, code)
+
+        threading.Thread(target=reap, name=f"adopted-{pid}", daemon=True).start()
+
+    def _set(self, code: int) -> None:
+        self.returncode = code
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+
 class Program:
     """One supervised program and its run loop."""
 
@@ -121,8 +165,13 @@ class Program:
         self.sup = supervisor
         self.desired = "stopped"
         self.state = STOPPED
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: asyncio.subprocess.Process | AdoptedProcess | None = None
         self.pid: int | None = None
+        #: the read end of the running program's output pipe (handed over on upgrade)
+        self.out_fd: int | None = None
+        #: (pid, pipe fd) of a process to adopt instead of the next spawn
+        self.adopting: tuple[int, int] | None = None
+        self._out_pipe: asyncio.BaseTransport | None = None
         self.started_at: float | None = None
         self.last_exit: str | None = None
         self.last_exit_at: float | None = None
@@ -218,7 +267,7 @@ class Program:
         self._terminating = asyncio.ensure_future(self._terminate(proc))
         await asyncio.shield(self._terminating)
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+    async def _terminate(self, proc: asyncio.subprocess.Process | AdoptedProcess) -> None:
         """Stop signal to the group, grace period, then SIGKILL to the group."""
         self.state = STOPPING
         pgid = proc.pid
@@ -305,8 +354,15 @@ class Program:
         self.state = STARTING
         self.health = None
         self.health_failures = 0
+        proc: asyncio.subprocess.Process | AdoptedProcess
         try:
-            proc = await self._start_process(self.spec.command, self._environment())
+            if self.adopting is not None:
+                pid, fd = self.adopting
+                self.adopting = None
+                proc = AdoptedProcess(pid, await self._pipe_reader(fd))
+                self.out_fd = fd
+            else:
+                proc = await self._spawn()
         except OSError as exc:
             self.last_exit = f"cannot start: {exc.strerror or exc}"
             self.last_exit_at = time.time()
@@ -314,12 +370,17 @@ class Program:
             if self._spawned is not None:
                 self._spawned.set()
             return None
+        adopted = isinstance(proc, AdoptedProcess)
         self.proc = proc
         self.pid = proc.pid
-        self.started_at = time.time()
+        if not adopted or self.started_at is None:
+            self.started_at = time.time()
         self.state = RUNNING
         self.sup.save_pids()
-        self.sup.record("started", self.spec.name, f"pid {proc.pid}")
+        if adopted:
+            self.sup.record("adopted", self.spec.name, f"pid {proc.pid}")
+        else:
+            self.sup.record("started", self.spec.name, f"pid {proc.pid}")
         if self._spawned is not None:
             self._spawned.set()
         if not self._active or self._restart_reason is not None:
@@ -333,8 +394,12 @@ class Program:
         _, pending = await asyncio.wait({pump}, timeout=0.5)
         for task in pending:
             task.cancel()
+        if self._out_pipe is not None:
+            self._out_pipe.close()
+            self._out_pipe = None
         self.proc = None
         self.pid = None
+        self.out_fd = None
         self.last_exit = describe_exit(code)
         self.last_exit_at = time.time()
         # the event first: pushed to watchers now, not after pids.json's two fsyncs
@@ -403,6 +468,39 @@ class Program:
             env=env,
             start_new_session=True,
         )
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        """Start the program with stdout and stderr on a pipe of our own (so that its
+        read end is a plain fd an upgraded agent can inherit)."""
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.spec.command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                cwd=self.spec.cwd,
+                env=self._environment(),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self.out_fd = read_fd
+        proc.stdout = await self._pipe_reader(read_fd)
+        return proc
+
+    async def _pipe_reader(self, fd: int) -> asyncio.StreamReader:
+        """An asyncio reader over the read end ``fd`` of the program's output pipe."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        pipe = os.fdopen(fd, "rb", buffering=0)
+        self._out_pipe, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), pipe
+        )
+        return reader
 
     async def _check(self, command: str) -> tuple[bool, str]:
         env = self._environment()
@@ -509,11 +607,15 @@ class Supervisor:
             self.io_hook(str(self.pids_path), exc)
 
     async def reap_stale(self) -> list[str]:
-        """Kill process groups a previous agent left running; names of those killed."""
+        """Kill process groups a previous agent left running (but not the adopted
+        ones); names of those killed."""
         data = read_json(self.pids_path, {})
         killed: list[str] = []
         groups: list[int] = []
         for name, entry in sorted(data.items() if isinstance(data, dict) else []):
+            program = self.programs.get(name)
+            if program is not None and program.adopting is not None:
+                continue
             pid = entry.get("pid") if isinstance(entry, dict) else None
             if not isinstance(pid, int) or pid <= 1:
                 continue
@@ -531,6 +633,51 @@ class Supervisor:
         for group in groups:
             _kill_group(group, signal.SIGKILL)
         return killed
+
+    def handover(self) -> dict[str, Any]:
+        """What the next build needs to adopt the running programs across an exec:
+        name → pid, start time, pipe fd (made inheritable), started_at, restarts."""
+        programs: dict[str, Any] = {}
+        for name, p in sorted(self.programs.items()):
+            if p.state != RUNNING or p.pid is None or p.out_fd is None:
+                continue
+            os.set_inheritable(p.out_fd, True)
+            programs[name] = {
+                "pid": p.pid,
+                "start": process_start_ticks(p.pid),
+                "fd": p.out_fd,
+                "started_at": p.started_at,
+                "restarts": p.restarts,
+            }
+        return programs
+
+    def adopt(self, handed: dict[str, Any]) -> list[str]:
+        """Take over the programs of a :meth:`handover`; names of those adopted.
+
+        Adopted only when the program is still wanted and its pid has the start
+        time recorded at the handover; an fd not adopted is closed (the process,
+        if alive, is left to :meth:`reap_stale`).
+        """
+        adopted: list[str] = []
+        for name, entry in sorted(handed.items()):
+            program = self.programs.get(name)
+            try:
+                pid, fd = int(entry["pid"]), int(entry["fd"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            same = entry.get("start") is not None and process_start_ticks(pid) == entry["start"]
+            if program is None or program.desired != "running" or not same:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                continue
+            os.set_inheritable(fd, False)
+            program.adopting = (pid, fd)
+            program.started_at = entry.get("started_at")
+            program.restarts = int(entry.get("restarts") or 0)
+            adopted.append(name)
+        return adopted
 
     def resume(self) -> None:
         """Start every program whose desired state is ``running``."""

@@ -19,8 +19,15 @@ and start it, and ``open_unix`` to its socket for everything else (see
 Install copies the zipapp built by :mod:`shoal.agent.build` to
 ``<home>/agent.pyz`` only where ``<home>/agent.build`` differs from this
 build's id, and makes sure this build is the one running: an agent of another
-build is shut down (its programs stop, their desired state is kept) and the new
-one started (they come back). The agent survives the SSH session and the
+build is replaced. An agent that offers ``agent.handover`` execs the new build
+in its own process, which adopts the running programs (same pids, same output
+pipes: :mod:`shoal.agent.supervisor`); the step then checks that the node
+answers with the new build and that every program RUNNING before still runs
+with the same pid. An older agent is shut down (its programs stop, their
+desired state is kept) and the new one started (they come back). ``batch``
+(``N`` nodes or ``P%``) upgrades in consecutive batches, each checked before
+the next; a batch with a failed node stops the upgrade, the nodes after it
+reported as not attempted. The agent survives the SSH session and the
 controller: it double-forks into its own session with stdio on its log.
 """
 
@@ -37,8 +44,10 @@ from typing import Any
 from shoal.agent.build import AgentBuild, build
 from shoal.errors import (
     AgentError,
+    AgentLinkBroken,
     AgentNotInstalled,
     AgentNotRunning,
+    UsageError,
     VersionMismatch,
 )
 from shoal.fanout.options import FanoutOptions
@@ -123,9 +132,7 @@ async def each_agent(
         finally:
             await client.close()
 
-    return await for_each(
-        nodes, op, options, transport=transport, state=state, on_result=on_result
-    )
+    return await for_each(nodes, op, options, transport=transport, state=state, on_result=on_result)
 
 
 def for_node(options: AgentOptions, node: Node) -> AgentOptions:
@@ -236,19 +243,57 @@ async def install_async(
     state: State | None = None,
     agent: AgentBuild | None = None,
     on_result: ResultCallback[AgentOutcome] | None = None,
+    batch: str | None = None,
 ) -> Results[AgentOutcome]:
     """Copy this build where it is missing and make it the running agent.
 
     ``upgrade_only`` leaves nodes without an agent alone (``shoal agent upgrade``);
-    ``agent`` is the build to ship (default: built from this source tree).
-    Actions: ``up to date`` (skipped), ``installed``, ``upgraded from X``,
-    ``started`` (same build, was not running), ``skipped: no agent``.
+    ``agent`` is the build to ship (default: built from this source tree);
+    ``batch`` (``N`` or ``P%``) goes batch by batch, stopping after a failed one.
+    Actions: ``up to date`` (skipped), ``installed``, ``upgraded from X (N
+    programs adopted)``, ``upgraded from X (programs restarted)``, ``started``
+    (same build, was not running), ``skipped: no agent``.
     """
     agent = agent or build()
     step = partial(_install_step, agent=agent, local=local_zipapp(agent), upgrade_only=upgrade_only)
-    return await for_each(
-        nodes, step, options, transport=transport, state=state, on_result=on_result
-    )
+    groups = batches(nodes, batch)
+    done: dict[str, AgentOutcome] = {}
+    duration = 0.0
+    for number, group in enumerate(groups, 1):
+        results = await for_each(
+            group, step, options, transport=transport, state=state, on_result=on_result
+        )
+        done.update(results.results)
+        duration += results.duration
+        if not results.ok and number < len(groups):
+            failed = ", ".join(r.node for r in results.failed)
+            _log.warning("agent upgrade stopped at batch %d/%d: %s", number, len(groups), failed)
+            why = f"not attempted: batch {number}/{len(groups)} failed on {failed}"
+            for n in (n for g in groups[number:] for n in g):
+                done[n.name] = NodeOutcome(n.name, error=AgentError(why, node=n.name))
+            break
+    return Results(done, duration)
+
+
+def batches(nodes: Sequence[Node], batch: str | None) -> list[list[Node]]:
+    """The nodes in consecutive batches of ``batch`` (``N`` or ``P%``; None: one)."""
+    items = list(nodes)
+    if not batch or not items:
+        return [items] if items else []
+    text = batch.strip()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1])
+            if not 0 < share <= 100:
+                raise ValueError
+            size = max(1, int(len(items) * share / 100))
+        else:
+            size = int(text)
+            if size < 1:
+                raise ValueError
+    except ValueError:
+        raise UsageError(f"--batch {batch!r}: a count of nodes (5) or a share (25%)") from None
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 async def _install_step(
@@ -287,9 +332,16 @@ async def _install_step(
         )
         if res.exit_status != 0:
             raise AgentError(f"cannot record the build in {found.home}", node=node.name)
+    if running is not None and running != agent.build_id and hello and hello.get("handover"):
+        hello = await _handover(conn, node, found.home, opts.python, agent.build_id)
+        remember(st, node.name, opts.home, found.home, hello)
+        adopted = hello.get("adopted", 0)
+        return NodeOutcome(
+            node.name, action=f"upgraded from {running} ({adopted} programs adopted)", value=hello
+        )
     if running is not None and running != agent.build_id:
         await _shutdown(conn, found.home, hello, opts.python)
-        action = f"upgraded from {running}"
+        action = f"upgraded from {running} (programs restarted)"
     elif running is None:
         action = "installed" if found.build != agent.build_id else "started"
     else:
@@ -301,6 +353,61 @@ async def _install_step(
         raise AgentNotRunning("agent started but does not answer", node=node.name)
     remember(st, node.name, opts.home, found.home, hello)
     return NodeOutcome(node.name, action=action, value=hello)
+
+
+async def _handover(
+    conn: Connection, node: Node, home: str, python: str, build_id: str, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Have the running agent exec ``build_id`` in place and check the result: the
+    node answers with the new build, and every program RUNNING before runs with
+    the same pid. The new agent's ``status`` (``adopted``: how many kept)."""
+    client = await AgentClient.open(conn, home, python)
+    try:
+        before = await client.call("status", timeout=15)
+        try:
+            await client.call("agent.handover", timeout=15)
+        except AgentLinkBroken:
+            pass  # the exec closed the connection first: the poll below tells
+    finally:
+        await client.close()
+    running = {
+        p["name"]: p["pid"] for p in before.get("programs", []) if p.get("state") == "RUNNING"
+    }
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    status: dict[str, Any] | None = None
+    while loop.time() < deadline:
+        try:
+            client = await AgentClient.open(conn, home, python)
+        except AgentNotRunning:
+            await asyncio.sleep(0.2)
+            continue
+        try:
+            status = await client.call("status", timeout=15)
+        except AgentLinkBroken:
+            status = None  # reached the old build as it exec'd
+        finally:
+            await client.close()
+        if status is not None and status.get("build") == build_id:
+            break
+        await asyncio.sleep(0.2)
+    if status is None or status.get("build") != build_id:
+        raise AgentError(
+            f"agent in {home} does not answer with build {build_id} within {timeout:g}s "
+            "after the handover",
+            node=node.name,
+        )
+    after = {p["name"]: p for p in status.get("programs", [])}
+    lost = [
+        f"{name} (pid {pid} before, {after.get(name, {}).get('state', 'gone')} "
+        f"pid {after.get(name, {}).get('pid')} after)"
+        for name, pid in sorted(running.items())
+        if after.get(name, {}).get("pid") != pid or after[name].get("state") != "RUNNING"
+    ]
+    if lost:
+        raise AgentError(f"upgraded, but programs not kept: {', '.join(lost)}", node=node.name)
+    status["adopted"] = len(running)
+    return status
 
 
 async def start_async(

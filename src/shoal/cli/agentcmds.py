@@ -76,6 +76,13 @@ def register(sub: Any) -> None:
         add_agent_options(p)
         if action in ("install", "upgrade"):
             p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
+        if action == "upgrade":
+            p.add_argument(
+                "--batch",
+                metavar="N|P%",
+                help="upgrade N nodes (or P%% of them) at a time, checking each batch"
+                " (new build answering, programs kept) before the next; default all at once",
+            )
         p.set_defaults(handler=cmd_agent, action=action)
 
     proc = sub.add_parser("proc", help="supervised programs on the nodes")
@@ -213,6 +220,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
             transport=tr,
             upgrade_only=action == "upgrade",
             on_result=progress.update,
+            batch=getattr(args, "batch", None),
         )
     elif action == "status":
         coro = agents.status_async(nodes, opts, transport=tr)
