@@ -266,6 +266,19 @@ class ServiceClient:
         query = {"offset": offset, "lines": lines, "follow": 1 if follow else None}
         return self.stream("GET", f"/api/v1/logs/{quote(node)}/{quote(program)}", query=query)
 
+    def step_log(
+        self,
+        node: str,
+        step: str,
+        *,
+        offset: int | None = None,
+        lines: int | None = None,
+        follow: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """A one-shot step's log (``<app>.<component>.<step>``) as :meth:`log` pages."""
+        query = {"offset": offset, "lines": lines, "follow": 1 if follow else None}
+        return self.stream("GET", f"/api/v1/logs/{quote(node)}/steps/{quote(step)}", query=query)
+
     # -- HTTP ---------------------------------------------------------------------
 
     def request(

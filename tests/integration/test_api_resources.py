@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from shoal.client import PROTOCOL, PROTOCOL_HEADER, ServiceClient
-from shoal.errors import SelectionSyntaxError, UnknownNameError
+from shoal.errors import SelectionSyntaxError, ShoalError, UnknownNameError
 from shoal.nodes.inventory import import_nodes
 from shoal.state import State
 
@@ -366,6 +366,61 @@ def test_a_program_log_is_read_from_offsets_and_followed(api: Any) -> None:
         body = {"selection": "n4", "name": name}
         removed = list(client.stream("POST", "/api/v1/proc/remove", body=body))
     assert removed[-1]["summary"]["ok"] is True, removed
+
+
+def test_a_step_log_is_read_from_offsets_and_followed_while_it_runs(
+    api: Any, tmp_path: Path
+) -> None:
+    client, http, _ = api
+    app = unique_lab_name("hstep")
+    path = tmp_path / "app.yaml"
+    path.write_text(
+        f"app: {app}\n"
+        "components:\n"
+        "  w:\n"
+        '    select: "n7"\n'
+        "    processes:\n"
+        '      - {name: slow, run: "for i in $(seq 10); do echo tick $i; sleep 0.4; done"}\n'
+        '      - {name: after, run: "echo finished"}\n'
+    )
+    step = f"{app}.w.slow"
+    with pytest.raises(ShoalError, match=f"no step named '{app}.w.nothing'"):
+        list(client.step_log("n7", f"{app}.w.nothing"))
+    assert client.request("POST", "/api/v1/apps", body={"spec": str(path)})["accepted"] is True
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # until the agent runs the step (before, it refuses: no such step)
+            try:
+                (first,) = client.step_log("n7", step, offset=0)
+                break
+            except ShoalError as exc:
+                assert "no step named" in str(exc), exc
+                assert time.monotonic() < deadline, "the step did not start within 60 s"
+                time.sleep(0.1)
+        seen, at = first["data"], first["offset"]
+        assert at == len(seen.encode())
+        if seen.count("\n") < 10:  # followed as it grows: each page starts where the last ended
+            for page in client.step_log("n7", step, offset=at, follow=True):
+                assert page["offset"] == at + len(page["data"].encode())
+                seen, at = seen + page["data"], page["offset"]
+                if seen.count("\n") >= 10:
+                    break
+        assert seen.splitlines() == [f"tick {i}" for i in range(1, 11)]
+        assert first["data"].count("\n") < 10, "followed while running, not read once ended"
+        (tail,) = client.step_log("n7", step, lines=2)
+        assert tail == {"data": "tick 9\ntick 10\n", "offset": at}
+        assert http.get(f"/api/v1/logs/n7/steps/{step}", params={"offset": -1}).status_code == 400
+        assert http.get(f"/api/v1/logs/zz9/steps/{step}").status_code == 404
+        while not any(  # the application up before it goes down
+            a["app"] == app and a["phase"] == "running"
+            for a in client.request("GET", "/api/v1/apps")
+        ):
+            assert time.monotonic() < deadline, client.request("GET", "/api/v1/apps")
+            time.sleep(0.2)
+        (after,) = client.step_log("n7", f"{app}.w.after")
+        assert after["data"] == "finished\n"
+    finally:
+        assert client.request("POST", f"/api/v1/apps/{app}/down")["nodes"]
 
 
 def test_an_apps_spec_barriers_and_logs(api: Any, tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ OPS = (
     "shutdown",
     "step.run",
     "step.open",
+    "step.logs",
     "step.status",
     "step.forget",
     "content.begin",

@@ -16,7 +16,7 @@ JSON-line requests; ordinary ones are answered in order, streaming ones
 ``events`` {since, limit?}      events with seq > since
 ``shutdown``                    stop programs (desired state kept) and exit
 ``content.*``                   push sessions, chunk fetches, switch-over (:mod:`.pushsession`)
-``step.run|status|forget``      one-shot steps of applications (:mod:`.steps`)
+``step.run|open|logs|status|forget``  one-shot steps of applications (:mod:`.steps`)
 ``ping``                        ``{t: agent wall clock, seq: last event seq}`` (rtt, skew)
 ``watch`` {since, beat}         events pushed as recorded, heartbeats (:mod:`.watching`)
 ``exec`` {command, ...}         a command under the login shell, output pushed (:mod:`.execute`)

@@ -27,6 +27,13 @@ through a pidfd, without polling — and takes the exit status of those that
 ended meanwhile from their files, so a step is never started twice because
 its agent changed.
 
+``step.logs {id, lines?, offset?}`` answers ``{data, offset}`` like
+``proc.logs``: the last ``lines`` (default 50) of the step's log, or with
+``offset`` the bytes after byte ``offset`` of it (at most :data:`READ_MAX` a
+request; an offset past the end — the log was removed and written again —
+reads from 0); ``offset`` in the answer is where the next read starts, so a
+follower polls with it. A step this agent never heard of is refused.
+
 ``step.status {prefix}`` lists recorded and running steps whose id starts with
 the prefix; ``step.forget {prefix}`` kills running ones, removes their records
 and logs (``app down`` leaves nothing behind).
@@ -50,6 +57,8 @@ from .persist import read_json, write_json
 from .supervisor import process_start_ticks
 
 TAIL_BYTES = 4096
+#: Most bytes one ``step.logs`` answers (proc.logs' bound).
+READ_MAX = 1 << 20
 #: $1 = the step's command, $2 = its exit file (written when it ends)
 WRAPPER = '/bin/sh -c "$1"; c=$?; echo $c > "$2.tmp" && mv -f "$2.tmp" "$2"; exit $c'
 GATE = "IFS= read -r _gate || exit 125; exec </dev/null; "
@@ -139,6 +148,8 @@ class Steps:
             return await self.run(args)
         if op == "step.open":
             return self.open(_check_id(args.get("id")))
+        if op == "step.logs":
+            return self.read_log(args)
         if op == "step.status":
             return self.status(str(args.get("prefix", "")))
         if op == "step.forget":
@@ -296,6 +307,33 @@ class Steps:
         except OSError:
             return ""
 
+    def read_log(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``step.logs``: a tail of the step's log, or its bytes after an offset."""
+        step_id = _check_id(args.get("id"))
+        offset = args.get("offset")
+        lines = args.get("lines", 50)
+        if offset is not None and (not isinstance(offset, int) or offset < 0):
+            raise ValueError(f"step {step_id}: offset must be a whole number of bytes, 0 or more")
+        if not isinstance(lines, int) or lines < 0:
+            raise ValueError(f"step {step_id}: lines must be a whole number, 0 or more")
+        try:
+            handle = open(str(self.logs / f"{step_id}.log"), "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            if step_id in self.done or step_id in self.running:
+                return {"data": "", "offset": 0}
+            raise KeyError(f"no step named {step_id!r} on this agent") from None
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            if offset is None:
+                data = _last_lines(handle, size, lines)
+                end = size
+            else:
+                start = offset if offset <= size else 0
+                handle.seek(start)
+                data = handle.read(READ_MAX)
+                end = start + len(data)
+        return {"data": data.decode("utf-8", "replace"), "offset": end}
+
     def _save(self) -> None:
         try:
             write_json(self.path, self.done)
@@ -354,6 +392,19 @@ class Steps:
         except OSError:
             pass
         return {"killed": killed, "removed": removed, "logs": logs}
+
+
+def _last_lines(handle: Any, size: int, lines: int) -> bytes:
+    """The last ``lines`` lines of an open file of ``size`` bytes (within READ_MAX)."""
+    if lines <= 0:
+        return b""
+    handle.seek(max(0, size - READ_MAX))
+    parts = handle.read(READ_MAX).split(b"\n")
+    trailing = parts[-1] == b""
+    if trailing:
+        parts = parts[:-1]
+    kept = parts[-lines:]
+    return b"\n".join(kept) + (b"\n" if trailing and kept else b"")
 
 
 async def _wait_pid(pid: int) -> None:

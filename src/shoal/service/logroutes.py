@@ -1,12 +1,16 @@
 """Program logs with offsets, and an application's spec, logs and barriers.
 
 ``GET /api/v1/logs/{node}/{program}`` answers NDJSON ``{"data", "offset"}``
-pages from the node's agent (:func:`shoal.agentlink.fleet.logs_async`, the
+pages from the node's agent (its ``proc.logs`` request, the
 call of ``shoal agent logs``): the last ``lines`` (default 50), or with
 ``offset=N`` the bytes after byte N of the log; ``follow=1`` keeps the answer
 open and writes each new piece as it appears (read every ``interval``
 seconds, default 0.5, over the node's held connection; the page's
 ``offset`` is where a reader resumes). A node not in the inventory is 404.
+``GET /api/v1/logs/{node}/steps/{step}`` is the same for a one-shot step's
+log (``step`` is the agent's id ``<app>.<component>.<step>``, its
+``step.logs`` request); the step log of an application the node never ran is
+the agent's refusal.
 
 ``GET /api/v1/apps/{name}/spec`` is the spec the application was brought up
 from (as stored, with its file); ``.../logs`` the last lines of every step
@@ -26,7 +30,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from shoal.agentlink.fleet import AgentOptions, logs_async
+from shoal.agentlink.fleet import AgentOptions, call_async
 from shoal.app import lifecycle, store
 from shoal.errors import UnknownNameError, UsageError
 from shoal.nodes import inventory
@@ -88,6 +92,43 @@ async def program_log(
     interval: float = 0.5,
 ) -> StreamingResponse:
     """NDJSON pages ``{"data", "offset"}`` (see the module docstring)."""
+    return await _log_pages(
+        request, node, "proc.logs", {"name": program}, offset, lines, follow, interval
+    )
+
+
+@router.get(
+    "/logs/{node}/steps/{step}",
+    summary="A one-shot step's log on a node, from an offset; follow=1 streams it",
+    response_class=StreamingResponse,
+    responses=NDJSON_PAGES,
+)
+async def step_log(
+    request: Request,
+    node: str,
+    step: str,
+    offset: int | None = None,
+    lines: int = 50,
+    follow: bool = False,
+    interval: float = 0.5,
+) -> StreamingResponse:
+    """NDJSON pages of the step ``<app>.<component>.<step>``'s log, as a program's."""
+    return await _log_pages(
+        request, node, "step.logs", {"id": step}, offset, lines, follow, interval
+    )
+
+
+async def _log_pages(
+    request: Request,
+    node: str,
+    op: str,
+    target: dict[str, Any],
+    offset: int | None,
+    lines: int,
+    follow: bool,
+    interval: float,
+) -> StreamingResponse:
+    """The NDJSON answer of ``op`` (``proc.logs``, ``step.logs``) about ``target``."""
     if offset is not None and offset < 0:
         raise UsageError(f"offset must be 0 or more, not {offset}")
     if lines < 0:
@@ -100,10 +141,9 @@ async def program_log(
     (found,) = resolve(node, state=ctl.state)
 
     async def page(at: int | None) -> dict[str, Any]:
-        outcome = await logs_async(
-            found, program, lines=lines, offset=at, options=AgentOptions(),
-            transport=ctl.transport,
-        )  # fmt: skip
+        args = dict(target, lines=lines, **({} if at is None else {"offset": at}))
+        results = await call_async([found], op, args, AgentOptions(), transport=ctl.transport)
+        outcome = results[found.name]
         if outcome.error is not None:
             raise outcome.error
         value: dict[str, Any] = outcome.value or {}
