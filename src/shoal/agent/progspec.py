@@ -36,6 +36,8 @@ class ProgramSpec:
     fatal_after: int = 5  # rapid consecutive failures before FATAL
     stop_signal: str = "TERM"
     stop_grace: float = 5.0
+    #: shell command run before the stop signal (``SHOAL_PID`` set), bounded by stop_grace
+    stop_command: str | None = None
     log_max_bytes: int = 1 << 20
     log_backups: int = 3  # collected rotated files kept
     log_budget_bytes: int = 64 << 20  # all its files (at least log_max_bytes)
@@ -121,8 +123,9 @@ class ProgramSpec:
                 raise ValueError(f"{where}: {key} must be an integer >= 0")
         if self.fatal_after < 1 or self.log_max_bytes < 1 or self.health_retries < 1:
             raise ValueError(f"{where}: fatal_after, log_max_bytes, health_retries must be >= 1")
-        if self.health is not None and not isinstance(self.health, str):
-            raise ValueError(f"{where}: health must be a shell command string")
+        for key in ("health", "stop_command"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise ValueError(f"{where}: {key} must be a shell command string")
         if not isinstance(self.health_restart, bool):
             raise ValueError(f"{where}: health_restart must be true or false")
         signal_number(self.stop_signal)

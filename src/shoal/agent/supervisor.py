@@ -14,8 +14,11 @@ task) that owns the process:
   a run shorter than ``stable_after`` is a rapid failure: failure ``n`` waits
   the :mod:`backoff` delay; ``fatal_after`` rapid failures in a row give up
   into ``FATAL`` (visible in status, recorded as an event);
-* stop = the stop signal to the whole process group, up to ``stop_grace``
-  seconds for the group to go, then SIGKILL to the group.
+* stop = the spec's ``stop_command`` first when it has one (a package's
+  ``stop.sh``: ``/bin/sh -c`` with ``SHOAL_PID``, up to ``stop_grace``
+  seconds, its outcome recorded as a ``stop_command`` event), then the stop
+  signal to the whole process group, up to ``stop_grace`` seconds for the
+  group to go, then SIGKILL to the group.
 
 An optional health command (``/bin/sh -c``) runs every ``health_interval``
 with a ``health_timeout``; ``health_retries`` failures in a row restart the
@@ -268,9 +271,14 @@ class Program:
         await asyncio.shield(self._terminating)
 
     async def _terminate(self, proc: asyncio.subprocess.Process | AdoptedProcess) -> None:
-        """Stop signal to the group, grace period, then SIGKILL to the group."""
+        """Stop command, stop signal to the group, grace period, then SIGKILL to the group."""
         self.state = STOPPING
         pgid = proc.pid
+        if self.spec.stop_command and proc.returncode is None:
+            ok, detail = await self._check(
+                self.spec.stop_command, self.spec.stop_grace, "stop command"
+            )
+            self.sup.record("stop_command", self.spec.name, ("ok: " if ok else "failed: ") + detail)
         deadline = time.monotonic() + self.spec.stop_grace
         _kill_group(pgid, signal_number(self.spec.stop_signal))
         _kill_group(pgid, signal.SIGCONT)
@@ -426,7 +434,7 @@ class Program:
             if self.state != RUNNING:
                 continue
             pid = self.pid
-            ok, detail = await self._check(command)
+            ok, detail = await self._check(command, self.spec.health_timeout)
             if self.state != RUNNING or self.pid != pid:
                 continue
             self.health_detail = detail
@@ -502,20 +510,23 @@ class Program:
         )
         return reader
 
-    async def _check(self, command: str) -> tuple[bool, str]:
+    async def _check(
+        self, command: str, timeout: float, what: str = "health command"
+    ) -> tuple[bool, str]:
+        """Run ``command`` (``SHOAL_PID`` set) for up to ``timeout`` s: (exit 0, detail)."""
         env = self._environment()
         if self.pid is not None:
             env["SHOAL_PID"] = str(self.pid)
         try:
             proc = await self._start_process(["/bin/sh", "-c", command], env)
         except OSError as exc:
-            return False, f"cannot run health command: {exc.strerror or exc}"
+            return False, f"cannot run {what}: {exc.strerror or exc}"
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.spec.health_timeout)
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
         except asyncio.TimeoutError:
             _kill_group(proc.pid, signal.SIGKILL)
             await proc.wait()
-            return False, f"timed out after {self.spec.health_timeout:g}s"
+            return False, f"timed out after {timeout:g}s"
         _kill_group(proc.pid, signal.SIGKILL)
         text = out.decode("utf-8", "replace").strip().replace("\n", " ")[-200:]
         code = proc.returncode

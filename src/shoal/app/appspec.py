@@ -16,6 +16,10 @@ adds predecessors in other components (``comp`` = all of its steps, or
 taken (``[{lowest: rtt_ms}, {highest: disk_free_gb}]``: facts or attributes,
 earlier entries first, a missing value last, ties in name order). A
 ``barrier`` step waits until the barrier releases (see :mod:`.barrier`).
+A ``lifecycle: S`` step is a service run by software S's own DSMT scripts
+(see :mod:`.pkgscripts`): ``start.sh`` starts it, ``stop.sh`` runs before
+the stop signal, ``status.sh`` is its health check, ``install.sh`` an
+install step of S; S must be in the component's ``software``.
 
 Variables in ``run``/``service``/``health``/``ready``/env values:
 ``${node}`` ``${index}`` ``${component}`` ``${app}`` ``${dir}`` (the
@@ -136,6 +140,7 @@ class Step:
     health_interval: float = 5.0
     ready: str | None = None
     line: int = 0
+    lifecycle: str = ""  # software whose start/stop/status scripts run this service
 
 
 @dataclass(frozen=True)
@@ -330,12 +335,13 @@ def _component(doc: Located, cname: str, entry: dict[str, Any]) -> Component:
         if raw["name"] in seen:
             raise _fail(doc, (*spath, "name"), f"duplicate step name {raw['name']!r}")
         seen.add(raw["name"])
-        kind = next(k for k in ("run", "service", "barrier") if k in raw)
+        kind = next(k for k in ("run", "service", "barrier", "lifecycle") if k in raw)
+        lifecycle = raw.get("lifecycle", "")
         steps.append(
             Step(
                 name=raw["name"],
-                kind=kind,
-                command=raw[kind],
+                kind="service" if lifecycle else kind,
+                command=f"${{sw.{lifecycle}}}/start.sh" if lifecycle else raw[kind],
                 after=tuple(raw.get("after", [])),
                 env=_env(raw.get("env")),
                 timeout=raw.get("timeout"),
@@ -344,6 +350,7 @@ def _component(doc: Located, cname: str, entry: dict[str, Any]) -> Component:
                 health_interval=float(raw.get("health_interval", 5.0)),
                 ready=raw.get("ready"),
                 line=doc.line(spath),
+                lifecycle=lifecycle,
             )
         )
     require = []
@@ -398,11 +405,19 @@ def check(spec: AppSpec, doc: Located) -> None:
                         f"unknown barrier {step.command!r} (declared under barriers: {known})",
                     )
                 used_barriers.add(step.command)
+            if step.lifecycle and step.lifecycle not in comp.software:
+                listed = ", ".join(comp.software) or "none"
+                raise _fail(
+                    doc,
+                    (*spath, "lifecycle"),
+                    f"lifecycle: software {step.lifecycle!r} is not in this component's "
+                    f"software ({listed})",
+                )
             for j, ref in enumerate(step.after):
                 _check_after(spec, doc, comp, ref, (*spath, "after", j))
             for key in ("command", "health", "ready"):
                 text = getattr(step, key)
-                if text and step.kind != "barrier":
+                if text and step.kind != "barrier" and not (key == "command" and step.lifecycle):
                     where = (*spath, step.kind if key == "command" else key)
                     _check_vars(spec, doc, text, where)
             for key, value in step.env.items():

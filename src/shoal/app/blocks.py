@@ -37,6 +37,7 @@ from shoal.transport.base import Connection
 from .appspec import Component, Step
 from .barrier import BarrierBoard
 from .naming import environment, expand, step_id
+from .pkgscripts import PackageScripts
 from .policy import Action, FailureKind, decide
 from .predecessors import Predecessors
 from .runtime import UpPass, last_line
@@ -58,6 +59,7 @@ class BlockRunner:
         self.up = up
         self.board = board
         self.after = after
+        self.scripts = PackageScripts(up.spec, up.state)
 
     async def open_session(self, node: Node) -> Session:
         conn = await self.up.transport.connect(node, timeout=self.up.opts.connect_timeout)
@@ -182,14 +184,19 @@ class BlockRunner:
     async def start_service(self, session: Session, comp: Component, step: Step) -> None:
         node = session.node
         values = self.up.values(comp, node)
+        health, stop = step.health, None
+        if step.lifecycle:
+            scripts = self.scripts.service_fields(step)
+            health, stop = scripts["health"], scripts["stop_command"]
         spec = agents.proc_spec(
             step_id(self.up.spec.name, comp.name, step.name),
             ["/bin/sh", "-c", expand(step.command, values)],
             cwd=values["dir"],
             env=environment(self.up.spec, comp, step, node, values),
             restart=step.restart,
-            health=expand(step.health, values) if step.health else None,
-            health_interval=step.health_interval if step.health else None,
+            health=expand(health, values) if health else None,
+            health_interval=step.health_interval if health else None,
+            stop_command=expand(stop, values) if stop else None,
         )
         status = await session.client.call("proc.start", timeout=60, spec=spec)
         if status.get("state") not in ("RUNNING", "STARTING", "BACKOFF", "EXITED"):

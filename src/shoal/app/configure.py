@@ -39,6 +39,7 @@ from shoal.nodes import health
 from shoal.nodes.model import Node
 from shoal.state import State
 
+from .pkgscripts import PackageScripts
 from .runtime import UpPass, last_line
 from .software import Tree, push_software, software_tree
 
@@ -52,6 +53,7 @@ class Configurer:
         self._trees: dict[str, Tree] = {}
         self.hold: set[str] = set()  # nodes whose services run the trees: stage, not switch
         self.staged: dict[str, dict[str, str]] = {}  # software -> node -> staged version
+        self.scripts = PackageScripts(up.spec, up.state)
 
     def tree(self, name: str) -> Tree:
         if name not in self._trees:
@@ -167,7 +169,7 @@ class Configurer:
         version = self.staged.get(sname, {}).get(node.name)
         if version:  # not switched yet: install where it is (Area.link_for)
             cwd = f"{adir}/sw/.{sname}.shoal/versions/{version}"
-        for i, command in enumerate(up.spec.software[sname].install):
+        for i, command in enumerate(self.scripts.install_commands(sname)):
             res = await client.call(
                 "step.run",
                 id=f"{up.spec.name}.sw.{sname}.{i}",
