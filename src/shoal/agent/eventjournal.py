@@ -4,7 +4,7 @@ Each event is ``{"seq", "time", "kind", "program", "detail"}``; ``seq`` grows
 by one per event for the life of the working area (it survives agent
 restarts). Kinds: ``agent_started``, ``agent_stopping``, ``started``,
 ``exited``, ``restarted``, ``backoff``, ``fatal``, ``stopped``,
-``health_failed``, ``health_recovered``, ``spawn_failed``, ``io_error``,
+``health_failed``, ``health_recovered``, ``stop_command``, ``spawn_failed``, ``io_error``,
 ``io_recovered``. Events are appended to ``events.jsonl``; when it passes
 ``max_bytes`` it becomes ``events.jsonl.1`` (one backup), so disk use is
 bounded by twice ``max_bytes``. The latest ``keep`` events are also held in
