@@ -210,6 +210,58 @@ def insert_agent_events(
     return added
 
 
+def insert_event(
+    db: sqlite3.Connection,
+    topic: str,
+    kind: str,
+    *,
+    node: str | None = None,
+    program: str | None = None,
+    detail: str = "",
+    made: float,
+    stored: float,
+) -> int:
+    """Inside the caller's transaction: one event made here (no agent, no seq); its id."""
+    cur = db.execute(
+        "INSERT INTO events(node, agent, seq, time, kind, program, detail, topic, stored)"
+        " VALUES (?, NULL, NULL, ?, ?, ?, ?, ?, ?)",
+        (node, made, kind, program, detail, topic, stored),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def record_event(
+    state: State,
+    topic: str,
+    kind: str,
+    *,
+    node: str | None = None,
+    program: str | None = None,
+    detail: str = "",
+) -> int:
+    """Store one event of ``topic`` made now, from any process (a rollout's step run by
+    the CLI or by the service): ``shoal events`` shows it, a running service's journal
+    hands it out at its next wake. Its id."""
+    ensure(state)
+    now = time.time()
+    try:
+        with state.transaction() as db:
+            return insert_event(
+                db, topic, kind, node=node, program=program, detail=detail, made=now, stored=now
+            )
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot record a {topic} event in {state.path}: {exc}") from exc
+
+
+def recorder(state: State, topic: str) -> Callable[[str, str | None, str], None]:
+    """An ``on_event(kind, node, message)`` hook storing each call as a ``topic`` event."""
+
+    def hook(kind: str, node: str | None, message: str) -> None:
+        record_event(state, topic, kind, node=node, detail=message)
+
+    return hook
+
+
 async def pull(client: AgentClient, state: State) -> int:
     """Pull every event the controller does not have yet from one agent; new rows."""
     known_agent, seq = cursor(state, client.node)

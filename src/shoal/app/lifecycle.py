@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from shoal.agentlink import eventlog
 from shoal.agentlink import fleet as agents
 from shoal.agentlink.agentclient import AgentClient, cached_home, probe, start_agent
 from shoal.content.rollout import rollout_async
@@ -187,6 +188,12 @@ async def _roll_out(runner: Runner, running: dict[str, set[str]], st: State) -> 
     services restarted and gated; failures by node name. A rollout rolled back leaves
     every node on its previous version and running, and ends the pass."""
     up, failures = runner.up, {}
+    record = eventlog.recorder(st, "rollout")  # the journal's rollout events, service or not
+
+    def say(kind: str, node: str | None, text: str) -> None:
+        up.say(text)
+        record(kind, node, text)
+
     for sname, held in runner.configurer.staged.items():
         names = [n for n in held if n not in failures]
         if not names:
@@ -216,7 +223,7 @@ async def _roll_out(runner: Runner, running: dict[str, set[str]], st: State) -> 
             up.opts.agent,
             transport=up.transport,
             state=st,
-            on_event=lambda kind, node, text: up.say(text),
+            on_event=say,
         )
         if not result.ok:
             store.set_status(st, up.spec.name, status="running", phase="running")

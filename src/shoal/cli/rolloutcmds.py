@@ -1,6 +1,9 @@
 """``shoal rollout start|status|resume|abort``: parse, call :mod:`shoal.content.rollout`, print.
 
-Each event of the rollout is printed as one line as it happens; ``status`` shows
+Each event of the rollout is printed as one line as it happens and stored in
+the state as a ``rollout`` event (:func:`shoal.agentlink.eventlog.recorder`:
+``shoal events`` shows a node's, a running service's journal all of them,
+``/api/v1/events?topic=rollout``); ``status`` shows
 the stored state machine (rollout, stages, each node's step). Exit status 0 when
 the rollout is done (or paused at a human gate), 1 when it was rolled back.
 """
@@ -16,9 +19,10 @@ from .common import add_agent_options, agent_settings, selected_nodes
 from .render import print_records, print_table
 
 if TYPE_CHECKING:
-    from shoal.content.rollout import RolloutResult
+    from shoal.content.rollout import EventHook, RolloutResult
     from shoal.content.rolloutstate import Record
     from shoal.nodes.model import Node
+    from shoal.state import State
 
 
 def register(sub: Any) -> None:
@@ -83,9 +87,23 @@ def _say(kind: str, node: str | None, message: str) -> None:
     print(f"{node}: {message}" if node else message, flush=True)
 
 
+def _journaled(st: State) -> EventHook:
+    """Each event printed as a line, then stored as a ``rollout`` event in ``st``."""
+    from shoal.agentlink.eventlog import recorder
+
+    record = recorder(st, "rollout")
+
+    def say(kind: str, node: str | None, message: str) -> None:
+        _say(kind, node, message)
+        record(kind, node, message)
+
+    return say
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from shoal.agentlink.fleet import AgentOptions
     from shoal.content.rollout import RolloutPlan, parse_stages, rollout_async
+    from shoal.state import State
 
     plan = RolloutPlan.from_dict(
         {
@@ -100,9 +118,13 @@ def cmd_start(args: argparse.Namespace) -> int:
     nodes = selected_nodes(args)
     programs = [p.strip() for p in args.programs.split(",") if p.strip()]
     opts = AgentOptions(**agent_settings(args))
-    result = asyncio.run(
-        rollout_async(nodes, args.local_dir, args.remote_dir, programs, plan, opts, on_event=_say)
-    )
+    with State() as st:
+        result = asyncio.run(
+            rollout_async(
+                nodes, args.local_dir, args.remote_dir, programs, plan, opts,
+                state=st, on_event=_journaled(st),
+            )
+        )  # fmt: skip
     return _finish(result)
 
 
@@ -130,19 +152,24 @@ def _pick(rid: str | None, unfinished: bool) -> tuple[str, list[Node]]:
 def cmd_resume(args: argparse.Namespace) -> int:
     from shoal.agentlink.fleet import AgentOptions
     from shoal.content.rollout import resume_async
+    from shoal.state import State
 
     rid, nodes = _pick(args.id, True)
     opts = AgentOptions(**agent_settings(args))
-    return _finish(asyncio.run(resume_async(rid, nodes, opts, on_event=_say)))
+    with State() as st:
+        result = asyncio.run(resume_async(rid, nodes, opts, state=st, on_event=_journaled(st)))
+    return _finish(result)
 
 
 def cmd_abort(args: argparse.Namespace) -> int:
     from shoal.agentlink.fleet import AgentOptions
     from shoal.content.rollout import abort_async
+    from shoal.state import State
 
     rid, nodes = _pick(args.id, True)
     opts = AgentOptions(**agent_settings(args))
-    result = asyncio.run(abort_async(rid, nodes, opts, on_event=_say))
+    with State() as st:
+        result = asyncio.run(abort_async(rid, nodes, opts, state=st, on_event=_journaled(st)))
     return 0 if result.state == "rolled_back" else 1
 
 

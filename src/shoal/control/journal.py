@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS event_retention (
 """
 
 #: Topics of the service's own events (agents' events have topic ``agent``).
-TOPICS = ("agent", "node", "app", "sweep", "service", "schedule")
+#: ``rollout``: a staged rollout's steps, whoever ran it (:func:`eventlog.recorder`).
+TOPICS = ("agent", "node", "app", "sweep", "service", "schedule", "rollout")
 
 
 @dataclass(frozen=True)
@@ -313,12 +314,12 @@ def _insert(state: State, events: Sequence[ServiceEvent], made: float) -> list[i
     ids = []
     with state.transaction() as db:
         for e in events:
-            cur = db.execute(
-                "INSERT INTO events(node, agent, seq, time, kind, program, detail, topic,"
-                " stored) VALUES (?, NULL, NULL, ?, ?, ?, ?, ?, ?)",
-                (e.node, made, e.kind, e.program, e.detail, e.topic, now),
-            )
-            ids.append(int(cur.lastrowid or 0))
+            ids.append(
+                eventlog.insert_event(
+                    db, e.topic, e.kind, node=e.node, program=e.program, detail=e.detail,
+                    made=made, stored=now,
+                )
+            )  # fmt: skip
     return ids
 
 
