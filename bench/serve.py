@@ -57,9 +57,11 @@ SHOAL = str(Path(sys.executable).with_name("shoal"))
 class Service:
     """``shoal serve`` as a subprocess over ``home``; stopped by :meth:`stop`."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, pythonpath: Path | None = None) -> None:
         self.home = home
         self.env = {**os.environ, "SHOAL_HOME": str(home)}
+        if pythonpath is not None:  # another checkout's src (bench/serve_idle: before/after)
+            self.env["PYTHONPATH"] = str(pythonpath)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceClient:

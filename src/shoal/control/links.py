@@ -34,7 +34,7 @@ journal; beats and ping times feed :class:`~.livefacts.LiveFacts`.
 * **Watching**: the agent's ``watch`` (:mod:`shoal.agentlink.agentwatch`:
   events pushed as recorded, a beat every ``beat_interval`` carrying load,
   memory and free disk) from the journal's cursor for the node, and a ``ping``
-  every ``facts_every / 2`` (RTT, clock skew) on the same stream; calls and
+  every ``ping_every`` (RTT, clock skew) on the same stream; calls and
   execs share it (the stream is multiplexed). The agent ensured at attach is
   this build, so it has ``watch``; a node whose sshd will not forward to the
   agent's socket is ``no-agent``.
@@ -102,7 +102,7 @@ from shoal.transport.base import (
 from shoal.transport.factory import make_transport
 
 from .attach import AttachGate, backoff, probe_alive
-from .detector import Detector, DetectorConfig, Phase, Step
+from .detector import NOTHING, Detector, DetectorConfig, Phase, Step
 from .journal import Journal, ServiceEvent
 from .livefacts import LiveFacts, beat_facts
 
@@ -142,6 +142,9 @@ class LinkConfig:
     probe_timeout: float = 0.8
     #: seconds between live-facts writes (and shell fact samples of older agents)
     facts_every: float = 10.0
+    #: seconds between pings on a watched stream (RTT, clock skew): a ping costs the
+    #: controller a write and a reply, about what 5 beats cost
+    ping_every: float = 30.0
     #: how long an agent request may take (a beat that long is a broken stream)
     call_timeout: float = 10.0
     host_keys: str = "verify"
@@ -180,7 +183,7 @@ STOP_ROUNDS = 10
 
 _POSITIVE = (
     "beat_interval", "tick", "attach_rate", "backoff_base", "backoff_cap", "connect_timeout",
-    "probe_timeout", "facts_every", "call_timeout",
+    "probe_timeout", "facts_every", "ping_every", "call_timeout",
 )  # fmt: skip
 
 
@@ -557,7 +560,8 @@ class Links:
 
     async def _watch(self, link: Link, client: AgentClient) -> None:
         """Watch the agent from the last stored seq: events to the journal, beats to the
-        detector and live facts, a ping every half ``facts_every`` (RTT, clock skew).
+        detector and live facts (straight from the stream's reader: no queue, no task
+        switch per beat), a ping every ``ping_every`` (RTT, clock skew).
         Returns never; raises AgentError when the stream ends or stalls."""
         if not isinstance(client, StreamClient):
             raise AgentNotRunning("the SSH server refuses to forward to the agent's socket")
@@ -565,26 +569,31 @@ class Links:
         known, seq = eventlog.cursor(self.state, name)
         watch = client.watch(since=seq if known == link.agent_id else 0,
                              beat=self.config.beat_interval)  # fmt: skip
+        watch.on_beat = lambda beat: self._beat(link, beat)
         await watch.start(timeout=self.config.call_timeout)
         link.client = client
         pinger = asyncio.ensure_future(self._pings(link, client))
         try:
             async for item in watch:
                 self._heard(link)
-                if isinstance(item, Beat):
-                    self.facts.update(name, beat_facts(item))
-                else:
-                    event = {"seq": item.seq, "time": item.time, "kind": item.kind,
-                             "program": item.program, "detail": item.detail}  # fmt: skip
-                    self.journal.store_agent_events(name, str(watch.agent_id), [event])
+                if isinstance(item, Beat):  # not queued with on_beat set
+                    continue
+                event = {"seq": item.seq, "time": item.time, "kind": item.kind,
+                         "program": item.program, "detail": item.detail}  # fmt: skip
+                self.journal.store_agent_events(name, str(watch.agent_id), [event])
         finally:
             link.client = None
             pinger.cancel()
             await asyncio.gather(pinger, return_exceptions=True)
             await watch.stop()
 
+    def _beat(self, link: Link, beat: Beat) -> None:
+        self._heard(link)
+        if beat.fresh:
+            self.facts.update(link.node.name, beat_facts(beat))
+
     async def _pings(self, link: Link, client: StreamClient) -> None:
-        every = self.config.facts_every / 2
+        every = self.config.ping_every
         while True:
             ping = await client.ping(timeout=self.config.call_timeout)
             self._heard(link)
@@ -629,7 +638,9 @@ class Links:
 
     def _heard(self, link: Link) -> None:
         if link.detector is not None:
-            self._apply(link, link.detector.heard(self.clock()))
+            step = link.detector.heard(self.clock())
+            if step is not NOTHING:
+                self._apply(link, step)
 
     def _apply(self, link: Link, step: Step) -> None:
         name = link.node.name
@@ -705,11 +716,21 @@ class Links:
             await asyncio.sleep(self.config.tick)
             now = self.clock()
             lag, last = now - last - self.config.tick, now
+            late = lag > STALL_LAG
+            # the quick skip of an up node heard lately (tick() would leave it alone): the
+            # sweep visits every link ten times a second
+            heard_since = now - self.config.detector.suspect_after
             for link in list(self.links.values()):
-                if link.detector is not None and link.refused is None:
-                    if lag > STALL_LAG:  # we could not read beats meanwhile: not their silence
-                        link.detector.excuse(lag)
-                    self._apply(link, link.detector.tick(now))
+                detector = link.detector
+                if detector is None or link.refused is not None:
+                    continue
+                if late:  # we could not read beats meanwhile: not their silence
+                    detector.excuse(lag)
+                elif detector.phase is Phase.UP and detector.last_heard > heard_since:
+                    continue
+                step = detector.tick(now)
+                if step is not NOTHING:
+                    self._apply(link, step)
             if self.facts.due():
                 with contextlib.suppress(ShoalError):
                     self.facts.flush(self.journal.submit)
