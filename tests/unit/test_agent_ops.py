@@ -160,7 +160,7 @@ def test_client_reports_a_version_mismatch_and_agent_errors(tmp_path: Path) -> N
     asyncio.run(scenario())
 
 
-def test_upgrade_replaces_the_running_build_and_programs_come_back(
+def test_upgrade_replaces_the_running_build_and_adopts_its_programs(
     env: dict[str, Any], tmp_path: Path
 ) -> None:
     import shutil
@@ -184,12 +184,12 @@ def test_upgrade_replaces_the_running_build_and_programs_come_back(
             nodes, opts, transport=tr, state=st, upgrade_only=True, agent=next_build
         )
     )
-    assert up["n1"].action == f"upgraded from {build().build_id}"
+    assert up["n1"].action == f"upgraded from {build().build_id} (1 programs adopted)"
     assert up["n1"].value["build"] == next_build.build_id
     assert up["n2"].action == "skipped: no agent"
     now = run(agents.call_async(nodes[:1], "proc.status", {"name": "svc"}, opts, transport=tr))
     program = now["n1"].value[0]
-    assert program["state"] == "RUNNING" and program["pid"] != old_pid
+    assert program["state"] == "RUNNING" and program["pid"] == old_pid  # adopted, not restarted
     status = run(agents.status_async(nodes[:1], opts, transport=tr, state=st))
     assert agents.build_skew(status) == {f"protocol 1 build {next_build.build_id}": ["n1"]}
 
