@@ -285,17 +285,28 @@ def query(
     *,
     after_id: int = 0,
     limit: int | None = None,
+    topics: Iterable[str] | None = None,
+    fleet: bool = False,
 ) -> list[EventRow]:
-    """Stored events, oldest first (``after_id`` for following, ``limit`` = the latest N)."""
+    """Stored events, oldest first (``after_id`` for following, ``limit`` = the latest N).
+
+    ``nodes`` keeps the events of those nodes; ``fleet`` keeps the events of no node
+    too (a rollout's, the scheduler's, the service's); ``topics`` keeps those topics.
+    """
     ensure(state)
     sql = f"SELECT {COLUMNS} FROM events WHERE id > ?"
     params: list[Any] = [after_id]
     names = list(nodes) if nodes is not None else None
     if names is not None:
-        if not names:
+        if not names and not fleet:
             return []
-        sql += f" AND node IN ({','.join('?' * len(names))})"
+        either = " OR node IS NULL" if fleet else ""
+        sql += f" AND (node IN ({','.join('?' * len(names))}){either})"
         params.extend(names)
+    wanted = list(topics) if topics is not None else None
+    if wanted is not None:
+        sql += f" AND topic IN ({','.join('?' * len(wanted))})"
+        params.extend(wanted)
     if limit is not None:
         sql = f"SELECT * FROM ({sql} ORDER BY time DESC, id DESC LIMIT ?)"
         params.append(limit)
@@ -309,7 +320,7 @@ def cursor_after(
 ) -> int:
     """Where following starts: after every row ``shown`` and the newest stored one."""
     names = list(nodes) if nodes is not None else None
-    newest = query(state, names, limit=1)
+    newest = query(state, names, limit=1, fleet=True)
     return max((r.id for r in [*shown, *newest]), default=0)
 
 
@@ -322,8 +333,11 @@ async def follow(
     interval: float = 2.0,
     rounds: int | None = None,
     stop: asyncio.Event | None = None,
+    topics: Iterable[str] | None = None,
+    fleet: bool = False,
 ) -> AsyncIterator[list[EventRow]]:
-    """Every ``interval`` seconds: ``await pull()``, then yield the rows stored since.
+    """Every ``interval`` seconds: ``await pull()``, then yield the rows stored since
+    (``nodes``, ``topics`` and ``fleet`` filter as in :func:`query`).
 
     Starts after ``after_id`` (default: :func:`cursor_after` the newest stored
     row) and yields once per round the new rows, oldest first (an empty list
@@ -332,6 +346,7 @@ async def follow(
     ignored; what it raises ends the follow.
     """
     names = list(nodes) if nodes is not None else None
+    topics = list(topics) if topics is not None else None
     last = cursor_after(state, names) if after_id is None else after_id
     done = 0
     while rounds is None or done < rounds:
@@ -344,7 +359,7 @@ async def follow(
                 return
         if pull is not None:
             await pull()
-        fresh = query(state, names, after_id=last)
+        fresh = query(state, names, after_id=last, topics=topics, fleet=fleet)
         last = max((r.id for r in fresh), default=last)
         done += 1
         yield fresh

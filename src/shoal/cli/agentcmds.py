@@ -142,6 +142,12 @@ def register(sub: Any) -> None:
     ev.add_argument("--follow", action="store_true", help="keep pulling and printing")
     ev.add_argument("--interval", type=number, default=2.0, metavar="S", help="follow period")
     ev.add_argument("--no-pull", action="store_true", help="show stored events only")
+    ev.add_argument(
+        "--topic",
+        action="append",
+        metavar="TOPIC",
+        help="only this topic (repeatable): agent, node, app, sweep, service, schedule, rollout",
+    )
     ev.set_defaults(handler=cmd_events)
 
     sw = sub.add_parser(
@@ -429,10 +435,28 @@ def _event_record(e: Any) -> dict[str, Any]:
         "node": e.node,
         "seq": e.seq,
         "time": e.time,
+        "topic": e.topic,
         "kind": e.kind,
         "program": e.program,
         "detail": e.detail,
     }
+
+
+def event_filter(args: argparse.Namespace) -> tuple[list[str] | None, bool]:
+    """``shoal events``' topics (None: all; UsageError for an unknown one) and whether
+    the events of no node (a rollout's, the scheduler's) are shown: only when the
+    selection is the whole inventory (no ``-s``, no ``-w``)."""
+    from shoal.control.journal import TOPICS
+    from shoal.errors import UsageError
+
+    topics = None
+    if args.topic:
+        topics = [t for text in args.topic for t in text.split(",") if t]
+        unknown = sorted(set(topics) - set(TOPICS))
+        if unknown:
+            raise UsageError(f"unknown topic {unknown[0]!r}: choose from {', '.join(TOPICS)}")
+    fleet = args.select is None and getattr(args, "hosts", None) is None
+    return topics, fleet
 
 
 def _print_events(rows: Sequence[Any], json: bool = False) -> None:
@@ -442,7 +466,8 @@ def _print_events(rows: Sequence[Any], json: bool = False) -> None:
     for e in rows:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time))
         program = e.program or "-"
-        print(f"{stamp}  {e.node}  #{e.seq}  {e.kind}  {program}  {e.detail}".rstrip())
+        where = f"{e.node}  #{e.seq}" if e.node is not None else f"({e.topic})"
+        print(f"{stamp}  {where}  {e.kind}  {program}  {e.detail}".rstrip())
     sys.stdout.flush()
 
 
@@ -453,6 +478,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
     if (code := viaservice.events(args)) is not None:
         return code  # shoal serve stores what agents push: nothing to pull
+    topics, fleet = event_filter(args)
     nodes = selected_nodes(args)
     names = [n.name for n in nodes]
     opts = _options(args)
@@ -467,7 +493,7 @@ def cmd_events(args: argparse.Namespace) -> int:
             _recorded(pulled, state)
             print_failures(pulled, as_json=args.json)
             status = for_results(pulled)
-        rows = events.query(state, names, limit=args.lines)
+        rows = events.query(state, names, limit=args.lines, topics=topics, fleet=fleet)
         _print_events(rows, args.json)
         if not args.follow:
             return status
@@ -482,6 +508,8 @@ def cmd_events(args: argparse.Namespace) -> int:
                 pull=pull,
                 after_id=events.cursor_after(state, names, rows),
                 interval=args.interval,
+                topics=topics,
+                fleet=fleet,
             ):
                 _print_events(fresh, args.json)
 

@@ -298,10 +298,11 @@ def events(args: argparse.Namespace) -> int | None:
     from shoal.agentlink import eventlog
     from shoal.state import State
 
-    from .agentcmds import _print_events
+    from .agentcmds import _print_events, event_filter
     from .common import selected_nodes
     from .render import print_failures
 
+    topics, fleet = event_filter(args)
     nodes = selected_nodes(args)
     names = [n.name for n in nodes]
     unreached = _unreached(client, nodes)
@@ -310,17 +311,22 @@ def events(args: argparse.Namespace) -> int | None:
 
     status = for_results(unreached)
     with State() as state:
-        rows = eventlog.query(state, names, limit=args.lines)
+        rows = eventlog.query(state, names, limit=args.lines, topics=topics, fleet=fleet)
         after = eventlog.cursor_after(state, names, rows)
     _print_events(rows, args.json)
     if not args.follow:
         return status
     wanted = set(names)
-    node = names[0] if len(names) == 1 else None
+    node = names[0] if len(names) == 1 and not fleet else None
+    topic = topics[0] if topics is not None and len(topics) == 1 else None
     try:
-        for record in client.follow(after, node=node):
-            if "seq" not in record or record.get("node") not in wanted:
-                continue  # heartbeats, lost notices, other nodes' and the service's events
+        for record in client.follow(after, node=node, topic=topic):
+            if "seq" not in record:
+                continue  # heartbeats, lost notices
+            if record.get("node") not in wanted and not (fleet and record.get("node") is None):
+                continue  # other nodes' events
+            if topics is not None and (record.get("topic") or "agent") not in topics:
+                continue
             _print_events([_event_row(record)], args.json)
     except KeyboardInterrupt:
         pass  # the way a follow ends
