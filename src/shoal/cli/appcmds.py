@@ -263,7 +263,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     name = _name(args)
     status = viaservice.app_status(args, name) or asyncio.run(lifecycle.status_async(name))
     if args.json:
-        print_object(_status_json(status))
+        print_object(status.as_json())
         return OK if status.healthy else FAILED
     print(f"app {status.name}: {status.status} (from {status.file})")
     if status.versions:
@@ -286,32 +286,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         row = f"{n.component:<{cw}} {n.slot:>4} {n.node:<{nw}} {state:<8} {n.steps_done:>5}"
         print(f"  {row}  {extra}")
     return 0 if status.healthy else 1
-
-
-def _status_json(status: Any) -> dict[str, Any]:
-    return {
-        "app": status.name,
-        "status": status.status,
-        "healthy": status.healthy,
-        "versions": status.versions,
-        "barriers": {
-            k: {"arrived": b.arrived, "needed": b.needed, "released": b.released}
-            for k, b in status.barriers.items()
-        },
-        "nodes": [
-            {
-                "component": n.component,
-                "node": n.node,
-                "slot": n.slot,
-                "state": n.state,
-                "reachable": n.reachable,
-                "steps_done": n.steps_done,
-                "programs": n.programs,
-                "detail": n.detail,
-            }
-            for n in status.nodes
-        ],
-    }
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
