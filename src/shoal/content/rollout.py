@@ -471,6 +471,26 @@ async def rollout_async(
         return await run.stages()
 
 
+def _reopened(
+    rid: str,
+    st: State,
+    nodes: Sequence[Node],
+    options: AgentOptions | None,
+    transport: Transport | None,
+    on_event: EventHook | None,
+) -> _Run:
+    """The stored rollout ``rid`` ready to carry on (resume, abort)."""
+    store = RolloutStore(st)
+    return _Run(
+        store.get(rid),
+        store,
+        {n.name: n for n in nodes},
+        options or AgentOptions(),
+        transport,
+        on_event,
+    )
+
+
 async def resume_async(
     rid: str,
     nodes: Sequence[Node],
@@ -482,11 +502,8 @@ async def resume_async(
 ) -> RolloutResult:
     """Carry rollout ``rid`` on from where it stopped (a killed controller, a human gate)."""
     with opened(state) as st:
-        store = RolloutStore(st)
-        rec = store.get(rid)
-        run = _Run(
-            rec, store, {n.name: n for n in nodes}, options or AgentOptions(), transport, on_event
-        )
+        run = _reopened(rid, st, nodes, options, transport, on_event)
+        rec = run.rec
         missing = sorted(set(rec.nodes) - set(run.nodes))
         if missing:
             raise UsageError(f"rollout {rid}: nodes not in the inventory: {', '.join(missing)}")
@@ -510,11 +527,8 @@ async def abort_async(
 ) -> RolloutResult:
     """Roll every node rollout ``rid`` touched back to its previous version."""
     with opened(state) as st:
-        store = RolloutStore(st)
-        rec = store.get(rid)
-        run = _Run(
-            rec, store, {n.name: n for n in nodes}, options or AgentOptions(), transport, on_event
-        )
+        run = _reopened(rid, st, nodes, options, transport, on_event)
+        rec = run.rec
         if rec.state in ("done", "rolled_back"):
             raise UsageError(f"rollout {rid} is {rec.state}: nothing to abort")
         return await run.rollback("aborted by request")
