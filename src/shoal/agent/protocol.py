@@ -76,6 +76,9 @@ OPS = (
     "logs.read",
     "logs.ack",
     "agent.handover",
+    "audit.scan",
+    "audit.page",
+    "audit.replace",
 )
 
 #: Operations that may push messages besides their reply (see the module docstring).

@@ -22,6 +22,7 @@ JSON-line requests; ordinary ones are answered in order, streaming ones
 ``exec`` {command, ...}         a command under the login shell, output pushed (:mod:`.execute`)
 ``cancel`` {id}                 end a stream of this connection
 ``logs.list|read|ack``          central log collection (:mod:`.logship`)
+``audit.scan|page|replace``     files hashed for ``shoal audit``, stat-cached (:mod:`.filehash`)
 ``agent.handover``              exec ``<home>/agent.pyz`` in this process: the new build
                                 adopts the running programs (:meth:`Supervisor.handover`)
 
@@ -54,6 +55,7 @@ from typing import Any
 from . import protocol
 from .eventjournal import EventLog
 from .execute import MAX_EXECS, ExecRequest, ExecStream
+from .filehash import FileAudit
 from .logship import LogShip
 from .outbox import Outbox
 from .persist import write_atomic
@@ -102,6 +104,7 @@ class Agent:
         self.logship = LogShip(self.supervisor.logs_dir, self._program_log)
         self.agent_id = self._identity()
         self.content = ContentService(home, self._record)
+        self.audit = FileAudit(home, self._record)
         self._stopping: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
         #: connection handler → its connection (oldest first)
@@ -409,6 +412,8 @@ class Agent:
             return await self.steps.dispatch(op, args)
         if op.startswith("logs."):
             return self.logship.dispatch(op, args)
+        if op.startswith("audit."):
+            return await self.audit.dispatch(op, args)
         if op == "agent.handover":
             return self._check_handover()
         if op == "shutdown":

@@ -1,0 +1,372 @@
+"""The ``audit.*`` operations: this node's files hashed for a fleet audit.
+
+``audit.scan {paths, page?}`` walks each path (a file, a directory, or a glob;
+relative paths are relative to ``$HOME``) and lists every entry under it:
+``{"g": index of the path asked, "p": path, "t": type, "m": mode, "s": size,
+"d": sha256 (files) or target (symlinks)}``. Types: ``f`` file, ``d``
+directory, ``l`` symlink (reported, never followed: the walk never leaves the
+root; only a root that is itself a symlink, such as a pushed directory, is
+resolved, not a glob's match), ``s`` special (device, FIFO, socket: reported with its mode, never
+opened). Names containing ``.shoal-audit-`` (what a repair keeps aside) are
+left out. A path that matches nothing is listed in ``absent``.
+
+Hashing runs on a worker thread. A stat cache in ``<home>/audit-cache.json``
+(real path → size, mtime_ns, ctime_ns, inode, sha256) lets a re-scan hash only
+files whose stat changed; ``hashed`` and ``cached`` in the reply count both.
+A file changed less than :data:`RACY_NS` before it was hashed is not cached
+(file times come from the kernel's coarse clock, a tick behind at most): a
+write in the same tick would otherwise go unseen next time.
+
+Replies are paged so that 100,000 files never make one message (the protocol's
+line limit is 4 MiB): the scan's reply holds the first :data:`PAGE` entries,
+``next`` is the offset of the rest, fetched with ``audit.page {scan, offset}``;
+a scan's listing is kept for :data:`KEEP_SECONDS` (at most :data:`MAX_SCANS`).
+
+``audit.replace {path, action, staged?, digest?, mode?, target?}`` repairs one
+entry: ``write`` copies ``staged`` (a file the controller uploaded) beside
+``path``, checks its sha256 is ``digest``, moves the old file aside to
+``PATH.shoal-audit-<unix time>`` and renames the new one in; ``link`` does the
+same with a symlink to ``target``; ``chmod`` sets the mode; ``aside`` only
+moves the entry aside (an extra file). The staged file is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import hashlib
+import os
+import stat
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+from .persist import read_json, write_json
+
+#: Entries per reply (each ~150 bytes of JSON: well under the 4 MiB line limit).
+PAGE = 5000
+#: Listings kept for paging, and for how long.
+MAX_SCANS = 4
+KEEP_SECONDS = 600.0
+#: A file whose mtime or ctime is this close to its hashing is hashed again next time.
+RACY_NS = 100_000_000
+#: Marker of what a repair keeps aside (never listed).
+ASIDE = ".shoal-audit-"
+#: Most paths one scan may ask for.
+MAX_PATHS = 1000
+
+_READ = 1 << 20
+
+
+def sha256_file(fd: int) -> str:
+    """The sha256 of an open file, read from its start."""
+    digest = hashlib.sha256()
+    buf = bytearray(_READ)
+    view = memoryview(buf)
+    os.lseek(fd, 0, os.SEEK_SET)
+    with open(fd, "rb", buffering=0, closefd=False) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                return digest.hexdigest()
+            digest.update(view[:n])
+
+
+class _Scan:
+    """One listing being paged out."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.entries = entries
+        self.made = time.monotonic()
+
+
+class FileAudit:
+    """The agent's ``audit.*`` operations over its stat cache."""
+
+    def __init__(self, home: Path, record: Callable[[str, str | None, str], None]) -> None:
+        self.cache_path = home / "audit-cache.json"
+        self.record = record
+        self._lock = asyncio.Lock()
+        self._scans: OrderedDict[str, _Scan] = OrderedDict()
+
+    async def dispatch(self, op: str, args: dict[str, Any]) -> Any:
+        if op == "audit.scan":
+            paths = args.get("paths")
+            if not isinstance(paths, list) or not paths or len(paths) > MAX_PATHS:
+                raise ValueError(f"audit.scan: 'paths' must be a list of 1 to {MAX_PATHS} paths")
+            if not all(isinstance(p, str) and p for p in paths):
+                raise ValueError("audit.scan: every path must be a non-empty string")
+            page = int(args.get("page", PAGE))
+            async with self._lock:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(None, self._scan, paths)
+            entries = result.pop("entries")
+            scan_id = uuid.uuid4().hex[:12]
+            self._keep(scan_id, _Scan(entries))
+            result.update(self._page(scan_id, 0, page))
+            return result
+        if op == "audit.page":
+            page = int(args.get("page", PAGE))
+            return self._page(str(args.get("scan")), int(args.get("offset", 0)), page)
+        if op == "audit.replace":
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, replace, args, self.record)
+        raise ValueError(f"unknown operation {op!r}")
+
+    # -- paging ----------------------------------------------------------
+
+    def _keep(self, scan_id: str, scan: _Scan) -> None:
+        now = time.monotonic()
+        for key in [k for k, s in self._scans.items() if now - s.made > KEEP_SECONDS]:
+            del self._scans[key]
+        self._scans[scan_id] = scan
+        while len(self._scans) > MAX_SCANS:
+            self._scans.popitem(last=False)
+
+    def _page(self, scan_id: str, offset: int, page: int) -> dict[str, Any]:
+        scan = self._scans.get(scan_id)
+        if scan is None:
+            raise ValueError(f"audit scan {scan_id} is not kept any more: scan again")
+        page = max(1, min(page, PAGE))
+        chunk = scan.entries[offset : offset + page]
+        end = offset + len(chunk)
+        done = end >= len(scan.entries)
+        if done:
+            self._scans.pop(scan_id, None)
+        return {"scan": scan_id, "entries": chunk, "next": None if done else end}
+
+    # -- the walk (worker thread) ------------------------------------------
+
+    def _scan(self, paths: list[str]) -> dict[str, Any]:
+        old = read_json(self.cache_path, {})
+        cache: dict[str, list[Any]] = old if isinstance(old, dict) else {}
+        walk = _Walk(cache)
+        home = os.path.expanduser("~")
+        absent: list[str] = []
+        for index, pattern in enumerate(paths):
+            full = os.path.join(home, os.path.expanduser(pattern))
+            matches = sorted(glob.glob(full)) if glob.has_magic(full) else [full]
+            found = False
+            for match in matches:
+                shown = match if os.path.isabs(pattern) else os.path.relpath(match, home)
+                if walk.root(index, match, shown, follow=match == full):
+                    found = True
+            if not found:
+                absent.append(pattern)
+        fresh = {k: v for k, v in cache.items() if not _under(k, walk.roots)}
+        fresh.update(walk.new_cache)
+        if walk.changed or len(fresh) != len(cache):
+            try:
+                write_json(self.cache_path, fresh)
+            except OSError as exc:
+                self.record("io_error", None, f"{exc.strerror or exc}: {self.cache_path}")
+        return {
+            "entries": walk.entries,
+            "total": len(walk.entries),
+            "hashed": walk.hashed,
+            "cached": walk.cached,
+            "hashed_bytes": walk.hashed_bytes,
+            "errors": walk.errors[:100],
+            "absent": absent,
+        }
+
+
+class _Walk:
+    """One scan's walk: entries, the cache it builds, counts."""
+
+    def __init__(self, cache: dict[str, list[Any]]) -> None:
+        self.cache = cache
+        self.new_cache: dict[str, list[Any]] = {}
+        self.roots: list[str] = []
+        self.entries: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self.hashed = self.cached = self.hashed_bytes = 0
+        self.changed = False
+
+    def root(self, index: int, path: str, shown: str, follow: bool) -> bool:
+        """List ``path`` (shown as ``shown``; a symlink resolved if ``follow``, which
+        a glob's matches are not); False when it does not exist."""
+        try:
+            real = os.path.realpath(path) if follow else path
+            st = os.stat(real) if follow else os.lstat(real)
+        except OSError:
+            return False
+        self.roots.append(real)
+        if stat.S_ISDIR(st.st_mode):
+            self._dir(index, real, shown, st)
+        else:
+            self._entry(index, real, shown, st)
+        return True
+
+    def _dir(self, index: int, real: str, shown: str, st: os.stat_result) -> None:
+        todo = [(real, shown, st)]
+        while todo:
+            here, name, info = todo.pop()
+            self.entries.append(_record(index, name, "d", info))
+            try:
+                with os.scandir(here) as it:
+                    children = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                self.errors.append(f"{name}: {exc.strerror or exc}")
+                continue
+            for child in children:
+                if ASIDE in child.name:
+                    continue
+                try:
+                    cst = child.stat(follow_symlinks=False)
+                except OSError as exc:
+                    self.errors.append(f"{name}/{child.name}: {exc.strerror or exc}")
+                    continue
+                cname = f"{name}/{child.name}"
+                if stat.S_ISDIR(cst.st_mode):
+                    todo.append((child.path, cname, cst))
+                else:
+                    self._entry(index, child.path, cname, cst)
+
+    def _entry(self, index: int, real: str, shown: str, st: os.stat_result) -> None:
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(real)
+            except OSError as exc:
+                self.errors.append(f"{shown}: {exc.strerror or exc}")
+                return
+            self.entries.append(_record(index, shown, "l", st, target))
+        elif stat.S_ISREG(mode):
+            digest = self._digest(real, shown, st)
+            if digest is not None:
+                self.entries.append(_record(index, shown, "f", st, digest))
+        else:
+            self.entries.append(_record(index, shown, "s", st))
+
+    def _digest(self, real: str, shown: str, st: os.stat_result) -> str | None:
+        key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        known = self.cache.get(real)
+        if isinstance(known, list) and len(known) == 5 and tuple(known[:4]) == key:
+            self.cached += 1
+            self.new_cache[real] = known
+            return str(known[4])
+        self.changed = True
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            self.errors.append(f"{shown}: {exc.strerror or exc}")
+            return None
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                self.errors.append(f"{shown}: not a regular file any more")
+                return None
+            digest = sha256_file(fd)
+            after = os.fstat(fd)
+        except OSError as exc:
+            self.errors.append(f"{shown}: {exc.strerror or exc}")
+            return None
+        finally:
+            os.close(fd)
+        self.hashed += 1
+        self.hashed_bytes += after.st_size
+        now = time.time_ns()
+        stable = (before.st_mtime_ns, before.st_ctime_ns) == (after.st_mtime_ns, after.st_ctime_ns)
+        racy = now - max(after.st_mtime_ns, after.st_ctime_ns) < RACY_NS
+        if stable and not racy:
+            self.new_cache[real] = [
+                after.st_size,
+                after.st_mtime_ns,
+                after.st_ctime_ns,
+                after.st_ino,
+                digest,
+            ]
+        return digest
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def _record(
+    index: int, path: str, kind: str, st: os.stat_result, data: str | None = None
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"g": index, "p": path, "t": kind, "m": stat.S_IMODE(st.st_mode)}
+    if kind == "f":
+        entry["s"] = st.st_size
+    if data is not None:
+        entry["d"] = data
+    return entry
+
+
+def replace(args: dict[str, Any], record: Callable[[str, str | None, str], None]) -> Any:
+    """Repair one entry (see the module docstring); what was done."""
+    path = args.get("path")
+    action = args.get("action")
+    if not isinstance(path, str) or not path:
+        raise ValueError("audit.replace: missing path")
+    if action not in ("write", "link", "chmod", "aside"):
+        raise ValueError(f"audit.replace: unknown action {action!r}")
+    full = os.path.join(os.path.expanduser("~"), os.path.expanduser(path))
+    mode = args.get("mode")
+    if action == "chmod":
+        if os.path.islink(full):
+            raise ValueError(f"audit.replace: {path} is a symlink (no mode to set)")
+        os.chmod(full, int(mode))
+        record("audit_repair", None, f"{path}: mode {int(mode):o}")
+        return {"path": path, "action": action}
+    aside = f"{full}{ASIDE}{int(time.time())}"
+    if action == "aside":
+        os.rename(full, aside)
+        record("audit_repair", None, f"{path}: moved aside to {aside}")
+        return {"path": path, "action": action, "aside": aside}
+    parent = os.path.dirname(full) or "."
+    os.makedirs(parent, exist_ok=True)
+    temp = os.path.join(parent, f".{os.path.basename(full)}{ASIDE}new-{uuid.uuid4().hex[:8]}")
+    try:
+        if action == "link":
+            os.symlink(str(args.get("target")), temp)
+        else:
+            _copy_checked(str(args.get("staged")), temp, str(args.get("digest")), mode)
+        kept = None
+        if os.path.lexists(full):
+            os.rename(full, aside)
+            kept = aside
+        os.rename(temp, full)
+    except BaseException:
+        if os.path.lexists(temp):
+            os.unlink(temp)
+        raise
+    finally:
+        staged = args.get("staged")
+        if isinstance(staged, str) and staged and os.path.lexists(staged):
+            os.unlink(staged)
+    record("audit_repair", None, f"{path}: replaced" + (f", old kept at {kept}" if kept else ""))
+    return {"path": path, "action": action, "aside": kept}
+
+
+def _copy_checked(staged: str, temp: str, digest: str, mode: Any) -> None:
+    """Copy ``staged`` to ``temp`` (created here) and check its sha256 is ``digest``."""
+    want = int(mode) if mode is not None else 0o644
+    src = os.open(staged, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            while True:
+                data = os.read(src, _READ)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(dst, view) :]
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+    fd = os.open(temp, os.O_RDONLY)
+    try:
+        got = sha256_file(fd)
+    finally:
+        os.close(fd)
+    if got != digest:
+        raise ValueError(f"audit.replace: the copy's sha256 is {got[:12]}, not {digest[:12]}")
+    os.chmod(temp, want)
