@@ -49,6 +49,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="sshd on loopback ports, no namespaces (automatic when not root)",
     )
+    up.add_argument(
+        "--site",
+        type=int,
+        default=0,
+        metavar="K",
+        help="the last K nodes sit behind a gateway (the node before them), "
+        "unreachable from the controller except through it",
+    )
 
     add("down", "remove a lab and everything it made (also after a crash)", _down)
     add("status", "nodes, addresses, state and shaping of a lab", _status)
@@ -101,6 +109,7 @@ def _up(args: argparse.Namespace) -> int:
         controller=controller,
         rootless=args.rootless,
         net=lab_net(),
+        site=args.site,
     )
     t0 = time.monotonic()
     lab = Lab.up(spec)
@@ -122,6 +131,8 @@ def _up(args: argparse.Namespace) -> int:
         print(f"  node links:      {shaping.describe()}")
     if not controller.empty:
         print(f"  controller link: {controller.describe()}")
+    if st.site:
+        print(f"  site:       last {args.site} nodes on {st.site}, behind gateway {st.gateway}")
     print(f"  inventory:  {lab.inventory}")
     print(f"  ssh_config: {lab.ssh_config}")
     print(f"  try:        ssh -F {lab.ssh_config} n1 hostname")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.errors import LabError, UsageError
-from shoal.lab import netns, register, rootless, sshd, system
+from shoal.lab import netns, register, rootless, site, sshd, system
 from shoal.lab.labspec import (
     DEFAULT_NAME,
     LabSpec,
@@ -68,6 +68,9 @@ class LabStatus:
     controller_addr: str | None
     controller: Shaping
     nodes: tuple[NodeStatus, ...]
+    #: the site's subnet and its gateway, when the lab has one (:mod:`.site`)
+    site: str | None = None
+    gateway: str | None = None
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,7 @@ class Lab:
                 user=user,
                 port=n.port,
                 groups=("lab",),
-                attrs={"lab": self.name},
+                attrs={"lab": self.name, **({"gateway": n.gateway} if n.gateway else {})},
                 ssh_config=path,
             )
             for n in self._state.nodes
@@ -248,6 +251,8 @@ class Lab:
         """Bring up the lab ``spec`` asks for; LabError (and nothing made) on refusal."""
         use_rootless = spec.rootless or os.geteuid() != 0
         if use_rootless:
+            if spec.site:
+                raise LabError("--site needs a root lab (network namespaces)")
             if not spec.shaping.empty or not spec.controller.empty:
                 raise LabError(f"shaping {rootless.NEEDS_ROOT}")
             rootless.check_prereqs()
@@ -287,6 +292,7 @@ class Lab:
                     for i, n in enumerate(Naming.node_names(spec.n), start=1)
                 ],
             )
+            state.site = site.place(state.nodes, spec.site, blk)
             save(state)
             try:
                 netns.claim(state)
@@ -430,6 +436,8 @@ class Lab:
             controller_addr=st.controller_addr,
             controller=st.controller,
             nodes=nodes,
+            site=st.site,
+            gateway=next((n.gateway for n in st.nodes if n.gateway), None),
         )
 
     # ------------------------------------------------------------ changes

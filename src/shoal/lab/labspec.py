@@ -166,12 +166,16 @@ class LabSpec:
     #: A directory under each node's home that sessions get as ``$HOME`` and start
     #: in (e.g. ``"it's home"``: a home with odd characters, for tests); "" = none.
     home: str = ""
+    #: The last ``site`` nodes sit behind a gateway, unreachable from the
+    #: controller except through it (:mod:`shoal.lab.site`); 0 = no site.
+    site: int = 0
 
     def __post_init__(self) -> None:
         validate_count(self.n)
         validate_name(self.name)
         parse_net(self.net)
         validate_home(self.home)
+        validate_site(self.n, self.site, self.rootless)
 
 
 _NONE_WORDS = frozenset({"none", "off", "no"})
@@ -187,6 +191,29 @@ def validate_count(n: int) -> int:
     if n < 1 or n > MAX_NODES:
         raise UsageError(f"lab size must be between 1 and {MAX_NODES} nodes, got {n}")
     return n
+
+
+#: Site nodes fit in the last /24 of the lab's /22; the others in the first three.
+MAX_SITE = 250
+MAX_NODES_WITH_SITE = 3 * 256 - 2
+
+
+def validate_site(n: int, site: int, rootless: bool = False) -> int:
+    """``site`` if a lab of ``n`` nodes can put that many behind a gateway."""
+    if isinstance(site, bool) or not isinstance(site, int) or site < 0:
+        raise UsageError(f"--site must be a whole number of nodes, got {site!r}")
+    if not site:
+        return site
+    if rootless:
+        raise UsageError("--site needs a root lab (network namespaces), not --rootless")
+    if site >= n:
+        raise UsageError(f"--site {site} leaves no gateway: a lab of {n} needs --site < {n}")
+    if site > MAX_SITE or n > MAX_NODES_WITH_SITE:
+        raise UsageError(
+            f"--site: at most {MAX_SITE} site nodes in a lab of at most "
+            f"{MAX_NODES_WITH_SITE}, got {site} of {n}"
+        )
+    return site
 
 
 def parse_count(text: str) -> int:

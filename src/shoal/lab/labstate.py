@@ -37,6 +37,8 @@ class LabNode:
     pid: int | None = None
     state: str = "up"
     shaping: Shaping = field(default_factory=Shaping)
+    #: the node the controller reaches this one through (a site node, :mod:`.site`)
+    gateway: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -47,6 +49,7 @@ class LabNode:
             "pid": self.pid,
             "state": self.state,
             "shaping": self.shaping.to_json(),
+            **({"gateway": self.gateway} if self.gateway else {}),
         }
 
     @classmethod
@@ -59,6 +62,7 @@ class LabNode:
             pid=d.get("pid") if isinstance(d.get("pid"), int) else None,  # type: ignore[arg-type]
             state=str(d.get("state", "up")),
             shaping=Shaping.from_json(d.get("shaping")),  # type: ignore[arg-type]
+            gateway=d.get("gateway") if isinstance(d.get("gateway"), str) else None,  # type: ignore[arg-type]
         )
 
 
@@ -73,6 +77,8 @@ class LabState:
     controller_addr: str | None = None
     controller: Shaping = field(default_factory=Shaping)
     nodes: list[LabNode] = field(default_factory=list)
+    #: the site's subnet, when some nodes sit behind a gateway (:mod:`.site`)
+    site: str | None = None
 
     def node(self, name: str) -> LabNode:
         for n in self.nodes:
@@ -92,6 +98,7 @@ class LabState:
             "controller_addr": self.controller_addr,
             "controller": self.controller.to_json(),
             "nodes": [n.to_json() for n in self.nodes],
+            **({"site": self.site} if self.site else {}),
         }
 
     @classmethod
@@ -108,6 +115,7 @@ class LabState:
             ),
             controller=Shaping.from_json(d.get("controller")),  # type: ignore[arg-type]
             nodes=[LabNode.from_json(n) for n in d.get("nodes", [])],  # type: ignore[attr-defined]
+            site=d.get("site") if isinstance(d.get("site"), str) else None,  # type: ignore[arg-type]
         )
 
 

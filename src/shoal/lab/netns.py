@@ -19,6 +19,8 @@ with its own hostname, its home and ``/tmp`` bound from ``labs/NAME/nodes/nK/``
   as from a crashed host) and then SIGKILLs every process in the namespace;
 * **cut** only takes the port down; **heal** / **revive** bring it back;
 * shaping is rendered by :mod:`shoal.lab.shaping`.
+* a lab with a site (``--site K``) adds bridge ``br1`` and the gateway's
+  ``eth1`` on it (:mod:`shoal.lab.site`); its nodes are probed from the gateway.
 
 ``destroy`` finds its victims by name pattern and namespace membership, not
 only from the state file, so it also cleans up after an interrupted ``up``.
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.errors import LabError
-from shoal.lab import sshd, system
+from shoal.lab import site, sshd, system
 from shoal.lab.labspec import BLOCK_PREFIX, MESH_MAX, Naming, Shaping, mac_of, parse_net
 from shoal.lab.labstate import LabNode, LabState
 from shoal.lab.shaping import nft_ruleset, tc_lines
@@ -214,6 +216,7 @@ def claim(state: LabState) -> None:
     )
     _set_sysctl(f"net/ipv6/conf/{naming.root_link}/disable_ipv6", "1")
     system.ip_batch([f"link set {naming.root_link} up"], f"bring up {naming.root_link}")
+    site.add_route(state)
 
 
 def build(state: LabState, shaping: Shaping, controller: Shaping) -> None:
@@ -225,16 +228,19 @@ def build(state: LabState, shaping: Shaping, controller: Shaping) -> None:
     system.ip_batch([f"netns add {n.netns}" for n in state.nodes], "create node namespaces")
     _configure_switch(naming.switch_ns)
     sw = ["link add br0 type bridge", "link set br0 up", "link set ctl master br0 up"]
+    sw += site.switch_lines(state)
     for n in state.nodes:
         sw.append(
             f"link add {n.name} type veth peer name eth0 address {mac_of(n.addr)} netns {n.netns}"
         )
-        sw.append(f"link set {n.name} master br0 up")
+        sw.append(f"link set {n.name} master {'br1' if n.gateway else 'br0'} up")
     system.ip_batch(sw, f"build the switch in {naming.switch_ns}", netns=naming.switch_ns)
+    site.configure_gateway(state)
     system.ip_batch(
         [
             f"neigh replace {n.addr} lladdr {mac_of(n.addr)} dev {naming.root_link} nud permanent"
             for n in state.nodes
+            if not n.gateway
         ],
         "add the controller's neighbour entries",
     )
@@ -275,11 +281,18 @@ def _configure_switch(netns: str) -> None:
 def start_node(state: LabState, node: LabNode, labdir: Path, blk: ipaddress.IPv4Network) -> int:
     """Boot one node's sshd in fresh mount/UTS namespaces; returns sshd's pid."""
     assert state.controller_addr is not None
-    neighbors = [(state.controller_addr, mac_of(state.controller_addr))]
-    if len(state.nodes) <= MESH_MAX:
-        neighbors += [(n.addr, mac_of(n.addr)) for n in state.nodes if n.name != node.name]
+    prefixlen = site.SITE_PREFIX if node.gateway else blk.prefixlen
+    neighbors = site.neighbors(state, node)
+    if neighbors is None:
+        neighbors = [(state.controller_addr, mac_of(state.controller_addr))]
+        if len(state.nodes) <= MESH_MAX:
+            neighbors += [
+                (n.addr, mac_of(n.addr))
+                for n in state.nodes
+                if n.name != node.name and not n.gateway
+            ]
     script = sshd.render_node_script_netns(
-        node=node.name, addr=node.addr, prefixlen=blk.prefixlen, labdir=labdir, neighbors=neighbors
+        node=node.name, addr=node.addr, prefixlen=prefixlen, labdir=labdir, neighbors=neighbors
     )
     assert node.netns is not None
     argv = [
@@ -300,7 +313,18 @@ def start_nodes(
         pids = list(pool.map(lambda n: start_node(state, n, labdir, blk), nodes))
     for n, pid in zip(nodes, pids, strict=True):
         n.pid = pid
-    wait_ready([(n.name, n.addr, n.port) for n in nodes])
+    wait_ready([(n.name, n.addr, n.port) for n in nodes if not n.gateway])
+    _wait_site(state, nodes)
+
+
+def _wait_site(state: LabState, nodes: Sequence[LabNode]) -> None:
+    """Site nodes answer only through their gateway: probed from its namespace."""
+    late = site.wait_ready(state, nodes, READY_TIMEOUT)
+    if late:
+        raise LabError(
+            f"sshd on {', '.join(late)} did not answer its gateway within {READY_TIMEOUT:g}s "
+            "(see labs/NAME/nodes/NODE/log/sshd.log)"
+        )
 
 
 def wait_ready(endpoints: Sequence[tuple[str, str, int]], timeout: float = READY_TIMEOUT) -> None:
@@ -407,7 +431,10 @@ def revive_node(state: LabState, node: LabNode) -> None:
     if not node_running(node):
         node.pid = start_node(state, node, Path(state.dir), blk)
     set_port(state, node, up=True)
-    wait_ready([(node.name, node.addr, node.port)])
+    if node.gateway:
+        _wait_site(state, [node])
+    else:
+        wait_ready([(node.name, node.addr, node.port)])
 
 
 def node_running(node: LabNode) -> bool:
@@ -428,6 +455,7 @@ def destroy(name: str, labdir: Path | None) -> Leftovers:
     found = discover(name, labdir)
     system.kill_and_wait(found.pids, f"stop processes of lab {name}")
     naming = Naming(name)
+    site.remove_route(name)
     if found.links:
         system.run(["ip", "link", "del", naming.root_link], f"delete link {naming.root_link}")
     # nodes before the switch, so the veths die with their peers in one sweep
