@@ -308,10 +308,12 @@ def replace(args: dict[str, Any], record: Callable[[str, str | None, str], None]
     full = os.path.join(os.path.expanduser("~"), os.path.expanduser(path))
     mode = args.get("mode")
     if action == "chmod":
+        if not isinstance(mode, int):
+            raise ValueError("audit.replace: chmod needs a mode")
         if os.path.islink(full):
             raise ValueError(f"audit.replace: {path} is a symlink (no mode to set)")
-        os.chmod(full, int(mode))
-        record("audit_repair", None, f"{path}: mode {int(mode):o}")
+        os.chmod(full, mode)
+        record("audit_repair", None, f"{path}: mode {mode:o}")
         return {"path": path, "action": action}
     aside = f"{full}{ASIDE}{int(time.time())}"
     if action == "aside":
