@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shoal.agent.watching import BEAT_PHASES, beat_phase, next_beat
-from shoal.agentlink.agentclient import StreamClient
 from shoal.agentlink.agentwatch import Beat
-from shoal.agentlink.fleet import connect_agent, proc_spec
+from shoal.agentlink.fleet import proc_spec
 from shoal.testing.localagents import LocalAgents, local_agents
 
 
@@ -24,19 +21,6 @@ from shoal.testing.localagents import LocalAgents, local_agents
 def local(tmp_path: Path) -> Any:
     with local_agents(tmp_path, ["n1"]) as agents:
         yield agents
-
-
-@asynccontextmanager
-async def client_of(local: LocalAgents) -> AsyncIterator[StreamClient]:
-    node = local.nodes[0]
-    conn = await local.transport.connect(node)
-    client = await connect_agent(conn, node, local.state, local.options)
-    assert isinstance(client, StreamClient)
-    try:
-        yield client
-    finally:
-        await client.close()
-        await conn.close()
 
 
 def test_next_beat_lands_on_the_phase_within_one_interval() -> None:
@@ -55,7 +39,7 @@ def test_beats_fall_on_the_hosts_phase_and_carry_facts_only_when_due(local: Loca
     phase = beat_phase(beat)
 
     async def go() -> None:
-        async with client_of(local) as client:
+        async with local.stream_client() as client:
             got: list[tuple[float, Beat]] = []
             watch = client.watch(since=10**6, beat=beat)
             watch.on_beat = lambda b: got.append((time.time(), b))

@@ -25,7 +25,7 @@ from shoal.agent import outbox, protocol
 from shoal.agent.server import Agent
 from shoal.agentlink.agentclient import StreamClient
 from shoal.agentlink.agentwatch import AgentEvent, Beat
-from shoal.agentlink.fleet import connect_agent, proc_spec
+from shoal.agentlink.fleet import proc_spec
 from shoal.errors import AgentError, AgentLinkBroken
 from shoal.testing.localagents import LocalAgents, local_agents
 
@@ -34,19 +34,6 @@ from shoal.testing.localagents import LocalAgents, local_agents
 def local(tmp_path: Path) -> Any:
     with local_agents(tmp_path, ["n1"]) as agents:
         yield agents
-
-
-@asynccontextmanager
-async def client_of(local: LocalAgents) -> AsyncIterator[StreamClient]:
-    node = local.nodes[0]
-    conn = await local.transport.connect(node)
-    client = await connect_agent(conn, node, local.state, local.options)
-    assert isinstance(client, StreamClient)
-    try:
-        yield client
-    finally:
-        await client.close()
-        await conn.close()
 
 
 def alive(pid: int) -> bool:
@@ -91,7 +78,7 @@ def test_exec_gives_exact_bytes_exit_status_and_lines(local: LocalAgents, tmp_pa
     blob = os.urandom(300_000) + b"\x00\xff\n" * 10  # > 4 chunks, binary
 
     async def go() -> None:
-        async with client_of(local) as client:
+        async with local.stream_client() as client:
             lines: list[tuple[str, bytes]] = []
             res = await client.exec(
                 "cat; printf 'err one\\nerr two' >&2; exit 7",
@@ -126,7 +113,7 @@ def test_exec_timeout_terms_the_group_then_kills_it(local: LocalAgents, tmp_path
     bg, termed = tmp_path / "bg.pid", tmp_path / "termed"
 
     async def go() -> None:
-        async with client_of(local) as client:
+        async with local.stream_client() as client:
             started = time.monotonic()
             command = f"{witness(termed)} sleep 60 & echo $! > {bg}; sleep 60"
             res = await client.exec(command, timeout=0.5)
@@ -146,7 +133,7 @@ def test_closing_the_connection_kills_the_command(local: LocalAgents, tmp_path: 
     pidfile, termed = tmp_path / "cmd.pid", tmp_path / "termed"
 
     async def go() -> None:
-        async with client_of(local) as client:
+        async with local.stream_client() as client:
             command = f"{witness(termed)} echo $$ > {pidfile}; exec sleep 60"
             task = asyncio.ensure_future(client.exec(command))
             pid = await read_pid(pidfile)
@@ -163,7 +150,7 @@ def test_cancel_kills_and_the_reply_still_comes(local: LocalAgents, tmp_path: Pa
     pidfile, termed = tmp_path / "c.pid", tmp_path / "termed"
 
     async def go() -> None:
-        async with client_of(local) as client:
+        async with local.stream_client() as client:
             outcome: list[protocol.Message] = []
             command = f"{witness(termed)} echo $$ > {pidfile}; sleep 60"
             task = asyncio.ensure_future(
@@ -185,7 +172,7 @@ def test_a_background_program_does_not_hold_the_reply(local: LocalAgents, tmp_pa
     pidfile = tmp_path / "d.pid"
 
     async def go() -> None:
-        async with client_of(local) as client:
+        async with local.stream_client() as client:
             started = time.monotonic()
             res = await client.exec(f"sleep 60 & echo $! > {pidfile}; echo done")
             assert res.exit_status == 0 and res.stdout == b"done\n"
@@ -199,7 +186,7 @@ def test_a_background_program_does_not_hold_the_reply(local: LocalAgents, tmp_pa
 
 def test_exec_refusals_are_one_line_errors(local: LocalAgents) -> None:
     async def go() -> None:
-        async with client_of(local) as client:
+        async with local.stream_client() as client:
             with pytest.raises(AgentError, match="positive number"):
                 await client.exec("true", timeout=-1)
             with pytest.raises(AgentError, match=r"cannot start .*No such file"):
@@ -213,7 +200,7 @@ def test_exec_refusals_are_one_line_errors(local: LocalAgents) -> None:
 
 def test_watch_pushes_events_as_recorded_and_beats(local: LocalAgents) -> None:
     async def go() -> None:
-        async with client_of(local) as client:
+        async with local.stream_client() as client:
             spec = proc_spec("pusher", ["sleep", "300"], restart="never")
             started = await client.call("proc.start", spec=spec)
             async with client.watch(since=0, beat=5.0) as watch:
@@ -241,7 +228,7 @@ def test_watch_pushes_events_as_recorded_and_beats(local: LocalAgents) -> None:
 
 def test_beats_at_the_interval_with_live_facts(local: LocalAgents) -> None:
     async def go() -> None:
-        async with client_of(local) as client:
+        async with local.stream_client() as client:
             await client.call("proc.start", spec=proc_spec("b", ["sleep", "300"]))
             beats: list[tuple[float, Beat]] = []
             async with client.watch(since=10**6, beat=0.2) as watch:
@@ -268,7 +255,7 @@ def test_beats_at_the_interval_with_live_facts(local: LocalAgents) -> None:
 
 def test_calls_execs_and_a_watch_share_one_stream(local: LocalAgents) -> None:
     async def go() -> None:
-        async with client_of(local) as client, client.watch(beat=0.1) as watch:
+        async with local.stream_client() as client, client.watch(beat=0.1) as watch:
             results = await asyncio.gather(
                 *(client.exec(f"echo {i}") for i in range(30)),
                 *(client.call("hello") for _ in range(5)),
@@ -403,7 +390,7 @@ def test_the_agent_ends_an_overflowed_watch_with_one_last_push(
 
 def test_an_agent_killed_under_a_watch_ends_it_with_a_link_error(local: LocalAgents) -> None:
     async def go() -> None:
-        async with client_of(local) as client, client.watch(beat=60) as watch:
+        async with local.stream_client() as client, client.watch(beat=60) as watch:
             pid = (await client.call("hello"))["pid"]
             os.kill(pid, signal.SIGKILL)
             with pytest.raises(AgentLinkBroken, match="agent closed the connection"):

@@ -35,13 +35,14 @@ Testing a script that supervises a program::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.agentlink.fleet import AgentOptions, install_async, stop_async
+from shoal.agentlink.agentclient import StreamClient
+from shoal.agentlink.fleet import AgentOptions, connect_agent, install_async, stop_async
 from shoal.errors import AgentError, ConnectError, TransportError
 from shoal.nodes.model import Node
 from shoal.state import State
@@ -86,6 +87,23 @@ class LocalAgents:
     def home(self, node: str) -> Path:
         """The node's agent working area (``agent.pid``, logs, programs' output)."""
         return self.transport.root / node / self.options.home
+
+    @asynccontextmanager
+    async def stream_client(self, index: int = 0) -> AsyncIterator[StreamClient]:
+        """A streaming client of node ``index``'s agent on a connection of its own,
+        both closed when the block ends."""
+        node = self.nodes[index]
+        conn = await self.transport.connect(node)
+        try:
+            client = await connect_agent(conn, node, self.state, self.options)
+            if not isinstance(client, StreamClient):
+                raise AgentError("the local agent offers no streaming protocol", node=node.name)
+            try:
+                yield client
+            finally:
+                await client.close()
+        finally:
+            await conn.close()
 
 
 @contextmanager
