@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 AttrValue = str | int | float | bool
+#: The attribute that names the node the controller reaches a node through.
+GATEWAY = "gateway"
 
 
 @dataclass(frozen=True)
@@ -42,3 +44,10 @@ class Node:
     @property
     def address(self) -> str:
         return self.host or self.name
+
+    @property
+    def gateway(self) -> str | None:
+        """The node this one is reached through (attribute ``gateway=<node name>``:
+        :mod:`shoal.transport.gateways`), or None: directly."""
+        value = self.attrs.get(GATEWAY)
+        return str(value) if value not in (None, "", False) else None

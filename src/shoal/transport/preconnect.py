@@ -24,8 +24,8 @@ def start_connects(nodes: Iterable[Node], limit: int) -> dict[str, socket.socket
     for node in nodes:
         if len(started) >= limit:
             break
-        if not node.host or not node.port:
-            continue
+        if not node.host or not node.port or node.gateway:
+            continue  # a gateway's node is reached through it, never from here
         try:
             infos = socket.getaddrinfo(
                 node.host, node.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST

@@ -8,6 +8,8 @@ ssh_config file (labs use one), ``~/.ssh/config``, then the system
 distribute host keys). Inventory address and port, when set, win over
 ssh_config's HostName and Port. The system directory is ``/etc/ssh`` unless
 ``system_dir`` (or ``$SHOAL_SSH_SYSTEM_DIR``) says otherwise.
+A node with a ``gateway`` attribute is reached through one shared connection to
+its gateway (:mod:`.gateways`), with this module's keys and checks unchanged.
 
 An authentication failure says, in one line, what was tried and what the
 server allows (``auth failed for root@10.0.0.1:22: tried publickey
@@ -53,7 +55,7 @@ import secrets
 import shlex
 import socket
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +71,7 @@ from shoal.errors import (
 )
 from shoal.nodes.model import Node
 
-from . import hostkeys, sshconfig
+from . import gateways, hostkeys, sshconfig
 from .base import (
     DRAIN_AFTER_EXIT,
     ByteReader,
@@ -227,6 +229,11 @@ class SSHConnection(Connection):
         self.node = node
         self._conn = conn
         self._sftp: asyncssh.SFTPClient | None = None
+        #: called once closed (a node behind a gateway: the gateway's release)
+        self.on_close: Callable[[], Awaitable[None]] | None = None
+
+    def is_closed(self) -> bool:
+        return self._conn.is_closed()
 
     async def run(
         self,
@@ -360,6 +367,9 @@ class SSHConnection(Connection):
         self._conn.close()
         with contextlib.suppress(Exception):
             await self._conn.wait_closed()
+        if self.on_close is not None:
+            on_close, self.on_close = self.on_close, None
+            await on_close()
 
 
 class _KeyChecker(asyncssh.SSHClient):
@@ -448,6 +458,7 @@ class SSHTransport(Transport):
         self._known_files: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         self._key_cache: dict[str, list[asyncssh.SSHKeyPair]] = {}
         self._kh_cache: dict[tuple[tuple[str, int, int], ...], asyncssh.SSHKnownHosts] = {}
+        self._gateways = gateways.GatewayPool(self.connect)
 
     def keep_only(self, names: Collection[str]) -> None:
         for name in list(self._preconnected):
@@ -627,7 +638,13 @@ class SSHTransport(Transport):
         """The key files, as a person reads them (``~/``; a file without a key says so)."""
         return [_tilde(p) if self._key_cache.get(p) else f"{_tilde(p)} (no key)" for p in paths]
 
-    async def connect(self, node: Node, *, timeout: float | None = 10.0) -> SSHConnection:
+    async def connect(
+        self, node: Node, *, timeout: float | None = 10.0, tunnel: SSHConnection | None = None
+    ) -> SSHConnection:
+        """A connection to ``node``: directly, or through ``tunnel`` (the connection to
+        its gateway: :mod:`.gateways` gives it when the node has one)."""
+        if node.gateway and tunnel is None:
+            return await gateways.connect_behind(self._gateways, self.connect, node, timeout)
         checker: _KeyChecker | None = None
         plan: _Plan | None = None
         started = time.monotonic()
@@ -640,11 +657,13 @@ class SSHTransport(Transport):
             if "stricthostkeychecking" in given:
                 strict = given["stricthostkeychecking"][0].lower()
                 policy = HostKeyPolicy.ACCEPT_NEW if strict == "accept-new" else policy
-            sock = await self._wait_socket(node, timeout)
+            sock = None if tunnel else await self._wait_socket(node, timeout)
             left = None if timeout is None else max(0.1, timeout - (time.monotonic() - started))
-            if sock is None and node.host and node.port:
+            if sock is None and node.host and node.port and tunnel is None:
                 sock = await _open_socket(node, left)
             plan = self._connect_kwargs(node, config, resolved, sock is not None)
+            if tunnel is not None:
+                plan.kwargs["tunnel"] = tunnel._conn  # direct-tcpip on the gateway's connection
             log.debug(
                 "connect %s: %s (%s path)",
                 node.name,
@@ -675,6 +694,9 @@ class SSHTransport(Transport):
             raise AuthError(message, node.name) from exc
         except (asyncssh.ConnectionLost, asyncssh.DisconnectError) as exc:
             raise ConnectError(f"connection closed during SSH handshake: {exc}", node.name) from exc
+        except asyncssh.ChannelOpenError as exc:  # only a tunnel opens a channel to connect
+            via = tunnel.node.name if tunnel else "the tunnel"
+            raise ConnectError(f"gateway {via} cannot reach it: {exc.reason}", node.name) from exc
         except asyncssh.Error as exc:
             raise TransportError(f"SSH error: {exc}", node.name) from exc
         except asyncio.TimeoutError:
