@@ -10,6 +10,7 @@ they were.
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import subprocess
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from shoal.agentlink import fleet as agents
+from shoal.agentlink.agentclient import AgentClient, StreamClient
 from shoal.nodes.model import Node
 from shoal.ops import logcollect
 from shoal.state import State
@@ -58,7 +60,7 @@ def trio(lab: Any) -> Iterator[list[Node]]:
     nodes = lab.nodes()[5:8]
     assert run(agents.install_async(nodes, opts())).ok
     yield nodes
-    for name in ("la.w", "lb.w", "lc.w", "ld.w"):
+    for name in ("la.w", "lb.w", "lc.w", "ld.w", "le.w"):
         run(agents.call_async(nodes, "proc.remove", {"name": name}, opts()))
     run(agents.stop_async(nodes, opts()))
 
@@ -178,6 +180,69 @@ def test_disk_full_on_the_controller_fails_clearly_and_leaves_the_nodes_alone(
         assert len(kept) > len(was) // 2  # the disk filled long before the end
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def fill(directory: Path) -> None:
+    """Write a filler file in ``directory`` until its filesystem has no room left."""
+    with open(directory / "filler", "wb", buffering=0) as handle:
+        for size in (1 << 16, 1 << 12, 1):
+            for _ in range(1 << 16):  # bounded: the tmpfs is far smaller
+                try:
+                    handle.write(b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+
+
+def test_disk_full_as_the_node_frees_a_file_leaves_that_file_recorded(
+    trio: list[Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller's disk fills the moment the node has freed its first file: the
+    store's record of that file was committed before the node was told, and the error
+    says the file was freed (before, the record was lost and the error said nothing was)."""
+    node = trio[1]
+    remote(node, "rm -f .shoal/logs/le.w.log*")
+    start_writer([node], "le.w", 500, rate=50_000, width=48)  # ~70 KB: 8 rotated files
+    wait_done(node, "le.w")
+    before = node_files(node, "le.w")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=True)
+    freed: list[str] = []
+
+    def filling(original: Any) -> Any:
+        async def call(self: Any, op: str, **args: Any) -> Any:
+            answer = await original(self, op, **args)
+            if op == "logs.ack" and answer["freed"] and not freed:
+                freed.append(answer["file"])
+                fill(small)
+            return answer
+
+        return call
+
+    for cls in (AgentClient, StreamClient):
+        monkeypatch.setattr(cls, "call", filling(cls.call))
+    try:
+        with State(small / "state.db") as state:
+            results = collect(state, [node], app="le", free=True)
+            assert freed, "the node freed a file before the disk filled"
+            assert not results.ok, "the disk filled: the collect cannot have succeeded"
+            error = str(results[node.name].error)
+            assert "\n" not in error
+            assert "full" in error and f"{freed[0]} was freed on the node" in error, error
+            acked = {
+                logcollect.stored_digest(state, node.name, dict(row))[1]
+                for row in state.db.execute("SELECT * FROM log_files WHERE acked = 1")
+            }
+        after = node_files(node, "le.w")
+        kept = {line.split()[0] for line in after.splitlines()}
+        was = {line.split()[0] for line in before.splitlines()}
+        assert kept <= was, "a file on the node changed"
+        assert len(was - kept) == 1, "exactly the one file freed before the disk filled left"
+        assert was - kept <= acked, "a file left the node that the store does not record"
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+        run(agents.call_async([node], "proc.remove", {"name": "le.w"}, opts()))
 
 
 def test_the_service_collects_on_its_schedule(trio: list[Node], tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ the sha256 of its first bytes, which the node checks on every read, so a
 rotated file is neither sent again under its new name nor skipped, and a new
 file that got an old inode is collected from its start. Once a rotated file
 is collected whole, the controller re-reads its segments from the store,
-hashes them, and acknowledges (``logs.ack``): the node may then drop it when
+hashes them, records that (``acked``, committed before the node hears of it,
+so no file leaves a node unrecorded even if the disk fills right after), and
+acknowledges (``logs.ack``): the node may then drop it when
 enough newer ones exist, or at once with ``free=True`` — never before, and
 never unless the node's own size and sha256 of the file are exactly those.
 
@@ -123,8 +125,11 @@ class Collected:
 
 
 @contextmanager
-def _tx(st: State, node: str) -> Iterator[sqlite3.Connection]:
-    """:meth:`State.transaction`, a failed commit (a full disk) one LocalError line."""
+def _tx(
+    st: State, node: str, outcome: str = "nothing freed on the node"
+) -> Iterator[sqlite3.Connection]:
+    """:meth:`State.transaction`, a failed commit (a full disk) one LocalError line that
+    ends with ``outcome``: what the node did or did not do meanwhile."""
     try:
         with st.transaction() as db:
             yield db
@@ -132,8 +137,7 @@ def _tx(st: State, node: str) -> Iterator[sqlite3.Connection]:
         with suppress(sqlite3.Error):
             st.db.execute("ROLLBACK")
         raise LocalError(
-            f"cannot record collected logs in {st.path}: {exc}; nothing freed on the node",
-            node=node,
+            f"cannot record collected logs in {st.path}: {exc}; {outcome}", node=node
         ) from None
 
 
@@ -378,16 +382,19 @@ async def _acknowledge(
     size, sha = stored_digest(st, node.name, row)
     if size != int(entry["size"]):
         return
+    if not row["acked"]:  # written ahead: a file the node may free is one the store holds
+        with _tx(st, node.name) as db:
+            db.execute("UPDATE log_files SET acked = 1 WHERE id = ?", (row["id"],))
+        row["acked"] = 1
     args = {"file": entry["file"], "ino": int(entry["ino"]), "size": size, "sha256": sha}
     answer = await client.call("logs.ack", timeout=ao.call_timeout, free=opts.free, **args)
-    with _tx(st, node.name) as db:
-        db.execute(
-            "UPDATE log_files SET acked = 1, freed = ?, gone = ? WHERE id = ?",
-            (int(bool(answer["freed"])), int(bool(answer["freed"])), row["id"]),
-        )
     done.acked += 1
-    if answer["freed"]:
-        done.freed.append(entry["file"])
+    if not answer["freed"]:
+        return
+    done.freed.append(entry["file"])
+    freed = f"{entry['file']} was freed on the node (the store holds it, verified)"
+    with _tx(st, node.name, freed) as db:
+        db.execute("UPDATE log_files SET freed = 1, gone = 1 WHERE id = ?", (row["id"],))
 
 
 # -- reading the store -----------------------------------------------------------
