@@ -62,6 +62,7 @@ COMMANDS: dict[str, str] = {
     "rollback": "pushcmds",
     "versions": "pushcmds",
     "rollout": "rolloutcmds",
+    "audit": "auditcmds",
     "serve": "servecmds",
     "config": "configcmds",
     "completion": "completion",

@@ -1,0 +1,148 @@
+"""``shoal audit`` on a lab of 8 real nodes (issue 15 item 3): the minority named with
+its files, no quorum → no repair, ``--repair`` restores the majority's bytes (the old
+file kept aside), a re-audit hashes only what changed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shoal.agentlink import fleet as agents
+from shoal.nodes.health import clear_failed
+from shoal.nodes.model import Node
+
+from .conftest import remote, unique_lab_name
+
+pytestmark = pytest.mark.lab
+
+SHOAL = [sys.executable, "-m", "shoal.cli.main"]
+
+
+def shoal(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*SHOAL, *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def records(p: subprocess.CompletedProcess[str], kind: str) -> list[dict[str, Any]]:
+    return [r for r in map(json.loads, p.stdout.splitlines()) if r.get("record") == kind]
+
+
+@pytest.fixture(scope="module")
+def fleet(lab: Any) -> Iterator[list[Node]]:
+    clear_failed()
+    nodes = lab.nodes()
+    installed = asyncio.run(agents.install_async(nodes, agents.AgentOptions()))
+    assert installed.ok, [(r.node, r.reason) for r in installed.failed]
+    yield nodes
+    asyncio.run(agents.stop_async(nodes, agents.AgentOptions()))
+
+
+def make_tree(nodes: list[Node]) -> str:
+    """The same small tree in /tmp on every node (the lab gives each its own /tmp)."""
+    root = f"/tmp/{unique_lab_name('audit')}"
+    script = (
+        f"mkdir -p {root}/sub && printf 'one\\n' > {root}/a.txt && printf 'two\\n' > {root}/b.txt"
+        f" && printf 'deep\\n' > {root}/sub/c.txt && chmod 0644 {root}/*.txt"
+        f" && ln -s a.txt {root}/link"
+    )
+    p = shoal("run", "-s", ",".join(n.name for n in nodes), script)
+    assert p.returncode == 0, p.stderr
+    return root
+
+
+def names(nodes: list[Node]) -> str:
+    return ",".join(n.name for n in nodes)
+
+
+def test_three_of_eight_changed_are_exactly_the_minority_with_their_files(
+    fleet: list[Node],
+) -> None:
+    root = make_tree(fleet)
+    n2, n5, n7 = fleet[1], fleet[4], fleet[6]
+    remote(n2, f"printf 'tampered\\n' > {root}/a.txt")
+    remote(n5, f"chmod 0600 {root}/sub/c.txt")
+    remote(n7, f"printf 'x' > {root}/sub/extra && rm {root}/b.txt")
+    p = shoal("audit", "-s", names(fleet), "--json", root)
+    assert p.returncode == 1, p.stderr
+    files = {r["path"]: r for r in records(p, "file")}
+    assert set(files) == {
+        f"{root}/a.txt",
+        f"{root}/sub/c.txt",
+        f"{root}/sub/extra",
+        f"{root}/b.txt",
+    }
+    assert all(r["quorum"] and r["answered"] == 8 for r in files.values())
+    minority = {
+        (m["node"], path, tuple(m["differs"])) for path, r in files.items() for m in r["minority"]
+    }
+    assert minority == {
+        (n2.name, f"{root}/a.txt", ("digest",)),
+        (n5.name, f"{root}/sub/c.txt", ("mode",)),
+        (n7.name, f"{root}/sub/extra", ("extra",)),
+        (n7.name, f"{root}/b.txt", ("missing",)),
+    }
+    assert "plan %audit-minority" in p.stderr
+    chosen = shoal("select", "--json", "%audit-minority")
+    assert chosen.returncode == 0, chosen.stderr
+    assert set(json.loads(chosen.stdout)["nodes"]) == {n2.name, n5.name, n7.name}
+
+    repaired = shoal("audit", "-s", names(fleet), "--repair", root)
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert remote(n2, f"cat {root}/a.txt") == "one\n"
+    assert remote(n2, f"cat {root}/a.txt.shoal-audit-*") == "tampered\n"  # kept aside
+    assert remote(n5, f"stat -c %a {root}/sub/c.txt").strip() == "644"
+    assert remote(n7, f"cat {root}/b.txt") == "two\n"
+    assert remote(n7, f"test -e {root}/sub/extra && echo there || echo gone").strip() == "gone"
+    again = shoal("audit", "-s", names(fleet), "--json", root)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert records(again, "file") == []
+
+
+def test_four_of_eight_has_no_quorum_and_is_not_repaired(fleet: list[Node]) -> None:
+    root = make_tree(fleet)
+    for node in fleet[:4]:
+        remote(node, f"printf 'other\\n' > {root}/a.txt")
+    p = shoal("audit", "-s", names(fleet), "--repair", root)
+    assert p.returncode == 1, p.stderr
+    assert (
+        f"{root}/a.txt: no quorum (4 of 8 node(s) agree, tied, 5 needed): not repaired" in p.stderr
+    )
+    assert "repair(s)" not in p.stderr
+    for node in fleet[:4]:
+        assert remote(node, f"cat {root}/a.txt") == "other\n"
+    for node in fleet[4:]:
+        assert remote(node, f"cat {root}/a.txt") == "one\n"
+    assert remote(fleet[0], f"ls {root} | grep -c shoal-audit || true").strip() == "0"
+
+
+def test_a_reaudit_hashes_only_the_changed_files(fleet: list[Node]) -> None:
+    root = make_tree(fleet)
+    first = shoal("audit", "-s", names(fleet), "--json", root)
+    assert first.returncode == 0, first.stderr
+    assert {r["node"]: r["hashed"] for r in records(first, "node")} == {n.name: 3 for n in fleet}
+    remote(fleet[3], f"printf 'changed\\n' > {root}/sub/c.txt")
+    second = shoal("audit", "-s", names(fleet), "--json", root)
+    assert second.returncode == 1, second.stderr
+    hashed = {r["node"]: (r["hashed"], r["cached"]) for r in records(second, "node")}
+    assert hashed == {n.name: ((1, 2) if n is fleet[3] else (0, 3)) for n in fleet}
+
+
+def test_an_unreachable_node_is_reported_apart_not_dropped(lab: Any, fleet: list[Node]) -> None:
+    root = make_tree(fleet)
+    victim = fleet[-1]
+    lab.cut(victim.name)
+    try:
+        p = shoal("audit", "-s", names(fleet), "--json", "--connect-timeout", "2", root)
+    finally:
+        lab.heal(victim.name)
+        shoal("nodes", "clear-failed", "-s", victim.name)
+    assert p.returncode == 3, p.stderr
+    out = [json.loads(line) for line in p.stdout.splitlines()]
+    unanswered = [r for r in out if "record" not in r]
+    assert [(r["node"], r["ok"]) for r in unanswered] == [(victim.name, False)]
+    assert {r["node"] for r in records(p, "node")} == {n.name for n in fleet[:-1]}
