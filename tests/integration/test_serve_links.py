@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from shoal.agentlink.eventlog import EventRow
 from shoal.control.journal import Journal
 from shoal.control.links import LinkConfig, Links, LinkState
 from shoal.fanout import RunOptions
@@ -51,7 +52,19 @@ def with_links(
 
 
 def events_of(journal: Journal, node: str, after: int) -> list[str]:
-    return [e.kind for e in journal.read(after).events if e.node == node]
+    """Kinds of every event about ``node`` after ``after``, all pages of them (the session's
+    journal holds every earlier test's events: one page from 0 would end long before now)."""
+    return [e.kind for e in node_events(journal, node, after)]
+
+
+def node_events(journal: Journal, node: str, after: int) -> list[EventRow]:
+    rows: list[EventRow] = []
+    while True:
+        page = journal.read(after, node=node)
+        rows += page.events
+        if not page.events or page.last == after:
+            return rows
+        after = page.last
 
 
 def sshd_established(lab: Any, node: Node) -> int:
@@ -147,7 +160,7 @@ def test_an_agent_killed_under_the_held_channel_is_revived_with_no_event_lost(la
         assert "node_down" not in kinds
         # the new agent's start event reaches the journal: its seq follows the last one
         await wait_for(lambda: "agent_started" in events_of(journal, victim.name, mark), 10)
-        seqs = [e.seq for e in journal.read(0).events if e.node == victim.name and e.seq]
+        seqs = [e.seq for e in node_events(journal, victim.name, mark) if e.seq]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
         new_pid = (await asyncio.to_thread(remote, victim, f"cat {link.home}/agent.pid")).strip()
         assert new_pid != pid

@@ -6,6 +6,7 @@ with ``prometheus_client.parser`` and checked against what the lab does."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
@@ -26,7 +27,7 @@ from shoal.nodes.inventory import import_nodes
 from shoal.service.xmlrpc import FAULT_CODES
 from shoal.state import State
 
-from .conftest import unique_lab_name
+from .conftest import remote, unique_lab_name
 
 pytestmark = pytest.mark.lab
 
@@ -247,6 +248,40 @@ def test_metrics_follow_links_programs_and_events(service: Any, lab: Any) -> Non
     )
     assert back[("shoal_link_reconnects_total", ())] >= 1
     assert back[("shoal_failed_nodes", ())] == 0
+
+
+#: Drops program ``ghost`` from the agent's desired state, then kills the agent (-9): the
+#: next agent reaps the process left behind (no event says so) and does not start it again.
+FORGET_GHOST = (
+    "cd .shoal && python3 -c \"import json; d = json.load(open('programs.json')); "
+    "d['programs'].pop('ghost'); json.dump(d, open('programs.json', 'w'))\" "
+    "&& kill -9 $(cat agent.pid)"
+)
+
+
+def test_programs_in_the_metrics_are_what_the_agents_hold_not_a_replay_of_events(
+    service: Any,
+) -> None:
+    """A program reaped with no event about it leaves shoal_programs: the metric counts what
+    each agent's supervisor holds (its beats say so), not the last lifecycle event seen."""
+    _client, home, nodes = service
+    rpc = proxy(home)
+    node = nodes[0]
+    running = ("shoal_programs", (("state", "RUNNING"),))
+    spec = {"name": "ghost", "command": ["sleep", "6017"]}
+    assert rpc.proc.start(node.name, spec)["summary"]["ok"] is True
+    try:
+        with_ghost = until(lambda: scrape(home).get(running, 0) or 0, 15, "ghost RUNNING")
+        remote(node, FORGET_GHOST)
+        until(
+            lambda: scrape(home).get(running) == with_ghost - 1,
+            20,
+            f"RUNNING {with_ghost - 1} once the agent is back without ghost",
+        )
+        assert remote(node, "pgrep -f 'sleep 601[7]' || true").strip() == ""  # reaped indeed
+    finally:
+        with contextlib.suppress(xmlrpc.client.Fault):
+            rpc.proc.stop(node.name, "ghost")
 
 
 SERVE_TCP = (

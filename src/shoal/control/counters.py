@@ -13,10 +13,9 @@ every scrape and renders Prometheus' format; this module knows no format).
   and counts events per topic, the keeper's reconcile actions (topic ``app``,
   :data:`RECONCILE_KINDS`) and programs' restarts per node and program, all
   since the service started (counters, as Prometheus means them: they start
-  at 0 with the process). Programs' states are the last state each program's
-  agent reported (its last lifecycle event, :data:`PROGRAM_STATES`) over the
-  whole journal. The first reading is aggregate queries (one scan however
-  long the service ran unscraped); later ones read only the new rows.
+  at 0 with the process). The first reading is aggregate queries (one scan
+  however long the service ran unscraped); later ones read only the new rows.
+  (Programs per state are live facts: :meth:`.livefacts.LiveFacts.program_states`.)
 * :class:`PushBytes`: bytes delivered to each node by the source and by its
   peers, summed over the pushes the service ran (each node's record counted
   once, when its node finished).
@@ -25,23 +24,13 @@ every scrape and renders Prometheus' format; this module knows no format).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .journal import Journal
 from .links import Links, LinkState
 
-#: A program's state after each lifecycle event its agent records.
-PROGRAM_STATES = {
-    "started": "RUNNING",
-    "restarted": "STARTING",
-    "backoff": "BACKOFF",
-    "fatal": "FATAL",
-    "exited": "EXITED",
-    "spawn_failed": "EXITED",
-    "stopped": "STOPPED",
-}
 #: Journal kinds (topic ``app``) that are the keeper's reconcile actions.
 RECONCILE_KINDS = (
     "member_replaced",
@@ -91,7 +80,6 @@ class JournalCounts:
     events: Counter[str] = field(default_factory=Counter)
     reconcile: Counter[str] = field(default_factory=Counter)
     restarts: Counter[tuple[str, str]] = field(default_factory=Counter)
-    programs: dict[tuple[str, str], str] = field(default_factory=dict)
     after: int | None = None
     _first: int = 0
 
@@ -119,16 +107,6 @@ class JournalCounts:
             self._first = int(first) if first is not None else last + 1
             span = "id >= ? AND id <= ?"
             bounds = (self._first, last)
-            kinds = tuple(PROGRAM_STATES)
-            marks = ",".join("?" * len(kinds))
-            latest = db.execute(
-                "SELECT node, program, kind FROM events WHERE id IN (SELECT MAX(id) FROM events "
-                f"WHERE topic = 'agent' AND program IS NOT NULL AND kind IN ({marks}) "
-                "AND id <= ? GROUP BY node, program)",
-                (*kinds, last),
-            )
-            for node, program, kind in latest:
-                self.programs[(node, program)] = PROGRAM_STATES[kind]
             by_topic = f"SELECT topic, COUNT(*) FROM events WHERE {span} GROUP BY topic"
             for topic, n in db.execute(by_topic, bounds):
                 self.events[topic] += n
@@ -158,21 +136,8 @@ class JournalCounts:
         self.events[topic] += 1
         if topic == "app" and kind in RECONCILE_KINDS:
             self.reconcile[kind] += 1
-        if topic == "agent" and node is not None and program is not None:
-            state = PROGRAM_STATES.get(kind)
-            if state is not None:
-                self.programs[(node, program)] = state
-            if kind == "restarted":
-                self.restarts[(node, program)] += 1
-
-    def program_states(self, nodes: Iterable[str] | None = None) -> dict[str, int]:
-        """Programs per state (of ``nodes`` only, when given); every state listed."""
-        wanted = None if nodes is None else set(nodes)
-        out = dict.fromkeys(sorted(set(PROGRAM_STATES.values())), 0)
-        for (node, _), state in self.programs.items():
-            if wanted is None or node in wanted:
-                out[state] += 1
-        return out
+        if topic == "agent" and kind == "restarted" and node is not None and program is not None:
+            self.restarts[(node, program)] += 1
 
 
 @dataclass

@@ -591,6 +591,7 @@ class Links:
         self._heard(link)
         if beat.fresh:
             self.facts.update(link.node.name, beat_facts(beat))
+            self.facts.report_programs(link.node.name, beat.programs)
 
     async def _pings(self, link: Link, client: StreamClient) -> None:
         every = self.config.ping_every

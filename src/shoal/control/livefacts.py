@@ -6,7 +6,12 @@ answer: not the wall time of an SSH command, which is what ``nodes facts
 --refresh`` stores), the node's clock against ours (``clock_skew_s``: the
 agent's time minus the midpoint of our send and receive), and what each beat
 carries: ``load1``, ``mem_available_mb``, ``disk_free_gb`` and
-``disk_free_mb`` (:func:`beat_facts`, :meth:`LiveFacts.update`).
+``disk_free_mb`` (:func:`beat_facts`, :meth:`LiveFacts.update`), and the
+node's programs per state as its supervisor counts them now
+(:meth:`LiveFacts.report_programs`; a beat carries them whenever they change:
+the metrics' ``shoal_programs`` read them, :meth:`LiveFacts.program_states`,
+never a replay of lifecycle events, which an agent's bounded memory, a program
+reaped without an event or an earlier service's history would leave stale).
 
 Nothing is written per beat: :meth:`LiveFacts.flush` (the links call it every
 ``every`` seconds) merges the changed nodes into their stored
@@ -18,7 +23,7 @@ Nothing is written per beat: :meth:`LiveFacts.flush` (the links call it every
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from shoal.agentlink.agentwatch import Beat
@@ -28,6 +33,8 @@ from shoal.state import State
 
 #: Weight of a new RTT sample in the smoothed value (RFC 6298's alpha).
 RTT_ALPHA = 0.125
+#: The agent supervisor's program states (every one listed in a reading, 0 when none).
+PROGRAM_STATES = ("BACKOFF", "EXITED", "FATAL", "RUNNING", "STARTING", "STOPPED", "STOPPING")
 
 
 def beat_facts(beat: Beat) -> dict[str, AttrValue]:
@@ -54,6 +61,8 @@ class LiveFacts:
         self.clock = clock
         self.rtt_ms: dict[str, float] = {}
         self.facts: dict[str, dict[str, AttrValue]] = {}
+        #: node -> {program state: count}, as its agent last reported (not stored)
+        self.programs: dict[str, dict[str, int]] = {}
         self._dirty: set[str] = set()
         self._last_flush = clock()
         self.flushes = 0
@@ -68,6 +77,18 @@ class LiveFacts:
         if facts:
             self.facts.setdefault(node, {}).update(facts)
             self._dirty.add(node)
+
+    def report_programs(self, node: str, states: dict[str, int]) -> None:
+        """The node's programs per state, as its agent counts them now."""
+        self.programs[node] = states
+
+    def program_states(self, nodes: Collection[str]) -> dict[str, int]:
+        """Programs per state on ``nodes`` as last reported; every state listed."""
+        out = dict.fromkeys(PROGRAM_STATES, 0)
+        for node in nodes:
+            for state, n in self.programs.get(node, {}).items():
+                out[state] = out.get(state, 0) + n
+        return out
 
     def snapshot(self, node: str) -> dict[str, AttrValue]:
         out = dict(self.facts.get(node, {}))

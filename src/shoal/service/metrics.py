@@ -14,7 +14,8 @@ instrumented per beat or per event. The metrics:
 ``shoal_agent_restarts_total``                 agents started again under a held connection
 ``shoal_heartbeat_rtt_seconds``                gauge histogram: the nodes' smoothed heartbeat
                                                round-trip times now
-``shoal_programs{state}``                      programs per last reported state
+``shoal_programs{state}``                      programs per state, as the agents' beats last
+                                               reported them (the supervisors' own counts)
 ``shoal_program_restarts_total{node,program}`` restarts the agents reported
 ``shoal_events_total{topic}``                  events stored, per topic
 ``shoal_reconcile_actions_total{action}``      the keeper's actions (replaced, restarted...)
@@ -91,7 +92,8 @@ class ServiceCollector(Collector):
         programs = GaugeMetricFamily(
             "shoal_programs", "Programs per last reported state", labels=["state"]
         )
-        for state, n in tally.program_states(self.ctl.links.links.links).items():
+        links = self.ctl.links.links
+        for state, n in links.facts.program_states(links.links).items():
             programs.add_metric([state], n)
         yield programs
         restarts = CounterMetricFamily(
