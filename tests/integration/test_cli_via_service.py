@@ -26,6 +26,7 @@ import pytest
 
 from shoal.client import ServiceClient
 from shoal.lab import Lab
+from shoal.testing.serveproc import serving
 
 pytestmark = pytest.mark.lab
 
@@ -42,30 +43,19 @@ def shoal(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def service(lab: Lab) -> Iterator[subprocess.Popen[str]]:
     """``shoal serve`` for the lab's state directory, with ``DEAD`` killed and seen down."""
-    proc = subprocess.Popen(
-        [SHOAL, "serve", "--sweep-interval", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    lab.kill(DEAD)
-    try:
-        client = None
-        deadline = time.monotonic() + 60
-        while client is None or not _settled(client):
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "the service did not attach the lab in 60 s"
-            time.sleep(0.1)
-            client = client or ServiceClient.locate()
-        yield proc
-    finally:
-        lab.revive(DEAD)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        proc.communicate()
+    with serving(stop_timeout=30) as proc:
+        lab.kill(DEAD)
+        try:
+            client = ServiceClient.locate()
+            deadline = time.monotonic() + 60
+            while client is None or not _settled(client):
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "the service did not attach the lab in 60 s"
+                time.sleep(0.1)
+                client = client or ServiceClient.locate()
+            yield proc
+        finally:
+            lab.revive(DEAD)
 
 
 def _settled(client: ServiceClient) -> bool:

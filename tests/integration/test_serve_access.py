@@ -10,20 +10,18 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shoal.client import ServiceClient
+from shoal.testing.serveproc import serving
 
 pytestmark = pytest.mark.lab
 
@@ -46,34 +44,6 @@ def home(tmp_path: Path) -> Path:
 
 def _env(home: Path) -> dict[str, str]:
     return {**os.environ, "SHOAL_HOME": str(home)}
-
-
-@contextmanager
-def serving(home: Path, *options: str) -> Iterator[subprocess.Popen[str]]:
-    """``shoal serve`` for ``home`` until the block ends (stopped, killed if need be)."""
-    proc = subprocess.Popen(
-        [SHOAL, "serve", "--sweep-interval", "0", *options],
-        env=_env(home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while ServiceClient.locate(home) is None:
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "shoal serve did not listen within 30 s"
-            time.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        proc.communicate()
 
 
 def token(home: Path, *args: str) -> str:

@@ -14,7 +14,6 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
 import socket
 import sqlite3
 import stat
@@ -23,8 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,6 +29,7 @@ import pytest
 from shoal.client import ServiceClient
 from shoal.errors import ServiceError
 from shoal.lab import Lab
+from shoal.testing.serveproc import serving
 
 pytestmark = pytest.mark.lab
 
@@ -46,34 +44,6 @@ def _shoal(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedP
     return subprocess.run(
         [SHOAL, *args], env=_env(home), capture_output=True, text=True, timeout=timeout
     )
-
-
-@contextmanager
-def serving(home: Path, *options: str) -> Iterator[subprocess.Popen[str]]:
-    """``shoal serve`` for ``home`` until the block ends (then stopped, killed if need be)."""
-    proc = subprocess.Popen(
-        [SHOAL, "serve", "--sweep-interval", "0", *options],
-        env=_env(home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while ServiceClient.locate(home) is None:
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "shoal serve did not listen within 30 s"
-            time.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        proc.communicate()
 
 
 def _raw(path: Path, request: bytes) -> bytes:

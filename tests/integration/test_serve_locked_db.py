@@ -9,7 +9,6 @@ The service is a subprocess over its own state directory and is always stopped.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 from shoal.client import ServiceClient
 from shoal.nodes.inventory import import_nodes
 from shoal.state import State
+from shoal.testing.serveproc import serving
 
 pytestmark = pytest.mark.lab
 
@@ -40,29 +40,10 @@ def service(lab: Any, tmp_path: Path) -> Iterator[tuple[ServiceClient, Path, lis
     names = [n.name for n in lab.nodes()[:3]]
     with State(home / "state.db") as st:
         import_nodes([n for n in lab.nodes() if n.name in names], state=st)
-    env = {**os.environ, "SHOAL_HOME": str(home)}
-    proc = subprocess.Popen(
-        [SHOAL, "serve", "--sweep-interval", "0", "--busy-timeout", "5"],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        client = None
-        while client is None:
-            assert proc.poll() is None, proc.communicate()[1]
-            assert time.monotonic() < deadline, "the service did not listen within 30 s"
-            client = ServiceClient.locate(home, timeout=2)
-            time.sleep(0.05)
+    with serving(home, "--busy-timeout", "5"):
+        client = ServiceClient.locate(home, timeout=2)
+        assert client is not None
         yield client, home, names
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _links_up(client: ServiceClient, count: int, timeout: float = 90) -> None:
