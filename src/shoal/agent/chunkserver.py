@@ -1,8 +1,11 @@
 """The chunk wire protocol: a read-only, content-addressed TCP server and its client.
 
 Theory of operation. Chunks move between nodes (and from the controller, the
-source) over plain TCP, because SSH would cost the source a cipher per byte
-and cannot connect two nodes. The endpoint can only *read chunks*: a request
+source) over TCP, not SSH, because SSH cannot connect two nodes and costs a
+process per hop. By default every connection is TLS with the server's
+certificate pinned by fingerprint (:mod:`.tlspin`: the fingerprints travel over
+SSH); ``--plain-data`` pushes speak the same protocol over plain TCP. The
+endpoint can only *read chunks*: a request
 names chunks by SHA-256 and the server answers with their bytes, looked up by
 a backend that knows nothing but chunk ids (the node's :class:`ChunkStore`,
 or the controller's scanned tree); nothing on this port can write, list,
@@ -45,6 +48,7 @@ import hmac
 import json
 import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +56,7 @@ from typing import Any
 
 from .chunkstore import ChunkError, ChunkStore, Throttle
 from .manifest import is_hash
+from .tlspin import PinError, TlsSocket, is_fingerprint, shared_client_context
 
 WIRE_VERSION = 1
 MAX_WANT = 1024
@@ -159,10 +164,19 @@ class _Conn:
 
 
 class ChunkServer:
-    """Serve chunks from ``backend`` to holders of one of ``tokens``."""
+    """Serve chunks from ``backend`` to holders of one of ``tokens`` (over TLS with ``tls``)."""
 
-    def __init__(self, backend: Backend, throttle: Throttle | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        throttle: Throttle | None = None,
+        tls: ssl.SSLContext | None = None,
+        fingerprint: str = "",
+    ) -> None:
         self.backend = backend
+        self.tls = tls
+        #: what this server's certificate is pinned by ("" when plain)
+        self.fingerprint = fingerprint
         self.tokens: set[str] = set()
         #: token → when a request last carried it (the agent keeps busy sessions open)
         self.used: dict[str, float] = {}
@@ -177,7 +191,14 @@ class ChunkServer:
         self._files: dict[int, Any] = {}
 
     async def start(self, host: str, port: int = 0) -> int:
-        server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST)
+        server = await asyncio.start_server(
+            self._handle,
+            host,
+            port,
+            limit=MAX_REQUEST,
+            ssl=self.tls,
+            ssl_handshake_timeout=AUTH_SECONDS if self.tls is not None else None,
+        )
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
@@ -361,6 +382,13 @@ class ChunkServer:
     async def _sendfile(
         self, writer: asyncio.StreamWriter, fd: int, offset: int, size: int
     ) -> None:
+        if self.tls is not None:  # bytes must pass through the cipher: no sendfile(2)
+            for start in range(0, size, SLICE):
+                count = min(SLICE, size - start)
+                await self.throttle.take(count)
+                writer.write(os.pread(fd, count, offset + start))
+                await writer.drain()
+            return
         handle = self._files.get(fd)
         if handle is None:
             handle = self._files[fd] = os.fdopen(fd, "rb", closefd=False)
@@ -445,8 +473,9 @@ class _Stream:
     the last read that returned bytes).
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, tls: TlsSocket | None = None) -> None:
         self.sock = sock
+        self.tls = tls
         self.loop = asyncio.get_running_loop()
         self.pending = bytearray()
         self.lowat = 1
@@ -454,20 +483,35 @@ class _Stream:
         self.filled = 0  # bytes of the view read_into is filling that are in
 
     @classmethod
-    async def connect(cls, host: str, port: int, timeout: float) -> _Stream:
-        info = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    async def connect(cls, host: str, port: int, timeout: float, pin: str = "") -> _Stream:
+        """A connection; with ``pin``, TLS to a server whose certificate has that SHA-256
+        (PinError otherwise), the handshake within the same ``timeout``."""
+        loop = asyncio.get_running_loop()
+        info = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, kind, proto, _, addr = info[0]
         sock = socket.socket(family, kind, proto)
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, addr), timeout)
+            await asyncio.wait_for(loop.sock_connect(sock, addr), timeout)
+            if not pin:
+                return cls(sock)
+            tls = TlsSocket(sock, shared_client_context())
+            await asyncio.wait_for(tls.handshake(pin), timeout)
         except BaseException:
             sock.close()
             raise
-        return cls(sock)
+        return cls(sock, tls)
 
     async def send(self, data: bytes) -> None:
-        await self.loop.sock_sendall(self.sock, data)
+        if self.tls is not None:
+            await self.tls.sendall(data)
+        else:
+            await self.loop.sock_sendall(self.sock, data)
+
+    async def _recv_into(self, view: memoryview) -> int:
+        if self.tls is not None:
+            return await self.tls.recv_into(view)
+        return await self.loop.sock_recv_into(self.sock, view)
 
     def _lowat(self, n: int) -> None:
         if n != self.lowat:
@@ -482,11 +526,12 @@ class _Stream:
         while b"\n" not in self.pending:
             if len(self.pending) > MAX_REQUEST:
                 raise ConnectionError("header too long")
-            data = await self.loop.sock_recv(self.sock, 65536)
-            if not data:
+            data = bytearray(65536)
+            n = await self._recv_into(memoryview(data))
+            if not n:
                 return b""
             self.stamp = time.monotonic()
-            self.pending += data
+            self.pending += memoryview(data)[:n]
         cut = self.pending.index(b"\n") + 1
         line = bytes(self.pending[:cut])
         del self.pending[:cut]
@@ -499,9 +544,11 @@ class _Stream:
             view[:have] = self.pending[:have]
             del self.pending[:have]
         while have < len(view):
-            # wake up for a large piece, not for every packet of a rate-limited link
-            self._lowat(min(len(view) - have, LOWAT))
-            n = await self.loop.sock_recv_into(self.sock, view[have:])
+            # wake up for a large piece, not for every packet of a rate-limited link (less
+            # what TLS already holds undecrypted: never more than is still to come)
+            held = self.tls.buffered if self.tls is not None else 0
+            self._lowat(min(len(view) - have, LOWAT) - held)
+            n = await self._recv_into(view[have:])
             if not n:
                 raise ConnectionError("connection closed mid-chunk")
             self.stamp = time.monotonic()
@@ -526,14 +573,14 @@ class Fetcher:
         self.throttle = throttle or Throttle(None)
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
-        self._idle: dict[tuple[str, int], list[_Stream]] = {}
+        self._idle: dict[tuple[str, int, str], list[_Stream]] = {}
 
-    async def _connect(self, host: str, port: int) -> tuple[_Stream, bool]:
+    async def _connect(self, host: str, port: int, pin: str) -> tuple[_Stream, bool]:
         """A kept-alive connection (True) or a new one (False)."""
-        pool = self._idle.get((host, port))
+        pool = self._idle.get((host, port, pin))
         if pool:
             return pool.pop(), True
-        return await _Stream.connect(host, port, self.connect_timeout), False
+        return await _Stream.connect(host, port, self.connect_timeout, pin), False
 
     @staticmethod
     async def _ask(conn: _Stream, request: bytes, kept: bool) -> bytes:
@@ -547,8 +594,8 @@ class Fetcher:
                 return b""
             raise
 
-    def _release(self, host: str, port: int, conn: _Stream) -> None:
-        pool = self._idle.setdefault((host, port), [])
+    def _release(self, host: str, port: int, pin: str, conn: _Stream) -> None:
+        pool = self._idle.setdefault((host, port, pin), [])
         if len(pool) < 4:
             pool.append(conn)
         else:
@@ -568,8 +615,12 @@ class Fetcher:
         chunks: list[tuple[str, int]],
         deadline: float | None = None,
         bucket: str = "misc",
+        pin: str = "",
     ) -> FetchResult:
-        """Fetch ``chunks`` [(sha256, size)] from one source; never raises for the source."""
+        """Fetch ``chunks`` [(sha256, size)] from one source; never raises for the source.
+
+        With ``pin`` (a certificate's SHA-256), over TLS to that certificate only: the
+        token is sent once the server has proved it; another certificate is ``lying``."""
         result = FetchResult()
         started = time.monotonic()
         pending = [c for c in chunks if not self.store.has(c[0])]
@@ -584,13 +635,13 @@ class Fetcher:
         try:
             request = {"v": WIRE_VERSION, "token": token, "want": [h for h, _ in pending]}
             line = json.dumps(request).encode() + b"\n"
-            conn, kept = await self._connect(host, port)
+            conn, kept = await self._connect(host, port, pin)
             watch = _Watchdog(conn, self.idle_timeout, deadline)
             head = await self._ask(conn, line, kept)
             if not head and kept:
                 conn.close()
                 conn = None
-                conn = await _Stream.connect(host, port, self.connect_timeout)
+                conn = await _Stream.connect(host, port, self.connect_timeout, pin)
                 watch.stream = conn
                 conn.stamp = time.monotonic()
                 head = await self._ask(conn, line, False)
@@ -603,11 +654,14 @@ class Fetcher:
             watch.stop()
             result.nbytes = total
             self._store(pending, sizes, whole, bucket, result)
-            self._release(host, port, conn)
+            self._release(host, port, pin, conn)
             conn = None
         except ChunkError as exc:  # our own disk: not the source's fault
             result.error = str(exc)
             result.local = True
+        except PinError as exc:  # an impostor, or someone on the path
+            result.error = str(exc)
+            result.lying = True
         except asyncio.TimeoutError:
             result.error = "timed out"
             result.unreachable = watch is None  # while connecting
@@ -723,13 +777,17 @@ def _sizes(head: bytes, pending: list[tuple[str, int]], result: FetchResult) -> 
     return sizes
 
 
-def chunk_sources(value: object) -> list[tuple[str, int]]:
-    """Validate a list of [host, port] pairs from a request."""
-    out: list[tuple[str, int]] = []
+def chunk_sources(value: object) -> list[tuple[str, int, str]]:
+    """Validate a list of [host, port] or [host, port, pin] from a request (pin: the
+    SHA-256 of the server's certificate, for TLS; "" when plain)."""
+    out: list[tuple[str, int, str]] = []
     if not isinstance(value, list):
-        raise ValueError("sources must be a list of [host, port]")
+        raise ValueError("sources must be a list of [host, port, pin?]")
     for item in value:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
-            raise ValueError("sources must be a list of [host, port]")
-        out.append((item[0], int(item[1])))
+        if not (isinstance(item, list) and len(item) in (2, 3) and isinstance(item[0], str)):
+            raise ValueError("sources must be a list of [host, port, pin?]")
+        pin = item[2] if len(item) == 3 else ""
+        if pin and not is_fingerprint(pin):
+            raise ValueError(f"bad certificate fingerprint {str(pin)[:70]!r}")
+        out.append((item[0], int(item[1]), pin))
     return out

@@ -3,21 +3,25 @@
 Theory of operation. The controller is the coordinator; a node only does what
 it is told, over its control socket (so only SSH can start anything):
 
-``content.begin`` {dir, version, blob, blob_size, token, sources, probe?, ...}
+``content.begin`` {dir, version, blob, blob_size, token, sources, probe?, tls?, ...}
     With ``probe`` [host, port] (the controller's chunk server), first checks
     that this node can connect to it; if not it answers only ``unreachable``
     (why) and opens nothing, and the controller tunnels the source through its
     SSH connection and asks again. Then opens a push session: starts this
     node's chunk server (TCP, read-only, token-checked: :mod:`.chunkserver`)
-    if it is not running, fetches the manifest (a zlib-compressed chunk
+    if it is not running (over TLS with ``tls`` {cert, key}: the key and
+    certificate the controller made for it, :mod:`.tlspin`; the answer's
+    ``fingerprint`` is what peers pin it by, "" when plain; a plain server
+    already serving refuses a TLS push), fetches the manifest (a zlib-compressed chunk
     named ``blob``) from the given sources,
     checks that it hashes to ``version`` and obeys every safety rule
     (:func:`manifest.parse`), and answers which chunks, by index in
     :meth:`Manifest.unique_chunks`, it lacks (``missing``) and which it holds
     in its store and can serve peers (``held``). Chunks found in the files of
     versions already deployed here are neither missing nor fetched.
-``content.fetch`` {version, dir, source: [host, port], chunks: [index...], limit}
-    Fetches those chunks from one source (a peer or the controller), verifies
+``content.fetch`` {version, dir, source: [host, port, pin?], chunks: [index...], limit}
+    Fetches those chunks from one source (a peer or the controller; over TLS
+    to the certificate whose SHA-256 is ``pin``, when given), verifies
     each hash, stores it; answers ``got``, ``failed``, ``bytes`` and whether
     the source lied (sent bytes that do not match) or could not be connected to
     (``unreachable``: the controller stops choosing that peer for this node).
@@ -67,6 +71,7 @@ from . import manifest as mf
 from .activate import Area, AreaError, NeedChunks, resolve_target
 from .chunkserver import ChunkServer, Fetcher, StoreBackend, chunk_sources
 from .chunkstore import ChunkError, ChunkStore, Throttle, unlink_all
+from .tlspin import TEST_IMPOSTOR_FLAG, pem_fingerprint, server_context
 
 #: A session unused this long ends and its store goes (the window to resume a push).
 IDLE_SECONDS = 900.0
@@ -156,7 +161,7 @@ def _same_device(store: Path, target_parent: Path) -> bool:
 
 async def _unreachable(source: object, timeout: float = PROBE_SECONDS) -> str:
     """Why this node cannot open a TCP connection to ``source`` ([host, port]); "" if it can."""
-    ((host, port),) = chunk_sources([source])
+    ((host, port, _),) = chunk_sources([source])
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
     except asyncio.TimeoutError:
@@ -210,13 +215,30 @@ class ContentService:
 
     # -- sessions --------------------------------------------------------------
 
-    async def _serve(self, host: str, port: int) -> None:
+    async def _serve(self, host: str, port: int, tls: object) -> None:
+        """Start the chunk server unless it runs (TLS with ``tls`` {cert, key})."""
         if self.server is not None and self.server.listening:
+            if tls and self.server.tls is None:
+                raise ValueError(
+                    "a --plain-data push is serving chunks here: cannot serve a TLS push "
+                    "at once (wait for it to end, or push with --plain-data)"
+                )
             return
+        ctx, pin = None, ""
+        if tls:
+            if not isinstance(tls, dict):
+                raise ValueError("tls must be {cert, key}")
+            cert, key = _require(tls, "cert", str), _require(tls, "key", str)
+            pin = pem_fingerprint(cert)
+            impostor = self.home / TEST_IMPOSTOR_FLAG
+            if impostor.exists():  # test hook: serve another certificate, claim this one
+                cert = key = impostor.read_text()
+            ctx = server_context(cert, key, self.home)
         _more_files()  # connections and placed files both take descriptors
-        self.server = ChunkServer(StoreBackend(self.store, self.home))
+        self.server = ChunkServer(StoreBackend(self.store, self.home), tls=ctx, fingerprint=pin)
         self.port = await self.server.start(host, port)
-        self.record("content", None, f"chunk server listening on {host}:{self.port}")
+        kind = "TLS" if ctx is not None else "plain"
+        self.record("content", None, f"chunk server listening on {host}:{self.port} ({kind})")
 
     def _arm_reaper(self) -> None:
         if self._reaper is None:
@@ -320,7 +342,9 @@ class ContentService:
             unreachable = await _unreachable(args["probe"])
             if unreachable:
                 return {"unreachable": unreachable}  # nothing opened: it tunnels, asks again
-        await self._serve(str(args.get("bind") or "0.0.0.0"), int(args.get("port") or 0))
+        await self._serve(
+            str(args.get("bind") or "0.0.0.0"), int(args.get("port") or 0), args.get("tls")
+        )
         assert self.server is not None
         self._arm_reaper()
         self.server.tokens.add(token)
@@ -379,6 +403,7 @@ class ContentService:
             self._revoke(old.token)
         return {
             "port": self.port,
+            "fingerprint": self.server.fingerprint,
             "current": current,
             "ready": ready,
             "missing": missing,
@@ -394,8 +419,10 @@ class ContentService:
         size = int(args.get("blob_size", 0))
         errors = []
         if not self.store.has(blob):
-            for host, port in chunk_sources(args.get("sources", [])):
-                got = await self.fetcher.fetch(host, port, token, [(blob, size)], bucket=version)
+            for host, port, pin in chunk_sources(args.get("sources", [])):
+                got = await self.fetcher.fetch(
+                    host, port, token, [(blob, size)], bucket=version, pin=pin
+                )
                 if got.got:
                     break
                 errors.append(f"{host}:{port}: {got.error or 'not there'}")
@@ -437,7 +464,7 @@ class ContentService:
         return session
 
     async def fetch(self, session: PushSession, args: dict[str, Any]) -> dict[str, Any]:
-        ((host, port),) = chunk_sources([args.get("source")])
+        ((host, port, pin),) = chunk_sources([args.get("source")])
         wanted = []
         for i in _require(args, "chunks", list):
             if not isinstance(i, int) or not 0 <= i < len(session.chunks):
@@ -451,6 +478,7 @@ class ContentService:
             wanted,
             deadline=time.monotonic() + timeout,
             bucket=session.version,
+            pin=pin,
         )
         if result.lying:
             self.record("content", None, f"rejected chunks from {host}:{port}: {result.error}")

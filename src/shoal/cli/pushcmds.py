@@ -60,6 +60,11 @@ def register(sub: Any) -> None:
         help="replace an existing empty directory at REMOTE_DIR (refused otherwise)",
     )
     push.add_argument("--no-fsync", action="store_true", help="do not flush to disk first")
+    push.add_argument(
+        "--plain-data",
+        action="store_true",
+        help="chunks and token in clear TCP, no TLS (trusted networks only)",
+    )
     push.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
     push.set_defaults(handler=cmd_push)
 
@@ -128,6 +133,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     opts.allow_setuid = args.allow_setuid
     opts.replace_empty_dir = args.replace_empty_dir
     opts.durable = not args.no_fsync
+    opts.plain_data = args.plain_data
     live = ProgressLine(not (args.no_progress or args.json))
     try:
         result = push(

@@ -16,7 +16,13 @@ Theory of operation of a push (the coordinator is :mod:`.swarm`, the node side
    the source is tunnelled through the node's SSH connection (a remote port
    forward to a chunk server on our loopback: same token, same hashes) and
    the node fetches from a port on its own loopback, ``path`` "ssh-tunnel"
-   (else "direct"); peers stay direct where they reach each other. It then
+   (else "direct"); peers stay direct where they reach each other. Unless
+   :attr:`PushOptions.plain_data`, every chunk server speaks TLS with a key
+   and certificate made for this push (:mod:`.datatls`): the node's own go to
+   it in ``content.begin``, and every fetch pins the server's fingerprint (the
+   controller's, or the one each node's ``begin`` answered), so chunk bytes
+   and the token cross the network encrypted, to the intended server only
+   (the tunnelled path too: TLS inside SSH, one code path). It then
    fetches the manifest, validates it, and says which chunks it lacks after
    counting what its store and its deployed versions already hold.
 4. :data:`PushOptions.pipeline` workers per node fetch batches the swarm
@@ -66,6 +72,7 @@ from shoal.nodes.model import Node
 from shoal.state import State, opened
 from shoal.transport.base import Connection, RemoteForward, Transport
 
+from .datatls import Identity, make_identity
 from .depot import Depot, record_deployed
 from .scan import ChunkParams, ScannedTree, SourceBackend, load_cache, save_cache, scan
 from .swarm import MAX_FAILURES, PIPELINE, Batch, NodeStats, Swarm
@@ -93,6 +100,8 @@ class PushOptions(AgentOptions):
     commit_timeout: float = 900.0
     #: Switch REMOTE_DIR to the new version; False stages it (see :func:`activate_async`).
     switch: bool = True
+    #: Chunks and token in clear TCP (trusted networks): no TLS, no certificates.
+    plain_data: bool = False
 
 
 @dataclass
@@ -157,14 +166,18 @@ ProgressCallback = Callable[[PushProgress], None]
 class _SourceServers:
     """The controller's chunk servers, one per address nodes see it at."""
 
-    def __init__(self, tree: ScannedTree, token: str, rate: float | None) -> None:
+    def __init__(
+        self, tree: ScannedTree, token: str, rate: float | None, identity: Identity | None
+    ) -> None:
         self.backend = SourceBackend(tree)
         self.throttle = Throttle(rate)
         self.token = token
+        self.tls = identity.context() if identity is not None else None
+        self.fingerprint = identity.fingerprint if identity is not None else ""
         self.servers: dict[str, asyncio.Task[tuple[ChunkServer, int]]] = {}
 
     async def _start(self, addr: str) -> tuple[ChunkServer, int]:
-        server = ChunkServer(self.backend, self.throttle)
+        server = ChunkServer(self.backend, self.throttle, self.tls, self.fingerprint)
         server.tokens.add(self.token)
         try:
             port = await server.start(addr, 0)
@@ -297,7 +310,9 @@ async def _swarm_push(
     token = secrets.token_hex(16)
     swarm = Swarm(tree.chunks, batch_bytes=opts.batch_bytes, source_uploads=opts.source_uploads)
     swarm.expect([n.name for n in nodes])
-    servers = _SourceServers(tree, token, opts.source_rate)
+    identity = None if opts.plain_data else make_identity("controller")
+    servers = _SourceServers(tree, token, opts.source_rate, identity)
+    swarm.source.pin = servers.fingerprint
     began = time.monotonic()
 
     async def op(conn: Connection, node: Node, index: int) -> AgentOutcome:
@@ -383,6 +398,7 @@ async def _node_push(
     except ContentError as exc:  # not an address of ours (NAT, a jump host): tunnel
         why = str(exc)
     forward: RemoteForward | None = None
+    tls = None if opts.plain_data else make_identity(node.name)
     client = await connect_agent(conn, node, st, opts)
     swarm.begun += 1
     if swarm.begun > 1 and not swarm.registered.is_set():
@@ -394,12 +410,16 @@ async def _node_push(
     try:
         begin: dict[str, Any] = {"unreachable": why}
         if source is not None:
-            begin = await _begin(client, tree, remote_dir, opts, swarm, token, source, node_addr)
+            begin = await _begin(
+                client, tree, remote_dir, opts, swarm, token, source, node_addr, tls
+            )
         if begin.get("unreachable"):
             why = begin["unreachable"]
             forward = await servers.tunnel(conn)
             source = (forward.host, forward.port)
-            begin = await _begin(client, tree, remote_dir, opts, swarm, token, source, node_addr)
+            begin = await _begin(
+                client, tree, remote_dir, opts, swarm, token, source, node_addr, tls
+            )
             if begin.get("unreachable"):
                 raise ContentError(
                     f"cannot reach the controller's chunk server ({why}) "
@@ -408,8 +428,20 @@ async def _node_push(
                 )
         assert source is not None
         path = "direct" if forward is None else "ssh-tunnel"
+        pin = str(begin.get("fingerprint") or "")
+        if tls is not None and not pin:
+            raise ContentError(
+                "its chunk server does not speak TLS (agent too old?)", node=node.name
+            )
         swarm.register(
-            node.name, node_addr, int(begin["port"]), source, begin["missing"], begin["held"], path
+            node.name,
+            node_addr,
+            int(begin["port"]),
+            source,
+            begin["missing"],
+            begin["held"],
+            path,
+            pin=pin,
         )
         outcome: dict[str, Any] = {}
         for _ in range(3):
@@ -455,9 +487,11 @@ async def _begin(
     token: str,
     source: tuple[str, int],
     node_addr: str,
+    tls: Identity | None,
 ) -> dict[str, Any]:
     """``content.begin`` with the source at ``source`` (answers ``unreachable`` if the
-    node cannot connect to it, having opened nothing)."""
+    node cannot connect to it, having opened nothing); ``tls``: the node's own key and
+    certificate to serve with."""
     return await client.call(
         "content.begin",
         timeout=120,
@@ -474,6 +508,7 @@ async def _begin(
         allow_setuid=opts.allow_setuid,
         replace_empty_dir=opts.replace_empty_dir,
         durable=opts.durable,
+        tls=tls.wire() if tls is not None else None,
     )
 
 
@@ -499,7 +534,7 @@ async def _fetch_all(
                 outcome = await agent.call(
                     "content.fetch",
                     timeout=timeout + 15.0,
-                    source=[batch.host, batch.port],
+                    source=batch.address,
                     chunks=batch.chunks,
                     limit=timeout,
                     **session,

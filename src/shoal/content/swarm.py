@@ -77,6 +77,7 @@ class Peer:
     name: str
     host: str
     port: int
+    pin: str = ""  # its certificate's SHA-256 (TLS), "" for a plain server
     uploads: int = 0
     rate: float = 5e6  # bytes/s, exponentially averaged from completed batches
     penalty_until: float = 0.0
@@ -93,6 +94,16 @@ class Batch:
     chunks: list[int]
     nbytes: int
     started: float = field(default_factory=time.monotonic)
+    pin: str = ""  # the source's certificate fingerprint (TLS), "" when plain
+
+    @property
+    def address(self) -> list[Any]:
+        """The ``source`` of a ``content.fetch``: [host, port] or [host, port, pin]."""
+        return _address(self.host, self.port, self.pin)
+
+
+def _address(host: str, port: int, pin: str) -> list[Any]:
+    return [host, port, pin] if pin else [host, port]
 
 
 @dataclass
@@ -171,8 +182,9 @@ class Swarm:
         missing: Sequence[int],
         held: Sequence[int],
         path: str = "direct",
+        pin: str = "",
     ) -> None:
-        self.peers[node] = Peer(node, host, port)
+        self.peers[node] = Peer(node, host, port, pin)
         self.source_hosts[node] = source
         self.need[node] = set(missing)
         self.order[node] = sorted(missing)
@@ -190,7 +202,8 @@ class Swarm:
         """Where a node should fetch the manifest: a few registered peers, then the source."""
         peers = [p for p in self.peers.values() if p.alive and not p.lying]
         random.shuffle(peers)
-        return [[p.host, p.port] for p in peers[:count]] + [list(source)]
+        found = [_address(p.host, p.port, p.pin) for p in peers[:count]]
+        return [*found, _address(*source, self.source.pin)]
 
     def add_need(self, node: str, chunks: Sequence[int]) -> None:
         """Chunks a node turned out to lack at commit time (a local file changed)."""
@@ -382,7 +395,8 @@ class Swarm:
             self.flying_count[i] = self.flying_count.get(i, 0) + 1
         host, port = self.source_hosts[node] if peer.name == SOURCE else (peer.host, peer.port)
         _log.debug("%s: %d chunk(s) from %s (%s:%s)", node, len(chunks), peer.name, host, port)
-        return Batch(node, peer.name, host, port, chunks, sum(self.sizes[i] for i in chunks))
+        nbytes = sum(self.sizes[i] for i in chunks)
+        return Batch(node, peer.name, host, port, chunks, nbytes, pin=peer.pin)
 
     def complete(self, batch: Batch, outcome: dict[str, Any] | None) -> None:
         """Record what a fetch did; ``outcome`` None means the worker's own node broke."""

@@ -55,7 +55,7 @@ router = APIRouter(prefix="/api/v1")
 #: ``options`` keys a push accepts.
 PUSH_OPTIONS = (
     "pack", "keep", "rate_limit", "source_rate", "allow_setuid", "replace_empty_dir",
-    "durable", "install", "parallel", "timeout", "connect_timeout", "retries",
+    "durable", "install", "parallel", "timeout", "connect_timeout", "retries", "plain_data",
 )  # fmt: skip
 
 
