@@ -125,6 +125,7 @@ class ServeSettings:
     beat: float = _setting(1.0, SECONDS, "seconds between heartbeats to each agent")
     sweep_interval: float = _setting(300.0, SECONDS, "seconds between sweeps (start to start)")
     retention: float = _setting(7 * 86400.0, SECONDS, "seconds of events kept")
+    audit_interval: float = _setting(86400.0, SECONDS, "seconds between file audits (shoal audit)")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from shoal.agentlink import fleet as agents
 from shoal.nodes.health import clear_failed
 from shoal.nodes.model import Node
+from shoal.state import State
 
 from .conftest import remote, unique_lab_name
 
@@ -146,3 +148,47 @@ def test_an_unreachable_node_is_reported_apart_not_dropped(lab: Any, fleet: list
     unanswered = [r for r in out if "record" not in r]
     assert [(r["node"], r["ok"]) for r in unanswered] == [(victim.name, False)]
     assert {r["node"] for r in records(p, "node")} == {n.name for n in fleet[:-1]}
+
+
+def test_the_service_audits_pushed_directories_on_its_schedule(
+    fleet: list[Node], tmp_path: Path
+) -> None:
+    from shoal.content.depot import record_deployed
+    from shoal.control.controller import Controller, ServiceConfig
+    from shoal.nodes.plans import get_plan
+
+    root = make_tree(fleet)
+    remote(fleet[2], f"printf 'drift\\n' > {root}/b.txt")
+    with State(tmp_path / "state.db") as st:  # as a push records it
+        record_deployed(st, root, {n.name: "v1" for n in fleet})
+    config = ServiceConfig(
+        state_dir=tmp_path, sweep_interval=0, logs_interval=0, audit_interval=1.0
+    )
+    controller = Controller(config)
+    controller.managed = lambda: fleet  # type: ignore[method-assign]
+
+    def job() -> dict[str, Any]:
+        return next(s for s in controller.scheduler.status() if s["name"] == "audit")
+
+    async def serve_a_while() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(controller.run(stop))
+        try:
+            for _ in range(120):  # bounded: 60 s
+                await asyncio.sleep(0.5)
+                if job()["last_end"]:
+                    break
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+    try:
+        asyncio.run(serve_a_while())
+        assert f"minority {fleet[2].name}" in str(job()["last_status"]), job()
+    finally:
+        controller.close()
+    with State(tmp_path / "state.db") as st:
+        query = "SELECT kind, node, detail FROM events WHERE topic='audit'"
+        rows = [tuple(r) for r in st.db.execute(query)]
+        assert ("minority", fleet[2].name, f"{root}/b.txt: digest") in rows
+        assert get_plan("audit-minority", state=st).expr == fleet[2].name

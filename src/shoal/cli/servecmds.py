@@ -151,6 +151,7 @@ def _config(args: argparse.Namespace) -> Any:
         beat_interval=serve.beat if args.beat_interval is None else args.beat_interval,
         sweep_interval=serve.sweep_interval if args.sweep_interval is None else args.sweep_interval,
         keep_seconds=serve.retention if args.keep_days is None else args.keep_days * 86400.0,
+        audit_interval=serve.audit_interval,
         **{k: v for k, v in given.items() if v is not None},
     )
 

@@ -56,6 +56,8 @@ class ServiceConfig:
     prune_interval: float = 3600.0
     #: seconds between central log collections (0: none; see shoal.ops.logcollect)
     logs_interval: float = 600.0
+    #: seconds between audits of the pushed directories (0: none; see shoal.ops.audit)
+    audit_interval: float = 86400.0
     #: how long a write waits for another process's lock on the database
     busy_timeout: float = 5.0
     #: seconds between heartbeat lines on an idle event stream
@@ -142,6 +144,8 @@ class Controller:
         self.scheduler.register("retention", self.config.prune_interval, self._prune)
         if self.config.logs_interval > 0:
             self.scheduler.register("logs", self.config.logs_interval, self.collect_logs)
+        if self.config.audit_interval > 0:
+            self.scheduler.register("audit", self.config.audit_interval, self.audit)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set: schedules and plug-ins, then the stop journaled.
@@ -197,6 +201,16 @@ class Controller:
             return "no nodes"
         database, age = self.config.database, self.config.keep_seconds or None
         return await asyncio.to_thread(collect_scheduled, nodes, database, max_age=age)
+
+    async def audit(self) -> str:
+        """Audit the managed nodes' pushed directories (the ``audit`` job), off the loop."""
+        from shoal.ops.audit import audit_scheduled
+
+        try:
+            nodes = self.managed()
+        except EmptySelectionError:
+            return "no nodes"
+        return await asyncio.to_thread(audit_scheduled, nodes, self.config.database)
 
     async def _prune(self) -> str:
         pruned: int = await asyncio.wrap_future(self.journal.prune())

@@ -63,8 +63,9 @@ CREATE TABLE IF NOT EXISTS event_retention (
 """
 
 #: Topics of the service's own events (agents' events have topic ``agent``).
-#: ``rollout``: a staged rollout's steps, whoever ran it (:func:`eventlog.recorder`).
-TOPICS = ("agent", "node", "app", "sweep", "service", "schedule", "rollout")
+#: ``rollout``: a staged rollout's steps, whoever ran it (:func:`eventlog.recorder`);
+#: ``audit``: minorities, missing quorums and repairs of ``shoal audit`` and its job.
+TOPICS = ("agent", "node", "app", "sweep", "service", "schedule", "rollout", "audit")
 
 
 @dataclass(frozen=True)

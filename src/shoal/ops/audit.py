@@ -520,3 +520,20 @@ def _sha256(path: Path) -> str:
         for block in iter(partial(f.read, 1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def audit_scheduled(nodes: Sequence[Node], database: Path) -> str:
+    """One scheduled audit (the service's ``audit`` job, run in a worker thread) of the
+    pushed directories, with a state connection and an event loop of its own: events
+    recorded (topic ``audit``), the minority plan stored; a summary line."""
+    from shoal.agentlink.eventlog import recorder
+
+    with State(database) as st:
+        if not any(default_paths(nodes, st).values()):
+            return "nothing pushed to audit"
+        report = asyncio.run(audit_async(nodes, state=st, on_event=recorder(st, "audit")))
+        expr = remember_minority(report, st)
+    minority = f"minority {expr}" if report.minority_nodes else "no minority"
+    quorum = f", {len(report.no_quorum)} without quorum" if report.no_quorum else ""
+    silent = f", {len(report.unanswered)} unanswered" if report.unanswered else ""
+    return f"{report.checked} path(s) on {len(report.scans)} node(s): {minority}{quorum}{silent}"
