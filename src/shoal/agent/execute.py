@@ -21,6 +21,12 @@ A ``timeout`` sends SIGTERM to the process group and SIGKILL
 :data:`KILL_AFTER` seconds later (``timeout -k 2 T``); ``cancel`` does the
 same (the reply still comes); a closed connection does the same and no reply
 is sent. At most :data:`MAX_EXECS` commands run at once per agent.
+
+The shell is started by :class:`subprocess.Popen` (vfork), its pipes are read with
+the loop's ``add_reader`` and its exit is seen through a pidfd (a waiting thread
+where the kernel has none): asyncio's subprocess transport spent a thread, a
+self-pipe wake-up, three pipe transports and a task on each command, ~0.45 ms of
+the agent's CPU per ``true`` beside ~0.2 ms now (a warm run's node-side cost).
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ import math
 import os
 import pwd
 import signal
-from typing import Any, Callable
+import subprocess
+import threading
+from typing import IO, Any, Callable
 
 from . import protocol
 from .outbox import Outbox
@@ -113,20 +121,6 @@ class ExecRequest:
         self.cwd = os.path.join(user_home(), cwd) if cwd else user_home()
 
 
-class _Pipes(asyncio.SubprocessProtocol):
-    def __init__(self, stream: ExecStream) -> None:
-        self.stream = stream
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        self.stream.output(fd, data)
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        self.stream.pipe_closed(fd)
-
-    def process_exited(self) -> None:
-        self.stream.exited()
-
-
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -144,7 +138,9 @@ class ExecStream:
         self.task: asyncio.Task[None] | None = None
         self.on_end: Callable[[], None] | None = None
         self.timed_out = False
-        self._transport: Any = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pipes: dict[int, IO[bytes]] = {}  # fd 1, 2 -> the open read end
+        self._input = b""
         self._pgid: int | None = None
         self._terminating = False
         self._paused = False
@@ -157,7 +153,82 @@ class ExecStream:
     def start(self) -> None:
         self.task = asyncio.ensure_future(self._run())
 
-    # -- protocol callbacks ------------------------------------------------
+    # -- the shell's pipes and exit (loop callbacks) ---------------------------
+
+    def _readable(self, fd: int) -> None:
+        pipe = self._pipes.get(fd)
+        if pipe is None:
+            return
+        try:
+            data = os.read(pipe.fileno(), 1 << 18)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.output(fd, data)
+        else:
+            self._close_pipe(fd)
+            self.pipe_closed(fd)
+
+    def _close_pipe(self, fd: int) -> None:
+        pipe = self._pipes.pop(fd, None)
+        if pipe is not None:
+            asyncio.get_running_loop().remove_reader(pipe.fileno())
+            pipe.close()
+
+    def _close_pipes(self) -> None:
+        for fd in list(self._pipes):
+            self._close_pipe(fd)
+        proc = self._proc
+        if proc is not None and proc.stdin is not None and not proc.stdin.closed:
+            asyncio.get_running_loop().remove_writer(proc.stdin.fileno())
+            proc.stdin.close()
+
+    def _feed(self) -> None:
+        """Write what is left of ``input`` to the shell's stdin; EOF after it."""
+        stdin = self._proc.stdin if self._proc is not None else None
+        if stdin is None or stdin.closed:
+            return
+        try:
+            written = os.write(stdin.fileno(), self._input[: 1 << 16]) if self._input else 0
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # the command closed its stdin: the rest is not wanted
+            written = len(self._input)
+        self._input = self._input[written:]
+        if not self._input:
+            asyncio.get_running_loop().remove_writer(stdin.fileno())
+            stdin.close()
+
+    def _watch_exit(self, proc: subprocess.Popen[bytes]) -> None:
+        """:meth:`exited` when the shell has exited (reaped here: its status is kept)."""
+        loop = asyncio.get_running_loop()
+        try:
+            pidfd = os.pidfd_open(proc.pid)  # type: ignore[attr-defined,unused-ignore]
+        except (AttributeError, OSError):  # Python < 3.9 or a kernel < 5.3
+            waiter = threading.Thread(target=self._wait_thread, args=(loop, proc), daemon=True)
+            waiter.start()
+            return
+
+        def readable() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._reaped(proc, _wait_status(proc.pid, 0))
+
+        loop.add_reader(pidfd, readable)
+
+    def _wait_thread(self, loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes]) -> None:
+        status = _wait_status(proc.pid, 0)
+        try:
+            loop.call_soon_threadsafe(self._reaped, proc, status)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits for the reply
+
+    def _reaped(self, proc: subprocess.Popen[bytes], status: int | None) -> None:
+        # as asyncio records a child it could not wait for
+        proc.returncode = 255 if status is None else os.waitstatus_to_exitcode(status)
+        self.exited()
 
     def output(self, fd: int, data: bytes) -> None:
         stream = _STREAMS.get(fd)
@@ -183,12 +254,12 @@ class ExecStream:
 
     def _set_reading(self, on: bool) -> None:
         self._paused = not on
-        if self._transport is None:
-            return
-        for fd in (1, 2):
-            pipe = self._transport.get_pipe_transport(fd)
-            if pipe is not None:
-                pipe.resume_reading() if on else pipe.pause_reading()
+        loop = asyncio.get_running_loop()
+        for fd, pipe in self._pipes.items():
+            if on:
+                loop.add_reader(pipe.fileno(), self._readable, fd)
+            else:
+                loop.remove_reader(pipe.fileno())
 
     async def _resume_when_drained(self) -> None:
         try:
@@ -241,17 +312,14 @@ class ExecStream:
         shell = login_shell()
         env = dict(os.environ)
         env.update(req.env)
-        stdin = asyncio.subprocess.PIPE if req.input is not None else asyncio.subprocess.DEVNULL
+        stdin = subprocess.PIPE if req.input is not None else subprocess.DEVNULL
         try:
-            self._transport, _ = await loop.subprocess_exec(
-                lambda: _Pipes(self),
-                os.path.basename(shell) or shell,
-                "-c",
-                req.command,
+            proc = subprocess.Popen(
+                [os.path.basename(shell) or shell, "-c", req.command],
                 executable=shell,
                 stdin=stdin,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 cwd=req.cwd,
                 env=env,
                 start_new_session=True,
@@ -259,13 +327,18 @@ class ExecStream:
         except OSError as exc:
             where = exc.filename or req.cwd
             raise ExecFailed(f"cannot start {shell}: {exc.strerror or exc}: {where}") from None
-        transport = self._transport
-        self._pgid = transport.get_pid()
-        if req.input is not None:
-            pipe = transport.get_pipe_transport(0)
-            if pipe is not None:
-                pipe.write(req.input)
-                pipe.write_eof()
+        self._proc = proc
+        self._pgid = proc.pid
+        assert proc.stdout is not None and proc.stderr is not None
+        self._pipes = {1: proc.stdout, 2: proc.stderr}
+        for fd, pipe in self._pipes.items():
+            os.set_blocking(pipe.fileno(), False)
+            loop.add_reader(pipe.fileno(), self._readable, fd)
+        if proc.stdin is not None:
+            self._input = req.input or b""
+            os.set_blocking(proc.stdin.fileno(), False)
+            loop.add_writer(proc.stdin.fileno(), self._feed)
+        self._watch_exit(proc)
         timer = None if req.timeout is None else loop.call_later(req.timeout, self._on_timeout)
         try:
             await asyncio.shield(self._exit)  # a cancel must not cancel the exit itself
@@ -281,10 +354,10 @@ class ExecStream:
             if timer is not None:
                 timer.cancel()
             if self._exit.done():
-                transport.close()
-            else:  # cancelled: closing now would SIGKILL the shell alone, before its group
-                self._exit.add_done_callback(lambda _: transport.close())
-        code = transport.get_returncode()
+                self._close_pipes()
+            else:  # cancelled: the pipes are closed once the shell has exited
+                self._exit.add_done_callback(lambda _: self._close_pipes())
+        code = proc.returncode
         return {
             "exit": code if code is not None and code >= 0 else None,
             "signal": _signal_name(-code) if code is not None and code < 0 else None,
@@ -300,6 +373,17 @@ class ExecStream:
 
 class ExecFailed(Exception):
     """The command could not be started (answered as a refusal)."""
+
+
+def _wait_status(pid: int, flags: int) -> int | None:
+    """``waitpid``'s status of our child ``pid``; None if it cannot be waited for."""
+    while True:
+        try:
+            return os.waitpid(pid, flags)[1]
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return None
 
 
 def _signal_name(number: int) -> str:
