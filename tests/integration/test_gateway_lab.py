@@ -135,3 +135,16 @@ def test_no_private_key_on_gateway(site_lab: Lab) -> None:
     body = site_lab.identity.read_text().splitlines()[1]  # a line of the controller's key
     found = remote(gateway, f"grep -rlF -e {body!r} /root /tmp 2>/dev/null; true")
     assert found.strip() == "", found
+
+
+def test_push_through_gateway(site_lab: Lab, tmp_path: Path) -> None:
+    """The push's agents and chunks reach the site too (through its SSH connections)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "blob").write_bytes(os.urandom(500_000))
+    p = shoal("push", "-s", "@lab", "-a", "--no-json", str(tree), "/tmp/gw-pushed", timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "6/6 nodes ok" in p.stdout + p.stderr, p.stdout + p.stderr
+    for name in SITE:
+        row = next(ln for ln in p.stdout.splitlines() if ln.startswith(f"{name} "))
+        assert " ok " in row and "ssh-tunnel" in row, row
