@@ -195,3 +195,16 @@ def test_site_spec() -> None:
     assert LabSpec(n=8, site=4).site == 4
     with pytest.raises(UsageError):
         LabSpec(n=2, site=2)
+
+
+def test_group_rule_marks_a_whole_group() -> None:
+    """A group's ``gateway`` variable (an Ansible inventory's rule) reaches each member."""
+    from shoal.nodes.importers import parse_ansible_ini
+
+    inv = parse_ansible_ini(
+        "[front]\ngw1 ansible_host=10.0.0.3\n[site]\nrack[1:3]\n[site:vars]\ngateway=gw1\n",
+        "hosts.ini",
+    )
+    by_name = {n.name: n for n in inv.nodes}
+    assert by_name["gw1"].gateway is None
+    assert [by_name[f"rack{i}"].gateway for i in (1, 2, 3)] == ["gw1"] * 3
