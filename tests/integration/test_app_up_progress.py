@@ -12,11 +12,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from shoal.testing.ptyrun import on_terminal
 
 pytestmark = pytest.mark.lab
 
@@ -47,34 +48,7 @@ components:
 
 def _on_terminal(*argv: str) -> tuple[int, bytes]:
     """``argv``'s exit status and all it wrote, with stdout and stderr on a terminal."""
-    import pty
-    import select
-
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen([*SHOAL, *argv], stdout=follower, stderr=follower, env=_env())
-    os.close(follower)
-    out = b""
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([leader], [], [], 1)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        os.close(leader)
-        if proc.poll() is None:
-            proc.kill()
-        code = proc.wait(timeout=30)
-    return code, out
+    return on_terminal([*SHOAL, *argv], env=_env(), timeout=240)
 
 
 def _shoal(*argv: str) -> subprocess.CompletedProcess[str]:

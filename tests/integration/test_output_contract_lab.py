@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from shoal.testing.ptyrun import on_terminal
+
 pytestmark = pytest.mark.lab
 
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
@@ -157,33 +159,7 @@ def test_push_and_rollback_json_and_closed_pipe(three: str, tmp_path: Path) -> N
 
 def _on_terminal(*argv: str) -> tuple[int, bytes]:
     """``argv``'s exit status and all it wrote, run with stdout and stderr on a terminal."""
-    import pty
-    import select
-    import time
-
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen([*SHOAL, *argv], stdout=follower, stderr=follower)
-    os.close(follower)
-    out = b""
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([leader], [], [], 1)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        os.close(leader)
-        code = proc.wait(timeout=30)
-    return code, out
+    return on_terminal([*SHOAL, *argv])
 
 
 @pytest.mark.parametrize(

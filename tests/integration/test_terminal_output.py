@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import pty
-import select
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
+
+from shoal.testing.ptyrun import on_terminal
 
 pytestmark = pytest.mark.lab
 
@@ -20,29 +18,7 @@ HOSTILE = r"printf 'a\033]52;c;aGk=\007b\n'; printf 'c\033[1Ad\n' >&2"
 
 
 def _on_terminal(*argv: str) -> bytes:
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen([*SHOAL, *argv], stdout=follower, stderr=follower)
-    os.close(follower)
-    out = b""
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([leader], [], [], 1)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        os.close(leader)
-        proc.wait(timeout=30)
-    return out
+    return on_terminal([*SHOAL, *argv], timeout=60)[1]
 
 
 @pytest.mark.parametrize("mode", [[], ["--stream"]])

@@ -9,8 +9,6 @@ write), a CSI cursor move and a bidi override.
 from __future__ import annotations
 
 import os
-import pty
-import select
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from shoal.cli.terminal import escape_controls
+from shoal.testing.ptyrun import on_terminal
 
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 HOSTILE = "evil\x1b]52;c;aGk=\x07\x1b[2A\u202etxt.exe\x9b\x7f end"
@@ -45,44 +44,22 @@ def home(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def on_terminal(home: Path, *argv: str) -> bytes:
+def shown(home: Path, *argv: str) -> bytes:
     """What ``shoal ARGV`` writes to a terminal (stdout and stderr share it)."""
-    leader, follower = pty.openpty()
     env = {**os.environ, "SHOAL_HOME": str(home)}
     env.pop("MQ_NODES", None)
-    proc = subprocess.Popen([*SHOAL, *argv], stdout=follower, stderr=follower, env=env)
-    os.close(follower)
-    out = b""
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([leader], [], [], 1)
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: every writer closed
-                break
-            if not chunk:
-                break
-            out += chunk
-    finally:
-        os.close(leader)
-        proc.wait(timeout=10)
-    return out
+    return on_terminal([*SHOAL, *argv], env=env, timeout=30)[1]
 
 
 @pytest.mark.parametrize("argv", [("nodes", "failed"), ("events", "--no-pull")])
 def test_terminal_sees_escapes_shown(home: Path, argv: tuple[str, ...]) -> None:
-    out = on_terminal(home, *argv)
+    out = shown(home, *argv)
     assert b"\x1b" not in out and "\u202e".encode() not in out, out
     assert SHOWN.encode() in out, out
 
 
 def test_raw_option_and_pipes_pass_bytes_unchanged(home: Path) -> None:
-    out = on_terminal(home, "--raw", "nodes", "failed")
+    out = shown(home, "--raw", "nodes", "failed")
     assert HOSTILE.encode() in out
     env = {**os.environ, "SHOAL_HOME": str(home)}
     piped = subprocess.run([*SHOAL, "nodes", "failed"], env=env, capture_output=True, timeout=30)
