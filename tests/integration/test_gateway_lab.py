@@ -7,6 +7,7 @@ the lab owns group ``lab``), always taken down.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import os
@@ -148,3 +149,33 @@ def test_push_through_gateway(site_lab: Lab, tmp_path: Path) -> None:
     for name in SITE:
         row = next(ln for ln in p.stdout.splitlines() if ln.startswith(f"{name} "))
         assert " ok " in row and "ssh-tunnel" in row, row
+
+
+def test_standing_links_through_gateway(site_lab: Lab) -> None:
+    """The service's links attach the site's nodes through one connection to the gateway
+    and run on them warm."""
+    from shoal.control.journal import Journal
+    from shoal.control.links import Links
+    from shoal.fanout import RunOptions
+    from shoal.fanout.commands import run_async
+    from shoal.state import State
+
+    nodes = site_lab.nodes()
+    before = accepted(site_lab, GATEWAY)
+
+    async def go() -> None:
+        state = State()
+        links = Links(nodes, state=state, journal=Journal(state))
+        await links.start()
+        try:
+            assert await links.wait_up(timeout=60), links.status()
+            warm = await run_async(nodes, "hostname", RunOptions(), transport=links.transport)
+            assert warm.ok, [(r.node, r.reason) for r in warm.failed]
+            assert {r.node: r.stdout.strip() for r in warm} == {n.name: n.name for n in nodes}
+        finally:
+            await links.stop()
+            state.close()
+
+    asyncio.run(go())
+    # n3's own link and the one connection the site's three links share
+    assert accepted(site_lab, GATEWAY) - before == 2
