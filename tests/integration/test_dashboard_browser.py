@@ -161,9 +161,13 @@ def test_a_killed_node_turns_down_within_5_s_without_a_reload(lab: Any, page: An
                 for e in map(json.loads, events.splitlines())
                 if e.get("stored", 0) >= killed
             ]
+            arrivals = page.evaluate("window.shoalDashboard.perf.arrivals")
+            reached = [f"{kind} +{t - killed:.1f} s" for t, _, kind, n in arrivals
+                       if n == node and t >= killed]  # fmt: skip
             raise AssertionError(
                 f"{node}'s tile turned down {seen:.1f} s after the kill (> 5 s); the service "
-                f"stored, after the kill: {', '.join(stored) or 'nothing'}"
+                f"stored, after the kill: {', '.join(stored) or 'nothing'}; the page's stream "
+                f"delivered: {', '.join(reached) or 'nothing'}"
             ) from None
         assert page.text_content("#counts .count.s-down") == "down 1"
         page.click(f"#tiles .tile[data-node='{node}']")

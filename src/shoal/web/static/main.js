@@ -16,7 +16,10 @@ const pushes = new Pushes(document.querySelector("#pushes"), say);
 const programs = new NodePrograms(document.querySelector("#fleet"));
 const timeline = document.querySelector("#timeline tbody");
 const eventFilter = document.querySelector("#event-filter");
-const perf = { events: 0, frames: 0, lastSeq: null };
+// arrivals: the last ARRIVALS events' [wall-clock seconds, seq, kind, node] as the stream
+// delivered them (a late tile then says whether the stream or the page was late)
+const ARRIVALS = 50;
+const perf = { events: 0, frames: 0, lastSeq: null, arrivals: [] };
 window.shoalDashboard = { fleet, perf };  // read by the browser tests and the benchmark
 
 const queue = [];
@@ -106,6 +109,8 @@ async function start() {
       seen = e.seq;
     }
     perf.events += 1;
+    perf.arrivals.push([Date.now() / 1000, e.seq, e.kind, e.node]);
+    if (perf.arrivals.length > ARRIVALS) perf.arrivals.shift();
     queue.push(e);
     schedule();
   };
