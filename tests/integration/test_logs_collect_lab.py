@@ -245,6 +245,106 @@ def test_disk_full_as_the_node_frees_a_file_leaves_that_file_recorded(
         run(agents.call_async([node], "proc.remove", {"name": "le.w"}, opts()))
 
 
+FILLER = """
+import sys, time
+rate = int(sys.argv[1])
+for i in range(50 * rate):  # bounded: 50 s; the test removes it long before
+    sys.stdout.write(f"2026-12-01T12:00:00Z INFO req seq={i:08d} path=/api/v1/items/{i}\\n")
+    if i % 20 == 19:
+        sys.stdout.flush()
+        time.sleep(20 / rate)
+"""
+GAP = re.compile(rb"\[shoal agent: (\d+) bytes of output lost here: (.+)\]")
+LINE = re.compile(rb"2026-12-01T12:00:00Z INFO req seq=(\d{8}) path=/api/v1/items/(\d+)")
+
+
+def log_errors(node: Node, options: agents.AgentOptions) -> list[str]:
+    status = run(agents.status_async([node], options))[node.name]
+    assert status.ok, status.error
+    return [str(e) for e in status.value["errors"]]
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def test_disk_full_on_a_node_while_a_program_logs_keeps_its_logs_and_collect_frees_room(
+    trio: list[Node], tmp_path: Path
+) -> None:
+    """A node's disk fills under a program's rotating log: the agent says which file on
+    which node cannot be written (one line), the logs written before are intact and
+    collected whole, and ``--free`` makes room so that the log is written again."""
+    node = trio[2]
+    area = f"/tmp/shoal-logfull-{node.name}"
+    remote(node, f"mkdir -p {area} && mount -t tmpfs -o size=1m tmpfs {area}")
+    small = agents.AgentOptions(home=f"{area}/.shoal")
+    try:
+        assert run(agents.install_async([node], small)).ok
+        spec = agents.proc_spec(
+            "lf.w",
+            ["python3", "-c", FILLER, "4000"],
+            restart="never",
+            log_max_bytes=16384,
+            log_backups=1,
+            log_budget_bytes=64 << 20,  # keeps every uncollected file: the disk fills first
+        )
+        assert run(agents.proc_start_async([node], spec, small)).ok
+        path = f"{area}/.shoal/logs/lf.w.log"
+        wait_until(
+            lambda: any(path in e for e in log_errors(node, small)), 30, "the full disk reported"
+        )
+        errors = [e for e in log_errors(node, small) if path in e]
+        assert errors == [f"No space left on device: {path}"], errors
+        with State(tmp_path / "state.db") as state:
+            results = run(
+                logcollect.collect_async(
+                    [node], logcollect.CollectOptions(free=True), small, state=state
+                )
+            )
+            assert results.ok, results[node.name].error
+            assert results[node.name].value.freed, "collect freed rotated files: room again"
+            wait_until(
+                lambda: not any(path in e for e in log_errors(node, small)),
+                30,
+                "the log written again",
+            )
+            stopped = run(agents.call_async([node], "proc.stop", {"name": "lf.w"}, small))
+            assert stopped.ok, stopped[node.name].error
+            results = run(
+                logcollect.collect_async([node], logcollect.CollectOptions(), small, state=state)
+            )
+            assert results.ok, results[node.name].error
+            got = list(logcollect.lines(state, node.name, "lf.w"))
+        expected, notes = 0, []
+        for index, line in enumerate(got):  # every line whole, in order, a gap only noted
+            gap = GAP.fullmatch(line)
+            if gap:
+                notes.append((index, gap))
+                continue
+            match = LINE.fullmatch(line)
+            if match is None and index + 1 < len(got) and GAP.fullmatch(got[index + 1]):
+                continue  # the line the full disk cut: ended there, never joined to a later one
+            assert match, f"a cut or joined line in the log: {line[:120]!r}"
+            seq = int(match.group(1))
+            assert match.group(2) == str(seq).encode(), f"a joined line: {line[:120]!r}"
+            if seq != expected:
+                assert seq > expected, f"seq {seq} twice or out of order"
+                assert notes and notes[-1][0] == index - 1, f"no note before the gap at {seq}"
+            expected = seq + 1
+        assert notes, "the output lost to the full disk is noted where it was lost"
+        assert all(gap.group(2) == b"No space left on device" for _, gap in notes)
+        assert notes[0][0] > 3000, "what was written before the disk filled is all there"
+    finally:
+        run(agents.call_async([node], "proc.remove", {"name": "lf.w"}, small))
+        run(agents.stop_async([node], small))
+        remote(node, f"umount {area}; rmdir {area}", check=False)
+
+
 def test_the_service_collects_on_its_schedule(trio: list[Node], tmp_path: Path) -> None:
     from shoal.control.controller import Controller, ServiceConfig
 

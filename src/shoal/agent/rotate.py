@@ -12,7 +12,10 @@ agent records a ``log_budget`` event naming it), so the bound on disk use is
 exact either way. Writes are split at the boundary. Offsets handed to
 followers are absolute byte counts since the log was opened by this agent.
 A write that fails (full disk) is dropped and reported through ``on_error``;
-the writer keeps going.
+the writer keeps going. The first write that succeeds again starts with one
+line saying how many bytes were lost and why (:data:`GAP_NOTE`), after a newline
+if the loss cut a line, so a half line is never joined to a later one and the
+gap is visible in the log and in what is collected from it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Optional
 ErrorHook = Callable[[str, Optional[OSError]], None]
 #: Called with the file name and byte count of data dropped before it was collected.
 DropHook = Callable[[str, int], None]
+#: The line written where output was lost ({lost}: how many bytes; {why}: the error).
+GAP_NOTE = "[shoal agent: {lost} bytes of output lost here: {why}]\n"
 
 
 class RotatingLog:
@@ -56,6 +61,9 @@ class RotatingLog:
         self.size = 0
         self.base = 0  # bytes that went to rotated files since this object was made
         self.dropped = 0  # bytes lost to write errors
+        self._lost = 0  # of which since the last write that succeeded
+        self._why = ""
+        self._line_open = False  # the last byte written was not a newline
 
     def _open(self) -> int:
         if self._fd is None:
@@ -135,6 +143,21 @@ class RotatingLog:
 
     def write(self, data: bytes) -> None:
         """Append ``data``, rotating as needed; errors are reported, never raised."""
+        if self._lost and data:
+            note = GAP_NOTE.format(lost=self._lost, why=self._why).encode()
+            failed = self._append(b"\n" + note if self._line_open else note)
+            if failed is not None:
+                self._drop(len(data), failed[1])
+                return
+            self._lost = 0
+        failed = self._append(data)
+        if failed is not None:
+            self._drop(len(failed[0]), failed[1])
+        elif self.on_error is not None:
+            self.on_error(str(self.path), None)
+
+    def _append(self, data: bytes) -> tuple[memoryview, OSError] | None:
+        """Write all of ``data``; on an error, what was left unwritten and the error."""
         view = memoryview(data)
         try:
             while view:
@@ -144,16 +167,21 @@ class RotatingLog:
                     self.rotate()
                     continue
                 written = os.write(fd, view[:room])
+                if written:
+                    self._line_open = view[written - 1] != 0x0A  # not a newline
                 self.size += written
                 view = view[written:]
         except OSError as exc:
-            self.dropped += len(view)
             self.close()
-            if self.on_error is not None:
-                self.on_error(str(self.path), exc)
-            return
+            return view, exc
+        return None
+
+    def _drop(self, lost: int, exc: OSError) -> None:
+        self.dropped += lost
+        self._lost += lost
+        self._why = exc.strerror or str(exc)
         if self.on_error is not None:
-            self.on_error(str(self.path), None)
+            self.on_error(str(self.path), exc)
 
     @property
     def offset(self) -> int:

@@ -126,7 +126,7 @@ class Collected:
 
 @contextmanager
 def _tx(
-    st: State, node: str, outcome: str = "nothing freed on the node"
+    st: State, node: str, outcome: str = "the node keeps every file not yet stored"
 ) -> Iterator[sqlite3.Connection]:
     """:meth:`State.transaction`, a failed commit (a full disk) one LocalError line that
     ends with ``outcome``: what the node did or did not do meanwhile."""
@@ -332,7 +332,8 @@ def _write_segment(st: State, node: str, row: dict[str, Any], start: int, data: 
         except OSError:
             pass
         raise LocalError(
-            f"cannot store logs in {directory}: {exc.strerror or exc}; nothing freed on the node",
+            f"cannot store logs in {directory}: {exc.strerror or exc};"
+            " the node keeps every file not yet stored",
             node=node,
         ) from None
     return len(blob)
