@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,3 +180,41 @@ def test_standing_links_through_gateway(site_lab: Lab) -> None:
     asyncio.run(go())
     # n3's own link and the one connection the site's three links share
     assert accepted(site_lab, GATEWAY) - before == 2
+
+
+def test_standing_links_reattach_the_site_after_its_gateway_died(site_lab: Lab) -> None:
+    """A killed gateway takes its subtree's links down (the rest stay up); revived, the
+    site's links attach again through it."""
+    from shoal.control.journal import Journal
+    from shoal.control.links import Links, LinkState
+    from shoal.state import State
+
+    nodes = site_lab.nodes()
+
+    async def wait_state(links: Links, names: tuple[str, ...], want: LinkState) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            states = {n: links.link(n).state for n in names}  # type: ignore[union-attr]
+            if all(s is want for s in states.values()):
+                return
+            assert time.monotonic() < deadline, states
+            await asyncio.sleep(0.05)
+
+    async def go() -> None:
+        state = State()
+        links = Links(nodes, state=state, journal=Journal(state))
+        await links.start()
+        try:
+            assert await links.wait_up(timeout=60), links.status()
+            await asyncio.to_thread(site_lab.kill, GATEWAY)
+            try:
+                await wait_state(links, (GATEWAY, *SITE), LinkState.DOWN)
+                await wait_state(links, ("n1", "n2"), LinkState.UP)
+            finally:
+                await asyncio.to_thread(site_lab.revive, GATEWAY)
+            await wait_state(links, (GATEWAY, *SITE), LinkState.UP)
+        finally:
+            await links.stop()
+            state.close()
+
+    asyncio.run(go())

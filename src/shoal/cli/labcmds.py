@@ -188,6 +188,8 @@ def _status(args: argparse.Namespace) -> int:
         head += f" {st.subnet}, controller {st.controller_addr} [{st.controller.describe()}]"
     print(head)
     print(f"  dir: {st.dir}")
+    if st.site:
+        print(f"  site: {st.site}, reached only through gateway {st.gateway}")
     width = max([4] + [len(n.name) for n in st.nodes])
     print(f"  {'NODE':<{width}}  {'ADDRESS':<21}  {'STATE':<7}  {'SSHD':<7}  SHAPING")
     for n in st.nodes:
@@ -277,6 +279,7 @@ def _status_json(st: Any) -> dict[str, Any]:
         "controller": st.controller_addr,
         "controller_shaping": st.controller.describe(),
         "dir": str(st.dir),
+        **({"site": st.site, "gateway": st.gateway} if st.site else {}),
         "nodes": [
             {
                 "node": n.name,
