@@ -73,6 +73,8 @@ MAX_CONNECTIONS = 4096
 SLICE = 256 * 1024
 LOWAT = 128 * 1024
 TEST_CORRUPT_FLAG = "TEST_CORRUPT_CHUNKS"
+#: The server side of TLS can start after admission (``StreamWriter.start_tls``).
+_LATE_TLS = hasattr(asyncio.StreamWriter, "start_tls")
 
 
 class Backend:
@@ -191,13 +193,17 @@ class ChunkServer:
         self._files: dict[int, Any] = {}
 
     async def start(self, host: str, port: int = 0) -> int:
+        # TLS starts once a connection is admitted (StreamWriter.start_tls, Python 3.11+):
+        # a handshake costs a 256 KiB buffer, so floods must meet the caps first. Older
+        # Pythons handshake before admission (each bounded by AUTH_SECONDS, not capped).
+        early = self.tls if self.tls is not None and not _LATE_TLS else None
         server = await asyncio.start_server(
             self._handle,
             host,
             port,
             limit=MAX_REQUEST,
-            ssl=self.tls,
-            ssl_handshake_timeout=AUTH_SECONDS if self.tls is not None else None,
+            ssl=early,
+            ssl_handshake_timeout=AUTH_SECONDS if early is not None else None,
         )
         self._servers.append(server)
         return int(server.sockets[0].getsockname()[1])
@@ -280,6 +286,9 @@ class ChunkServer:
             return
         loop = asyncio.get_running_loop()
         try:
+            if self.tls is not None and _LATE_TLS:
+                start_tls = writer.start_tls  # type: ignore[attr-defined]
+                await start_tls(self.tls, ssl_handshake_timeout=AUTH_SECONDS)
             while True:
                 wait = IDLE_SECONDS if conn.authed else AUTH_SECONDS
                 timer = loop.call_later(wait, conn.expire)
