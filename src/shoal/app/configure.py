@@ -132,6 +132,7 @@ class Configurer:
                 transport=up.transport,
                 state=up.state,
                 method=up.opts.software_method,
+                plain_data=up.opts.plain_data,
                 on_progress=count.set if up.opts.on_progress else None,  # no idle snapshots
                 hold=self.hold,
                 staged=self.staged.setdefault(sname, {}),

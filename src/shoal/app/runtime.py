@@ -48,6 +48,7 @@ class UpOptions:
     #: SQLite, no node changed yet); tests use it to kill a controller exactly there
     checkpoint: Callable[[str], None] | None = None
     software_method: str = "push"  # push (shoal push, P2P) | copy (SFTP per node)
+    plain_data: bool = False  # software pushes without TLS (--plain-data)
 
 
 @dataclass

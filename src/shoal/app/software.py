@@ -148,6 +148,7 @@ async def push_software(
     on_progress: Callable[[int], None] | None = None,
     hold: Collection[str] = (),
     staged: dict[str, str] | None = None,
+    plain_data: bool = False,
 ) -> dict[str, str]:
     """Put ``tree`` at ``remote_dir[node]`` on every node; errors by node name.
 
@@ -175,7 +176,7 @@ async def push_software(
         groups.setdefault(remote_dir[node.name], []).append(node)
     errors: dict[str, str] = {}
     for target, members in groups.items():
-        opts = PushOptions(install=False, keep=2, switch=not hold)
+        opts = PushOptions(install=False, keep=2, switch=not hold, plain_data=plain_data)
         source = tree.depot or tree.source
         before = finished
 

@@ -66,6 +66,11 @@ def register(sub: Any) -> None:
         "--json", action="store_true", help="print the report as one JSON object (no monitoring)"
     )
     up.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
+    up.add_argument(
+        "--plain-data",
+        action="store_true",
+        help="software pushes: " + "chunks and token in clear TCP, no TLS (trusted networks only)",
+    )
     up.set_defaults(handler=cmd_up)
 
     st = s.add_parser("status", help="components x nodes x processes, barriers, versions")
@@ -235,6 +240,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         on_progress=live.progress,
         agent=agent,
         connect_timeout=args.connect_timeout,
+        plain_data=args.plain_data,
     )
     kept = viaservice.app_up(args, spec, _selections(args.select, spec.components))
     try:

@@ -66,6 +66,11 @@ def register(sub: Any) -> None:
         default="0",
         help="seconds between stages, or 'manual': wait for 'shoal rollout resume' (default 0)",
     )
+    start.add_argument(
+        "--plain-data",
+        action="store_true",
+        help="chunks and token in clear TCP, no TLS (trusted networks only)",
+    )
     start.set_defaults(handler=cmd_start)
     for name, helptext in (
         ("status", "a rollout's stages and node steps (default: the latest)"),
@@ -115,6 +120,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             "pause": args.pause,
         }
     )
+    plan.plain_data = args.plain_data
     nodes = selected_nodes(args)
     programs = [p.strip() for p in args.programs.split(",") if p.strip()]
     opts = AgentOptions(**agent_settings(args))

@@ -67,6 +67,7 @@ class RolloutPlan:
     min_healthy_time: float = 2.0
     stage_deadline: float = 120.0
     pause: float | None = 0.0  # seconds between stages; None: wait for `rollout resume`
+    plain_data: bool = False  # the staging push without TLS (--plain-data); a resume keeps it
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RolloutPlan:
@@ -239,7 +240,7 @@ class _Run:
         previous: dict[str, str | None] = {}
         for target, members in groups.items():
             given = {f.name: getattr(self.opts, f.name) for f in fields(AgentOptions)}
-            popts = PushOptions(**given, switch=False)
+            popts = PushOptions(**given, switch=False, plain_data=self.plan.plain_data)
             result = await push_async(members, source, target, popts, transport=self.transport)
             for outcome in result:
                 if outcome.ok:
