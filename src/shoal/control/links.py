@@ -573,6 +573,9 @@ class Links:
         await watch.start(timeout=self.config.call_timeout)
         link.client = client
         pinger = asyncio.ensure_future(self._pings(link, client))
+        conn = link.conn
+        if conn is not None:  # the beats and the detector watch the link now
+            conn.quiet_keepalive(True)
         try:
             async for item in watch:
                 self._heard(link)
@@ -582,6 +585,8 @@ class Links:
                          "program": item.program, "detail": item.detail}  # fmt: skip
                 self.journal.store_agent_events(name, str(watch.agent_id), [event])
         finally:
+            if conn is not None:
+                conn.quiet_keepalive(False)
             link.client = None
             pinger.cancel()
             await asyncio.gather(pinger, return_exceptions=True)

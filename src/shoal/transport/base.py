@@ -129,6 +129,10 @@ class Connection(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    def quiet_keepalive(self, quiet: bool) -> None:  # noqa: B027 - optional hook
+        """Stop (True) or restore (False) the transport's own keepalives: while a stream
+        that beats is watched on this connection, its watcher notices silence itself."""
+
 
 class Transport(abc.ABC):
     """Opens connections to nodes."""

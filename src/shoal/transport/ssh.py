@@ -225,15 +225,23 @@ class _Session(asyncssh.SSHClientSession[bytes]):
 class SSHConnection(Connection):
     """One SSH connection to one node, reused for every operation."""
 
-    def __init__(self, node: Node, conn: asyncssh.SSHClientConnection) -> None:
+    def __init__(
+        self, node: Node, conn: asyncssh.SSHClientConnection, keepalive: float = 0.0
+    ) -> None:
         self.node = node
         self._conn = conn
+        self._keepalive = keepalive  # seconds, as connected (0: none)
         self._sftp: asyncssh.SFTPClient | None = None
         #: called once closed (a node behind a gateway: the gateway's release)
         self.on_close: Callable[[], Awaitable[None]] | None = None
 
     def is_closed(self) -> bool:
         return self._conn.is_closed()
+
+    def quiet_keepalive(self, quiet: bool) -> None:
+        """asyncssh re-arms its keepalive timer on every packet received (a timer
+        cancelled and one scheduled per beat of a watched agent): off while watched."""
+        self._conn.set_keepalive(0 if quiet else self._keepalive)
 
     async def run(
         self,
@@ -711,7 +719,7 @@ class SSHTransport(Transport):
             hostkeys.log_trusted_by(
                 node.name, str(plan.kwargs.get("host") or node.address), plan.known_hosts, conn
             )
-        return SSHConnection(node, conn)
+        return SSHConnection(node, conn, float(plan.kwargs["keepalive_interval"]))
 
 
 @dataclass
