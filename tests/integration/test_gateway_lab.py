@@ -119,7 +119,8 @@ def test_dead_gateway_reported_for_its_subtree(site_lab: Lab) -> None:
     assert "ok 2," in p.stderr, p.stderr
     for name in SITE:
         line = next(ln for ln in p.stderr.splitlines() if f": {name} — " in ln)
-        assert f"unreachable through gateway {GATEWAY} ({GATEWAY}: " in line, line
+        want = f"unreachable through gateway {GATEWAY} ({GATEWAY}: connect timed out after 2s)"
+        assert want in line, line
         assert "directly: no route to host" in line, line
     # revived: the subtree answers again
     p = shoal("run", "-s", "n[4-6]", "true")

@@ -36,7 +36,8 @@ class Opener:
         self.opened: list[str] = []
         self.down = down or set()
 
-    async def __call__(self, node: Node) -> FakeConn:
+    async def __call__(self, node: Node, timeout: float | None) -> FakeConn:
+        assert timeout == 10.0 or timeout == 5.0
         self.opened.append(node.name)
         await asyncio.sleep(0.01)
         if node.name in self.down:

@@ -65,7 +65,7 @@ class GatewayPool(Generic[C]):
 
     def __init__(
         self,
-        open_: Callable[[Node], Awaitable[C]],
+        open_: Callable[[Node, float | None], Awaitable[C]],
         lookup: Callable[[str, Node], Node] = inventory_lookup,
     ) -> None:
         self._open = open_
@@ -90,9 +90,10 @@ class GatewayPool(Generic[C]):
             self._nodes[name] = node
         return self._nodes[name]
 
-    async def acquire(self, behind: Node) -> C:
-        """The connection to ``behind``'s gateway (opened if need be), counted as used
-        until :meth:`release`; ConnectError naming the gateway when it cannot be had."""
+    async def acquire(self, behind: Node, timeout: float | None = 10.0) -> C:
+        """The connection to ``behind``'s gateway (opened if need be, within ``timeout``:
+        the first waiter's), counted as used until :meth:`release`; ConnectError naming
+        the gateway when it cannot be had."""
         name = behind.gateway
         assert name is not None
         conn = self._conns.get(name)
@@ -103,7 +104,7 @@ class GatewayPool(Generic[C]):
             gateway = self.gateway_node(behind)
             pending = self._pending.get(name)
             if pending is None:
-                pending = asyncio.ensure_future(self._open(gateway))
+                pending = asyncio.ensure_future(self._open(gateway, timeout))
                 self._pending[name] = pending
                 pending.add_done_callback(functools.partial(self._settled, name))
             try:
@@ -159,7 +160,7 @@ async def connect_behind(
     name = node.gateway
     assert name is not None
     try:
-        gateway = await pool.acquire(node)
+        gateway = await pool.acquire(node, timeout)
     except ConnectError as through:
         direct = replace(node, attrs={k: v for k, v in node.attrs.items() if k != GATEWAY})
         try:

@@ -83,6 +83,7 @@ from .base import (
     Transport,
 )
 from .sftp import SFTPCopier
+from .unixstream import UnixStream
 
 #: Seconds between the remote TERM and KILL when a command times out or is interrupted.
 KILL_GRACE = 2.0
@@ -355,10 +356,11 @@ class SSHConnection(Connection):
 
     async def open_unix(self, path: str) -> tuple[ByteReader, ByteWriter]:
         try:
-            reader, writer = await self._conn.open_unix_connection(path, encoding=None)
+            _, stream = await self._conn.create_unix_connection(UnixStream, path, encoding=None)
         except (asyncssh.Error, OSError) as exc:
             raise TransportError(f"cannot open {path} on the node: {exc}", self.node.name) from exc
-        return reader, writer
+        assert isinstance(stream, UnixStream)
+        return stream, stream
 
     async def forward_remote(self, host: str, port: int) -> RemoteForward:
         try:
@@ -466,7 +468,7 @@ class SSHTransport(Transport):
         self._known_files: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         self._key_cache: dict[str, list[asyncssh.SSHKeyPair]] = {}
         self._kh_cache: dict[tuple[tuple[str, int, int], ...], asyncssh.SSHKnownHosts] = {}
-        self._gateways = gateways.GatewayPool(self.connect)
+        self._gateways = gateways.GatewayPool(lambda n, t: self.connect(n, timeout=t))
 
     def keep_only(self, names: Collection[str]) -> None:
         for name in list(self._preconnected):
