@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -219,3 +221,45 @@ def test_standing_links_reattach_the_site_after_its_gateway_died(site_lab: Lab) 
             state.close()
 
     asyncio.run(go())
+
+
+def test_dead_gateway_falls_back_to_direct_where_the_controller_can(site_lab: Lab) -> None:
+    """n2 marked behind n3 goes through n3 while it lives (its login comes from n3's
+    address), and directly once n3 is dead; n4 (no route) is reported."""
+    from dataclasses import replace
+
+    from shoal.fanout import RunOptions
+    from shoal.fanout.commands import run_async
+
+    by_name = {n.name: n for n in site_lab.nodes()}
+    n2 = replace(by_name["n2"], attrs={**by_name["n2"].attrs, "gateway": GATEWAY})
+    nodes = [n2, by_name["n4"]]
+    opts = RunOptions(connect_timeout=2, retries=0)
+
+    def last_login(node: str) -> str:
+        text = (site_lab.node_dir(node) / "log" / "sshd.log").read_text(errors="replace")
+        return [ln for ln in text.splitlines() if "Accepted publickey" in ln][-1]
+
+    through = asyncio.run(run_async(nodes, "true", opts))
+    assert through.ok, [(r.node, r.reason) for r in through.failed]
+    assert f" from {by_name[GATEWAY].host} port " in last_login("n2")
+    site_lab.kill(GATEWAY)
+    try:
+        dead = asyncio.run(run_async(nodes, "true", opts))
+    finally:
+        site_lab.revive(GATEWAY)
+    assert dead["n2"].ok, dead["n2"].reason
+    assert f" from {site_lab.controller_addr} port " in last_login("n2")
+    assert not dead["n4"].ok
+    assert dead["n4"].reason.startswith(f"unreachable through gateway {GATEWAY} ("), dead["n4"]
+    assert "directly: no route to host" in dead["n4"].reason
+
+
+def test_lab_status_names_the_site(site_lab: Lab) -> None:
+    p = shoal("lab", "status", "--json", "--name", site_lab.name)
+    assert p.returncode == 0, p.stderr
+    st = json.loads(p.stdout)
+    assert st["gateway"] == GATEWAY and st["site"].endswith(".0/24"), st
+    site = ipaddress.IPv4Network(st["site"])
+    inside = [ipaddress.IPv4Address(n["address"]) in site for n in st["nodes"]]
+    assert inside == [False, False, False, True, True, True]
