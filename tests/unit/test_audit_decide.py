@@ -107,3 +107,39 @@ def test_agent_scan_rehashes_only_what_changed(tmp_path: Path) -> None:
     time.sleep(0.2)
     two = asyncio.run(scan())
     assert (two["hashed"], two["cached"]) == (1, 19)
+
+
+def test_bucket_digests_point_at_the_one_changed_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trees = [tmp_path / "one" / "t", tmp_path / "two" / "t"]
+    for tree in trees:
+        tree.mkdir(parents=True)
+        for i in range(50):
+            (tree / f"f{i}").write_text(f"file {i}\n")
+    (trees[1] / "f7").write_text("other\n")
+    time.sleep(0.2)
+
+    async def buckets(tree: Path) -> tuple[FileAudit, dict]:
+        (tree.parent / "home").mkdir()
+        audit = FileAudit(tree.parent / "home", lambda *a: None)
+        monkeypatch.setenv("HOME", str(tree.parent))  # the same relative path on both "nodes"
+        return audit, await audit.dispatch("audit.scan", {"paths": ["t"], "buckets": 64})
+
+    async def both() -> list[list[dict]]:
+        one, two = [await buckets(t) for t in trees]
+        assert one[1]["entries"] == [] and len(one[1]["buckets"]) == 64
+        differ = [i for i in range(64) if one[1]["buckets"][i] != two[1]["buckets"][i]]
+        assert len(differ) == 1
+        pages = []
+        for audit, reply in (one, two):
+            args = {"scan": reply["scan"], "buckets": differ, "offset": 0}
+            pages.append((await audit.dispatch("audit.page", args))["entries"])
+        return pages
+
+    pages = asyncio.run(both())
+    for entries in pages:
+        assert str(trees[0] / "f7").endswith(
+            next(e["p"] for e in entries if e["p"].endswith("/f7"))
+        )
+        assert len(entries) < 10  # the bucket's few entries, not the 51 of the tree

@@ -21,6 +21,11 @@ Replies are paged so that 100,000 files never make one message (the protocol's
 line limit is 4 MiB): the scan's reply holds the first :data:`PAGE` entries,
 ``next`` is the offset of the rest, fetched with ``audit.page {scan, offset}``;
 a scan's listing is kept for :data:`KEEP_SECONDS` (at most :data:`MAX_SCANS`).
+With ``buckets: B`` the scan's reply holds no entries but one digest per bucket
+(an entry's bucket: crc32 of its path mod B; the digest: of the bucket's
+entries in path order), so nodes that agree send a few bytes per bucket;
+``audit.page {scan, buckets: [...], offset}`` then pages out only the entries
+of the buckets asked (those the nodes disagree on).
 
 ``audit.replace {path, action, staged?, digest?, mode?, target?}`` repairs one
 entry: ``write`` copies ``staged`` (a file the controller uploaded) beside
@@ -39,6 +44,7 @@ import os
 import stat
 import time
 import uuid
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -56,6 +62,8 @@ RACY_NS = 100_000_000
 ASIDE = ".shoal-audit-"
 #: Most paths one scan may ask for.
 MAX_PATHS = 1000
+#: Most buckets a scan may digest its listing into.
+MAX_BUCKETS = 1 << 16
 
 _READ = 1 << 20
 
@@ -75,11 +83,37 @@ def sha256_file(fd: int) -> str:
 
 
 class _Scan:
-    """One listing being paged out."""
+    """One listing being paged out (all of it, or the entries of some buckets)."""
 
     def __init__(self, entries: list[dict[str, Any]]) -> None:
         self.entries = entries
+        self.view = entries
+        self.buckets: list[int] = []
         self.made = time.monotonic()
+
+    def bucket(self, count: int) -> list[str]:
+        """Each entry's bucket (crc32 of its path mod ``count``); per bucket the first 16
+        hex of the sha256 of its entries, in path order."""
+        self.buckets = [
+            zlib.crc32(e["p"].encode("utf-8", "surrogateescape")) % count for e in self.entries
+        ]
+        members: list[list[dict[str, Any]]] = [[] for _ in range(count)]
+        for entry, b in zip(self.entries, self.buckets):
+            members[b].append(entry)
+        out = []
+        for group in members:
+            digest = hashlib.sha256()
+            for e in sorted(group, key=lambda e: e["p"]):
+                line = f"{e['p']}\0{e['t']}\0{e['m']}\0{e.get('s', '')}\0{e.get('d', '')}\n"
+                digest.update(line.encode("utf-8", "surrogateescape"))
+            out.append(digest.hexdigest()[:16])
+        return out
+
+    def select(self, chosen: Any) -> None:
+        if not isinstance(chosen, list) or not self.buckets:
+            raise ValueError("audit.page: 'buckets' needs a scan made with buckets")
+        wanted = {int(b) for b in chosen}
+        self.view = [e for e, b in zip(self.entries, self.buckets) if b in wanted]
 
 
 class FileAudit:
@@ -99,17 +133,29 @@ class FileAudit:
             if not all(isinstance(p, str) and p for p in paths):
                 raise ValueError("audit.scan: every path must be a non-empty string")
             page = int(args.get("page", PAGE))
+            buckets = int(args.get("buckets") or 0)
+            if not 0 <= buckets <= MAX_BUCKETS:
+                raise ValueError(f"audit.scan: 'buckets' must be 0 to {MAX_BUCKETS}")
+            loop = asyncio.get_running_loop()
             async with self._lock:
-                loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(None, self._scan, paths)
-            entries = result.pop("entries")
+            scan = _Scan(result.pop("entries"))
             scan_id = uuid.uuid4().hex[:12]
-            self._keep(scan_id, _Scan(entries))
+            self._keep(scan_id, scan)
+            if buckets:
+                result["buckets"] = await loop.run_in_executor(None, scan.bucket, buckets)
+                result.update({"scan": scan_id, "entries": [], "next": 0})
+                return result
             result.update(self._page(scan_id, 0, page))
             return result
         if op == "audit.page":
             page = int(args.get("page", PAGE))
-            return self._page(str(args.get("scan")), int(args.get("offset", 0)), page)
+            offset = int(args.get("offset", 0))
+            scan_id = str(args.get("scan"))
+            chosen = args.get("buckets")
+            if chosen is not None and offset == 0 and scan_id in self._scans:
+                self._scans[scan_id].select(chosen)
+            return self._page(scan_id, offset, page)
         if op == "audit.replace":
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(None, replace, args, self.record)
@@ -130,9 +176,9 @@ class FileAudit:
         if scan is None:
             raise ValueError(f"audit scan {scan_id} is not kept any more: scan again")
         page = max(1, min(page, PAGE))
-        chunk = scan.entries[offset : offset + page]
+        chunk = scan.view[offset : offset + page]
         end = offset + len(chunk)
-        done = end >= len(scan.entries)
+        done = end >= len(scan.view)
         if done:
             self._scans.pop(scan_id, None)
         return {"scan": scan_id, "entries": chunk, "next": None if done else end}

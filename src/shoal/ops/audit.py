@@ -206,6 +206,9 @@ class AuditOptions(AgentOptions):
 
     install: bool = True  # install or upgrade agents first
     scan_timeout: float = 3600.0  # one node's whole hashing (1 GB at disk speed and more)
+    #: Listings compared as this many bucket digests first, entries fetched only for the
+    #: buckets the nodes disagree on (0: every entry from every node).
+    buckets: int = 4096
 
 
 @dataclass(frozen=True)
@@ -249,7 +252,8 @@ class AuditReport:
 
     @property
     def checked(self) -> int:
-        return len({p for s in self.scans.values() for g in s.groups.values() for p in g})
+        """Paths listed on the node that listed most."""
+        return max((s.total for s in self.scans.values()), default=0)
 
 
 def default_paths(nodes: Sequence[Node], state: State) -> dict[str, list[str]]:
@@ -289,8 +293,18 @@ async def audit_async(
             unanswered.update({r.node: r for r in installed.failed})
             duration += installed.duration
             targets = [n for n in targets if n.name not in unanswered]
-        step = partial(_scan_step, asked=asked)
-        results = await each_agent(targets, step, opts, transport=transport, state=st)
+        rv = None
+        if opts.buckets and (opts.parallel is None or opts.parallel >= len(targets)):
+            rv = _Rendezvous(len(targets), opts.buckets)
+        step = partial(_scan_step, asked=asked, rv=rv)
+        results = await each_agent(
+            targets,
+            step,
+            opts,
+            transport=transport,
+            state=st,
+            on_result=None if rv is None else rv.finished,
+        )
     duration += results.duration
     unanswered.update({r.node: r for r in results.failed})
     scans: dict[str, NodeScan] = {r.node: r.value for r in results if r.ok and r.value}
@@ -304,14 +318,67 @@ async def audit_async(
     return report
 
 
+class _Rendezvous:
+    """Every node's bucket digests, then the buckets they disagree on (all nodes' steps
+    run at once: the fan-out's parallel is at least the node count)."""
+
+    def __init__(self, total: int, buckets: int) -> None:
+        self.total = total
+        self.buckets = buckets
+        self.digests: dict[str, list[str]] = {}
+        self.gone: set[str] = set()
+        self.differing: list[int] = []
+        self.done = asyncio.Event()
+
+    def arrive(self, node: str, digests: list[str]) -> None:
+        self.digests[node] = digests
+        self._check()
+
+    def leave(self, node: str) -> None:
+        self.gone.add(node)
+        self._check()
+
+    def finished(self, outcome: AgentOutcome) -> None:
+        if not outcome.ok:  # failed before (or without) arriving: nobody waits for it
+            self.leave(outcome.node)
+
+    def _check(self) -> None:
+        if self.done.is_set() or len(set(self.digests) | self.gone) < self.total:
+            return
+        views = list(self.digests.values())
+        self.differing = [
+            i for i in range(self.buckets) if len({v[i] if i < len(v) else "" for v in views}) > 1
+        ]
+        self.done.set()
+
+
 async def _scan_step(
-    client: AgentClient, node: Node, st: State, opts: AgentOptions, *, asked: dict[str, list[str]]
+    client: AgentClient,
+    node: Node,
+    st: State,
+    opts: AgentOptions,
+    *,
+    asked: dict[str, list[str]],
+    rv: _Rendezvous | None,
 ) -> AgentOutcome:
     timeout = opts.scan_timeout if isinstance(opts, AuditOptions) else 3600.0
     patterns = asked[node.name]
-    reply = await client.call("audit.scan", timeout=timeout, paths=patterns)
     groups: dict[str, dict[str, Entry]] = {p: {} for p in patterns}
-    page = reply
+    if rv is None:
+        reply = page = await client.call("audit.scan", timeout=timeout, paths=patterns)
+    else:
+        try:
+            reply = await client.call(
+                "audit.scan", timeout=timeout, paths=patterns, buckets=rv.buckets
+            )
+        except BaseException:
+            rv.leave(node.name)
+            raise
+        rv.arrive(node.name, list(reply.get("buckets") or []))
+        await asyncio.wait_for(rv.done.wait(), timeout)
+        page = await client.call(
+            "audit.page", timeout=opts.call_timeout, scan=reply["scan"], buckets=rv.differing
+        )
     while True:
         for item in page.get("entries") or []:
             groups[patterns[int(item["g"])]][str(item["p"])] = Entry.from_wire(item)
