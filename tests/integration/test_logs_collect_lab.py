@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import re
 import subprocess
 import time
@@ -255,6 +256,7 @@ for i in range(50 * rate):  # bounded: 50 s; the test removes it long before
         time.sleep(20 / rate)
 """
 GAP = re.compile(rb"\[shoal agent: (\d+) bytes of output lost here: (.+)\]")
+NOT_WRITTEN = re.compile(r"/\S+/lf\.w\.log: No space left on device, \d+ bytes of output lost")
 LINE = re.compile(rb"2026-12-01T12:00:00Z INFO req seq=(\d{8}) path=/api/v1/items/(\d+)")
 
 
@@ -274,15 +276,17 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
 
 
 def test_disk_full_on_a_node_while_a_program_logs_keeps_its_logs_and_collect_frees_room(
-    trio: list[Node], tmp_path: Path
+    trio: list[Node], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A node's disk fills under a program's rotating log: the agent says which file on
-    which node cannot be written (one line), the logs written before are intact and
-    collected whole, and ``--free`` makes room so that the log is written again."""
+    which node cannot be written (one line, in its status and in what collect says), the
+    logs written before are intact and collected whole, the loss is noted where it
+    happened, and ``--free`` makes room so that the log is written again."""
     node = trio[2]
     area = f"/tmp/shoal-logfull-{node.name}"
     remote(node, f"mkdir -p {area} && mount -t tmpfs -o size=1m tmpfs {area}")
     small = agents.AgentOptions(home=f"{area}/.shoal")
+    caplog.set_level(logging.WARNING, logger="shoal.ops.logcollect")
     try:
         assert run(agents.install_async([node], small)).ok
         spec = agents.proc_spec(
@@ -308,6 +312,11 @@ def test_disk_full_on_a_node_while_a_program_logs_keeps_its_logs_and_collect_fre
             )
             assert results.ok, results[node.name].error
             assert results[node.name].value.freed, "collect freed rotated files: room again"
+            told = results[node.name].value.write_errors
+            assert len(told) == 1 and NOT_WRITTEN.fullmatch(told[0]), told
+            assert told[0].startswith(f"{path}: "), told
+            warned = [r.getMessage() for r in caplog.records if r.name == "shoal.ops.logcollect"]
+            assert warned == [f"{node.name}: cannot write {told[0]}"], warned
             wait_until(
                 lambda: not any(path in e for e in log_errors(node, small)),
                 30,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.agent.logship import LogShip
 from shoal.agent.rotate import RotatingLog
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
@@ -60,4 +61,24 @@ def test_a_loss_at_a_line_end_adds_no_empty_line_and_a_failed_note_counts_on(
     assert path.read_bytes() == (
         b"line 1\n[shoal agent: 14 bytes of output lost here: No space left on device]\nline 4\n"
     )
+    log.close()
+
+
+def test_logs_list_says_which_log_cannot_be_written_until_it_can(tmp_path: Path) -> None:
+    path = tmp_path / "web.log"
+    log = RotatingLog(path, max_bytes=1 << 20)
+    ship = LogShip(tmp_path, lambda stream: log if stream == "web" else None)
+    log.write(b"line 1\n")
+    assert "write_error" not in ship.listing()[0]
+    os.replace(path, tmp_path / "kept")
+    path.symlink_to("/dev/full")
+    log.close()
+    log.write(b"line 2\n")
+    (entry,) = [e for e in ship.listing() if e["stream"] == "web"]
+    assert (entry["write_error"], entry["lost"]) == ("No space left on device", 7)
+    path.unlink()
+    os.replace(tmp_path / "kept", path)
+    log.write(b"line 3\n")
+    assert log.failing is None
+    assert "write_error" not in ship.listing()[0]
     log.close()

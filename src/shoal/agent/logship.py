@@ -10,7 +10,10 @@ controller sends back so that an inode reused by a new file is told apart.
 ``logs.list`` {known?}              every file: stream, name, inode, size, rotated;
                                     ``known`` lists ``[ino, head_len, head_sha]``
                                     the controller holds: those files get
-                                    ``same``, whether their head still matches
+                                    ``same``, whether their head still matches;
+                                    a program's log that cannot be written now
+                                    (a full disk) gets ``write_error`` and
+                                    ``lost`` (bytes of output lost so far)
 ``logs.read`` {file, ino, offset, max?, head?}
                                     bytes ``[offset, offset+max)`` of that file
                                     (found by inode if it was renamed since),
@@ -73,6 +76,11 @@ class LogShip:
             entry = self._entry(rel)
             if entry is not None and entry["ino"] in heads:
                 entry["same"] = self._same(rel, *heads[entry["ino"]])
+            if entry is not None and not entry["rotated"] and not rel.startswith("steps/"):
+                log = self.lookup(entry["stream"])
+                failing = log.failing if log is not None else None
+                if failing is not None:
+                    entry["write_error"], entry["lost"] = failing
             if entry is not None:
                 match = _NAME.match(Path(rel).name)
                 index = int(match.group("index") or 0) if match else 0

@@ -184,6 +184,11 @@ class RotatingLog:
             self.on_error(str(self.path), exc)
 
     @property
+    def failing(self) -> tuple[str, int] | None:
+        """While writes fail: the error's text and the bytes lost since the last good one."""
+        return (self._why, self._lost) if self._lost else None
+
+    @property
     def offset(self) -> int:
         """Absolute offset of the end of the log."""
         return self.base + self.size

@@ -56,9 +56,12 @@ from shoal.agentlink.agentclient import AgentClient
 from shoal.agentlink.fleet import AgentOptions, AgentOutcome, each_agent
 from shoal.errors import AgentError, LocalError
 from shoal.fanout.results import NodeOutcome, Results
+from shoal.logsetup import logger
 from shoal.nodes.model import Node
 from shoal.state import State, opened
 from shoal.transport.base import Transport
+
+log = logger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log_files (
@@ -104,7 +107,8 @@ class CollectOptions:
 
 @dataclass
 class Collected:
-    """One node's collection: files seen, ranges stored, bytes, rotated files freed."""
+    """One node's collection: files seen, ranges stored, bytes, rotated files freed, and
+    the node's logs that cannot be written now (``path: error, N bytes of output lost``)."""
 
     files: int = 0
     segments: int = 0
@@ -112,6 +116,7 @@ class Collected:
     stored: int = 0
     acked: int = 0
     freed: list[str] = field(default_factory=list)
+    write_errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,6 +126,7 @@ class Collected:
             "stored": self.stored,
             "acked": self.acked,
             "freed": self.freed,
+            "write_errors": self.write_errors,
         }
 
 
@@ -192,6 +198,11 @@ async def _collect_node(
         if not _wanted(entry["stream"], opts.app):
             continue
         done.files += 1
+        if entry.get("write_error"):
+            where = f"{ao.home.rstrip('/')}/logs/{entry['file']}"
+            problem = f"{where}: {entry['write_error']}, {entry['lost']} bytes of output lost"
+            done.write_errors.append(problem)
+            log.warning("%s: cannot write %s", node.name, problem)
         row = rows.get(int(entry["ino"]))
         if row is not None and row["stream"] != entry["stream"]:
             _mark_gone(st, node.name, row["id"])
