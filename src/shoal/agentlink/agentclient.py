@@ -217,9 +217,12 @@ class StreamClient(AgentClient):
 
     Until a streaming request (:meth:`stream`, :meth:`exec`, :meth:`watch`) is
     made, :meth:`call` writes a request and reads its reply itself (one at a
-    time). The first streaming request starts a reader task that owns the stream
+    time). The first streaming request makes the demultiplexer own the stream
     from then on: it hands every reply to the request of its ``id`` and every push
-    to that request's handler, so calls, execs and watches may run at once.
+    to that request's handler, so calls, execs and watches may run at once. A
+    reader that can hand lines over as they arrive (``deliver_lines``: the SSH
+    transport's) feeds it from the transport's callback; any other is read by a
+    reader task.
     """
 
     def __init__(self, reader: ByteReader, writer: ByteWriter, node: str, home: str) -> None:
@@ -227,7 +230,8 @@ class StreamClient(AgentClient):
         self.reader = reader
         self.writer = writer
         self._pending: dict[int, _Pending] = {}
-        self._reader_task: asyncio.Task[None] | None = None
+        #: the demultiplexer's reader task, or a future done at the stream's end
+        self._reader_task: asyncio.Future[None] | None = None
         self._inline: asyncio.Lock | None = None
         self._ended: AgentError | None = None
 
@@ -297,7 +301,33 @@ class StreamClient(AgentClient):
             self._inline = asyncio.Lock()
         async with self._inline:  # an inline call in flight finishes first
             if self._reader_task is None:
-                self._reader_task = asyncio.ensure_future(self._read_loop())
+                deliver = getattr(self.reader, "deliver_lines", None)
+                if deliver is None:
+                    self._reader_task = asyncio.ensure_future(self._read_loop())
+                else:  # no task: lines from the transport's callback
+                    self._reader_task = asyncio.get_running_loop().create_future()
+                    deliver(self._on_line, self._on_stream_end)
+
+    def _on_line(self, line: bytes) -> None:
+        if self._ended is not None:
+            return
+        try:
+            self._dispatch(self._decode(line))
+        except AgentError as exc:
+            self._stream_ended(f"bad message from the agent: {exc}")
+
+    def _on_stream_end(self, exc: Exception | None) -> None:
+        why = (
+            "agent closed the connection"
+            if exc is None
+            else f"connection to the agent broke: {exc}"
+        )
+        self._stream_ended(why)
+
+    def _stream_ended(self, reason: str) -> None:
+        self._end(AgentLinkBroken(reason, node=self.node))
+        if self._reader_task is not None and not self._reader_task.done():
+            self._reader_task.set_result(None)
 
     async def _read_loop(self) -> None:
         reason = "agent closed the connection"
@@ -530,8 +560,10 @@ class StreamClient(AgentClient):
             self.writer.close()
         except (OSError, RuntimeError):
             pass
-        if self._reader_task is not None:
+        if isinstance(self._reader_task, asyncio.Task):
             self._reader_task.cancel()
+        elif self._reader_task is not None:
+            self._stream_ended("connection to the agent closed")
 
     def prepare(self, op: str, **args: Any) -> PreparedRequest:
         """Request ``op`` encoded now, to be written later without awaiting (a barrier's

@@ -1,5 +1,6 @@
-"""SSH keepalives of held connections on a real lab: off while the agent's watch beats on the
-connection (its detector notices silence), back once the watch has ended.
+"""What a held link costs while idle, on a real lab: SSH keepalives off while the agent's watch
+beats on the connection (its detector notices silence), back once the watch has ended; the
+agent's lines handed from the SSH channel's callback to the client, with no reader task.
 
 asyncssh re-arms its keepalive timer on every packet received (one timer cancelled and one
 scheduled per beat per node: measurable idle CPU at 250 nodes), so the tests read asyncssh's
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from shoal.agentlink.agentclient import StreamClient
 from shoal.control.journal import Journal
 from shoal.control.links import LinkConfig, Links, LinkState
 from shoal.state import State
@@ -74,6 +76,35 @@ def test_a_watched_link_holds_no_keepalive_and_a_revived_watch_again_none(lab: A
                 await asyncio.sleep(0.02)
             assert link.state is LinkState.UP
             assert keepalive_of(link.conn) == (0.0, False)  # the new watch quieted it again
+        finally:
+            await links.stop()
+            state.close()
+
+    asyncio.run(go())
+
+
+def test_a_watched_stream_over_ssh_is_read_from_the_channel_callback(lab: Any) -> None:
+    nodes = lab.nodes()[:1]
+
+    async def go() -> None:
+        state = State()
+        links = Links(nodes, state=state, journal=Journal(state), config=LinkConfig())
+        await links.start()
+        try:
+            assert await links.wait_up(timeout=60), links.status()
+            link = links.link(nodes[0].name)
+            assert link is not None
+            deadline = time.monotonic() + 10
+            while link.client is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            client = link.client
+            assert isinstance(client, StreamClient)
+            assert not isinstance(client._reader_task, asyncio.Task)  # no reader task
+            res = await client.exec("echo hi; echo there >&2; exit 4")  # beside the watch
+            assert (res.stdout, res.stderr, res.exit_status) == (b"hi\n", b"there\n", 4)
+            beats = link.detector.last_heard if link.detector is not None else None
+            await asyncio.sleep(2.5)  # beats keep coming through the callback
+            assert link.detector is not None and link.detector.last_heard != beats
         finally:
             await links.stop()
             state.close()
