@@ -242,14 +242,28 @@ def controller_killed_mid_push(
 # ---------------------------------------------------------------- packet loss
 
 
+#: Link settings for a network that loses a lot (the 30 % row): a handshake or a
+#: keepalive answer can wait out several doubled TCP retransmission timeouts there.
+LOSSY_LINKS: dict[str, Any] = {"connect_timeout": 30.0, "retries": 3, "keepalive": 30.0}
+
+
 def packet_loss(
-    lab: Lab, fleet: Sequence[Node], work: Path, loss_pct: int, size: int = 2_000_000
+    lab: Lab,
+    fleet: Sequence[Node],
+    work: Path,
+    loss_pct: int,
+    size: int = 2_000_000,
+    links: dict[str, Any] | None = None,
 ) -> FaultRow:
     """Push a fresh version and run a command with ``loss_pct`` % loss on every node's link,
-    timed against the same push and run without loss."""
+    timed against the same push and run without loss; ``links`` are fan-out options
+    (connect timeout, retries, keepalive) given to both."""
+    links = links or {}
+    given = ", ".join(f"{k} {v:g}" for k, v in links.items())
     row = FaultRow(
         f"{loss_pct} % packet loss",
-        f"`lab shape all --loss {loss_pct}%` (each direction of every node's link)",
+        f"`lab shape all --loss {loss_pct}%` (each direction of every node's link)"
+        + (f"; {given}" if given else ""),
         "push and run complete on every node; time against loss-free",
     )
     src = work / f"loss{loss_pct}-src"
@@ -258,8 +272,8 @@ def packet_loss(
     def once(seed: int) -> tuple[float, list[str]]:
         want = make_tree(src, size, seed)
         t0 = time.monotonic()
-        result = push(fleet, src, rdir)
-        ran = asyncio.run(run_async(fleet, "true", RunOptions(retries=2)))
+        result = push(fleet, src, rdir, **links)
+        ran = asyncio.run(run_async(fleet, "true", RunOptions(**{"retries": 2, **links})))
         took = time.monotonic() - t0
         bad = failures(result) + [f"{r.node}: run {r.reason}" for r in ran.failed]
         got = deployed(fleet, rdir)
@@ -369,6 +383,52 @@ def disk_full(lab: Lab, fleet: Sequence[Node], work: Path) -> FaultRow:
     return row
 
 
+def disk_full_agent_install(lab: Lab, fleet: Sequence[Node], work: Path) -> FaultRow:
+    """An agent upgrade onto a node whose agent area is full."""
+    from shoal.agent.build import AgentBuild, build
+
+    row = FaultRow(
+        "disk full during agent install",
+        "agent area of one node on a tmpfs with 1 KB free, then an upgrade to another build",
+        "one-line error naming node and path; the previous agent intact and answering",
+    )
+    node, opts = fleet[5], agents.AgentOptions()
+    began = time.monotonic()
+    real = build()
+    # another build id, same bytes: the upgrade must copy it (it never runs: the copy fails)
+    other = AgentBuild(real.data, "f" * 16)
+    asyncio.run(agents.stop_async([node], opts))
+    area = AGENT_AREA
+    sh([node], f"mount -t tmpfs -o size={real.size * 2 + 64 * 1024} tmpfs {area}")
+    try:
+        first = asyncio.run(agents.install_async([node], opts))
+        row.details += [f"install on the tmpfs: {r.reason}" for r in first.failed]
+        sh([node], f"dd if=/dev/zero of={area}/fill bs=1k 2>/dev/null; truncate -s -1k {area}/fill")
+        up = asyncio.run(agents.install_async([node], opts, agent=other))
+        reason = up[node.name].reason or ""
+        if up[node.name].ok or "\n" in reason or "agent.pyz" not in reason:
+            row.details.append(f"upgrade: ok={up[node.name].ok} reason {reason!r}")
+        if "disk full" not in reason and "no space" not in reason.lower():
+            row.details.append(f"upgrade reason says nothing of a full disk: {reason!r}")
+        sha = hashlib.sha256(real.data).hexdigest()
+        on_disk = sh([node], f"sha256sum {area}/agent.pyz; cat {area}/agent.build")[node.name]
+        if on_disk is None or sha not in on_disk or real.build_id not in on_disk:
+            row.details.append(f"previous agent on disk changed: {on_disk!r}")
+        again = asyncio.run(agents.install_async([node], opts))[node.name]
+        if again.action != "up to date":
+            row.details.append(f"previous agent: {again.action or again.reason}")
+        row.observed = f"{reason[:90]}; previous agent {again.action}"
+    finally:
+        asyncio.run(agents.stop_async([node], opts))
+        sh([node], f"umount {area}")
+        restarted = asyncio.run(agents.install_async([node], opts))
+        row.details += [f"restart after: {r.reason}" for r in restarted.failed]
+    row.seconds = time.monotonic() - began
+    row.ok = not row.details
+    row.lost = "nothing" if row.ok else "; ".join(row.details)[:120]
+    return row
+
+
 # ---------------------------------------------------------------- changed host key
 
 
@@ -403,14 +463,52 @@ def changed_host_key(lab: Lab, fleet: Sequence[Node], work: Path) -> FaultRow:
         failed = {r.node: r for r in res.failed}
         if set(failed) != {victim.name} or failed[victim.name].kind != "hostkey":
             row.details.append(f"{what}: {[(r.node, r.kind, r.reason) for r in res.failed]}")
+    row.details += _app_up_refuses(fleet[:4], victim, work, Path(nodes[0].ssh_config or ""))
     row.seconds = time.monotonic() - began
     row.ok = not row.details
+    commands = len(outcomes) + 1
     row.observed = (
-        f"{len(outcomes)} commands: {victim.name} refused as hostkey by "
-        f"{len(outcomes) - len(row.details)}, others ok"
+        f"{commands} commands: {victim.name} refused as hostkey by "
+        f"{commands - len(row.details)}, others ok"
     )
     row.lost = "nothing" if row.ok else "; ".join(row.details)[:120]
     return row
+
+
+def _app_up_refuses(members: Sequence[Node], victim: Node, work: Path, cfg: Path) -> list[str]:
+    """``app up`` of a 4-member app through ``cfg`` (where ``victim``'s key changed): the
+    victim refused with a host-key reason, the other members running; what is not so."""
+    from shoal.app import lifecycle
+    from shoal.app.appspec import load
+    from shoal.app.runtime import UpOptions
+    from shoal.nodes.health import clear_failed
+    from shoal.transport.ssh import SSHTransport
+
+    class ThroughConfig(SSHTransport):
+        def config_files(self, node: Node) -> list[str]:
+            return [str(cfg)]
+
+    name = f"hk{os.getpid()}"
+    spec = work / "hk-app.yaml"
+    spec.write_text(
+        f'app: {name}\ncomponents:\n  svc:\n    select: "{",".join(n.name for n in members)}"\n'
+        f'    count: {len(members)}\n    processes:\n      - {{name: s, service: "sleep 600"}}\n'
+    )
+    try:
+        report = asyncio.run(lifecycle.up_async(load(spec), UpOptions(transport=ThroughConfig())))
+    except Exception as exc:  # the whole app refused: say so (the others did not proceed)
+        return [f"app up: {type(exc).__name__}: {exc}"]
+    finally:
+        asyncio.run(lifecycle.down_async(name))
+        clear_failed()
+    seen = " ".join([*report.failed.values(), *report.shortfalls])
+    ran = {n for nodes in report.members.values() for n in nodes}
+    problems = []
+    if victim.name in ran or "host key" not in seen.lower():
+        problems.append(f"app up: {victim.name} not refused as hostkey: {report.failed}, {seen}")
+    if ran != {n.name for n in members} - {victim.name}:
+        problems.append(f"app up: members {sorted(ran)}")
+    return problems
 
 
 def _with_changed_key(lab: Lab, fleet: Sequence[Node], victim: Node, work: Path) -> list[Node]:
