@@ -18,6 +18,8 @@
    (target <= 10 s).
 
 ``--big N`` runs 1, 5 again on a second lab of N nodes (``shoal lab up 250``: slow).
+``--lab NAME`` runs figure 1 alone on a lab that is up (and leaves it up). The runs of
+figure 1 are taken in turn (warm, direct, each peer; round by round).
 Everything shares this machine's two cores: the service, every node's sshd and agent,
 and the peers; that is the bound of each figure.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import signal
 import statistics
@@ -123,6 +126,18 @@ def median_of(fn: Callable[[], float], rounds: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
+def alternated(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, tuple[float, float]]:
+    """(median, min) of each, the runs taken in turn round by round (after one warm-up
+    each), so a load drift of the shared machine hits them alike."""
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            times[name].append(fn())
+    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+
+
 def warm_vs_cold(lab: Lab, svc: Service, rounds: int) -> None:
     n = len(lab.nodes())
     names = [node.name for node in lab.nodes()]
@@ -135,10 +150,15 @@ def warm_vs_cold(lab: Lab, svc: Service, rounds: int) -> None:
         hosts.write_text("\n".join(names) + "\n")
         peers["pssh"] = ["parallel-ssh", "-h", str(hosts), "-p", str(n), "-x", f"-F {cfg}", "true"]
     warm_argv = [SHOAL, "run", "--no-progress", "true"]  # through the service: SHOAL_HOME
-    warm = median_of(lambda: timed(warm_argv, svc.env), rounds)
-    cold = {name: median_of(lambda a=argv: timed(a), rounds) for name, argv in peers.items()}
     direct_env = {**svc.env, "SHOAL_NO_SERVICE": "1"}  # the same CLI, direct SSH
-    direct = median_of(lambda: timed(warm_argv, direct_env), rounds)
+    runs: dict[str, Callable[[], float]] = {
+        "warm": lambda: timed(warm_argv, svc.env),
+        "direct": lambda: timed(warm_argv, direct_env),
+        **{name: functools.partial(timed, argv) for name, argv in peers.items()},
+    }
+    got = alternated(runs, rounds)
+    warm, direct = got.pop("warm"), got.pop("direct")
+    cold = got
     best = min(cold, key=lambda k: cold[k][0])
     print(f"\nrun true on {n} nodes (median / min of {rounds}, whole process)")
     print(f"  shoal (service) {warm[0]:.3f} s / {warm[1]:.3f} s")
@@ -262,6 +282,9 @@ def restart(svc: Service, n: int) -> ServiceClient:
 
 
 def one_lab(n: int, args: argparse.Namespace, first: bool) -> None:
+    if args.lab and first:
+        warm_only(Lab.open(args.lab), args)
+        return
     lab = Lab.up(LabSpec(n=n, name=f"bs{os.getpid() % 10000}{'a' if first else 'b'}"))
     svc = Service(Path(os.environ["SHOAL_HOME"]) / f"svc{n}")
     try:
@@ -289,6 +312,20 @@ def one_lab(n: int, args: argparse.Namespace, first: bool) -> None:
             paths_lab.down()
 
 
+def warm_only(lab: Lab, args: argparse.Namespace) -> None:
+    """Figure 1 alone on a lab that is up (``--lab``: left up), a service of this tree."""
+    svc = Service(Path(os.environ["SHOAL_HOME"]) / "svc")
+    try:
+        svc.home.mkdir(mode=0o700)
+        with State(svc.home / "state.db") as st:
+            import_nodes(lab.nodes(), state=st)
+        client = svc.start()
+        print(f"\n{len(lab.nodes())} nodes attached in {wait_up(client, len(lab.nodes())):.2f} s")
+        warm_vs_cold(lab, svc, args.rounds)
+    finally:
+        svc.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=32)
@@ -297,6 +334,7 @@ def main() -> int:
     parser.add_argument("--loss-minutes", type=float, default=0.0)
     parser.add_argument("--restart", action="store_true")
     parser.add_argument("--big", type=int, default=0)
+    parser.add_argument("--lab", metavar="NAME", help="figure 1 alone, on this lab (left up)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="shoal-bench-serve-") as home:
         os.environ["SHOAL_HOME"] = home
