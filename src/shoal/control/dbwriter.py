@@ -25,8 +25,15 @@ API answered, and the detector would see silence where there is none.
   uses it, to fail in one line rather than wait forever).
 * **Failed commits** (a full disk): SQLite rolls the batch back; every future
   of it gets the one-line :class:`~shoal.errors.StateError`.
-* ``on_commit`` is called in the writer thread after each commit (the
-  journal wakes its readers on the loop with it).
+* ``on_commit`` is called in the writer thread after each batch that began
+  (the journal wakes its readers on the loop with it): after a failed one too,
+  a spurious wake costs a reader one query, a missed one left it asleep until
+  the next commit or its heartbeat.
+* **Slow batches** (over :data:`SLOW_BATCH` seconds from the first attempt,
+  waits for another process's lock included) are logged at WARNING with their
+  job count, seconds and how much of it was the lock.
+* **Tables**: a job's ``state.ensure(...)`` creates them inside the batch
+  (:class:`_BatchState`), never with ``executescript``'s implicit COMMIT.
 """
 
 from __future__ import annotations
@@ -52,12 +59,51 @@ log = logging.getLogger("shoal.serve.writer")
 
 #: Seconds between attempts while another process holds the lock (after busy_timeout).
 RETRY_PAUSE = 0.05
+#: A batch slower than this (lock waits included) is logged at WARNING.
+SLOW_BATCH = 1.0
+
+
+def statements(script: str) -> Iterator[str]:
+    """The SQL statements of a script, one at a time (triggers' ``BEGIN ... END`` kept whole)."""
+    buf = ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \t\r\n;"):
+                yield buf
+            buf = ""
 
 
 class _BatchState(State):
-    """The writer's State: ``transaction()`` is a savepoint in the running batch."""
+    """The writer's State: ``transaction()`` is a savepoint in the running batch, and
+    ``ensure()`` creates tables inside it.
+
+    ``State.ensure`` runs ``executescript``, which COMMITs the open transaction
+    first: inside a batch that committed the jobs before it behind the writer's
+    back (no ``on_commit``, so the readers slept until the next commit or the
+    stream's heartbeat, 15 s), and the batch then failed as a whole. Here each
+    statement runs in the batch; a subsystem counts as created once its batch
+    commits (a job rolled back may have rolled its tables back with it).
+    """
 
     _depth = 0
+    _fresh: frozenset[str] = frozenset()
+
+    def ensure(self, name: str, ddl: str) -> None:
+        if name in self._ensured:
+            return
+        try:
+            for sql in statements(ddl):
+                self.db.execute(sql)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot create {name} tables in {self.path}: {exc}") from exc
+        self._fresh = self._fresh | {name}
+
+    def settled(self, committed: bool) -> None:
+        """The batch ended: the tables it created exist now (committed) or not."""
+        if committed:
+            self._ensured |= self._fresh
+        self._fresh = frozenset()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -118,6 +164,7 @@ class Writer:
         #: commits made, and batches retried because another process held the lock
         self.commits = 0
         self.lock_waits = 0
+        self._locked_since: float | None = None  # monotonic: the first locked attempt
         self._thread = threading.Thread(target=self._main, name="shoal-db-writer", daemon=True)
         self._thread.start()
         self._opened.result()  # the connection's failure is the caller's, at once
@@ -182,18 +229,24 @@ class Writer:
     def _batch(self, state: _BatchState, jobs: list[_Job]) -> list[_Job]:
         """Run ``jobs`` in one transaction; the jobs left to retry (the database was locked)."""
         db = state.db
+        since = time.monotonic() if self._locked_since is None else self._locked_since
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             if not is_locked(exc):
                 self._fail(jobs, exc)
+                self._locked_since = None
                 return []
             self.lock_waits += 1
+            self._locked_since = since
             now = time.monotonic()
             expired = [j for j in jobs if j.deadline is not None and j.deadline <= now]
             self._fail(expired, exc)
             return [j for j in jobs if j not in expired]
+        self._locked_since = None
+        locked = time.monotonic() - since  # waiting for another process's lock
         results: list[tuple[_Job, bool, Any]] = []
+        committed = False
         try:
             for job in jobs:
                 try:
@@ -203,11 +256,23 @@ class Writer:
                 except Exception as exc:  # this job alone is rolled back
                     results.append((job, False, exc))
             db.execute("COMMIT")
+            committed = True
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 if db.in_transaction:
                     db.execute("ROLLBACK")
             self._fail(jobs, exc)
+        finally:
+            state.settled(committed)
+            self._woken()  # even a failed batch: readers look again rather than miss a row
+        took = time.monotonic() - since
+        if took > SLOW_BATCH:
+            log.warning(
+                "a write batch of %d job(s) took %.1fs (%.1fs of it waiting for another"
+                " process's lock on the database)%s",
+                len(jobs), took, locked, "" if committed else ", and failed",
+            )  # fmt: skip
+        if not committed:
             return []
         self.commits += 1
         for job, ok, value in results:
@@ -217,12 +282,14 @@ class Writer:
                 job.future.set_exception(
                     self._error(value) if isinstance(value, sqlite3.Error) else value
                 )
+        return []
+
+    def _woken(self) -> None:
         if self.on_commit is not None:
             try:
                 self.on_commit()
             except Exception:  # a closed loop at shutdown: nobody left to wake
                 log.debug("on_commit failed", exc_info=True)
-        return []
 
     def _fail(self, jobs: list[_Job], exc: sqlite3.Error) -> None:
         error = self._error(exc)
