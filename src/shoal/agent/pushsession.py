@@ -85,6 +85,8 @@ REAP_SECONDS = 30.0
 #: How long ``content.begin`` waits to connect to the controller (``probe``) before
 #: saying it cannot, so the controller sends chunks through SSH instead.
 PROBE_SECONDS = 3.0
+#: Attempts at the manifest per source before ``content.begin`` gives up.
+MANIFEST_TRIES = 3
 
 Record = Callable[[str, Optional[str], str], None]
 
@@ -419,7 +421,12 @@ class ContentService:
         size = int(args.get("blob_size", 0))
         errors = []
         if not self.store.has(blob):
-            for host, port, pin in chunk_sources(args.get("sources", [])):
+            # each source up to MANIFEST_TRIES times: on a lossy link a connection can be
+            # cut (the server's AUTH_SECONDS, a timeout) though the source is fine
+            tries = [
+                s for s in chunk_sources(args.get("sources", [])) for _ in range(MANIFEST_TRIES)
+            ]
+            for host, port, pin in tries:
                 got = await self.fetcher.fetch(
                     host, port, token, [(blob, size)], bucket=version, pin=pin
                 )

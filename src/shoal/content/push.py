@@ -530,15 +530,21 @@ async def _fetch_all(
             if batch is None:
                 return
             timeout = 15.0 + batch.nbytes / 200e3
+            wait = timeout + ANSWER_MARGIN
+            call = agent.call(
+                "content.fetch",
+                timeout=wait + 5.0,  # a backstop: the wait_for below decides
+                source=batch.address,
+                chunks=batch.chunks,
+                limit=timeout,
+                **session,
+            )
             try:
-                outcome = await agent.call(
-                    "content.fetch",
-                    timeout=timeout + 15.0,
-                    source=batch.address,
-                    chunks=batch.chunks,
-                    limit=timeout,
-                    **session,
-                )
+                outcome = await asyncio.wait_for(call, wait)
+            except asyncio.TimeoutError:
+                # a lossy link can hold the answer back: this batch failed, not the node
+                # (MAX_FAILURES in a row still end it); a late answer is skipped by its id
+                outcome = {"failed": batch.chunks, "error": "no answer over SSH in time"}
             except BaseException:
                 swarm.complete(batch, None)
                 raise
@@ -553,6 +559,10 @@ async def _fetch_all(
     finally:
         for a in agents[1:]:
             await a.close()
+
+
+#: Seconds a fetch's answer may take over SSH beyond the fetch's own limit.
+ANSWER_MARGIN = 15.0
 
 
 def _check(node: Node, swarm: Swarm, batch: Batch, outcome: dict[str, Any]) -> None:
