@@ -11,8 +11,10 @@ Every link, the controller's (the source's) included, is shaped to ``--rate``.
 * **big**: ``--size`` MB of random bytes to every node. Prints wall time over
   the bound S/B (the time the source alone needs to send S once), the slowest
   node's time over S/B, and the source's egress (bytes on the controller's
-  veth, SSH included) over S; then ``shoal cp`` (parallel SFTP from the
-  source) and a pipelined ``ssh n1 'tee f | ssh n2 ...'`` chain, same run.
+  veth, SSH included) over S, for a push over TLS (the default) and one with
+  ``--plain-data``; then ``shoal cp`` (parallel SFTP from the source) and a
+  pipelined ``ssh n1 'tee f | ssh n2 ...'`` chain (encrypted, like the TLS
+  push), same run; each push's wall time is printed over the chain's.
 * **inc**: a tree of ``--inc-size`` MB in 1 MB files is pushed, then 1 % of
   its bytes is overwritten in ``--inc-places`` scattered places and pushed
   again: bytes received per node as a share of the tree, and time, against
@@ -160,13 +162,19 @@ class Bench:
             f"\n== big: {size / 1e6:.0f} MB to {n} nodes at {self.args.rate}; "
             f"S/B = {s_b:.1f} s (load {load()})"
         )
-        result, wall, egress = self.push(src, "bench/big")
-        slowest = max(x.duration for x in result)
-        print(
-            f"shoal push  wall {wall:6.1f} s = {wall / s_b:.2f} x S/B   slowest node "
-            f"{slowest:.1f} s = {slowest / s_b:.2f} x S/B   source egress "
-            f"{egress / size:.3f} x S (chunk server alone {result.source_sent / size:.3f} x S)"
-        )
+        walls: dict[str, float] = {}
+        for label, plain in (("push TLS", False), ("push plain", True)):
+            remote = "bench/big-plain" if plain else "bench/big"
+            result, wall, egress = self.push(src, remote, plain_data=plain)
+            walls[label] = wall
+            slowest = max(x.duration for x in result)
+            print(
+                f"{label:<11} wall {wall:6.1f} s = {wall / s_b:.2f} x S/B   slowest node "
+                f"{slowest:.1f} s = {slowest / s_b:.2f} x S/B   source egress "
+                f"{egress / size:.3f} x S (chunk server alone {result.source_sent / size:.3f}"
+                f" x S)   load {load()}"
+            )
+            self.on_nodes(f"rm -rf {remote} bench/.{remote.split('/')[-1]}.shoal")
         if not self.args.skip_scp:
             before = self.tx()
             t = self.shell(f"{SHOAL} cp --no-progress {src}/data.bin @:bench/scp/")
@@ -180,8 +188,11 @@ class Bench:
         t = self.shell(f"{self.ssh(names[0], chain)} < {src}/data.bin")
         print(
             f"ssh|tee     wall {t:6.1f} s = {t / s_b:.2f} x S/B   source egress "
-            f"{(self.tx() - before) / size:.3f} x S   (a chain of {n})"
+            f"{(self.tx() - before) / size:.3f} x S   (a chain of {n})   load {load()}"
         )
+        for label, pushed in walls.items():
+            print(f"{label} / ssh|tee = {pushed / t:.2f}")
+        print(f"TLS cost: push TLS / push plain = {walls['push TLS'] / walls['push plain']:.2f}")
         self.on_nodes("rm -rf bench/scp bench/chain.bin")
 
     def inc(self) -> None:

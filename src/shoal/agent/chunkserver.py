@@ -56,7 +56,7 @@ from typing import Any
 
 from .chunkstore import ChunkError, ChunkStore, Throttle
 from .manifest import is_hash
-from .tlspin import PinError, TlsSocket, is_fingerprint, shared_client_context
+from .tlspin import TLS_RECORD, PinError, TlsSocket, is_fingerprint, shared_client_context
 
 WIRE_VERSION = 1
 MAX_WANT = 1024
@@ -553,9 +553,10 @@ class _Stream:
             view[:have] = self.pending[:have]
             del self.pending[:have]
         while have < len(view):
-            # wake up for a large piece, not for every packet of a rate-limited link (less
-            # what TLS already holds undecrypted: never more than is still to come)
-            held = self.tls.buffered if self.tls is not None else 0
+            # wake up for a large piece, not for every packet of a rate-limited link; under
+            # TLS less what it already holds undecrypted (the BIO, and up to one partial
+            # record inside OpenSSL), or the last piece would wait for bytes never sent
+            held = self.tls.buffered + TLS_RECORD if self.tls is not None else 0
             self._lowat(min(len(view) - have, LOWAT) - held)
             n = await self._recv_into(view[have:])
             if not n:

@@ -33,8 +33,11 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-#: Raw bytes read from the socket at a time (one TLS record is at most 16 KiB + 256).
+#: Raw bytes read from the socket at a time.
 RAW_READ = 256 * 1024
+#: The most ciphertext one TLS record takes (16 KiB of data + its header, padding, tag):
+#: OpenSSL may hold that much of a partial record that ``buffered`` does not count.
+TLS_RECORD = 16 * 1024 + 512
 #: Test hook: a node whose agent home holds this file (a PEM key and certificate)
 #: serves with it instead of the certificate it was handed, and still reports the
 #: handed one's fingerprint: an impostor, as a peer on the path would be.

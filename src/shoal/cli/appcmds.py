@@ -69,7 +69,7 @@ def register(sub: Any) -> None:
     up.add_argument(
         "--plain-data",
         action="store_true",
-        help="software pushes: " + "chunks and token in clear TCP, no TLS (trusted networks only)",
+        help="software pushes: chunks and token in clear TCP, no TLS (trusted networks only)",
     )
     up.set_defaults(handler=cmd_up)
 
