@@ -282,9 +282,6 @@ def restart(svc: Service, n: int) -> ServiceClient:
 
 
 def one_lab(n: int, args: argparse.Namespace, first: bool) -> None:
-    if args.lab and first:
-        warm_only(Lab.open(args.lab), args)
-        return
     lab = Lab.up(LabSpec(n=n, name=f"bs{os.getpid() % 10000}{'a' if first else 'b'}"))
     svc = Service(Path(os.environ["SHOAL_HOME"]) / f"svc{n}")
     try:
@@ -336,8 +333,12 @@ def main() -> int:
     parser.add_argument("--big", type=int, default=0)
     parser.add_argument("--lab", metavar="NAME", help="figure 1 alone, on this lab (left up)")
     args = parser.parse_args()
+    existing = Lab.open(args.lab) if args.lab else None  # before SHOAL_HOME moves the labs
     with tempfile.TemporaryDirectory(prefix="shoal-bench-serve-") as home:
         os.environ["SHOAL_HOME"] = home
+        if existing is not None:
+            warm_only(existing, args)
+            return 0
         one_lab(args.nodes, args, True)
         if args.big:
             one_lab(args.big, args, False)
