@@ -95,6 +95,11 @@ def plain_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
 
 
+def _has_control(name: str) -> bool:
+    """A name a terminal or a shell line would not show as it is (ESC, newline, DEL...)."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in name)
+
+
 def local_name(match: str, node: str | None = None) -> str:
     """The local name of a glob match copied into a directory ("." merges into it)."""
     stripped = match.rstrip("/")
@@ -374,9 +379,10 @@ class SFTPCopier:
                 child = str(item.filename)
                 if child in (".", ".."):
                     continue
-                if not plain_name(child) or child in seen:
+                if not plain_name(child) or child in seen or _has_control(child):
                     raise LocalError(
-                        f"refusing remote name {child!r} in {path}: not one plain, unique name",
+                        f"refusing remote name {child!r} in {path}: not one plain, unique name"
+                        " without control characters",
                         self.node,
                     )
                 seen.add(child)
@@ -456,9 +462,18 @@ class SFTPCopier:
         try:
             try:
                 async with self.sftp.open(entry.path, "rb") as remote:
-                    async for offset, data in await remote.read_parallel():
+                    # one byte past the size it reported: a file that is longer (or shorter)
+                    # than the node said, a lying server's or one changing, is refused
+                    async for offset, data in await remote.read_parallel(entry.size + 1):
                         os.pwrite(fd, data, offset)
                         got += len(data)
+                if got != entry.size:
+                    more = "more" if got > entry.size else "fewer"
+                    raise OperationError(
+                        f"refusing {entry.path}: the node reported {entry.size} bytes and sent "
+                        f"{more} (changed while read, or its SFTP server lies)",
+                        self.node,
+                    )
             except asyncssh.Error as exc:
                 raise await self._explain(exc, "reading", entry.path) from exc
             except OSError as exc:
