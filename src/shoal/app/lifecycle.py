@@ -224,6 +224,7 @@ async def _roll_out(runner: Runner, running: dict[str, set[str]], st: State) -> 
             transport=up.transport,
             state=st,
             on_event=say,
+            method="copy" if up.opts.software_method == "copy" and not tree.depot else "push",
         )
         if not result.ok:
             store.set_status(st, up.spec.name, status="running", phase="running")

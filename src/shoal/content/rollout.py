@@ -4,14 +4,17 @@ Theory of operation (the state machine is :mod:`.rolloutstate`, in SQLite):
 
 1. **Stage the content.** One P2P push (:func:`shoal.content.push.push_async`
    with ``switch=False``) to every target node: each node assembles and
-   verifies the new version beside the running one and switches nothing. What
+   verifies the new version beside the running one and switches nothing (with
+   ``method="copy"``: an SFTP copy kept beside the running copy). What
    each node ran before (its ``previous``) is recorded. A node that cannot
    stage counts against the failure budget.
 2. **Stages in order** (``@alpha``-style selections or cumulative shares such as
    ``10%``, ``50%``, ``100%``; nodes not named by any stage form a last one). In
    a stage at most ``max_unavailable`` nodes are down at once; each node:
    ``stopping`` (its programs stopped) → ``switching`` (``content.activate``:
-   one rename, no transfer) → ``starting`` (programs restarted) → ``gating``:
+   one rename, no transfer; a software copy, ``method="copy"``: the rename swap
+   of :func:`.copyswitch.switch_command`) → ``starting`` (programs restarted) →
+   ``gating``:
    every program RUNNING with the same pid, its health check not failing, for
    ``min_healthy_time`` seconds, before the stage's deadline → ``healthy``.
    Between stages: a pause of ``pause`` seconds, or (``pause=None``) a human
@@ -34,9 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from shoal.agentlink.agentclient import AgentClient
@@ -48,6 +53,7 @@ from shoal.nodes.select import evaluate, universe
 from shoal.state import State, opened
 from shoal.transport.base import Transport
 
+from .copyswitch import copy_tree_async, switch_command, tree_digest
 from .push import PushOptions, push_async, scan_source
 from .rolloutstate import TOUCHED, Record, RolloutStore
 
@@ -201,6 +207,7 @@ class _Run:
         self.plan = RolloutPlan(**rec.plan["plan"])
         self.programs: dict[str, list[str]] = rec.plan["programs"]
         self.dirs: dict[str, str] = rec.plan["dirs"]
+        self.method: str = rec.plan.get("method", "push")  # push | copy (a software copy)
         self.result = RolloutResult(rec.id, rec.state, rec.reason, rec.version)
         self.stopped: dict[str, float] = {}  # node -> when its programs were stopped
 
@@ -234,6 +241,8 @@ class _Run:
 
     async def stage_content(self, source: str) -> None:
         """Every target gets the version, switched nowhere; its previous one recorded."""
+        if self.method == "copy":
+            return await self._stage_copies(Path(source))
         groups: dict[str, list[Node]] = {}
         for name in self.rec.nodes:
             groups.setdefault(self.dirs[name], []).append(self.nodes[name])
@@ -250,6 +259,34 @@ class _Run:
                     self.say(
                         "rollout.node_failed", outcome.node, f"staging failed: {outcome.reason}"
                     )
+        self._staged(previous)
+
+    async def _stage_copies(self, source: Path) -> None:
+        """The copy of ``source`` kept beside every target's copy in place."""
+        kept: dict[str, str] = {}
+        names = list(self.rec.nodes)
+        copied = await copy_tree_async(
+            [self.nodes[n] for n in names],
+            source,
+            self.rec.version,
+            self.dirs,
+            self.opts,
+            stage=names,
+            previous=kept,
+            transport=self.transport,
+        )
+        previous: dict[str, str | None] = {}
+        for outcome in copied:
+            if outcome.ok:  # copied: nothing was there before
+                same = outcome.stdout == "same"
+                previous[outcome.node] = kept.get(outcome.node, self.rec.version if same else None)
+            else:
+                why = outcome.reason or outcome.stderr.strip()
+                self.step(outcome.node, "failed", f"staging: {why}")
+                self.say("rollout.node_failed", outcome.node, f"staging failed: {why}")
+        self._staged(previous)
+
+    def _staged(self, previous: dict[str, str | None]) -> None:
         self.store.set_previous(self.rec.id, previous)
         for node, v in previous.items():
             self.rec.nodes[node].previous = v
@@ -326,7 +363,20 @@ class _Run:
             await client.call("proc.stop", name=prog, timeout=60)
         if first == "stopping":
             self.step(name, "switching")
-        await client.call("content.activate", dir=self.dirs[name], version=version, timeout=60)
+        if self.method == "copy":
+            # a step of its own each time (a recorded success would answer a switch back)
+            sid = f"rollout.{self.rec.id}.{secrets.token_hex(4)}"
+            swap = switch_command(self.dirs[name], version)
+            done = await client.call("step.run", id=sid, command=swap, limit=50, timeout=60)
+            await client.call("step.forget", prefix=sid, timeout=30)
+            if done.get("exit") != 0:
+                tail = str(done.get("tail", "")).strip().splitlines()
+                raise OperationError(
+                    f"switch to {version}: {tail[-1] if tail else done.get('note', 'failed')}",
+                    node=name,
+                )
+        else:
+            await client.call("content.activate", dir=self.dirs[name], version=version, timeout=60)
         if first == "stopping":
             self.step(name, "starting")
         for prog in self.programs[name]:
@@ -439,10 +489,12 @@ async def rollout_async(
     transport: Transport | None = None,
     state: State | None = None,
     on_event: EventHook | None = None,
+    method: str = "push",
 ) -> RolloutResult:
     """Roll ``source`` (a directory or ``depot:NAME@VERSION``) out to ``remote_dir`` on
     ``nodes``, restarting ``programs`` (the same names everywhere, or by node); see the
-    module docstring. ``remote_dir`` may differ by node (a mapping)."""
+    module docstring. ``remote_dir`` may differ by node (a mapping). ``method="copy"``:
+    ``source`` is a directory of software copies (:mod:`.copyswitch`), not a push."""
     plan = plan or RolloutPlan()
     plan.check()
     opts = options or AgentOptions()
@@ -454,19 +506,23 @@ async def rollout_async(
         else {n: list(programs) for n in names}
     )
     with opened(state) as st:
-        tree = await scan_source(source, PushOptions(), st)
+        if method == "copy":
+            version = tree_digest(Path(source))
+        else:
+            version = (await scan_source(source, PushOptions(), st)).version
         world = universe(st)
         stages = assign_stages(names, plan.stages, lambda e: set(evaluate(e, world)))
         store = RolloutStore(st)
         label = remote_dir if isinstance(remote_dir, str) else ",".join(sorted(set(dirs.values())))
         document = {"plan": asdict(plan), "programs": progs, "dirs": dirs, "source": source}
-        rid = store.create(label, tree.version, document, stages)
+        document["method"] = method
+        rid = store.create(label, version, document, stages)
         rec = store.get(rid)
         run = _Run(rec, store, {n.name: n for n in nodes}, opts, transport, on_event)
         run.say(
             "rollout.created",
             None,
-            f"rollout {rid}: {tree.version} to {len(names)} node(s) in {len(stages)} stage(s)",
+            f"rollout {rid}: {version} to {len(names)} node(s) in {len(stages)} stage(s)",
         )
         await run.stage_content(source)
         return await run.stages()

@@ -1,0 +1,175 @@
+"""Software copies (``software_method: copy``): an SFTP copy per node, staged or switched.
+
+A copy at ``DIR`` is a real directory holding :data:`DIGEST_FILE` (the tree's
+digest, :func:`tree_digest`). :func:`copy_tree_async` copies a tree where that
+version is missing: renamed over ``DIR`` at once, or, on the nodes told to
+stage (their services run the copy in place), put beside it at
+``.NAME.shoal/versions/DIGEST`` (where a push stages its versions, so install
+steps run there alike). :func:`switch_command` is the switch a rollout makes
+while the services are stopped: two renames, the running copy kept aside at
+``.NAME.shoal/versions/ITS_DIGEST`` for the rollback, which is the same switch
+back. The switch moves no bytes and is idempotent (a controller killed between
+the two renames finds ``DIR`` absent and moves the staged copy in).
+
+A copy replaces only what Shoal put at ``DIR``: an earlier copy or a push's
+symlink; anything else there is refused, as a push refuses a directory that is
+not its deployment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import shlex
+import stat
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+
+from shoal.errors import ConfigError, OperationError
+from shoal.fanout.options import FanoutOptions
+from shoal.fanout.results import CommandOutcome, CommandOutput, Results
+from shoal.fanout.scheduler import fanout
+from shoal.nodes.model import Node
+from shoal.transport.base import Connection, Transport
+
+from .scan import read_link, read_listed, walk
+
+DIGEST_FILE = ".shoal-version"
+
+
+def tree_digest(root: Path) -> str:
+    """Digest of a directory tree (paths, modes, contents, symlink targets), 16 hex digits.
+
+    ContentError names the path when the tree cannot be a version (it is walked as
+    a push scans it, :mod:`.scan`); ``__pycache__`` and the digest file itself are
+    left out.
+    """
+    if not root.is_dir():
+        raise ConfigError(f"software source {root} is not a directory")
+    h = hashlib.sha256()
+    for rel, path, st in walk(root, []):
+        if "__pycache__" in rel or path.name == DIGEST_FILE or stat.S_ISDIR(st.st_mode):
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            h.update(f"{rel}\0l\0{read_link(path)}\0".encode())
+            continue
+        h.update(f"{rel}\0{st.st_mode & 0o777:o}\0{st.st_size}\0".encode())
+        for block in read_listed(path, st):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def kept_dir(remote_dir: str) -> str:
+    """Where copies beside ``remote_dir`` are kept (staged ones and the one switched out)."""
+    head, tail = posixpath.split(remote_dir.rstrip("/"))
+    return posixpath.join(head, f".{tail}.shoal", "versions")
+
+
+def _ours(remote_dir: str) -> str:
+    """Shell test: ``remote_dir`` is absent, an earlier copy or a push's symlink."""
+    d = shlex.quote(remote_dir)
+    pushed = shlex.quote(f".{posixpath.basename(remote_dir.rstrip('/'))}.shoal/versions/")
+    return (
+        f'{{ if [ -L {d} ]; then case "$(readlink {d})" in {pushed}*) ;; *) false ;; esac; '
+        f"else ! [ -e {d} ] || [ -f {d}/{DIGEST_FILE} ]; fi; }}"
+    )
+
+
+def probe_command(remote_dir: str, digest: str) -> str:
+    """Shell that answers ``same`` (``remote_dir`` holds ``digest``), ``staged`` (a copy
+    of ``digest`` is kept beside it), ``replace [CURRENT]`` (CURRENT: the digest of the
+    copy in place, none for a push or nothing) or ``foreign`` (not Shoal's)."""
+    d, want = shlex.quote(remote_dir), shlex.quote(digest)
+    kept = shlex.quote(f"{kept_dir(remote_dir)}/{digest}/{DIGEST_FILE}")
+    return (
+        f'if {_ours(remote_dir)}; then cur="$(cat {d}/{DIGEST_FILE} 2>/dev/null)"; '
+        f'if [ "$cur" = {want} ]; then echo same; '
+        f'elif [ "$(cat {kept} 2>/dev/null)" = {want} ]; then echo "staged $cur"; '
+        f'else echo "replace $cur"; fi; else echo foreign; fi'
+    )
+
+
+def switch_command(remote_dir: str, digest: str) -> str:
+    """Shell that makes ``remote_dir`` the kept copy ``digest`` (the copy in place kept
+    aside under its own digest); exits 0 at once where ``digest`` is in place."""
+    d, want = shlex.quote(remote_dir), shlex.quote(digest)
+    keep = kept_dir(remote_dir)
+    k, new = shlex.quote(keep), shlex.quote(f"{keep}/{digest}")
+    return (
+        f'cur="$(cat {d}/{DIGEST_FILE} 2>/dev/null)"; [ "$cur" = {want} ] && exit 0; '
+        f"[ -f {new}/{DIGEST_FILE} ] || {{ echo no copy of {want} kept in {k} >&2; exit 1; }}; "
+        f"{_ours(remote_dir)} || {{ echo {d} is not a software copy >&2; exit 1; }}; "
+        f'if [ -n "$cur" ]; then rm -rf {k}/"$cur" && mv {d} {k}/"$cur" || exit 1; '
+        f"else rm -f {d} || exit 1; fi; mv {new} {d}"
+    )
+
+
+def _foreign(remote_dir: str, node: str) -> OperationError:
+    return OperationError(
+        f"refusing to replace {remote_dir}: it is neither a software copy "
+        f"(no {DIGEST_FILE}) nor a push Shoal made there; move it away",
+        node,
+    )
+
+
+async def copy_tree_async(
+    nodes: Sequence[Node],
+    source: Path,
+    digest: str,
+    remote_dir: dict[str, str],
+    options: FanoutOptions | None = None,
+    *,
+    stage: Collection[str] = (),
+    previous: dict[str, str] | None = None,
+    transport: Transport | None = None,
+    on_result: Callable[[CommandOutcome], None] | None = None,
+) -> Results[CommandOutcome]:
+    """SFTP copy of ``source`` (of ``digest``) to ``remote_dir[node]`` where that version
+    is missing.
+
+    On the nodes in ``stage`` where a copy is in place the new one is kept beside it
+    for :func:`switch_command`, and ``previous[node]`` names the copy in place.
+    ``stdout`` of each node's result is ``same`` (in place), ``staged`` or ``copied``.
+    """
+
+    async def operation(conn: Connection, node: Node, index: int) -> CommandOutcome:
+        target = remote_dir[node.name]
+        probe = await conn.run(probe_command(target, digest), timeout=30)
+        answer, _, current = probe.stdout.decode(errors="replace").strip().partition(" ")
+        if probe.exit_status == 0 and answer == "same":
+            return CommandOutcome(node.name, CommandOutput(0, stdout="same"))
+        if probe.exit_status == 0 and answer == "foreign":
+            raise _foreign(target, node.name)
+        held = node.name in stage and bool(current)
+        if held and previous is not None:
+            previous[node.name] = current
+        if held and answer == "staged":
+            return CommandOutcome(node.name, CommandOutput(0, stdout="staged"))
+        head, tail = posixpath.split(target.rstrip("/"))
+        tmp = posixpath.join(head, f".{tail}.shoal-copy")  # Shoal's name, never the user's
+        q, staging = shlex.quote(target), shlex.quote(tmp)
+        prep = await conn.run(f'rm -rf {staging} && mkdir -p "$(dirname {q})"', timeout=60)
+        if prep.exit_status != 0:
+            failed = CommandOutput(prep.exit_status, stderr=prep.stderr.decode())
+            return CommandOutcome(node.name, failed)
+        await conn.put(str(source), tmp)
+        mark = f"printf '%s\\n' {shlex.quote(digest)} > {staging}/{DIGEST_FILE}"
+        if held:
+            kept = shlex.quote(f"{kept_dir(target)}/{digest}")
+            place = f'mkdir -p "$(dirname {kept})" && rm -rf {kept} && mv {staging} {kept}'
+        else:
+            place = f"rm -rf {q} && mv {staging} {q}"
+        done = await conn.run(
+            f"if {_ours(target)}; then {mark} && {place}; else rm -rf {staging}; echo foreign; fi",
+            timeout=60,
+        )
+        if done.exit_status == 0 and done.stdout.strip() == b"foreign":
+            raise _foreign(target, node.name)
+        said = "staged" if held else "copied"
+        output = CommandOutput(done.exit_status, stdout=said, stderr=done.stderr.decode())
+        return CommandOutcome(node.name, output)
+
+    opts = options or FanoutOptions()
+    return await fanout(
+        nodes, operation, opts, outcome=CommandOutcome, transport=transport, on_result=on_result
+    )
