@@ -36,6 +36,7 @@ def test_three_of_eight_differ_are_the_minority_with_what_differs() -> None:
     (verdict,) = decide(listings)
     assert verdict.quorum and verdict.majority == GOOD and verdict.votes == 5
     assert verdict.minority == {"n2": ["digest"], "n5": ["missing"], "n7": ["mode"]}
+    assert verdict.agreeing == ("n1", "n3", "n4", "n6", "n8")
 
 
 def test_four_of_eight_is_a_tie_without_quorum() -> None:

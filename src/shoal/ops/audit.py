@@ -132,6 +132,7 @@ class FileVerdict:
     #: node → what it holds there (None: absent), for the minority nodes
     held: dict[str, Entry | None]
     tied: bool = False  # another answer has as many votes: no majority
+    agreeing: tuple[str, ...] = ()  # the nodes holding the majority's answer
 
     @property
     def quorum(self) -> bool:
@@ -188,6 +189,7 @@ def decide(
                 minority,
                 {n: held[n] for n in minority},
                 tied=len(ranked) > 1 and ranked[1][1] == votes,
+                agreeing=tuple(sorted(n for n, e in held.items() if e == top)),
             )
         )
     return verdicts
@@ -451,7 +453,7 @@ def plan_repairs(report: AuditReport) -> tuple[list[Fix], list[FileVerdict]]:
         if not verdict.quorum:
             continue
         major = verdict.majority
-        sources = sorted(n for n in report.scans if n not in verdict.minority)
+        sources = [n for n in verdict.agreeing if n in report.scans]
         for node, what in sorted(verdict.minority.items()):
             held = verdict.held.get(node)
             if major is None:
