@@ -103,8 +103,7 @@ def test_3_when_a_command_timed_out(lab: Any) -> None:
 def test_3_for_agent_push_and_facts_commands_too(
     lab: Any, cut_node: str, argv: tuple[str, ...]
 ) -> None:
-    extra = [] if argv[0] == "facts" else FAST
-    p = shoal(*argv, "-s", "@lab", *extra, timeout=120)
+    p = shoal(*argv, "-s", "@lab", *FAST, timeout=120)
     assert p.returncode == 3, (p.returncode, p.stdout, p.stderr)
 
 
