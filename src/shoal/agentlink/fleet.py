@@ -47,6 +47,7 @@ from shoal.errors import (
     AgentLinkBroken,
     AgentNotInstalled,
     AgentNotRunning,
+    OperationError,
     UsageError,
     VersionMismatch,
 )
@@ -87,6 +88,9 @@ AgentOutcome = NodeOutcome[Any]
 NodeOp = Callable[[Connection, Node, State, AgentOptions], Awaitable[AgentOutcome]]
 #: One conversation with a node's running agent.
 AgentTalk = Callable[[AgentClient, Node, State, AgentOptions], Awaitable[AgentOutcome]]
+#: How a write ``fn(state)`` is made: the service's writer thread (its ``submit``), so
+#: its event loop never waits for the database's lock; None: on the state, at once.
+Write = Callable[[Callable[[State], Any]], Any]
 
 
 async def for_each(
@@ -244,18 +248,23 @@ async def install_async(
     agent: AgentBuild | None = None,
     on_result: ResultCallback[AgentOutcome] | None = None,
     batch: str | None = None,
+    write: Write | None = None,
 ) -> Results[AgentOutcome]:
     """Copy this build where it is missing and make it the running agent.
 
     ``upgrade_only`` leaves nodes without an agent alone (``shoal agent upgrade``);
     ``agent`` is the build to ship (default: built from this source tree);
-    ``batch`` (``N`` or ``P%``) goes batch by batch, stopping after a failed one.
+    ``batch`` (``N`` or ``P%``) goes batch by batch, stopping after a failed one;
+    ``write`` makes what the steps remember (:data:`Write`).
     Actions: ``up to date`` (skipped), ``installed``, ``upgraded from X (N
     programs adopted)``, ``upgraded from X (programs restarted)``, ``started``
     (same build, was not running), ``skipped: no agent``.
     """
     agent = agent or build()
-    step = partial(_install_step, agent=agent, local=local_zipapp(agent), upgrade_only=upgrade_only)
+    step = partial(
+        _install_step, agent=agent, local=local_zipapp(agent), upgrade_only=upgrade_only,
+        write=write,
+    )  # fmt: skip
     groups = batches(nodes, batch)
     done: dict[str, AgentOutcome] = {}
     duration = 0.0
@@ -266,7 +275,7 @@ async def install_async(
         done.update(results.results)
         duration += results.duration
         if not results.ok and number < len(groups):
-            failed = ", ".join(r.node for r in results.failed)
+            failed = "; ".join(f"{r.node}: {r.reason}" for r in results.failed)
             _log.warning("agent upgrade stopped at batch %d/%d: %s", number, len(groups), failed)
             why = f"not attempted: batch {number}/{len(groups)} failed on {failed}"
             for n in (n for g in groups[number:] for n in g):
@@ -305,36 +314,37 @@ async def _install_step(
     agent: AgentBuild,
     local: Path,
     upgrade_only: bool,
+    write: Write | None = None,
 ) -> AgentOutcome:
     found = await probe(conn, opts.home, create=not upgrade_only)
     if found is None or (upgrade_only and found.build is None):
         return NodeOutcome(node.name, action="skipped: no agent")
-    remember(st, node.name, opts.home, found.home)
+
+    def keep(hello: dict[str, Any] | None = None) -> None:  # bound now, written by write
+        save = partial(remember, node=node.name, home_spec=opts.home, home=found.home, hello=hello)
+        if write is None:
+            save(st)
+        else:
+            write(save)
+
+    keep()
     try:
         hello = await _hello(conn, found.home, opts.python)
     except VersionMismatch:
         hello = {"build": "other protocol"}
     running = hello.get("build") if hello else None
     if found.build == agent.build_id and running == agent.build_id:
-        remember(st, node.name, opts.home, found.home, hello)
+        keep(hello)
         return NodeOutcome(node.name, action="up to date", value=hello)
-    h = shlex.quote(found.home)
     _log.info(
         "%s: agent in %s: build %s on disk, %s running; bringing %s up",
         *(node.name, found.home, found.build, running, agent.build_id),
     )
     if found.build != agent.build_id:
-        await conn.put(str(local), f"{found.home}/agent.pyz")
-        res = await conn.run(
-            f"printf '%s\\n' {agent.build_id} > {h}/agent.build.tmp"
-            f" && mv -f {h}/agent.build.tmp {h}/agent.build",
-            timeout=30,
-        )
-        if res.exit_status != 0:
-            raise AgentError(f"cannot record the build in {found.home}", node=node.name)
+        await _put_build(conn, node, local, found.home, agent.build_id)
     if running is not None and running != agent.build_id and hello and hello.get("handover"):
         hello = await _handover(conn, node, found.home, opts.python, agent.build_id)
-        remember(st, node.name, opts.home, found.home, hello)
+        keep(hello)
         adopted = hello.get("adopted", 0)
         return NodeOutcome(
             node.name, action=f"upgraded from {running} ({adopted} programs adopted)", value=hello
@@ -351,8 +361,32 @@ async def _install_step(
     hello = await _hello(conn, found.home, opts.python)
     if hello is None:
         raise AgentNotRunning("agent started but does not answer", node=node.name)
-    remember(st, node.name, opts.home, found.home, hello)
+    keep(hello)
     return NodeOutcome(node.name, action=action, value=hello)
+
+
+async def _put_build(conn: Connection, node: Node, local: Path, home: str, build_id: str) -> None:
+    """Copy the build beside the working area's ``agent.pyz`` and rename it in, so a
+    copy that fails (a read-only or full disk) leaves the running build's file whole;
+    AgentError says why in the shell's words (SFTP says only "Failure")."""
+    h = shlex.quote(home)
+    try:
+        await conn.put(str(local), f"{home}/agent.pyz.new")
+    except OperationError as exc:
+        res = await conn.run(f": > {h}/agent.pyz.new; rm -f {h}/agent.pyz.new", timeout=30)
+        said = res.stderr.decode(errors="replace").strip().splitlines()
+        why = said[-1].split(": ", 1)[-1] if said else str(exc)
+        raise AgentError(f"cannot put the new agent in {home}: {why}", node=node.name) from None
+    res = await conn.run(
+        f"mv -f {h}/agent.pyz.new {h}/agent.pyz && printf '%s\\n' {build_id} > "
+        f"{h}/agent.build.tmp && mv -f {h}/agent.build.tmp {h}/agent.build",
+        timeout=30,
+    )
+    if res.exit_status != 0:
+        said = res.stderr.decode(errors="replace").strip().splitlines()
+        raise AgentError(
+            f"cannot record the build in {home}: {said[-1] if said else 'failed'}", node=node.name
+        )
 
 
 async def _handover(

@@ -528,13 +528,14 @@ class Links:
                 client = await AgentClient.open(conn, home, opts.python)
                 hello = await client.call("hello", timeout=self.config.call_timeout)
                 if hello.get("build") == self.agent.build_id:
-                    remember(self.state, link.node.name, opts.home, home, hello)
+                    name = link.node.name  # the writer's: a write here would block the loop
+                    self.journal.submit(lambda st: remember(st, name, opts.home, home, hello))
                     link.home, link.agent_id = home, hello.get("agent_id")
                     return client
                 await client.close()
         results = await install_async(
             [link.node], opts, transport=_OneConnection(link, conn), state=self.state,
-            agent=self.agent,
+            agent=self.agent, write=self.journal.submit,
         )  # fmt: skip
         outcome = results[link.node.name]
         if outcome.error is not None:
