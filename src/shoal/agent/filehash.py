@@ -201,9 +201,10 @@ class FileAudit:
                     found = True
             if not found:
                 absent.append(pattern)
-        fresh = {k: v for k, v in cache.items() if not _under(k, walk.roots)}
+        same = not walk.changed and len(walk.new_cache) == len(cache)  # every entry reused
+        fresh = {} if same else {k: v for k, v in cache.items() if not _under(k, walk.roots)}
         fresh.update(walk.new_cache)
-        if walk.changed or len(fresh) != len(cache):
+        if not same and (walk.changed or len(fresh) != len(cache)):
             try:
                 write_json(self.cache_path, fresh)
             except OSError as exc:
