@@ -108,6 +108,9 @@ def test_agent_scan_rehashes_only_what_changed(tmp_path: Path) -> None:
     time.sleep(0.2)
     two = asyncio.run(scan())
     assert (two["hashed"], two["cached"]) == (1, 19)
+    for _ in range(2):  # nothing changed: the cache is kept as it is
+        again = asyncio.run(scan())
+        assert (again["hashed"], again["cached"]) == (0, 20)
 
 
 def test_bucket_digests_point_at_the_one_changed_file(
