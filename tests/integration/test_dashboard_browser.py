@@ -140,7 +140,9 @@ def _tile(page: Any, node: str) -> str:
     return str(page.get_attribute(f"#tiles .tile[data-node='{node}']", "class"))
 
 
-def test_a_killed_node_turns_down_within_5_s_without_a_reload(lab: Any, page: Any) -> None:
+def test_a_killed_node_turns_down_within_5_s_without_a_reload(
+    lab: Any, page: Any, served: tuple[str, Path]
+) -> None:
     node = "n5"
     try:
         lab.kill(node)
@@ -164,10 +166,13 @@ def test_a_killed_node_turns_down_within_5_s_without_a_reload(lab: Any, page: An
             arrivals = page.evaluate("window.shoalDashboard.perf.arrivals")
             reached = [f"{kind} +{t - killed:.1f} s" for t, _, kind, n in arrivals
                        if n == node and t >= killed]  # fmt: skip
+            log = (served[1].parent / "serve.log").read_text(errors="replace").splitlines()
+            warned = [line for line in log if line.strip()][-5:]  # e.g. a slow write batch
             raise AssertionError(
                 f"{node}'s tile turned down {seen:.1f} s after the kill (> 5 s); the service "
                 f"stored, after the kill: {', '.join(stored) or 'nothing'}; the page's stream "
-                f"delivered: {', '.join(reached) or 'nothing'}"
+                f"delivered: {', '.join(reached) or 'nothing'}; the service's log ends: "
+                f"{' | '.join(warned) or 'nothing'}"
             ) from None
         assert page.text_content("#counts .count.s-down") == "down 1"
         page.click(f"#tiles .tile[data-node='{node}']")
