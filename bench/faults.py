@@ -3,7 +3,7 @@
 Usage (root; brings up its own namespace lab and always takes it down)::
 
     .venv/bin/python bench/faults.py [--nodes 8] [--reps 20] [--ctl-reps 5]
-        [--only kill,ctl,loss10,loss30,corrupt,disk,hostkey,two]
+        [--only kill,ctl,appctl,loss10,loss30,corrupt,disk,agentdisk,hostkey,two,runapp,flood,sftp]
 
 Each scenario (:mod:`shoal.testing.faultsuite`) injects one fault into the lab,
 lets Shoal work, then inspects every node over a fresh SSH connection. The
@@ -31,7 +31,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-SCENARIOS = ("kill", "ctl", "loss10", "loss30", "corrupt", "disk", "hostkey", "two")
+SCENARIOS = (
+    "kill",
+    "ctl",
+    "appctl",
+    "loss10",
+    "loss30",
+    "corrupt",
+    "disk",
+    "agentdisk",
+    "hostkey",
+    "two",
+    "runapp",
+    "flood",
+    "sftp",
+)
 
 
 def main() -> int:
@@ -50,6 +64,9 @@ def main() -> int:
     os.environ["SHOAL_HOME"] = str(home)
     from shoal.agentlink import fleet as agents
     from shoal.lab import Lab, LabSpec
+    from shoal.testing import faultapps as fa
+    from shoal.testing import faultflood as ff
+    from shoal.testing import faultsftp as fsftp
     from shoal.testing import faultsuite as fs
 
     lab = Lab.up(LabSpec(n=args.nodes, name=f"bf{secrets.token_hex(3)}"))
@@ -60,17 +77,22 @@ def main() -> int:
         if not installed.ok:
             print(f"agent install failed: {[(r.node, r.reason) for r in installed.failed]}")
             return 1
-        env = {**os.environ, "SHOAL_NO_SERVICE": "1"}
+        env = {**os.environ, "SHOAL_NO_SERVICE": "1", "SHOAL_LAB": lab.name}
         work = home / "work"
         runs: dict[str, Callable[[Path], fs.FaultRow]] = {
             "kill": lambda w: fs.node_killed_mid_push(lab, fleet, w, args.reps),
             "ctl": lambda w: fs.controller_killed_mid_push(lab, fleet, w, args.ctl_reps, env),
+            "appctl": lambda w: fa.controller_killed_mid_app_up(lab, fleet, w, args.ctl_reps, env),
             "loss10": lambda w: fs.packet_loss(lab, fleet, w, 10),
-            "loss30": lambda w: fs.packet_loss(lab, fleet, w, 30, size=500_000),
+            "loss30": lambda w: fs.packet_loss(lab, fleet, w, 30, 200_000, fs.LOSSY_LINKS),
             "corrupt": lambda w: fs.corrupt_peer(lab, fleet, w),
             "disk": lambda w: fs.disk_full(lab, fleet, w),
+            "agentdisk": lambda w: fs.disk_full_agent_install(lab, fleet, w),
             "hostkey": lambda w: fs.changed_host_key(lab, fleet, w),
             "two": lambda w: fs.two_controllers(lab, fleet, env, args.reps),
+            "runapp": lambda w: fa.run_beside_app_up(lab, fleet, w, args.ctl_reps, env),
+            "flood": lambda w: ff.connection_flood(lab, fleet, w),
+            "sftp": lambda w: fsftp.lying_sftp(w),
         }
         for name in only:
             (work / name).mkdir(parents=True, exist_ok=True)
