@@ -238,11 +238,12 @@ class Writer:
                 self._locked_since = None
                 return []
             self.lock_waits += 1
-            self._locked_since = since
             now = time.monotonic()
             expired = [j for j in jobs if j.deadline is not None and j.deadline <= now]
             self._fail(expired, exc)
-            return [j for j in jobs if j not in expired]
+            left = [j for j in jobs if j not in expired]
+            self._locked_since = since if left else None
+            return left
         self._locked_since = None
         locked = time.monotonic() - since  # waiting for another process's lock
         results: list[tuple[_Job, bool, Any]] = []
