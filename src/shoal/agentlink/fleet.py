@@ -375,7 +375,7 @@ async def _put_build(conn: Connection, node: Node, local: Path, home: str, build
     except OperationError as exc:
         res = await conn.run(f": > {h}/agent.pyz.new; rm -f {h}/agent.pyz.new", timeout=30)
         said = res.stderr.decode(errors="replace").strip().splitlines()
-        why = said[-1].split(": ", 1)[-1] if said else str(exc)
+        why = said[-1].rsplit(": ", 1)[-1] if said else str(exc)  # the errno's text
         raise AgentError(f"cannot put the new agent in {home}: {why}", node=node.name) from None
     res = await conn.run(
         f"mv -f {h}/agent.pyz.new {h}/agent.pyz && printf '%s\\n' {build_id} > "
