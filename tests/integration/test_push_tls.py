@@ -12,7 +12,9 @@ file and the capture process go in ``finally``; agents are stopped at the end.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -120,13 +122,22 @@ def test_a_peer_presenting_another_certificate_is_refused_and_the_push_completes
     other = make_identity("impostor")
     pem = other.key_pem + other.cert_pem
     remote(impostor, f"umask 077; printf '%s' '{pem}' > .shoal/{TEST_IMPOSTOR_FLAG}")
+    results = []
     try:
-        src = marked_tree(tmp_path / "src", size=4_000_000)
-        # a slow source: every node registers before the stripes run out, so the impostor
-        # is some chunks' first recipient and the others must ask it
-        result = run(
-            push_async(fleet, src, "tls3/site", PushOptions(durable=False, source_rate=2e6))
-        )
+        # random bytes (a repeated text dedups to a few chunks) and a slow source: every
+        # node registers before the stripes run out, so the impostor is some chunks' first
+        # recipient and the others must ask it; on a loaded host the schedule may still
+        # spare it, so up to three pushes (each one must complete)
+        for attempt in range(3):
+            src = tmp_path / f"src{attempt}"
+            src.mkdir()
+            (src / "secret.txt").write_bytes(os.urandom(4_000_000))
+            opts = PushOptions(durable=False, source_rate=2e6)
+            result = run(push_async(fleet, src, f"tls3/site{attempt}", opts))
+            assert result.ok, [(n.node, n.reason) for n in result.failed]
+            results.append(result)
+            if any(n.rejected for n in result if n.node != impostor.name):
+                break
         said = [
             remote(n, "grep -rah 'is not the pinned' .shoal | head -n 1", check=False)
             for n in fleet
@@ -134,15 +145,16 @@ def test_a_peer_presenting_another_certificate_is_refused_and_the_push_completes
         ]
     finally:
         remote(impostor, f"rm -f .shoal/{TEST_IMPOSTOR_FLAG}")
-    assert result.ok, [(n.node, n.reason) for n in result.failed]
     refused = sum(n.rejected for n in result if n.node != impostor.name)
-    assert refused >= 1, [(n.node, n.rejected, n.from_peers) for n in result]
+    tried = [[(n.node, n.rejected, n.from_peers) for n in r] for r in results]
+    assert refused >= 1, tried
     # the peers said why, in one line each: the impostor's address and both fingerprints
     told = [json.loads(line)["detail"] for line in said if line]
     assert told and all("is not the pinned" in t and "\n" not in t for t in told), said
-    want = remote(fleet[0], "sha256sum tls3/site/secret.txt").split()[0]
+    last = f"tls3/site{len(results) - 1}/secret.txt"
+    want = hashlib.sha256((src / "secret.txt").read_bytes()).hexdigest()
     for node in fleet:
-        assert remote(node, "sha256sum tls3/site/secret.txt").split()[0] == want
+        assert remote(node, f"sha256sum {last}").split()[0] == want
 
 
 #: A node's fetcher (run in its namespace) asks the controller's TLS server for every
@@ -176,9 +188,6 @@ def test_tls_answers_over_a_real_link_never_wait_for_bytes_that_will_not_come(
     that ignored the partial record OpenSSL holds could ask for more bytes than were still
     to come: 17 batches timed out in a 200 MB push to 16 nodes, 5x S/B instead of 2.5x.
     This test did not catch that case here; the push bench did.)"""
-    import hashlib
-    import os
-
     from shoal.agent.chunkserver import ChunkServer, StoreBackend
     from shoal.agent.chunkstore import ChunkStore
 
