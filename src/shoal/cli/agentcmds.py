@@ -146,7 +146,7 @@ def register(sub: Any) -> None:
         "--topic",
         action="append",
         metavar="TOPIC",
-        help="only this topic (repeatable): agent, node, app, sweep, service, schedule, rollout",
+        help="only this topic, repeatable (agent node app sweep service schedule rollout audit)",
     )
     ev.set_defaults(handler=cmd_events)
 
