@@ -2,14 +2,17 @@
 
 ``agent upgrade --batch N`` checks each batch before the next. A node of the
 second batch whose new agent cannot be put in place (its working area is a
-read-only filesystem) must fail with one line naming it and why, stop the
-upgrade there, and leave that node and every later batch on the old agent with
-their supervised programs running under the same pids.
+read-only filesystem) or cannot start (the inventory's python for it is gone)
+must fail with one line naming it and why, stop the upgrade there, and leave
+that node and every later batch on the old agent with their supervised
+programs running under the same pids.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,22 @@ from .conftest import remote
 pytestmark = pytest.mark.lab
 
 READ_ONLY = "mount --bind .shoal .shoal && mount -o remount,bind,ro .shoal"
+#: how the bad node is broken: a command run there (and its undoing), its python
+BREAKS = {
+    "read-only working area": (
+        READ_ONLY,
+        "umount .shoal",
+        None,
+        r"cannot put the new agent in /root/\.shoal: Read-only file system",
+    ),
+    "python missing": (
+        "true",
+        "true",
+        "/nonexistent/python3",
+        r"the new agent does not start with /nonexistent/python3: .*"
+        r"(not found|No such file or directory)",
+    ),
+}
 
 
 def run(coro: Any) -> Any:
@@ -43,9 +62,11 @@ def state(nodes: list[Node]) -> dict[str, tuple[str, str, int]]:
     return out
 
 
+@pytest.mark.parametrize("kind", sorted(BREAKS))
 def test_a_failed_batch_stops_the_upgrade_and_later_batches_keep_the_old_agent(
-    lab: Any, tmp_path: Path
+    lab: Any, tmp_path: Path, kind: str
 ) -> None:
+    setup, undo, python, expected = BREAKS[kind]
     nodes = lab.nodes()
     assert len(nodes) == 8
     current = build()
@@ -64,13 +85,14 @@ def test_a_failed_batch_stops_the_upgrade_and_later_batches_keep_the_old_agent(
         assert started.ok, [(r.node, r.reason) for r in started.failed]
         before = state(nodes)
         assert {b for b, _, _ in before.values()} == {current.build_id}
-        remote(bad, READ_ONLY)
+        remote(bad, setup)
+        given = [dataclasses.replace(n, python=python) if n is bad else n for n in nodes]
 
-        up = run(agents.install_async(nodes, upgrade_only=True, agent=other, batch="2"))
+        up = run(agents.install_async(given, upgrade_only=True, agent=other, batch="2"))
 
         assert [r.node for r in up.failed] == [n.name for n in nodes[3:]]
         why = up[bad.name].reason
-        assert why == "cannot put the new agent in /root/.shoal: Read-only file system", why
+        assert "\n" not in why and re.fullmatch(expected, why), why
         for n in nodes[4:]:
             assert up[n.name].reason == (f"not attempted: batch 2/4 failed on {bad.name}: {why}"), (
                 up[n.name].reason
@@ -82,7 +104,7 @@ def test_a_failed_batch_stops_the_upgrade_and_later_batches_keep_the_old_agent(
         for n in nodes[3:]:  # the failed node and the later batches: the old agent, running
             assert after[n.name] == before[n.name], n.name
     finally:
-        remote(bad, "umount .shoal", check=False)
+        remote(bad, undo, check=False)
         run(agents.call_async(nodes, "proc.remove", {"name": "ticker"}))
         run(agents.install_async(nodes, upgrade_only=True, agent=current))
         run(agents.stop_async(nodes))

@@ -34,6 +34,7 @@ controller: it double-forks into its own session with stdio on its log.
 from __future__ import annotations
 
 import asyncio
+import json
 import shlex
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -341,7 +342,7 @@ async def _install_step(
         *(node.name, found.home, found.build, running, agent.build_id),
     )
     if found.build != agent.build_id:
-        await _put_build(conn, node, local, found.home, agent.build_id)
+        await _put_build(conn, node, local, found.home, agent.build_id, opts.python)
     if running is not None and running != agent.build_id and hello and hello.get("handover"):
         hello = await _handover(conn, node, found.home, opts.python, agent.build_id)
         keep(hello)
@@ -365,10 +366,14 @@ async def _install_step(
     return NodeOutcome(node.name, action=action, value=hello)
 
 
-async def _put_build(conn: Connection, node: Node, local: Path, home: str, build_id: str) -> None:
-    """Copy the build beside the working area's ``agent.pyz`` and rename it in, so a
-    copy that fails (a read-only or full disk) leaves the running build's file whole;
-    AgentError says why in the shell's words (SFTP says only "Failure")."""
+async def _put_build(
+    conn: Connection, node: Node, local: Path, home: str, build_id: str, python: str
+) -> None:
+    """Copy the build beside the working area's ``agent.pyz``, check that ``python``
+    runs it there, and rename it in: a copy that fails (a read-only or full disk) or a
+    build that cannot start (no such python, one too old) leaves the running agent
+    and its file as they were. AgentError says why in the shell's words (SFTP says
+    only "Failure")."""
     h = shlex.quote(home)
     try:
         await conn.put(str(local), f"{home}/agent.pyz.new")
@@ -377,6 +382,13 @@ async def _put_build(conn: Connection, node: Node, local: Path, home: str, build
         said = res.stderr.decode(errors="replace").strip().splitlines()
         why = said[-1].rsplit(": ", 1)[-1] if said else str(exc)  # the errno's text
         raise AgentError(f"cannot put the new agent in {home}: {why}", node=node.name) from None
+    tried = await conn.run(f"{shlex.quote(python)} {h}/agent.pyz.new version", timeout=30)
+    answer = tried.stdout.decode(errors="replace")
+    if tried.exit_status != 0 or _build_of(answer) != build_id:
+        said = tried.stderr.decode(errors="replace").strip().splitlines()
+        await conn.run(f"rm -f {h}/agent.pyz.new", timeout=30)
+        why = said[-1] if said else f"exit {tried.exit_status}, {answer.strip()[:80]!r}"
+        raise AgentError(f"the new agent does not start with {python}: {why}", node=node.name)
     res = await conn.run(
         f"mv -f {h}/agent.pyz.new {h}/agent.pyz && printf '%s\\n' {build_id} > "
         f"{h}/agent.build.tmp && mv -f {h}/agent.build.tmp {h}/agent.build",
@@ -387,6 +399,15 @@ async def _put_build(conn: Connection, node: Node, local: Path, home: str, build
         raise AgentError(
             f"cannot record the build in {home}: {said[-1] if said else 'failed'}", node=node.name
         )
+
+
+def _build_of(version: str) -> object:
+    """The build id in ``agent.pyz version``'s JSON (None when it is not that)."""
+    try:
+        found = json.loads(version)
+    except ValueError:
+        return None
+    return found.get("build") if isinstance(found, dict) else None
 
 
 async def _handover(
