@@ -127,6 +127,11 @@ def test_a_changed_copy_is_switched_under_restarted_services(
     same = asyncio.run(lifecycle.up_async(load(spec_path), copy()))
     assert "rollout" not in same.phases and pids(name) == after  # nothing changed: no restart
 
+    (tool / "VERSION").write_text("v4\n")  # once more: the v1 copy goes, v2 is kept aside
+    assert asyncio.run(lifecycle.up_async(load(spec_path), copy())).failed == {}
+    assert on_nodes(nodes, f"cat .shoal/apps/{name}/running") == {n.name: "v4 v4" for n in nodes}
+    assert on_nodes(nodes, f"ls {sw}/.tool.shoal/versions") == {n.name: new for n in nodes}
+
 
 def test_a_failing_new_copy_is_swapped_back_and_the_old_one_runs(
     app: tuple[str, Path, list[Node]],

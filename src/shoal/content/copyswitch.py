@@ -9,7 +9,9 @@ steps run there alike). :func:`switch_command` is the switch a rollout makes
 while the services are stopped: two renames, the running copy kept aside at
 ``.NAME.shoal/versions/ITS_DIGEST`` for the rollback, which is the same switch
 back. The switch moves no bytes and is idempotent (a controller killed between
-the two renames finds ``DIR`` absent and moves the staged copy in).
+the two renames finds ``DIR`` absent and moves the staged copy in). Staging
+drops the copies kept before (the rollback target is the copy in place), so a
+node holds at most the running copy and one beside it.
 
 A copy replaces only what Shoal put at ``DIR``: an earlier copy or a push's
 symlink; anything else there is refused, as a push refuses a directory that is
@@ -154,9 +156,13 @@ async def copy_tree_async(
             return CommandOutcome(node.name, failed)
         await conn.put(str(source), tmp)
         mark = f"printf '%s\\n' {shlex.quote(digest)} > {staging}/{DIGEST_FILE}"
-        if held:
+        if held:  # the copies kept before go: the rollback target is the one in place
+            kdir = shlex.quote(kept_dir(target))
             kept = shlex.quote(f"{kept_dir(target)}/{digest}")
-            place = f'mkdir -p "$(dirname {kept})" && rm -rf {kept} && mv {staging} {kept}'
+            place = (
+                f'mkdir -p {kdir} && for v in {kdir}/*; do [ ! -f "$v/{DIGEST_FILE}" ] '
+                f'|| rm -rf "$v" || exit 1; done && mv {staging} {kept}'
+            )
         else:
             place = f"rm -rf {q} && mv {staging} {q}"
         done = await conn.run(
