@@ -9,6 +9,7 @@ changes none of them.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from .conftest import remote
 
 pytestmark = pytest.mark.lab
 
@@ -108,14 +111,19 @@ def test_3_for_agent_push_and_facts_commands_too(
 
 
 def test_130_when_interrupted(lab: Any) -> None:
+    marker = f"sleep 4{os.getpid() % 1000:03d}"
     proc = subprocess.Popen(
-        [*SHOAL, "run", "-s", _names(lab, 2), "--json", "sleep 40"],
+        [*SHOAL, "run", "-s", _names(lab, 2), "--json", marker],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        time.sleep(2.5)  # connected and running by now
+        deadline = time.monotonic() + 30  # connected and running on both nodes
+        look = f"pgrep -f '[{marker[0]}]{marker[1:]}' || true"
+        while not all(remote(n, look).strip() for n in lab.nodes()[:2]):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.poll()
+            time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
