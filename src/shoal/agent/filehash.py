@@ -40,16 +40,18 @@ from __future__ import annotations
 import asyncio
 import glob
 import hashlib
+import json
 import os
 import stat
 import time
 import uuid
 import zlib
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from .persist import read_json, write_json
+from .persist import read_json, write_atomic
 
 #: Entries per reply (each ~150 bytes of JSON: well under the 4 MiB line limit).
 PAGE = 5000
@@ -66,26 +68,39 @@ MAX_PATHS = 1000
 MAX_BUCKETS = 1 << 16
 
 _READ = 1 << 20
+#: Files up to this size are read in one ``read(2)`` (no buffer kept, one allocation).
+_SMALL = 1 << 20
+#: An entry as the walk keeps it: (path index, path, type, mode, size or None, digest or
+#: link target or None); a dict on the wire (:func:`_wire`).
+Row = tuple  # (int, str, str, int, "int | None", "str | None")
 
 
-def sha256_file(fd: int) -> str:
-    """The sha256 of an open file, read from its start."""
+def sha256_file(fd: int, buf: bytearray | None = None) -> str:
+    """The sha256 of an open file, read from its start (into ``buf`` if given)."""
     digest = hashlib.sha256()
-    buf = bytearray(_READ)
+    buf = buf if buf is not None else bytearray(_READ)
     view = memoryview(buf)
     os.lseek(fd, 0, os.SEEK_SET)
-    with open(fd, "rb", buffering=0, closefd=False) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                return digest.hexdigest()
-            digest.update(view[:n])
+    while True:
+        n = os.readv(fd, [buf])
+        if not n:
+            return digest.hexdigest()
+        digest.update(view[:n])
+
+
+def _wire(row: Row) -> dict[str, Any]:
+    entry: dict[str, Any] = {"g": row[0], "p": row[1], "t": row[2], "m": row[3]}
+    if row[4] is not None:
+        entry["s"] = row[4]
+    if row[5] is not None:
+        entry["d"] = row[5]
+    return entry
 
 
 class _Scan:
     """One listing being paged out (all of it, or the entries of some buckets)."""
 
-    def __init__(self, entries: list[dict[str, Any]]) -> None:
+    def __init__(self, entries: list[Row]) -> None:
         self.entries = entries
         self.view = entries
         self.buckets: list[int] = []
@@ -94,20 +109,15 @@ class _Scan:
     def bucket(self, count: int) -> list[str]:
         """Each entry's bucket (crc32 of its path mod ``count``); per bucket the first 16
         hex of the sha256 of its entries, in path order."""
-        self.buckets = [
-            zlib.crc32(e["p"].encode("utf-8", "surrogateescape")) % count for e in self.entries
-        ]
-        members: list[list[dict[str, Any]]] = [[] for _ in range(count)]
-        for entry, b in zip(self.entries, self.buckets):
-            members[b].append(entry)
-        out = []
-        for group in members:
-            digest = hashlib.sha256()
-            for e in sorted(group, key=lambda e: e["p"]):
-                line = f"{e['p']}\0{e['t']}\0{e['m']}\0{e.get('s', '')}\0{e.get('d', '')}\n"
-                digest.update(line.encode("utf-8", "surrogateescape"))
-            out.append(digest.hexdigest()[:16])
-        return out
+        crc = zlib.crc32
+        self.buckets = [crc(e[1].encode("utf-8", "surrogateescape")) % count for e in self.entries]
+        digests = [hashlib.sha256() for _ in range(count)]
+        order = sorted(range(len(self.entries)), key=lambda i: self.entries[i][1])
+        for i in order:
+            _g, p, t, m, s, d = self.entries[i]
+            line = f"{p}\0{t}\0{m}\0{'' if s is None else s}\0{'' if d is None else d}\n"
+            digests[self.buckets[i]].update(line.encode("utf-8", "surrogateescape"))
+        return [d.hexdigest()[:16] for d in digests]
 
     def select(self, chosen: Any) -> None:
         if not isinstance(chosen, list) or not self.buckets:
@@ -117,13 +127,16 @@ class _Scan:
 
 
 class FileAudit:
-    """The agent's ``audit.*`` operations over its stat cache."""
+    """The agent's ``audit.*`` operations over its stat cache (kept in memory between
+    scans, read from ``audit-cache.json`` once, written back only when it changed)."""
 
     def __init__(self, home: Path, record: Callable[[str, str | None, str], None]) -> None:
         self.cache_path = home / "audit-cache.json"
         self.record = record
         self._lock = asyncio.Lock()
         self._scans: OrderedDict[str, _Scan] = OrderedDict()
+        self._cache: dict[str, list[Any]] | None = None
+        self._saving: asyncio.Future[None] | None = None
 
     async def dispatch(self, op: str, args: dict[str, Any]) -> Any:
         if op == "audit.scan":
@@ -138,7 +151,9 @@ class FileAudit:
                 raise ValueError(f"audit.scan: 'buckets' must be 0 to {MAX_BUCKETS}")
             loop = asyncio.get_running_loop()
             async with self._lock:
-                result = await loop.run_in_executor(None, self._scan, paths)
+                result, fresh = await loop.run_in_executor(None, self._scan, paths)
+            if fresh is not None:  # written after the reply, before the next scan
+                self._saving = asyncio.ensure_future(self._save(fresh))
             scan = _Scan(result.pop("entries"))
             scan_id = uuid.uuid4().hex[:12]
             self._keep(scan_id, scan)
@@ -176,7 +191,7 @@ class FileAudit:
         if scan is None:
             raise ValueError(f"audit scan {scan_id} is not kept any more: scan again")
         page = max(1, min(page, PAGE))
-        chunk = scan.view[offset : offset + page]
+        chunk = [_wire(e) for e in scan.view[offset : offset + page]]
         end = offset + len(chunk)
         done = end >= len(scan.view)
         if done:
@@ -185,9 +200,12 @@ class FileAudit:
 
     # -- the walk (worker thread) ------------------------------------------
 
-    def _scan(self, paths: list[str]) -> dict[str, Any]:
-        old = read_json(self.cache_path, {})
-        cache: dict[str, list[Any]] = old if isinstance(old, dict) else {}
+    def _scan(self, paths: list[str]) -> tuple[dict[str, Any], dict[str, list[Any]] | None]:
+        """The listing, and the new cache if it changed (None: unchanged)."""
+        if self._cache is None:
+            old = read_json(self.cache_path, {})
+            self._cache = old if isinstance(old, dict) else {}
+        cache = self._cache
         walk = _Walk(cache)
         home = os.path.expanduser("~")
         absent: list[str] = []
@@ -201,15 +219,15 @@ class FileAudit:
                     found = True
             if not found:
                 absent.append(pattern)
-        same = not walk.changed and len(walk.new_cache) == len(cache)  # every entry reused
-        fresh = {} if same else {k: v for k, v in cache.items() if not _under(k, walk.roots)}
-        fresh.update(walk.new_cache)
-        if not same and (walk.changed or len(fresh) != len(cache)):
-            try:
-                write_json(self.cache_path, fresh)
-            except OSError as exc:
-                self.record("io_error", None, f"{exc.strerror or exc}: {self.cache_path}")
-        return {
+        fresh: dict[str, list[Any]] | None = None
+        if walk.changed or len(walk.new_cache) != len(cache):  # not every entry reused
+            fresh = {k: v for k, v in cache.items() if not _under(k, walk.roots)}
+            fresh.update(walk.new_cache)
+            if len(fresh) == len(cache) and not walk.changed:
+                fresh = None  # entries outside the roots only: the same cache
+            else:
+                self._cache = fresh
+        result = {
             "entries": walk.entries,
             "total": len(walk.entries),
             "hashed": walk.hashed,
@@ -218,6 +236,21 @@ class FileAudit:
             "errors": walk.errors[:100],
             "absent": absent,
         }
+        return result, fresh
+
+    async def _save(self, fresh: dict[str, list[Any]]) -> None:
+        async with self._lock:
+            if fresh is not self._cache:  # a later scan has a newer one to write
+                return
+            try:
+                data = json.dumps(fresh, separators=(",", ":")).encode("utf-8", "surrogateescape")
+                # not durable: a torn or empty file does not parse, and an empty cache only
+                # costs a full re-hash
+                await asyncio.get_running_loop().run_in_executor(
+                    None, partial(write_atomic, self.cache_path, data, durable=False)
+                )
+            except OSError as exc:
+                self.record("io_error", None, f"{exc.strerror or exc}: {self.cache_path}")
 
 
 class _Walk:
@@ -227,10 +260,11 @@ class _Walk:
         self.cache = cache
         self.new_cache: dict[str, list[Any]] = {}
         self.roots: list[str] = []
-        self.entries: list[dict[str, Any]] = []
+        self.entries: list[Row] = []
         self.errors: list[str] = []
         self.hashed = self.cached = self.hashed_bytes = 0
         self.changed = False
+        self.buf: bytearray | None = None  # for files larger than _SMALL
 
     def root(self, index: int, path: str, shown: str, follow: bool) -> bool:
         """List ``path`` (shown as ``shown``; a symlink resolved if ``follow``, which
@@ -249,9 +283,12 @@ class _Walk:
 
     def _dir(self, index: int, real: str, shown: str, st: os.stat_result) -> None:
         todo = [(real, shown, st)]
+        entries = self.entries
+        cache_get = self.cache.get
+        new_cache = self.new_cache
         while todo:
             here, name, info = todo.pop()
-            self.entries.append(_record(index, name, "d", info))
+            entries.append((index, name, "d", info.st_mode & 0o7777, None, None))
             try:
                 with os.scandir(here) as it:
                     children = sorted(it, key=lambda e: e.name)
@@ -266,8 +303,26 @@ class _Walk:
                 except OSError as exc:
                     self.errors.append(f"{name}/{child.name}: {exc.strerror or exc}")
                     continue
+                mode = cst.st_mode
+                if mode & 0o170000 == 0o100000:  # a regular file: the common case, inline
+                    path = child.path
+                    known = cache_get(path)
+                    if (
+                        known is not None
+                        and len(known) == 5
+                        and known[0] == cst.st_size
+                        and known[1] == cst.st_mtime_ns
+                        and known[2] == cst.st_ctime_ns
+                        and known[3] == cst.st_ino
+                    ):
+                        self.cached += 1
+                        new_cache[path] = known
+                        entries.append(
+                            (index, f"{name}/{child.name}", "f", mode & 0o7777, known[0], known[4])
+                        )
+                        continue
                 cname = f"{name}/{child.name}"
-                if stat.S_ISDIR(cst.st_mode):
+                if stat.S_ISDIR(mode):
                     todo.append((child.path, cname, cst))
                 else:
                     self._entry(index, child.path, cname, cst)
@@ -280,21 +335,24 @@ class _Walk:
             except OSError as exc:
                 self.errors.append(f"{shown}: {exc.strerror or exc}")
                 return
-            self.entries.append(_record(index, shown, "l", st, target))
+            self.entries.append((index, shown, "l", mode & 0o7777, None, target))
         elif stat.S_ISREG(mode):
-            digest = self._digest(real, shown, st)
-            if digest is not None:
-                self.entries.append(_record(index, shown, "f", st, digest))
+            known = self.cache.get(real)
+            key = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+            if isinstance(known, list) and len(known) == 5 and known[:4] == key:
+                self.cached += 1
+                self.new_cache[real] = known
+                self.entries.append((index, shown, "f", mode & 0o7777, st.st_size, known[4]))
+                return
+            got = self._digest(real, shown, st)
+            if got is not None:
+                self.entries.append((index, shown, "f", mode & 0o7777, got[0], got[1]))
         else:
-            self.entries.append(_record(index, shown, "s", st))
+            self.entries.append((index, shown, "s", mode & 0o7777, None, None))
 
-    def _digest(self, real: str, shown: str, st: os.stat_result) -> str | None:
-        key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        known = self.cache.get(real)
-        if isinstance(known, list) and len(known) == 5 and tuple(known[:4]) == key:
-            self.cached += 1
-            self.new_cache[real] = known
-            return str(known[4])
+    def _digest(self, real: str, shown: str, st: os.stat_result) -> tuple[int, str] | None:
+        """Hash a file the cache cannot answer for: (size, sha256), cached if it held
+        still; None (an error noted) if it cannot be read as a regular file."""
         self.changed = True
         try:
             fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -302,12 +360,25 @@ class _Walk:
             self.errors.append(f"{shown}: {exc.strerror or exc}")
             return None
         try:
-            before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode):
+            if st.st_size <= _SMALL:
+                # one bounded read (a FIFO or device swapped in cannot make it hang or run
+                # on); the fstat after it says whether this was still the file listed
+                data = os.read(fd, st.st_size + 1)
+                after = os.fstat(fd)
+                before = st
+                digest = hashlib.sha256(data).hexdigest()
+            else:
+                before = os.fstat(fd)
+                if not stat.S_ISREG(before.st_mode):
+                    self.errors.append(f"{shown}: not a regular file any more")
+                    return None
+                if self.buf is None:
+                    self.buf = bytearray(_READ)
+                digest = sha256_file(fd, self.buf)
+                after = os.fstat(fd)
+            if not stat.S_ISREG(after.st_mode):
                 self.errors.append(f"{shown}: not a regular file any more")
                 return None
-            digest = sha256_file(fd)
-            after = os.fstat(fd)
         except OSError as exc:
             self.errors.append(f"{shown}: {exc.strerror or exc}")
             return None
@@ -316,7 +387,12 @@ class _Walk:
         self.hashed += 1
         self.hashed_bytes += after.st_size
         now = time.time_ns()
-        stable = (before.st_mtime_ns, before.st_ctime_ns) == (after.st_mtime_ns, after.st_ctime_ns)
+        stable = (before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
+            after.st_ino,
+            after.st_size,
+            after.st_mtime_ns,
+            after.st_ctime_ns,
+        )
         racy = now - max(after.st_mtime_ns, after.st_ctime_ns) < RACY_NS
         if stable and not racy:
             self.new_cache[real] = [
@@ -326,22 +402,11 @@ class _Walk:
                 after.st_ino,
                 digest,
             ]
-        return digest
+        return after.st_size, digest
 
 
 def _under(path: str, roots: list[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
-
-
-def _record(
-    index: int, path: str, kind: str, st: os.stat_result, data: str | None = None
-) -> dict[str, Any]:
-    entry: dict[str, Any] = {"g": index, "p": path, "t": kind, "m": stat.S_IMODE(st.st_mode)}
-    if kind == "f":
-        entry["s"] = st.st_size
-    if data is not None:
-        entry["d"] = data
-    return entry
 
 
 def replace(args: dict[str, Any], record: Callable[[str, str | None, str], None]) -> Any:
