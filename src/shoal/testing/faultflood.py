@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import resource
+import shlex
 import socket
 import time
 from collections.abc import Sequence
@@ -76,17 +77,23 @@ async def _hold(host: str, port: int, n: int, stop: asyncio.Event) -> int:
 
 
 def _unix_flood_script(n: int, seconds: int) -> str:
+    """Shell that leaves a process on the node holding ``n`` connections to the agent's
+    socket (each sent half a request), writing how many it opened to ``flood.count``."""
     code = (
         "import socket,time\n"
         "s=[]\n"
         f"for _ in range({n}):\n"
-        "  c=socket.socket(socket.AF_UNIX)\n"
-        f"  c.connect('{AGENT_AREA}/agent.sock'); c.send(b'{{'); s.append(c)\n"
+        "  c=socket.socket(socket.AF_UNIX); c.settimeout(2)\n"
+        "  try:\n"
+        f"    c.connect('{AGENT_AREA}/agent.sock'); c.send(b'{{'); s.append(c)\n"
+        "  except OSError:\n"
+        "    c.close()\n"
+        "open('flood.count','w').write(str(len(s)))\n"
         f"time.sleep({seconds})\n"
     )
     return (
-        f"cd; ulimit -n 4096; nohup timeout {seconds + 5} python3 -c {code!r} >/dev/null 2>&1 &"
-        " echo $! > flood.pid"
+        f"cd; rm -f flood.count; ulimit -n 4096; nohup timeout {seconds + 5} python3 -c "
+        f"{shlex.quote(code)} >/dev/null 2>&1 & echo $! > flood.pid"
     )
 
 
@@ -151,19 +158,22 @@ def connection_flood(lab: Lab, fleet: Sequence[Node], work: Path) -> FaultRow:
         result, opened = asyncio.run(go())
     finally:
         sh([local], "cd; kill $(cat flood.pid) 2>/dev/null; rm -f flood.pid")
+    unix = sh([local], "cd; cat flood.count 2>/dev/null; rm -f flood.count")[local.name]
     got = deployed(nodes, "ff/site")
     wrong = [f"{n}: {g}" for n, g in got.items() if g is None or g[1] != want]
     row.details += failures(result) + wrong
     flooded = {k: v for k, v in peak.items() if k != "controller"}
     if any(v > FD_BOUND or v < 0 for v in flooded.values()):
         row.details.append(f"agent open files {flooded} (bound {FD_BOUND})")
-    if opened.get("tcp", 0) == 0:
-        row.details.append("no flood connection was opened: nothing tested")
+    opened["unix"] = int((unix or "0").strip() or 0)
+    if opened.get("tcp", 0) == 0 or opened["unix"] == 0:
+        row.details.append(f"flood connections opened {opened}: nothing tested")
     row.seconds = time.monotonic() - began
     row.ok = not row.details
     row.observed = (
-        f"{len(nodes) - len(row.details)}/{len(nodes)} nodes whole; {opened.get('tcp', 0)} TCP "
-        f"flood connections opened; peak open files: controller {peak['controller']}, "
+        f"{len(nodes) - len(wrong)}/{len(nodes)} nodes whole; flood connections opened "
+        f"{opened.get('tcp', 0)} TCP, {opened['unix']} unix; peak open files: controller "
+        f"{peak['controller']}, "
         f"agents {flooded}"
     )
     row.lost = "nothing" if row.ok else "; ".join(row.details)[:120]
