@@ -155,3 +155,30 @@ def test_a_failing_new_copy_is_swapped_back_and_the_old_one_runs(
     assert status.status == "running" and status.healthy, status.as_json()
     now = pids(name)
     assert set(now) == set(before)  # every member's service up (the touched restarted)
+
+
+def test_a_pushed_tree_changed_by_copy_is_switched_and_rolled_back_to_the_push(
+    app: tuple[str, Path, list[Node]],
+) -> None:
+    name, spec_path, nodes = app
+    tool = spec_path.parent / "tool"
+    sw = f".shoal/apps/{name}/sw/tool"
+    assert asyncio.run(lifecycle.up_async(load(spec_path))).failed == {}  # a push: a symlink
+    link = on_nodes(nodes, f"readlink {sw}")
+    assert all(v.startswith(".tool.shoal/versions/") for v in link.values()), link
+    for n in nodes:
+        remote(n, f"touch .shoal/apps/{name}/refuse")
+    (tool / "VERSION").write_text("v3\n")
+    with pytest.raises(OperationError, match=r"software tool rolled back.*gate: .*server"):
+        asyncio.run(lifecycle.up_async(load(spec_path), copy()))
+    assert on_nodes(nodes, f"readlink {sw}") == link  # the push's version linked again
+    assert on_nodes(nodes, f"cat .shoal/apps/{name}/running") == {n.name: "v1 v1" for n in nodes}
+
+    (tool / "VERSION").write_text("v2\n")
+    before = pids(name)
+    assert asyncio.run(lifecycle.up_async(load(spec_path), copy())).failed == {}
+    assert on_nodes(nodes, f"cat .shoal/apps/{name}/running") == {n.name: "v2 v2" for n in nodes}
+    assert on_nodes(nodes, f"test -L {sw} || cat {sw}/{DIGEST_FILE}") == {
+        n.name: tree_digest(tool) for n in nodes
+    }
+    assert all(pids(name)[n] != before[n] for n in before)

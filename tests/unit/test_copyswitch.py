@@ -64,3 +64,25 @@ def test_a_missing_copy_or_a_foreign_directory_is_refused_and_left_alone(
     foreign = sh(switch_command(str(target), "c" * 16))
     assert foreign.returncode != 0 and "is not a software copy" in foreign.stderr
     assert (target / "VERSION").read_text() == "a" * 16
+
+
+def test_a_pushed_version_in_place_is_switched_out_and_relinked_on_the_way_back(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "sw" / "tool"
+    kept = Path(kept_dir(str(target)))
+    pushed = "p" * 16
+    (kept / pushed).mkdir(parents=True)
+    (kept / pushed / "VERSION").write_text("pushed")
+    target.symlink_to(f".tool.shoal/versions/{pushed}")
+    copy_at(kept / ("b" * 16), "b" * 16)
+    current = sh(probe_command(str(target), "b" * 16)).stdout.strip()
+    assert current == f"staged push:{pushed}"
+
+    assert sh(switch_command(str(target), "b" * 16)).returncode == 0
+    assert not target.is_symlink() and (target / "VERSION").read_text() == "b" * 16
+    assert (kept / pushed / "VERSION").read_text() == "pushed"  # the push's area untouched
+    back = sh(switch_command(str(target), current.split()[1]))
+    assert back.returncode == 0, back.stderr
+    assert str(target.readlink()) == f".tool.shoal/versions/{pushed}"
+    assert (kept / ("b" * 16) / "VERSION").read_text() == "b" * 16

@@ -8,7 +8,8 @@ stage (their services run the copy in place), put beside it at
 steps run there alike). :func:`switch_command` is the switch a rollout makes
 while the services are stopped: two renames, the running copy kept aside at
 ``.NAME.shoal/versions/ITS_DIGEST`` for the rollback, which is the same switch
-back. The switch moves no bytes and is idempotent (a controller killed between
+back (a push's symlink in place, the app's method changed, is relinked). The
+switch moves no bytes and is idempotent (a controller killed between
 the two renames finds ``DIR`` absent and moves the staged copy in). Staging
 drops the copies kept before (the rollback target is the copy in place), so a
 node holds at most the running copy and one beside it.
@@ -77,32 +78,58 @@ def _ours(remote_dir: str) -> str:
     )
 
 
+#: How a push's version in place is named among copies: ``sw/NAME`` was a push's
+#: symlink (the app's software method changed to copy); the switch back relinks it.
+PUSHED = "push:"
+
+
+def _current(remote_dir: str) -> str:
+    """Shell that sets ``cur``: the copy in place's digest, ``push:VERSION`` for a
+    push's symlink, empty for nothing."""
+    d = shlex.quote(remote_dir)
+    return (
+        f'if [ -L {d} ]; then cur="{PUSHED}$(basename "$(readlink {d})")"; '
+        f'else cur="$(cat {d}/{DIGEST_FILE} 2>/dev/null)"; fi'
+    )
+
+
 def probe_command(remote_dir: str, digest: str) -> str:
     """Shell that answers ``same`` (``remote_dir`` holds ``digest``), ``staged`` (a copy
-    of ``digest`` is kept beside it), ``replace [CURRENT]`` (CURRENT: the digest of the
-    copy in place, none for a push or nothing) or ``foreign`` (not Shoal's)."""
-    d, want = shlex.quote(remote_dir), shlex.quote(digest)
+    of ``digest`` is kept beside it), ``replace [CURRENT]`` (CURRENT: what is in place,
+    as :func:`_current` names it) or ``foreign`` (not Shoal's)."""
+    want = shlex.quote(digest)
     kept = shlex.quote(f"{kept_dir(remote_dir)}/{digest}/{DIGEST_FILE}")
     return (
-        f'if {_ours(remote_dir)}; then cur="$(cat {d}/{DIGEST_FILE} 2>/dev/null)"; '
+        f"if {_ours(remote_dir)}; then {_current(remote_dir)}; "
         f'if [ "$cur" = {want} ]; then echo same; '
         f'elif [ "$(cat {kept} 2>/dev/null)" = {want} ]; then echo "staged $cur"; '
         f'else echo "replace $cur"; fi; else echo foreign; fi'
     )
 
 
-def switch_command(remote_dir: str, digest: str) -> str:
-    """Shell that makes ``remote_dir`` the kept copy ``digest`` (the copy in place kept
-    aside under its own digest); exits 0 at once where ``digest`` is in place."""
-    d, want = shlex.quote(remote_dir), shlex.quote(digest)
+def switch_command(remote_dir: str, version: str) -> str:
+    """Shell that makes ``remote_dir`` the kept copy ``version`` (or, ``push:V``, the
+    push's version V again), the copy in place kept aside under its own digest (a
+    push's symlink just removed: its version stays in the push's area); exits 0 at
+    once where ``version`` is in place."""
+    d, want = shlex.quote(remote_dir), shlex.quote(version)
     keep = kept_dir(remote_dir)
-    k, new = shlex.quote(keep), shlex.quote(f"{keep}/{digest}")
+    k = shlex.quote(keep)
+    if version.startswith(PUSHED):
+        pushed = version[len(PUSHED) :]
+        name = posixpath.basename(remote_dir.rstrip("/"))
+        have = f"[ -d {shlex.quote(f'{keep}/{pushed}')} ]"
+        place = f"ln -s {shlex.quote(f'.{name}.shoal/versions/{pushed}')} {d}"
+    else:
+        new = shlex.quote(f"{keep}/{version}")
+        have, place = f"[ -f {new}/{DIGEST_FILE} ]", f"mv {new} {d}"
     return (
-        f'cur="$(cat {d}/{DIGEST_FILE} 2>/dev/null)"; [ "$cur" = {want} ] && exit 0; '
-        f"[ -f {new}/{DIGEST_FILE} ] || {{ echo no copy of {want} kept in {k} >&2; exit 1; }}; "
+        f'{_current(remote_dir)}; [ "$cur" = {want} ] && exit 0; '
+        f"{have} || {{ echo no copy of {want} kept in {k} >&2; exit 1; }}; "
         f"{_ours(remote_dir)} || {{ echo {d} is not a software copy >&2; exit 1; }}; "
-        f'if [ -n "$cur" ]; then rm -rf {k}/"$cur" && mv {d} {k}/"$cur" || exit 1; '
-        f"else rm -f {d} || exit 1; fi; mv {new} {d}"
+        f"if [ -L {d} ]; then rm -f {d} || exit 1; "
+        f'elif [ -n "$cur" ]; then rm -rf {k}/"$cur" && mv {d} {k}/"$cur" || exit 1; fi; '
+        f"{place}"
     )
 
 
