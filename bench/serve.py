@@ -18,8 +18,9 @@
    (target <= 10 s).
 
 ``--big N`` runs 1, 5 again on a second lab of N nodes (``shoal lab up 250``: slow).
-``--lab NAME`` runs figure 1 alone on a lab that is up (and leaves it up). The runs of
-figure 1 are taken in turn (warm, direct, each peer; round by round).
+``--lab NAME`` runs figure 1 alone on a lab that is up (and leaves it up); with
+``--before REF`` a service of that commit and one of this tree take turns. The runs
+of figure 1 are taken in turn (warm, direct, each peer; round by round).
 Everything shares this machine's two cores: the service, every node's sshd and agent,
 and the peers; that is the bound of each figure.
 """
@@ -138,7 +139,8 @@ def alternated(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, t
     return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
 
-def warm_vs_cold(lab: Lab, svc: Service, rounds: int) -> None:
+def warm_vs_cold(lab: Lab, svc: Service, rounds: int) -> tuple[float, float]:
+    """Figure 1 printed; (warm median, the fastest cold peer's median)."""
     n = len(lab.nodes())
     names = [node.name for node in lab.nodes()]
     cfg = str(lab.ssh_config)
@@ -166,6 +168,7 @@ def warm_vs_cold(lab: Lab, svc: Service, rounds: int) -> None:
     for name, (med, low) in cold.items():
         print(f"  {name:<14}  {med:.3f} s / {low:.3f} s")
     print(f"  ratio warm / {best}: {warm[0] / cold[best][0]:.3f}x (target <= 0.1x)")
+    return warm[0], cold[best][0]
 
 
 def busy_seconds() -> float:
@@ -310,17 +313,37 @@ def one_lab(n: int, args: argparse.Namespace, first: bool) -> None:
 
 
 def warm_only(lab: Lab, args: argparse.Namespace) -> None:
-    """Figure 1 alone on a lab that is up (``--lab``: left up), a service of this tree."""
-    svc = Service(Path(os.environ["SHOAL_HOME"]) / "svc")
-    try:
-        svc.home.mkdir(mode=0o700)
-        with State(svc.home / "state.db") as st:
-            import_nodes(lab.nodes(), state=st)
-        client = svc.start()
-        print(f"\n{len(lab.nodes())} nodes attached in {wait_up(client, len(lab.nodes())):.2f} s")
-        warm_vs_cold(lab, svc, args.rounds)
-    finally:
-        svc.stop()
+    """Figure 1 alone on a lab that is up (``--lab``: left up), a service of this tree;
+    ``--before REF``: and one of that commit, the two services taking turns (each start
+    upgrades the agents to its build), ``--services`` times each."""
+    from bench.serve_idle import export  # it imports this module
+
+    variants: dict[str, Path | None] = {"this tree": None}
+    root = Path(os.environ["SHOAL_HOME"])
+    if args.before:
+        variants = {f"before ({args.before})": export(args.before, root), **variants}
+    got: dict[str, list[tuple[float, float]]] = {label: [] for label in variants}
+    for turn in range(args.services if args.before else 1):
+        for i, (label, src) in enumerate(variants.items()):
+            svc = Service(root / f"svc{i}", src)
+            try:
+                if turn == 0:
+                    svc.home.mkdir(mode=0o700)
+                    with State(svc.home / "state.db") as st:
+                        import_nodes(lab.nodes(), state=st)
+                client = svc.start()
+                took = wait_up(client, len(lab.nodes()), timeout=300)
+                print(f"\n{label}: {len(lab.nodes())} nodes attached in {took:.2f} s")
+                got[label].append(warm_vs_cold(lab, svc, args.rounds))
+            finally:
+                svc.stop()
+    if args.before:
+        print(f"\nwarm run true on {len(lab.nodes())} nodes, services alternated "
+              f"{args.services} times (median of the medians)")  # fmt: skip
+        for label, rows in got.items():
+            warm = statistics.median(w for w, _ in rows)
+            ratio = statistics.median(w / c for w, c in rows)
+            print(f"  {label:<22} {warm:.3f} s, {ratio:.3f}x the fastest cold peer")
 
 
 def main() -> int:
@@ -332,6 +355,8 @@ def main() -> int:
     parser.add_argument("--restart", action="store_true")
     parser.add_argument("--big", type=int, default=0)
     parser.add_argument("--lab", metavar="NAME", help="figure 1 alone, on this lab (left up)")
+    parser.add_argument("--before", metavar="REF", help="with --lab: also this commit's service")
+    parser.add_argument("--services", type=int, default=2, help="with --before: turns each")
     args = parser.parse_args()
     existing = Lab.open(args.lab) if args.lab else None  # before SHOAL_HOME moves the labs
     with tempfile.TemporaryDirectory(prefix="shoal-bench-serve-") as home:
