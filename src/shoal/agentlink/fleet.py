@@ -18,8 +18,10 @@ and start it, and ``open_unix`` to its socket for everything else (see
 
 Install copies the zipapp built by :mod:`shoal.agent.build` to
 ``<home>/agent.pyz`` only where ``<home>/agent.build`` differs from this
-build's id, and makes sure this build is the one running: an agent of another
-build is replaced. An agent that offers ``agent.handover`` execs the new build
+build's id (copied beside it and renamed in once the node's python runs it, so
+a read-only or full disk or a missing python leaves the running agent as it
+was), and makes sure this build is the one running: an agent of another build
+is replaced. An agent that offers ``agent.handover`` execs the new build
 in its own process, which adopts the running programs (same pids, same output
 pipes: :mod:`shoal.agent.supervisor`); the step then checks that the node
 answers with the new build and that every program RUNNING before still runs
