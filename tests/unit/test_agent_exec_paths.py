@@ -99,7 +99,11 @@ def test_reading_pauses_while_the_reader_is_behind_and_nothing_is_lost(
         out.hold(10_000)
         stream = ExecStream(1, out, ExecRequest({"command": f"head -c {size} /dev/zero"}))  # type: ignore[arg-type]
         stream.start()
-        await asyncio.sleep(0.5)
+        for _ in range(500):  # until the first output is read (bounded: 10 s)
+            if out.output("stdout"):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
         got = len(out.output("stdout"))
         assert 0 < got < size, got  # read up to the pipe's buffer, then paused
         await asyncio.sleep(0.3)
