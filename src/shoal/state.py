@@ -22,6 +22,17 @@ from .errors import StateError
 from .paths import state_path
 
 
+def statements(script: str) -> Iterator[str]:
+    """The SQL statements of a script, one at a time (triggers' ``BEGIN ... END`` kept whole)."""
+    buf = ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \t\r\n;"):
+                yield buf
+            buf = ""
+
+
 class State:
     """An open state database. Cheap to open; close it or use it as a context."""
 
@@ -38,14 +49,22 @@ class State:
         self._ensured: set[str] = set()
 
     def ensure(self, name: str, ddl: str) -> None:
-        """Create the tables of subsystem ``name`` if they do not exist yet."""
+        """Create the tables of subsystem ``name`` if they do not exist yet.
+
+        Statement by statement, never ``executescript`` (which COMMITs an open
+        transaction first: inside a caller's transaction that committed its writes
+        half-way). Inside a transaction the subsystem is not remembered as created
+        (a rollback takes its tables with it); the next call checks again.
+        """
         if name in self._ensured:
             return
         try:
-            self.db.executescript(ddl)
+            for sql in statements(ddl):
+                self.db.execute(sql)
         except sqlite3.Error as exc:
             raise StateError(f"cannot create {name} tables in {self.path}: {exc}") from exc
-        self._ensured.add(name)
+        if not self.db.in_transaction:
+            self._ensured.add(name)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

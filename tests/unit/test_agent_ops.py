@@ -168,7 +168,8 @@ def test_upgrade_replaces_the_running_build_and_adopts_its_programs(
     import shoal.agent
 
     st, tr, nodes, opts = env["state"], env["transport"], env["nodes"], env["opts"]
-    assert run(agents.install_async(nodes[:1], opts, transport=tr, state=st)).ok
+    current = build()
+    assert run(agents.install_async(nodes[:1], opts, transport=tr, state=st, agent=current)).ok
     spec = agents.proc_spec("svc", ["sleep", "300"])
     first = run(agents.call_async(nodes[:1], "proc.start", {"spec": spec}, opts, transport=tr))
     old_pid = first["n1"].value["pid"]
@@ -178,13 +179,13 @@ def test_upgrade_replaces_the_running_build_and_adopts_its_programs(
     with open(newer / "backoff.py", "a") as handle:
         handle.write("\n# a newer build\n")
     next_build = build(newer)
-    assert next_build.build_id != build().build_id
+    assert next_build.build_id != current.build_id
     up = run(
         agents.install_async(
             nodes, opts, transport=tr, state=st, upgrade_only=True, agent=next_build
         )
     )
-    assert up["n1"].action == f"upgraded from {build().build_id} (1 programs adopted)"
+    assert up["n1"].action == f"upgraded from {current.build_id} (1 programs adopted)"
     assert up["n1"].value["build"] == next_build.build_id
     assert up["n2"].action == "skipped: no agent"
     now = run(agents.call_async(nodes[:1], "proc.status", {"name": "svc"}, opts, transport=tr))

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from shoal.control.dbwriter import Writer, statements
+from shoal.control.dbwriter import Writer
 from shoal.control.journal import Journal, ServiceEvent, db_error
 from shoal.errors import StateError
 from shoal.nodes import health
-from shoal.state import State
+from shoal.state import State, statements
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shoal.errors import StateError
-from shoal.state import State
+from shoal.state import State, statements
 
 T = TypeVar("T")
 
@@ -63,26 +63,15 @@ RETRY_PAUSE = 0.05
 SLOW_BATCH = 1.0
 
 
-def statements(script: str) -> Iterator[str]:
-    """The SQL statements of a script, one at a time (triggers' ``BEGIN ... END`` kept whole)."""
-    buf = ""
-    for piece in script.split(";"):
-        buf += piece + ";"
-        if sqlite3.complete_statement(buf):
-            if buf.strip(" \t\r\n;"):
-                yield buf
-            buf = ""
-
-
 class _BatchState(State):
     """The writer's State: ``transaction()`` is a savepoint in the running batch, and
     ``ensure()`` creates tables inside it.
 
-    ``State.ensure`` runs ``executescript``, which COMMITs the open transaction
+    ``State.ensure`` once ran ``executescript``, which COMMITs the open transaction
     first: inside a batch that committed the jobs before it behind the writer's
     back (no ``on_commit``, so the readers slept until the next commit or the
     stream's heartbeat, 15 s), and the batch then failed as a whole. Here each
-    statement runs in the batch; a subsystem counts as created once its batch
+    statement runs in the batch and a subsystem counts as created once its batch
     commits (a job rolled back may have rolled its tables back with it).
     """
 
