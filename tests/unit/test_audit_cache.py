@@ -126,6 +126,6 @@ def test_a_file_swapped_for_a_fifo_after_listing_is_an_error_not_a_hang(
     st = os.lstat(tree / "a")
     os.unlink(tree / "a")
     os.mkfifo(tree / "a")  # what the walk listed is gone: a FIFO in its place
-    walk = filehash._Walk({})
+    walk = filehash._Walk({}, filehash._Memos())
     assert walk._digest(str(tree / "a"), "a", st) is None
     assert walk.errors == ["a: not a regular file any more"] and walk.new_cache == {}

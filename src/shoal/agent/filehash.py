@@ -51,6 +51,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from .auditwatch import TRUST_SECONDS, DirWatch
 from .persist import read_json, write_atomic
 
 #: Entries per reply (each ~150 bytes of JSON: well under the 4 MiB line limit).
@@ -97,6 +98,16 @@ def _wire(row: Row) -> dict[str, Any]:
     return entry
 
 
+class _Buckets:
+    """The last scan's buckets: each row's, each bucket's rows and digest."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.of_row: dict[Row, int] = {}
+        self.groups: list[list[Row]] = []
+        self.digests: list[str] = []
+
+
 class _Scan:
     """One listing being paged out (all of it, or the entries of some buckets)."""
 
@@ -106,18 +117,36 @@ class _Scan:
         self.buckets: list[int] = []
         self.made = time.monotonic()
 
-    def bucket(self, count: int) -> list[str]:
+    def bucket(self, count: int, last: _Buckets) -> list[str]:
         """Each entry's bucket (crc32 of its path mod ``count``); per bucket the first 16
-        hex of the sha256 of its entries, in path order."""
+        hex of the sha256 of its entries, in path order. A bucket holding the same
+        entries as in ``last`` scan (the rows of unchanged directories are the same
+        objects) keeps its digest; ``last`` becomes this scan."""
         crc = zlib.crc32
-        self.buckets = [crc(e[1].encode("utf-8", "surrogateescape")) % count for e in self.entries]
-        digests = [hashlib.sha256() for _ in range(count)]
-        order = sorted(range(len(self.entries)), key=lambda i: self.entries[i][1])
-        for i in order:
-            _g, p, t, m, s, d = self.entries[i]
-            line = f"{p}\0{t}\0{m}\0{'' if s is None else s}\0{'' if d is None else d}\n"
-            digests[self.buckets[i]].update(line.encode("utf-8", "surrogateescape"))
-        return [d.hexdigest()[:16] for d in digests]
+        known = last.of_row if last.count == count else {}
+        of_row: dict[Row, int] = {}
+        groups: list[list[Row]] = [[] for _ in range(count)]
+        self.buckets = []
+        for e in self.entries:
+            b = known.get(e)
+            if b is None:
+                b = crc(e[1].encode("utf-8", "surrogateescape")) % count
+            of_row[e] = b
+            self.buckets.append(b)
+            groups[b].append(e)
+        old = last.groups if last.count == count else []
+        digests = []
+        for i, group in enumerate(groups):
+            if i < len(old) and old[i] == group:
+                digests.append(last.digests[i])
+                continue
+            digest = hashlib.sha256()
+            for _g, p, t, m, s, d in sorted(group, key=lambda e: e[1]):
+                line = f"{p}\0{t}\0{m}\0{'' if s is None else s}\0{'' if d is None else d}\n"
+                digest.update(line.encode("utf-8", "surrogateescape"))
+            digests.append(digest.hexdigest()[:16])
+        last.count, last.of_row, last.groups, last.digests = count, of_row, groups, digests
+        return digests
 
     def select(self, chosen: Any) -> None:
         if not isinstance(chosen, list) or not self.buckets:
@@ -137,6 +166,8 @@ class FileAudit:
         self._scans: OrderedDict[str, _Scan] = OrderedDict()
         self._cache: dict[str, list[Any]] | None = None
         self._saving: asyncio.Future[None] | None = None
+        self._memos = _Memos()
+        self._buckets = _Buckets()
 
     async def dispatch(self, op: str, args: dict[str, Any]) -> Any:
         if op == "audit.scan":
@@ -152,13 +183,16 @@ class FileAudit:
             loop = asyncio.get_running_loop()
             async with self._lock:
                 result, fresh = await loop.run_in_executor(None, self._scan, paths)
+                scan = _Scan(result.pop("entries"))
+                if buckets:
+                    result["buckets"] = await loop.run_in_executor(
+                        None, scan.bucket, buckets, self._buckets
+                    )
             if fresh is not None:  # written after the reply, before the next scan
                 self._saving = asyncio.ensure_future(self._save(fresh))
-            scan = _Scan(result.pop("entries"))
             scan_id = uuid.uuid4().hex[:12]
             self._keep(scan_id, scan)
             if buckets:
-                result["buckets"] = await loop.run_in_executor(None, scan.bucket, buckets)
                 result.update({"scan": scan_id, "entries": [], "next": 0})
                 return result
             result.update(self._page(scan_id, 0, page))
@@ -206,7 +240,8 @@ class FileAudit:
             old = read_json(self.cache_path, {})
             self._cache = old if isinstance(old, dict) else {}
         cache = self._cache
-        walk = _Walk(cache)
+        self._memos.refresh()
+        walk = _Walk(cache, self._memos)
         home = os.path.expanduser("~")
         absent: list[str] = []
         for index, pattern in enumerate(paths):
@@ -233,6 +268,8 @@ class FileAudit:
             "hashed": walk.hashed,
             "cached": walk.cached,
             "hashed_bytes": walk.hashed_bytes,
+            "listed": walk.listed,
+            "reused": walk.reused,
             "errors": walk.errors[:100],
             "absent": absent,
         }
@@ -253,16 +290,66 @@ class FileAudit:
                 self.record("io_error", None, f"{exc.strerror or exc}: {self.cache_path}")
 
 
+class _DirMemo:
+    """A directory's last listing: the rows of what is in it but its subdirectories,
+    its files' cache entries, its subdirectories (path, shown, stat) to walk."""
+
+    __slots__ = ("cache", "made", "rows", "subdirs")
+
+    def __init__(self, rows: list[Row], cache: dict[str, list[Any]], subdirs: list[Any]) -> None:
+        self.rows = rows
+        self.cache = cache
+        self.subdirs = subdirs
+        self.made = time.monotonic()
+
+
+class _Memos:
+    """The last listing of each watched directory, dropped when it changes (the dirty
+    set of :mod:`.auditwatch`) or after :data:`~.auditwatch.TRUST_SECONDS`."""
+
+    def __init__(self) -> None:
+        self.dirwatch: DirWatch | None = None
+        self.tried = False
+        self.by_dir: dict[str, dict[tuple[str, int], _DirMemo]] = {}
+
+    def refresh(self) -> None:
+        """Drop what changed since the last scan (every listing if events were lost)."""
+        if self.dirwatch is None:
+            return
+        dirty, overflowed = self.dirwatch.drain()
+        if overflowed:
+            self.by_dir.clear()
+        for directory in dirty:
+            self.by_dir.pop(directory, None)
+
+    def watch(self, directory: str) -> bool:
+        if not self.tried:
+            self.tried = True
+            self.dirwatch = DirWatch.open()
+        return self.dirwatch is not None and self.dirwatch.add(directory)
+
+    def reuse(self, directory: str, shown: str, index: int) -> _DirMemo | None:
+        memo = self.by_dir.get(directory, {}).get((shown, index))
+        if memo is None or time.monotonic() - memo.made > TRUST_SECONDS:
+            return None
+        return memo
+
+    def keep(self, directory: str, shown: str, index: int, memo: _DirMemo) -> None:
+        self.by_dir.setdefault(directory, {})[(shown, index)] = memo
+
+
 class _Walk:
     """One scan's walk: entries, the cache it builds, counts."""
 
-    def __init__(self, cache: dict[str, list[Any]]) -> None:
+    def __init__(self, cache: dict[str, list[Any]], memos: _Memos) -> None:
         self.cache = cache
+        self.memos = memos
         self.new_cache: dict[str, list[Any]] = {}
         self.roots: list[str] = []
         self.entries: list[Row] = []
         self.errors: list[str] = []
         self.hashed = self.cached = self.hashed_bytes = 0
+        self.listed = self.reused = 0  # directories listed, and reused unchanged
         self.changed = False
         self.buf: bytearray | None = None  # for files larger than _SMALL
 
@@ -289,6 +376,19 @@ class _Walk:
         while todo:
             here, name, info = todo.pop()
             entries.append((index, name, "d", info.st_mode & 0o7777, None, None))
+            memo = self.memos.reuse(here, name, index)
+            if memo is not None:  # watched and unchanged since its last listing
+                entries.extend(memo.rows)
+                new_cache.update(memo.cache)
+                self.cached += len(memo.cache)
+                todo.extend(memo.subdirs)
+                self.reused += 1
+                continue
+            self.listed += 1
+            trusted = self.memos.watch(here)  # before the listing: no change falls between
+            first, errors = len(entries), len(self.errors)
+            files: dict[str, list[Any]] = {}
+            subdirs = []
             try:
                 with os.scandir(here) as it:
                     children = sorted(it, key=lambda e: e.name)
@@ -306,6 +406,8 @@ class _Walk:
                 mode = cst.st_mode
                 if mode & 0o170000 == 0o100000:  # a regular file: the common case, inline
                     path = child.path
+                    if cst.st_nlink > 1:  # written through another link: no event here
+                        trusted = False
                     known = cache_get(path)
                     if (
                         known is not None
@@ -316,16 +418,25 @@ class _Walk:
                         and known[3] == cst.st_ino
                     ):
                         self.cached += 1
-                        new_cache[path] = known
+                        new_cache[path] = files[path] = known
                         entries.append(
                             (index, f"{name}/{child.name}", "f", mode & 0o7777, known[0], known[4])
                         )
                         continue
+                    self._entry(index, path, f"{name}/{child.name}", cst)
+                    if path in new_cache:
+                        files[path] = new_cache[path]
+                    else:  # not cached (changed while hashed, racy, unreadable)
+                        trusted = False
+                    continue
                 cname = f"{name}/{child.name}"
                 if stat.S_ISDIR(mode):
-                    todo.append((child.path, cname, cst))
+                    subdirs.append((child.path, cname, cst))
                 else:
                     self._entry(index, child.path, cname, cst)
+            todo.extend(subdirs)
+            if trusted and len(self.errors) == errors:
+                self.memos.keep(here, name, index, _DirMemo(entries[first:], files, subdirs))
 
     def _entry(self, index: int, real: str, shown: str, st: os.stat_result) -> None:
         mode = st.st_mode
