@@ -127,4 +127,9 @@ class DirWatch:
         return dirty, overflowed
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:  # a dropped FileAudit (tests) gives its instance back
+        self.close()

@@ -11,11 +11,23 @@ opened). Names containing ``.shoal-audit-`` (what a repair keeps aside) are
 left out. A path that matches nothing is listed in ``absent``.
 
 Hashing runs on a worker thread. A stat cache in ``<home>/audit-cache.json``
-(real path → size, mtime_ns, ctime_ns, inode, sha256) lets a re-scan hash only
-files whose stat changed; ``hashed`` and ``cached`` in the reply count both.
-A file changed less than :data:`RACY_NS` before it was hashed is not cached
-(file times come from the kernel's coarse clock, a tick behind at most): a
-write in the same tick would otherwise go unseen next time.
+(real path → size, mtime_ns, ctime_ns, inode, sha256; kept in memory between
+scans, written after the reply and only when it changed) lets a re-scan hash
+only files whose stat changed; ``hashed`` and ``cached`` in the reply count
+both. A file changed less than :data:`RACY_NS` before it was hashed is not
+cached (file times come from the kernel's coarse clock, a tick behind at most):
+a write in the same tick would otherwise go unseen next time. Files up to
+1 MiB are hashed from one bounded ``read(2)`` (a FIFO or device swapped in
+after the listing can neither block nor run on: the ``fstat`` after the read
+must still show the listed regular file for the digest to be cached).
+
+A re-scan does not even stat what inotify says did not change: every directory
+listed is watched first (:mod:`.auditwatch`), and a directory no event named
+since is not listed again, its last listing reused (``listed`` and ``reused``
+count directories); the rules for trusting one are in that module (a file with
+several links, a lost event, a listing older than ``TRUST_SECONDS``: listed
+again). Bucket digests of buckets holding the same entries as the last scan's
+are kept too. ``seconds`` is the walk's time on the node.
 
 Replies are paged so that 100,000 files never make one message (the protocol's
 line limit is 4 MiB): the scan's reply holds the first :data:`PAGE` entries,
@@ -236,6 +248,7 @@ class FileAudit:
 
     def _scan(self, paths: list[str]) -> tuple[dict[str, Any], dict[str, list[Any]] | None]:
         """The listing, and the new cache if it changed (None: unchanged)."""
+        started = time.monotonic()
         if self._cache is None:
             old = read_json(self.cache_path, {})
             self._cache = old if isinstance(old, dict) else {}
@@ -270,6 +283,7 @@ class FileAudit:
             "hashed_bytes": walk.hashed_bytes,
             "listed": walk.listed,
             "reused": walk.reused,
+            "seconds": round(time.monotonic() - started, 4),
             "errors": walk.errors[:100],
             "absent": absent,
         }
