@@ -112,3 +112,21 @@ def test_without_inotify_every_scan_is_a_stat_walk(
     (tree / "d2" / "f21").write_bytes(b"changed")
     reply = scan(audit, tree)
     assert (reply["listed"], reply["reused"], reply["hashed"]) == (6, 0, 1)
+
+
+def test_a_scan_of_other_paths_drops_the_listings_and_watches_it_did_not_visit(
+    tmp_path: Path,
+) -> None:
+    tree = make_tree(tmp_path, dirs=2)
+    other = tmp_path / "other"
+    other.mkdir()
+    audit = new_audit(tmp_path)
+    scan(audit, tree)
+    watch = audit._memos.dirwatch
+    assert watch is not None and len(watch.watched) == 3
+    scan(audit, other)
+    assert watch.watched == {str(other)} and set(audit._memos.by_dir) <= {str(other)}
+    (tree / "d0" / "f00").write_bytes(b"changed")  # unwatched now: must be seen anyway
+    again = scan(audit, tree)
+    assert again["reused"] == 0
+    assert digests(again)["f00"] == hashlib.sha256(b"changed").hexdigest()

@@ -17,11 +17,14 @@ mode). What it does not see, and how the caller stays right:
   link are never trusted (their directory is listed every time);
 - a queue overflow (``IN_Q_OVERFLOW``) or a watch the kernel dropped
   (``IN_IGNORED``): :attr:`DirWatch.overflowed`, every listing is dropped;
-- writes through a shared writable ``mmap`` (no event at all): a listing is
-  trusted for :data:`TRUST_SECONDS` at most, then the directory is stat-walked
-  again (which sees the new mtime);
+- writes through a shared writable ``mmap`` (no event at all), a file system
+  mounted over a watched directory, changes a network file system's server
+  makes: a listing is trusted for :data:`TRUST_SECONDS` at most, then the
+  directory is stat-walked again (which sees a new mtime or inode);
 - a watch that cannot be added (``max_user_watches``) or no inotify at all: that
   directory, or every one, is listed each time (the stat walk).
+
+Directories a scan does not visit lose their watch (:meth:`DirWatch.keep_only`).
 """
 
 from __future__ import annotations
@@ -92,6 +95,14 @@ class DirWatch:
         self.dirs[wd] = directory
         self.watched.add(directory)
         return True
+
+    def keep_only(self, directories: set[str]) -> None:
+        """Remove the watches of every other directory."""
+        for wd, directory in list(self.dirs.items()):
+            if directory not in directories:
+                self._libc.inotify_rm_watch(self.fd, wd)
+                del self.dirs[wd]
+                self.watched.discard(directory)
 
     def drain(self) -> tuple[set[str], bool]:
         """The directories changed since the last drain, and whether the kernel lost

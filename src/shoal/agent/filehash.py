@@ -267,6 +267,7 @@ class FileAudit:
                     found = True
             if not found:
                 absent.append(pattern)
+        self._memos.prune()
         fresh: dict[str, list[Any]] | None = None
         if walk.changed or len(walk.new_cache) != len(cache):  # not every entry reused
             fresh = {k: v for k, v in cache.items() if not _under(k, walk.roots)}
@@ -325,6 +326,7 @@ class _Memos:
         self.dirwatch: DirWatch | None = None
         self.tried = False
         self.by_dir: dict[str, dict[tuple[str, int], _DirMemo]] = {}
+        self.visited: set[str] = set()
 
     def refresh(self) -> None:
         """Drop what changed since the last scan (every listing if events were lost)."""
@@ -336,13 +338,23 @@ class _Memos:
         for directory in dirty:
             self.by_dir.pop(directory, None)
 
+    def prune(self) -> None:
+        """Forget the listings and watches of directories this scan did not visit."""
+        for directory in [d for d in self.by_dir if d not in self.visited]:
+            del self.by_dir[directory]
+        if self.dirwatch is not None:
+            self.dirwatch.keep_only(self.visited)
+        self.visited = set()
+
     def watch(self, directory: str) -> bool:
+        self.visited.add(directory)
         if not self.tried:
             self.tried = True
             self.dirwatch = DirWatch.open()
         return self.dirwatch is not None and self.dirwatch.add(directory)
 
     def reuse(self, directory: str, shown: str, index: int) -> _DirMemo | None:
+        self.visited.add(directory)
         memo = self.by_dir.get(directory, {}).get((shown, index))
         if memo is None or time.monotonic() - memo.made > TRUST_SECONDS:
             return None
