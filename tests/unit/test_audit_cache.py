@@ -97,7 +97,7 @@ def test_the_cache_survives_a_restart_and_a_torn_cache_costs_only_a_rehash(
     restarted = scan(new_audit(tmp_path), tree)  # a new agent reads the cache file
     assert (restarted["hashed"], restarted["cached"]) == (0, 30)
     assert digests(restarted) == digests(first)
-    cache = tmp_path / "home" / "audit-cache.json"
+    cache = tmp_path / "home" / "audit-cache.marshal"
     cache.write_bytes(cache.read_bytes()[:100])
     torn = scan(new_audit(tmp_path), tree)
     assert (torn["hashed"], torn["errors"]) == (30, [])

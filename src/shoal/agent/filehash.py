@@ -10,8 +10,10 @@ resolved, not a glob's match), ``s`` special (device, FIFO, socket: reported wit
 opened). Names containing ``.shoal-audit-`` (what a repair keeps aside) are
 left out. A path that matches nothing is listed in ``absent``.
 
-Hashing runs on a worker thread. A stat cache in ``<home>/audit-cache.json``
-(real path → size, mtime_ns, ctime_ns, inode, sha256; kept in memory between
+Hashing runs on a worker thread. A stat cache in ``<home>/audit-cache.marshal``
+(:mod:`marshal`: 100,000 entries written in 16 ms against 185 ms as JSON; only
+this agent writes it, in its own home; a file that does not load, or not as a
+dict, is an empty cache; real path → size, mtime_ns, ctime_ns, inode, sha256; kept in memory between
 scans, written after the reply and only when it changed) lets a re-scan hash
 only files whose stat changed; ``hashed`` and ``cached`` in the reply count
 both. A file changed less than :data:`RACY_NS` before it was hashed is not
@@ -52,19 +54,18 @@ from __future__ import annotations
 import asyncio
 import glob
 import hashlib
-import json
+import marshal
 import os
 import stat
 import time
 import uuid
 import zlib
 from collections import OrderedDict
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from .auditwatch import TRUST_SECONDS, DirWatch
-from .persist import read_json, write_atomic
+from .persist import write_atomic
 
 #: Entries per reply (each ~150 bytes of JSON: well under the 4 MiB line limit).
 PAGE = 5000
@@ -111,11 +112,10 @@ def _wire(row: Row) -> dict[str, Any]:
 
 
 class _Buckets:
-    """The last scan's buckets: each row's, each bucket's rows and digest."""
+    """The last scan's buckets: each bucket's rows and digest."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.of_row: dict[Row, int] = {}
         self.groups: list[list[Row]] = []
         self.digests: list[str] = []
 
@@ -135,16 +135,9 @@ class _Scan:
         entries as in ``last`` scan (the rows of unchanged directories are the same
         objects) keeps its digest; ``last`` becomes this scan."""
         crc = zlib.crc32
-        known = last.of_row if last.count == count else {}
-        of_row: dict[Row, int] = {}
         groups: list[list[Row]] = [[] for _ in range(count)]
-        self.buckets = []
-        for e in self.entries:
-            b = known.get(e)
-            if b is None:
-                b = crc(e[1].encode("utf-8", "surrogateescape")) % count
-            of_row[e] = b
-            self.buckets.append(b)
+        self.buckets = [crc(e[1].encode("utf-8", "surrogateescape")) % count for e in self.entries]
+        for e, b in zip(self.entries, self.buckets):
             groups[b].append(e)
         old = last.groups if last.count == count else []
         digests = []
@@ -157,7 +150,7 @@ class _Scan:
                 line = f"{p}\0{t}\0{m}\0{'' if s is None else s}\0{'' if d is None else d}\n"
                 digest.update(line.encode("utf-8", "surrogateescape"))
             digests.append(digest.hexdigest()[:16])
-        last.count, last.of_row, last.groups, last.digests = count, of_row, groups, digests
+        last.count, last.groups, last.digests = count, groups, digests
         return digests
 
     def select(self, chosen: Any) -> None:
@@ -169,10 +162,10 @@ class _Scan:
 
 class FileAudit:
     """The agent's ``audit.*`` operations over its stat cache (kept in memory between
-    scans, read from ``audit-cache.json`` once, written back only when it changed)."""
+    scans, read from ``audit-cache.marshal`` once, written back only when it changed)."""
 
     def __init__(self, home: Path, record: Callable[[str, str | None, str], None]) -> None:
-        self.cache_path = home / "audit-cache.json"
+        self.cache_path = home / "audit-cache.marshal"
         self.record = record
         self._lock = asyncio.Lock()
         self._scans: OrderedDict[str, _Scan] = OrderedDict()
@@ -250,7 +243,7 @@ class FileAudit:
         """The listing, and the new cache if it changed (None: unchanged)."""
         started = time.monotonic()
         if self._cache is None:
-            old = read_json(self.cache_path, {})
+            old = _load_cache(self.cache_path)
             self._cache = old if isinstance(old, dict) else {}
         cache = self._cache
         self._memos.refresh()
@@ -295,11 +288,8 @@ class FileAudit:
             if fresh is not self._cache:  # a later scan has a newer one to write
                 return
             try:
-                data = json.dumps(fresh, separators=(",", ":")).encode("utf-8", "surrogateescape")
-                # not durable: a torn or empty file does not parse, and an empty cache only
-                # costs a full re-hash
                 await asyncio.get_running_loop().run_in_executor(
-                    None, partial(write_atomic, self.cache_path, data, durable=False)
+                    None, _save_cache, self.cache_path, fresh
                 )
             except OSError as exc:
                 self.record("io_error", None, f"{exc.strerror or exc}: {self.cache_path}")
@@ -540,6 +530,24 @@ class _Walk:
                 digest,
             ]
         return after.st_size, digest
+
+
+def _save_cache(path: Path, cache: dict[str, list[Any]]) -> None:
+    # not durable: a torn or empty file does not load, and an empty cache only costs a
+    # full re-hash
+    write_atomic(path, marshal.dumps(cache, 4), durable=False)
+
+
+def _load_cache(path: Path) -> dict[str, list[Any]]:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return {}
+    try:
+        cache = marshal.loads(data)
+    except (EOFError, ValueError, TypeError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def _under(path: str, roots: list[str]) -> bool:
