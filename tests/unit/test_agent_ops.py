@@ -54,12 +54,13 @@ def agent_pid(tmp: Path, node: str) -> int:
 
 def test_install_skips_what_is_there_and_status_reports_no_skew(env: dict[str, Any]) -> None:
     st, tr, nodes, opts = env["state"], env["transport"], env["nodes"], env["opts"]
-    first = run(agents.install_async(nodes, opts, transport=tr, state=st))
+    current = build()  # pinned: the source tree may change while the test runs
+    first = run(agents.install_async(nodes, opts, transport=tr, state=st, agent=current))
     assert first.ok, [r.reason for r in first.failed]
     assert [r.action for r in first] == ["installed", "installed"]
-    build_id = build().build_id
+    build_id = current.build_id
     assert all(r.value["build"] == build_id for r in first)
-    second = run(agents.install_async(nodes, opts, transport=tr, state=st))
+    second = run(agents.install_async(nodes, opts, transport=tr, state=st, agent=current))
     assert [r.action for r in second] == ["up to date", "up to date"]
     status = run(agents.status_async(nodes, opts, transport=tr, state=st))
     assert status.ok
@@ -68,7 +69,7 @@ def test_install_skips_what_is_there_and_status_reports_no_skew(env: dict[str, A
     home = env["tmp"] / "nodes" / "n1" / ".shoal"
     (home / "agent.build").write_text("0000000000000000\n")
     pid = agent_pid(env["tmp"], "n1")
-    again = run(agents.install_async(nodes[:1], opts, transport=tr, state=st))
+    again = run(agents.install_async(nodes[:1], opts, transport=tr, state=st, agent=current))
     assert again["n1"].action == "installed" and agent_pid(env["tmp"], "n1") == pid
     assert (home / "agent.build").read_text().strip() == build_id
 

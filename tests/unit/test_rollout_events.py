@@ -18,6 +18,7 @@ import pytest
 
 from shoal.agentlink import eventlog
 from shoal.app import lifecycle
+from shoal.app.runtime import UpOptions
 from shoal.cli import rolloutcmds
 from shoal.cli.main import main
 from shoal.content import rollout
@@ -94,7 +95,7 @@ def test_app_up_journals_the_rollout_of_changed_software(
         components_of=lambda n: [],
         spec=types.SimpleNamespace(name="shop", rollout=None),
         app_dir=lambda n: "/apps/shop",
-        opts=types.SimpleNamespace(agent=None),
+        opts=UpOptions(),
         transport=None,
         say=said.append,
     )
