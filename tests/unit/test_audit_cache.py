@@ -129,3 +129,19 @@ def test_a_file_swapped_for_a_fifo_after_listing_is_an_error_not_a_hang(
     walk = filehash._Walk({}, filehash._Memos())
     assert walk._digest(str(tree / "a"), "a", st) is None
     assert walk.errors == ["a: not a regular file any more"] and walk.new_cache == {}
+
+
+def test_a_scan_of_one_tree_keeps_the_cache_of_another(tmp_path: Path) -> None:
+    trees = [tmp_path / "one", tmp_path / "one-more"]  # a prefix of the other's name
+    for tree in trees:
+        tree.mkdir()
+        (tree / "f").write_bytes(os.urandom(50))
+    time.sleep(filehash.RACY_NS / 1e9 + 0.05)
+    audit = new_audit(tmp_path)
+    scan(audit, trees[0])
+    scan(audit, trees[1])
+    (trees[0] / "g").write_bytes(b"g")  # the next scan of "one" rewrites the cache
+    time.sleep(filehash.RACY_NS / 1e9 + 0.05)
+    assert scan(audit, trees[0])["hashed"] == 1
+    restarted = new_audit(tmp_path)
+    assert (scan(restarted, trees[1])["hashed"], scan(restarted, trees[0])["hashed"]) == (0, 0)

@@ -263,7 +263,9 @@ class FileAudit:
         self._memos.prune()
         fresh: dict[str, list[Any]] | None = None
         if walk.changed or len(walk.new_cache) != len(cache):  # not every entry reused
-            fresh = {k: v for k, v in cache.items() if not _under(k, walk.roots)}
+            roots = set(walk.roots)
+            below = tuple(r.rstrip("/") + "/" for r in roots)  # str.startswith: in C
+            fresh = {k: v for k, v in cache.items() if not (k in roots or k.startswith(below))}
             fresh.update(walk.new_cache)
             if len(fresh) == len(cache) and not walk.changed:
                 fresh = None  # entries outside the roots only: the same cache
@@ -548,10 +550,6 @@ def _load_cache(path: Path) -> dict[str, list[Any]]:
     except (EOFError, ValueError, TypeError):
         return {}
     return cache if isinstance(cache, dict) else {}
-
-
-def _under(path: str, roots: list[str]) -> bool:
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
 def replace(args: dict[str, Any], record: Callable[[str, str | None, str], None]) -> Any:
