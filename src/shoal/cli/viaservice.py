@@ -429,8 +429,8 @@ def app_up(args: argparse.Namespace, spec: Any, select: dict[str | None, str]) -
     """``app up`` through the service's keeper (progress lines as they come); the
     UpReport, or None: go direct. The service keeps the application from then on."""
     client = service(args)
-    if client is None or args.host_keys != "verify":
-        return None
+    if client is None or args.host_keys != "verify" or getattr(args, "plain_data", False):
+        return None  # what the keeper does not honour (accept-new, --plain-data): direct
     from shoal.app.runtime import UpReport
 
     chosen = {c: select.get(c, select.get(None)) for c in spec.components}
