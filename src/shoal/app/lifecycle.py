@@ -88,7 +88,7 @@ async def up_async(
         try:
             store.ensure(st)
             previous = store.members(st, spec.name)
-            running = _running_services(st, spec.name, previous)
+            running = await _running_services(st, spec.name, previous, opts)
             carried = carry_over(spec, previous, failed_names(st))
             if carried.abort is not None:
                 m = carried.abort
@@ -142,6 +142,7 @@ async def up_async(
             runner.configurer.hold = set(running)
             failures = await runner.configure(alloc.all_members())
             runner.report.phases["configure"] = time.monotonic() - t0
+            opts.checkpoint and opts.checkpoint("software staged")
             t0 = time.monotonic()
             failures.update(await _roll_out(runner, running, st))
             if any(runner.configurer.staged.values()):
@@ -164,11 +165,16 @@ async def up_async(
             await pool.aclose()
 
 
-def _running_services(st: State, app: str, previous: list[store.Member]) -> dict[str, set[str]]:
-    """Node -> the app's services running there before this pass (its active members
-    while the app is ``running``, as its stored spec says); empty otherwise."""
+async def _running_services(
+    st: State, app: str, previous: list[store.Member], opts: UpOptions
+) -> dict[str, set[str]]:
+    """Node -> the app's services running there before this pass: its active members'
+    services as its stored spec says while the app is ``running``; while it is
+    ``starting`` (a pass was interrupted: a killed controller may have left some
+    nodes switched, some stopped, some running the old code) those the agents say
+    run. Empty otherwise."""
     record = store.get_app(st, app)
-    if record is None or record.status != "running":
+    if record is None or record.status not in ("running", "starting"):
         return {}
     try:
         old = spec_of(record)
@@ -180,7 +186,33 @@ def _running_services(st: State, app: str, previous: list[store.Member]) -> dict
             comp = old.components[m.component]
             steps = [s for s in comp.steps if s.kind == "service"]
             out.setdefault(m.node, set()).update(step_id(app, comp.name, s.name) for s in steps)
+    if record.status == "running" or not out:
+        return out
+    return await _services_up(st, out, opts)
+
+
+async def _services_up(
+    st: State, wanted: dict[str, set[str]], opts: UpOptions
+) -> dict[str, set[str]]:
+    """Of ``wanted`` (node -> services), those the node's agent runs (or is starting);
+    a node that does not answer runs none of them as far as this pass knows."""
+    out: dict[str, set[str]] = {}
+
+    async def talk(
+        client: AgentClient, node: Node, st2: State, o: agents.AgentOptions
+    ) -> agents.AgentOutcome:
+        rows = await client.call("proc.status", timeout=o.call_timeout)
+        up = {str(r.get("name")) for r in rows if r.get("state") in _UP}
+        if up & wanted[node.name]:
+            out[node.name] = up & wanted[node.name]
+        return NodeOutcome(node.name)
+
+    nodes = member_nodes(st, list(wanted))
+    await agents.each_agent(nodes, talk, opts.agent, state=st, transport=opts.transport)
     return out
+
+
+_UP = ("RUNNING", "STARTING")  # a service running code now (BACKOFF restarts from disk)
 
 
 async def _roll_out(runner: Runner, running: dict[str, set[str]], st: State) -> dict[str, str]:
@@ -225,6 +257,7 @@ async def _roll_out(runner: Runner, running: dict[str, set[str]], st: State) -> 
             state=st,
             on_event=say,
             method="copy" if up.opts.software_method == "copy" and not tree.depot else "push",
+            checkpoint=up.opts.checkpoint,
         )
         if not result.ok:
             store.set_status(st, up.spec.name, status="running", phase="running")

@@ -201,9 +201,11 @@ class _Run:
         options: AgentOptions,
         transport: Transport | None,
         on_event: EventHook | None,
+        checkpoint: Callable[[str], None] | None = None,
     ) -> None:
         self.rec, self.store, self.nodes = rec, store, nodes
         self.opts, self.transport, self.on_event = options, transport, on_event
+        self.checkpoint = checkpoint  # tests kill the controller at a named point
         self.plan = RolloutPlan(**rec.plan["plan"])
         self.programs: dict[str, list[str]] = rec.plan["programs"]
         self.dirs: dict[str, str] = rec.plan["dirs"]
@@ -378,6 +380,7 @@ class _Run:
         else:
             await client.call("content.activate", dir=self.dirs[name], version=version, timeout=60)
         if first == "stopping":
+            self.checkpoint and self.checkpoint("rollout switched")  # switched, stopped
             self.step(name, "starting")
         for prog in self.programs[name]:
             await client.call("proc.restart", name=prog, timeout=60)
@@ -490,11 +493,14 @@ async def rollout_async(
     state: State | None = None,
     on_event: EventHook | None = None,
     method: str = "push",
+    checkpoint: Callable[[str], None] | None = None,
 ) -> RolloutResult:
     """Roll ``source`` (a directory or ``depot:NAME@VERSION``) out to ``remote_dir`` on
     ``nodes``, restarting ``programs`` (the same names everywhere, or by node); see the
     module docstring. ``remote_dir`` may differ by node (a mapping). ``method="copy"``:
-    ``source`` is a directory of software copies (:mod:`.copyswitch`), not a push."""
+    ``source`` is a directory of software copies (:mod:`.copyswitch`), not a push.
+    ``checkpoint`` is called at named points (``rollout switched``: a node's directory
+    switched, its programs not restarted yet); tests kill the controller there."""
     plan = plan or RolloutPlan()
     plan.check()
     opts = options or AgentOptions()
@@ -518,7 +524,7 @@ async def rollout_async(
         document["method"] = method
         rid = store.create(label, version, document, stages)
         rec = store.get(rid)
-        run = _Run(rec, store, {n.name: n for n in nodes}, opts, transport, on_event)
+        run = _Run(rec, store, {n.name: n for n in nodes}, opts, transport, on_event, checkpoint)
         run.say(
             "rollout.created",
             None,
