@@ -145,3 +145,24 @@ def test_a_scan_of_one_tree_keeps_the_cache_of_another(tmp_path: Path) -> None:
     assert scan(audit, trees[0])["hashed"] == 1
     restarted = new_audit(tmp_path)
     assert (scan(restarted, trees[1])["hashed"], scan(restarted, trees[0])["hashed"]) == (0, 0)
+
+
+def test_a_stale_cache_file_costs_a_restarted_agent_only_the_files_changed(
+    tmp_path: Path,
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(300):
+        (tree / f"f{i}").write_bytes(os.urandom(20))
+    time.sleep(filehash.RACY_NS / 1e9 + 0.05)
+    audit = new_audit(tmp_path)
+    assert scan(audit, tree)["hashed"] == 300  # written: 300 of 0
+    cache = tmp_path / "home" / "audit-cache.marshal"
+    written = cache.read_bytes()
+    (tree / "f7").write_bytes(b"seven")
+    time.sleep(filehash.RACY_NS / 1e9 + 0.05)
+    assert scan(audit, tree)["hashed"] == 1
+    assert cache.read_bytes() == written  # 1 of 300: under the share, not written
+    restarted = scan(new_audit(tmp_path), tree)
+    assert (restarted["hashed"], restarted["cached"]) == (1, 299)
+    assert digests(restarted)["f7"] == hashlib.sha256(b"seven").hexdigest()

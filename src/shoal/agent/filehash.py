@@ -13,9 +13,12 @@ left out. A path that matches nothing is listed in ``absent``.
 Hashing runs on a worker thread. A stat cache in ``<home>/audit-cache.marshal``
 (:mod:`marshal`: 100,000 entries written in 16 ms against 185 ms as JSON; only
 this agent writes it, in its own home; a file that does not load, or not as a
-dict, is an empty cache; real path → size, mtime_ns, ctime_ns, inode, sha256; kept in memory between
-scans, written after the reply and only when it changed) lets a re-scan hash
-only files whose stat changed; ``hashed`` and ``cached`` in the reply count
+dict, is an empty cache; real path → size, mtime_ns, ctime_ns, inode, sha256;
+kept in memory between scans, written after the reply once the files hashed
+since the last write reach 1/:data:`SAVE_SHARE` of it: a stale file is safe, an
+entry is trusted only if the stat is the same, so after a restart at most that
+share is hashed again) lets a re-scan hash only
+files whose stat changed; ``hashed`` and ``cached`` in the reply count
 both. A file changed less than :data:`RACY_NS` before it was hashed is not
 cached (file times come from the kernel's coarse clock, a tick behind at most):
 a write in the same tick would otherwise go unseen next time. Files up to
@@ -76,6 +79,8 @@ KEEP_SECONDS = 600.0
 RACY_NS = 100_000_000
 #: Marker of what a repair keeps aside (never listed).
 ASIDE = ".shoal-audit-"
+#: The cache file is written once the files hashed since it was reach 1/SAVE_SHARE of it.
+SAVE_SHARE = 100
 #: Most paths one scan may ask for.
 MAX_PATHS = 1000
 #: Most buckets a scan may digest its listing into.
@@ -170,6 +175,7 @@ class FileAudit:
         self._lock = asyncio.Lock()
         self._scans: OrderedDict[str, _Scan] = OrderedDict()
         self._cache: dict[str, list[Any]] | None = None
+        self._unsaved = 0  # files hashed since the cache file was last written
         self._saving: asyncio.Future[None] | None = None
         self._memos = _Memos()
         self._buckets = _Buckets()
@@ -271,6 +277,11 @@ class FileAudit:
                 fresh = None  # entries outside the roots only: the same cache
             else:
                 self._cache = fresh
+                self._unsaved += walk.hashed + 1
+                if self._unsaved * SAVE_SHARE < len(fresh):
+                    fresh = None  # the file stays a little stale (safe: see the docstring)
+                else:
+                    self._unsaved = 0
         result = {
             "entries": walk.entries,
             "total": len(walk.entries),
