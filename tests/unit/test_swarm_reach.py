@@ -39,6 +39,7 @@ def _swarm(n: int = 6) -> Swarm:
 def test_a_peer_the_node_cannot_connect_to_is_never_chosen_for_it_again() -> None:
     async def go() -> None:
         swarm = _swarm()
+        swarm.penalty = 0.0  # no spell on the source after a failure (tested below)
         first = await swarm.next_batch("a")
         assert first is not None and first.source in ("b", "c")
         bad = first.source
@@ -62,6 +63,7 @@ def test_a_peer_the_node_cannot_connect_to_is_never_chosen_for_it_again() -> Non
 def test_a_node_that_reaches_no_peer_takes_their_chunks_from_the_source() -> None:
     async def go() -> None:
         swarm = _swarm()
+        swarm.penalty = 0.0  # no spell on the source after a failure: try every peer
         tried = set()
         for _ in range(2):
             b = await swarm.next_batch("a")
@@ -79,6 +81,25 @@ def test_a_node_that_reaches_no_peer_takes_their_chunks_from_the_source() -> Non
             got += b.chunks
             swarm.complete(b, {"got": b.chunks, "bytes": b.nbytes, "seconds": 0.1})
         assert sorted(got) == list(range(6))
+
+    asyncio.run(go())
+
+
+def test_a_node_whose_peer_batch_failed_takes_the_source_for_a_while() -> None:
+    """On a lossy path (a connect or a transfer timed out) the node does not try peer
+    after peer: its next batches come from the source until the penalty ends."""
+
+    async def go() -> None:
+        swarm = _swarm()
+        first = await swarm.next_batch("a")
+        assert first is not None and first.source in ("b", "c")
+        swarm.complete(first, {"got": [], "failed": first.chunks, "error": "timed out"})
+        b = await asyncio.wait_for(swarm.next_batch("a"), 0.5)
+        assert b is not None and b.source == SOURCE
+        swarm.complete(b, {"got": b.chunks, "bytes": b.nbytes, "seconds": 0.1})
+        swarm.shy_until["a"] = 0.0  # the spell over: peers again
+        b = await asyncio.wait_for(swarm.next_batch("a"), 0.5)
+        assert b is not None and b.source in ("b", "c")
 
     asyncio.run(go())
 

@@ -62,10 +62,15 @@ WIRE_VERSION = 1
 MAX_WANT = 1024
 #: The longest request line: MAX_WANT quoted ids (68 bytes each) and the token fit.
 MAX_REQUEST = 96 * 1024
-#: A new connection must have sent its first request (its token) by then.
-AUTH_SECONDS = 5.0
+#: A new connection must have sent its first request (its token) by then (its TLS
+#: handshake included: several round trips, each a doubled timeout away at 30 % loss).
+AUTH_SECONDS = 15.0
 #: A connection with no request for this long is closed.
 IDLE_SECONDS = 60.0
+#: A fetch's TCP connect and TLS handshake: at 30 % loss each way a SYN is answered
+#: within 1+2+4 s nine times in ten, and the handshake's two round trips need as long
+#: again; a dead peer costs this once per node (then it is blocked for that node).
+CONNECT_SECONDS = 15.0
 MAX_PENDING = 64
 MAX_PENDING_PER_PEER = 8
 MAX_PER_PEER = 128
@@ -576,7 +581,7 @@ class Fetcher:
         self,
         store: ChunkStore,
         throttle: Throttle | None = None,
-        connect_timeout: float = 5.0,
+        connect_timeout: float = CONNECT_SECONDS,
         idle_timeout: float = 10.0,
     ) -> None:
         self.store = store

@@ -153,6 +153,7 @@ class Swarm:
         self.peers: dict[str, Peer] = {}
         self.source_hosts: dict[str, tuple[str, int]] = {}
         self.blocked: dict[str, set[str]] = {}  # node → peers it cannot connect to
+        self.shy_until: dict[str, float] = {}  # node → when it may try peers again
         self.source = Peer(SOURCE, "", 0)
         self.stats: dict[str, NodeStats] = {}
         self.expected: set[str] = set()
@@ -334,7 +335,8 @@ class Swarm:
             if picked:
                 return self._start(node, self.source, picked)
         # 2. from the best peer holding the first chunks we lack
-        eligible = self._eligible(node, now)
+        shy = self.shy_until.get(node, 0.0) > now
+        eligible = {} if shy else self._eligible(node, now)
         if eligible:
             best: Peer | None = None
             for i in self._candidates(node):
@@ -358,6 +360,8 @@ class Swarm:
             live = {n for n, p in self.peers.items() if p.alive and not p.lying} - blocked
 
             def orphan(i: int) -> bool:
+                if shy:
+                    return True
                 if self.holders[i] & live:
                     return False
                 began = self.flying.get(i)
@@ -432,6 +436,9 @@ class Swarm:
         if peer is not None and nbytes and seconds > 0:
             peer.rate = 0.7 * peer.rate + 0.3 * (nbytes / seconds)
         failed = outcome.get("failed", [])
+        if failed and not got and batch.source != SOURCE:
+            # its peers fail it (a lossy or congested path): the source for a while
+            self.shy_until[node] = time.monotonic() + self.penalty
         if outcome.get("unreachable") and peer is not None and peer is not self.source:
             # a fact about this pair (NAT, a firewall), not the peer's fault nor the node's
             _log.info("%s cannot connect to peer %s: %s", node, peer.name, outcome.get("error"))

@@ -89,6 +89,11 @@ from .unixstream import UnixStream
 KILL_GRACE = 2.0
 #: Longest an interrupt waits for the node to confirm it signalled the command.
 END_REMOTE_TIMEOUT = 3.0
+#: Seconds the SSH handshake may take once TCP is connected (the node answered): the
+#: connect timeout finds dead nodes; a live one on a lossy link (30 % each way: every
+#: round trip of the key exchange may wait out doubled retransmission timeouts) needs
+#: longer, as OpenSSH's own LoginGraceTime of 120 s allows it.
+HANDSHAKE_SECONDS = 60.0
 #: Keys asyncssh (like ssh) tries when no IdentityFile is given, in ~/.ssh.
 DEFAULT_KEYS = ("id_ed25519_sk", "id_ecdsa_sk", "id_ed448", "id_ed25519", "id_ecdsa", "id_rsa",
                 "id_dsa")  # fmt: skip
@@ -658,6 +663,7 @@ class SSHTransport(Transport):
         checker: _KeyChecker | None = None
         plan: _Plan | None = None
         started = time.monotonic()
+        phase = "connect"
         try:
             config, resolved = self._resolve(node)
             given = dict(node_options(node))
@@ -684,6 +690,9 @@ class SSHTransport(Transport):
             plan.kwargs.setdefault("keepalive_interval", self.keepalive)
             plan.kwargs.setdefault("keepalive_count_max", self.keepalive_count)
             key_checker = checker
+            if sock is not None and left is not None:  # TCP is up: the handshake's own limit
+                left = timeout = max(left, HANDSHAKE_SECONDS)
+                phase = "SSH handshake"
             conn = await asyncssh.connect(
                 sock=sock,
                 client_factory=lambda: key_checker,
@@ -710,7 +719,7 @@ class SSHTransport(Transport):
         except asyncssh.Error as exc:
             raise TransportError(f"SSH error: {exc}", node.name) from exc
         except asyncio.TimeoutError:
-            raise ConnectError(f"connect timed out after {timeout:g}s", node.name) from None
+            raise ConnectError(f"{phase} timed out after {timeout:g}s", node.name) from None
         except socket.gaierror as exc:
             raise ConnectError(f"cannot resolve host name {node.address!r}", node.name) from exc
         except OSError as exc:
