@@ -33,7 +33,11 @@ controller's SSH connection when it cannot connect to us (``path``). A peer a
 node cannot connect to (the fetch says ``unreachable``: NAT, a firewall) is
 never chosen for that node again (:attr:`Swarm.blocked`) and counts as no
 holder for it, so it takes those chunks from elsewhere, the source at worst;
-the peer stays good for everyone else.
+the peer stays good for everyone else. A node whose peer batch failed
+(unreachable or timed out: on a lossy network node-to-node paths cross two
+lossy links, the source's one) takes its next batches from the source for
+:attr:`Swarm.penalty` seconds (:attr:`Swarm.shy_until`) instead of trying peer
+after peer, each a connect timeout away.
 
 Otherwise the worker waits for the next completion (an event, no polling).
 A source that sends bytes that do not match their hash is marked lying and
@@ -436,6 +440,12 @@ class Swarm:
         if peer is not None and nbytes and seconds > 0:
             peer.rate = 0.7 * peer.rate + 0.3 * (nbytes / seconds)
         failed = outcome.get("failed", [])
+        if failed:
+            _log.debug(
+                "%s: %d of %d chunk(s) from %s failed after %.1fs: %s",
+                node, len(failed), len(batch.chunks), batch.source,
+                time.monotonic() - batch.started, outcome.get("error") or "-",
+            )  # fmt: skip
         if failed and not got and batch.source != SOURCE:
             # its peers fail it (a lossy or congested path): the source for a while
             self.shy_until[node] = time.monotonic() + self.penalty
