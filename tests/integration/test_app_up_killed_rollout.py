@@ -8,12 +8,15 @@ software under the services that still ran the old code and left them running it
 (``proc.start`` of a running service is a no-op): members showed ``v2 v1 up``. The
 re-run now asks the agents which services run and rolls the software out under
 them again; a node the killed rollout had stopped is started on the new version.
+The killed rollout's record ends ``superseded`` (a later ``shoal rollout abort``
+would otherwise switch the converged members back).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ import pytest
 
 from shoal.app import lifecycle, store
 from shoal.app.appspec import load
+from shoal.content.rolloutstate import RolloutStore
 from shoal.nodes.health import clear_failed
 from shoal.nodes.model import Node
 from shoal.state import State
@@ -37,7 +41,7 @@ DRIVER = Path(__file__).with_name("appup_kill_driver.py")
 @pytest.fixture()
 def app(lab: Any) -> Iterator[tuple[str, list[Node]]]:
     clear_failed()
-    name = f"kr{os.getpid()}"
+    name = f"kr{secrets.token_hex(3)}"
     try:
         yield name, lab.nodes()[:4]
     finally:
@@ -84,3 +88,7 @@ def test_a_rerun_after_a_killed_rollout_runs_the_new_code_everywhere(
     report = asyncio.run(lifecycle.up_async(load(spec)))
     assert not report.failed, report.failed
     assert member_state(nodes, name) == dict.fromkeys((n.name for n in nodes), "v2 v2 up")
+    # the killed pass's rollout is over: no `rollout resume|abort` switches anyone back
+    with State() as st:
+        mine = [r.state for r in RolloutStore(st).list(100) if f"/apps/{name}/" in r.target]
+    assert mine == (["done", "superseded"] if point == "rollout switched" else ["done"]), mine

@@ -32,6 +32,7 @@ from shoal.agentlink import eventlog
 from shoal.agentlink import fleet as agents
 from shoal.agentlink.agentclient import AgentClient, cached_home, probe, start_agent
 from shoal.content.rollout import rollout_async
+from shoal.content.rolloutstate import RolloutStore
 from shoal.errors import (
     AgentError,
     AgentNotRunning,
@@ -157,6 +158,7 @@ async def up_async(
                 raise
             runner.report.phases["start"] = time.monotonic() - t0
             store.set_status(st, spec.name, status="running", phase="running")
+            _close_rollouts(runner, st)
             report = runner.report
             report.members = {c: [n.name for n in ns] for c, ns in runner.members.items()}
             report.wall = time.monotonic() - began
@@ -268,6 +270,18 @@ async def _roll_out(runner: Runner, running: dict[str, set[str]], st: State) -> 
         for node, why in result.failed.items():
             failures[node] = f"software {sname}: rollout: {why}"
     return failures
+
+
+def _close_rollouts(runner: Runner, st: State) -> None:
+    """Rollouts of this app's software a killed controller left unfinished end
+    ``superseded``: this pass put every member on the code on disk, so none is
+    resumed or aborted (switched back) later."""
+    up = runner.up
+    names = [n.name for ns in up.members.values() for n in ns if n.name in up.homes]
+    rollouts = RolloutStore(st)
+    for sname in up.spec.software:
+        dirs = {n: f"{up.app_dir(n)}/sw/{sname}" for n in names}
+        rollouts.supersede(dirs, f"app {up.spec.name}: converged by a later app up")
 
 
 async def stop_all(spec: AppSpec, state: State, options: agents.AgentOptions) -> None:

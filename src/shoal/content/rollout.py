@@ -61,6 +61,7 @@ from .rolloutstate import TOUCHED, Record, RolloutStore
 EventHook = Callable[[str, str | None, str], None]
 POLL = 0.1  # seconds between a gate's status reads
 REVERTED = "; switched back"  # the note of a failed node already on its previous version
+FINISHED = ("done", "rolled_back", "superseded")  # nothing left to resume or abort
 
 
 @dataclass
@@ -525,6 +526,8 @@ async def rollout_async(
         rid = store.create(label, version, document, stages)
         rec = store.get(rid)
         run = _Run(rec, store, {n.name: n for n in nodes}, opts, transport, on_event, checkpoint)
+        for old in store.supersede(dirs, f"superseded by rollout {rid}", keep=rid):
+            run.say("rollout.superseded", None, f"rollout {old} superseded by {rid}")
         run.say(
             "rollout.created",
             None,
@@ -570,7 +573,7 @@ async def resume_async(
         missing = sorted(set(rec.nodes) - set(run.nodes))
         if missing:
             raise UsageError(f"rollout {rid}: nodes not in the inventory: {', '.join(missing)}")
-        if rec.state in ("done", "rolled_back"):
+        if rec.state in FINISHED:
             return run.finish(rec.state, rec.reason)
         if rec.state == "rolling_back":
             return await run.rollback(rec.reason)
@@ -592,6 +595,6 @@ async def abort_async(
     with opened(state) as st:
         run = _reopened(rid, st, nodes, options, transport, on_event)
         rec = run.rec
-        if rec.state in ("done", "rolled_back"):
+        if rec.state in FINISHED:
             raise UsageError(f"rollout {rid} is {rec.state}: nothing to abort")
         return await run.rollback("aborted by request")

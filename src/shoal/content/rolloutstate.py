@@ -9,9 +9,12 @@ idempotent: stop, activate, restart) and carries on.
 Rollout states: ``staging`` (content going to every target, nothing switched)
 → ``running`` ⇄ ``paused`` (a human gate between stages) → ``done``; or
 ``rolling_back`` → ``rolled_back`` (a failed gate, an exhausted budget,
-``abort``). Node steps: ``pending`` → ``stopping`` → ``switching`` →
-``starting`` → ``gating`` → ``healthy``; ``failed`` (its gate failed or it
-died: counted against the budget); ``rolling_back`` → ``rolled_back``.
+``abort``); an unfinished one whose nodes and directories a newer rollout
+takes over (``app up`` redoing the rollout of a killed controller) ends
+``superseded``: nothing resumes or aborts it later. Node steps: ``pending``
+→ ``stopping`` → ``switching`` → ``starting`` → ``gating`` → ``healthy``;
+``failed`` (its gate failed or it died: counted against the budget);
+``rolling_back`` → ``rolled_back``.
 """
 
 from __future__ import annotations
@@ -176,6 +179,27 @@ class RolloutStore:
                 continue
             return str(row["id"])
         return None
+
+    def supersede(self, dirs: dict[str, str], reason: str, keep: str = "") -> list[str]:
+        """End ``superseded`` (for ``reason``) every unfinished rollout but ``keep`` that
+        shares a (node, directory) with ``dirs``; their ids."""
+        ended: list[str] = []
+        with self.st.transaction() as db:
+            placeholders = ",".join("?" * len(UNFINISHED))
+            rows = db.execute(
+                f"SELECT id, plan FROM rollouts WHERE id != ? AND state IN ({placeholders})",
+                (keep, *UNFINISHED),
+            ).fetchall()
+            for row in rows:
+                theirs = json.loads(row["plan"]).get("dirs", {})
+                if any(dirs.get(node) == d for node, d in theirs.items()):
+                    db.execute(
+                        "UPDATE rollouts SET state = 'superseded', reason = ?, updated = ?"
+                        " WHERE id = ?",
+                        (reason, time.time(), row["id"]),
+                    )
+                    ended.append(str(row["id"]))
+        return ended
 
     def list(self, limit: int = 20) -> list[Record]:
         rows = self.st.db.execute(
