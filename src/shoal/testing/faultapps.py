@@ -97,8 +97,10 @@ def _up(spec: Path, env: dict[str, str], timeout: float = 300) -> subprocess.Com
     )
 
 
-def _killed_up(spec: Path, env: dict[str, str], after: float) -> None:
-    """``shoal app up`` SIGKILLed ``after`` seconds in (or let finish if it was faster)."""
+def _killed_up(spec: Path, env: dict[str, str], after: float) -> float | None:
+    """``shoal app up`` SIGKILLed ``after`` seconds in (or let finish if it was faster:
+    then the seconds it took)."""
+    began = time.monotonic()
     proc = subprocess.Popen(
         [*_shoal_argv(), "app", "up", "--detach", str(spec)],
         env=env,
@@ -110,6 +112,8 @@ def _killed_up(spec: Path, env: dict[str, str], after: float) -> None:
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+        return None
+    return time.monotonic() - began
 
 
 def _down(name: str) -> None:
@@ -135,6 +139,8 @@ def controller_killed_mid_app_up(
     nodes = list(fleet[:4])
     rng = random.Random(31)
     bad_after_kill, reruns_failed, not_converged = 0, 0, 0
+    interrupted = {False: 0, True: 0}  # kills that left work for the re-run, by kind
+    span = {False: 6.0, True: 4.0}  # kill within this many seconds, by kind
     try:
         for rep in range(reps):
             rollout = rep % 2 == 1
@@ -142,9 +148,14 @@ def controller_killed_mid_app_up(
             spec = write_app(work, name, nodes, version)
             if not rollout:
                 _down(name)
-            _killed_up(spec, env, rng.uniform(0.5, 6.0 if not rollout else 4.0))
+            took = _killed_up(spec, env, rng.uniform(min(0.5, span[rollout] / 2), span[rollout]))
+            if took is not None:  # it finished first: the next kill of its kind comes sooner
+                span[rollout] = min(span[rollout], took)
             # right after the kill: a link is whole or absent, never broken or half
-            for node, got in member_state(nodes, name).items():
+            want = f"{version} {version} up"
+            after = member_state(nodes, name)
+            interrupted[rollout] += any(got != want for got in after.values())
+            for node, got in after.items():
                 if got.startswith("broken"):
                     bad_after_kill += 1
                     row.details.append(f"rep {rep} after kill {node}: {got}")
@@ -152,7 +163,6 @@ def controller_killed_mid_app_up(
             if again.returncode != 0:
                 reruns_failed += 1
                 row.details.append(f"rep {rep} re-run: {(again.stdout + again.stderr)[-300:]}")
-            want = f"{version} {version} up"
             for node, got in member_state(nodes, name).items():
                 if got != want:
                     not_converged += 1
@@ -161,7 +171,8 @@ def controller_killed_mid_app_up(
         _down(name)
     row.seconds = time.monotonic() - began
     row.observed = (
-        f"{reps} kills ({(reps + 1) // 2} first start, {reps // 2} rollout): broken links after "
+        f"{reps} kills ({(reps + 1) // 2} first start, {reps // 2} rollout; work left "
+        f"undone by {interrupted[False]} and {interrupted[True]}): broken links after "
         f"a kill {bad_after_kill}, re-runs failed {reruns_failed}, members not on the new "
         f"version and running {not_converged}"
     )
