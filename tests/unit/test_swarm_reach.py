@@ -94,8 +94,9 @@ def test_a_node_whose_peer_batch_failed_takes_the_source_for_a_while() -> None:
         first = await swarm.next_batch("a")
         assert first is not None and first.source in ("b", "c")
         swarm.complete(first, {"got": [], "failed": first.chunks, "error": "timed out"})
+        swarm.source_batch_bytes = 200  # two chunks a batch, one while shy
         b = await asyncio.wait_for(swarm.next_batch("a"), 0.5)
-        assert b is not None and b.source == SOURCE
+        assert b is not None and b.source == SOURCE and len(b.chunks) == 1
         swarm.complete(b, {"got": b.chunks, "bytes": b.nbytes, "seconds": 0.1})
         swarm.shy_until["a"] = 0.0  # the spell over: peers again
         b = await asyncio.wait_for(swarm.next_batch("a"), 0.5)

@@ -198,7 +198,9 @@ async def _hello(
     except AgentNotRunning:
         return None
     try:
-        result: dict[str, Any] = await client.call("hello", timeout=15)
+        # a live agent's answer can wait out TCP retransmissions on a lossy link (30 %
+        # loss: beyond 15 s); a dead one is found by the open above, not by this limit
+        result: dict[str, Any] = await client.call("hello", timeout=60)
         return result
     finally:
         await client.close()

@@ -65,7 +65,7 @@ from shoal.agentlink.fleet import (
     connect_agent,
     install_async,
 )
-from shoal.errors import AgentError, ChunkFetchError, ConnectError, ContentError
+from shoal.errors import AgentError, ChunkFetchError, ConnectError, ContentError, TransportError
 from shoal.fanout.results import NodeOutcome, Results
 from shoal.fanout.scheduler import fanout
 from shoal.nodes.model import Node
@@ -551,13 +551,28 @@ async def _fetch_all(
             swarm.complete(batch, outcome)
             _check(node, swarm, batch, outcome)
 
-    agents = [client]
+    extras: list[AgentClient] = []
+
+    async def extra() -> None:
+        # the first worker fetches at once; each further one starts when its own agent
+        # conversation is open (a round trip or more over a lossy link); one that cannot
+        # open costs speed, not the node (the first worker's failures decide that)
+        try:
+            agent = await AgentClient.open(conn, client.home, opts.python)
+        except (AgentError, TransportError):
+            return
+        extras.append(agent)
+        await worker(agent)
+
+    tasks = [asyncio.ensure_future(worker(client))]
+    tasks += [asyncio.ensure_future(extra()) for _ in range(max(0, opts.pipeline - 1))]
     try:
-        for _ in range(max(0, opts.pipeline - 1)):
-            agents.append(await AgentClient.open(conn, client.home, opts.python))
-        await asyncio.gather(*(worker(a) for a in agents))
+        await asyncio.gather(*tasks)
     finally:
-        for a in agents[1:]:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for a in extras:
             await a.close()
 
 

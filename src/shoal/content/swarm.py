@@ -72,6 +72,8 @@ WINDOW = 512
 WAKE_DELAY = 0.005
 #: A worker that keeps failing gives up after this many failed batches in a row.
 MAX_FAILURES = 12
+#: A node whose peer batch failed takes source batches this many times smaller.
+SHY_SPLIT = 8
 
 
 @dataclass
@@ -331,7 +333,10 @@ class Swarm:
 
     def _plan(self, node: str) -> Batch | None:
         now = time.monotonic()
-        small = self.source_batch_bytes
+        shy = self.shy_until.get(node, 0.0) > now
+        # a node on a lossy path pulls small batches in parallel: each TCP flow stalls on
+        # its own doubled retransmission timeouts, so several short ones finish sooner
+        small = self.source_batch_bytes // SHY_SPLIT if shy else self.source_batch_bytes
         source_free = self.source.uploads < self.source_uploads
         # 1. keep the source busy: one stripe per node in flight, new chunks only
         if source_free and not self.from_source.get(node):
@@ -339,7 +344,6 @@ class Swarm:
             if picked:
                 return self._start(node, self.source, picked)
         # 2. from the best peer holding the first chunks we lack
-        shy = self.shy_until.get(node, 0.0) > now
         eligible = {} if shy else self._eligible(node, now)
         if eligible:
             best: Peer | None = None
