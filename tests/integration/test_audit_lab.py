@@ -5,6 +5,7 @@ file kept aside), a re-audit hashes only what changed."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from shoal.agent.filehash import STAGING
 from shoal.agentlink import fleet as agents
+from shoal.content.push import PushOptions, push_async
 from shoal.nodes.health import clear_failed
 from shoal.nodes.model import Node
 from shoal.state import State
@@ -93,8 +96,32 @@ def test_three_of_eight_changed_are_exactly_the_minority_with_their_files(
     assert chosen.returncode == 0, chosen.stderr
     assert set(json.loads(chosen.stdout)["nodes"]) == {n2.name, n5.name, n7.name}
 
-    repaired = shoal("audit", "-s", names(fleet), "--repair", root)
+    repaired = shoal("audit", "-s", names(fleet), "--repair", "--json", root)
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    done = {(r["node"], r["path"]): r for r in records(repaired, "repair")}
+    assert {k: r["action"] for k, r in done.items()} == {
+        (n2.name, f"{root}/a.txt"): "write",
+        (n5.name, f"{root}/sub/c.txt"): "chmod",
+        (n7.name, f"{root}/sub/extra"): "aside",
+        (n7.name, f"{root}/b.txt"): "write",
+    }
+    # the bytes came through the push's staging deployment, which is gone afterwards
+    # and never recorded as a pushed directory
+    assert done[(n2.name, f"{root}/a.txt")].get("via") == "push"
+    assert done[(n7.name, f"{root}/b.txt")].get("via") == "push"
+    for node in (n2, n7):
+        assert remote(node, f"test -e ~/{STAGING} && echo there || echo gone").strip() == "gone"
+    with State() as st:
+        staged = st.db.execute(
+            "SELECT kind, node, detail FROM events WHERE topic='audit' AND kind='staged'"
+            " AND detail LIKE ?",
+            (f"{STAGING}/%",),
+        ).fetchall()
+        deployed = st.db.execute(
+            "SELECT count(*) FROM depot_deployed WHERE dir LIKE ?", (f"{STAGING}/%",)
+        ).fetchone()[0]
+    assert {r[1] for r in staged} >= {n2.name, n7.name}
+    assert deployed == 0
     assert remote(n2, f"cat {root}/a.txt") == "one\n"
     assert remote(n2, f"cat {root}/a.txt.shoal-audit-*") == "tampered\n"  # kept aside
     assert remote(n5, f"stat -c %a {root}/sub/c.txt").strip() == "644"
@@ -103,6 +130,40 @@ def test_three_of_eight_changed_are_exactly_the_minority_with_their_files(
     again = shoal("audit", "-s", names(fleet), "--json", root)
     assert again.returncode == 0, again.stdout + again.stderr
     assert records(again, "file") == []
+
+
+def test_a_corrupted_staged_copy_is_refused_by_hash(fleet: list[Node], tmp_path: Path) -> None:
+    """The repair's staging deployment pushed as repair_async does, then a file of it
+    corrupted on the node: audit.replace refuses it and the node's file stays as it was."""
+    root = make_tree(fleet)
+    node = fleet[0]
+    good = b"one\n"
+    digest = hashlib.sha256(good).hexdigest()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / digest).write_bytes(good)
+    stage = f"{STAGING}/{unique_lab_name('corrupt')}"
+    opts = PushOptions(install=False, keep=1)
+    try:
+        with State(tmp_path / "state.db") as st:
+            pushed = asyncio.run(push_async([node], tree, stage, opts, state=st))
+            assert pushed.ok, [(r.node, r.reason) for r in pushed.failed]
+            staged = f"$(readlink -f ~/{stage})/{digest}"
+            assert remote(node, f"cat {staged}") == "one\n"
+            remote(node, f"f={staged}; chmod u+w $f; printf 'evil\\n' > $f")
+            remote(node, f"printf 'tampered\\n' > {root}/a.txt")
+            args = {"path": f"{root}/a.txt", "action": "write", "mode": 0o644}
+            args.update(staged=f"{stage}/{digest}", digest=digest)
+            got = asyncio.run(agents.call_async([node], "audit.replace", args, state=st))
+    finally:
+        remote(node, f"rm -rf ~/{STAGING}")
+    assert not got.ok
+    assert f"sha256 is {hashlib.sha256(b'evil' + bytes([10])).hexdigest()[:12]}" in str(
+        got[node.name].reason
+    )
+    assert f"not {digest[:12]}" in str(got[node.name].reason)
+    assert remote(node, f"cat {root}/a.txt") == "tampered\n"
+    assert remote(node, f"ls -a {root} | grep -c shoal-audit || true").strip() == "0"
 
 
 def test_four_of_eight_has_no_quorum_and_is_not_repaired(fleet: list[Node]) -> None:

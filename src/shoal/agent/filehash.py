@@ -45,11 +45,13 @@ entries in path order), so nodes that agree send a few bytes per bucket;
 of the buckets asked (those the nodes disagree on).
 
 ``audit.replace {path, action, staged?, digest?, mode?, target?}`` repairs one
-entry: ``write`` copies ``staged`` (a file the controller uploaded) beside
+entry: ``write`` copies ``staged`` (a file of the deployment the controller
+pushed to :data:`STAGING` under the user's home: refused anywhere else) beside
 ``path``, checks its sha256 is ``digest``, moves the old file aside to
 ``PATH.shoal-audit-<unix time>`` and renames the new one in; ``link`` does the
 same with a symlink to ``target``; ``chmod`` sets the mode; ``aside`` only
-moves the entry aside (an extra file). The staged file is removed.
+moves the entry aside (an extra file). The staged deployment is the
+controller's to remove.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ KEEP_SECONDS = 600.0
 RACY_NS = 100_000_000
 #: Marker of what a repair keeps aside (never listed).
 ASIDE = ".shoal-audit-"
+#: Where a repair's bytes are pushed (``<user home>/STAGING/<repair id>``), and the
+#: only place ``audit.replace`` takes a staged file from.
+STAGING = ".shoal-audit-repair"
 #: The cache file is written once the files hashed since it was reach 1/SAVE_SHARE of it.
 SAVE_SHARE = 100
 #: Most paths one scan may ask for.
@@ -593,7 +598,7 @@ def replace(args: dict[str, Any], record: Callable[[str, str | None, str], None]
         if action == "link":
             os.symlink(str(args.get("target")), temp)
         else:
-            _copy_checked(str(args.get("staged")), temp, str(args.get("digest")), mode)
+            _copy_checked(_staged(args.get("staged")), temp, str(args.get("digest")), mode)
         kept = None
         if os.path.lexists(full):
             os.rename(full, aside)
@@ -603,12 +608,19 @@ def replace(args: dict[str, Any], record: Callable[[str, str | None, str], None]
         if os.path.lexists(temp):
             os.unlink(temp)
         raise
-    finally:
-        staged = args.get("staged")
-        if isinstance(staged, str) and staged and os.path.lexists(staged):
-            os.unlink(staged)
     record("audit_repair", None, f"{path}: replaced" + (f", old kept at {kept}" if kept else ""))
     return {"path": path, "action": action, "aside": kept}
+
+
+def _staged(staged: Any) -> str:
+    """``staged`` (relative to the user's home) resolved, if inside :data:`STAGING`."""
+    if not isinstance(staged, str) or not staged:
+        raise ValueError("audit.replace: write needs a staged file")
+    top = os.path.realpath(os.path.join(os.path.expanduser("~"), STAGING))
+    real = os.path.realpath(os.path.join(os.path.expanduser("~"), staged))
+    if not real.startswith(top + os.sep):
+        raise ValueError(f"audit.replace: staged file {staged} is not inside ~/{STAGING}")
+    return real
 
 
 def _copy_checked(staged: str, temp: str, digest: str, mode: Any) -> None:

@@ -18,13 +18,19 @@ Every node outside the majority of a file is listed with what differs:
 ``extra`` (the majority does not). Nodes that did not answer are reported
 apart with their reason, never counted and never dropped.
 
-Repair (:func:`repair_async`) acts only on files with a quorum: the bytes are
-read from one majority node over SFTP, checked against the majority's sha256
-here, uploaded to each minority node's agent home and put in place by the
-agent (``audit.replace``: verified again, the old file kept aside as
-``FILE.shoal-audit-<unix time>``); modes are set, extra files moved aside,
-symlinks remade. A file without a quorum is never repaired and the report
-says so.
+Repair (:func:`repair_async`) acts only on files with a quorum: each file's
+bytes are read once from one majority node over SFTP and checked against the
+majority's sha256 here; the verified files (named by digest) are then pushed
+through the content data plane (:func:`shoal.content.push.push_async`: P2P,
+TLS, per-chunk verification, the SSH tunnel fallback) to a fresh staging
+deployment ``~/.shoal-audit-repair/<id>`` (:data:`shoal.agent.filehash.STAGING`)
+on the minority nodes that need bytes, and each agent puts them in place
+(``audit.replace``: only from that staging directory, verified again, the old
+file kept aside as ``FILE.shoal-audit-<unix time>``). The staging root is
+removed from those nodes afterwards, success or failure (a leftover of a killed
+controller goes with the next repair's), and is never recorded as deployed.
+Modes are set, extra files moved aside, symlinks remade without bytes. A file
+without a quorum is never repaired and the report says so.
 
 The minority nodes are stored as the plan :data:`MINORITY_PLAN`
 (``-s %audit-minority``) by :func:`remember_minority`. Nothing is printed;
@@ -39,13 +45,15 @@ import hashlib
 import os
 import secrets
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from shoal.agent.filehash import STAGING
 from shoal.agentlink.agentclient import AgentClient
 from shoal.agentlink.fleet import (
     AgentOptions,
@@ -55,6 +63,8 @@ from shoal.agentlink.fleet import (
     for_each,
     install_async,
 )
+from shoal.content.depot import SCHEMA as DEPOT_SCHEMA
+from shoal.content.push import PushOptions, PushResult, push_async
 from shoal.errors import ContentError, UsageError
 from shoal.fanout.results import NodeOutcome, Results
 from shoal.nodes.model import Node
@@ -490,6 +500,8 @@ async def repair_async(
     fixes, _ = plan_repairs(report)
     by_name = {n.name: n for n in nodes}
     with tempfile.TemporaryDirectory(prefix="shoal-audit-") as tmp, opened(state) as st:
+        tree = Path(tmp) / "tree"
+        tree.mkdir()
         wanted: dict[str, dict[str, str]] = {}  # source → path → digest
         for fix in fixes:
             if fix.action == "write" and fix.source and fix.entry and fix.entry.digest:
@@ -510,13 +522,25 @@ async def repair_async(
         per_node: dict[str, list[Fix]] = {}
         for fix in fixes:
             per_node.setdefault(fix.node, []).append(fix)
-        results = await for_each(
-            [by_name[n] for n in per_node],
-            partial(_fix_step, per_node=per_node, fetched=fetched),
-            opts,
-            transport=transport,
-            state=st,
+        needy = sorted(
+            {f.node for f in fixes if f.action == "write" and isinstance(fetched.get(f.path), Path)}
         )
+        stage = f"{STAGING}/{int(time.time())}-{secrets.token_hex(4)}"
+        try:
+            staged = await _stage(
+                [by_name[n] for n in needy], tree, stage, opts, transport, st, on_event
+            )
+            results = await for_each(
+                [by_name[n] for n in per_node],
+                partial(_fix_step, per_node=per_node, fetched=fetched, staged=staged, stage=stage),
+                opts,
+                transport=transport,
+                state=st,
+            )
+        finally:
+            await for_each(
+                [by_name[n] for n in needy], _unstage_step, opts, transport=transport, state=st
+            )
     report.repaired = [{"node": r.node, **d} for r in results if r.ok and r.value for d in r.value]
     if on_event is not None:
         for r in results:
@@ -525,6 +549,41 @@ async def repair_async(
             if not r.ok:
                 on_event("repair failed", r.node, r.reason)
     return results
+
+
+async def _stage(
+    nodes: Sequence[Node],
+    tree: Path,
+    stage: str,
+    opts: AuditOptions,
+    transport: Transport | None,
+    st: State,
+    on_event: EventHook | None,
+) -> dict[str, str]:
+    """Push the fetched files to ``stage`` on ``nodes`` (agents are up: the audit
+    installed them); node → "" when staged, else the reason. Not recorded as deployed."""
+    if not nodes:
+        return {}
+    base = {f.name: getattr(opts, f.name) for f in fields(AgentOptions)}
+    pushed: PushResult = await push_async(
+        nodes,
+        tree,
+        stage,
+        PushOptions(**base, install=False, keep=1),
+        transport=transport,
+        state=st,
+    )
+    st.ensure("depot", DEPOT_SCHEMA)
+    with st.transaction() as db:
+        db.execute("DELETE FROM depot_deployed WHERE dir=?", (stage,))
+    out: dict[str, str] = {}
+    for n in nodes:
+        r = pushed[n.name]
+        out[n.name] = "" if r.ok else f"staging push: {r.reason}"
+        if on_event is not None:
+            said = f"{r.received} B ({r.from_peers} from peers, {r.path})" if r.ok else r.reason
+            on_event("staged" if r.ok else "staging failed", n.name, f"{stage}: {said}")
+    return out
 
 
 async def _fetch_step(
@@ -536,10 +595,11 @@ async def _fetch_step(
     wanted: dict[str, dict[str, str]],
     folder: Path,
 ) -> AgentOutcome:
-    """Read each wanted file from a majority node; keep it only if its sha256 is right."""
+    """Read each wanted file from a majority node; keep it (in ``folder/tree``, named by
+    its digest) only if its sha256 is right."""
     out: dict[str, Path] = {}
     for path, digest in wanted[node.name].items():
-        local = folder / digest
+        local = folder / "tree" / digest
         if local.exists():
             out[path] = local
             continue
@@ -552,6 +612,7 @@ async def _fetch_step(
                 f"{path} changed on the majority node while read ({got[:12]}, not {digest[:12]})",
                 node=node.name,
             )
+        part.chmod(0o600)  # the majority's mode is set by audit.replace
         os.replace(part, local)
         out[path] = local
     return NodeOutcome(node.name, value=out)
@@ -565,30 +626,38 @@ async def _fix_step(
     *,
     per_node: dict[str, list[Fix]],
     fetched: dict[str, Path | str],
+    staged: dict[str, str],
+    stage: str,
 ) -> AgentOutcome:
     client = await connect_agent(conn, node, st, opts)
     done: list[dict[str, Any]] = []
     try:
-        home = str((await client.call("hello", timeout=opts.call_timeout))["home"])
         for fix in per_node[node.name]:
             args: dict[str, Any] = {"path": fix.path, "action": fix.action}
             if fix.entry is not None:
                 args["mode"] = fix.entry.mode
             if fix.action == "write":
                 local = fetched.get(fix.path)
-                if not isinstance(local, Path) or fix.entry is None:
-                    done.append({**args, "action": "skipped", "why": str(local)})
+                why = str(local) if not isinstance(local, Path) else staged.get(node.name, "")
+                if why or fix.entry is None:
+                    done.append({**args, "action": "skipped", "why": why})
                     continue
-                staged = f"{home}/audit-staged-{secrets.token_hex(6)}"
-                await conn.put(str(local), staged)
-                args.update(staged=staged, digest=fix.entry.digest)
+                args.update(staged=f"{stage}/{fix.entry.digest}", digest=fix.entry.digest)
             elif fix.action == "link" and fix.entry is not None:
                 args["target"] = fix.entry.digest
             result = await client.call("audit.replace", timeout=opts.call_timeout, **args)
-            done.append(dict(result))
+            done.append({**result, "via": "push"} if fix.action == "write" else dict(result))
     finally:
         await client.close()
     return NodeOutcome(node.name, value=done, action=f"{len(done)} repaired")
+
+
+async def _unstage_step(
+    conn: Connection, node: Node, st: State, opts: AgentOptions
+) -> AgentOutcome:
+    """Remove the staging root (this repair's deployment and any leftover) from a node."""
+    await conn.run(f"rm -rf -- ~/{STAGING}", timeout=opts.call_timeout)
+    return NodeOutcome(node.name)
 
 
 def _sha256(path: Path) -> str:
