@@ -18,6 +18,7 @@ import pytest
 from shoal.agent.filehash import STAGING
 from shoal.agentlink import fleet as agents
 from shoal.content.push import PushOptions, push_async
+from shoal.content.scan import CACHE_SCHEMA
 from shoal.nodes.health import clear_failed
 from shoal.nodes.model import Node
 from shoal.state import State
@@ -120,8 +121,12 @@ def test_three_of_eight_changed_are_exactly_the_minority_with_their_files(
         deployed = st.db.execute(
             "SELECT count(*) FROM depot_deployed WHERE dir LIKE ?", (f"{STAGING}/%",)
         ).fetchone()[0]
+        st.ensure("content_scan", CACHE_SCHEMA)
+        cached = st.db.execute(
+            "SELECT count(*) FROM content_scan WHERE path LIKE '%/shoal-audit-%'"
+        ).fetchone()[0]
     assert {r[1] for r in staged} >= {n2.name, n7.name}
-    assert deployed == 0
+    assert deployed == 0 and cached == 0
     assert remote(n2, f"cat {root}/a.txt") == "one\n"
     assert remote(n2, f"cat {root}/a.txt.shoal-audit-*") == "tampered\n"  # kept aside
     assert remote(n5, f"stat -c %a {root}/sub/c.txt").strip() == "644"

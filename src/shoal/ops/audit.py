@@ -65,6 +65,7 @@ from shoal.agentlink.fleet import (
 )
 from shoal.content.depot import SCHEMA as DEPOT_SCHEMA
 from shoal.content.push import PushOptions, PushResult, push_async
+from shoal.content.scan import scan as scan_tree
 from shoal.errors import ContentError, UsageError
 from shoal.fanout.results import NodeOutcome, Results
 from shoal.nodes.model import Node
@@ -561,10 +562,12 @@ async def _stage(
     on_event: EventHook | None,
 ) -> dict[str, str]:
     """Push the fetched files to ``stage`` on ``nodes`` (agents are up: the audit
-    installed them); node → "" when staged, else the reason. Not recorded as deployed."""
+    installed them); node → "" when staged, else the reason. Recorded neither as
+    deployed nor in the scan cache."""
     if not nodes:
         return {}
     base = {f.name: getattr(opts, f.name) for f in fields(AgentOptions)}
+    scanned = await asyncio.to_thread(scan_tree, tree)  # not through the scan cache: a temp dir
     pushed: PushResult = await push_async(
         nodes,
         tree,
@@ -572,6 +575,7 @@ async def _stage(
         PushOptions(**base, install=False, keep=1),
         transport=transport,
         state=st,
+        tree=scanned,
     )
     st.ensure("depot", DEPOT_SCHEMA)
     with st.transaction() as db:
