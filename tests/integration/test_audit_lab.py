@@ -17,10 +17,10 @@ import pytest
 
 from shoal.agent.filehash import STAGING
 from shoal.agentlink import fleet as agents
-from shoal.content.push import PushOptions, push_async
 from shoal.content.scan import CACHE_SCHEMA
 from shoal.nodes.health import clear_failed
 from shoal.nodes.model import Node
+from shoal.ops import audit
 from shoal.state import State
 
 from .conftest import remote, unique_lab_name
@@ -137,38 +137,38 @@ def test_three_of_eight_changed_are_exactly_the_minority_with_their_files(
     assert records(again, "file") == []
 
 
-def test_a_corrupted_staged_copy_is_refused_by_hash(fleet: list[Node], tmp_path: Path) -> None:
-    """The repair's staging deployment pushed as repair_async does, then a file of it
-    corrupted on the node: audit.replace refuses it and the node's file stays as it was."""
+def test_a_repair_whose_staged_copy_is_corrupted_on_a_node_is_refused_by_hash(
+    fleet: list[Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole repair (fetch, push to the staging deployment, audit.replace) with the
+    staged copy corrupted on the minority node between the push and the replace: the
+    agent refuses it by hash, the node's file stays as it was, the staging is removed."""
     root = make_tree(fleet)
-    node = fleet[0]
-    good = b"one\n"
-    digest = hashlib.sha256(good).hexdigest()
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    (tree / digest).write_bytes(good)
-    stage = f"{STAGING}/{unique_lab_name('corrupt')}"
-    opts = PushOptions(install=False, keep=1)
-    try:
-        with State(tmp_path / "state.db") as st:
-            pushed = asyncio.run(push_async([node], tree, stage, opts, state=st))
-            assert pushed.ok, [(r.node, r.reason) for r in pushed.failed]
-            staged = f"$(readlink -f ~/{stage})/{digest}"
-            assert remote(node, f"cat {staged}") == "one\n"
-            remote(node, f"f={staged}; chmod u+w $f; printf 'evil\\n' > $f")
-            remote(node, f"printf 'tampered\\n' > {root}/a.txt")
-            args = {"path": f"{root}/a.txt", "action": "write", "mode": 0o644}
-            args.update(staged=f"{stage}/{digest}", digest=digest)
-            got = asyncio.run(agents.call_async([node], "audit.replace", args, state=st))
-    finally:
-        remote(node, f"rm -rf ~/{STAGING}")
-    assert not got.ok
-    assert f"sha256 is {hashlib.sha256(b'evil' + bytes([10])).hexdigest()[:12]}" in str(
-        got[node.name].reason
-    )
-    assert f"not {digest[:12]}" in str(got[node.name].reason)
-    assert remote(node, f"cat {root}/a.txt") == "tampered\n"
-    assert remote(node, f"ls -a {root} | grep -c shoal-audit || true").strip() == "0"
+    victim = fleet[1]
+    remote(victim, f"printf 'tampered\\n' > {root}/a.txt")
+    digest = hashlib.sha256(b"one\n").hexdigest()
+    report = asyncio.run(audit.audit_async(fleet, [root]))
+    assert report.minority_nodes == [victim.name]
+    real = audit._fix_step
+    corrupted: list[str] = []
+
+    async def corrupt_then_fix(conn: Any, node: Node, *args: Any, **kw: Any) -> Any:
+        f = f"$(readlink -f ~/{kw['stage']})/{digest}"
+        done = await conn.run(f"f={f}; chmod u+w $f; printf 'evil\\n' > $f")
+        assert done.exit_status == 0, done.stderr
+        corrupted.append(node.name)
+        return await real(conn, node, *args, **kw)
+
+    monkeypatch.setattr(audit, "_fix_step", corrupt_then_fix)
+    results = asyncio.run(audit.repair_async(fleet, report))
+    assert corrupted == [victim.name]
+    failed = results[victim.name]
+    assert not failed.ok
+    evil = hashlib.sha256(b"evil\n").hexdigest()
+    assert f"sha256 is {evil[:12]}, not {digest[:12]}" in str(failed.reason)
+    assert remote(victim, f"cat {root}/a.txt") == "tampered\n"
+    assert remote(victim, f"ls -a {root} | grep -c shoal-audit || true").strip() == "0"
+    assert remote(victim, f"test -e ~/{STAGING} && echo there || echo gone").strip() == "gone"
 
 
 def test_four_of_eight_has_no_quorum_and_is_not_repaired(fleet: list[Node]) -> None:
