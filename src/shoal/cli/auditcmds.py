@@ -56,8 +56,9 @@ def register(sub: Any) -> None:
     audit.add_argument(
         "--repair",
         action="store_true",
-        help="minority nodes get the majority's files from a majority node (verified by "
-        "hash; the replaced file kept as FILE.shoal-audit-<time>); no quorum, no repair",
+        help="minority nodes get the majority's files, read once from a majority node and "
+        "pushed P2P (verified by hash; the replaced file kept as FILE.shoal-audit-<time>); "
+        "no quorum, no repair",
     )
     audit.set_defaults(handler=cmd_audit)
 
