@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 
 from shoal.agent.chunkserver import Fetcher
@@ -101,6 +102,9 @@ def test_a_node_whose_peer_batch_failed_takes_the_source_for_a_while() -> None:
         swarm.shy_until["a"] = 0.0  # the spell over: peers again
         b = await asyncio.wait_for(swarm.next_batch("a"), 0.5)
         assert b is not None and b.source in ("b", "c")
+        before = time.monotonic()
+        swarm.complete(b, {"got": [], "failed": b.chunks, "error": "timed out"})
+        assert swarm.shy_until["a"] - before >= 2 * swarm.penalty - 0.5  # twice as long
 
     asyncio.run(go())
 
