@@ -269,22 +269,23 @@ def packet_loss(
     src = work / f"loss{loss_pct}-src"
     rdir = f"fl{loss_pct}/site"
 
-    def once(seed: int) -> tuple[float, list[str]]:
+    def once(seed: int) -> tuple[float, float, list[str]]:
         want = make_tree(src, size, seed)
         t0 = time.monotonic()
         result = push(fleet, src, rdir, **links)
+        pushed = time.monotonic() - t0
         ran = asyncio.run(run_async(fleet, "true", RunOptions(**{"retries": 2, **links})))
         took = time.monotonic() - t0
         bad = failures(result) + [f"{r.node}: run {r.reason}" for r in ran.failed]
         got = deployed(fleet, rdir)
         bad += [f"{n}: {g}" for n, g in got.items() if g is None or g[1] != want]
-        return took, bad
+        return took, pushed, bad
 
-    clean, bad = once(300 + loss_pct)
+    clean, _, bad = once(300 + loss_pct)
     row.details += bad
     lab.shape("all", ShapeChange(loss_bp=loss_pct * 100))
     try:
-        lossy, bad = once(400 + loss_pct)
+        lossy, pushed, bad = once(400 + loss_pct)
     finally:
         lab.shape("all", ShapeChange(loss_bp=0))
     row.details += bad
@@ -292,7 +293,7 @@ def packet_loss(
     row.ok = not row.details
     row.observed = (
         f"{len(fleet) - len(bad)}/{len(fleet)} nodes done, "
-        f"{lossy:.1f}s vs {clean:.1f}s loss-free ({lossy / clean:.1f}x)"
+        f"{lossy:.1f}s (push {pushed:.1f}s) vs {clean:.1f}s loss-free ({lossy / clean:.1f}x)"
     )
     row.lost = "nothing" if row.ok else "; ".join(bad)[:120]
     return row
