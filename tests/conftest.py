@@ -59,6 +59,16 @@ def remote(node: Node, command: str, *, check: bool = True, timeout: float = 60.
     return asyncio.run(go())
 
 
+def unmount(node: Node, area: str) -> None:
+    """Take a test's mount at ``area`` (relative to the home) off ``node``: retried while a
+    dying process holds it, else detached lazily; asserted gone, since a leftover full
+    tmpfs breaks every later test on that node."""
+    from shoal.testing.faultsuite import UNMOUNT
+
+    said = remote(node, UNMOUNT.format(area=area), check=False)
+    assert "mounted" not in said, f"{node.name}: {area} is still mounted"
+
+
 @pytest.fixture(scope="session")
 def shoal_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A private SHOAL_HOME for the whole session (set before anything else)."""

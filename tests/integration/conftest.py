@@ -8,6 +8,6 @@ from ``.conftest``. Tests that kill, cut or shape a node restore it in ``finally
 
 from __future__ import annotations
 
-from ..conftest import lab_skip_reason, remote, unique_lab_name
+from ..conftest import lab_skip_reason, remote, unique_lab_name, unmount
 
-__all__ = ["lab_skip_reason", "remote", "unique_lab_name"]
+__all__ = ["lab_skip_reason", "remote", "unique_lab_name", "unmount"]

@@ -25,7 +25,7 @@ from shoal.ops import sweep
 from shoal.state import State
 from shoal.transport.ssh import SSHTransport
 
-from .conftest import remote
+from .conftest import remote, unmount
 
 pytestmark = pytest.mark.lab
 
@@ -279,4 +279,5 @@ def test_an_agent_on_a_full_disk_keeps_running_and_reports(fleet: list[Node]) ->
         assert "errors: No space left on device" in report[node.name].detail
     finally:
         run(agents.stop_async([node], small))
-        remote(node, f"umount {area}; rmdir {area}")
+        unmount(node, area)
+        remote(node, f"rmdir {area}")

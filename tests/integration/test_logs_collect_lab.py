@@ -27,7 +27,7 @@ from shoal.nodes.model import Node
 from shoal.ops import logcollect
 from shoal.state import State
 
-from .conftest import remote
+from .conftest import remote, unmount
 
 pytestmark = pytest.mark.lab
 
@@ -351,7 +351,8 @@ def test_disk_full_on_a_node_while_a_program_logs_keeps_its_logs_and_collect_fre
     finally:
         run(agents.call_async([node], "proc.remove", {"name": "lf.w"}, small))
         run(agents.stop_async([node], small))
-        remote(node, f"umount {area}; rmdir {area}", check=False)
+        unmount(node, area)
+        remote(node, f"rmdir {area}", check=False)
 
 
 def test_the_service_collects_on_its_schedule(trio: list[Node], tmp_path: Path) -> None:

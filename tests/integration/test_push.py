@@ -26,7 +26,7 @@ from shoal.content.scan import ScannedTree, SourceBackend, scan
 from shoal.lab.labspec import ShapeChange
 from shoal.nodes.model import Node
 
-from .conftest import remote
+from .conftest import remote, unmount
 
 pytestmark = pytest.mark.lab
 
@@ -172,7 +172,7 @@ def test_disk_full_on_one_node_is_reported_and_the_old_version_keeps_running(
         assert remote(small, "stat -c %s t4/site/data.bin").strip() == "200000"
         assert remote(small, "ls t4/.site.shoal/staging 2>/dev/null | wc -l").strip() == "0"
     finally:
-        remote(small, "umount t4", check=False)
+        unmount(small, "t4")
 
 
 def _evil_tree(tmp_path: Path, entries: list[mf.Entry]) -> ScannedTree:

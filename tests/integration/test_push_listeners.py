@@ -25,7 +25,7 @@ from shoal.agentlink import fleet as agents
 from shoal.content.push import PushOptions, push_async
 from shoal.nodes.model import Node
 
-from .conftest import remote
+from .conftest import remote, unmount
 
 pytestmark = pytest.mark.lab
 
@@ -256,4 +256,4 @@ def test_a_store_that_fills_the_disk_is_removed_when_the_push_fails(
         assert int(used) < 100, f"{used} KiB left in the store"
         assert not node_listeners(node)
     finally:
-        remote(node, "umount .shoal/chunks", check=False)
+        unmount(node, ".shoal/chunks")

@@ -36,6 +36,7 @@ of one node, for the optional per-node bandwidth cap.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import re
@@ -313,6 +314,8 @@ class ChunkStore:
                     offset += n
             b.append_index("".join(lines))
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # ends the push session at once
+                raise ChunkError(f"disk full writing {self.root}: {exc.strerror}") from None
             raise ChunkError(f"cannot store chunk in {self.root}: {exc.strerror or exc}") from None
         for digest, offset, n, part in spots:
             self.where.setdefault(digest, (bucket, offset, n, True, part))

@@ -309,7 +309,7 @@ class ContentService:
         session.used = time.monotonic()
         try:
             return await op(session, args)
-        except AreaError as exc:
+        except (AreaError, ChunkError) as exc:  # a full disk: the deployment's or the store's
             if str(exc).startswith("disk full"):
                 session.broken = str(exc)
             raise
@@ -551,6 +551,8 @@ class ContentService:
         }
 
     def end(self, session: PushSession | None, prune: bool = True) -> dict[str, Any]:
+        if session is not None and session.broken:
+            prune = True  # a full disk: its store goes, even when the controller asks to keep it
         if session is not None and self.sessions.get(session.key) is session:
             del self.sessions[session.key]
             self._revoke(session.token)

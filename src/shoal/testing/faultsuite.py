@@ -76,6 +76,21 @@ def sh(nodes: Sequence[Node], command: str, timeout: float = 60.0) -> dict[str, 
     return asyncio.run(go())
 
 
+#: Unmount a test's tmpfs on a node: retried while a dying process still holds it, then
+#: detached lazily (later opens see the directory beneath); prints what is still mounted.
+UNMOUNT = (
+    "for i in $(seq 20); do umount {area} 2>/dev/null && break; sleep 0.25; done; "
+    "mountpoint -q {area} && umount -l {area}; mountpoint -q {area} && echo mounted; true"
+)
+
+
+def unmount(nodes: Sequence[Node], area: str) -> list[str]:
+    """Take a test's tmpfs at ``area`` off every node (see :data:`UNMOUNT`); the nodes
+    where it could not be removed (a leftover full tmpfs broke every later test there)."""
+    out = sh(nodes, UNMOUNT.format(area=area))
+    return [name for name, said in out.items() if said is None or "mounted" in said]
+
+
 def deployed(nodes: Sequence[Node], remote_dir: str) -> dict[str, tuple[str, str] | None]:
     """Per node: (version REMOTE_DIR points at, sha256 of its data.bin); None if broken."""
     out = sh(
@@ -376,7 +391,9 @@ def disk_full(lab: Lab, fleet: Sequence[Node], work: Path) -> FaultRow:
             problems.append(f"cp left files: {left}")
         row.observed = f"push: {reason[:70]}; cp: {cp_reason[:70]}"
     finally:
-        sh([small], "umount fd; rm -rf fd")
+        stuck = unmount([small], "fd")
+        problems += [f"{n}: the tmpfs at fd is still mounted" for n in stuck]
+        sh([small], "rm -rf fd")
     row.seconds = time.monotonic() - began
     row.details = problems
     row.ok = not problems
@@ -421,7 +438,8 @@ def disk_full_agent_install(lab: Lab, fleet: Sequence[Node], work: Path) -> Faul
         row.observed = f"{reason[:90]}; previous agent {again.action}"
     finally:
         asyncio.run(agents.stop_async([node], opts))
-        sh([node], f"umount {area}")
+        sh([node], f"rm -f {area}/fill")  # room again even if the tmpfs stays busy a while
+        row.details += [f"{n}: the tmpfs at {area} is still mounted" for n in unmount([node], area)]
         restarted = asyncio.run(agents.install_async([node], opts))
         row.details += [f"restart after: {r.reason}" for r in restarted.failed]
     row.seconds = time.monotonic() - began
