@@ -183,7 +183,9 @@ def test_another_local_user_cannot_use_the_socket(lab: Lab, tmp_path: Path) -> N
             os.chmod(home, 0o711)  # the file modes opened by mistake: the peer check still holds
             os.chmod(home / "serve.sock", 0o666)
             try:
-                assert attempt() in ("b''", "ConnectionResetError")
+                # closed without a byte of answer: seen as EOF, a reset, or a broken pipe when
+                # the close comes before the request is written (a loaded machine)
+                assert attempt() in ("b''", "ConnectionResetError", "BrokenPipeError")
             finally:
                 os.chmod(home / "serve.sock", 0o600)
                 os.chmod(home, 0o700)
