@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shoal.errors import StateError
-from shoal.state import State, statements
+from shoal.state import State
 
 T = TypeVar("T")
 
@@ -79,14 +79,9 @@ class _BatchState(State):
     _fresh: frozenset[str] = frozenset()
 
     def ensure(self, name: str, ddl: str) -> None:
-        if name in self._ensured:
-            return
-        try:
-            for sql in statements(ddl):
-                self.db.execute(sql)
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot create {name} tables in {self.path}: {exc}") from exc
-        self._fresh = self._fresh | {name}
+        if name not in self._ensured:
+            super().ensure(name, ddl)  # in the batch's transaction: not remembered there
+            self._fresh = self._fresh | {name}
 
     def settled(self, committed: bool) -> None:
         """The batch ended: the tables it created exist now (committed) or not."""
