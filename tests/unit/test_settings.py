@@ -170,6 +170,19 @@ def test_config_show_origins_and_json(
     assert any(ln.split() == ["parallel", "8", f"{user}:1"] for ln in out.splitlines())
 
 
+def test_config_show_names_the_file_that_turned_json_on(
+    dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    user, _ = dirs
+    user.write_text("[output]\njson = true\n")
+    assert main(["config", "show"]) == 0
+    rows = {r["key"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["output.json"] == {"key": "output.json", "value": True, "origin": f"{user}:2"}
+    assert main(["config", "show", "--json"]) == 0
+    rows = {r["key"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["output.json"]["origin"] == f"{user}:2"
+
+
 def test_a_broken_file_stops_every_command_with_a_usage_status(
     dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -109,7 +109,9 @@ def cmd_config_show(args: argparse.Namespace) -> int:
                 raise UsageError(
                     f"{FLAGS[key][-1]}: {key} must be {spec.kind.describe}, got {text!r}"
                 ) from None
-    if args.json:
+    if args.json and args.settings.origins.get("output.json", "default") == "default":
+        # --json's default is True when a file or the environment turned JSON on:
+        # then it is their value, not a flag, that made the output JSON
         given["output.json"] = True
     settings = with_flags(args.settings, given)
     rows = [(s.key, settings.get(s.key), settings.origins[s.key]) for s in SPECS]
