@@ -68,15 +68,19 @@ def program(node: Node, name: str) -> dict[str, Any]:
     return next(p for p in outcome.value["programs"] if p["name"] == name)
 
 
-def test_a_lifecycle_service_runs_the_packages_scripts(fleet: list[Node], tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [0o755, 0o644], ids=["executable", "not-executable"])
+def test_a_lifecycle_service_runs_the_packages_scripts(
+    fleet: list[Node], tmp_path: Path, mode: int
+) -> None:
+    """The scripts run whether or not they are executable (non-executable ones by sh)."""
     marks = unique_lab_name("t-pkgscripts")
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     for name, body in SCRIPTS.items():
         (pkg / name).write_text("#!/bin/sh\n" + body)
-        (pkg / name).chmod(0o755)
+        (pkg / name).chmod(mode)
     with State() as st:
-        Depot(st).put(str(pkg), "lcpkg", "1")
+        Depot(st).put(str(pkg), "lcpkg", f"{mode:o}")
     app = unique_lab_name("lcapp")
     path = tmp_path / "app.yaml"
     path.write_text(
@@ -84,7 +88,7 @@ def test_a_lifecycle_service_runs_the_packages_scripts(fleet: list[Node], tmp_pa
             f"""\
             app: {app}
             software:
-              pkg: {{source: "depot:lcpkg@1"}}
+              pkg: {{source: "depot:lcpkg@{mode:o}"}}
             components:
               c:
                 select: "n1"
@@ -129,3 +133,40 @@ def test_a_lifecycle_service_runs_the_packages_scripts(fleet: list[Node], tmp_pa
         if present:
             run(lifecycle.down_async(app))
         remote(node, f"rm -rf {marks}", check=False)
+
+
+def test_a_failing_install_script_is_one_line_naming_node_package_script_status(
+    fleet: list[Node], tmp_path: Path
+) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "install.sh").write_text("echo building\nexit 3\n")  # not executable
+    (pkg / "start.sh").write_text("sleep 600\n")
+    app = unique_lab_name("lcfail")
+    path = tmp_path / "app.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            app: {app}
+            software:
+              pkg: {{source: pkg}}
+            components:
+              c:
+                select: "n1"
+                software: [pkg]
+                processes:
+                  - {{name: svc, lifecycle: pkg}}
+            """
+        )
+    )
+    try:
+        report = run(lifecycle.up_async(load(path)))
+        (problem,) = report.failed.values()
+        assert "\n" not in problem, problem
+        assert problem.startswith("n1: install step of pkg failed (exit 3)"), problem
+        assert problem.endswith("package pkg: install.sh failed with exit status 3"), problem
+    finally:
+        with State() as st:
+            present = store.get_app(st, app) is not None
+        if present:
+            run(lifecycle.down_async(app))

@@ -9,7 +9,7 @@ import pytest
 
 from shoal.agent.progspec import ProgramSpec
 from shoal.app.appspec import load
-from shoal.app.pkgscripts import PackageScripts
+from shoal.app.pkgscripts import PackageScripts, script_command
 from shoal.errors import ConfigError
 from shoal.state import State
 
@@ -45,7 +45,11 @@ def test_only_the_scripts_the_package_has_are_used(tmp_path: Path) -> None:
     step = spec.components["c"].steps[0]
     assert (step.kind, step.command) == ("service", "${sw.pkg}/start.sh")
     scripts = PackageScripts(spec, NO_STATE)
-    assert scripts.service_fields(step) == {"health": None, "stop_command": "${sw.pkg}/stop.sh"}
+    assert scripts.service_fields(step) == {
+        "command": script_command("pkg", "start.sh", "${sw.pkg}"),
+        "health": None,
+        "stop_command": script_command("pkg", "stop.sh", "${sw.pkg}"),
+    }
     assert scripts.install_commands("pkg") == ("make",)
 
 
@@ -53,8 +57,9 @@ def test_status_is_the_health_check_and_install_runs_first(tmp_path: Path) -> No
     spec = load(spec_file(tmp_path, ["install.sh", "start.sh", "status.sh"]))
     scripts = PackageScripts(spec, NO_STATE)
     fields = scripts.service_fields(spec.components["c"].steps[0])
-    assert fields == {"health": "${sw.pkg}/status.sh", "stop_command": None}
-    assert scripts.install_commands("pkg") == ("./install.sh", "make")
+    assert fields["health"] == script_command("pkg", "status.sh", "${sw.pkg}")
+    assert fields["stop_command"] is None
+    assert scripts.install_commands("pkg") == (script_command("pkg", "install.sh", "."), "make")
 
 
 def test_a_package_without_start_sh_is_refused_with_the_step_line(tmp_path: Path) -> None:
@@ -73,3 +78,30 @@ def test_stop_command_must_be_a_string() -> None:
     assert ProgramSpec.from_dict({"name": "p", "command": ["x"], "stop_command": "s"})
     with pytest.raises(ValueError, match="stop_command must be a shell command string"):
         ProgramSpec.from_dict({"name": "p", "command": ["x"], "stop_command": 3})
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o644])
+def test_a_script_runs_executable_or_not_its_status_kept_and_named(
+    tmp_path: Path, mode: int
+) -> None:
+    import subprocess
+
+    (tmp_path / "stop.sh").write_text("echo stopping; exit 3\n")
+    (tmp_path / "stop.sh").chmod(mode)
+    line = script_command("pkg", "stop.sh", str(tmp_path))
+    done = subprocess.run(["/bin/sh", "-c", line], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3
+    assert done.stdout == "stopping\n"
+    assert done.stderr == "package pkg: stop.sh failed with exit status 3\n"
+    (tmp_path / "stop.sh").write_text("echo ok\n")
+    done = subprocess.run(["/bin/sh", "-c", line], capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")
+
+
+def test_a_missing_script_says_which_package_lacks_it(tmp_path: Path) -> None:
+    import subprocess
+
+    line = script_command("pkg", "status.sh", str(tmp_path))
+    done = subprocess.run(["/bin/sh", "-c", line], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 127
+    assert done.stderr == f"package pkg: status.sh is missing ({tmp_path}/status.sh)\n"

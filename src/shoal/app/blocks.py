@@ -184,13 +184,14 @@ class BlockRunner:
     async def start_service(self, session: Session, comp: Component, step: Step) -> None:
         node = session.node
         values = self.up.values(comp, node)
-        health, stop = step.health, None
+        command, health, stop = step.command, step.health, None
         if step.lifecycle:
             scripts = self.scripts.service_fields(step)
+            command = scripts["command"] or command
             health, stop = scripts["health"], scripts["stop_command"]
         spec = agents.proc_spec(
             step_id(self.up.spec.name, comp.name, step.name),
-            ["/bin/sh", "-c", expand(step.command, values)],
+            ["/bin/sh", "-c", expand(command, values)],
             cwd=values["dir"],
             env=environment(self.up.spec, comp, step, node, values),
             restart=step.restart,
