@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from shoal.errors import UsageError
 from shoal.nodes.model import Node
 from shoal.transport.base import Connection, Transport
+from shoal.transport.gateways import relayed
 
 from .options import FanoutOptions, RunOptions
 from .results import CommandOutcome, CommandOutput, Results
@@ -39,6 +40,12 @@ async def run_async(
     options = options or RunOptions()
     if not command.strip():
         raise UsageError("run needs a command")
+    if any(relayed(n) for n in nodes):  # gateway_mode=relay: one call per gateway
+        from .relaytree import run_relayed
+
+        return await run_relayed(
+            run_async, nodes, command, options, transport, on_result, on_line, indices
+        )
     guard = CallbackGuard()  # a failing on_line stops the run, as on_result does
     guarded_line = guard.wrap(on_line) if on_line is not None else None
 

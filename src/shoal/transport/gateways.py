@@ -15,6 +15,10 @@ through it closes. A gateway that cannot be reached fails each node behind it
 with ``unreachable through gateway G (G: reason)``; the transport then tries the
 node directly and says so when that fails too (:mod:`.ssh`).
 
+Nodes that also carry ``gateway_mode=relay`` (:func:`relayed`) are run by the
+gateway itself instead (:mod:`.relay`, opted in: that gateway gets a signing agent
+while connected); this pool still carries them where relay mode does not apply.
+
 The gateway's own record is the inventory's node of that name; when the
 inventory has none, the name is a Host of the ssh_config of the node behind it
 (as ``ProxyJump`` names one). A gateway behind a gateway is refused for now.
@@ -39,6 +43,16 @@ class _Closable(Protocol):
 
 
 C = TypeVar("C", bound=_Closable)
+
+#: The node attribute (beside ``gateway=G``) that sends a node through G's relay
+#: (:mod:`.relay`) instead of SSH-in-SSH.
+GATEWAY_MODE = "gateway_mode"
+RELAY = "relay"
+
+
+def relayed(node: Node) -> bool:
+    """Whether ``node`` is run through its gateway's relay."""
+    return bool(node.gateway) and node.attrs.get(GATEWAY_MODE) == RELAY
 
 
 def inventory_lookup(name: str, behind: Node) -> Node:

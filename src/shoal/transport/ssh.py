@@ -654,10 +654,16 @@ class SSHTransport(Transport):
         return [_tilde(p) if self._key_cache.get(p) else f"{_tilde(p)} (no key)" for p in paths]
 
     async def connect(
-        self, node: Node, *, timeout: float | None = 10.0, tunnel: SSHConnection | None = None
+        self,
+        node: Node,
+        *,
+        timeout: float | None = 10.0,
+        tunnel: SSHConnection | None = None,
+        agent_forward: str | None = None,
     ) -> SSHConnection:
         """A connection to ``node``: directly, or through ``tunnel`` (the connection to
-        its gateway: :mod:`.gateways` gives it when the node has one)."""
+        its gateway: :mod:`.gateways` gives it when the node has one); ``agent_forward``:
+        the agent socket its sessions forward (a relay gateway's, :mod:`.relay`)."""
         if node.gateway and tunnel is None:
             return await gateways.connect_behind(self._gateways, self.connect, node, timeout)
         checker: _KeyChecker | None = None
@@ -680,6 +686,8 @@ class SSHTransport(Transport):
             plan = self._connect_kwargs(node, config, resolved, sock is not None)
             if tunnel is not None:
                 plan.kwargs["tunnel"] = tunnel._conn  # direct-tcpip on the gateway's connection
+            if agent_forward is not None:
+                plan.kwargs["agent_forwarding"] = agent_forward
             log.debug(
                 "connect %s: %s (%s path)",
                 node.name,

@@ -1,0 +1,224 @@
+"""The relay gateway's side of ``run``: a subtree's commands run from the gateway.
+
+Theory of operation (issue 18 item 3, ClusterShell's tree mode). The controller
+opens one SSH connection to a gateway with agent forwarding on and runs this
+file, self-contained and stdlib-only (``python3 -c``: nothing is installed), in
+one session of it. Its stdin's first line is the request (JSON)::
+
+    {"nodes": [{"name", "host", "port", "user", "line"}],   # line: the exact shell line
+     "known_hosts": "...",  # the controller's entries for these nodes, nothing else
+     "connect_timeout": s, "keepalive": s, "timeout": s|null, "hard": s|null,
+     "parallel": n}
+
+Each node gets the gateway's OpenSSH client with the forwarded agent
+(``SSH_AUTH_SOCK`` of this session; no key file is ever written here), the
+controller's known_hosts in a private temporary file, strict checking (never
+accept-new: a key the controller did not send is refused), no user or system
+ssh_config, and the client's own messages sent to a log file (``-E``) so a
+node's stderr is the command's alone. Results are merged before they go up:
+one JSON line per distinct outcome, ``{"nodes": [names], "exit", "stdout",
+"stderr"}`` (base64) or ``{"nodes": [...], "error": {"kind", "message"}}`` with
+the controller's wording for connection failures, then ``{"done": n}``.
+
+The controller's end closing this session's stdin ends every client still
+running (their process groups), and the temporary directory goes with them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+NodeReq = dict[str, Any]
+
+#: Seconds a killed client may take before KILL.
+KILL_GRACE = 2.0
+
+_lock = threading.Lock()
+_clients: set[subprocess.Popen[bytes]] = set()
+_stopping = threading.Event()
+
+#: OpenSSH client log lines -> (kind, message) in the controller's words; {where} is
+#: ``host:port``, {t} the connect timeout.
+_FAILURES = (
+    (r"Connection refused", "unreachable", "connection refused by {where}"),
+    (r"No route to host", "unreachable", "no route to host {where}"),
+    (r"Network is unreachable", "unreachable", "network unreachable for {where}"),
+    (r"Connection timed out|Operation timed out", "unreachable", "connect timed out after {t}s"),
+    (r"Connection reset", "unreachable", "connection reset by {where}"),
+    (r"Could not resolve hostname", "unreachable", "cannot resolve host name {host!r}"),
+    (
+        r"REMOTE HOST IDENTIFICATION HAS CHANGED",
+        "hostkey",
+        "HOST KEY CHANGED: the key offered differs from the one the controller sent; refusing",
+    ),
+    (
+        r"Host key verification failed|host key is known",
+        "hostkey",
+        "host key not in known_hosts; refusing (verify it, add it with ssh-keyscan, "
+        "or use --host-keys accept-new to trust on first use)",
+    ),
+    (
+        r"Permission denied",
+        "auth",
+        "auth failed for {user}@{where}: tried publickey (the "
+        "controller's agent, forwarded to the gateway)",
+    ),
+    (r"Timeout, server .* not responding", "unreachable", "connection lost while the command ran"),
+)
+
+
+def classify(log_text: str, node: NodeReq, connect_timeout: float) -> tuple[str, str] | None:
+    """(kind, message) for a client that exited 255 having logged ``log_text``; None when
+    it logged nothing (the command itself exited 255)."""
+    text = log_text.strip()
+    if not text:
+        return None
+    where = f"{node['host']}:{node['port']}"
+    fields = {"where": where, "t": f"{connect_timeout:g}", "host": node["host"],
+              "user": node["user"]}  # fmt: skip
+    for pattern, kind, message in _FAILURES:
+        if re.search(pattern, text):
+            return kind, message.format(**fields)
+    return "transport", "SSH error: " + text.splitlines()[-1][:300]
+
+
+def ssh_argv(node: NodeReq, known_hosts: str, log: str, req: dict[str, Any]) -> list[str]:
+    """The OpenSSH client's command line for one node (pure; unit-tested)."""
+    return [
+        "ssh", "-F", "/dev/null", "-E", log, "-T", "-x", "-a",
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "UserKnownHostsFile=" + known_hosts,
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "CheckHostIP=no",
+        "-o", "UpdateHostKeys=no",
+        "-o", "IdentityFile=none",
+        "-o", "ControlPath=none",
+        "-o", f"ConnectTimeout={max(1, round(req['connect_timeout']))}",
+        "-o", f"ServerAliveInterval={max(1, round(req.get('keepalive') or 5))}",
+        "-o", "ServerAliveCountMax=3",
+        "-o", "LogLevel=ERROR",
+        "-p", str(node["port"]), "-l", node["user"], node["host"], "--", node["line"],
+    ]  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(KILL_GRACE)
+    except (OSError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def run_one(node: NodeReq, known_hosts: str, workdir: str, req: dict[str, Any]) -> dict[str, Any]:
+    """One node's outcome: a dict without ``nodes`` (the merge key is its JSON)."""
+    if _stopping.is_set():
+        return {"error": {"kind": "unreachable", "message": "relay stopped"}}
+    log = os.path.join(workdir, f"log-{threading.get_ident()}")
+    with open(log, "w"):
+        pass
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        ssh_argv(node, known_hosts, log, req),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    with _lock:
+        _clients.add(proc)
+    try:
+        out, err = proc.communicate(timeout=req.get("hard"))
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        proc.communicate()
+        t = req.get("timeout") or 0
+        msg = f"command timed out after {t:g}s (node stopped answering)"
+        return {"error": {"kind": "timeout", "message": msg}}
+    finally:
+        with _lock:
+            _clients.discard(proc)
+    elapsed = time.monotonic() - started
+    status = proc.returncode
+    if status == 255:
+        with open(log, errors="replace") as f:
+            failure = classify(f.read(), node, req["connect_timeout"])
+        if failure is not None:
+            return {"error": {"kind": failure[0], "message": failure[1]}}
+    timeout = req.get("timeout")
+    if timeout is not None and status in (124, 137) and elapsed >= timeout * 0.98:
+        msg = f"command timed out after {timeout:g}s and was killed on the node"
+        return {"error": {"kind": "timeout", "message": msg}}
+    if status < 0:  # the client itself was killed (the relay is stopping)
+        return {"error": {"kind": "unreachable", "message": "relay stopped"}}
+    return {
+        "exit": status,
+        "stdout": base64.b64encode(out).decode("ascii"),
+        "stderr": base64.b64encode(err).decode("ascii"),
+    }
+
+
+def merge(pairs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """``[(name, outcome)]`` -> one record per distinct outcome, its nodes in order."""
+    groups: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for name, outcome in pairs:
+        key = json.dumps(outcome, sort_keys=True)
+        groups.setdefault(key, (outcome, []))[1].append(name)
+    return [dict(outcome, nodes=names) for outcome, names in groups.values()]
+
+
+def _watch_stdin() -> None:
+    """The controller's end went away: stop every client."""
+    try:
+        while sys.stdin.buffer.read(65536):
+            pass
+    except OSError:
+        pass
+    _stopping.set()
+    with _lock:
+        procs = list(_clients)
+    for proc in procs:
+        _stop(proc)
+
+
+def main() -> int:
+    req = json.loads(sys.stdin.buffer.readline())
+    threading.Thread(target=_watch_stdin, daemon=True).start()
+    workdir = tempfile.mkdtemp(prefix="shoal-relay-")
+    try:
+        known_hosts = os.path.join(workdir, "known_hosts")
+        fd = os.open(known_hosts, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(req["known_hosts"])
+        nodes = req["nodes"]
+        workers = max(1, min(int(req.get("parallel") or 64), len(nodes) or 1))
+        with ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(run_one, n, known_hosts, workdir, req) for n in nodes]
+            pairs = [(n["name"], fut.result()) for n, fut in zip(nodes, futures)]
+        out = sys.stdout
+        for record in merge(pairs):
+            out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        out.write(json.dumps({"done": len(pairs)}) + "\n")
+        out.flush()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""``run`` through relay gateways, and the automatic tree of about sqrt(N) of them.
+
+Owns the fan-out side of relay mode (issue 18 item 3; the wire and the gateway's
+side are :mod:`shoal.transport.relay` and :mod:`shoal.agent.relayrun`). In a
+selection, the nodes marked ``gateway=G gateway_mode=relay`` are grouped by
+gateway; each group is one relay call (one connection to G), the rest of the
+selection runs as usual beside them, and the results come back in selection
+order, one per node, shaped as the direct path's (exit status, output, the same
+error kinds; each node's lines reach ``on_line`` once its gateway answered).
+
+A gateway that cannot be had: its nodes are run directly, and those that fail
+there too say ``unreachable through gateway G (G: why); directly: why`` as the
+SSH-in-SSH path does. A relay lost midway reports its unfinished nodes
+``unreachable through gateway G (...)`` and does not run them again (the
+command may have run).
+
+:func:`auto_tree`: a selection of at least ``min_size`` nodes (0: never) with no
+gateway marked is split into round(sqrt(N)) subtrees of consecutive nodes in
+address order (so a subtree stays within its subnet where it can), the first
+node of each being the gateway of the others, in relay mode. Deterministic:
+the same selection gives the same tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+
+from shoal.errors import CommandTimeout, ConnectError, ShoalError
+from shoal.nodes.model import GATEWAY, Node
+from shoal.transport.base import Transport
+from shoal.transport.factory import make_transport
+from shoal.transport.gateways import GATEWAY_MODE, RELAY, relayed
+from shoal.transport.relay import RelayNode, RelayOptions, relay_run
+from shoal.transport.ssh import KILL_GRACE, SSHTransport, remote_command
+
+from .options import RunOptions
+from .results import CommandOutcome, CommandOutput, Results
+from .scheduler import ResultCallback
+
+#: Runs ``nodes`` (at ``indices``) the ordinary way, with the caller's callbacks if ``live``.
+DirectRun = Callable[[Sequence[Node], Sequence[int], bool], Awaitable[Results[CommandOutcome]]]
+#: fanout.commands.run_async (passed in: it calls this module).
+RunAsync = Callable[..., Awaitable[Results[CommandOutcome]]]
+#: (node, stream, line), as run_async's on_line.
+LineCallback = Callable[[str, str, bytes], None]
+
+
+def _address_key(node: Node) -> tuple[int, int, str]:
+    try:
+        return (0, int(ipaddress.ip_address(node.host or "")), node.name)
+    except ValueError:
+        return (1, 0, node.name)
+
+
+def auto_tree(nodes: Sequence[Node], min_size: int) -> list[Node]:
+    """``nodes`` with a relay tree marked on them (see the module docstring), or as given
+    when the selection is smaller than ``min_size``, ``min_size`` is 0, or any node
+    already names a gateway."""
+    if not min_size or len(nodes) < min_size or any(n.gateway for n in nodes):
+        return list(nodes)
+    order = sorted(nodes, key=_address_key)
+    k = max(1, round(math.sqrt(len(order))))
+    size = math.ceil(len(order) / k)
+    marked: dict[str, Node] = {}
+    for start in range(0, len(order), size):
+        gateway, *subtree = order[start : start + size]
+        for node in subtree:
+            attrs = {**node.attrs, GATEWAY: gateway.name, GATEWAY_MODE: RELAY}
+            marked[node.name] = replace(node, attrs=attrs)
+    return [marked.get(n.name, n) for n in nodes]
+
+
+def _direct(node: Node) -> Node:
+    attrs = {k: v for k, v in node.attrs.items() if k not in (GATEWAY, GATEWAY_MODE)}
+    return replace(node, attrs=attrs)
+
+
+def _lines(name: str, text: str, stream: str, on_line: LineCallback) -> None:
+    if not text:
+        return
+    parts = text.encode().split(b"\n")
+    if parts[-1] == b"":
+        parts.pop()
+    for part in parts:
+        on_line(name, stream, part)
+
+
+async def run_relayed(
+    run_async: RunAsync,
+    nodes: Sequence[Node],
+    command: str,
+    options: RunOptions,
+    transport: Transport | None,
+    on_result: ResultCallback[CommandOutcome] | None,
+    on_line: LineCallback | None,
+    indices: Sequence[int] | None,
+) -> Results[CommandOutcome]:
+    """``run_async`` of a selection where some nodes are relayed. Over a transport other
+    than SSH (a service's held links, a mock), those nodes go through their gateway as
+    SSH-in-SSH instead (relay mode needs a connection of its own to the gateway)."""
+    ssh = transport or make_transport(options)
+    if not isinstance(ssh, SSHTransport):
+        plain = [replace(n, attrs={k: v for k, v in n.attrs.items() if k != GATEWAY_MODE})
+                 for n in nodes]  # fmt: skip
+        return await run_async(plain, command, options, transport=ssh, on_result=on_result,
+                               on_line=on_line, indices=indices)  # fmt: skip
+
+    def direct(
+        share: Sequence[Node], at: Sequence[int], live: bool
+    ) -> Awaitable[Results[CommandOutcome]]:
+        return run_async(share, command, options, transport=ssh, indices=at,
+                         on_result=on_result if live else None,
+                         on_line=on_line if live else None)  # fmt: skip
+
+    at = indices if indices is not None else range(len(nodes))
+    return await run_with_relays(nodes, at, command, options, ssh, direct, on_result, on_line)
+
+
+async def run_with_relays(
+    nodes: Sequence[Node],
+    indices: Sequence[int],
+    command: str,
+    options: RunOptions,
+    transport: SSHTransport,
+    direct: DirectRun,
+    on_result: ResultCallback[CommandOutcome] | None = None,
+    on_line: LineCallback | None = None,
+) -> Results[CommandOutcome]:
+    """Run the relayed nodes through their gateways and the others with ``direct``; see
+    the module docstring."""
+    by_name = {n.name: n for n in nodes}
+    groups: dict[str, list[tuple[int, Node]]] = {}
+    rest: list[tuple[int, Node]] = []
+    for i, node in zip(indices, nodes, strict=True):
+        if relayed(node):
+            groups.setdefault(str(node.gateway), []).append((i, node))
+        else:
+            rest.append((i, node))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def deliver(outcome: CommandOutcome) -> None:
+        if on_line is not None and outcome.value is not None:
+            _lines(outcome.node, outcome.stdout, "stdout", on_line)
+            _lines(outcome.node, outcome.stderr, "stderr", on_line)
+        if on_result is not None:
+            on_result(outcome)
+
+    async def one_gateway(name: str, members: list[tuple[int, Node]]) -> list[CommandOutcome]:
+        from shoal.transport.gateways import inventory_lookup
+
+        gateway = by_name.get(name)
+        gateway = _direct(gateway) if gateway else inventory_lookup(name, members[0][1])
+        t0 = loop.time()
+        items = []
+        for i, node in members:
+            env = {"SHOAL_RUN": secrets.token_hex(8), "SHOAL_NODE": node.name,
+                   "SHOAL_INDEX": str(i), **options.env}  # fmt: skip
+            line = remote_command(
+                command, env=env, timeout=options.timeout, sudo=options.sudo or node.become
+            )
+            items.append(RelayNode(node, line))
+        hard = None if options.timeout is None else options.timeout + KILL_GRACE + 3.0
+        ropts = RelayOptions(
+            connect_timeout=options.connect_timeout,
+            timeout=options.timeout,
+            hard=hard,
+            parallel=options.parallel or 64,
+        )
+        try:
+            got = await relay_run(transport, gateway, items, ropts)
+        except ShoalError as exc:
+            return await fallback(name, members, exc)
+        out = []
+        for i, node in members:
+            res = got.get(node.name) or ConnectError("the relay did not report it", node.name)
+            if isinstance(res, ShoalError):
+                outcome = CommandOutcome(node.name, error=res)
+            else:
+                value = CommandOutput(
+                    res.exit_status,
+                    res.stdout.decode("utf-8", errors="replace"),
+                    res.stderr.decode("utf-8", errors="replace"),
+                    res.signal,
+                )
+                outcome = CommandOutcome(node.name, value)
+            outcome.index, outcome.attempts, outcome.duration = i, 1, loop.time() - t0
+            deliver(outcome)
+            out.append(outcome)
+        return out
+
+    async def fallback(
+        name: str, members: list[tuple[int, Node]], why: ShoalError
+    ) -> list[CommandOutcome]:
+        through = f"unreachable through gateway {name} ({why.located()})"
+        res = await direct([_direct(n) for _, n in members], [i for i, _ in members], False)
+        out = []
+        for r in res:
+            if not r.reached and not isinstance(r.error, CommandTimeout):
+                r.error = ConnectError(f"{through}; directly: {r.error}", r.node)
+            deliver(r)
+            out.append(r)
+        return out
+
+    async def plain() -> list[CommandOutcome]:
+        if not rest:
+            return []
+        return list(await direct([n for _, n in rest], [i for i, _ in rest], True))
+
+    parts = await asyncio.gather(plain(), *(one_gateway(g, m) for g, m in groups.items()))
+    found = {r.node: r for part in parts for r in part}
+    return Results({n.name: found[n.name] for n in nodes}, duration=loop.time() - started)

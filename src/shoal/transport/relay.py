@@ -1,0 +1,280 @@
+"""Relay gateways, controller side: one connection to a gateway runs its whole subtree.
+
+Owns the relay mode of gateways (issue 18 item 3, ClusterShell's tree mode). A
+node marked ``gateway=G`` and ``gateway_mode=relay`` is not reached SSH-in-SSH
+(:mod:`.gateways`): the controller opens one connection to G with agent
+forwarding on and runs :mod:`shoal.agent.relayrun` there (its source, with
+``python3 -c``: nothing is installed), which logs in to each node with G's
+OpenSSH client and sends up one copy of each distinct outcome with its nodes.
+So the controller does one handshake per gateway and receives common output
+once.
+
+Credentials: the agent forwarded is not the user's. :class:`KeyAgent` is a
+private SSH agent in this process (a Unix socket in a 0700 directory, living
+as long as the relay's connection) holding the keys the subtree's nodes
+authenticate with on the direct path, and it signs at most one login per node
+of the subtree: a hostile gateway gets neither a key nor a signing oracle
+beyond what the run needed. A node that authenticates only with the user's own
+agent (no key file) gets that agent forwarded, unbounded while connected (the
+trade-off is the user's: relay mode is opted in).
+
+Host keys: the gateway receives the controller's known_hosts entries for the
+subtree's nodes (matched as the direct path matches them) and nothing else, and
+checks strictly: a node whose key differs is refused there with the direct
+path's wording.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import shlex
+import struct
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from shoal.agent import relayrun
+from shoal.errors import (
+    AuthError,
+    CommandTimeout,
+    ConnectError,
+    HostKeyError,
+    ShoalError,
+    TransportError,
+)
+from shoal.nodes.model import Node
+
+from .base import CommandResult
+from .ssh import SSHTransport
+
+_FAILURE, _IDENTITIES, _IDENTITIES_ANSWER, _SIGN, _SIGN_RESPONSE = 5, 11, 12, 13, 14
+_RSA_SHA2_256, _RSA_SHA2_512 = 2, 4
+#: Bytes of one agent request at most (a sign request is a few hundred).
+_MAX_MESSAGE = 256 * 1024
+
+_ERRORS: dict[str, type[TransportError]] = {
+    "unreachable": ConnectError,
+    "hostkey": HostKeyError,
+    "auth": AuthError,
+    "timeout": CommandTimeout,
+}
+
+
+def _string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+class KeyAgent:
+    """An SSH agent serving ``keys``, signing at most ``signs`` times (see module)."""
+
+    def __init__(self, keys: Sequence[asyncssh.SSHKeyPair], signs: int) -> None:
+        self._keys = {k.public_data: k for k in keys}
+        self.signs_left = signs
+        self._dir = tempfile.TemporaryDirectory(prefix="shoal-relay-agent-")
+        self.path = str(Path(self._dir.name) / "agent.sock")
+        self._server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> KeyAgent:
+        self._server = await asyncio.start_unix_server(self._serve, self.path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self._dir.cleanup()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                (size,) = struct.unpack(">I", await reader.readexactly(4))
+                if not 0 < size <= _MAX_MESSAGE:
+                    return
+                writer.write(_string(self.answer(await reader.readexactly(size))))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def answer(self, msg: bytes) -> bytes:
+        """The reply to one agent request (pure but for the sign budget)."""
+        if msg[:1] == bytes([_IDENTITIES]):
+            body = b"".join(_string(blob) + _string(b"shoal relay") for blob in self._keys)
+            return bytes([_IDENTITIES_ANSWER]) + struct.pack(">I", len(self._keys)) + body
+        if msg[:1] != bytes([_SIGN]) or self.signs_left <= 0:
+            return bytes([_FAILURE])
+        try:
+            pos = 1
+            fields = []
+            for _ in range(2):
+                (n,) = struct.unpack_from(">I", msg, pos)
+                fields.append(msg[pos + 4 : pos + 4 + n])
+                pos += 4 + n
+            (flags,) = struct.unpack_from(">I", msg, pos)
+        except struct.error:
+            return bytes([_FAILURE])
+        key = self._keys.get(fields[0])
+        if key is None:
+            return bytes([_FAILURE])
+        if key.algorithm == b"ssh-rsa" and flags & (_RSA_SHA2_256 | _RSA_SHA2_512):
+            key.set_sig_algorithm(b"rsa-sha2-512" if flags & _RSA_SHA2_512 else b"rsa-sha2-256")
+        self.signs_left -= 1
+        return bytes([_SIGN_RESPONSE]) + _string(key.sign(fields[1]))
+
+
+@dataclass(frozen=True)
+class RelayNode:
+    """One node of a relayed subtree and the exact shell line it runs."""
+
+    node: Node
+    line: str
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    connect_timeout: float = 10.0
+    #: the command's timeout (the 124/137 rule), and the client's backstop on the gateway
+    timeout: float | None = None
+    hard: float | None = None
+    parallel: int = 64
+
+
+#: A node's outcome through the relay: the command's result or why it has none.
+Outcome = CommandResult | ShoalError
+
+
+def _known_hosts_line(node: Node, keys: Sequence[asyncssh.SSHKey]) -> list[str]:
+    host = node.host or node.name
+    port = node.port or 22
+    name = host if port == 22 else f"[{host}]:{port}"
+    lines = []
+    for key in keys:
+        kind, blob = key.export_public_key("openssh").decode().split()[:2]
+        lines.append(f"{name} {kind} {blob}")
+    return lines
+
+
+def _prepare(
+    transport: SSHTransport, nodes: Sequence[RelayNode]
+) -> tuple[list[dict[str, Any]], list[str], list[asyncssh.SSHKeyPair], str | None]:
+    """Per node: its request entry; the known_hosts lines; the keys it logs in with; the
+    user's agent when a node has no key file."""
+    entries, lines, keys, user_agent = [], [], [], None
+    seen: set[bytes] = set()
+    for rn in nodes:
+        node = rn.node
+        config, resolved = transport._resolve(node)
+        plan = transport._connect_kwargs(node, config, resolved, sock=False)
+        host = node.host or str(plan.kwargs.get("host") or node.name)
+        port = int(plan.kwargs.get("port") or node.port or 22)
+        user = str(plan.kwargs.get("username") or node.user or "root")
+        known: asyncssh.SSHKnownHosts = plan.kwargs["known_hosts"]
+        trusted = list(known.match(host, host, port)[0])
+        if not trusted and node.name != host:
+            trusted = list(known.match(node.name, host, port)[0])
+        lines += _known_hosts_line(Node(name=node.name, host=host, port=port), trusted)
+        node_keys = list(plan.kwargs.get("client_keys") or [])
+        for k in node_keys:
+            if k.public_data not in seen:
+                seen.add(k.public_data)
+                keys.append(k)
+        if not node_keys and plan.agent:
+            user_agent = plan.agent
+        entries.append({"name": node.name, "host": host, "port": port, "user": user,
+                        "line": rn.line})  # fmt: skip
+    return entries, lines, keys, user_agent
+
+
+def _outcome(record: dict[str, Any], name: str) -> Outcome:
+    error = record.get("error")
+    if error is not None:
+        cls = _ERRORS.get(str(error.get("kind")), TransportError)
+        return cls(str(error.get("message", "relay error"))[:1000], name)
+    return CommandResult(
+        exit_status=record.get("exit"),
+        stdout=base64.b64decode(record.get("stdout", "")),
+        stderr=base64.b64decode(record.get("stderr", "")),
+    )
+
+
+async def relay_run(
+    transport: SSHTransport,
+    gateway: Node,
+    nodes: Sequence[RelayNode],
+    options: RelayOptions,
+) -> dict[str, Outcome]:
+    """Run each node's line through ``gateway``'s relay; an outcome per node. Raises
+    ConnectError (the gateway's) when the gateway cannot be had; a relay that dies midway
+    leaves its unreported nodes ``unreachable through gateway G (...)``."""
+    entries, kh_lines, keys, user_agent = _prepare(transport, nodes)
+    names = {e["name"] for e in entries}
+    request = {
+        "nodes": entries,
+        "known_hosts": "".join(line + "\n" for line in kh_lines),
+        "connect_timeout": options.connect_timeout,
+        "keepalive": transport.keepalive,
+        "timeout": options.timeout,
+        "hard": options.hard,
+        "parallel": options.parallel,
+    }
+    source = Path(relayrun.__file__).read_text()
+    command = f"exec python3 -c {shlex.quote(source)}"
+    out: dict[str, Outcome] = {}
+    async with KeyAgent(keys, signs=len(entries)) as agent:
+        conn = await transport.connect(
+            gateway, timeout=options.connect_timeout, agent_forward=user_agent or agent.path
+        )
+        try:
+            why = await _exchange(conn._conn, command, request, names, out)
+        finally:
+            await conn.close()
+    if why is not None:
+        lost = ConnectError(why, gateway.name)
+        for e in entries:
+            if e["name"] not in out:
+                msg = f"unreachable through gateway {gateway.name} ({lost.located()})"
+                out[e["name"]] = ConnectError(msg, e["name"])
+    return out
+
+
+async def _exchange(
+    conn: asyncssh.SSHClientConnection,
+    command: str,
+    request: dict[str, Any],
+    names: set[str],
+    out: dict[str, Outcome],
+) -> str | None:
+    """Send the request, read the merged records into ``out``; why it ended early, or
+    None once every node is in."""
+    try:
+        proc = await conn.create_process(command, encoding=None)
+    except (asyncssh.Error, OSError) as exc:
+        return f"cannot start the relay: {exc}"
+    try:
+        proc.stdin.write(json.dumps(request).encode() + b"\n")
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                err = (await proc.stderr.read(4096)).decode(errors="replace").strip()
+                tail = err.splitlines()[-1] if err else "no answer"
+                return f"relay ended early: {tail[:300]}"
+            record = json.loads(line)
+            if "done" in record:
+                return None
+            for name in record.get("nodes", []):
+                if name in names:  # a hostile gateway names no other node
+                    out[name] = _outcome(record, name)
+    except (asyncssh.Error, OSError, ValueError) as exc:
+        return f"connection lost while relaying: {exc}"
+    finally:
+        with contextlib.suppress(asyncssh.Error, OSError):
+            proc.stdin.write_eof()
+        proc.close()
