@@ -49,10 +49,13 @@ from shoal.errors import (
     ShoalError,
     TransportError,
 )
+from shoal.logsetup import logger
 from shoal.nodes.model import Node
 
 from .base import CommandResult
 from .ssh import SSHTransport
+
+log = logger(__name__)
 
 _FAILURE, _IDENTITIES, _IDENTITIES_ANSWER, _SIGN, _SIGN_RESPONSE = 5, 11, 12, 13, 14
 _RSA_SHA2_256, _RSA_SHA2_512 = 2, 4
@@ -258,6 +261,7 @@ async def _exchange(
         proc = await conn.create_process(command, encoding=None)
     except (asyncssh.Error, OSError) as exc:
         return f"cannot start the relay: {exc}"
+    records = 0
     try:
         proc.stdin.write(json.dumps(request).encode() + b"\n")
         while True:
@@ -268,7 +272,9 @@ async def _exchange(
                 return f"relay ended early: {tail[:300]}"
             record = json.loads(line)
             if "done" in record:
+                log.debug("relay: %d records for %d nodes", records, len(names))
                 return None
+            records += 1
             for name in record.get("nodes", []):
                 if name in names:  # a hostile gateway names no other node
                     out[name] = _outcome(record, name)

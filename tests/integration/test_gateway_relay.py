@@ -1,0 +1,190 @@
+"""Relay gateways on a real site (issue 18 item 3): the gateway runs its subtree's
+commands with a forwarded agent and sends merged outcomes up.
+
+A lab of 6 nodes with ``--site 3`` (n4..n6 reachable only through n3), its own
+SHOAL_HOME, always taken down. Relay mode is opted in per node
+(``gateway_mode=relay`` beside ``gateway=n3``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from shoal.fanout import RunOptions
+from shoal.fanout.commands import run_async
+from shoal.fanout.results import CommandOutcome, Results
+from shoal.lab import Lab, LabSpec
+from shoal.nodes.model import Node
+
+from .conftest import lab_skip_reason, remote, unique_lab_name
+
+pytestmark = pytest.mark.lab
+
+GATEWAY = "n3"
+SITE = ("n4", "n5", "n6")
+
+
+@pytest.fixture(scope="module")
+def site_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    old = os.environ.get("SHOAL_HOME")
+    os.environ["SHOAL_HOME"] = str(tmp_path_factory.mktemp("relay-home"))
+    name = unique_lab_name("rl")
+    try:
+        lab = Lab.up(LabSpec(n=6, name=name, site=len(SITE)))
+        try:
+            yield lab
+        finally:
+            Lab.teardown(name)
+    finally:
+        if old is None:
+            os.environ.pop("SHOAL_HOME", None)
+        else:
+            os.environ["SHOAL_HOME"] = old
+
+
+@pytest.fixture
+def handshakes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The hosts the controller did an SSH handshake with (asyncssh.connect observed)."""
+    seen: list[str] = []
+    real = asyncssh.connect
+
+    async def counted(*args: object, **kwargs: object) -> asyncssh.SSHClientConnection:
+        seen.append(str(kwargs.get("host")))
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncssh, "connect", counted)
+    return seen
+
+
+def relay(nodes: Sequence[Node]) -> list[Node]:
+    return [
+        replace(n, attrs={**n.attrs, "gateway_mode": "relay"}) if n.gateway else n for n in nodes
+    ]
+
+
+def run(nodes: Sequence[Node], command: str, **opts: float) -> Results[CommandOutcome]:
+    return asyncio.run(run_async(nodes, command, RunOptions(**opts)))  # type: ignore[arg-type]
+
+
+def accepted(lab: Lab, node: str) -> list[str]:
+    text = (lab.node_dir(node) / "log" / "sshd.log").read_text(errors="replace")
+    return [ln for ln in text.splitlines() if "Accepted publickey" in ln]
+
+
+def shape(res: Results[CommandOutcome]) -> list[tuple[object, ...]]:
+    return [(r.node, r.kind, r.reason, r.exit_status, r.stdout, r.stderr, r.signal) for r in res]
+
+
+def test_relay_output_is_the_direct_paths_and_merged_on_the_gateway(
+    site_lab: Lab, caplog: pytest.LogCaptureFixture, handshakes: list[str]
+) -> None:
+    nodes = [n for n in site_lab.nodes() if n.name in (GATEWAY, *SITE)]
+    command = 'echo common; echo "$SHOAL_NODE $SHOAL_INDEX" >&2; [ "$SHOAL_NODE" != n5 ] || exit 3'
+    tunnelled = run(nodes, command)
+    assert len(handshakes) == 5  # SSH-in-SSH: n3, its tunnel's connection, n4, n5, n6
+    handshakes.clear()
+    before = {n: len(accepted(site_lab, n)) for n in (GATEWAY, *SITE)}
+    with caplog.at_level(logging.DEBUG, logger="shoal.transport.relay"):
+        relayed = run(relay(nodes), command)
+    assert shape(relayed) == shape(tunnelled)
+    assert len(handshakes) == 2  # relay: n3, and the relay's connection to n3; none to the site
+    assert [r.kind for r in relayed] == ["ok", "ok", "failed", "ok"]
+    assert relayed["n5"].reason == "exit 3" and relayed["n5"].stderr == "n5 2\n"
+    # n3 itself: its own login; the relay: one more login to n3, none from the controller
+    # to the site's nodes (their logins came from the gateway's site address)
+    assert len(accepted(site_lab, GATEWAY)) - before[GATEWAY] == 2
+    for name in SITE:
+        logins = accepted(site_lab, name)
+        assert len(logins) - before[name] == 1
+        assert re.search(r" from 10\.\d+\.\d+\.1 port ", logins[-1]), logins[-1]
+    # merged on the gateway: n4, n5, n6 differ by stderr (their names), so 3 records; a
+    # common outcome travels once
+    same = run(relay(nodes[1:]), "echo same")
+    assert {r.stdout for r in same} == {"same\n"} and same.ok
+    counts = re.findall(r"relay: (\d+) records for (\d+) nodes", caplog.text)
+    assert counts[0] == ("3", "3"), counts
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="shoal.transport.relay"):
+        run(relay(nodes[1:]), "echo same")
+    assert "relay: 1 records for 3 nodes" in caplog.text, caplog.text
+
+
+def test_relay_refuses_a_node_whose_host_key_differs_from_the_controllers(
+    site_lab: Lab, tmp_path: Path
+) -> None:
+    cfg_path = Path(next(n for n in site_lab.nodes()).ssh_config or "")
+    known = cfg_path.parent / "known_hosts"
+    forged = tmp_path / "known_hosts"
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().split()
+    lines = []
+    for line in known.read_text().splitlines():
+        names = line.split()[0].split(",")
+        lines.append(f"{line.split()[0]} {other[0]} {other[1]}" if "n5" in names else line)
+    forged.write_text("\n".join(lines) + "\n")
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(cfg_path.read_text().replace(str(known), str(forged)))
+    nodes = [replace(n, ssh_config=str(cfg)) for n in site_lab.nodes() if n.name in SITE]
+    res = run(relay(nodes), "hostname")
+    assert res["n4"].ok and res["n6"].ok, shape(res)
+    assert res["n5"].kind == "hostkey", shape(res)
+    assert res["n5"].reason.startswith("HOST KEY CHANGED"), res["n5"].reason
+    assert "differs from the one the controller sent" in res["n5"].reason  # said by n3
+    assert res["n5"].stdout == ""
+    # the SSH-in-SSH path refuses it the same way
+    assert run(nodes, "hostname")["n5"].kind == "hostkey"
+
+
+def test_dead_relay_gateway_subtree_reported_then_reached_directly(
+    site_lab: Lab, handshakes: list[str]
+) -> None:
+    by_name = {n.name: n for n in site_lab.nodes()}
+    n2 = replace(by_name["n2"], attrs={**by_name["n2"].attrs, "gateway": GATEWAY})
+    nodes = relay([n2, by_name["n4"], by_name["n5"]])
+    site_lab.kill(GATEWAY)
+    try:
+        dead = run(nodes, "hostname", connect_timeout=2, retries=0)
+    finally:
+        site_lab.revive(GATEWAY)
+    assert dead["n2"].ok and dead["n2"].stdout == "n2\n", dead["n2"].reason  # directly
+    assert accepted(site_lab, "n2")[-1].find(f" from {site_lab.controller_addr} port ") > 0
+    for name in ("n4", "n5"):
+        assert dead[name].kind == "unreachable"
+        want = f"unreachable through gateway {GATEWAY} ({GATEWAY}: connect timed out after 2s)"
+        assert dead[name].reason.startswith(want), dead[name].reason
+        assert "; directly: no route to host" in dead[name].reason, dead[name].reason
+    handshakes.clear()
+    back = run(nodes, "hostname", connect_timeout=10)
+    assert back.ok, shape(back)
+    assert len(handshakes) == 1  # through the revived gateway's relay again
+    assert [r.stdout for r in back] == ["n2\n", "n4\n", "n5\n"]
+    assert f" from {by_name[GATEWAY].host} port " in accepted(site_lab, "n2")[-1]
+
+
+def test_no_key_material_on_the_relay_gateway_after_a_run(site_lab: Lab) -> None:
+    nodes = relay([n for n in site_lab.nodes() if n.name in SITE])
+    res = run(nodes, 'echo "$SSH_AUTH_SOCK"; true')
+    assert res.ok, shape(res)
+    gateway = next(n for n in site_lab.nodes() if n.name == GATEWAY)
+    found = remote(
+        gateway,
+        "grep -rlI -e 'PRIVATE KEY' /root /tmp 2>/dev/null; ls -d /tmp/ssh-* /tmp/shoal-relay-* "
+        "2>/dev/null; true",
+    )
+    assert found.strip() == "", found
+    body = site_lab.identity.read_text().splitlines()[1]
+    found = remote(gateway, f"grep -rlF -e {body!r} /root /tmp 2>/dev/null; true")
+    assert found.strip() == "", found
+    # the nodes saw no agent (the gateway's client does not forward it further)
+    assert {r.stdout for r in res} == {"\n"}
