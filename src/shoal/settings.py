@@ -126,6 +126,9 @@ class ServeSettings:
     sweep_interval: float = _setting(300.0, SECONDS, "seconds between sweeps (start to start)")
     retention: float = _setting(7 * 86400.0, SECONDS, "seconds of events kept")
     audit_interval: float = _setting(86400.0, SECONDS, "seconds between file audits (shoal audit)")
+    logs_max_bytes: int | None = _setting(
+        None, COUNT, "bytes the central log store keeps (acked files go first; default: no limit)"
+    )
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,9 @@ class Settings:
     select: str | None = _setting(None, TEXT, "selection when a fan-out has no -s")
     agent_home: str = _setting(".shoal", TEXT, "the agent's working area on the nodes")
     keepalive: float = _setting(5.0, SECONDS, "seconds between SSH keepalives")
+    relay_tree: int | None = _setting(
+        None, COUNT, "run selections this large through an automatic tree of relay gateways"
+    )
     use_mq_nodes: bool = _setting(False, FLAG, "use the MQ_NODES file as the node list")
     serve: ServeSettings = field(default_factory=ServeSettings)
     output: OutputSettings = field(default_factory=OutputSettings)

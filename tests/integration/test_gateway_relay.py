@@ -12,6 +12,8 @@ import asyncio
 import logging
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -188,3 +190,21 @@ def test_no_key_material_on_the_relay_gateway_after_a_run(site_lab: Lab) -> None
     assert found.strip() == "", found
     # the nodes saw no agent (the gateway's client does not forward it further)
     assert {r.stdout for r in res} == {"\n"}
+
+
+def test_automatic_tree_above_the_setting_runs_through_a_chosen_relay(site_lab: Lab) -> None:
+    """SHOAL_RELAY_TREE=3: n1..n3 (no gateway marked) split into round(sqrt(3)) = 2
+    subtrees in address order, n1 the relay of n2; below the size, all direct."""
+    by_name = {n.name: n for n in site_lab.nodes()}
+    argv = [sys.executable, "-m", "shoal.cli.main", "--no-service", "run", "-s", "n[1-3]"]
+    env = {**os.environ, "SHOAL_RELAY_TREE": "3"}
+    p = subprocess.run([*argv, "hostname"], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for name in ("n1", "n2", "n3"):
+        assert f"---- {name} (1)\n{name}\n" in p.stdout, p.stdout
+    assert f" from {by_name['n1'].host} port " in accepted(site_lab, "n2")[-1]
+    assert f" from {site_lab.controller_addr} port " in accepted(site_lab, "n3")[-1]
+    env["SHOAL_RELAY_TREE"] = "4"  # 3 nodes: below the size
+    p = subprocess.run([*argv, "true"], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f" from {site_lab.controller_addr} port " in accepted(site_lab, "n2")[-1]

@@ -7,6 +7,7 @@ position in the selection, from 0) besides any ``--env`` values.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from shoal.errors import UsageError
@@ -40,6 +41,10 @@ async def run_async(
     options = options or RunOptions()
     if not command.strip():
         raise UsageError("run needs a command")
+    if options.relay_tree:
+        from .relaytree import auto_tree
+
+        nodes = auto_tree(nodes, options.relay_tree)  # a no-op when run() did it
     if any(relayed(n) for n in nodes):  # gateway_mode=relay: one call per gateway
         from .relaytree import run_relayed
 
@@ -100,6 +105,12 @@ def run(
     options.validate()
     if not command.strip():
         raise UsageError("run needs a command")
+    if options.relay_tree:
+        from .relaytree import auto_tree
+
+        nodes = auto_tree(nodes, options.relay_tree)
+    if any(relayed(n) for n in nodes):  # one relay per gateway: not spread over processes
+        options = dataclasses.replace(options, workers=1)
 
     def job(
         share: Sequence[Node],

@@ -74,6 +74,9 @@ def default_parallelism() -> int:
 class RunOptions(FanoutOptions):
     sudo: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
+    #: a selection of at least this many nodes, none behind a gateway, is run through an
+    #: automatic tree of ~sqrt(N) relay gateways (fanout/relaytree.py); None: never
+    relay_tree: int | None = None
 
     def validate(self) -> None:
         super().validate()

@@ -29,18 +29,20 @@ import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from shoal.errors import CommandTimeout, ConnectError, ShoalError
 from shoal.nodes.model import GATEWAY, Node
 from shoal.transport.base import Transport
 from shoal.transport.factory import make_transport
 from shoal.transport.gateways import GATEWAY_MODE, RELAY, relayed
-from shoal.transport.relay import RelayNode, RelayOptions, relay_run
-from shoal.transport.ssh import KILL_GRACE, SSHTransport, remote_command
 
 from .options import RunOptions
 from .results import CommandOutcome, CommandOutput, Results
 from .scheduler import ResultCallback
+
+if TYPE_CHECKING:  # asyncssh: imported when a relay runs, not for auto_tree
+    from shoal.transport.ssh import SSHTransport
 
 #: Runs ``nodes`` (at ``indices``) the ordinary way, with the caller's callbacks if ``live``.
 DirectRun = Callable[[Sequence[Node], Sequence[int], bool], Awaitable[Results[CommandOutcome]]]
@@ -103,6 +105,8 @@ async def run_relayed(
     """``run_async`` of a selection where some nodes are relayed. Over a transport other
     than SSH (a service's held links, a mock), those nodes go through their gateway as
     SSH-in-SSH instead (relay mode needs a connection of its own to the gateway)."""
+    from shoal.transport.ssh import SSHTransport
+
     ssh = transport or make_transport(options)
     if not isinstance(ssh, SSHTransport):
         plain = [replace(n, attrs={k: v for k, v in n.attrs.items() if k != GATEWAY_MODE})
@@ -133,6 +137,9 @@ async def run_with_relays(
 ) -> Results[CommandOutcome]:
     """Run the relayed nodes through their gateways and the others with ``direct``; see
     the module docstring."""
+    from shoal.transport.relay import RelayNode, RelayOptions, relay_run
+    from shoal.transport.ssh import KILL_GRACE, remote_command
+
     by_name = {n.name: n for n in nodes}
     groups: dict[str, list[tuple[int, Node]]] = {}
     rest: list[tuple[int, Node]] = []
