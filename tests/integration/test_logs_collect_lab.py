@@ -61,7 +61,7 @@ def trio(lab: Any) -> Iterator[list[Node]]:
     nodes = lab.nodes()[5:8]
     assert run(agents.install_async(nodes, opts())).ok
     yield nodes
-    for name in ("la.w", "lb.w", "lc.w", "ld.w", "le.w"):
+    for name in ("la.w", "lb.w", "lc.w", "ld.w", "le.w", "lg.w", "lh.w", "li.w"):
         run(agents.call_async(nodes, "proc.remove", {"name": name}, opts()))
     run(agents.stop_async(nodes, opts()))
 
@@ -355,14 +355,12 @@ def test_disk_full_on_a_node_while_a_program_logs_keeps_its_logs_and_collect_fre
         remote(node, f"rmdir {area}", check=False)
 
 
-def test_the_service_collects_on_its_schedule(trio: list[Node], tmp_path: Path) -> None:
+def serve_until_logs_ran(tmp_path: Path, node: Node, **config: Any) -> dict[str, Any]:
+    """Run a Controller (``config``: ServiceConfig fields) until its ``logs`` job has run
+    once (bounded: 30 s), then stop it; that job's schedule status."""
     from shoal.control.controller import Controller, ServiceConfig
 
-    node = trio[2]
-    start_writer([node], "ld.w", 500, rate=5000)
-    wait_done(node, "ld.w")
-    config = ServiceConfig(state_dir=tmp_path, sweep_interval=0, logs_interval=1.0)
-    controller = Controller(config)
+    controller = Controller(ServiceConfig(state_dir=tmp_path, sweep_interval=0, **config))
     controller.managed = lambda: [node]  # type: ignore[method-assign]
 
     async def serve_a_while() -> None:
@@ -380,10 +378,17 @@ def test_the_service_collects_on_its_schedule(trio: list[Node], tmp_path: Path) 
 
     try:
         run(serve_a_while())
-        logs = next(s for s in controller.scheduler.status() if s["name"] == "logs")
-        assert "bytes from 1 node(s)" in str(logs["last_status"]), logs
+        return next(s for s in controller.scheduler.status() if s["name"] == "logs")
     finally:
         controller.close()
+
+
+def test_the_service_collects_on_its_schedule(trio: list[Node], tmp_path: Path) -> None:
+    node = trio[2]
+    start_writer([node], "ld.w", 500, rate=5000)
+    wait_done(node, "ld.w")
+    logs = serve_until_logs_ran(tmp_path, node, logs_interval=1.0)
+    assert "bytes from 1 node(s)" in str(logs["last_status"]), logs
     with State(tmp_path / "state.db") as state:
         seqs = [
             int(m.group(1))
@@ -391,3 +396,84 @@ def test_the_service_collects_on_its_schedule(trio: list[Node], tmp_path: Path) 
             if (m := SEQ.search(x))
         ]
     assert seqs == list(range(500))
+
+
+def test_the_service_keeps_the_store_within_its_size_budget_but_never_unacked_files(
+    trio: list[Node], tmp_path: Path
+) -> None:
+    node = trio[2]
+    start_writer([node], "lg.w", 500, rate=5000)  # rotated files (acked at once) and a live one
+    wait_done(node, "lg.w")
+    logs = serve_until_logs_ran(tmp_path, node, logs_interval=1.0, logs_max_bytes=1)
+    assert re.search(r"[1-9][0-9]* file\(s\) pruned \([0-9]+ bytes over", logs["last_status"]), logs
+    with State(tmp_path / "state.db") as state:
+        kept = state.db.execute(
+            "SELECT DISTINCT f.acked, f.rotated FROM log_files f"
+            " JOIN log_segments s ON s.file_id = f.id"
+        ).fetchall()
+        assert [tuple(r) for r in kept] == [(0, 0)], "only files not yet acked are left"
+        live = list(logcollect.lines(state, node.name, "lg.w"))
+        assert live and live[-1] == b"done"
+
+
+def test_grep_since_is_when_the_node_wrote_the_lines_not_when_they_were_collected(
+    trio: list[Node], tmp_path: Path
+) -> None:
+    node = trio[1]
+    start_writer([node], "lg.w", 300, rate=20_000)  # rotated and live files, written now
+    wait_done(node, "lg.w")
+    time.sleep(1.5)
+    since = time.time()
+    start_writer([node], "lh.w", 300, rate=20_000)  # written after `since`
+    wait_done(node, "lh.w")
+    with State(tmp_path / "state.db") as state:
+        results = collect(state, [node])  # both collected after `since`
+        assert results.ok, [str(r.error) for r in results.failed]
+        assert list(logcollect.lines(state, node.name, "lg.w", since=since)) == []
+        assert len(list(logcollect.lines(state, node.name, "lg.w"))) == 301
+        newer = list(logcollect.lines(state, node.name, "lh.w", since=since))
+        assert [int(m.group(1)) for x in newer if (m := SEQ.search(x))] == list(range(300))
+        hits = {h.stream for h in logcollect.grep("seq=00000001", state=state, since=since)}
+        assert hits == {"lh.w"}
+
+
+#: 100 lines (~5 KB, below the 8 KiB rotation), then on $HOME/<marker> 300 more, "done".
+PHASED = (
+    'for i in $(seq 100); do echo "first seq=$(printf %08d $i) padding-padding"; done; '
+    'while [ ! -e "$HOME/$0" ]; do sleep 0.1; done; '
+    'for i in $(seq 101 400); do echo "later seq=$(printf %08d $i) padding-padding"; done; '
+    "echo done; exec sleep 3600"
+)
+
+
+def test_size_retention_between_collects_keeps_a_live_file_and_the_next_ack_succeeds(
+    trio: list[Node], tmp_path: Path
+) -> None:
+    node = trio[2]
+    marker = f"li-go-{int(time.time() * 1000)}"
+    spec = agents.proc_spec(
+        "li.w", ["sh", "-c", PHASED, marker], restart="never", log_max_bytes=8192, log_backups=1
+    )
+    run(agents.call_async([node], "proc.remove", {"name": "li.w"}, opts()))
+    assert run(agents.proc_start_async([node], spec, opts())).ok
+    try:
+        deadline = time.monotonic() + 30
+        while "seq=00000100" not in remote(node, "cat .shoal/logs/li.w.log", check=False):
+            assert time.monotonic() < deadline, "the first lines never came"
+            time.sleep(0.2)
+        with State(tmp_path / "state.db") as state:
+            assert collect(state, [node], app="li").ok  # the live file, not rotated yet
+            pruned = logcollect.prune(state=state, max_bytes=0)
+            assert (pruned.files, pruned.over > 0) == (0, True), pruned
+            remote(node, f"touch {marker}")
+            wait_done(node, "li.w")  # the file it collected from rotated meanwhile
+            results = collect(state, [node], app="li")
+            assert results.ok, [str(r.error) for r in results.failed]
+            assert results[node.name].value.acked >= 1
+            got = list(logcollect.lines(state, node.name, "li.w"))
+            seqs = [int(m.group(1)) for x in got if (m := SEQ.search(x))]
+            assert seqs == list(range(1, 401)), "every line once, in order"
+            assert logcollect.prune(state=state, max_bytes=0).files >= 1  # acked: may go
+    finally:
+        run(agents.call_async([node], "proc.remove", {"name": "li.w"}, opts()))
+        remote(node, f"rm -f {marker}", check=False)

@@ -19,7 +19,10 @@ controller sends back so that an inode reused by a new file is told apart.
                                     (found by inode if it was renamed since),
                                     gzip-compressed here, base64 in the JSON,
                                     with the sha256 of the raw range; a file
-                                    still written is cut after its last newline
+                                    still written is cut after its last newline;
+                                    ``written``: the file's mtime after the
+                                    read (no byte of the range is newer),
+                                    ``now``: this node's clock then
 ``logs.ack`` {file, ino, size, sha256, free?}
                                     the controller stored and verified the whole
                                     rotated file: it may go once enough newer
@@ -35,6 +38,7 @@ import gzip
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -158,6 +162,7 @@ class LogShip:
                     return {"mismatch": True, "file": entry["file"]}
             handle.seek(offset)
             data = handle.read(limit)
+            written = os.fstat(handle.fileno()).st_mtime
         if not entry["rotated"] and data:
             end = data.rfind(b"\n")
             if end >= 0:
@@ -173,6 +178,8 @@ class LogShip:
             "length": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
             "data": base64.b64encode(gzip.compress(data, 6, mtime=0)).decode("ascii"),
+            "written": written,
+            "now": time.time(),
         }
 
     def ack(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -49,12 +49,19 @@ def register(sub: Any) -> None:
     grep.add_argument("pattern", metavar="PATTERN", help="a Python regular expression")
     grep.add_argument("--node", action="append", metavar="NAME", help="only this node")
     grep.add_argument(
-        "--since", type=number, metavar="SECONDS", help="only files collected in the last SECONDS"
+        "--since",
+        type=number,
+        metavar="SECONDS",
+        help="only lines the nodes wrote in the last SECONDS (to the span of one collected"
+        " range: a range still written since then shows whole)",
     )
     grep.add_argument("--json", action="store_true", help="one JSON record per line")
     grep.set_defaults(handler=cmd_grep)
 
-    text = "retention: delete collected files, oldest first, past a total size or an age"
+    text = (
+        "retention: delete collected files, least recently written first, past a total size"
+        " or an age; never a file not yet acked (still on its node, not verified whole)"
+    )
     prune = lsub.add_parser("prune", help=text, description=text)
     prune.add_argument("--max-bytes", type=int, metavar="N", help="keep at most N bytes stored")
     prune.add_argument(
@@ -168,7 +175,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     result = logcollect.prune(max_bytes=args.max_bytes, max_age=args.max_age)
     if args.json:
-        print_object({"files": result.files, "bytes": result.bytes})
+        print_object({"files": result.files, "bytes": result.bytes, "over": result.over})
     else:
-        print(f"logs prune: {result.files} file(s), {size(result.bytes)} deleted", file=sys.stderr)
+        over = f"; {size(result.over)} over, not yet acked: kept" if result.over else ""
+        print(
+            f"logs prune: {result.files} file(s), {size(result.bytes)} deleted{over}",
+            file=sys.stderr,
+        )
     return exitcodes.OK

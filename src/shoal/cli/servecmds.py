@@ -152,6 +152,7 @@ def _config(args: argparse.Namespace) -> Any:
         sweep_interval=serve.sweep_interval if args.sweep_interval is None else args.sweep_interval,
         keep_seconds=serve.retention if args.keep_days is None else args.keep_days * 86400.0,
         audit_interval=serve.audit_interval,
+        logs_max_bytes=serve.logs_max_bytes or 0,
         **{k: v for k, v in given.items() if v is not None},
     )
 

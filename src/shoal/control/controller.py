@@ -56,6 +56,9 @@ class ServiceConfig:
     prune_interval: float = 3600.0
     #: seconds between central log collections (0: none; see shoal.ops.logcollect)
     logs_interval: float = 600.0
+    #: bytes the central log store keeps after each collection (0: no size limit; files
+    #: not yet acked are never pruned: see shoal.ops.logcollect)
+    logs_max_bytes: int = 0
     #: seconds between audits of the pushed directories (0: none; see shoal.ops.audit)
     audit_interval: float = 86400.0
     #: how long a write waits for another process's lock on the database
@@ -200,7 +203,10 @@ class Controller:
         except EmptySelectionError:
             return "no nodes"
         database, age = self.config.database, self.config.keep_seconds or None
-        return await asyncio.to_thread(collect_scheduled, nodes, database, max_age=age)
+        budget = self.config.logs_max_bytes or None
+        return await asyncio.to_thread(
+            collect_scheduled, nodes, database, max_age=age, max_bytes=budget
+        )
 
     async def audit(self) -> str:
         """Audit the managed nodes' pushed directories (the ``audit`` job), off the loop."""

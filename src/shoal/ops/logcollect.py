@@ -28,11 +28,35 @@ Store layout: ``<state dir>/logs/<node>/<stream>/<file id>/<start>.gz``
 
     log_files(id PK, node, stream, ino, head_len, head_sha, offset, rotated,
               acked, freed, gone, first_seen, last_seen)
-    log_segments(file_id, start, length, stored, sha256, t)
+    log_segments(file_id, start, length, stored, sha256, t, written)
 
-:func:`lines` reads a stream back in order; :func:`grep` searches the store;
-:func:`prune` applies retention by size and age (whole files, oldest first;
-a file still on a node keeps its row, so it is not collected again).
+Write time. ``t`` is when the controller stored a segment; ``written`` is
+when its bytes were written on the node: the file's mtime taken by the node
+*after* reading the range (so no byte of it was written later), moved onto
+the controller's clock by the node's clock offset seen in that answer (the
+node's ``now`` against the controller's on arrival: off by the one-way
+latency, milliseconds). :func:`lines` with ``since`` keeps a line when the
+segment that ends it has ``written >= since``: never a line written at or
+after ``since`` is missed; a line written before may show when its segment
+was still being written after ``since`` (the span of one collected range: at
+most one collection interval of a live file; a rotated file's ranges all
+carry the moment it was last written). Leading timestamps in lines are not
+parsed: programs' output has no format Shoal can rely on (or a time zone),
+while the node's mtime is always there. Rows from before this column
+(``written`` NULL) count their ``t``.
+
+Retention (:func:`prune`: by total size, by age, or both; whole files, the
+least recently written first) deletes only files the node no longer needs the
+store for: ``acked`` ones (stored whole, verified, the node told) and ``gone``
+ones (no longer on the node). "Nothing lost" means that no byte leaves the
+store except by the operator's budget, and the budget never takes a file not
+yet acked: a live file, or a rotated one not yet verified whole, keeps every
+segment, because its acknowledgement hashes the whole file from the store (a
+pruned head would be a gap that the ack refuses, so the node would keep the
+file until its own budget dropped it uncollected). A store over its budget
+with only such files stays over it, and :class:`Pruned` says by how much
+(``over``); the rows of pruned files still on a node stay, so they are not
+collected again.
 """
 
 from __future__ import annotations
@@ -87,6 +111,7 @@ CREATE TABLE IF NOT EXISTS log_segments (
     stored INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     t REAL NOT NULL,
+    written REAL,
     PRIMARY KEY (file_id, start)
 );
 """
@@ -149,6 +174,10 @@ def _tx(
 
 def ensure(state: State) -> None:
     state.ensure("logcollect", SCHEMA)
+    columns = {r[1] for r in state.db.execute("PRAGMA table_info(log_segments)")}
+    if "written" not in columns:  # a store made before write times were kept
+        with state.transaction() as db:
+            db.execute("ALTER TABLE log_segments ADD COLUMN written REAL")
 
 
 def store_dir(state: State) -> Path:
@@ -255,12 +284,13 @@ async def _pull_file(
             break
         if row is None:
             row = _new_row(st, node.name, entry, raw)
-        stored = _write_segment(st, node.name, row, offset, page["data"])
         now = time.time()
+        written = _written(page, now)
+        stored = _write_segment(st, node.name, row, offset, page["data"])
         with _tx(st, node.name) as db:
             db.execute(
-                "INSERT OR REPLACE INTO log_segments VALUES (?, ?, ?, ?, ?, ?)",
-                (row["id"], offset, len(raw), stored, page["sha256"], now),
+                "INSERT OR REPLACE INTO log_segments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row["id"], offset, len(raw), stored, page["sha256"], now, written),
             )
             db.execute(
                 "UPDATE log_files SET offset = ?, rotated = ?, last_seen = ? WHERE id = ?",
@@ -272,6 +302,16 @@ async def _pull_file(
         done.raw += len(raw)
         done.stored += stored
     return row
+
+
+def _written(page: dict[str, Any], arrived: float) -> float | None:
+    """When the range's bytes were last written, on the controller's clock (None: an
+    agent that does not say)."""
+    if not isinstance(page.get("written"), (int, float)) or not isinstance(
+        page.get("now"), (int, float)
+    ):
+        return None
+    return float(page["written"]) + (arrived - float(page["now"]))
 
 
 def _verified(page: dict[str, Any], node: str, file: str) -> bytes:
@@ -363,19 +403,23 @@ def stored_digest(st: State, node: str, row: dict[str, Any]) -> tuple[int, str]:
 
 
 def _segments(st: State, node: str, row: dict[str, Any]) -> Iterator[tuple[bytes, int]]:
-    directory = _segment_dir(st, node, row)
     for seg in st.db.execute(
-        "SELECT start, length, sha256 FROM log_segments WHERE file_id = ? ORDER BY start",
+        "SELECT start, sha256 FROM log_segments WHERE file_id = ? ORDER BY start",
         (row["id"],),
     ):
-        path = directory / f"{seg['start']:016d}.gz"
-        try:
-            raw = gzip.decompress(path.read_bytes())
-        except (OSError, EOFError, zlib.error) as exc:
-            raise LocalError(f"log segment {path} unreadable: {exc}", node=node) from None
-        if hashlib.sha256(raw).hexdigest() != seg["sha256"]:
-            raise LocalError(f"log segment {path} fails its sha256 check", node=node)
-        yield raw, int(seg["start"])
+        yield _read_segment(st, node, row, seg), int(seg["start"])
+
+
+def _read_segment(st: State, node: str, row: Any, seg: Any) -> bytes:
+    """A segment's raw bytes, checked against its sha256."""
+    path = _segment_dir(st, node, row) / f"{seg['start']:016d}.gz"
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as exc:
+        raise LocalError(f"log segment {path} unreadable: {exc}", node=node) from None
+    if hashlib.sha256(raw).hexdigest() != seg["sha256"]:
+        raise LocalError(f"log segment {path} fails its sha256 check", node=node)
+    return raw
 
 
 async def _acknowledge(
@@ -431,20 +475,26 @@ def streams(state: State, node: str | None = None) -> list[tuple[str, str]]:
 
 
 def lines(state: State, node: str, stream: str, since: float | None = None) -> Iterator[bytes]:
-    """The stream's lines as collected, oldest file first (a line split by rotation joined)."""
+    """The stream's lines as collected, oldest file first (a line split by rotation
+    joined); with ``since``, only lines whose segment was written at or after it (see
+    the module docstring: write time). A segment older than ``since`` is read only when
+    the next one is not (its last partial line starts one of those)."""
     ensure(state)
-    files = state.db.execute(
-        "SELECT f.*, MAX(s.t) AS last FROM log_files f JOIN log_segments s ON s.file_id = f.id"
-        " WHERE f.node = ? AND f.stream = ? GROUP BY f.id ORDER BY f.id",
+    segs = state.db.execute(
+        "SELECT f.id, f.stream, s.start, s.sha256, COALESCE(s.written, s.t) AS written"
+        " FROM log_files f JOIN log_segments s ON s.file_id = f.id"
+        " WHERE f.node = ? AND f.stream = ? ORDER BY f.id, s.start",
         (node, stream),
-    )
+    ).fetchall()
+    old = [since is not None and seg["written"] < since for seg in segs] + [False]
     carry = b""
-    for row in [dict(r) for r in files]:
-        if since is not None and row["last"] < since:
+    for i, seg in enumerate(segs):
+        if old[i] and old[i + 1]:
+            carry = b""  # what it ends is older too
             continue
-        for raw, _start in _segments(state, node, row):
-            parts = (carry + raw).split(b"\n")
-            carry = parts.pop()
+        parts = (carry + _read_segment(state, node, seg, seg)).split(b"\n")
+        carry = parts.pop()
+        if not old[i]:
             yield from parts
     if carry:
         yield carry
@@ -474,8 +524,12 @@ def grep(
 
 @dataclass
 class Pruned:
+    """Files and bytes deleted; ``over``: bytes still past ``max_bytes``, all of files
+    not yet acked (which retention never takes)."""
+
     files: int = 0
     bytes: int = 0
+    over: int = 0
 
 
 def prune(
@@ -485,7 +539,8 @@ def prune(
     max_age: float | None = None,
     now: float | None = None,
 ) -> Pruned:
-    """Delete whole collected files, oldest first, past ``max_bytes`` or ``max_age`` seconds."""
+    """Delete whole collected files, least recently written first, past ``max_bytes``
+    stored or written more than ``max_age`` seconds ago; only acked or gone ones."""
     result = Pruned()
     moment = time.time() if now is None else now
     with opened(state) as st:
@@ -493,13 +548,16 @@ def prune(
         files = [
             dict(r)
             for r in st.db.execute(
-                "SELECT f.id, f.node, f.stream, f.gone, MAX(s.t) AS last, SUM(s.stored) AS size"
+                "SELECT f.id, f.node, f.stream, f.gone, f.acked,"
+                " MAX(COALESCE(s.written, s.t)) AS last, SUM(s.stored) AS size"
                 " FROM log_files f JOIN log_segments s ON s.file_id = f.id"
                 " GROUP BY f.id ORDER BY last"
             )
         ]
         total = sum(int(f["size"]) for f in files)
         for f in files:
+            if not (f["acked"] or f["gone"]):
+                continue  # the node still needs the store whole for its ack
             old = max_age is not None and moment - f["last"] > max_age
             big = max_bytes is not None and total > max_bytes
             if not (old or big):
@@ -518,19 +576,27 @@ def prune(
             total -= int(f["size"])
             result.files += 1
             result.bytes += int(f["size"])
+    if max_bytes is not None:
+        result.over = max(0, total - max_bytes)
     return result
 
 
 def collect_scheduled(
-    nodes: Sequence[Node], database: Path, *, max_age: float | None = None
+    nodes: Sequence[Node],
+    database: Path,
+    *,
+    max_age: float | None = None,
+    max_bytes: int | None = None,
 ) -> str:
     """One scheduled round (the service's ``logs`` job, run in a worker thread): collect
-    with a state connection and an event loop of its own, then retention; a summary line."""
+    with a state connection and an event loop of its own, then retention by age and
+    size; a summary line."""
     import asyncio
 
     with State(database) as st:
         results = asyncio.run(collect_async(nodes, state=st))
-        pruned = prune(state=st, max_age=max_age)
+        pruned = prune(state=st, max_age=max_age, max_bytes=max_bytes)
     raw = sum(r.value.raw for r in results if r.ok and r.value)
     failed = f", {len(results.failed)} node(s) failed" if results.failed else ""
-    return f"{raw} bytes from {len(results)} node(s){failed}, {pruned.files} file(s) pruned"
+    over = f" ({pruned.over} bytes over the budget, not yet acked)" if pruned.over else ""
+    return f"{raw} bytes from {len(results)} node(s){failed}, {pruned.files} file(s) pruned{over}"
