@@ -39,7 +39,6 @@ import glob
 import os
 import re
 import shlex
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -160,7 +159,14 @@ class Block:
     decidable: bool = True
 
     def host_matches(self, host: str) -> bool:
-        return _match_patterns(host, self.patterns)
+        hit = False
+        for pat in self.patterns:
+            negated = pat.startswith("!")
+            if _glob(pat[1:] if negated else pat).fullmatch(host):
+                if negated:
+                    return False
+                hit = True
+        return hit
 
 
 @lru_cache(maxsize=1024)
@@ -170,26 +176,18 @@ def _glob(pattern: str) -> re.Pattern[str]:
                               for c in pattern), re.DOTALL)  # fmt: skip
 
 
-def _match_patterns(text: str, patterns: Sequence[str]) -> bool:
-    """A negated hit refuses, else any hit accepts. A pattern without a wildcard is
-    compared as a string: a fleet's config has one literal ``Host`` per node, and
-    compiling each (past ``_glob``'s cache) cost ~0.3 ms a node at 1,000 nodes."""
-    hit = False
-    for pat in patterns:
-        negated = pat.startswith("!")
-        body = pat[1:] if negated else pat
-        if text == body if "*" not in body and "?" not in body else _glob(body).fullmatch(text):
-            if negated:
-                return False
-            hit = True
-    return hit
-
-
 def match_list(text: str, patterns: str, *, fold: bool = False) -> bool:
     """OpenSSH's match_pattern_list: a negated hit refuses, else any hit accepts."""
     if fold:
         text, patterns = text.lower(), patterns.lower()
-    return _match_patterns(text, patterns.split(","))
+    hit = False
+    for pat in patterns.split(","):
+        negated = pat.startswith("!")
+        if _glob(pat[1:] if negated else pat).fullmatch(text):
+            if negated:
+                return False
+            hit = True
+    return hit
 
 
 @dataclass(frozen=True)
@@ -342,17 +340,8 @@ def _current(parsed: ParsedConfig) -> bool:
     return all(tuple(sorted(glob.glob(p))) == seen for p, seen in parsed.depends)
 
 
-#: Included files and Include globs are checked for changes at most this often (s).
-#: Checking on every call cost a glob and a stat per Include per node: with a user's
-#: ``Include`` line, ~0.2 ms a node (0.6 s of CPU for ``run`` on 1,000 nodes).
-RECHECK_SECONDS = 1.0
-_checked: dict[tuple[str, str, int, int], float] = {}  # parse's arguments -> last check
-
-
 def parse(path: str, base: str | None = None) -> ParsedConfig | None:
-    """The blocks of a config file, cached until it or an included file changes
-    (the top file is checked on every call, what it includes every
-    :data:`RECHECK_SECONDS`).
+    """The blocks of a config file, cached until it or an included file changes.
 
     ``base`` is where relative Includes are looked for (default ``~/.ssh``);
     None if the file is unreadable.
@@ -361,16 +350,11 @@ def parse(path: str, base: str | None = None) -> ParsedConfig | None:
         st = os.stat(path)
     except OSError:
         return None
-    base = base if base is not None else os.path.join(os.path.expanduser("~"), ".ssh")
-    key = (path, base, st.st_mtime_ns, st.st_size)
-    parsed = _parse_cached(*key)
-    if parsed.stamps[1:] or parsed.depends:
-        now = time.monotonic()
-        if now - _checked.get(key, -RECHECK_SECONDS) >= RECHECK_SECONDS:
-            if not _current(parsed):
-                _parse_cached.cache_clear()
-                parsed = _parse_cached(*key)
-            _checked[key] = now
+    base = base if base is not None else str(Path.home() / ".ssh")
+    parsed = _parse_cached(path, base, st.st_mtime_ns, st.st_size)
+    if (parsed.stamps[1:] or parsed.depends) and not _current(parsed):
+        _parse_cached.cache_clear()
+        parsed = _parse_cached(path, base, st.st_mtime_ns, st.st_size)
     return parsed
 
 
