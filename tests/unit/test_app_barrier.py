@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,48 @@ def test_release_recorded_by_an_earlier_run_lets_everyone_through() -> None:
         board.join("b", "n2")
         board.mark_released("b", 123.0)
         assert await asyncio.wait_for(board.arrive("b", "n1"), 0.1) == 123.0
+
+    run(go())
+
+
+def test_release_is_recorded_before_any_node_is_told_to_go() -> None:
+    """The release record (SQLite in the runner) comes first, then every node's go
+    message in one synchronous pass, and only then do the waiters wake."""
+    order: list[str] = []
+
+    def record(state: BarrierState) -> None:
+        order.append(f"record {len(state.arrived)}")
+
+    async def go() -> None:
+        board = BarrierBoard([Barrier("b")], on_release=record)
+        waiters = []
+        for n in ("n1", "n2", "n3"):
+            board.join("b", n)
+        for n in ("n1", "n2"):
+            hook = partial(order.append, f"go {n}")
+            waiters.append(asyncio.ensure_future(board.arrive("b", n, hook)))
+        await asyncio.sleep(0.01)
+        assert order == []
+        await board.arrive("b", "n3", lambda: order.append("go n3"))
+        assert order == ["record 3", "go n1", "go n2", "go n3"]
+        await asyncio.gather(*waiters)
+
+    run(go())
+
+
+def test_a_release_that_cannot_be_recorded_tells_no_node_to_go() -> None:
+    told: list[str] = []
+
+    def broken(state: BarrierState) -> None:
+        raise OSError("database is locked")
+
+    async def go() -> None:
+        board = BarrierBoard([Barrier("b")], on_release=broken)
+        board.join("b", "n1")
+        with pytest.raises(OSError, match="locked"):
+            await board.arrive("b", "n1", lambda: told.append("n1"))
+        assert told == []
+        assert not board.states["b"].released
 
     run(go())
 

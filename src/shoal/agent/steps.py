@@ -91,7 +91,8 @@ class Steps:
         self.running: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.digests: dict[str, str] = {}
         self.pgids: dict[str, int] = {}
-        self.gates: dict[str, tuple[asyncio.StreamWriter, asyncio.Event]] = {}
+        #: held steps: their shell's stdin and the future of when they were let go
+        self.gates: dict[str, tuple[asyncio.StreamWriter, asyncio.Future[float]]] = {}
         self.running_path = home / "steps-running.json"
         self.adopted = False
 
@@ -261,11 +262,10 @@ class Steps:
             },
         )
         if spawned is not None and proc.stdin is not None:
-            opened = asyncio.Event()
+            opened: asyncio.Future[float] = asyncio.get_running_loop().create_future()
             self.gates[step_id] = (proc.stdin, opened)
             spawned.set_result(None)
-            await opened.wait()
-            started = time.time()
+            started = await opened  # the open's own time, not this task's next turn
         self.record("step_started", None, f"{step_id} pid {proc.pid}")
         note = ""
         try:
@@ -346,13 +346,15 @@ class Steps:
         if gate is None:
             return {"id": step_id, "opened": False}
         writer, opened = gate
+        at = time.time()
         try:
             writer.write(b"go\n")
             writer.close()
         except (OSError, RuntimeError):
             pass
-        opened.set()
-        return {"id": step_id, "opened": True, "at": time.time()}
+        if not opened.done():
+            opened.set_result(at)
+        return {"id": step_id, "opened": True, "at": at}
 
     def status(self, prefix: str) -> dict[str, Any]:
         done = {k: v for k, v in self.done.items() if k.startswith(prefix)}
@@ -361,8 +363,8 @@ class Steps:
 
     async def _kill(self, step_id: str) -> None:
         gate = self.gates.pop(step_id, None)
-        if gate is not None:
-            gate[1].set()
+        if gate is not None and not gate[1].done():
+            gate[1].set_result(time.time())
         pgid = self.pgids.get(step_id)
         future = self.running.get(step_id)
         if pgid is not None:
