@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from shoal.settings import FLAGS, SPECS, Settings, load, with_flags
 
 
-def apply_settings(parser: argparse.ArgumentParser) -> Settings:
-    """Load the settings and make each non-default one its flags' default; the settings."""
-    settings = load()
+def apply_settings(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Load the settings (from ``environ``, default this process's) and make each
+    non-default one its flags' default; the settings."""
+    settings = load(environ)
     chosen = [key for key in FLAGS if settings.origins.get(key, "default") != "default"]
     if not chosen:
         return settings

@@ -26,20 +26,17 @@ line (its traceback with ``--debug``).
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import os
-import signal
 import sys
-import threading
-from collections.abc import Sequence
-from typing import Any
 
-from shoal.logsetup import logger
+TYPE_CHECKING = False  # the module is on every start-up path: no typing, no argparse here
+if TYPE_CHECKING:
+    import argparse
+    import threading
+    from collections.abc import Sequence
+    from typing import Any
 
-from . import logflags
-
-_log = logger("shoal.cli")
+    from shoal.errors import ShoalError
 
 # subcommand -> module under shoal.cli that registers it
 COMMANDS: dict[str, str] = {
@@ -81,6 +78,11 @@ DESCRIPTION = "Shoal: deploy and run distributed applications on many machines."
 
 
 def _build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
+    import argparse
+    import importlib
+
+    from . import logflags
+
     parser = argparse.ArgumentParser(prog="shoal", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=_version())
     parser.add_argument(
@@ -130,6 +132,8 @@ def _build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
 
 def _describe(parser: argparse.ArgumentParser) -> None:
     """Every command's ``--help`` opens with a description: its one-line help when it has none."""
+    import argparse
+
     for action in parser._actions:
         if not isinstance(action, argparse._SubParsersAction):
             continue
@@ -148,6 +152,11 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the process entry point: shoal run through the service, if it can
+        from .fastpath import answer
+
+        if (code := answer(sys.argv[1:])) is not None:
+            return code
     from . import exitcodes
 
     try:
@@ -176,6 +185,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return _main_parsed(args, argv, first)
     finally:
+        from . import logflags
+
         logflags.remove(args.log_handlers)
 
 
@@ -198,7 +209,7 @@ def _parse_with_settings(
     """Parse with the settings as flag defaults, logging set up; None (told) if refused."""
     from shoal.errors import ShoalError
 
-    from . import configcmds
+    from . import configcmds, logflags
 
     try:
         settings = configcmds.apply_settings(parser)
@@ -236,6 +247,9 @@ def _parse(parser: argparse.ArgumentParser, args_list: list[str]) -> argparse.Na
 
 
 def _main_parsed(args: argparse.Namespace, argv: Sequence[str] | None, first: str | None) -> int:
+    import signal
+    import threading
+
     streams = sys.stdout, sys.stderr
     if not args.raw:
         from .terminal import EscapingStream
@@ -261,7 +275,7 @@ def _main_parsed(args: argparse.Namespace, argv: Sequence[str] | None, first: st
 
 def _run_handler(args: argparse.Namespace, terminated: threading.Event) -> int:
     """The command's exit status, with the errors every command shares handled."""
-    from shoal.errors import SelectionSyntaxError, ShoalError
+    from shoal.errors import ShoalError
 
     from . import exitcodes
 
@@ -271,17 +285,7 @@ def _run_handler(args: argparse.Namespace, terminated: threading.Event) -> int:
             sys.stdout.flush()
             return code
         except ShoalError as exc:
-            _log.debug("%s", type(exc).__name__, exc_info=True)
-            if getattr(args, "json", False):
-                from .render import print_error
-
-                print_error(exc)  # the JSON convention: one object on stderr
-            elif isinstance(exc, SelectionSyntaxError):
-                print(f"shoal: error: {exc}", file=sys.stderr)
-                print(exc.pointer(), file=sys.stderr)
-            else:
-                print(f"shoal: error: {exc.located()}", file=sys.stderr)
-            return exitcodes.for_error(exc)
+            return report(exc, as_json=getattr(args, "json", False))
         except KeyboardInterrupt:
             if terminated.is_set():
                 print("shoal: terminated", file=sys.stderr)
@@ -293,20 +297,54 @@ def _run_handler(args: argparse.Namespace, terminated: threading.Event) -> int:
         except Exception as exc:  # a bug: one line; the traceback with --debug, in the log
             if args.debug:
                 raise
-            _log.debug("unexpected error", exc_info=True)
-            print(
-                f"shoal: internal error: {type(exc).__name__}: {exc} "
-                "(rerun with --debug for the traceback)",
-                file=sys.stderr,
-            )
-            return exitcodes.FAILED
+            return report_unexpected(exc)
     except BrokenPipeError:
         _discard_output()
         return exitcodes.BROKEN_PIPE
 
 
+def report(exc: ShoalError, *, as_json: bool) -> int:
+    """The one ``shoal: error:`` line (a selection's caret under it; with ``--json`` one
+    JSON object) of an error that stopped a command, on stderr; its exit status. The
+    service's fast path (:mod:`shoal.service.fastpathroute`) reports with this too."""
+    from shoal.errors import SelectionSyntaxError
+    from shoal.logsetup import logger
+
+    from . import exitcodes
+
+    logger("shoal.cli").debug("%s", type(exc).__name__, exc_info=True)
+    if as_json:
+        from .render import print_error
+
+        print_error(exc)  # the JSON convention: one object on stderr
+    elif isinstance(exc, SelectionSyntaxError):
+        print(f"shoal: error: {exc}", file=sys.stderr)
+        print(exc.pointer(), file=sys.stderr)
+    else:
+        print(f"shoal: error: {exc.located()}", file=sys.stderr)
+    return exitcodes.for_error(exc)
+
+
+def report_unexpected(exc: BaseException) -> int:
+    """A bug's one line on stderr (the traceback in the debug log); FAILED."""
+    from shoal.logsetup import logger
+
+    from . import exitcodes
+
+    logger("shoal.cli").debug("unexpected error", exc_info=True)
+    print(
+        f"shoal: internal error: {type(exc).__name__}: {exc} "
+        "(rerun with --debug for the traceback)",
+        file=sys.stderr,
+    )
+    return exitcodes.FAILED
+
+
 def _handle_sigterm(terminated: threading.Event) -> Any:
     """Deliver SIGTERM as SIGINT (asyncio turns that into a clean cancel); the old handler."""
+    import signal
+    import threading
+
     if threading.current_thread() is not threading.main_thread():
         return None
 

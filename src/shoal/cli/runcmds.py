@@ -22,7 +22,7 @@ from .render import NodeProgress, outcome_record, print_records
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from shoal.fanout.options import FanoutOptions
+    from shoal.fanout.options import FanoutOptions, RunOptions
     from shoal.fanout.results import CommandOutcome, Results
     from shoal.transport.base import Transport
 
@@ -151,7 +151,8 @@ def _with_progress(
             sock.close()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> tuple[str, RunOptions]:
+    """``run``'s command line and options, checked before any packet leaves (UsageError)."""
     from shoal.errors import UsageError
 
     command = " ".join(args.command[1:] if args.command[:1] == ["--"] else args.command)
@@ -164,7 +165,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     options.env = parse_env(args.env)
     settings = getattr(args, "settings", None)  # relay_tree has no flag (a setting)
     options.relay_tree = settings.relay_tree if settings is not None else None
-    options.validate()  # refuse bad options before any packet leaves
+    options.validate()
+    return command, options
+
+
+def render_run(args: argparse.Namespace, result: Results[CommandOutcome]) -> int:
+    """What ``run`` writes of its results (``--out-dir``; JSON records, or the grouped
+    output unless streamed; the summary on stderr) and its exit status. The one
+    rendering of every path: direct, through the service, the service's fast path."""
+    if args.out_dir:
+        _write_out_dir(result, Path(args.out_dir))
+    if args.json:
+        print_records(map(outcome_record, result))
+        return for_results(result)
+    if not args.stream:
+        _print_groups(result)
+    _print_summary(result)
+    return for_results(result)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command, options = run_command(args)
     if (code := viaservice.run(args, command, options)) is not None:
         return code  # answered by shoal serve over its held connections
     nodes = selected_nodes(args)
@@ -183,15 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         shown=not (args.no_progress or args.stream or args.json),
     )
     _record(result)
-    if args.out_dir:
-        _write_out_dir(result, Path(args.out_dir))
-    if args.json:
-        print_records(map(outcome_record, result))
-        return for_results(result)
-    if not args.stream:
-        _print_groups(result)
-    _print_summary(result)
-    return for_results(result)
+    return render_run(args, result)
 
 
 def cmd_cp(args: argparse.Namespace) -> int:

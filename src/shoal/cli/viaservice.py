@@ -61,7 +61,7 @@ def service(args: argparse.Namespace | None = None) -> ServiceClient | None:
     return ServiceClient.locate(timeout=3600.0)
 
 
-def _direct_only(args: argparse.Namespace) -> bool:
+def direct_only(args: argparse.Namespace) -> bool:
     """Options only the direct path honours (ad-hoc targets, MQ_NODES, new host keys)."""
     if getattr(args, "hosts", None) is not None or getattr(args, "login", None):
         return True
@@ -79,7 +79,7 @@ def _direct_only(args: argparse.Namespace) -> bool:
 
 
 def _client_for(args: argparse.Namespace) -> ServiceClient | None:
-    return None if _direct_only(args) else service(args)
+    return None if direct_only(args) else service(args)
 
 
 def _selection(nodes: Iterable[Node]) -> str:
@@ -191,9 +191,8 @@ def run(args: argparse.Namespace, command: str, options: RunOptions) -> int | No
     client = _client_for(args)
     if client is None:
         return None
-    from .exitcodes import for_results
-    from .render import NodeProgress, outcome_record, print_records
-    from .runcmds import _print_groups, _print_summary, _write_out_dir
+    from .render import NodeProgress
+    from .runcmds import render_run
 
     shown = not (args.no_progress or args.json) and _isatty(sys.stderr)
     local = shown or any(os.environ.get(v) for v in ("MQ_NODES", "CLUSTERSHELL_CFGDIR"))
@@ -201,15 +200,7 @@ def run(args: argparse.Namespace, command: str, options: RunOptions) -> int | No
     body = {
         "selection": args.select if nodes is None else _selection(nodes),
         "command": command,
-        "options": {
-            "timeout": options.timeout,
-            "parallel": options.parallel,
-            "env": options.env,
-            "sudo": options.sudo,
-            "retries": options.retries,
-            "connect_timeout": options.connect_timeout,
-            "delay": options.delay,
-        },
+        "options": service_options(options),
     }
     progress = NodeProgress(len(nodes or ()), shown)
     try:
@@ -217,14 +208,20 @@ def run(args: argparse.Namespace, command: str, options: RunOptions) -> int | No
         result = _collect(records, nodes, _command_outcome, progress)
     finally:
         progress.close()
-    if args.out_dir:
-        _write_out_dir(result, Path(args.out_dir))
-    if args.json:
-        print_records(map(outcome_record, result))
-        return for_results(result)
-    _print_groups(result)
-    _print_summary(result)
-    return for_results(result)
+    return render_run(args, result)
+
+
+def service_options(options: RunOptions) -> dict[str, Any]:
+    """The run options the service honours (its ``POST /api/v1/runs`` ``options``)."""
+    return {
+        "timeout": options.timeout,
+        "parallel": options.parallel,
+        "env": options.env,
+        "sudo": options.sudo,
+        "retries": options.retries,
+        "connect_timeout": options.connect_timeout,
+        "delay": options.delay,
+    }
 
 
 # -- proc ----------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from shoal.fanout.options import FanoutOptions
 from shoal.nodes import health
 from shoal.nodes.select import resolve
 
-from . import noderoutes
+from . import fastpathroute, noderoutes
 from .jobs import ACCEPTED, COLLECTIONS, Job, accepted, jobs
 from .routes import controller
 
@@ -92,6 +92,15 @@ async def runs(
     if stream:
         return streamed
     return start_streamed(request, "run", body.model_dump(), streamed)
+
+
+router.add_api_route(
+    "/cli/run",
+    fastpathroute.cli_run,
+    methods=["POST"],
+    response_model=None,
+    summary="shoal run's fast path: the command line in, the CLI's output out (frames)",
+)
 
 
 def checked_options(cls: Any, raw: dict[str, Any], allowed: tuple[str, ...], what: str) -> Any:
