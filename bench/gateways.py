@@ -1,7 +1,23 @@
-"""Gateway benchmark (issue 18 item 3): ``run true`` through a site's gateway.
+"""Gateway benchmark (issue 18 item 3): ``run true`` through gateways.
 
 Usage (root, namespaces): ``.venv/bin/python bench/gateways.py [--nodes 16] [--site 8]
-[--rounds 5]``
+[--rounds 5]`` (a site behind one gateway), or ``bench/gateways.py --tree --nodes 64
+[--rounds 5]`` (a tree of relay gateways against ClusterShell's tree mode).
+
+``--tree``: a lab of ``--nodes`` nodes (no site), measured cold, spawn to exit:
+wall time, the controller's CPU (user+sys of the tool and every process it
+waited for: the local ssh clients of clush) and its peak RSS (the largest
+process of the tool's tree), for ``shoal run true`` direct; ``shoal run true``
+through the automatic tree (``SHOAL_RELAY_TREE=2``: round(sqrt(N)) relay
+gateways chosen among the nodes); ClusterShell's tree mode (``clush
+--topology``) over the same gateways and subtrees; and flat ``clush``. The
+gateways' own work runs in their namespaces (the same machine: not counted as
+the controller's). ClusterShell's gateways log in with their own key and
+config (copied to a 0700 directory the nodes can read, removed after): that is
+its deployment model; Shoal's relays get a forwarded, per-run signing agent.
+Prints the load average before and after.
+
+Site mode (the default):
 
 Brings up a lab of ``--nodes`` real sshd nodes whose last ``--site`` nodes sit
 behind a gateway (``shoal lab up N --site K``, a private temporary
@@ -32,6 +48,8 @@ import argparse  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import secrets  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -59,7 +77,10 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=16)
     ap.add_argument("--site", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--tree", action="store_true", help="relay tree against clush's tree mode")
     args = ap.parse_args()
+    if args.tree:
+        return tree(args.nodes, args.rounds)
     n, k = args.nodes, args.site
     if 2 * k > n:
         ap.error("--site must leave at least as many direct nodes (for tool 3)")
@@ -119,6 +140,116 @@ def main() -> int:
             print(f"shoal via gateway / ssh -J loop: {ratio:.2f}x")
     finally:
         subprocess.run([SHOAL, "lab", "down", "--name", name], capture_output=True, env=env)
+    return 0
+
+
+PEERS = ROOT / "bench" / ".peers" / "clustershell"
+CLUSH = PEERS / "bin" / "clush"
+
+
+def measured(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, str, int]:
+    """(wall s, CPU s of the process and what it waited for, peak RSS KiB, stderr, exit)."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, text, proc.returncode
+
+
+def clush_files(home: str, name: str, groups: dict[str, list[str]], where: Path) -> Path:
+    """ClusterShell's tree: topology, a python for the gateways (the nodes cannot see
+    /root, where this venv's interpreter lives), the lab's key and config copied where
+    the nodes can read them. The topology's path."""
+    lab = Path(home) / "labs" / name
+    for f in ("id_ed25519", "known_hosts"):
+        shutil.copy2(lab / f, where / f)
+    cfg = (lab / "ssh_config").read_text().replace(str(lab), str(where))
+    (where / "ssh_config").write_text(cfg)
+    site = next((PEERS / "lib").glob("python3*/site-packages"))
+    gwpython = where / "gwpython"
+    gwpython.write_text(f'#!/bin/sh\nPYTHONPATH={site} exec /usr/bin/python3 "$@"\n')
+    gwpython.chmod(0o755)
+    root = socket.gethostname().split(".")[0]
+    lines = ["[routes]", f"{root}: {','.join(groups)}"]
+    lines += [f"{gw}: {','.join(members)}" for gw, members in groups.items()]
+    topo = where / "topology.conf"
+    topo.write_text("\n".join(lines) + "\n")
+    return topo
+
+
+def tree(n: int, rounds: int) -> int:
+    home = tempfile.mkdtemp(prefix="shoal-bench-gwtree-")
+    os.environ["SHOAL_HOME"] = home
+    env = os.environ | {"SHOAL_HOME": home}
+    name = f"bt{secrets.token_hex(3)}"
+    print(f"load average before: {os.getloadavg()[0]:.1f}")
+    up = subprocess.run([SHOAL, "lab", "up", str(n), "--name", name], capture_output=True,
+                        text=True, env=env)  # fmt: skip
+    if up.returncode != 0:
+        print(up.stderr.strip())
+        return 1
+    where = Path(tempfile.mkdtemp(prefix="shoal-bench-clush-", dir="/var/tmp"))
+    try:
+        from shoal.fanout.relaytree import auto_tree
+        from shoal.lab import Lab
+
+        groups: dict[str, list[str]] = {}
+        for node in auto_tree(Lab.open(name).nodes(), 1):
+            if node.gateway:
+                groups.setdefault(node.gateway, []).append(node.name)
+        topo = clush_files(home, name, groups, where)
+        sel = f"n[1-{n}]"
+        lab_cfg = Path(home) / "labs" / name / "ssh_config"
+        run = [SHOAL, "--no-service", "run", "--no-progress", "-s", sel, "true"]
+        clush = [str(CLUSH), "-f", str(n), "-S", "-w", sel]
+        gw_env = env | {"CLUSTERSHELL_GW_PYTHON_EXECUTABLE": str(where / "gwpython")}
+        tools = {
+            "shoal direct": (run, env),
+            f"shoal relay tree ({len(groups)} gw)": (run, env | {"SHOAL_RELAY_TREE": "2"}),
+            f"clush tree ({len(groups)} gw)": (
+                [*clush, "--topology", str(topo), "-o", f"-F {where / 'ssh_config'}", "true"],
+                gw_env,
+            ),
+            "clush flat": ([*clush, "-o", f"-F {lab_cfg}", "true"], env),
+        }
+        names = list(tools)
+        got: dict[str, list[tuple[float, float, int]]] = {t: [] for t in names}
+        for rnd in range(rounds + 1):
+            for i in range(len(names)):
+                tool = names[(rnd + i) % len(names)]
+                argv, tenv = tools[tool]
+                wall, cpu, rss, err, rc = measured(argv, tenv)
+                ok = rc == 0 and (not tool.startswith("shoal") or f"ok {n}, failed 0" in err)
+                if not ok:
+                    print(f"{tool}: failed (exit {rc}): {err.strip()[-300:]}")
+                elif rnd:  # round 0 warms up
+                    got[tool].append((wall, cpu, rss))
+        print(f"run true on {n} nodes, {rounds} rounds (median; min wall):")
+        print(f"{'tool':26} {'wall s':>7} {'min s':>6} {'ctl cpu s':>9} {'ctl rss MiB':>11}")
+        med: dict[str, tuple[float, float, float]] = {}
+        for tool in names:
+            if got[tool]:
+                walls, cpus, rsss = zip(*got[tool], strict=True)
+                med[tool] = (statistics.median(walls), statistics.median(cpus),
+                             statistics.median(rsss) / 1024)  # fmt: skip
+                print(f"{tool:26} {med[tool][0]:7.3f} {min(walls):6.3f} {med[tool][1]:9.3f} "
+                      f"{med[tool][2]:11.1f}")  # fmt: skip
+        relay, direct, ctree = (next((med[t] for t in med if t.startswith(p)), None)
+                                for p in ("shoal relay", "shoal direct", "clush tree"))  # fmt: skip
+        if relay and direct:
+            print(f"relay tree / direct: wall {relay[0] / direct[0]:.2f}x, controller cpu "
+                  f"{relay[1] / direct[1]:.2f}x, rss {relay[2] / direct[2]:.2f}x")  # fmt: skip
+        if relay and ctree:
+            print(f"relay tree / clush tree: wall {relay[0] / ctree[0]:.2f}x, controller cpu "
+                  f"{relay[1] / ctree[1]:.2f}x, rss {relay[2] / ctree[2]:.2f}x")  # fmt: skip
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+        subprocess.run([SHOAL, "lab", "down", "--name", name], capture_output=True, env=env)
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 
 

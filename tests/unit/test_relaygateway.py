@@ -124,3 +124,12 @@ def test_auto_tree_off_below_the_size_or_with_gateways_marked() -> None:
     assert auto_tree(nodes, min_size=0) == nodes
     marked = [Node(name="x", host="10.0.0.1", attrs={"gateway": "n1"}), *nodes]
     assert auto_tree(marked, min_size=2) == marked
+
+
+def test_the_gateways_client_takes_only_the_algorithm_lists_it_is_sent() -> None:
+    algs = {"KexAlgorithms": "curve25519-sha256", "Ciphers": "^aes128-gcm@openssh.com",
+            "ProxyCommand": "sh -c evil", "MACs": "hmac-sha2-256 -oProxyCommand=x"}  # fmt: skip
+    node = {"algorithms": algs}
+    assert relayrun.algorithms(node) == [
+        "-o", "Ciphers=^aes128-gcm@openssh.com", "-o", "KexAlgorithms=curve25519-sha256",
+    ]  # fmt: skip

@@ -94,6 +94,19 @@ def classify(log_text: str, node: NodeReq, connect_timeout: float) -> tuple[str,
     return "transport", "SSH error: " + text.splitlines()[-1][:300]
 
 
+#: The only ``-o`` keywords a request may set (as the controller resolved them).
+ALGORITHMS = ("KexAlgorithms", "HostKeyAlgorithms", "Ciphers", "MACs")
+
+
+def algorithms(node: NodeReq) -> list[str]:
+    """``-o Keyword=list`` for the node's algorithm lists (others are ignored)."""
+    out = []
+    for key, value in sorted((node.get("algorithms") or {}).items()):
+        if key in ALGORITHMS and re.fullmatch(r"[\^+-]?[A-Za-z0-9@.,_-]+", str(value)):
+            out += ["-o", f"{key}={value}"]
+    return out
+
+
 def ssh_argv(node: NodeReq, known_hosts: str, log: str, req: dict[str, Any]) -> list[str]:
     """The OpenSSH client's command line for one node (pure; unit-tested)."""
     return [
@@ -110,6 +123,7 @@ def ssh_argv(node: NodeReq, known_hosts: str, log: str, req: dict[str, Any]) -> 
         "-o", f"ServerAliveInterval={max(1, round(req.get('keepalive') or 5))}",
         "-o", "ServerAliveCountMax=3",
         "-o", "LogLevel=ERROR",
+        *algorithms(node),
         "-p", str(node["port"]), "-l", node["user"], node["host"], "--", node["line"],
     ]  # fmt: skip
 

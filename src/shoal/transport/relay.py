@@ -154,6 +154,16 @@ class RelayOptions:
 Outcome = CommandResult | ShoalError
 
 
+#: asyncssh's algorithm options -> OpenSSH's keywords: the gateway's client negotiates
+#: what the direct path would (the lab's curve25519/ed25519 halve a handshake's CPU).
+_ALGORITHMS = {
+    "kex_algs": "KexAlgorithms",
+    "server_host_key_algs": "HostKeyAlgorithms",
+    "encryption_algs": "Ciphers",
+    "mac_algs": "MACs",
+}
+
+
 def _known_hosts_line(node: Node, keys: Sequence[asyncssh.SSHKey]) -> list[str]:
     host = node.host or node.name
     port = node.port or 22
@@ -191,8 +201,9 @@ def _prepare(
                 keys.append(k)
         if not node_keys and plan.agent:
             user_agent = plan.agent
+        algs = {_ALGORITHMS[k]: str(v) for k, v in plan.kwargs.items() if k in _ALGORITHMS}
         entries.append({"name": node.name, "host": host, "port": port, "user": user,
-                        "line": rn.line})  # fmt: skip
+                        "line": rn.line, "algorithms": algs})  # fmt: skip
     return entries, lines, keys, user_agent
 
 
