@@ -206,3 +206,20 @@ def test_large_fanouts_spread_over_worker_processes_keep_order_indices_and_error
     assert len(lines) == 39
     assert worker_count(40, opts(delay=0.1)) == 1
     assert worker_count(8, opts()) == 1
+
+
+def test_a_worker_process_that_fails_says_why_for_the_nodes_it_left() -> None:
+    """A child whose job raised: its nodes' reason carries the exception (it said only
+    'worker process ended (status 256)' at 250 nodes, issue 18)."""
+    from shoal.fanout.workers import spread
+
+    def job(ns, indices, options, on_result, on_line):  # type: ignore[no-untyped-def]
+        raise RuntimeError(f"broken in the child holding {ns[0].name}")
+
+    r = spread(nodes(6), job, opts(workers=2))
+    assert [x.node for x in r] == [f"n{i}" for i in range(1, 7)]
+    assert all(not x.ok for x in r)
+    first = {x.node: x.reason for x in r}
+    assert "RuntimeError: broken in the child holding n1" in first["n3"]
+    assert "RuntimeError: broken in the child holding n2" in first["n4"]
+    assert first["n1"].startswith("worker process ended (status 256: RuntimeError")

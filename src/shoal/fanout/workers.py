@@ -124,8 +124,11 @@ def _child(
 
         job(nodes, indices, options, send_result, send_line if on_line else None)
         out.flush()
-    except BaseException:
+    except BaseException as exc:
         code = 1
+        with contextlib.suppress(BaseException):  # say why, for the nodes left unfinished
+            out.write(json.dumps({"crash": f"{type(exc).__name__}: {exc}"[:300]}) + "\n")
+            out.flush()
     finally:
         os._exit(code)
 
@@ -142,6 +145,7 @@ def _collect(
         sel.register(fd, selectors.EVENT_READ)
         buffers[fd] = b""
     open_fds = set(pipes)
+    crashed: dict[int, str] = {}  # read fd -> why its child gave up
     stopping: BaseException | None = None
     while open_fds:
         try:
@@ -155,8 +159,11 @@ def _collect(
                     continue
                 *lines, buffers[fd] = (buffers[fd] + chunk).split(b"\n")
                 for raw in lines:
-                    if stopping is None:
-                        _relay(json.loads(raw), results, on_result, on_line)
+                    msg = json.loads(raw)
+                    if "crash" in msg:
+                        crashed[fd] = str(msg["crash"])
+                    elif stopping is None:
+                        _relay(msg, results, on_result, on_line)
         except BaseException as exc:  # an interrupt, or a callback that failed
             if stopping is not None:
                 raise  # a second interrupt: stop waiting for the children
@@ -165,11 +172,12 @@ def _collect(
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGINT)
     sel.close()
-    for pid, names in pipes.values():
+    for fd, (pid, names) in pipes.items():
         _, status = os.waitpid(pid, 0)
+        because = f": {crashed[fd]}" if fd in crashed else ""
         for name in names:
             if name not in results and stopping is None:
-                why = f"worker process ended (status {status}) before this node finished"
+                why = f"worker process ended (status {status}{because}) before this node finished"
                 r = CommandOutcome(name, error=TransportError(why, name))
                 results[name] = r
                 if on_result is not None:
