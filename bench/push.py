@@ -111,12 +111,23 @@ class Bench:
         from shoal.content.push import PushOptions, push_async
 
         opts = PushOptions(durable=False, install=False, **kw)
+        timeline = Timeline(self) if self.args.timeline else None
         before = self.tx()
         began = time.monotonic()
-        result = asyncio.run(push_async(self.nodes, src, remote, opts))
+        result = asyncio.run(
+            push_async(
+                self.nodes,
+                src,
+                remote,
+                opts,
+                on_progress=timeline.progress if timeline else None,
+            )
+        )
         wall = time.monotonic() - began
         if not result.ok:
             print("  push failures:", [(n.node, n.reason) for n in result.failed])
+        if timeline is not None:
+            timeline.report(began)
         return result, wall, self.tx() - before
 
     def shell(self, command: str, timeout: float = 3600) -> float:
@@ -163,7 +174,12 @@ class Bench:
             f"S/B = {s_b:.1f} s (load {load()})"
         )
         walls: dict[str, float] = {}
-        for label, plain in (("push TLS", False), ("push plain", True)):
+        kinds = (
+            (("push TLS", False),)
+            if self.args.skip_plain
+            else (("push TLS", False), ("push plain", True))
+        )
+        for label, plain in kinds:
             remote = "bench/big-plain" if plain else "bench/big"
             result, wall, egress = self.push(src, remote, plain_data=plain)
             walls[label] = wall
@@ -192,7 +208,10 @@ class Bench:
         )
         for label, pushed in walls.items():
             print(f"{label} / ssh|tee = {pushed / t:.2f}")
-        print(f"TLS cost: push TLS / push plain = {walls['push TLS'] / walls['push plain']:.2f}")
+        if "push plain" in walls:
+            print(
+                f"TLS cost: push TLS / push plain = {walls['push TLS'] / walls['push plain']:.2f}"
+            )
         self.on_nodes("rm -rf bench/scp bench/chain.bin")
 
     def inc(self) -> None:
@@ -281,6 +300,52 @@ class Bench:
         )
 
 
+class Timeline:
+    """Where a push's time goes (``--timeline``): the source's egress second by second
+    (MB/s on the controller's veth, against the link's rate) and when each node got
+    its first byte and finished, sampled from the push's progress callback."""
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.samples: list[tuple[float, int, int]] = []  # (time, source tx, bytes received)
+        self.first: dict[str, float] = {}
+        self.done: dict[str, float] = {}
+
+    def progress(self, p: Any) -> None:
+        now = time.monotonic()
+        self.samples.append((now, self.bench.tx(), p.received))
+        for name, st in p.nodes.items():
+            if st.received and name not in self.first:
+                self.first[name] = now
+            if st.state in ("done", "failed") and name not in self.done:
+                self.done[name] = now
+
+    def report(self, began: float) -> None:
+        if not self.samples:
+            return
+        line = self.bench.rate_bps / 8
+        per_s: list[str] = []
+        got: list[str] = []
+        t0, tx0, rx0 = began, self.samples[0][1], 0
+        for t, tx, rx in self.samples:
+            if t - t0 >= 1.0:
+                per_s.append(f"{(tx - tx0) / (t - t0) / line:.2f}")
+                got.append(f"{(rx - rx0) / (t - t0) / line:.1f}")
+                t0, tx0, rx0 = t, tx, rx
+        print("  source egress per s (x link):", " ".join(per_s))
+        print("  received per s, all nodes (x link):", " ".join(got))
+        firsts = sorted(t - began for t in self.first.values())
+        dones = sorted(t - began for t in self.done.values())
+        if firsts:
+            print(f"  first byte: {firsts[0]:.1f}..{firsts[-1]:.1f} s", end="")
+        if dones:
+            print(
+                f"   done: {dones[0]:.1f}..{dones[-1]:.1f} s (median {dones[len(dones) // 2]:.1f})"
+            )
+        else:
+            print()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=16)
@@ -291,6 +356,10 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=10000, help="number of 4 KB files")
     parser.add_argument("--parts", default="big,inc,small")
     parser.add_argument("--skip-scp", action="store_true", help="skip shoal cp (16x S/B)")
+    parser.add_argument(
+        "--timeline", action="store_true", help="per-second source egress, node start/finish"
+    )
+    parser.add_argument("--skip-plain", action="store_true", help="the TLS push only")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/push.py needs root (a namespace lab)", file=sys.stderr)

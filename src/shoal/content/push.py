@@ -75,7 +75,7 @@ from shoal.transport.base import Connection, RemoteForward, Transport
 from .datatls import Identity, make_identity
 from .depot import Depot, record_deployed
 from .scan import ChunkParams, ScannedTree, SourceBackend, load_cache, save_cache, scan
-from .swarm import MAX_FAILURES, PIPELINE, Batch, NodeStats, Swarm
+from .swarm import MAX_FAILURES, PIPELINE, SOURCE_RATE_GUESS, Batch, NodeStats, Swarm
 
 
 @dataclass
@@ -308,7 +308,13 @@ async def _swarm_push(
     result: PushResult,
 ) -> None:
     token = secrets.token_hex(16)
-    swarm = Swarm(tree.chunks, batch_bytes=opts.batch_bytes, source_uploads=opts.source_uploads)
+    swarm = Swarm(
+        tree.chunks,
+        batch_bytes=opts.batch_bytes,
+        source_batch_bytes=opts.source_batch_bytes,
+        source_uploads=opts.source_uploads,
+        source_rate=SOURCE_RATE_GUESS,
+    )
     swarm.expect([n.name for n in nodes])
     identity = None if opts.plain_data else make_identity("controller")
     servers = _SourceServers(tree, token, opts.source_rate, identity)
@@ -529,7 +535,7 @@ async def _fetch_all(
             batch = await swarm.next_batch(node.name)
             if batch is None:
                 return
-            timeout = 15.0 + batch.nbytes / 200e3
+            timeout = batch.limit
             wait = timeout + ANSWER_MARGIN
             call = agent.call(
                 "content.fetch",

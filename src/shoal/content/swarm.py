@@ -39,6 +39,17 @@ lossy links, the source's one) takes its next batches from the source for
 :attr:`Swarm.penalty` seconds (:attr:`Swarm.shy_until`) instead of trying peer
 after peer, each a connect timeout away.
 
+Sizes and times follow measured rates (each source's per-flow rate, an
+exponential average of its completed batches' bytes over seconds), so 4 Mbit/s
+and 1 Gbit/s links are both run near full without timing out
+(:func:`batch_limit`, :func:`fetch_limit`, :func:`overdue_after`): a batch
+holds about :data:`BATCH_SECONDS` of its source's flow, between a floor and the
+configured ceiling; its fetch may take four times its expected time (plus the
+connect allowance); a sourced chunk counts as a straggler only once it has
+been in flight three times its expected time. The source's rate starts at a
+slow guess (:data:`SOURCE_RATE_GUESS`), so its first stripes are small and
+reach peers within a second or two on a slow link; it grows as batches come in.
+
 Otherwise the worker waits for the next completion (an event, no polling).
 A source that sends bytes that do not match their hash is marked lying and
 never used again; one that times out or refuses is penalised for
@@ -74,6 +85,58 @@ WAKE_DELAY = 0.005
 MAX_FAILURES = 12
 #: A node whose peer batch failed takes source batches this many times smaller.
 SHY_SPLIT = 8
+#: Seconds of a source's measured per-flow rate one batch holds: long beside the SSH
+#: round trip each ``content.fetch`` costs (20-60 ms quiet, 0.2-0.6 s at load 30 or
+#: over 4 Mbit/s links), short enough that fresh stripes reach peers soon.
+BATCH_SECONDS = 1.0
+#: The smallest batch (bytes), whatever the rate: two chunks of the 16 KiB average.
+MIN_BATCH = 32 << 10
+#: The source's per-flow rate (bytes/s) assumed until its first batches are measured:
+#: at 4 Mbit/s with 16 flows each gets ~31 KB/s, and 256 KiB first stripes took 8 s
+#: before any peer could serve a byte; at 100 Mbit/s 64 KiB stripes grow back to the
+#: ceiling within a few batches.
+SOURCE_RATE_GUESS = 64e3
+#: A fetch may take this many times its expected time at the measured rate...
+SLACK = 4.0
+#: ... plus this allowance for its connect and TLS handshake (chunkserver's CONNECT_SECONDS).
+CONNECT_ALLOWANCE = 15.0
+#: ... and never less than at this rate (bytes/s): the limit before rates were measured.
+FLOOR_RATE = 200e3
+
+
+#: Bytes one ``content.fetch`` costs on the controller's link, all in (request, SSH and
+#: TCP framing, acknowledgements of the answer): measured 0.25 S of 10 MB for 3,150 batches.
+CONTROL_BYTES = 800
+#: The share of the source's link the controller's fetch requests may take.
+CONTROL_SHARE = 0.05
+
+
+def batch_limit(rate: float, ceiling: int, seconds: float = BATCH_SECONDS) -> int:
+    """Bytes for one batch from a source whose flows run at ``rate`` bytes/s."""
+    return int(min(ceiling, max(MIN_BATCH, rate * seconds)))
+
+
+def batch_seconds(nodes: int, workers: int, source_link: float) -> float:
+    """How long a peer batch should last so that the requests of ``nodes`` x ``workers``
+    fetch workers stay within :data:`CONTROL_SHARE` of the source's link (bytes/s):
+    every request crosses it, and at 4 Mbit/s 100 nodes asking for 100 KB batches
+    (one second each) would have spent 45 % of it on requests."""
+    need = nodes * workers * CONTROL_BYTES / (CONTROL_SHARE * max(source_link, 1e3))
+    return max(BATCH_SECONDS, need)
+
+
+def fetch_limit(nbytes: int, rate: float) -> float:
+    """Seconds a fetch of ``nbytes`` may take from a source measured at ``rate``: at
+    4 Mbit/s a 1 MiB peer batch shared with four other uploads needs ~10 s and a
+    fixed 20 s limit cut the unlucky flows again and again (7 of 100 nodes failed)."""
+    return CONNECT_ALLOWANCE + max(nbytes / FLOOR_RATE, SLACK * nbytes / max(rate, 1e3))
+
+
+def overdue_after(base: float, nbytes: int, rate: float) -> float:
+    """Seconds after which a chunk in a batch of ``nbytes`` at ``rate`` is a straggler
+    (re-fetched from the source): at 4 Mbit/s a sound 256 KiB source stripe takes
+    ~8 s, and a fixed 8 s re-sent half of them (egress 1.6-1.8x S)."""
+    return max(base, 3.0 * nbytes / max(rate, 1e3))
 
 
 @dataclass
@@ -101,6 +164,7 @@ class Batch:
     nbytes: int
     started: float = field(default_factory=time.monotonic)
     pin: str = ""  # the source's certificate fingerprint (TLS), "" when plain
+    limit: float = 60.0  # seconds the fetch may take (:func:`fetch_limit`)
 
     @property
     def address(self) -> list[Any]:
@@ -139,6 +203,7 @@ class Swarm:
         peer_uploads: int = PIPELINE,
         straggle: float = 8.0,
         penalty: float = 10.0,
+        source_rate: float = 5e6,  # the push passes SOURCE_RATE_GUESS
     ) -> None:
         self.sizes = [n for _, n in chunks]
         self.batch_bytes = batch_bytes
@@ -152,7 +217,7 @@ class Swarm:
         self.order: dict[str, list[int]] = {}
         self.cursor: dict[str, int] = {}
         self.inflight: dict[str, set[int]] = {}
-        self.flying: dict[int, float] = {}  # chunk → when its oldest fetch began
+        self.flying: dict[int, float] = {}  # chunk → when its oldest fetch is overdue
         self.flying_count: dict[int, int] = {}
         self.sourced: set[int] = set()
         self.from_source: dict[str, int] = {}  # source batches in flight per node
@@ -161,7 +226,7 @@ class Swarm:
         self.blocked: dict[str, set[str]] = {}  # node → peers it cannot connect to
         self.shy_until: dict[str, float] = {}  # node → when it may try peers again
         self.shy_streak: dict[str, int] = {}  # node → peer failures since its last peer success
-        self.source = Peer(SOURCE, "", 0)
+        self.source = Peer(SOURCE, "", 0, rate=source_rate)
         self.stats: dict[str, NodeStats] = {}
         self.expected: set[str] = set()
         self.finished: set[str] = set()
@@ -337,7 +402,9 @@ class Swarm:
         shy = self.shy_until.get(node, 0.0) > now
         # a node on a lossy path pulls small batches in parallel: each TCP flow stalls on
         # its own doubled retransmission timeouts, so several short ones finish sooner
-        small = self.source_batch_bytes // SHY_SPLIT if shy else self.source_batch_bytes
+        small = batch_limit(self.source.rate, self.source_batch_bytes)
+        if shy:
+            small = max(1, small // SHY_SPLIT)
         source_free = self.source.uploads < self.source_uploads
         # 1. keep the source busy: one stripe per node in flight, new chunks only
         if source_free and not self.from_source.get(node):
@@ -357,7 +424,15 @@ class Swarm:
                         break
             if best is not None:
                 peer = best
-                picked = self._take(self._candidates(node), lambda i: peer.name in self.holders[i])
+                # the source's link: its per-flow rate times the flows it serves at once
+                seconds = batch_seconds(
+                    len(self.peers), self.peer_uploads, self.source.rate * self.source_uploads
+                )
+                picked = self._take(
+                    self._candidates(node),
+                    lambda i: peer.name in self.holders[i],
+                    batch_limit(peer.rate, self.batch_bytes, seconds),
+                )
                 return self._start(node, peer, picked)
         if not source_free:
             return None
@@ -373,8 +448,8 @@ class Swarm:
                     return True
                 if self.holders[i] & live:
                     return False
-                began = self.flying.get(i)
-                if began is None or now - began > self.straggle:
+                overdue = self.flying.get(i)
+                if overdue is None or now > overdue:
                     return True
                 # in flight only to nodes this one cannot reach: no use waiting for it
                 return bool(blocked) and not any(i in self.inflight.get(n, ()) for n in live)
@@ -402,14 +477,15 @@ class Swarm:
             self.sourced.update(chunks)
             self.from_source[node] = self.from_source.get(node, 0) + 1
         self.inflight[node].update(chunks)
-        now = time.monotonic()
+        nbytes = sum(self.sizes[i] for i in chunks)
+        overdue = time.monotonic() + overdue_after(self.straggle, nbytes, peer.rate)
         for i in chunks:
-            self.flying.setdefault(i, now)
+            self.flying[i] = min(self.flying.get(i, overdue), overdue)
             self.flying_count[i] = self.flying_count.get(i, 0) + 1
         host, port = self.source_hosts[node] if peer.name == SOURCE else (peer.host, peer.port)
         _log.debug("%s: %d chunk(s) from %s (%s:%s)", node, len(chunks), peer.name, host, port)
-        nbytes = sum(self.sizes[i] for i in chunks)
-        return Batch(node, peer.name, host, port, chunks, nbytes, pin=peer.pin)
+        limit = fetch_limit(nbytes, peer.rate)
+        return Batch(node, peer.name, host, port, chunks, nbytes, pin=peer.pin, limit=limit)
 
     def complete(self, batch: Batch, outcome: dict[str, Any] | None) -> None:
         """Record what a fetch did; ``outcome`` None means the worker's own node broke."""
