@@ -71,16 +71,36 @@ def register(sub: Any) -> None:
     prune.set_defaults(handler=cmd_prune)
 
 
+def _collected_by_service(args: argparse.Namespace, nodes: list[Any]) -> Any:
+    """``logs collect`` through ``shoal serve`` (its held connections, its store; it
+    records health), as :mod:`.viaservice` does for ``run``; None: go direct."""
+    from shoal.ops.logcollect import Collected
+
+    from .viaservice import _client_for, _collect, _outcome, _selection
+
+    client = _client_for(args)
+    if client is None:
+        return None
+    body = {"selection": _selection(nodes), "app": args.app, "free": args.free}
+    results = _collect(client.stream("POST", "/api/v1/logs/collect", body=body), nodes, _outcome)
+    for r in results:
+        if r.value is not None:
+            r.value = Collected.from_json(r.value)
+    return results
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     from shoal.ops import logcollect
 
     nodes = selected_nodes(args)
-    opts = _options(args)
-    options = logcollect.CollectOptions(app=args.app, free=args.free)
-    results = asyncio.run(
-        logcollect.collect_async(nodes, options, opts, transport=_transport(nodes, opts))
-    )
-    _recorded(results)
+    results = _collected_by_service(args, nodes)
+    if results is None:
+        opts = _options(args)
+        options = logcollect.CollectOptions(app=args.app, free=args.free)
+        results = asyncio.run(
+            logcollect.collect_async(nodes, options, opts, transport=_transport(nodes, opts))
+        )
+        _recorded(results)
     if args.json:
         print_records({"node": r.node, **r.value.to_json()} for r in results if r.ok and r.value)
     else:

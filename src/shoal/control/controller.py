@@ -113,6 +113,9 @@ class Controller:
             raise
         #: set when the controller is asked to stop (by run's caller)
         self.stop = asyncio.Event()
+        #: held by a log collection (the ``logs`` job, ``POST /logs/collect``): one at a
+        #: time, so two never read the same offsets
+        self.logs_lock = asyncio.Lock()
         self._started = False
         #: why the stop could not be journaled, when it could not
         self.stop_problem: str | None = None
@@ -204,9 +207,10 @@ class Controller:
             return "no nodes"
         database, age = self.config.database, self.config.keep_seconds or None
         budget = self.config.logs_max_bytes or None
-        return await asyncio.to_thread(
-            collect_scheduled, nodes, database, max_age=age, max_bytes=budget
-        )
+        async with self.logs_lock:
+            return await asyncio.to_thread(
+                collect_scheduled, nodes, database, max_age=age, max_bytes=budget
+            )
 
     async def audit(self) -> str:
         """Audit the managed nodes' pushed directories (the ``audit`` job), off the loop."""

@@ -154,6 +154,19 @@ class Collected:
             "write_errors": self.write_errors,
         }
 
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> Collected:
+        """The inverse of :meth:`to_json` (a node's record from the service)."""
+        return cls(
+            files=int(record["files"]),
+            segments=int(record["segments"]),
+            raw=int(record["bytes"]),
+            stored=int(record["stored"]),
+            acked=int(record["acked"]),
+            freed=list(record["freed"]),
+            write_errors=list(record["write_errors"]),
+        )
+
 
 @contextmanager
 def _tx(

@@ -18,6 +18,13 @@ Health is recorded exactly as the CLI records it, once per request, after the
 fan-out: ``Policy.OUTCOME`` for runs, ``Policy.REACHABILITY`` for program
 operations (:func:`shoal.nodes.health.record`).
 
+``POST /api/v1/logs/collect`` ``{"selection", "app"?, "free"?}`` is ``shoal
+logs collect`` over the warm connections, into the service's central store
+(:mod:`shoal.ops.logcollect`), one at a time with the scheduled ``logs`` job
+(:attr:`~shoal.control.controller.Controller.logs_lock`): one line per node
+whose ``value`` is :meth:`~shoal.ops.logcollect.Collected.to_json`, then the
+summary; health recorded as for program operations.
+
 ``GET /api/v1/nodes`` lists the inventory (or ``?selection=``) with each node's
 link state and reason, its failed-set reason and its live facts;
 ``GET /api/v1/nodes/failed`` the failed set.
@@ -65,6 +72,12 @@ class RunRequest(BaseModel):
     selection: str | None = None
     command: str
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class CollectRequest(BaseModel):
+    selection: str | None = None
+    app: str | None = None
+    free: bool = False
 
 
 class ProcRequest(BaseModel):
@@ -202,6 +215,29 @@ async def proc(request: Request, action: str, body: ProcRequest) -> StreamingRes
             state=ctl.state,
         )  # fmt: skip
         for outcome in results:
+            on_result(outcome)
+        return results
+
+    return _streamed(fanout, health.Policy.REACHABILITY, ctl)
+
+
+@router.post("/logs/collect")
+async def logs_collect(request: Request, body: CollectRequest) -> StreamingResponse:
+    """``shoal logs collect`` over the warm connections (see the module docstring)."""
+    from shoal.ops import logcollect
+
+    ctl = _controller(request)
+    nodes = resolve(body.selection, state=ctl.state)
+    options = logcollect.CollectOptions(app=body.app, free=body.free)
+
+    async def fanout(on_result: Callable[[NodeOutcome[Any]], None]) -> Results[Any]:
+        async with ctl.logs_lock:
+            results = await logcollect.collect_async(
+                nodes, options, AgentOptions(), transport=ctl.transport, state=ctl.state
+            )
+        for outcome in results:
+            if outcome.value is not None:
+                outcome.value = outcome.value.to_json()
             on_result(outcome)
         return results
 
