@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.serve_idle import export
+from bench.serve_idle import Sample, export, report
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 
@@ -120,7 +120,7 @@ def main() -> int:
             label: Agent(args.python, src, Path(tmp) / f"home{i}")
             for i, (label, src) in enumerate(variants.items())
         }
-        got: dict[str, list[tuple[float, float]]] = {label: [] for label in variants}
+        got: dict[str, list[Sample]] = {label: [] for label in variants}
         try:
             for r in range(args.rounds):
                 for label, agent in agents.items():
@@ -132,15 +132,16 @@ def main() -> int:
             for agent in agents.values():
                 agent.stop()
     print(f"\nagent exec of 'true', {args.burst} at once, median of {args.rounds} rounds")
-    medians = {label: statistics.median(s[0] for s in rows) for label, rows in got.items()}
-    for label, rows in got.items():
-        wall = statistics.median(s[1] for s in rows)
-        print(f"  {label:<22} {medians[label]:5.2f} ms CPU per exec (shell included), "
-              f"{wall:6.1f} ms per burst")  # fmt: skip
-    print(f"  bash -c true alone     {shell_alone():5.2f} ms CPU")
-    if args.before:
-        before, after = medians.values()
-        print(f"  ratio this tree / before: {after / before:.2f}x")
+    report(
+        got,
+        0,
+        lambda label, rows: (
+            f"  {label:<22} {statistics.median(s[0] for s in rows):5.2f} ms"
+            f" CPU per exec (shell included), {statistics.median(s[1] for s in rows):6.1f} ms"
+            " per burst"
+        ),
+        f"  bash -c true alone     {shell_alone():5.2f} ms CPU",
+    )
     return 0
 
 

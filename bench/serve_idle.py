@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.serve import Service, wait_up
@@ -32,6 +33,8 @@ from shoal.state import State
 
 #: Seconds every link must have been up before the measurement starts.
 SETTLE = 10.0
+#: One round's figures of one variant.
+Sample = tuple[float, ...]
 
 
 def export(ref: str, into: Path) -> Path:
@@ -42,6 +45,24 @@ def export(ref: str, into: Path) -> Path:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into / "src"
+
+
+def report(
+    got: dict[str, list[Sample]],
+    field: int,
+    line: Callable[[str, list[Sample]], str],
+    then: str | None = None,
+) -> None:
+    """Each variant's ``line(label, samples)`` (and ``then``), then with a ``--before``
+    variant (the first of two) the ratio of the medians of sample ``field``: this tree
+    / before."""
+    for label, rows in got.items():
+        print(line(label, rows))
+    if then is not None:
+        print(then)
+    if len(got) == 2:
+        before, after = (statistics.median(s[field] for s in rows) for rows in got.values())
+        print(f"  ratio this tree / before: {after / before:.2f}x")
 
 
 def measure(svc: Service, n: int, seconds: float) -> tuple[float, float, float]:
@@ -84,7 +105,7 @@ def main() -> int:
                 home.mkdir(mode=0o700)
                 with State(home / "state.db") as st:
                     import_nodes(nodes, state=st)
-            got: dict[str, list[tuple[float, float, float]]] = {label: [] for label in variants}
+            got: dict[str, list[Sample]] = {label: [] for label in variants}
             for r in range(args.rounds):
                 for label, path in variants.items():
                     sample = measure(Service(homes[label], path), n, args.seconds)
@@ -97,13 +118,14 @@ def main() -> int:
             lab.down()
     print(f"\nservice idle with {n} nodes attached, {args.seconds:g} s per round, "
           f"median of {args.rounds} (target <= 3 % of one core, RSS <= 300 MB)")  # fmt: skip
-    medians = {label: statistics.median(s[1] for s in rows) for label, rows in got.items()}
-    for label, rows in got.items():
-        rss = statistics.median(s[2] for s in rows)
-        print(f"  {label:<24} {medians[label]:5.2f} % of a core  RSS {rss:4.0f} MB")
-    if args.before:
-        before, after = medians.values()
-        print(f"  ratio this tree / before: {after / before:.2f}x")
+    report(
+        got,
+        1,
+        lambda label, rows: (
+            f"  {label:<24} {statistics.median(s[1] for s in rows):5.2f} % of"
+            f" a core  RSS {statistics.median(s[2] for s in rows):4.0f} MB"
+        ),
+    )
     return 0
 
 
