@@ -4,9 +4,9 @@
                                        [--loss-minutes 0] [--restart] [--big 0]
 
 1. A warm ``shoal run true`` on every node, the whole CLI process timed (it goes
-   through the running service: cli/viaservice) against the cold peers in the
-   same lab: a parallel ssh loop with the lab's ssh_config and pssh (if installed).
-   Target <= 0.1x the fastest peer.
+   through the running service: cli/fastpath) against the cold peers in the same
+   lab: a parallel ssh loop with the lab's ssh_config and pssh (if installed); the
+   load average printed beside. Target <= 0.1x the fastest peer.
 2. How a warm run reaches the node: an SSH session channel on the held connection
    against the agent's ``exec`` on the watched stream (in-process, the links alone).
 3. Kill detection: ``shoal lab kill`` of one node at a time; the time from the kill to
@@ -158,11 +158,13 @@ def warm_vs_cold(lab: Lab, svc: Service, rounds: int) -> tuple[float, float]:
         "direct": lambda: timed(warm_argv, direct_env),
         **{name: functools.partial(timed, argv) for name, argv in peers.items()},
     }
+    load_before = os.getloadavg()[0]
     got = alternated(runs, rounds)
+    load = (load_before + os.getloadavg()[0]) / 2
     warm, direct = got.pop("warm"), got.pop("direct")
     cold = got
     best = min(cold, key=lambda k: cold[k][0])
-    print(f"\nrun true on {n} nodes (median / min of {rounds}, whole process)")
+    print(f"\nrun true on {n} nodes (median / min of {rounds}, whole process; load {load:.1f})")
     print(f"  shoal (service) {warm[0]:.3f} s / {warm[1]:.3f} s")
     print(f"  shoal (direct)  {direct[0]:.3f} s / {direct[1]:.3f} s  (SHOAL_NO_SERVICE=1)")
     for name, (med, low) in cold.items():
