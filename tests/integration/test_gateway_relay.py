@@ -101,12 +101,12 @@ def test_relay_output_is_the_direct_paths_and_merged_on_the_gateway(
     with caplog.at_level(logging.DEBUG, logger="shoal.transport.relay"):
         relayed = run(relay(nodes), command)
     assert shape(relayed) == shape(tunnelled)
-    assert len(handshakes) == 2  # relay: n3, and the relay's connection to n3; none to the site
+    assert len(handshakes) == 1  # relay: one connection to n3 (its own command too)
     assert [r.kind for r in relayed] == ["ok", "ok", "failed", "ok"]
     assert relayed["n5"].reason == "exit 3" and relayed["n5"].stderr == "n5 2\n"
-    # n3 itself: its own login; the relay: one more login to n3, none from the controller
-    # to the site's nodes (their logins came from the gateway's site address)
-    assert len(accepted(site_lab, GATEWAY)) - before[GATEWAY] == 2
+    # one login to n3 for its command and the relay, none from the controller to the
+    # site's nodes (their logins came from the gateway's site address)
+    assert len(accepted(site_lab, GATEWAY)) - before[GATEWAY] == 1
     for name in SITE:
         logins = accepted(site_lab, name)
         assert len(logins) - before[name] == 1
@@ -153,7 +153,7 @@ def test_dead_relay_gateway_subtree_reported_then_reached_directly(
 ) -> None:
     by_name = {n.name: n for n in site_lab.nodes()}
     n2 = replace(by_name["n2"], attrs={**by_name["n2"].attrs, "gateway": GATEWAY})
-    nodes = relay([n2, by_name["n4"], by_name["n5"]])
+    nodes = relay([n2, by_name[GATEWAY], by_name["n4"], by_name["n5"]])
     site_lab.kill(GATEWAY)
     try:
         dead = run(nodes, "hostname", connect_timeout=2, retries=0)
@@ -161,6 +161,7 @@ def test_dead_relay_gateway_subtree_reported_then_reached_directly(
         site_lab.revive(GATEWAY)
     assert dead["n2"].ok and dead["n2"].stdout == "n2\n", dead["n2"].reason  # directly
     assert accepted(site_lab, "n2")[-1].find(f" from {site_lab.controller_addr} port ") > 0
+    assert dead[GATEWAY].reason == "connect timed out after 2s", dead[GATEWAY].reason
     for name in ("n4", "n5"):
         assert dead[name].kind == "unreachable"
         want = f"unreachable through gateway {GATEWAY} ({GATEWAY}: connect timed out after 2s)"
@@ -169,8 +170,8 @@ def test_dead_relay_gateway_subtree_reported_then_reached_directly(
     handshakes.clear()
     back = run(nodes, "hostname", connect_timeout=10)
     assert back.ok, shape(back)
-    assert len(handshakes) == 1  # through the revived gateway's relay again
-    assert [r.stdout for r in back] == ["n2\n", "n4\n", "n5\n"]
+    assert len(handshakes) == 1  # n3's command and its relay on one connection again
+    assert [r.stdout for r in back] == ["n2\n", "n3\n", "n4\n", "n5\n"]
     assert f" from {by_name[GATEWAY].host} port " in accepted(site_lab, "n2")[-1]
 
 

@@ -42,7 +42,8 @@ from .results import CommandOutcome, CommandOutput, Results
 from .scheduler import ResultCallback
 
 if TYPE_CHECKING:  # asyncssh: imported when a relay runs, not for auto_tree
-    from shoal.transport.ssh import SSHTransport
+    from shoal.transport.base import CommandResult
+    from shoal.transport.ssh import SSHConnection, SSHTransport
 
 #: Runs ``nodes`` (at ``indices``) the ordinary way, with the caller's callbacks if ``live``.
 DirectRun = Callable[[Sequence[Node], Sequence[int], bool], Awaitable[Results[CommandOutcome]]]
@@ -148,6 +149,9 @@ async def run_with_relays(
             groups.setdefault(str(node.gateway), []).append((i, node))
         else:
             rest.append((i, node))
+    # a gateway in the selection runs its own command on its relay's connection
+    carried = {n.name: (i, n) for i, n in rest if n.name in groups}
+    rest = [(i, n) for i, n in rest if n.name not in carried]
     loop = asyncio.get_running_loop()
     started = loop.time()
 
@@ -179,12 +183,23 @@ async def run_with_relays(
             hard=hard,
             parallel=options.parallel or 64,
         )
+        own = None
+        if name in carried:
+            at, gw_node = carried[name]
+            gw_env = {"SHOAL_NODE": gw_node.name, "SHOAL_INDEX": str(at), **options.env}
+            # the relay's sessions get the forwarded agent; the command, as directly, not
+            gw_line = f"unset SSH_AUTH_SOCK; {command}"
+            gw_sudo = options.sudo or gw_node.become
+
+            def own(conn: SSHConnection) -> Awaitable[CommandResult]:
+                return conn.run(gw_line, timeout=options.timeout, env=gw_env, sudo=gw_sudo)
+
         try:
-            got = await relay_run(transport, gateway, items, ropts)
+            got = await relay_run(transport, gateway, items, ropts, own)
         except ShoalError as exc:
             return await fallback(name, members, exc)
         out = []
-        for i, node in members:
+        for i, node in [*members, *([carried[name]] if name in carried else [])]:
             res = got.get(node.name) or ConnectError("the relay did not report it", node.name)
             if isinstance(res, ShoalError):
                 outcome = CommandOutcome(node.name, error=res)
@@ -205,10 +220,12 @@ async def run_with_relays(
         name: str, members: list[tuple[int, Node]], why: ShoalError
     ) -> list[CommandOutcome]:
         through = f"unreachable through gateway {name} ({why.located()})"
-        res = await direct([_direct(n) for _, n in members], [i for i, _ in members], False)
+        tried = [*members, *([carried[name]] if name in carried else [])]
+        res = await direct([_direct(n) for _, n in tried], [i for i, _ in tried], False)
         out = []
         for r in res:
-            if not r.reached and not isinstance(r.error, CommandTimeout):
+            behind = r.node != name
+            if behind and not r.reached and not isinstance(r.error, CommandTimeout):
                 r.error = ConnectError(f"{through}; directly: {r.error}", r.node)
             deliver(r)
             out.append(r)

@@ -33,7 +33,7 @@ import json
 import shlex
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from shoal.logsetup import logger
 from shoal.nodes.model import Node
 
 from .base import CommandResult
-from .ssh import SSHTransport
+from .ssh import SSHConnection, SSHTransport
 
 log = logger(__name__)
 
@@ -224,10 +224,13 @@ async def relay_run(
     gateway: Node,
     nodes: Sequence[RelayNode],
     options: RelayOptions,
+    own: Callable[[SSHConnection], Awaitable[CommandResult]] | None = None,
 ) -> dict[str, Outcome]:
-    """Run each node's line through ``gateway``'s relay; an outcome per node. Raises
-    ConnectError (the gateway's) when the gateway cannot be had; a relay that dies midway
-    leaves its unreported nodes ``unreachable through gateway G (...)``."""
+    """Run each node's line through ``gateway``'s relay; an outcome per node, and one
+    for the gateway itself when ``own`` runs its command (a session of the same
+    connection: one handshake per gateway in all). Raises ConnectError (the gateway's)
+    when the gateway cannot be had; a relay that dies midway leaves its unreported
+    nodes ``unreachable through gateway G (...)``."""
     entries, kh_lines, keys, user_agent = _prepare(transport, nodes)
     names = {e["name"] for e in entries}
     request = {
@@ -242,12 +245,24 @@ async def relay_run(
     source = Path(relayrun.__file__).read_text()
     command = f"exec python3 -c {shlex.quote(source)}"
     out: dict[str, Outcome] = {}
+
+    async def gateway_own(conn: SSHConnection) -> None:
+        assert own is not None
+        try:
+            out[gateway.name] = await own(conn)
+        except ShoalError as exc:
+            out[gateway.name] = exc
+
     async with KeyAgent(keys, signs=len(entries)) as agent:
         conn = await transport.connect(
             gateway, timeout=options.connect_timeout, agent_forward=user_agent or agent.path
         )
         try:
-            why = await _exchange(conn._conn, command, request, names, out)
+            relay = _exchange(conn._conn, command, request, names, out)
+            if own is None:
+                why = await relay
+            else:
+                why, _ = await asyncio.gather(relay, gateway_own(conn))
         finally:
             await conn.close()
     if why is not None:
