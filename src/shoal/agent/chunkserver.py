@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from .chunkstore import ChunkError, ChunkStore, Throttle
+from .linkwaits import FetchWaits
 from .manifest import is_hash
 from .tlspin import TLS_RECORD, PinError, TlsSocket, is_fingerprint, shared_client_context
 
@@ -67,14 +68,14 @@ MAX_REQUEST = 96 * 1024
 AUTH_SECONDS = 15.0
 #: A connection with no request for this long is closed.
 IDLE_SECONDS = 60.0
-#: A fetch's TCP connect and TLS handshake: at 30 % loss each way a SYN is answered
-#: within 1+2+4 s nine times in ten, and the handshake's two round trips need as long
-#: again; a dead peer costs this once per node (then it is blocked for that node).
-CONNECT_SECONDS = 15.0
-#: A fetch whose bytes stop for this long fails (the swarm re-issues stragglers
-#: elsewhere after 8 s anyway): at 30 % loss each way TCP's doubled retransmission
-#: timeouts stall a sound transfer beyond 10 s often (measured: most batch failures).
-STALL_SECONDS = 30.0
+#: A fetch's TCP connect, and its TLS handshake, each on a clean link: on a lossy one
+#: the controller sends longer waits with the request (:mod:`.linkwaits`), measured
+#: from its own link to the node, so a dead peer costs this, not a lossy link's wait.
+CONNECT_SECONDS = 5.0
+#: A fetch whose bytes stop for this long fails, on a clean link (the controller sends
+#: a lossy link's longer wait: TCP's doubled retransmission timeouts stall a sound
+#: transfer beyond 10 s often at 30 % loss each way).
+STALL_SECONDS = 10.0
 MAX_PENDING = 64
 MAX_PENDING_PER_PEER = 8
 MAX_PER_PEER = 128
@@ -501,9 +502,11 @@ class _Stream:
         self.filled = 0  # bytes of the view read_into is filling that are in
 
     @classmethod
-    async def connect(cls, host: str, port: int, timeout: float, pin: str = "") -> _Stream:
+    async def connect(
+        cls, host: str, port: int, timeout: float, pin: str = "", handshake: float = 0.0
+    ) -> _Stream:
         """A connection; with ``pin``, TLS to a server whose certificate has that SHA-256
-        (PinError otherwise), the handshake within the same ``timeout``."""
+        (PinError otherwise), the handshake within ``handshake`` (else ``timeout``)."""
         loop = asyncio.get_running_loop()
         info = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, kind, proto, _, addr = info[0]
@@ -514,7 +517,7 @@ class _Stream:
             if not pin:
                 return cls(sock)
             tls = TlsSocket(sock, shared_client_context())
-            await asyncio.wait_for(tls.handshake(pin), timeout)
+            await asyncio.wait_for(tls.handshake(pin), handshake or timeout)
         except BaseException:
             sock.close()
             raise
@@ -594,12 +597,18 @@ class Fetcher:
         self.idle_timeout = idle_timeout
         self._idle: dict[tuple[str, int, str], list[_Stream]] = {}
 
-    async def _connect(self, host: str, port: int, pin: str) -> tuple[_Stream, bool]:
+    def waits(self) -> FetchWaits:
+        """This fetcher's own waits (a clean link's), for requests that bring none."""
+        return FetchWaits(self.connect_timeout, self.connect_timeout, self.idle_timeout)
+
+    async def _connect(
+        self, host: str, port: int, pin: str, waits: FetchWaits
+    ) -> tuple[_Stream, bool]:
         """A kept-alive connection (True) or a new one (False)."""
         pool = self._idle.get((host, port, pin))
         if pool:
             return pool.pop(), True
-        return await _Stream.connect(host, port, self.connect_timeout, pin), False
+        return await _Stream.connect(host, port, waits.connect, pin, waits.handshake), False
 
     @staticmethod
     async def _ask(conn: _Stream, request: bytes, kept: bool) -> bytes:
@@ -635,11 +644,14 @@ class Fetcher:
         deadline: float | None = None,
         bucket: str = "misc",
         pin: str = "",
+        waits: FetchWaits | None = None,
     ) -> FetchResult:
         """Fetch ``chunks`` [(sha256, size)] from one source; never raises for the source.
 
         With ``pin`` (a certificate's SHA-256), over TLS to that certificate only: the
-        token is sent once the server has proved it; another certificate is ``lying``."""
+        token is sent once the server has proved it; another certificate is ``lying``.
+        ``waits``: the link's connect, handshake and stall limits (else this fetcher's)."""
+        waits = waits or self.waits()
         result = FetchResult()
         started = time.monotonic()
         pending = [c for c in chunks if not self.store.has(c[0])]
@@ -654,13 +666,13 @@ class Fetcher:
         try:
             request = {"v": WIRE_VERSION, "token": token, "want": [h for h, _ in pending]}
             line = json.dumps(request).encode() + b"\n"
-            conn, kept = await self._connect(host, port, pin)
-            watch = _Watchdog(conn, self.idle_timeout, deadline)
+            conn, kept = await self._connect(host, port, pin, waits)
+            watch = _Watchdog(conn, waits.stall, deadline)
             head = await self._ask(conn, line, kept)
             if not head and kept:
                 conn.close()
                 conn = None
-                conn = await _Stream.connect(host, port, self.connect_timeout, pin)
+                conn = await _Stream.connect(host, port, waits.connect, pin, waits.handshake)
                 watch.stream = conn
                 conn.stamp = time.monotonic()
                 head = await self._ask(conn, line, False)

@@ -3,7 +3,7 @@
 Theory of operation. The controller is the coordinator; a node only does what
 it is told, over its control socket (so only SSH can start anything):
 
-``content.begin`` {dir, version, blob, blob_size, token, sources, probe?, tls?, ...}
+``content.begin`` {dir, version, blob, blob_size, token, sources, probe?, tls?, waits?, ...}
     With ``probe`` [host, port] (the controller's chunk server), first checks
     that this node can connect to it; if not it answers only ``unreachable``
     (why) and opens nothing, and the controller tunnels the source through its
@@ -19,12 +19,15 @@ it is told, over its control socket (so only SSH can start anything):
     :meth:`Manifest.unique_chunks`, it lacks (``missing``) and which it holds
     in its store and can serve peers (``held``). Chunks found in the files of
     versions already deployed here are neither missing nor fetched.
-``content.fetch`` {version, dir, source: [host, port, pin?], chunks: [index...], limit}
+``content.fetch`` {version, dir, source: [host, port, pin?], chunks: [index...], limit, waits?}
     Fetches those chunks from one source (a peer or the controller; over TLS
     to the certificate whose SHA-256 is ``pin``, when given), verifies
     each hash, stores it; answers ``got``, ``failed``, ``bytes`` and whether
     the source lied (sent bytes that do not match) or could not be connected to
     (``unreachable``: the controller stops choosing that peer for this node).
+    ``waits`` {connect, handshake, stall} (seconds; and ``probe_seconds`` for
+    begin's probe) are the waits the controller derived from the loss its SSH
+    link to this node shows (:mod:`.linkwaits`); without them, a clean link's.
 ``content.commit`` {version, dir, switch?}
     Assembles the version beside the running one and switches ``dir`` to it
     atomically (:mod:`.activate`); answers ``need`` (indices) instead when a
@@ -71,6 +74,7 @@ from . import manifest as mf
 from .activate import Area, AreaError, NeedChunks, resolve_target
 from .chunkserver import ChunkServer, Fetcher, StoreBackend, chunk_sources
 from .chunkstore import ChunkError, ChunkStore, Throttle, unlink_all
+from .linkwaits import from_wire, seconds
 from .tlspin import TEST_IMPOSTOR_FLAG, pem_fingerprint, server_context
 
 #: A session unused this long ends and its store goes (the window to resume a push).
@@ -84,7 +88,7 @@ BUSY_WAIT_SECONDS = 60.0
 REAP_SECONDS = 30.0
 #: How long ``content.begin`` waits to connect to the controller (``probe``) before
 #: saying it cannot, so the controller sends chunks through SSH instead.
-PROBE_SECONDS = 8.0  # SYNs at 0, 1, 3 and 7 s: 93 % answered at 30 % loss each way
+PROBE_SECONDS = 3.0  # a clean link's: the controller sends ``probe_seconds`` for a lossy one
 #: Attempts at the manifest per source before ``content.begin`` gives up.
 MANIFEST_TRIES = 3
 
@@ -341,7 +345,8 @@ class ContentService:
         if old is not None and old.busy:
             raise ValueError(f"a push of {version} to {area.target} is still running here")
         if args.get("probe") is not None:  # can we reach the controller's chunk server?
-            unreachable = await _unreachable(args["probe"])
+            probe = seconds(args.get("probe_seconds"), PROBE_SECONDS)
+            unreachable = await _unreachable(args["probe"], probe)
             if unreachable:
                 return {"unreachable": unreachable}  # nothing opened: it tunnels, asks again
         await self._serve(
@@ -426,9 +431,10 @@ class ContentService:
             tries = [
                 s for s in chunk_sources(args.get("sources", [])) for _ in range(MANIFEST_TRIES)
             ]
+            waits = from_wire(args.get("waits"), self.fetcher.waits())
             for host, port, pin in tries:
                 got = await self.fetcher.fetch(
-                    host, port, token, [(blob, size)], bucket=version, pin=pin
+                    host, port, token, [(blob, size)], bucket=version, pin=pin, waits=waits
                 )
                 if got.got:
                     break
@@ -486,6 +492,7 @@ class ContentService:
             deadline=time.monotonic() + timeout,
             bucket=session.version,
             pin=pin,
+            waits=from_wire(args.get("waits"), self.fetcher.waits()),
         )
         if result.lying:
             self.record("content", None, f"rejected chunks from {host}:{port}: {result.error}")

@@ -57,6 +57,7 @@ from typing import Any
 
 from shoal.agent.chunkserver import ChunkServer
 from shoal.agent.chunkstore import Throttle
+from shoal.agent.linkwaits import RTO_MIN, FetchWaits, fetch_waits, path_loss, probe_seconds
 from shoal.agentlink.agentclient import AgentClient
 from shoal.agentlink.fleet import (
     AgentOptions,
@@ -417,14 +418,14 @@ async def _node_push(
         begin: dict[str, Any] = {"unreachable": why}
         if source is not None:
             begin = await _begin(
-                client, tree, remote_dir, opts, swarm, token, source, node_addr, tls
+                client, tree, remote_dir, opts, swarm, token, source, node_addr, tls, conn
             )
         if begin.get("unreachable"):
             why = begin["unreachable"]
             forward = await servers.tunnel(conn)
             source = (forward.host, forward.port)
             begin = await _begin(
-                client, tree, remote_dir, opts, swarm, token, source, node_addr, tls
+                client, tree, remote_dir, opts, swarm, token, source, node_addr, tls, conn
             )
             if begin.get("unreachable"):
                 raise ContentError(
@@ -494,10 +495,15 @@ async def _begin(
     source: tuple[str, int],
     node_addr: str,
     tls: Identity | None,
+    conn: Connection,
 ) -> dict[str, Any]:
     """``content.begin`` with the source at ``source`` (answers ``unreachable`` if the
     node cannot connect to it, having opened nothing); ``tls``: the node's own key and
-    certificate to serve with."""
+    certificate to serve with. Its waits follow the loss ``conn``'s link shows (its
+    manifest may come from a peer: a path across two links like it)."""
+    link = conn.link()
+    loss = link.loss if link is not None else 0.0
+    rto = link.rto if link is not None else RTO_MIN
     return await client.call(
         "content.begin",
         timeout=120,
@@ -508,6 +514,8 @@ async def _begin(
         token=token,
         sources=swarm.manifest_sources(source),
         probe=list(source),
+        probe_seconds=probe_seconds(loss),
+        waits=fetch_waits(path_loss(loss, loss), rto).wire(),
         bind=node_addr,
         rate=opts.rate_limit,
         keep=opts.keep,
@@ -536,13 +544,16 @@ async def _fetch_all(
             if batch is None:
                 return
             timeout = batch.limit
-            wait = timeout + ANSWER_MARGIN
+            waits = _link_waits(conn, swarm, batch.source)
+            # the agent connects (and shakes hands) before its limit starts
+            wait = timeout + waits.connect + waits.handshake + ANSWER_MARGIN
             call = agent.call(
                 "content.fetch",
                 timeout=wait + 5.0,  # a backstop: the wait_for below decides
                 source=batch.address,
                 chunks=batch.chunks,
                 limit=timeout,
+                waits=waits.wire(),
                 **session,
             )
             try:
@@ -584,6 +595,18 @@ async def _fetch_all(
 
 #: Seconds a fetch's answer may take over SSH beyond the fetch's own limit.
 ANSWER_MARGIN = 15.0
+
+
+def _link_waits(conn: Connection, swarm: Swarm, source: str) -> FetchWaits:
+    """The waits of a fetch by ``conn``'s node from ``source`` (a peer's name, or the
+    source: our end of that path is clean to us), from the loss and RTO our SSH links
+    to the node and to the peer show now (:mod:`shoal.agent.linkwaits`)."""
+    here = conn.link()
+    if here is not None:
+        swarm.links[conn.node.name] = here
+    ends = [e for e in (here, swarm.links.get(source)) if e is not None]
+    loss = path_loss(*(e.loss for e in ends))
+    return fetch_waits(loss, max((e.rto for e in ends), default=RTO_MIN))
 
 
 def _check(node: Node, swarm: Swarm, batch: Batch, outcome: dict[str, Any]) -> None:

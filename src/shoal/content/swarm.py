@@ -34,8 +34,8 @@ node cannot connect to (the fetch says ``unreachable``: NAT, a firewall) is
 never chosen for that node again (:attr:`Swarm.blocked`) and counts as no
 holder for it, so it takes those chunks from elsewhere, the source at worst;
 the peer stays good for everyone else. A node whose peer batch failed
-(unreachable or timed out: on a lossy network node-to-node paths cross two
-lossy links, the source's one) takes its next batches from the source for
+(timed out: on a lossy network node-to-node paths cross two lossy links, the
+source's one) takes its next batches from the source for
 :attr:`Swarm.penalty` seconds (:attr:`Swarm.shy_until`) instead of trying peer
 after peer, each a connect timeout away.
 
@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shoal.logsetup import logger
+from shoal.transport.tcpinfo import LinkState
 
 _log = logger(__name__)
 SOURCE = "(source)"
@@ -226,6 +227,7 @@ class Swarm:
         self.blocked: dict[str, set[str]] = {}  # node → peers it cannot connect to
         self.shy_until: dict[str, float] = {}  # node → when it may try peers again
         self.shy_streak: dict[str, int] = {}  # node → peer failures since its last peer success
+        self.links: dict[str, LinkState] = {}  # node → what our SSH link to it shows
         self.source = Peer(SOURCE, "", 0, rate=source_rate)
         self.stats: dict[str, NodeStats] = {}
         self.expected: set[str] = set()
@@ -527,7 +529,8 @@ class Swarm:
                 node, len(failed), len(batch.chunks), batch.source,
                 time.monotonic() - batch.started, outcome.get("error") or "-",
             )  # fmt: skip
-        if batch.source != SOURCE:
+        if batch.source != SOURCE and not outcome.get("unreachable"):
+            # (a peer it cannot connect to is blocked below: no reason to shun the others)
             if failed and not got:
                 # its peers fail it (a lossy or congested path): the source for a while,
                 # twice as long at each failure in a row (two lossy links lose far more

@@ -18,6 +18,8 @@ from typing import Protocol
 from shoal.errors import TransportError
 from shoal.nodes.model import Node
 
+from .tcpinfo import LinkState
+
 #: After a command's shell exits, how long to wait for its output to drain; a
 #: background process still holding the output open is then left to run.
 DRAIN_AFTER_EXIT = 0.25
@@ -128,6 +130,11 @@ class Connection(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    def link(self) -> LinkState | None:
+        """What TCP shows of the path to the node (loss, RTO: :mod:`.tcpinfo`); None
+        where it cannot tell (then callers wait as on a clean link)."""
+        return None
 
     def quiet_keepalive(self, quiet: bool) -> None:  # noqa: B027 - optional hook
         """Stop (True) or restore (False) the transport's own keepalives: while a stream

@@ -62,6 +62,7 @@ from typing import Any
 
 import asyncssh
 
+from shoal.agent.linkwaits import keepalive_count
 from shoal.errors import (
     AuthError,
     CommandTimeout,
@@ -83,6 +84,7 @@ from .base import (
     Transport,
 )
 from .sftp import SFTPCopier
+from .tcpinfo import LinkState, link_state
 from .unixstream import UnixStream
 
 #: Seconds between the remote TERM and KILL when a command times out or is interrupted.
@@ -232,17 +234,34 @@ class SSHConnection(Connection):
     """One SSH connection to one node, reused for every operation."""
 
     def __init__(
-        self, node: Node, conn: asyncssh.SSHClientConnection, keepalive: float = 0.0
+        self,
+        node: Node,
+        conn: asyncssh.SSHClientConnection,
+        keepalive: float = 0.0,
+        keepalive_count: int = 3,
     ) -> None:
         self.node = node
         self._conn = conn
         self._keepalive = keepalive  # seconds, as connected (0: none)
+        self._keepalive_count = self._tolerated = keepalive_count
         self._sftp: asyncssh.SFTPClient | None = None
         #: called once closed (a node behind a gateway: the gateway's release)
         self.on_close: Callable[[], Awaitable[None]] | None = None
 
     def is_closed(self) -> bool:
         return self._conn.is_closed()
+
+    def link(self) -> LinkState | None:
+        """The path's loss and RTO as TCP measured them; a lossy link's keepalives are
+        tolerated longer (:func:`~shoal.agent.linkwaits.keepalive_count`), a clean one's
+        as configured: a dead node is noticed as fast as before."""
+        state = link_state(self._conn.get_extra_info("socket"))
+        if state is not None and self._keepalive > 0:
+            count = keepalive_count(state.loss, state.rto, self._keepalive, self._keepalive_count)
+            if count > self._tolerated:
+                self._tolerated = count
+                self._conn.set_keepalive(count_max=count)
+        return state
 
     def quiet_keepalive(self, quiet: bool) -> None:
         """asyncssh re-arms its keepalive timer on every packet received (a timer
@@ -738,7 +757,14 @@ class SSHTransport(Transport):
             hostkeys.log_trusted_by(
                 node.name, str(plan.kwargs.get("host") or node.address), plan.known_hosts, conn
             )
-        return SSHConnection(node, conn, float(plan.kwargs["keepalive_interval"]))
+        made = SSHConnection(
+            node,
+            conn,
+            float(plan.kwargs["keepalive_interval"]),
+            int(plan.kwargs["keepalive_count_max"]),
+        )
+        made.link()  # the handshake's retransmissions already tell a lossy link
+        return made
 
 
 @dataclass
