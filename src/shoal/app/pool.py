@@ -7,12 +7,15 @@ connection once and hands out wrappers whose ``close`` does nothing, so the
 phases share it (SSH multiplexes their channels); :meth:`ConnectionPool.aclose`
 closes them all at the end. A connection that broke is dropped and the next
 ``connect`` opens a new one.
+
+:class:`SharedConnection` is the lent connection itself, also the base of the
+service's held connections (:class:`shoal.control.links.WarmTransport`'s).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from shoal.errors import CommandTimeout, TransportError
 from shoal.nodes.model import Node
@@ -28,12 +31,16 @@ from shoal.transport.base import (
 
 
 class SharedConnection(Connection):
-    """A pooled connection: every call goes to the shared one; ``close`` is a no-op."""
+    """A connection lent to one caller: every call goes to the shared ``inner``;
+    ``close`` is a no-op; ``on_broken(inner)`` is told when a command fails with a
+    transport error (not a timeout), so the owner can replace it."""
 
-    def __init__(self, pool: ConnectionPool, inner: Connection) -> None:
-        self.pool = pool
+    def __init__(
+        self, inner: Connection, on_broken: Callable[[Connection], None] | None = None
+    ) -> None:
         self.inner = inner
         self.node = inner.node
+        self.on_broken = on_broken
 
     async def run(
         self,
@@ -52,7 +59,8 @@ class SharedConnection(Connection):
         except CommandTimeout:
             raise
         except TransportError:
-            self.pool.drop(self.node.name, self.inner)
+            if self.on_broken is not None:
+                self.on_broken(self.inner)
             raise
 
     async def put(self, local: str, remote: str) -> int:
@@ -87,7 +95,7 @@ class ConnectionPool(Transport):
             if conn is None:
                 conn = await self.inner.connect(node, timeout=timeout)
                 self.conns[node.name] = conn
-        return SharedConnection(self, conn)
+        return SharedConnection(conn, lambda broken: self.drop(node.name, broken))
 
     def drop(self, name: str, conn: Connection) -> None:
         """Forget a connection that failed (the next connect opens a new one)."""

@@ -74,6 +74,7 @@ from shoal.agentlink.agentclient import (
 )
 from shoal.agentlink.agentwatch import Beat
 from shoal.agentlink.fleet import AgentOptions, install_async
+from shoal.app.pool import SharedConnection
 from shoal.errors import (
     AgentError,
     AgentLinkBroken,
@@ -91,12 +92,9 @@ from shoal.nodes.model import Node
 from shoal.state import State
 from shoal.transport import sshconfig
 from shoal.transport.base import (
-    ByteReader,
-    ByteWriter,
     CommandResult,
     Connection,
     LineCallback,
-    RemoteForward,
     Transport,
 )
 from shoal.transport.factory import make_transport
@@ -248,7 +246,7 @@ class Link:
         }
 
 
-class _Held(Connection):
+class _Held(SharedConnection):
     """A node's held connection lent to one caller: ``close()`` leaves it open.
 
     ``run`` goes through the agent's ``exec`` on the watched stream when
@@ -259,9 +257,9 @@ class _Held(Connection):
     session would tell it."""
 
     def __init__(self, link: Link, conn: Connection, via_agent: bool = False) -> None:
+        super().__init__(conn)
         self.node = link.node
         self._link = link
-        self._conn = conn
         self._via_agent = via_agent
 
     async def run(
@@ -276,11 +274,11 @@ class _Held(Connection):
     ) -> CommandResult:
         client = self._link.client
         if not self._via_agent or client is None or sudo:
-            return await self._conn.run(
+            return await super().run(
                 command, timeout=timeout, env=env, input=input, sudo=sudo, on_line=on_line
             )
         if self._link.ssh_env is None:  # what an SSH session sees of us, once per link
-            got = await self._conn.run(SSH_ENV_COMMAND, timeout=30)
+            got = await self.inner.run(SSH_ENV_COMMAND, timeout=30)
             values = got.stdout.decode(errors="replace").split("\n")
             self._link.ssh_env = dict(zip(("SSH_CONNECTION", "SSH_CLIENT"), values, strict=False))
         env = {**self._link.ssh_env, **(env or {})}
@@ -295,21 +293,6 @@ class _Held(Connection):
                 f"command timed out after {timeout:g}s and was killed on the node", self.node.name
             )
         return CommandResult(res.exit_status, res.stdout, res.stderr, res.signal)
-
-    async def put(self, local: str, remote: str) -> int:
-        return await self._conn.put(local, remote)
-
-    async def get(self, remote: str, local: str) -> int:
-        return await self._conn.get(remote, local)
-
-    async def open_unix(self, path: str) -> tuple[ByteReader, ByteWriter]:
-        return await self._conn.open_unix(path)
-
-    async def forward_remote(self, host: str, port: int) -> RemoteForward:
-        return await self._conn.forward_remote(host, port)
-
-    async def close(self) -> None:
-        return None
 
 
 class WarmTransport(Transport):
