@@ -41,6 +41,11 @@ class AgentBuild:
     def size(self) -> int:
         return len(self.data)
 
+    @property
+    def sha256(self) -> str:
+        """The zipapp's SHA-256 (hex), what a node that fetched it checks."""
+        return hashlib.sha256(self.data).hexdigest()
+
 
 def agent_sources(package_dir: Path | None = None) -> dict[str, bytes]:
     """Archive path → content of every module the agent needs."""

@@ -76,6 +76,8 @@ OPS = (
     "logs.read",
     "logs.ack",
     "agent.handover",
+    "agent.share",
+    "agent.unshare",
     "audit.scan",
     "audit.page",
     "audit.replace",

@@ -25,6 +25,7 @@ JSON-line requests; ordinary ones are answered in order, streaming ones
 ``audit.scan|page|replace``     files hashed for ``shoal audit``, stat-cached (:mod:`.filehash`)
 ``agent.handover``              exec ``<home>/agent.pyz`` in this process: the new build
                                 adopts the running programs (:meth:`Supervisor.handover`)
+``agent.share|unshare``         serve this agent's zipapp to peers (:mod:`.agentshare`)
 
 At most :data:`MAX_CLIENTS` connections are served at once: a newcomer past
 that closes the oldest one waiting for its next request with no stream running
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol
+from .agentshare import AgentShare
 from .eventjournal import EventLog
 from .execute import MAX_EXECS, ExecRequest, ExecStream
 from .filehash import FileAudit
@@ -105,6 +107,7 @@ class Agent:
         self.agent_id = self._identity()
         self.content = ContentService(home, self._record)
         self.audit = FileAudit(home, self._record)
+        self.share = AgentShare(home, self.build, self._record)
         self._stopping: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
         #: connection handler → its connection (oldest first)
@@ -182,6 +185,7 @@ class Agent:
         self.events.record("agent_stopping", None, f"pid {os.getpid()}")
         self._server.close()
         self.content.close()
+        self.share.close()
         try:
             os.unlink(str(self.sock_path))
         except OSError:
@@ -414,6 +418,8 @@ class Agent:
             return self.logship.dispatch(op, args)
         if op.startswith("audit."):
             return await self.audit.dispatch(op, args)
+        if op in ("agent.share", "agent.unshare"):
+            return await self.share.dispatch(op, args)
         if op == "agent.handover":
             return self._check_handover()
         if op == "shutdown":

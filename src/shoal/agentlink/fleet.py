@@ -21,7 +21,9 @@ Install copies the zipapp built by :mod:`shoal.agent.build` to
 build's id (copied beside it and renamed in once the node's python runs it, so
 a read-only or full disk or a missing python leaves the running agent as it
 was), and makes sure this build is the one running: an agent of another build
-is replaced. An agent that offers ``agent.handover`` execs the new build
+is replaced. How the zipapp reaches a node is the step's ``copy`` (SFTP from
+this machine by default; :mod:`shoal.content.agentspread` has nodes fetch it
+from peers that run it, for large fleets and slow source links). An agent that offers ``agent.handover`` execs the new build
 in its own process, which adopts the running programs (same pids, same output
 pipes: :mod:`shoal.agent.supervisor`); the step then checks that the node
 answers with the new build and that every program RUNNING before still runs
@@ -94,6 +96,10 @@ AgentTalk = Callable[[AgentClient, Node, State, AgentOptions], Awaitable[AgentOu
 #: How a write ``fn(state)`` is made: the service's writer thread (its ``submit``), so
 #: its event loop never waits for the database's lock; None: on the state, at once.
 Write = Callable[[Callable[[State], Any]], Any]
+#: How a node gets the zipapp as ``<home>/agent.pyz.new``: ``copy(conn, node, home,
+#: python)``, AgentError when it could not (None: SFTP from this machine). The data
+#: plane's copy (peers serve it) is :mod:`shoal.content.agentspread`'s.
+Copy = Callable[[Connection, Node, str, str], Awaitable[None]]
 
 
 async def for_each(
@@ -254,13 +260,15 @@ async def install_async(
     on_result: ResultCallback[AgentOutcome] | None = None,
     batch: str | None = None,
     write: Write | None = None,
+    copy: Copy | None = None,
 ) -> Results[AgentOutcome]:
     """Copy this build where it is missing and make it the running agent.
 
     ``upgrade_only`` leaves nodes without an agent alone (``shoal agent upgrade``);
     ``agent`` is the build to ship (default: built from this source tree);
     ``batch`` (``N`` or ``P%``) goes batch by batch, stopping after a failed one;
-    ``write`` makes what the steps remember (:data:`Write`).
+    ``write`` makes what the steps remember (:data:`Write`); ``copy`` how the
+    zipapp reaches a node (:data:`Copy`; default SFTP).
     Actions: ``up to date`` (skipped), ``installed``, ``upgraded from X (N
     programs adopted)``, ``upgraded from X (programs restarted)``, ``started``
     (same build, was not running), ``skipped: no agent``.
@@ -268,7 +276,7 @@ async def install_async(
     agent = agent or build()
     step = partial(
         _install_step, agent=agent, local=local_zipapp(agent), upgrade_only=upgrade_only,
-        write=write,
+        write=write, copy=copy,
     )  # fmt: skip
     groups = batches(nodes, batch)
     done: dict[str, AgentOutcome] = {}
@@ -320,6 +328,7 @@ async def _install_step(
     local: Path,
     upgrade_only: bool,
     write: Write | None = None,
+    copy: Copy | None = None,
 ) -> AgentOutcome:
     found = await probe(conn, opts.home, create=not upgrade_only)
     if found is None or (upgrade_only and found.build is None):
@@ -346,7 +355,7 @@ async def _install_step(
         *(node.name, found.home, found.build, running, agent.build_id),
     )
     if found.build != agent.build_id:
-        await _put_build(conn, node, local, found.home, agent.build_id, opts.python)
+        await _put_build(conn, node, local, found.home, agent.build_id, opts.python, copy)
     if running is not None and running != agent.build_id and hello and hello.get("handover"):
         hello = await _handover(conn, node, found.home, opts.python, agent.build_id)
         keep(hello)
@@ -371,7 +380,13 @@ async def _install_step(
 
 
 async def _put_build(
-    conn: Connection, node: Node, local: Path, home: str, build_id: str, python: str
+    conn: Connection,
+    node: Node,
+    local: Path,
+    home: str,
+    build_id: str,
+    python: str,
+    copy: Copy | None = None,
 ) -> None:
     """Copy the build beside the working area's ``agent.pyz``, check that ``python``
     runs it there, and rename it in: a copy that fails (a read-only or full disk) or a
@@ -380,7 +395,10 @@ async def _put_build(
     only "Failure")."""
     h = shlex.quote(home)
     try:
-        await conn.put(str(local), f"{home}/agent.pyz.new")
+        if copy is not None:
+            await copy(conn, node, home, python)
+        else:
+            await conn.put(str(local), f"{home}/agent.pyz.new")
     except OperationError as exc:
         res = await conn.run(f": > {h}/agent.pyz.new; rm -f {h}/agent.pyz.new", timeout=30)
         said = res.stderr.decode(errors="replace").strip().splitlines()

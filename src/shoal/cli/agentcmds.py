@@ -220,7 +220,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     action = args.action
     progress = NodeProgress(len(nodes), action in ("install", "upgrade") and _progress(args))
     if action in ("install", "upgrade"):
-        coro = agents.install_async(
+        from shoal.content import agentspread  # large fleets: peers serve the zipapp
+
+        coro = agentspread.install_async(
             nodes,
             opts,
             transport=tr,
