@@ -23,9 +23,10 @@ a read-only or full disk or a missing python leaves the running agent as it
 was), and makes sure this build is the one running: an agent of another build
 is replaced. How the zipapp reaches a node is the step's ``copy`` (SFTP from
 this machine by default; :mod:`shoal.content.agentspread` has nodes fetch it
-from peers that run it, for large fleets and slow source links). An agent that offers ``agent.handover`` execs the new build
-in its own process, which adopts the running programs (same pids, same output
-pipes: :mod:`shoal.agent.supervisor`); the step then checks that the node
+from peers that run it, for large fleets and slow source links). An agent that
+offers ``agent.handover`` execs the new build in its own process, which adopts
+the running programs (same pids, same output pipes:
+:mod:`shoal.agent.supervisor`); the step then checks that the node
 answers with the new build and that every program RUNNING before still runs
 with the same pid. An older agent is shut down (its programs stop, their
 desired state is kept) and the new one started (they come back). ``batch``
