@@ -1,8 +1,8 @@
 """Relay gateways on a real site (issue 18 item 3): the gateway runs its subtree's
 commands with a forwarded agent and sends merged outcomes up.
 
-A lab of 6 nodes with ``--site 3`` (n4..n6 reachable only through n3), its own
-SHOAL_HOME, always taken down. Relay mode is opted in per node
+The site of test_gateway_lab (its fixture: a lab of 6 nodes with ``--site 3``, n4..n6
+reachable only through n3, its own SHOAL_HOME, always taken down). Relay mode is opted in per node
 (``gateway_mode=relay`` beside ``gateway=n3``).
 """
 
@@ -14,7 +14,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,36 +24,14 @@ import pytest
 from shoal.fanout import RunOptions
 from shoal.fanout.commands import run_async
 from shoal.fanout.results import CommandOutcome, Results
-from shoal.lab import Lab, LabSpec
+from shoal.lab import Lab
 from shoal.nodes.model import Node
 
-from .conftest import lab_skip_reason, remote, unique_lab_name
+from .conftest import remote
+from .test_gateway_lab import GATEWAY, SITE
+from .test_gateway_lab import site_lab as site_lab  # the same site, a lab of this module's
 
 pytestmark = pytest.mark.lab
-
-GATEWAY = "n3"
-SITE = ("n4", "n5", "n6")
-
-
-@pytest.fixture(scope="module")
-def site_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    reason = lab_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    old = os.environ.get("SHOAL_HOME")
-    os.environ["SHOAL_HOME"] = str(tmp_path_factory.mktemp("relay-home"))
-    name = unique_lab_name("rl")
-    try:
-        lab = Lab.up(LabSpec(n=6, name=name, site=len(SITE)))
-        try:
-            yield lab
-        finally:
-            Lab.teardown(name)
-    finally:
-        if old is None:
-            os.environ.pop("SHOAL_HOME", None)
-        else:
-            os.environ["SHOAL_HOME"] = old
 
 
 @pytest.fixture
