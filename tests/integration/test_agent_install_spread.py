@@ -130,3 +130,39 @@ def test_a_corrupt_peer_copy_is_refused_and_the_old_agent_stays(slow: Lab, tmp_p
     assert "agent.pyz.new" not in left and "agent.pyz.new.part" not in left
     assert remote(target, "sha256sum ~/.shoal/agent.pyz").split()[0] == before
     assert hashlib.sha256(agent.data).hexdigest() == agent.sha256
+
+
+def test_upgrade_spreads_too_and_programs_keep_running(slow: Lab, tmp_path: Path) -> None:
+    import shutil
+
+    import shoal.agent
+
+    nodes = slow.nodes()
+    current = build()
+    assert asyncio.run(agentspread.install_async(nodes, agent=current)).ok
+    copy = tmp_path / "agent"
+    shutil.copytree(
+        Path(shoal.agent.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    with open(copy / "backoff.py", "a") as handle:
+        handle.write("# a build for the spread upgrade test\n")
+    other = build(copy)
+    cmd = ["/bin/sh", "-c", "while :; do sleep 0.5; done"]
+    started = asyncio.run(fleet.proc_start_async(nodes, fleet.proc_spec("spreadtick", cmd)))
+    assert started.ok, [r.located() for r in started.failed]
+    pids = {r.node: r.value["pid"] for r in started}
+    try:
+        with State(tmp_path / "state.db") as st:
+            share = agentspread.Sharing(other, fleet.AgentOptions(), None, st, fallback=False)
+            up = asyncio.run(
+                agentspread.install_async(
+                    nodes, upgrade_only=True, state=st, agent=other, sharing=share
+                )
+            )
+        assert up.ok, [r.located() for r in up.failed]
+        assert {r.action for r in up} == {f"upgraded from {current.build_id} (1 programs adopted)"}
+        assert sorted(share.fetched) == sorted(n.name for n in nodes[agentspread.FIRST :])
+        after = asyncio.run(fleet.call_async(nodes, "proc.status", {"name": "spreadtick"}))
+        assert {r.node: r.value[0]["pid"] for r in after} == pids
+    finally:
+        asyncio.run(fleet.call_async(nodes, "proc.remove", {"name": "spreadtick"}))
