@@ -12,7 +12,8 @@ Everything the service decides is written to SQLite before it acts (the
 journal, the schedules' next runs, the plug-ins' own tables), so a killed
 service started again resumes. The journal's and the schedules' writes go to
 one writer thread (:mod:`.dbwriter`), so a database locked by another process
-delays them, not the event loop. The library prints nothing: the adapter
+delays them, not the event loop; so do the failed set's updates of the routes
+and the sweep (:meth:`Controller.record_health`). The library prints nothing: the adapter
 (:mod:`shoal.service.servedaemon`) drives :meth:`Controller.run` and renders.
 """
 
@@ -22,11 +23,13 @@ import asyncio
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shoal.errors import EmptySelectionError, ShoalError, StateError
+from shoal.nodes import health
 from shoal.state import State
 
 from . import keeper, links
@@ -176,15 +179,33 @@ class Controller:
             except ShoalError as exc:
                 self.stop_problem = str(exc)
 
-    async def sweep(self) -> str:
-        """One sweep of the managed nodes (the ``sweep`` job); its summary, journaled."""
+    async def record_health(self, results: Iterable[Any], policy: health.Policy) -> None:
+        """The failed set updated from one fan-out's outcomes (:func:`health.record`),
+        written by the writer thread: the loop never waits for SQLite's lock."""
+        outcomes = list(results)
+        await asyncio.wrap_future(
+            self.journal.submit(lambda st: health.record(outcomes, policy, state=st))
+        )
+
+    async def sweep_nodes(self, nodes: Sequence[Any]) -> list[Any]:
+        """One sweep of ``nodes`` over the warm transport, the failed set updated (through
+        the writer); its entries."""
         from shoal.ops.sweep import sweep_async
 
+        outcomes: list[Any] = []
+        found = await sweep_async(
+            nodes, transport=self.transport, state=self.state, on_result=outcomes.append
+        )
+        await self.record_health(outcomes, health.Policy.REACHABILITY)
+        return found
+
+    async def sweep(self) -> str:
+        """One sweep of the managed nodes (the ``sweep`` job); its summary, journaled."""
         try:
             nodes = self.managed()
         except EmptySelectionError:
             return "no nodes"
-        found = await sweep_async(nodes, transport=self.transport, state=self.state, record=True)
+        found = await self.sweep_nodes(nodes)
         tally = Counter(e.status for e in found)
         summary = ", ".join(f"{n} {s}" for s, n in sorted(tally.items()))
         events = [

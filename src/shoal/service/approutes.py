@@ -175,11 +175,10 @@ async def sweep(request: Request, body: SweepRequest | None = None) -> dict[str,
 
 async def _sweep_nodes(ctl: Any, selection: str | None) -> dict[str, Any]:
     from shoal.nodes.select import resolve
-    from shoal.ops.sweep import sweep_async
 
     began = time.monotonic()
     nodes = resolve(selection, state=ctl.state)
-    found = await sweep_async(nodes, transport=ctl.transport, state=ctl.state, record=True)
+    found = await ctl.sweep_nodes(nodes)
     entries = [dataclasses.asdict(e) for e in found]
     return {"entries": entries, "duration": time.monotonic() - began}
 

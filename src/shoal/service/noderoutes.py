@@ -16,7 +16,8 @@ answered the same way.
 
 Health is recorded exactly as the CLI records it, once per request, after the
 fan-out: ``Policy.OUTCOME`` for runs, ``Policy.REACHABILITY`` for program
-operations (:func:`shoal.nodes.health.record`).
+operations (:func:`shoal.nodes.health.record`), by the service's writer thread
+(:meth:`~shoal.control.controller.Controller.record_health`).
 
 ``POST /api/v1/logs/collect`` ``{"selection", "app"?, "free"?}`` is ``shoal
 logs collect`` over the warm connections, into the service's central store
@@ -151,7 +152,7 @@ def _streamed(
                 if len(batch) > ended:
                     yield b"".join(_line(o.to_json()) for o in batch if o is not None)
             results = task.result()
-            health.record(results, policy, state=ctl.state)
+            await ctl.record_health(results, policy)
             yield _line(summary(results))
         finally:
             if not task.done():  # the client went away: stop the nodes' work

@@ -133,7 +133,7 @@ async def pushes(request: Request, body: PushRequest) -> JSONResponse:
             nodes, body.source_dir, body.remote_dir, options, transport=ctl.transport,
             state=ctl.state, on_progress=lambda p: job.set_progress(progress_json(p)),
         )  # fmt: skip
-        health.record(result, health.Policy.REACHABILITY, state=ctl.state)
+        await ctl.record_health(result, health.Policy.REACHABILITY)
         for n in result:
             job.add(push_record(n, result.version))
         return {
@@ -198,7 +198,7 @@ async def versions(
     ctl = controller(request)
     nodes = resolve(selection, state=ctl.state)
     found = await versions_async(nodes, remote_dir, AgentOptions(), transport=ctl.transport)
-    health.record(found, health.Policy.REACHABILITY, state=ctl.state)
+    await ctl.record_health(found, health.Policy.REACHABILITY)
     return _agent_records(found)
 
 
@@ -210,7 +210,7 @@ async def rollback(request: Request, body: RollbackRequest) -> list[dict[str, An
     switched = await rollback_async(
         nodes, body.remote_dir, body.to, AgentOptions(), transport=ctl.transport
     )
-    health.record(switched, health.Policy.REACHABILITY, state=ctl.state)
+    await ctl.record_health(switched, health.Policy.REACHABILITY)
     return _agent_records(switched)
 
 
