@@ -37,10 +37,8 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import secrets  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -138,36 +136,6 @@ async def baseline(nodes: int) -> float:
     return (max(float(r.stdout.split()[0]) for r in result) - t0) * 1000
 
 
-SERVE = (
-    "import os, pathlib; from shoal.control.controller import ServiceConfig; "
-    "from shoal.service.servedaemon import serve; "
-    "serve(ServiceConfig(pathlib.Path(os.environ['SHOAL_HOME']), sweep_interval=0))"
-)
-
-
-@contextlib.contextmanager
-def service(home: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``shoal serve`` over ``home`` (the service's own entry point, not the CLI's) until
-    the block ends: SIGTERM, then SIGKILL after 20 s."""
-    from shoal.client import ServiceClient
-
-    proc = subprocess.Popen([sys.executable, "-c", SERVE], env={**os.environ})
-    try:
-        deadline = time.monotonic() + 60
-        while ServiceClient.locate(home) is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the service did not start")
-            time.sleep(0.05)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def wait_attached(client: Any, n: int, timeout: float = 180.0) -> float:
     start = time.monotonic()
     while int(client.status()["nodes"].get("links", {}).get("up", 0)) < n:
@@ -215,10 +183,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
         os.environ["SHOAL_HOME"] = tmp
         from shoal.lab import Lab, LabSpec
+        from shoal.testing.serveproc import serving
 
         lab = Lab.up(LabSpec(n=args.nodes, name=f"bb{secrets.token_hex(2)}"))
         try:
-            with service(Path(tmp)) if "service" in modes else contextlib.nullcontext() as svc:
+            with (
+                serving(Path(tmp), timeout=60)
+                if "service" in modes
+                else contextlib.nullcontext() as svc
+            ):
                 client = None
                 if svc is not None:
                     from shoal.client import ServiceClient
