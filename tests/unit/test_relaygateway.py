@@ -8,6 +8,7 @@ import struct
 
 import asyncssh
 import pytest
+from asyncssh.public_key import decode_ssh_public_key
 
 from shoal.agent import relayrun
 from shoal.fanout.relaytree import auto_tree
@@ -70,28 +71,48 @@ def test_the_gateways_client_checks_strictly_with_the_controllers_entries_only()
     assert "accept-new" not in joined
 
 
-def test_key_agent_signs_once_per_node_then_refuses() -> None:
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    pair = asyncssh.load_keypairs([key])[0]
-    agent = KeyAgent([pair], signs=2)
+def _pair() -> asyncssh.SSHKeyPair:
+    return asyncssh.load_keypairs([asyncssh.generate_private_key("ssh-ed25519")])[0]
+
+
+def _bind(host: asyncssh.SSHKeyPair, session: bytes, forwarding: bool = False) -> bytes:
+    """An OpenSSH client's session-bind@openssh.com, signed by ``host``."""
+    return (bytes([27]) + _string(b"session-bind@openssh.com") + _string(host.public_data)
+            + _string(session) + _string(host.sign(session)) + bytes([forwarding]))  # fmt: skip
+
+
+def test_key_agent_signs_only_bound_sessions_once_per_node() -> None:
+    user, host, stranger = _pair(), _pair(), _pair()
+    agent = KeyAgent([user], signs=2, host_keys=[host.public_data])
     try:
         ids = agent.answer(bytes([11]))
         assert ids[0] == 12 and struct.unpack_from(">I", ids, 1) == (1,)
-        assert _string(pair.public_data) in ids
-        request = bytes([13]) + _string(pair.public_data) + _string(b"session data") + b"\0" * 4
+        assert _string(user.public_data) in ids
+        session = b"s" * 32
+        data = _string(session) + b"\x32rest of a userauth request"
+        request = bytes([13]) + _string(user.public_data) + _string(data) + b"\0" * 4
+        assert agent.answer(request) == bytes([5])  # no session bound yet
+        assert agent.answer(_bind(stranger, session)) == bytes([5])  # not a subtree host
+        assert agent.answer(_bind(host, session, forwarding=True)) == bytes([5])
+        forged = _bind(host, session)[:-9] + b"x" * 8 + b"\0"  # signature broken
+        assert agent.answer(forged) == bytes([5])
+        assert agent.answer(_bind(host, session)) == bytes([6])
         for _ in range(2):
             reply = agent.answer(request)
             assert reply[0] == 14
             (n,) = struct.unpack_from(">I", reply, 1)
-            sig = reply[5 : 5 + n]
-            assert key.convert_to_public().verify(b"session data", sig)
+            assert decode_ssh_public_key(user.public_data).verify(data, reply[5 : 5 + n])
         assert agent.answer(request) == bytes([5])  # the budget is spent
-        other = asyncssh.load_keypairs([asyncssh.generate_private_key("ssh-ed25519")])[0]
-        fresh = KeyAgent([pair], signs=5)
-        bad = bytes([13]) + _string(other.public_data) + _string(b"x") + b"\0" * 4
+        fresh = KeyAgent([user], signs=5, host_keys=[host.public_data])
+        assert fresh.answer(_bind(host, session)) == bytes([6])
+        bad = bytes([13]) + _string(stranger.public_data) + _string(data) + b"\0" * 4
         assert fresh.answer(bad) == bytes([5])  # a key it does not hold
+        other = _string(b"t" * 32) + b"\x32..."
+        unbound = bytes([13]) + _string(user.public_data) + _string(other) + b"\0" * 4
+        assert fresh.answer(unbound) == bytes([5])  # another session
         assert fresh.answer(bytes([13, 0, 0])) == bytes([5])  # malformed
         assert fresh.answer(bytes([17])) == bytes([5])  # anything else (add key, ...)
+        fresh._dir.cleanup()
     finally:
         agent._dir.cleanup()
 

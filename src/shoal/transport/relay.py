@@ -12,9 +12,12 @@ once.
 Credentials: the agent forwarded is not the user's. :class:`KeyAgent` is a
 private SSH agent in this process (a Unix socket in a 0700 directory, living
 as long as the relay's connection) holding the keys the subtree's nodes
-authenticate with on the direct path, and it signs at most one login per node
-of the subtree: a hostile gateway gets neither a key nor a signing oracle
-beyond what the run needed. A node that authenticates only with the user's own
+authenticate with on the direct path. It signs at most one login per node of
+the subtree, and only inside an SSH session that the gateway's OpenSSH client
+bound to a host key the controller trusts for one of those nodes
+(``session-bind@openssh.com``, signed by that host): a hostile gateway gets
+neither a key nor a signing oracle for any other host or beyond what the run
+needed. A node that authenticates only with the user's own
 agent (no key file) gets that agent forwarded, unbounded while connected (the
 trade-off is the user's: relay mode is opted in).
 
@@ -33,12 +36,13 @@ import json
 import shlex
 import struct
 import tempfile
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncssh
+from asyncssh.public_key import decode_ssh_public_key
 
 from shoal.agent import relayrun
 from shoal.errors import (
@@ -57,7 +61,8 @@ from .ssh import SSHConnection, SSHTransport
 
 log = logger(__name__)
 
-_FAILURE, _IDENTITIES, _IDENTITIES_ANSWER, _SIGN, _SIGN_RESPONSE = 5, 11, 12, 13, 14
+_FAILURE, _SUCCESS, _IDENTITIES, _IDENTITIES_ANSWER, _SIGN, _SIGN_RESPONSE = 5, 6, 11, 12, 13, 14
+_EXTENSION = 27
 _RSA_SHA2_256, _RSA_SHA2_512 = 2, 4
 #: Bytes of one agent request at most (a sign request is a few hundred).
 _MAX_MESSAGE = 256 * 1024
@@ -74,11 +79,32 @@ def _string(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-class KeyAgent:
-    """An SSH agent serving ``keys``, signing at most ``signs`` times (see module)."""
+def _fields(msg: bytes, pos: int, count: int) -> tuple[list[bytes], int]:
+    """``count`` SSH strings of ``msg`` from ``pos``, and the position after them
+    (struct.error when the message is shorter)."""
+    out = []
+    for _ in range(count):
+        (n,) = struct.unpack_from(">I", msg, pos)
+        if pos + 4 + n > len(msg):
+            raise struct.error("string past the end")
+        out.append(msg[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return out, pos
 
-    def __init__(self, keys: Sequence[asyncssh.SSHKeyPair], signs: int) -> None:
+
+class KeyAgent:
+    """An SSH agent serving ``keys`` (see the module docstring): it signs at most
+    ``signs`` times, and only for an SSH session its client bound to one of
+    ``host_keys`` (OpenSSH's ``session-bind@openssh.com``: the host proved it holds
+    that key by signing the session's id), so a gateway can use it to log in to the
+    subtree's hosts only, never elsewhere."""
+
+    def __init__(
+        self, keys: Sequence[asyncssh.SSHKeyPair], signs: int, host_keys: Collection[bytes]
+    ) -> None:
         self._keys = {k.public_data: k for k in keys}
+        self._host_keys = frozenset(host_keys)
+        self._bound: set[bytes] = set()
         self.signs_left = signs
         self._dir = tempfile.TemporaryDirectory(prefix="shoal-relay-agent-")
         self.path = str(Path(self._dir.name) / "agent.sock")
@@ -108,29 +134,40 @@ class KeyAgent:
             writer.close()
 
     def answer(self, msg: bytes) -> bytes:
-        """The reply to one agent request (pure but for the sign budget)."""
-        if msg[:1] == bytes([_IDENTITIES]):
-            body = b"".join(_string(blob) + _string(b"shoal relay") for blob in self._keys)
-            return bytes([_IDENTITIES_ANSWER]) + struct.pack(">I", len(self._keys)) + body
-        if msg[:1] != bytes([_SIGN]) or self.signs_left <= 0:
-            return bytes([_FAILURE])
+        """The reply to one agent request (pure but for the bindings and the budget)."""
         try:
-            pos = 1
-            fields = []
-            for _ in range(2):
-                (n,) = struct.unpack_from(">I", msg, pos)
-                fields.append(msg[pos + 4 : pos + 4 + n])
-                pos += 4 + n
-            (flags,) = struct.unpack_from(">I", msg, pos)
-        except struct.error:
-            return bytes([_FAILURE])
-        key = self._keys.get(fields[0])
-        if key is None:
+            if msg[:1] == bytes([_IDENTITIES]):
+                body = b"".join(_string(blob) + _string(b"shoal relay") for blob in self._keys)
+                return bytes([_IDENTITIES_ANSWER]) + struct.pack(">I", len(self._keys)) + body
+            if msg[:1] == bytes([_EXTENSION]):
+                return bytes([_SUCCESS if self._bind(msg) else _FAILURE])
+            if msg[:1] == bytes([_SIGN]) and self.signs_left > 0:
+                return self._sign(msg)
+        except (struct.error, ValueError, asyncssh.Error):
+            pass
+        return bytes([_FAILURE])
+
+    def _bind(self, msg: bytes) -> bool:
+        (name, host_key, session, signature), pos = _fields(msg, 1, 4)
+        forwarding = msg[pos : pos + 1] != b"\0"
+        if name != b"session-bind@openssh.com" or forwarding or host_key not in self._host_keys:
+            return False
+        if not decode_ssh_public_key(host_key).verify(session, signature):
+            return False
+        self._bound.add(session)
+        return True
+
+    def _sign(self, msg: bytes) -> bytes:
+        (blob, data), pos = _fields(msg, 1, 2)
+        (flags,) = struct.unpack_from(">I", msg, pos)
+        key = self._keys.get(blob)
+        (session,), _ = _fields(data, 0, 1)  # a userauth request starts with the session id
+        if key is None or session not in self._bound:
             return bytes([_FAILURE])
         if key.algorithm == b"ssh-rsa" and flags & (_RSA_SHA2_256 | _RSA_SHA2_512):
             key.set_sig_algorithm(b"rsa-sha2-512" if flags & _RSA_SHA2_512 else b"rsa-sha2-256")
         self.signs_left -= 1
-        return bytes([_SIGN_RESPONSE]) + _string(key.sign(fields[1]))
+        return bytes([_SIGN_RESPONSE]) + _string(key.sign(data))
 
 
 @dataclass(frozen=True)
@@ -175,12 +212,24 @@ def _known_hosts_line(node: Node, keys: Sequence[asyncssh.SSHKey]) -> list[str]:
     return lines
 
 
-def _prepare(
-    transport: SSHTransport, nodes: Sequence[RelayNode]
-) -> tuple[list[dict[str, Any]], list[str], list[asyncssh.SSHKeyPair], str | None]:
-    """Per node: its request entry; the known_hosts lines; the keys it logs in with; the
-    user's agent when a node has no key file."""
-    entries, lines, keys, user_agent = [], [], [], None
+@dataclass
+class _Prepared:
+    """What the relay needs from the direct path's plans of the subtree's nodes."""
+
+    #: per node, its request entry
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    #: the controller's known_hosts entries for them
+    known_hosts: list[str] = field(default_factory=list)
+    #: the host keys trusted for them (the agent signs only for sessions bound to one)
+    host_keys: set[bytes] = field(default_factory=set)
+    #: the keys they log in with
+    keys: list[asyncssh.SSHKeyPair] = field(default_factory=list)
+    #: the user's agent, when a node logs in with it alone (no key file)
+    user_agent: str | None = None
+
+
+def _prepare(transport: SSHTransport, nodes: Sequence[RelayNode]) -> _Prepared:
+    out = _Prepared()
     seen: set[bytes] = set()
     for rn in nodes:
         node = rn.node
@@ -193,18 +242,19 @@ def _prepare(
         trusted = list(known.match(host, host, port)[0])
         if not trusted and node.name != host:
             trusted = list(known.match(node.name, host, port)[0])
-        lines += _known_hosts_line(Node(name=node.name, host=host, port=port), trusted)
+        out.known_hosts += _known_hosts_line(Node(name=node.name, host=host, port=port), trusted)
+        out.host_keys.update(k.public_data for k in trusted)
         node_keys = list(plan.kwargs.get("client_keys") or [])
         for k in node_keys:
             if k.public_data not in seen:
                 seen.add(k.public_data)
-                keys.append(k)
+                out.keys.append(k)
         if not node_keys and plan.agent:
-            user_agent = plan.agent
+            out.user_agent = plan.agent
         algs = {_ALGORITHMS[k]: str(v) for k, v in plan.kwargs.items() if k in _ALGORITHMS}
-        entries.append({"name": node.name, "host": host, "port": port, "user": user,
-                        "line": rn.line, "algorithms": algs})  # fmt: skip
-    return entries, lines, keys, user_agent
+        out.entries.append({"name": node.name, "host": host, "port": port, "user": user,
+                            "line": rn.line, "algorithms": algs})  # fmt: skip
+    return out
 
 
 def _outcome(record: dict[str, Any], name: str) -> Outcome:
@@ -231,11 +281,12 @@ async def relay_run(
     connection: one handshake per gateway in all). Raises ConnectError (the gateway's)
     when the gateway cannot be had; a relay that dies midway leaves its unreported
     nodes ``unreachable through gateway G (...)``."""
-    entries, kh_lines, keys, user_agent = _prepare(transport, nodes)
+    prep = _prepare(transport, nodes)
+    entries = prep.entries
     names = {e["name"] for e in entries}
     request = {
         "nodes": entries,
-        "known_hosts": "".join(line + "\n" for line in kh_lines),
+        "known_hosts": "".join(line + "\n" for line in prep.known_hosts),
         "connect_timeout": options.connect_timeout,
         "keepalive": transport.keepalive,
         "timeout": options.timeout,
@@ -253,9 +304,10 @@ async def relay_run(
         except ShoalError as exc:
             out[gateway.name] = exc
 
-    async with KeyAgent(keys, signs=len(entries)) as agent:
+    async with KeyAgent(prep.keys, len(entries), prep.host_keys) as agent:
+        forward = prep.user_agent or agent.path
         conn = await transport.connect(
-            gateway, timeout=options.connect_timeout, agent_forward=user_agent or agent.path
+            gateway, timeout=options.connect_timeout, agent_forward=forward
         )
         try:
             relay = _exchange(conn._conn, command, request, names, out)
