@@ -20,15 +20,16 @@ stdout or stderr is not UTF-8; an argument or variable that is not text; no
 socket answers; anything but the fast path's frames comes back (an older
 service, another protocol version, a refused body); or the service declines
 (a usage error or ``--help``, logging flags, what only the direct path does,
-``--stream``, ``--out-dir``, a progress line on a terminal), which it says
-before it runs anything.
+``--stream``, ``--out-dir``), which it says before it runs anything.
 
-The answer is HTTP/1.1 chunked; its body is frames of one tag byte, eight
-hex digits of length and the payload: ``o`` bytes for stdout, ``e`` for
-stderr (in the order the CLI writes them), ``x`` the exit status, ``f`` fall
-through. Ctrl-C (or SIGTERM) closes the socket, which makes the service end
-the commands on the nodes, and exits as the CLI does (130, 143); a closed
-stdout or stderr ends it quietly with 141.
+The answer is HTTP/1.1 (chunked, or with a length); its body is frames of
+one tag byte, eight hex digits of length and the payload: ``o`` bytes for
+stdout, ``e`` for stderr (in the order the CLI writes them), ``x`` the exit
+status, ``f`` fall through. Frames are written as they come (a progress line on a terminal is
+drawn as the nodes finish, as wide as ``shutil.get_terminal_size`` says here:
+its width is sent with the request). Ctrl-C (or SIGTERM) closes the socket,
+which makes the service end the commands on the nodes, and exits as the CLI
+does (130, 143); a closed stdout or stderr ends it quietly with 141.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 #: Variables sent with the request: the settings' (``SHOAL_*``, the config paths).
 SETTINGS_PREFIX = "SHOAL_"
@@ -121,7 +122,7 @@ def _request(argv: Sequence[str], env: dict[str, str]) -> bytes | None:
         body = (
             '{"argv":[' + ",".join(map(_text, argv)) + '],"env":{'
             + ",".join(f"{_text(k)}:{_text(v)}" for k, v in env.items())
-            + f'}},"tty":[{_tty(1)},{_tty(2)}]}}'
+            + f'}},"tty":[{_tty(1)},{_tty(2)}],"columns":{_columns()}}}'
         ).encode()  # fmt: skip
     except UnicodeEncodeError:
         return None
@@ -140,70 +141,96 @@ def _tty(fd: int) -> str:
         return "false"
 
 
+def _columns() -> int:
+    """The terminal's width as the CLI's progress line reads it (shutil.get_terminal_size)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(1).columns or 80
+        except (OSError, ValueError):
+            columns = 80
+    return columns
+
+
 def _on_term(signum: int, frame: object) -> None:
     raise _Terminated
 
 
 def _exchange(sock: object, request: bytes, home: str, *, as_json: bool) -> int | None:
-    """Send, read the whole answer, write its frames; None if the service declined."""
+    """Send, then write each frame as it comes; None if the service declined."""
     sock.settimeout(3600.0)  # type: ignore[attr-defined]
     try:
         sock.sendall(request)  # type: ignore[attr-defined]
-        data = _read(sock)
+        answer = _Answer(sock)
+        if not answer.ours():
+            return None  # not our answer (an older service, a refused request): the CLI decides
+        for tag, payload in answer.frames():
+            if tag == b"f":
+                return None
+            if tag == b"x":
+                return int(payload)
+            try:
+                _write_all(1 if tag == b"o" else 2, payload)
+            except BrokenPipeError:
+                return BROKEN_PIPE  # a reader that went away, as the CLI ends then
     except OSError as exc:
-        return _service_error(home, exc.strerror or type(exc).__name__, as_json)
-    head, sep, body = data.partition(b"\r\n\r\n")
-    lines = [line.lower() for line in head.split(b"\r\n")]
-    if not sep or lines[0][9:12] != b"200" or f"content-type: {FRAMES}".encode() not in lines:
-        return None  # not our answer (an older service, a refused request): the CLI decides
-    if b"transfer-encoding: chunked" in lines:
-        frames, complete = _dechunk(body)
-    else:
-        frames, complete = body, True
-    return _write(frames, complete, home, as_json)
+        return _service_error(home, exc.strerror or str(exc) or type(exc).__name__, as_json)
+    return _service_error(home, "answer cut short", as_json)
 
 
-def _read(sock: object) -> bytes:
-    parts = []
-    while chunk := sock.recv(262144):  # type: ignore[attr-defined]
-        parts.append(chunk)
-    return b"".join(parts)
+class _Answer:
+    """The HTTP answer on ``sock``, read as it comes: its head, then its frames."""
 
+    def __init__(self, sock: object) -> None:
+        self.sock = sock
+        self.pending = b""  # read, not yet taken
+        while b"\r\n\r\n" not in self.pending and self._more():
+            pass
+        head, _, self.pending = self.pending.partition(b"\r\n\r\n")
+        self.lines = [line.lower() for line in head.split(b"\r\n")]
+        self.chunked = b"transfer-encoding: chunked" in self.lines
 
-def _dechunk(body: bytes) -> tuple[bytes, bool]:
-    """The chunked body's bytes, and whether its last chunk came."""
-    out: list[bytes] = []
-    pos = 0
-    while True:
-        end = body.find(b"\r\n", pos)
-        if end < 0:
-            return b"".join(out), False
-        try:
-            size = int(body[pos:end].split(b";")[0], 16)
-        except ValueError:
-            return b"".join(out), False
-        if size == 0:
-            return b"".join(out), True
-        out.append(body[end + 2 : end + 2 + size])
-        pos = end + 4 + size
+    def _more(self) -> bool:
+        data = self.sock.recv(262144)  # type: ignore[attr-defined]
+        self.pending += data
+        return bool(data)
 
+    def ours(self) -> bool:
+        return self.lines[0][9:12] == b"200" and f"content-type: {FRAMES}".encode() in self.lines
 
-def _write(frames: bytes, complete: bool, home: str, as_json: bool) -> int | None:
-    pos = 0
-    while pos + 9 <= len(frames):
-        tag, size = frames[pos : pos + 1], int(frames[pos + 1 : pos + 9], 16)
-        payload = frames[pos + 9 : pos + 9 + size]
-        pos += 9 + size
-        if tag == b"f":
-            return None
-        if tag == b"x":
-            return int(payload)
-        try:
-            _write_all(1 if tag == b"o" else 2, payload)
-        except BrokenPipeError:
-            return BROKEN_PIPE  # a reader that went away, as the CLI ends then
-    why = "answer cut short" if complete else "stream cut in the middle"
-    return _service_error(home, why, as_json)
+    def _body(self) -> Iterator[bytes]:
+        """The body's bytes as they arrive (chunked, or until the service closes)."""
+        if not self.chunked:
+            while self.pending or self._more():
+                data, self.pending = self.pending, b""
+                yield data
+            return
+        while True:
+            while b"\r\n" not in self.pending:
+                if not self._more():
+                    raise ConnectionError("stream cut in the middle")
+            size_line, _, self.pending = self.pending.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                return
+            while len(self.pending) < size + 2:
+                if not self._more():
+                    raise ConnectionError("stream cut in the middle")
+            yield self.pending[:size]
+            self.pending = self.pending[size + 2 :]
+
+    def frames(self) -> Iterator[tuple[bytes, bytes]]:
+        """(tag, payload) of each frame, as soon as it is whole."""
+        buf = b""
+        for data in self._body():
+            buf += data
+            while len(buf) >= 9 and len(buf) >= 9 + int(buf[1:9], 16):
+                size = int(buf[1:9], 16)
+                yield buf[:1], buf[9 : 9 + size]
+                buf = buf[9 + size :]
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -27,6 +27,10 @@ What the service cannot do as asked goes direct: ad-hoc targets (``-w``,
 ``-l``, ``-i``, ``-o``), ``-s mq``, ``--host-keys accept-new``, ``run
 --stream``, ``proc logs -f``, a non-default ``--home``/``--python``, ``app down
 --keep/--collect``. ``run``'s path imports no asyncio (start-up is measured).
+
+A ``shoal run`` process seldom gets here: :mod:`.fastpath` asks the service
+before the CLI is even imported, and this path answers what it leaves (``-v``,
+``--out-dir``, ``main(argv)`` calls, a service without its route).
 """
 
 from __future__ import annotations

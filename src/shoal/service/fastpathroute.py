@@ -1,6 +1,6 @@
 """The service's half of ``shoal run``'s fast path: the command line in, the CLI's bytes out.
 
-``POST /api/v1/cli/run`` ``{"argv", "env", "tty": [stdout, stderr]}`` (routed by
+``POST /api/v1/cli/run`` ``{"argv", "env", "tty": [stdout, stderr], "columns"}`` (routed by
 :mod:`.runroutes`) is what
 :mod:`shoal.cli.fastpath` sends before the CLI has imported anything. Here the
 command line is parsed by the CLI's own parser with the settings ``env``
@@ -18,8 +18,10 @@ It declines (one ``f`` frame, before anything runs, and the CLI then runs as
 before) what the CLI must do itself: a command line its parser refuses or
 ``--help``, a settings error, logging flags, what only the direct path
 honours (:func:`shoal.cli.viaservice.direct_only`), ``--stream``,
-``--out-dir`` (files in the client's directory) and a progress line on a
-terminal (the terminal's width is the client's). A client that goes away
+``--out-dir`` (files in the client's directory). A progress line (stderr a
+terminal, as the CLI decides) is the CLI's :class:`~shoal.cli.render.NodeProgress`
+drawn into the answer as nodes finish, ``columns`` wide (the client's terminal).
+A client that goes away
 (Ctrl-C) ends the nodes' commands, as a closed ``/runs`` stream does.
 
 Rendering swaps ``sys.stdout``/``sys.stderr`` while it runs: it is synchronous
@@ -75,15 +77,16 @@ class _Recorder:
         return self.tty
 
 
-def _body(frames: list[tuple[bytes, str]], code: int) -> bytes:
-    """The recorded writes as frames, runs of one stream joined; the exit status last."""
+def _body(frames: list[tuple[bytes, str]], code: int | None) -> bytes:
+    """The recorded writes as frames, runs of one stream joined; the exit status last
+    (``code`` None: none)."""
     out: list[bytes] = []
     for tag, text in frames:
         data = text.encode("utf-8", "surrogateescape")
         if out and out[-1][:1] == tag:
             data = out.pop()[9:] + data
         out.append(frame(tag, data))
-    return b"".join(out) + frame(b"x", b"%d" % code)
+    return b"".join(out) + (b"" if code is None else frame(b"x", b"%d" % code))
 
 
 @contextlib.contextmanager
@@ -127,7 +130,7 @@ def _parser(env: dict[str, str]) -> tuple[Any, Any]:
     return _parsers[key]
 
 
-def _parse(argv: list[str], env: dict[str, str], stderr_tty: bool) -> Any:
+def _parse(argv: list[str], env: dict[str, str]) -> Any:
     """The parsed command line, or the reason to decline (a str)."""
     from shoal.cli import viaservice
 
@@ -150,12 +153,10 @@ def _parse(argv: list[str], env: dict[str, str], stderr_tty: bool) -> Any:
         return "logging"
     if args.stream or args.out_dir or viaservice.direct_only(args):
         return "direct"
-    if not (args.no_progress or args.json) and stderr_tty:
-        return "progress line"
     return args
 
 
-def _checked(raw: Any) -> tuple[list[str], dict[str, str], tuple[bool, bool]]:
+def _checked(raw: Any) -> tuple[list[str], dict[str, str], tuple[bool, bool], int]:
     if not isinstance(raw, dict):
         raise UsageError("bad request: a JSON object expected")
     argv, env, tty = raw.get("argv"), raw.get("env"), raw.get("tty")
@@ -165,7 +166,10 @@ def _checked(raw: Any) -> tuple[list[str], dict[str, str], tuple[bool, bool]]:
         raise UsageError("bad request: env must map names to strings")
     if not (isinstance(tty, list) and len(tty) == 2 and all(isinstance(t, bool) for t in tty)):
         raise UsageError("bad request: tty must be [stdout, stderr] booleans")
-    return argv, env, (tty[0], tty[1])
+    columns = raw.get("columns", 80)
+    if not isinstance(columns, int) or isinstance(columns, bool) or columns < 1:
+        raise UsageError("bad request: columns must be a positive integer")
+    return argv, env, (tty[0], tty[1]), columns
 
 
 async def cli_run(request: Request) -> Response:
@@ -174,8 +178,8 @@ async def cli_run(request: Request) -> Response:
         raw = json.loads(await request.body())
     except ValueError:
         raise UsageError("bad request: not JSON") from None
-    argv, env, tty = _checked(raw)
-    args = _parse(argv, env, tty[1])
+    argv, env, tty, columns = _checked(raw)
+    args = _parse(argv, env)
     if isinstance(args, str):
         return _declined(args)
     ctl = controller(request)
@@ -184,11 +188,37 @@ async def cli_run(request: Request) -> Response:
         start = _start(args, ctl)
     if isinstance(start, int):
         return Response(_body(frames, start), media_type=FRAMES)
-    return StreamingResponse(_answer(args, ctl, start, tty), media_type=FRAMES)
+    shown = not (args.no_progress or args.json) and tty[1]  # as the CLI decides it
+    progress = _Progress(start[1], columns) if shown else None
+    return StreamingResponse(_answer(args, ctl, start[0], tty, progress), media_type=FRAMES)
 
 
-def _start(args: Any, ctl: Any) -> int | Callable[[], Any]:
-    """The run to await (not started), or the exit status of the error that stopped it."""
+class _Progress:
+    """The CLI's progress line, drawn into frames the answer sends as they come."""
+
+    def __init__(self, total: int, columns: int) -> None:
+        from shoal.cli.render import NodeProgress
+
+        self.frames: list[tuple[bytes, str]] = []
+        self.drawn = asyncio.Event()
+        self.bar = NodeProgress(total, True, _Recorder(b"e", self.frames, True))  # type: ignore[arg-type]
+        self.bar.line.columns = columns  # the client's terminal, not the service's
+
+    def update(self, outcome: Any) -> None:
+        self.bar.update(outcome)
+        self.drawn.set()
+
+    def take(self) -> bytes:
+        """The frames drawn since the last call (no exit frame)."""
+        data = _body(self.frames, None)
+        self.frames.clear()
+        self.drawn.clear()
+        return data
+
+
+def _start(args: Any, ctl: Any) -> int | tuple[Callable[..., Any], int]:
+    """The run to await (not started; it takes ``on_result``) and how many nodes, or the
+    exit status of the error that stopped it."""
     from shoal.cli import viaservice
     from shoal.cli.main import report
     from shoal.cli.runcmds import run_command
@@ -204,20 +234,39 @@ def _start(args: Any, ctl: Any) -> int | Callable[[], Any]:
     except ShoalError as exc:
         return report(exc, as_json=args.json)
     transport = ctl.transport
-    return lambda: run_async(nodes, command, warm, transport=transport)
+
+    def started(on_result: Any = None) -> Any:
+        return run_async(nodes, command, warm, transport=transport, on_result=on_result)
+
+    return started, len(nodes)
 
 
 async def _answer(
-    args: Any, ctl: Any, start: Callable[[], Any], tty: tuple[bool, bool]
+    args: Any,
+    ctl: Any,
+    start: Callable[..., Any],
+    tty: tuple[bool, bool],
+    progress: _Progress | None,
 ) -> AsyncIterator[bytes]:
-    """The run's frames once it ends; a client gone away cancels it (the nodes' too)."""
+    """The progress line as nodes finish, then the run's frames once it ends; a client
+    gone away cancels it (the nodes' commands too)."""
     from shoal.cli.main import report, report_unexpected
     from shoal.cli.runcmds import render_run
     from shoal.nodes import health
 
-    task = asyncio.ensure_future(start())
+    task = asyncio.ensure_future(start(progress.update if progress else None))
     frames: list[tuple[bytes, str]] = []
     try:
+        while progress is not None and not task.done():
+            drawn = asyncio.ensure_future(progress.drawn.wait())
+            await asyncio.wait([task, drawn], return_when=asyncio.FIRST_COMPLETED)
+            drawn.cancel()
+            if progress.frames:
+                yield progress.take()
+        if progress is not None:
+            progress.bar.close()  # blanked before anything else is written, as the CLI does
+            if progress.frames:
+                yield progress.take()
         try:
             results = await asyncio.shield(task)
         except ShoalError as exc:
