@@ -122,6 +122,9 @@ async def run_relayed(
                          on_result=on_result if live else None,
                          on_line=on_line if live else None)  # fmt: skip
 
+    # TCP connects the CLI started to relayed nodes are not used: closed at once (each
+    # holds a pre-auth sshd on its node)
+    ssh.keep_only({n.name for n in nodes if not relayed(n)})
     at = indices if indices is not None else range(len(nodes))
     return await run_with_relays(nodes, at, command, options, ssh, direct, on_result, on_line)
 
