@@ -12,51 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shoal.app import lifecycle, store
+from shoal.app import lifecycle
 from shoal.app.appspec import load
 from shoal.app.runtime import UpOptions
 from shoal.app.software import DIGEST_FILE, tree_digest
 from shoal.errors import OperationError
-from shoal.nodes.health import clear_failed
 from shoal.nodes.model import Node
-from shoal.state import State
 
 from .conftest import remote
+from .rolloutapp import pids, rollout_app, running
 
 pytestmark = pytest.mark.lab
-
-SPEC = """\
-app: {name}
-software:
-  tool:
-    source: tool
-    install: ["cp VERSION INSTALLED"]
-rollout:
-  min_healthy_time: 0.5
-  stage_deadline: 30
-components:
-  svc:
-    select: "{nodes}"
-    count: 3
-    software: [tool]
-    processes:
-      - {{name: server, service: "exec ${{sw.tool}}/run.sh ${{dir}}"}}
-"""
-
-# what it runs: the VERSION it read as it started and what its install step made
-RUN = """#!/bin/sh
-here="$(cd "$(dirname "$0")" && pwd -P)"
-if [ -e "$1/refuse" ] && [ "$(cat "$here/VERSION")" = v3 ]; then exit 3; fi
-echo "$(cat "$here/VERSION") $(cat "$here/INSTALLED")" > "$1/running"
-exec sleep 600
-"""
 
 
 def copy() -> UpOptions:
@@ -65,33 +37,14 @@ def copy() -> UpOptions:
 
 @pytest.fixture()
 def app(lab: Any, tmp_path: Path) -> Iterator[tuple[str, Path, list[Node]]]:
-    clear_failed()
     name = f"cproll{os.getpid()}"
     nodes = lab.nodes()[4:7]
-    tool = tmp_path / "tool"
-    tool.mkdir()
-    (tool / "run.sh").write_text(RUN)
-    (tool / "run.sh").chmod(0o755)
-    (tool / "VERSION").write_text("v1\n")
-    spec = tmp_path / "app.yaml"
-    spec.write_text(textwrap.dedent(SPEC.format(name=name, nodes=",".join(n.name for n in nodes))))
-    try:
+    with rollout_app(name, nodes, tmp_path) as spec:
         yield name, spec, nodes
-    finally:
-        with State() as st:
-            known = store.get_app(st, name) is not None
-        if known:
-            report = asyncio.run(lifecycle.down_async(name))
-            assert all(v == "cleaned" for v in report.nodes.values()), report.nodes
 
 
 def on_nodes(nodes: list[Node], command: str) -> dict[str, str]:
     return {n.name: remote(n, command, check=False).strip() for n in nodes}
-
-
-def pids(name: str) -> dict[str, int]:
-    status = asyncio.run(lifecycle.status_async(name))
-    return {n.node: p["pid"] for n in status.nodes for p in n.programs}
 
 
 def test_a_changed_copy_is_switched_under_restarted_services(
@@ -103,7 +56,7 @@ def test_a_changed_copy_is_switched_under_restarted_services(
     old = tree_digest(tool)
     first = asyncio.run(lifecycle.up_async(load(spec_path), copy()))
     assert first.failed == {}
-    assert on_nodes(nodes, f"cat .shoal/apps/{name}/running") == {n.name: "v1 v1" for n in nodes}
+    assert running(nodes, name) == {n.name: "v1 v1" for n in nodes}
     assert on_nodes(nodes, f"test -L {sw}/tool || echo dir") == {n.name: "dir" for n in nodes}
     before = pids(name)
     assert len(before) == 3
@@ -116,7 +69,7 @@ def test_a_changed_copy_is_switched_under_restarted_services(
     )
     assert again.failed == {}, again.failed
     # the processes were restarted and read the new tree (before: still v1, or v2 v1)
-    assert on_nodes(nodes, f"cat .shoal/apps/{name}/running") == {n.name: "v2 v2" for n in nodes}
+    assert running(nodes, name) == {n.name: "v2 v2" for n in nodes}
     after = pids(name)
     assert set(after) == set(before) and all(after[n] != before[n] for n in before)
     assert "rollout" in again.phases and any("rollout" in line for line in said), said
@@ -129,7 +82,7 @@ def test_a_changed_copy_is_switched_under_restarted_services(
 
     (tool / "VERSION").write_text("v4\n")  # once more: the v1 copy goes, v2 is kept aside
     assert asyncio.run(lifecycle.up_async(load(spec_path), copy())).failed == {}
-    assert on_nodes(nodes, f"cat .shoal/apps/{name}/running") == {n.name: "v4 v4" for n in nodes}
+    assert running(nodes, name) == {n.name: "v4 v4" for n in nodes}
     assert on_nodes(nodes, f"ls {sw}/.tool.shoal/versions") == {n.name: new for n in nodes}
 
 
@@ -150,7 +103,7 @@ def test_a_failing_new_copy_is_swapped_back_and_the_old_one_runs(
     assert on_nodes(nodes, f"cat {sw}/{DIGEST_FILE} {sw}/VERSION") == {
         n.name: f"{old}\nv1" for n in nodes
     }
-    assert on_nodes(nodes, f"cat .shoal/apps/{name}/running") == {n.name: "v1 v1" for n in nodes}
+    assert running(nodes, name) == {n.name: "v1 v1" for n in nodes}
     status = asyncio.run(lifecycle.status_async(name))
     assert status.status == "running" and status.healthy, status.as_json()
     now = pids(name)
@@ -172,12 +125,12 @@ def test_a_pushed_tree_changed_by_copy_is_switched_and_rolled_back_to_the_push(
     with pytest.raises(OperationError, match=r"software tool rolled back.*gate: .*server"):
         asyncio.run(lifecycle.up_async(load(spec_path), copy()))
     assert on_nodes(nodes, f"readlink {sw}") == link  # the push's version linked again
-    assert on_nodes(nodes, f"cat .shoal/apps/{name}/running") == {n.name: "v1 v1" for n in nodes}
+    assert running(nodes, name) == {n.name: "v1 v1" for n in nodes}
 
     (tool / "VERSION").write_text("v2\n")
     before = pids(name)
     assert asyncio.run(lifecycle.up_async(load(spec_path), copy())).failed == {}
-    assert on_nodes(nodes, f"cat .shoal/apps/{name}/running") == {n.name: "v2 v2" for n in nodes}
+    assert running(nodes, name) == {n.name: "v2 v2" for n in nodes}
     assert on_nodes(nodes, f"test -L {sw} || cat {sw}/{DIGEST_FILE}") == {
         n.name: tree_digest(tool) for n in nodes
     }

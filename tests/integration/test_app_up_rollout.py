@@ -10,84 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import os
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shoal.app import lifecycle, store
+from shoal.app import lifecycle
 from shoal.app.appspec import load
 from shoal.app.runtime import UpOptions
 from shoal.errors import OperationError
-from shoal.nodes.health import clear_failed
 from shoal.nodes.model import Node
-from shoal.state import State
 
 from .conftest import remote
+from .rolloutapp import pids, rollout_app, running
 
 pytestmark = pytest.mark.lab
-
-SPEC = """\
-app: {name}
-software:
-  tool:
-    source: tool
-    install: ["cp VERSION INSTALLED"]
-rollout:
-  min_healthy_time: 0.5
-  stage_deadline: 30
-components:
-  svc:
-    select: "{nodes}"
-    count: 4
-    software: [tool]
-    processes:
-      - {{name: server, service: "exec ${{sw.tool}}/run.sh ${{dir}}"}}
-"""
-
-# what it runs, and what its install step made there, as it starts
-RUN = """#!/bin/sh
-here="$(cd "$(dirname "$0")" && pwd -P)"
-if [ -e "$1/refuse" ] && [ "$(cat "$here/INSTALLED")" = v3 ]; then exit 3; fi
-cat "$here/INSTALLED" > "$1/running"
-exec sleep 600
-"""
 
 
 @pytest.fixture()
 def app(lab: Any, tmp_path: Path) -> Iterator[tuple[str, Path, list[Node]]]:
-    clear_failed()
     name = f"roll{os.getpid()}"
     nodes = lab.nodes()[:4]
-    tool = tmp_path / "tool"
-    tool.mkdir()
-    (tool / "run.sh").write_text(RUN)
-    (tool / "run.sh").chmod(0o755)
-    (tool / "VERSION").write_text("v1\n")
-    spec = tmp_path / "app.yaml"
-    spec.write_text(textwrap.dedent(SPEC.format(name=name, nodes=",".join(n.name for n in nodes))))
-    try:
+    with rollout_app(name, nodes, tmp_path) as spec:
         yield name, spec, nodes
-    finally:
-        with State() as st:
-            known = store.get_app(st, name) is not None
-        if known:
-            report = asyncio.run(lifecycle.down_async(name))
-            assert all(v == "cleaned" for v in report.nodes.values()), report.nodes
-
-
-def running(nodes: list[Node], name: str) -> dict[str, str]:
-    return {
-        n.name: remote(n, f"cat .shoal/apps/{name}/running 2>/dev/null", check=False).strip()
-        for n in nodes
-    }
-
-
-def pids(name: str) -> dict[str, int]:
-    status = asyncio.run(lifecycle.status_async(name))
-    return {n.node: p["pid"] for n in status.nodes for p in n.programs}
 
 
 def test_app_up_after_a_software_change_restarts_services_on_the_new_code(
@@ -97,14 +43,14 @@ def test_app_up_after_a_software_change_restarts_services_on_the_new_code(
     said: list[str] = []
     first = asyncio.run(lifecycle.up_async(load(spec_path), UpOptions(say=said.append)))
     assert first.failed == {}
-    assert running(nodes, name) == {n.name: "v1" for n in nodes}
+    assert running(nodes, name) == {n.name: "v1 v1" for n in nodes}
     before = pids(name)
     assert len(before) == 4
 
     (spec_path.parent / "tool" / "VERSION").write_text("v2\n")
     again = asyncio.run(lifecycle.up_async(load(spec_path), UpOptions(say=said.append)))
     assert again.failed == {}, again.failed
-    assert running(nodes, name) == {n.name: "v2" for n in nodes}  # before: still v1
+    assert running(nodes, name) == {n.name: "v2 v2" for n in nodes}  # before: still v1
     after = pids(name)
     assert set(after) == set(before) and all(after[n] != before[n] for n in before)
     assert "rollout" in again.phases and any("rollout" in line for line in said), said
@@ -123,6 +69,6 @@ def test_a_failing_new_version_is_rolled_back_and_the_old_one_keeps_running(
     (spec_path.parent / "tool" / "VERSION").write_text("v3\n")  # exits 3 where refused
     with pytest.raises(OperationError, match=r"software tool rolled back.*gate: .*server"):
         asyncio.run(lifecycle.up_async(load(spec_path)))
-    assert running(nodes, name) == {n.name: "v1" for n in nodes}
+    assert running(nodes, name) == {n.name: "v1 v1" for n in nodes}
     status = asyncio.run(lifecycle.status_async(name))
     assert status.status == "running" and status.healthy, status.as_json()
