@@ -24,7 +24,8 @@ def register(sub: Any) -> None:
 
     text = (
         "pull every program's and step's logs (rotated files included) into the state "
-        "directory, incrementally, compressed on the node, checksummed end to end"
+        "directory, incrementally, compressed on the node, checksummed end to end; through "
+        "shoal serve when one runs (its held connections), else (or with --no-service) direct"
     )
     collect = lsub.add_parser("collect", help=text, description=text)
     add_agent_options(collect)
