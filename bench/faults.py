@@ -84,7 +84,7 @@ def main() -> int:
             "ctl": lambda w: fs.controller_killed_mid_push(lab, fleet, w, args.ctl_reps, env),
             "appctl": lambda w: fa.controller_killed_mid_app_up(lab, fleet, w, args.ctl_reps, env),
             "loss10": lambda w: fs.packet_loss(lab, fleet, w, 10),
-            "loss30": lambda w: fs.packet_loss(lab, fleet, w, 30, 200_000, fs.LOSSY_LINKS),
+            "loss30": lambda w: fs.packet_loss(lab, fleet, w, 30, 200_000),
             "corrupt": lambda w: fs.corrupt_peer(lab, fleet, w),
             "disk": lambda w: fs.disk_full(lab, fleet, w),
             "agentdisk": lambda w: fs.disk_full_agent_install(lab, fleet, w),
