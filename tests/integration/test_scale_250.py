@@ -84,8 +84,8 @@ def test_push_small_tree_to_all_250(big: tuple[Lab, Path], tmp_path: Path) -> No
     for node in (nodes[0], nodes[N // 2], nodes[-1]):  # spot checks; the summary counts all
         got = remote(node, "sha256sum /tmp/scale-pushed/sub/blob.bin; cat /tmp/scale-pushed/*.txt")
         assert got.split()[0] == want and "hello 250" in got, (node.name, got)
-    check = shoal(home, "run", "-s", "@lab", "--no-progress", f"echo {want} "
-                  "/tmp/scale-pushed/sub/blob.bin | sha256sum -c --quiet")  # fmt: skip
+    verify = f"echo '{want}  /tmp/scale-pushed/sub/blob.bin' | sha256sum -c --quiet"
+    check = shoal(home, "run", "-s", "@lab", "--no-progress", verify)
     assert check.returncode == 0 and f"ok {N}, failed 0" in check.stderr, check.stderr[-2000:]
 
 
