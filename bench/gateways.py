@@ -249,6 +249,7 @@ def tree(n: int, rounds: int) -> int:
     finally:
         shutil.rmtree(where, ignore_errors=True)
         subprocess.run([SHOAL, "lab", "down", "--name", name], capture_output=True, env=env)
+        shutil.rmtree(home, ignore_errors=True)
         print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 
