@@ -31,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from shoal.agent.chunkserver import ChunkServer, Fetcher, StoreBackend  # noqa: E402
+from shoal.agent.chunkfetch import Fetcher  # noqa: E402
+from shoal.agent.chunkserver import ChunkServer, StoreBackend  # noqa: E402
 from shoal.agent.chunkstore import ChunkStore  # noqa: E402
 from shoal.content.datatls import make_identity  # noqa: E402
 

@@ -162,7 +162,7 @@ def test_a_peer_presenting_another_certificate_is_refused_and_the_push_completes
 FETCH = """
 import asyncio, json, sys, tempfile
 from pathlib import Path
-from shoal.agent.chunkserver import Fetcher
+from shoal.agent.chunkfetch import Fetcher
 from shoal.agent.chunkstore import ChunkStore
 host, port, token, pin, rounds = sys.argv[1:6]
 port, rounds = int(port), int(rounds)

@@ -463,7 +463,8 @@ _CHUNKS_ON_PY39 = r"""
 import asyncio, hashlib, os, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from shoal.agent.chunkserver import ChunkServer, Fetcher, StoreBackend
+from shoal.agent.chunkfetch import Fetcher
+from shoal.agent.chunkserver import ChunkServer, StoreBackend
 from shoal.agent.chunkstore import ChunkStore
 
 async def main(tmp):

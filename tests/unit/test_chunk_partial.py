@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from shoal.agent.chunkserver import Fetcher
+from shoal.agent.chunkfetch import Fetcher
 from shoal.agent.chunkstore import ChunkStore
 
 CHUNKS = [bytes([i]) * 100_000 for i in range(4)]

@@ -18,7 +18,8 @@ import pytest
 
 from shoal.agent import chunkserver as cs
 from shoal.agent import pushsession
-from shoal.agent.chunkserver import Backend, ChunkServer, Fetcher, StoreBackend
+from shoal.agent.chunkfetch import Fetcher
+from shoal.agent.chunkserver import Backend, ChunkServer, StoreBackend
 from shoal.agent.chunkstore import ChunkStore
 from shoal.content.scan import scan
 

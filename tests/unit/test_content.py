@@ -14,7 +14,8 @@ import pytest
 
 from shoal.agent import manifest as mf
 from shoal.agent.activate import Area, AreaError
-from shoal.agent.chunkserver import ChunkServer, Fetcher, StoreBackend
+from shoal.agent.chunkfetch import Fetcher
+from shoal.agent.chunkserver import ChunkServer, StoreBackend
 from shoal.agent.chunkstore import ChunkError, ChunkStore
 from shoal.content.scan import ChunkParams, cut_bytes, scan
 from shoal.content.swarm import SOURCE, Swarm

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.agent.chunkserver import ChunkServer, Fetcher, StoreBackend, chunk_sources
+from shoal.agent.chunkfetch import Fetcher
+from shoal.agent.chunkserver import ChunkServer, StoreBackend, chunk_sources
 from shoal.agent.chunkstore import ChunkStore
 from shoal.agent.tlspin import pem_fingerprint
 from shoal.content.datatls import make_identity

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from shoal.agent import manifest as mf
 from shoal.agent import protocol
-from shoal.agent.chunkserver import ChunkServer, FetchResult, StoreBackend, _sizes
+from shoal.agent.chunkfetch import FetchResult, _sizes
+from shoal.agent.chunkserver import ChunkServer, StoreBackend
 from shoal.agent.chunkstore import ChunkStore
 from shoal.errors import ShoalError
 

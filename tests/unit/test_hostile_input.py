@@ -529,7 +529,7 @@ def test_a_manifest_nested_past_the_recursion_limit_is_a_manifest_error() -> Non
 
 
 def test_a_chunk_answer_header_nested_past_the_recursion_limit_is_a_bad_header() -> None:
-    from shoal.agent.chunkserver import FetchResult, _sizes
+    from shoal.agent.chunkfetch import FetchResult, _sizes
 
     with pytest.raises(ConnectionError, match="bad header"):
         _sizes(DEEP, [("0" * 64, 0)], FetchResult())

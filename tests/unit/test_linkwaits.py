@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from shoal.agent import linkwaits as lw
-from shoal.agent.chunkserver import Fetcher
+from shoal.agent.chunkfetch import Fetcher
 from shoal.agent.chunkstore import ChunkStore
 from shoal.content.swarm import SOURCE, Swarm
 from shoal.nodes.model import Node

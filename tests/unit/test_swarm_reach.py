@@ -14,7 +14,7 @@ import socket
 import time
 from pathlib import Path
 
-from shoal.agent.chunkserver import Fetcher
+from shoal.agent.chunkfetch import Fetcher
 from shoal.agent.chunkstore import ChunkStore
 from shoal.agent.pushsession import _unreachable
 from shoal.content.swarm import SOURCE, Swarm

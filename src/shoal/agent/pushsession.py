@@ -72,7 +72,8 @@ from typing import Any, Callable, Optional
 
 from . import manifest as mf
 from .activate import Area, AreaError, NeedChunks, resolve_target
-from .chunkserver import ChunkServer, Fetcher, StoreBackend, chunk_sources
+from .chunkfetch import Fetcher
+from .chunkserver import ChunkServer, StoreBackend, chunk_sources
 from .chunkstore import ChunkError, ChunkStore, Throttle, unlink_all
 from .linkwaits import from_wire, seconds
 from .tlspin import TEST_IMPOSTOR_FLAG, pem_fingerprint, server_context
