@@ -28,7 +28,8 @@ def _store(
     stored at ``t``, written on the node at ``written`` (None: as an older store)."""
     logcollect.ensure(state)
     entry = {"stream": stream, "ino": ino, "rotated": True}
-    row = logcollect._new_row(state, node, entry, chunks[0])
+    with state.transaction() as db:
+        row = logcollect.new_row(db, node, entry, chunks[0])
     offset = 0
     for raw in chunks:
         data = base64.b64encode(gzip.compress(raw)).decode()

@@ -61,6 +61,7 @@ collected again.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import hashlib
@@ -69,16 +70,16 @@ import re
 import sqlite3
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shoal.agentlink.agentclient import AgentClient
-from shoal.agentlink.fleet import AgentOptions, AgentOutcome, each_agent
-from shoal.errors import AgentError, LocalError
+from shoal.agentlink.fleet import AgentOptions, AgentOutcome, Write, each_agent
+from shoal.errors import AgentError, LocalError, StateError
 from shoal.fanout.results import NodeOutcome, Results
 from shoal.logsetup import logger
 from shoal.nodes.model import Node
@@ -86,6 +87,8 @@ from shoal.state import State, opened
 from shoal.transport.base import Transport
 
 log = logger(__name__)
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS log_files (
@@ -185,6 +188,45 @@ def _tx(
         ) from None
 
 
+class _Writes:
+    """Where one collection's writes go: at once on ``st`` (the CLI), or through
+    ``write`` (the service's writer thread: :data:`shoal.agentlink.fleet.Write`) with
+    segment files written in a worker thread, so the service's loop never waits for
+    SQLite's lock or an fsync. Reads stay on ``st`` (what the writer committed)."""
+
+    def __init__(self, st: State, write: Write | None) -> None:
+        self.st = st
+        self.write = write
+
+    async def tx(
+        self,
+        node: str,
+        fn: Callable[[sqlite3.Connection], T],
+        outcome: str = "the node keeps every file not yet stored",
+    ) -> T:
+        """``fn(db)`` in one transaction, committed when this returns (see :func:`_tx`)."""
+        if self.write is None:
+            with _tx(self.st, node, outcome) as db:
+                return fn(db)
+
+        def job(state: State) -> T:
+            with state.transaction() as db:
+                return fn(db)
+
+        try:
+            done: T = await asyncio.wrap_future(self.write(job))
+        except (StateError, sqlite3.Error) as exc:
+            raise LocalError(
+                f"cannot record collected logs in {self.st.path}: {exc}; {outcome}", node=node
+            ) from None
+        return done
+
+    async def segment(self, node: str, row: dict[str, Any], start: int, data: str) -> int:
+        if self.write is None:
+            return _write_segment(self.st, node, row, start, data)
+        return await asyncio.to_thread(_write_segment, self.st, node, row, start, data)
+
+
 def ensure(state: State) -> None:
     state.ensure("logcollect", SCHEMA)
     columns = {r[1] for r in state.db.execute("PRAGMA table_info(log_segments)")}
@@ -204,12 +246,17 @@ async def collect_async(
     *,
     transport: Transport | None = None,
     state: State | None = None,
+    write: Write | None = None,
 ) -> Results[AgentOutcome]:
-    """Collect the logs of every node; each outcome's value is a :class:`Collected`."""
+    """Collect the logs of every node; each outcome's value is a :class:`Collected`.
+    ``write``: the service's writer (every write through it, see :class:`_Writes`)."""
     opts = options or CollectOptions()
     with opened(state) as st:
-        ensure(st)
-        step = partial(_collect_node, opts=opts)
+        if write is None:
+            ensure(st)
+        else:
+            await asyncio.wrap_future(write(ensure))
+        step = partial(_collect_node, opts=opts, write=write)
         return await each_agent(nodes, step, agent_options, transport=transport, state=st)
 
 
@@ -221,9 +268,16 @@ def _wanted(stream: str, app: str | None) -> bool:
 
 
 async def _collect_node(
-    client: AgentClient, node: Node, st: State, ao: AgentOptions, *, opts: CollectOptions
+    client: AgentClient,
+    node: Node,
+    st: State,
+    ao: AgentOptions,
+    *,
+    opts: CollectOptions,
+    write: Write | None,
 ) -> AgentOutcome:
     done = Collected()
+    w = _Writes(st, write)
     rows = {
         int(r["ino"]): dict(r)
         for r in st.db.execute("SELECT * FROM log_files WHERE node = ? AND gone = 0", (node.name,))
@@ -233,8 +287,8 @@ async def _collect_node(
     same = {int(f["ino"]) for f in listing if f.get("same")}
     gone = [r["id"] for ino, r in rows.items() if ino not in same]  # deleted, or a new file
     if gone:
-        with _tx(st, node.name) as db:
-            db.executemany("UPDATE log_files SET gone = 1 WHERE id = ?", [(i,) for i in gone])
+        marks = [(i,) for i in gone]
+        await w.tx(node.name, lambda db: db.executemany(GONE, marks))
     rows = {ino: r for ino, r in rows.items() if ino in same}
     for entry in listing:
         if not _wanted(entry["stream"], opts.app):
@@ -247,23 +301,25 @@ async def _collect_node(
             log.warning("%s: cannot write %s", node.name, problem)
         row = rows.get(int(entry["ino"]))
         if row is not None and row["stream"] != entry["stream"]:
-            _mark_gone(st, node.name, row["id"])
+            await _mark_gone(w, node.name, row["id"])
             row = None
-        row = await _pull_file(client, node, st, ao, opts, entry, row, done)
+        row = await _pull_file(client, node, w, ao, opts, entry, row, done)
         if row is not None and entry["rotated"]:
-            await _acknowledge(client, node, st, ao, opts, entry, row, done)
+            await _acknowledge(client, node, w, ao, opts, entry, row, done)
     return NodeOutcome(node.name, value=done)
 
 
-def _mark_gone(st: State, node: str, file_id: int) -> None:
-    with _tx(st, node) as db:
-        db.execute("UPDATE log_files SET gone = 1 WHERE id = ?", (file_id,))
+GONE = "UPDATE log_files SET gone = 1 WHERE id = ?"
+
+
+async def _mark_gone(w: _Writes, node: str, file_id: int) -> None:
+    await w.tx(node, lambda db: db.execute(GONE, (file_id,)))
 
 
 async def _pull_file(
     client: AgentClient,
     node: Node,
-    st: State,
+    w: _Writes,
     ao: AgentOptions,
     opts: CollectOptions,
     entry: dict[str, Any],
@@ -289,26 +345,20 @@ async def _pull_file(
             raise
         if page.get("mismatch"):
             if row is not None:
-                _mark_gone(st, node.name, row["id"])  # a new file on an old inode
+                await _mark_gone(w, node.name, row["id"])  # a new file on an old inode
             row, offset = None, 0
             continue
         raw = _verified(page, node.name, entry["file"])
         if not raw:
             break
         if row is None:
-            row = _new_row(st, node.name, entry, raw)
+            row = await w.tx(node.name, partial(new_row, node=node.name, entry=entry, raw=raw))
         now = time.time()
         written = _written(page, now)
-        stored = _write_segment(st, node.name, row, offset, page["data"])
-        with _tx(st, node.name) as db:
-            db.execute(
-                "INSERT OR REPLACE INTO log_segments VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (row["id"], offset, len(raw), stored, page["sha256"], now, written),
-            )
-            db.execute(
-                "UPDATE log_files SET offset = ?, rotated = ?, last_seen = ? WHERE id = ?",
-                (offset + len(raw), int(bool(page["rotated"])), now, row["id"]),
-            )
+        stored = await w.segment(node.name, row, offset, page["data"])
+        segment = (row["id"], offset, len(raw), stored, page["sha256"], now, written)
+        moved = (offset + len(raw), int(bool(page["rotated"])), now, row["id"])
+        await w.tx(node.name, partial(_advance, segment=segment, moved=moved))
         offset += len(raw)
         row["offset"] = offset
         done.segments += 1
@@ -337,26 +387,31 @@ def _verified(page: dict[str, Any], node: str, file: str) -> bytes:
     return raw
 
 
-def _new_row(st: State, node: str, entry: dict[str, Any], raw: bytes) -> dict[str, Any]:
+def _advance(db: sqlite3.Connection, segment: tuple[Any, ...], moved: tuple[Any, ...]) -> None:
+    """Register a stored segment and move its file's offset past it (one transaction)."""
+    db.execute("INSERT OR REPLACE INTO log_segments VALUES (?, ?, ?, ?, ?, ?, ?)", segment)
+    db.execute("UPDATE log_files SET offset = ?, rotated = ?, last_seen = ? WHERE id = ?", moved)
+
+
+def new_row(db: sqlite3.Connection, node: str, entry: dict[str, Any], raw: bytes) -> dict[str, Any]:
+    """A file's row, made at its first bytes ``raw`` (inside the caller's transaction)."""
     head = raw[:HEAD_BYTES]
     now = time.time()
-    with _tx(st, node) as db:
-        cur = db.execute(
-            "INSERT INTO log_files (node, stream, ino, head_len, head_sha, rotated, first_seen,"
-            " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                node,
-                entry["stream"],
-                int(entry["ino"]),
-                len(head),
-                hashlib.sha256(head).hexdigest(),
-                int(bool(entry["rotated"])),
-                now,
-                now,
-            ),
-        )
-        file_id = cur.lastrowid
-    found = st.db.execute("SELECT * FROM log_files WHERE id = ?", (file_id,)).fetchone()
+    cur = db.execute(
+        "INSERT INTO log_files (node, stream, ino, head_len, head_sha, rotated, first_seen,"
+        " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            node,
+            entry["stream"],
+            int(entry["ino"]),
+            len(head),
+            hashlib.sha256(head).hexdigest(),
+            int(bool(entry["rotated"])),
+            now,
+            now,
+        ),
+    )
+    found = db.execute("SELECT * FROM log_files WHERE id = ?", (cur.lastrowid,)).fetchone()
     return dict(found)
 
 
@@ -438,7 +493,7 @@ def _read_segment(st: State, node: str, row: Any, seg: Any) -> bytes:
 async def _acknowledge(
     client: AgentClient,
     node: Node,
-    st: State,
+    w: _Writes,
     ao: AgentOptions,
     opts: CollectOptions,
     entry: dict[str, Any],
@@ -448,12 +503,12 @@ async def _acknowledge(
     """Tell the node a whole rotated file is stored (and free it with ``--free``)."""
     if row["offset"] != int(entry["size"]) or (row["acked"] and not opts.free):
         return
-    size, sha = stored_digest(st, node.name, row)
+    size, sha = stored_digest(w.st, node.name, row)
     if size != int(entry["size"]):
         return
     if not row["acked"]:  # written ahead: a file the node may free is one the store holds
-        with _tx(st, node.name) as db:
-            db.execute("UPDATE log_files SET acked = 1 WHERE id = ?", (row["id"],))
+        acked = "UPDATE log_files SET acked = 1 WHERE id = ?"
+        await w.tx(node.name, lambda db: db.execute(acked, (row["id"],)))
         row["acked"] = 1
     args = {"file": entry["file"], "ino": int(entry["ino"]), "size": size, "sha256": sha}
     answer = await client.call("logs.ack", timeout=ao.call_timeout, free=opts.free, **args)
@@ -462,8 +517,8 @@ async def _acknowledge(
         return
     done.freed.append(entry["file"])
     freed = f"{entry['file']} was freed on the node (the store holds it, verified)"
-    with _tx(st, node.name, freed) as db:
-        db.execute("UPDATE log_files SET freed = 1, gone = 1 WHERE id = ?", (row["id"],))
+    gone = "UPDATE log_files SET freed = 1, gone = 1 WHERE id = ?"
+    await w.tx(node.name, lambda db: db.execute(gone, (row["id"],)), freed)
 
 
 # -- reading the store -----------------------------------------------------------

@@ -22,7 +22,9 @@ operations (:func:`shoal.nodes.health.record`), by the service's writer thread
 ``POST /api/v1/logs/collect`` ``{"selection", "app"?, "free"?}`` is ``shoal
 logs collect`` over the warm connections, into the service's central store
 (:mod:`shoal.ops.logcollect`), one at a time with the scheduled ``logs`` job
-(:attr:`~shoal.control.controller.Controller.logs_lock`): one line per node
+(:attr:`~shoal.control.controller.Controller.logs_lock`), its writes through
+the service's writer thread and its segment files written off the loop: one
+line per node
 whose ``value`` is :meth:`~shoal.ops.logcollect.Collected.to_json`, then the
 summary; health recorded as for program operations.
 
@@ -234,8 +236,9 @@ async def logs_collect(request: Request, body: CollectRequest) -> StreamingRespo
     async def fanout(on_result: Callable[[NodeOutcome[Any]], None]) -> Results[Any]:
         async with ctl.logs_lock:
             results = await logcollect.collect_async(
-                nodes, options, AgentOptions(), transport=ctl.transport, state=ctl.state
-            )
+                nodes, options, AgentOptions(), transport=ctl.transport, state=ctl.state,
+                write=ctl.journal.submit,
+            )  # fmt: skip
         for outcome in results:
             if outcome.value is not None:
                 outcome.value = outcome.value.to_json()
