@@ -134,3 +134,23 @@ def test_peer_batches_follow_the_peers_rate() -> None:
         assert fast is not None and fast.nbytes == 4 << 20  # the ceiling
 
     asyncio.run(go())
+
+
+def test_the_peer_chosen_is_the_one_holding_most_of_what_the_node_wants_next() -> None:
+    """A slightly faster peer holding one wanted chunk loses to one holding the next 64:
+    batches of one stripe made 100 nodes at 4 Mbit/s spend 0.6 S on requests."""
+
+    async def go() -> None:
+        n = 100
+        swarm = Swarm([(f"{i:064x}", 16 * KIB) for i in range(n)], batch_bytes=4 << 20)
+        swarm.expect(["a", "b", "c"])
+        swarm.register("a", "ha", 1, ("s", 1), range(n), [])
+        swarm.register("b", "hb", 2, ("s", 1), range(1, n), [0])
+        swarm.register("c", "hc", 3, ("s", 1), range(64, n), range(64))
+        swarm.sourced.update(range(n))
+        swarm.source.uploads = swarm.source_uploads  # the source is busy: peers only
+        swarm.peers["b"].rate, swarm.peers["c"].rate = 11e6, 10e6
+        batch = await swarm.next_batch("a")
+        assert batch is not None and batch.source == "c" and batch.chunks == list(range(64))
+
+    asyncio.run(go())

@@ -314,6 +314,7 @@ async def _swarm_push(
         batch_bytes=opts.batch_bytes,
         source_batch_bytes=opts.source_batch_bytes,
         source_uploads=opts.source_uploads,
+        peer_uploads=opts.pipeline,
         source_rate=SOURCE_RATE_GUESS,
     )
     swarm.expect([n.name for n in nodes])

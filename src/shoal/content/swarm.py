@@ -66,6 +66,7 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from shoal.logsetup import logger
@@ -80,6 +81,10 @@ SOURCE = "(source)"
 PIPELINE = 5
 #: How far past its first missing chunk a node looks for work (chunks).
 WINDOW = 512
+#: How many of its next wanted chunks a node's peer choice counts in each option.
+LOOKAHEAD = 64
+#: Peers compared per choice at most (a random sample of the eligible holders).
+SAMPLE = 8
 #: Completions within this many seconds wake waiting workers once.
 WAKE_DELAY = 0.005
 #: A worker that keeps failing gives up after this many failed batches in a row.
@@ -416,14 +421,7 @@ class Swarm:
         # 2. from the best peer holding the first chunks we lack
         eligible = {} if shy else self._eligible(node, now)
         if eligible:
-            best: Peer | None = None
-            for i in self._candidates(node):
-                held = self.holders[i]
-                if held:
-                    options = [eligible[h] for h in held if h in eligible]
-                    if options:
-                        best = min(options, key=lambda p: (p.uploads + 1) / max(p.rate, 1e5))
-                        break
+            best = self._best_peer(node, eligible)
             if best is not None:
                 peer = best
                 # the source's link: its per-flow rate times the flows it serves at once
@@ -460,6 +458,30 @@ class Swarm:
         if not picked:
             return None
         return self._start(node, self.source, picked)
+
+    def _best_peer(self, node: str, eligible: dict[str, Peer]) -> Peer | None:
+        """Of the eligible holders of the first chunk ``node`` lacks that any holds, the
+        one expected to deliver most: rate / (uploads + 1) times how many of the node's
+        next :data:`LOOKAHEAD` wanted chunks it holds (a batch is what one peer holds, and
+        each costs a request on the source's link). Measured at 32 nodes, 4 Mbit/s: 1.52x
+        S/B against 1.73-1.76x with the least busy holder, but peer batches stay near
+        100 KiB: nodes progress in step, so what a peer holds that a node lacks is small."""
+        options: list[Peer] = []
+        for i in self._candidates(node):
+            options = [eligible[h] for h in self.holders[i] if h in eligible]
+            if options:
+                break
+        if not options:
+            return None
+        ahead = list(islice(self._candidates(node), LOOKAHEAD))
+        if len(options) > SAMPLE:
+            options = random.sample(options, SAMPLE)
+
+        def value(p: Peer) -> float:
+            held = sum(1 for j in ahead if p.name in self.holders[j])
+            return max(held, 1) * max(p.rate, 1e5) / (p.uploads + 1)
+
+        return max(options, key=value)
 
     def _take(self, candidates: Iterator[int], accept: Any, limit: int = 0) -> list[int]:
         picked: list[int] = []
