@@ -23,15 +23,18 @@ installed: ~26 MB of RAM per node; refused when ``MemAvailable`` is short), then
 warm ``run true`` through it (the whole CLI process, alternated with the cold
 direct run), the service's RSS and its idle CPU over 30 s.
 
-``--svg FILE`` draws median latency against N for Shoal and each peer (our own
-few lines of SVG). The load average is printed with every figure: the machine
-is shared, and its two cores run the nodes' sshds too.
+``--svg FILE`` draws median latency against N (log axis) for Shoal and each peer
+(our own few lines of SVG). Keep ``--warmup`` >= 1: the first connection to each
+fresh lab sshd is slower, and without a warm-up the first tool of the round pays it.
+The load average is printed with every figure: the machine is shared, and its two
+cores run the nodes' sshds too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import shutil
@@ -169,14 +172,16 @@ COLORS = {"shoal": "#d62728", "ssh-loop": "#1f77b4", "pdsh": "#2ca02c", "clush":
 
 
 def svg(curve: dict[str, dict[int, float]], load: str) -> str:
-    """Median latency (s) against N, one polyline per tool, linear axes."""
-    w, h, left, bottom, top, right = 560, 360, 60, 50, 30, 110
+    """Median latency (s) against N (log axis), one polyline per tool; a tool with no
+    counted run at some N says so in the legend."""
+    w, h, left, bottom, top, right = 600, 360, 60, 50, 30, 190
     sizes = sorted({n for pts in curve.values() for n in pts})
     ymax = max(v for pts in curve.values() for v in pts.values()) * 1.1
-    xmax = max(sizes)
+    lo, hi = math.log(sizes[0]) - 0.3, math.log(sizes[-1]) + 0.3
+    xmax = sizes[-1]
 
     def x(n: float) -> float:
-        return left + (w - left - right) * n / xmax
+        return left + (w - left - right) * (math.log(n) - lo) / (hi - lo)
 
     def y(v: float) -> float:
         return h - bottom - (h - bottom - top) * v / ymax
@@ -206,7 +211,9 @@ def svg(curve: dict[str, dict[int, float]], load: str) -> str:
         ly = top + 10 + 18 * i
         parts.append(f'<line x1="{w - right + 10}" y1="{ly}" x2="{w - right + 30}" y2="{ly}" '
                      f'stroke="{color}" stroke-width="2"/>')  # fmt: skip
-        parts.append(f'<text x="{w - right + 35}" y="{ly + 4}">{tool}</text>')
+        gaps = [str(n) for n in sizes if n not in pts]
+        label = tool + (f" (none at {', '.join(gaps)})" if gaps else "")
+        parts.append(f'<text x="{w - right + 35}" y="{ly + 4}">{label}</text>')
     return "\n".join([*parts, "</svg>", ""])
 
 
