@@ -48,6 +48,28 @@ SCRIPTS = {
 }
 
 
+def spec(tmp_path: Path, app: str, source: str, env: str = "{}", step: str = "") -> Path:
+    """The spec of ``app``: one ``lifecycle: pkg`` service on n1, pkg from ``source``."""
+    path = tmp_path / "app.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            app: {app}
+            software:
+              pkg: {{source: {source}}}
+            components:
+              c:
+                select: "n1"
+                software: [pkg]
+                env: {env}
+                processes:
+                  - {{name: svc, lifecycle: pkg{step}}}
+            """
+        )
+    )
+    return path
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -82,23 +104,8 @@ def test_a_lifecycle_service_runs_the_packages_scripts(
     with State() as st:
         Depot(st).put(str(pkg), "lcpkg", f"{mode:o}")
     app = unique_lab_name("lcapp")
-    path = tmp_path / "app.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            app: {app}
-            software:
-              pkg: {{source: "depot:lcpkg@{mode:o}"}}
-            components:
-              c:
-                select: "n1"
-                software: [pkg]
-                env: {{MARKS: {marks}}}
-                processes:
-                  - {{name: svc, lifecycle: pkg, health_interval: 1}}
-            """
-        )
-    )
+    env, depot = f"{{MARKS: {marks}}}", f'"depot:lcpkg@{mode:o}"'
+    path = spec(tmp_path, app, depot, env, ", health_interval: 1")
     node = fleet[0]
     name = f"{app}.c.svc"
     try:
@@ -143,22 +150,7 @@ def test_a_failing_install_script_is_one_line_naming_node_package_script_status(
     (pkg / "install.sh").write_text("echo building\nexit 3\n")  # not executable
     (pkg / "start.sh").write_text("sleep 600\n")
     app = unique_lab_name("lcfail")
-    path = tmp_path / "app.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            app: {app}
-            software:
-              pkg: {{source: pkg}}
-            components:
-              c:
-                select: "n1"
-                software: [pkg]
-                processes:
-                  - {{name: svc, lifecycle: pkg}}
-            """
-        )
-    )
+    path = spec(tmp_path, app, "pkg")
     try:
         report = run(lifecycle.up_async(load(path)))
         (problem,) = report.failed.values()
