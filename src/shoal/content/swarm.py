@@ -104,7 +104,8 @@ MIN_BATCH = 32 << 10
 SOURCE_RATE_GUESS = 64e3
 #: A fetch may take this many times its expected time at the measured rate...
 SLACK = 4.0
-#: ... plus this allowance for its connect and TLS handshake (chunkserver's CONNECT_SECONDS).
+#: ... plus this allowance for its connect and TLS handshake (the fixed part of the limit
+#: before rates were measured; a lossy link's own waits come from agent/linkwaits).
 CONNECT_ALLOWANCE = 15.0
 #: ... and never less than at this rate (bytes/s): the limit before rates were measured.
 FLOOR_RATE = 200e3
