@@ -36,6 +36,13 @@ fi
 # (CI images often set it), an editable install would otherwise recompile every module
 # on every `shoal` start (~60 ms of `shoal run`'s start-up).
 .venv/bin/python -m compileall -q src/shoal >/dev/null
+# The console script pip writes imports re (for Windows suffixes) before main(): ~7-10 ms
+# of the ~27 ms of client CPU a `shoal run` through `shoal serve` costs (cli/fastpath.py).
+# This one does only what main() needs; rewritten only when it differs.
+launcher=$(mktemp)
+printf '#!%s\nimport sys\nfrom shoal.cli.main import main\n\nif __name__ == "__main__":\n    sys.exit(main())\n' \
+  "$(pwd)/.venv/bin/python" > "$launcher"
+if cmp -s "$launcher" .venv/bin/shoal; then rm -f "$launcher"; else install -m 0755 "$launcher" .venv/bin/shoal; rm -f "$launcher"; fi
 
 # Shell completion and the man page, generated from the parser (shoal completion, shoal man);
 # as root into the system's directories, else into the user's. Rewritten only when changed.
