@@ -244,6 +244,18 @@ class SSHConnection(Connection):
         self._conn = conn
         self._keepalive = keepalive  # seconds, as connected (0: none)
         self._keepalive_count = self._tolerated = keepalive_count
+        tick = getattr(conn, "_keepalive_timer_callback", None)
+        if callable(tick):  # asyncssh's keepalive check (private): refit its tolerance first
+
+            def refit() -> None:
+                # a lossy link found while it runs (an upload's backoff spells); set
+                # directly: set_keepalive would arm a second timer from inside this one
+                count = self._fit(link_state(conn.get_extra_info("socket")))
+                if count is not None:
+                    conn._keepalive_count_max = count
+                tick()
+
+            conn._keepalive_timer_callback = refit  # type: ignore[method-assign]
         self._sftp: asyncssh.SFTPClient | None = None
         #: called once closed (a node behind a gateway: the gateway's release)
         self.on_close: Callable[[], Awaitable[None]] | None = None
@@ -256,12 +268,20 @@ class SSHConnection(Connection):
         tolerated longer (:func:`~shoal.agent.linkwaits.keepalive_count`), a clean one's
         as configured: a dead node is noticed as fast as before."""
         state = link_state(self._conn.get_extra_info("socket"))
-        if state is not None and self._keepalive > 0:
-            count = keepalive_count(state.loss, state.rto, self._keepalive, self._keepalive_count)
-            if count > self._tolerated:
-                self._tolerated = count
-                self._conn.set_keepalive(count_max=count)
+        count = self._fit(state)
+        if count is not None:
+            self._conn.set_keepalive(count_max=count)
         return state
+
+    def _fit(self, state: LinkState | None) -> int | None:
+        """The keepalive count ``state`` calls for, when above the one in force."""
+        if state is None or self._keepalive <= 0:
+            return None
+        count = keepalive_count(state.loss, state.rto, self._keepalive, self._keepalive_count)
+        if count <= self._tolerated:
+            return None
+        self._tolerated = count
+        return count
 
     def quiet_keepalive(self, quiet: bool) -> None:
         """asyncssh re-arms its keepalive timer on every packet received (a timer
