@@ -206,8 +206,8 @@ def svg(curve: dict[str, dict[int, float]], load: str) -> str:
         color = COLORS.get(tool, "#555")
         xy = " ".join(f"{x(n):.1f},{y(v):.1f}" for n, v in sorted(pts.items()))
         parts.append(f'<polyline points="{xy}" fill="none" stroke="{color}" stroke-width="2"/>')
-        for n, v in pts.items():
-            parts.append(f'<circle cx="{x(n):.1f}" cy="{y(v):.1f}" r="3" fill="{color}"/>')
+        for n, secs in pts.items():
+            parts.append(f'<circle cx="{x(n):.1f}" cy="{y(secs):.1f}" r="3" fill="{color}"/>')
         ly = top + 10 + 18 * i
         parts.append(f'<line x1="{w - right + 10}" y1="{ly}" x2="{w - right + 30}" y2="{ly}" '
                      f'stroke="{color}" stroke-width="2"/>')  # fmt: skip

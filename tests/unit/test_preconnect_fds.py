@@ -33,7 +33,7 @@ def test_start_connects_spends_at_most_half_the_free_descriptors(listener: int) 
         started = preconnect.start_connects(nodes, limit=1000)
         try:
             assert 0 < len(started) <= 50  # half of the 100 free, never EMFILE
-            assert socket.socket().close() is None  # descriptors are left for the SSH work
+            socket.socket().close()  # descriptors are left for the SSH work (no EMFILE)
         finally:
             for sock in started.values():
                 sock.close()
