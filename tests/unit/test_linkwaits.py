@@ -75,8 +75,11 @@ def test_path_loss_and_wire_values() -> None:
     assert lw.seconds(float("inf"), 3.0) == 3.0
 
 
-def _tcp_info(retrans: int, sent: int, rtt_us: int = 1000, rttvar_us: int = 500) -> bytes:
+def _tcp_info(
+    retrans: int, sent: int, rtt_us: int = 1000, rttvar_us: int = 500, streak: int = 0
+) -> bytes:
     raw = bytearray(tcpinfo._SIZE)
+    raw[tcpinfo._RETRANSMITS] = streak
     struct.pack_into("=I", raw, tcpinfo._RTT, rtt_us)
     struct.pack_into("=I", raw, tcpinfo._RTTVAR, rttvar_us)
     struct.pack_into("=I", raw, tcpinfo._TOTAL_RETRANS, retrans)
@@ -90,6 +93,8 @@ def test_tcp_info_gives_loss_and_rto() -> None:
     # one retransmission among a handshake's few segments is not a 50 % link
     assert tcpinfo.parse(_tcp_info(1, 2)).loss == pytest.approx(1 / tcpinfo.MIN_SEGMENTS)
     assert tcpinfo.link_state(None) is None
+    # timeouts going on now are not the link's loss (a dead peer shows only those)
+    assert tcpinfo.parse(_tcp_info(33, 100, streak=3)).loss == pytest.approx(0.3)
     with socket.socket(socket.AF_UNIX) as unix:  # not TCP: nothing to tell
         assert tcpinfo.link_state(unix) is None
 
@@ -141,6 +146,10 @@ def test_a_lossy_ssh_link_tolerates_more_keepalives_and_a_clean_one_does_not() -
     assert lossy.counts and lossy.counts[0] > 3
     conn.link()
     assert len(lossy.counts) == 1  # set once, not on every look
+    # a node that dies mid-way: TCP timing out now, its retransmissions buy it no time
+    dying = _Conn(_tcp_info(3, 200, streak=3))
+    conn = SSHConnection(Node("n1", "h"), dying, keepalive=5.0, keepalive_count=3)  # type: ignore[arg-type]
+    assert conn.link() is not None and dying.counts == []
 
 
 def test_a_fetch_applies_the_waits_it_is_given(tmp_path: Path) -> None:

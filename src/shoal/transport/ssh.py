@@ -274,7 +274,8 @@ class SSHConnection(Connection):
         return state
 
     def _fit(self, state: LinkState | None) -> int | None:
-        """The keepalive count ``state`` calls for, when above the one in force."""
+        """The keepalive count ``state`` calls for, when above the one in force (its loss
+        leaves out the timeouts going on now: a dead node's buy it no time)."""
         if state is None or self._keepalive <= 0:
             return None
         count = keepalive_count(state.loss, state.rto, self._keepalive, self._keepalive_count)

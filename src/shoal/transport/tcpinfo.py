@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # offsets in struct tcp_info (stable ABI: fields are only ever appended)
+_RETRANSMITS = 2  # tcpi_retransmits: timeouts in a row on the oldest unacknowledged data
 _RTT = 68  # tcpi_rtt, µs (after 8 bytes of u8 fields and 15 u32 fields)
 _RTTVAR = 72
 _TOTAL_RETRANS = 100
@@ -31,10 +32,11 @@ MIN_SEGMENTS = 20
 class LinkState:
     """One connection's path as TCP measured it so far."""
 
-    loss: float  # retransmitted / data segments sent (0..1)
+    loss: float  # retransmitted (but the current streak) / data segments sent (0..1)
     rto: float  # seconds: srtt + 4 rttvar, as TCP would time out a segment
     retransmitted: int
     sent: int
+    streak: int = 0  # retransmission timeouts in a row right now: the peer answers nothing
 
 
 def link_state(sock: Any) -> LinkState | None:
@@ -58,5 +60,7 @@ def parse(raw: bytes) -> LinkState:
     (rttvar,) = struct.unpack_from("=I", raw, _RTTVAR)
     (retrans,) = struct.unpack_from("=I", raw, _TOTAL_RETRANS)
     (sent,) = struct.unpack_from("=I", raw, _DATA_SEGS_OUT)
-    loss = min(1.0, retrans / max(sent, MIN_SEGMENTS))
-    return LinkState(loss, (rtt + 4 * rttvar) / 1e6, retrans, sent)
+    streak = raw[_RETRANSMITS]
+    # the timeouts going on now are left out: a peer that died shows those alone
+    loss = min(1.0, max(0, retrans - streak) / max(sent, MIN_SEGMENTS))
+    return LinkState(loss, (rtt + 4 * rttvar) / 1e6, retrans, sent, streak)
