@@ -126,6 +126,9 @@ class ServeSettings:
     sweep_interval: float = _setting(300.0, SECONDS, "seconds between sweeps (start to start)")
     retention: float = _setting(7 * 86400.0, SECONDS, "seconds of events kept")
     audit_interval: float = _setting(86400.0, SECONDS, "seconds between file audits (shoal audit)")
+    logs_max_bytes: int | None = _setting(
+        None, COUNT, "bytes the central log store keeps (acked files go first; default: no limit)"
+    )
 
 
 @dataclass(frozen=True)
