@@ -2,10 +2,10 @@
 
 When a service runs for the state directory (its socket answers:
 :meth:`shoal.client.ServiceClient.locate`), ``run``, ``proc *``, ``events``,
-``sweep``, ``nodes failed`` and ``app status|up|down|monitor`` ask it instead of
-connecting to the nodes: the service holds one SSH connection per node, so a
-``run`` opens none, and it records health itself (the failed set is the same
-table). Without a service, or with ``shoal --no-service`` or
+``sweep``, ``nodes failed``, ``logs collect`` (cli/logscmds) and ``app
+status|up|down|monitor`` ask it instead of connecting to the nodes: the service
+holds one SSH connection per node, so a ``run`` opens none, and it records health
+itself (the failed set is the same table). Without a service, or with ``shoal --no-service`` or
 ``SHOAL_NO_SERVICE=1``, every hook answers None and the command goes to the
 nodes directly as before.
 

@@ -276,7 +276,7 @@ async def _answer(
             with _captured(frames, tty):
                 code = report_unexpected(exc)
         else:
-            health.record(results, health.Policy.OUTCOME, state=ctl.state)
+            await ctl.record_health(results, health.Policy.OUTCOME)  # by the writer thread
             with _captured(frames, tty):
                 code = render_run(args, results)
         yield _body(frames, code)
