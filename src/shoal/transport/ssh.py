@@ -20,9 +20,9 @@ Host keys are always verified. ``HostKeyPolicy.VERIFY`` (default) refuses a
 host that is not in known_hosts; ``ACCEPT_NEW`` trusts a host seen for the
 first time and records its key; a host whose key *changed* (in any known_hosts
 file that verifies, the global ones included) is refused under both, with a
-message that says so. Each decision is logged on ``shoal.transport``: a key
-accepted (where recorded) or refused at INFO, the known_hosts file that
-trusted a key at DEBUG. asyncssh's errors are translated here into
+message that says so (the checks live in :mod:`.sshlogin`). Each decision is
+logged on ``shoal.transport``: a key accepted (where recorded) or refused at INFO,
+the known_hosts file that trusted a key at DEBUG. asyncssh's errors are translated here into
 :mod:`shoal.errors`; nothing above this module sees an asyncssh type.
 
 Commands run under the node's login shell as::
@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import errno
 import logging
 import os
@@ -56,7 +55,6 @@ import shlex
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +82,7 @@ from .base import (
     Transport,
 )
 from .sftp import SFTPCopier
+from .sshlogin import HostKeyPolicy, LoginChecker, LoginPlan, auth_failure
 from .tcpinfo import LinkState, link_state
 from .unixstream import UnixStream
 
@@ -97,9 +96,6 @@ END_REMOTE_TIMEOUT = 3.0
 #: longer, as OpenSSH's own LoginGraceTime of 120 s allows it.
 HANDSHAKE_SECONDS = 60.0
 #: Keys asyncssh (like ssh) tries when no IdentityFile is given, in ~/.ssh.
-DEFAULT_KEYS = ("id_ed25519_sk", "id_ecdsa_sk", "id_ed448", "id_ed25519", "id_ecdsa", "id_rsa",
-                "id_dsa")  # fmt: skip
-
 log = logging.getLogger("shoal.transport")
 
 
@@ -120,11 +116,6 @@ def _aes_accelerated() -> bool:
 #: own default puts chacha20 first. "^" moves these to the front of the defaults.
 AES_ACCELERATED = _aes_accelerated()
 PREFER_AES_GCM = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
-
-
-class HostKeyPolicy(enum.Enum):
-    VERIFY = "verify"
-    ACCEPT_NEW = "accept-new"
 
 
 def _user_config() -> list[str]:
@@ -427,69 +418,6 @@ class SSHConnection(Connection):
             await on_close()
 
 
-class _KeyChecker(asyncssh.SSHClient):
-    """Decides on keys not already trusted by known_hosts (asyncssh calls us only then),
-    and notes the authentication methods the server allows."""
-
-    def __init__(self, node: str, plan: _Plan, policy: HostKeyPolicy) -> None:
-        self._node = node
-        self._plan = plan
-        self._policy = policy
-        self._conn: asyncssh.SSHClientConnection | None = None
-        self.verdict: str | None = None  # "unknown" | "changed" | "accepted"
-        self.stale: tuple[str, str] | None = None  # (known_hosts file, entry) when changed
-        self.server_methods: list[str] = []
-
-    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
-        self._conn = conn
-
-    def _note_methods(self) -> None:
-        if self._conn is not None:
-            for method in self._conn.get_server_auth_methods():
-                if method not in self.server_methods:
-                    self.server_methods.append(method)
-
-    def public_key_auth_requested(self) -> None:
-        """Called once the keys given are used up: the server still allows these."""
-        self._note_methods()
-        return None
-
-    def password_auth_requested(self) -> None:
-        self._note_methods()
-        return None
-
-    def kbdint_auth_requested(self) -> None:
-        self._note_methods()
-        return None
-
-    def validate_host_public_key(
-        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
-    ) -> bool:
-        offered = f"{key.get_algorithm()} {key.get_fingerprint()}"
-        path = hostkeys.known_in(self._plan.known_hosts, host, addr, port)
-        if path is not None:  # a key for this host is known, and not this one
-            self.stale = path, host if port in (0, 22) else f"[{host}]:{port}"
-            self.verdict = "changed"
-            log.info(
-                "%s: refused host key %s: %s has another key for it", self._node, offered, path
-            )
-            return False
-        files = self._plan.user_known_hosts
-        if self._policy is HostKeyPolicy.ACCEPT_NEW and files:
-            hostkeys.record_key(files[0], [self._node, host, addr], port, key)
-            self.verdict = "accepted"
-            log.info("%s: accepted new host key %s, recorded in %s", self._node, offered, files[0])
-            return True
-        self.verdict = "unknown"
-        log.info(
-            "%s: refused unknown host key %s (not in %s)",
-            self._node,
-            offered,
-            ", ".join(self._plan.known_hosts) or "any known_hosts file",
-        )
-        return False
-
-
 class SSHTransport(Transport):
     """Opens asyncssh connections; see the module docstring for the policies."""
 
@@ -617,7 +545,7 @@ class SSHTransport(Transport):
 
     def _connect_kwargs(
         self, node: Node, config: list[str], resolved: sshconfig.Resolved | None, sock: bool
-    ) -> _Plan:
+    ) -> LoginPlan:
         """asyncssh options for this node, where its host keys are, what it authenticates with."""
         if resolved is None:
             return self._slow_kwargs(node, config, sock)
@@ -652,7 +580,7 @@ class SSHTransport(Transport):
         if "serveralivecountmax" in resolved.options:
             kwargs["keepalive_count_max"] = int(resolved.options["serveralivecountmax"])
         tried = self._key_names(resolved.identity_files) if resolved.identity_files else None
-        return _Plan(
+        return LoginPlan(
             kwargs,
             resolved.known_hosts,
             files,
@@ -662,7 +590,7 @@ class SSHTransport(Transport):
             resolved.identities_only,
         )
 
-    def _slow_kwargs(self, node: Node, config: list[str], sock: bool) -> _Plan:
+    def _slow_kwargs(self, node: Node, config: list[str], sock: bool) -> LoginPlan:
         """asyncssh reads the config files itself; the command line still comes first."""
         cli = sshconfig.resolve([], node.name, node.user, node.port, options=node_options(node))
         assert cli is not None  # no file: nothing that needs asyncssh
@@ -687,7 +615,7 @@ class SSHTransport(Transport):
         kwargs["known_hosts"] = self._known_hosts(files)
         who = f"{node.user + '@' if node.user else ''}{node.address}:{node.port or 22}"
         tried = self._key_names(cli.identity_files) if cli.identity_files else None
-        return _Plan(kwargs, files, files, who, tried, os.environ.get("SSH_AUTH_SOCK"), False)
+        return LoginPlan(kwargs, files, files, who, tried, os.environ.get("SSH_AUTH_SOCK"), False)
 
     def _key_names(self, paths: list[str]) -> list[str]:
         """The key files, as a person reads them (``~/``; a file without a key says so)."""
@@ -706,8 +634,8 @@ class SSHTransport(Transport):
         the agent socket its sessions forward (a relay gateway's, :mod:`.relay`)."""
         if node.gateway and tunnel is None:
             return await gateways.connect_behind(self._gateways, self.connect, node, timeout)
-        checker: _KeyChecker | None = None
-        plan: _Plan | None = None
+        checker: LoginChecker | None = None
+        plan: LoginPlan | None = None
         started = time.monotonic()
         phase = "connect"
         try:
@@ -734,7 +662,7 @@ class SSHTransport(Transport):
                 plan.who,
                 "asyncssh" if resolved is None else "fast",
             )
-            checker = _KeyChecker(node.name, plan, policy)
+            checker = LoginChecker(node.name, plan, policy)
             plan.kwargs.setdefault("keepalive_interval", self.keepalive)
             plan.kwargs.setdefault("keepalive_count_max", self.keepalive_count)
             key_checker = checker
@@ -756,7 +684,7 @@ class SSHTransport(Transport):
             ) from exc
         except asyncssh.PermissionDenied as exc:
             assert plan is not None and checker is not None
-            message = await _auth_failure(plan, checker, exc)
+            message = await auth_failure(plan, checker, exc)
             log.info("%s: %s", node.name, message)
             raise AuthError(message, node.name) from exc
         except (asyncssh.ConnectionLost, asyncssh.DisconnectError) as exc:
@@ -786,52 +714,6 @@ class SSHTransport(Transport):
         )
         made.link()  # the handshake's retransmissions already tell a lossy link
         return made
-
-
-@dataclass
-class _Plan:
-    """How one connection is made: asyncssh's options and what to say if it fails."""
-
-    kwargs: dict[str, Any]
-    #: where accept-new records a first-seen key (the first of them)
-    user_known_hosts: list[str]
-    #: every known_hosts file that verifies (user's, then the global ones)
-    known_hosts: list[str]
-    #: user@host:port
-    who: str
-    #: the key files offered (None: ssh's defaults in ~/.ssh)
-    keys: list[str] | None
-    #: the agent socket consulted, if any
-    agent: str | None
-    identities_only: bool
-
-
-async def _agent_keys(path: str) -> str:
-    """``agent: N keys`` (asked only after a failure, bounded in time)."""
-    try:
-        async with asyncssh.connect_agent(path) as agent:
-            keys = await asyncio.wait_for(agent.get_keys(), 2.0)
-    except (asyncio.TimeoutError, asyncssh.Error, OSError, ValueError):
-        return "agent: unreachable"
-    return f"agent: {len(keys)} key{'s' if len(keys) != 1 else ''}"
-
-
-async def _auth_failure(plan: _Plan, checker: _KeyChecker, exc: asyncssh.PermissionDenied) -> str:
-    """One line: who, the keys and methods tried, the methods the server allows."""
-    if plan.keys is None:
-        home = Path.home() / ".ssh"
-        found = [f"~/.ssh/{k}" for k in DEFAULT_KEYS if (home / k).is_file()]
-        tried = found or ["no key in ~/.ssh"]
-    else:
-        tried = list(plan.keys) or ["no key"]
-    if plan.agent:
-        tried.append(
-            "agent: only those keys" if plan.identities_only else await _agent_keys(plan.agent)
-        )
-    allowed = ",".join(checker.server_methods) or f"none Shoal could use ({exc.reason})"
-    return (
-        f"auth failed for {plan.who}: tried publickey ({', '.join(tried)}), server allows {allowed}"
-    )
 
 
 async def _open_socket(node: Node, timeout: float | None) -> socket.socket:
