@@ -57,8 +57,10 @@ INTERRUPTED, BROKEN_PIPE, TERMINATED = 130, 141, 143
 _JSON_ESCAPES = {0x22: '\\"', 0x5C: "\\\\", **{c: f"\\u{c:04x}" for c in range(0x20)}}
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered as Ctrl-C is."""
+#: set by the SIGTERM handler, which then raises KeyboardInterrupt (as main.py delivers it);
+#: a flag, not an exception class of our own: every exception lives in shoal.errors, which
+#: this path does not import
+_TERMINATED: list[bool] = []
 
 
 def answer(argv: Sequence[str]) -> int | None:
@@ -81,9 +83,9 @@ def answer(argv: Sequence[str]) -> int | None:
         except OSError:
             return None  # no service: the CLI goes direct
         return _exchange(sock, request, env["SHOAL_HOME"], as_json="--json" in argv)
-    except _Terminated:
-        return _told("shoal: terminated", TERMINATED)
     except KeyboardInterrupt:
+        if _TERMINATED:
+            return _told("shoal: terminated", TERMINATED)
         return _told("shoal: interrupted", INTERRUPTED)
     finally:
         sock.close()  # the service ends what still runs on the nodes
@@ -156,7 +158,8 @@ def _columns() -> int:
 
 
 def _on_term(signum: int, frame: object) -> None:
-    raise _Terminated
+    _TERMINATED.append(True)
+    raise KeyboardInterrupt
 
 
 def _exchange(sock: object, request: bytes, home: str, *, as_json: bool) -> int | None:
