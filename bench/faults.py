@@ -3,7 +3,8 @@
 Usage (root; brings up its own namespace lab and always takes it down)::
 
     .venv/bin/python bench/faults.py [--nodes 8] [--reps 20] [--ctl-reps 5]
-        [--only kill,ctl,appctl,loss10,loss30,corrupt,disk,agentdisk,hostkey,two,runapp,flood,sftp]
+        [--only kill,ctl,appctl,loss10,loss30,loss30d,corrupt,disk,agentdisk,hostkey,two,
+                runapp,flood,sftp]
 
 Each scenario (:mod:`shoal.testing.faultsuite`) injects one fault into the lab,
 lets Shoal work, then inspects every node over a fresh SSH connection. The
@@ -37,6 +38,7 @@ SCENARIOS = (
     "appctl",
     "loss10",
     "loss30",
+    "loss30d",
     "corrupt",
     "disk",
     "agentdisk",
@@ -84,7 +86,8 @@ def main() -> int:
             "ctl": lambda w: fs.controller_killed_mid_push(lab, fleet, w, args.ctl_reps, env),
             "appctl": lambda w: fa.controller_killed_mid_app_up(lab, fleet, w, args.ctl_reps, env),
             "loss10": lambda w: fs.packet_loss(lab, fleet, w, 10),
-            "loss30": lambda w: fs.packet_loss(lab, fleet, w, 30, 200_000),
+            "loss30": lambda w: fs.packet_loss(lab, fleet, w, 30, 200_000, fs.LOSSY_LINKS),
+            "loss30d": lambda w: fs.packet_loss(lab, fleet, w, 30, 200_000),
             "corrupt": lambda w: fs.corrupt_peer(lab, fleet, w),
             "disk": lambda w: fs.disk_full(lab, fleet, w),
             "agentdisk": lambda w: fs.disk_full_agent_install(lab, fleet, w),

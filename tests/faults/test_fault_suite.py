@@ -76,8 +76,7 @@ def test_thirty_percent_loss_on_every_link_push_and_run_complete(
     lab: Any, fleet: list[Node], tmp_path: Path
 ) -> None:
     # 30 % each way on every node's port is ~51 % node to node: minutes, not seconds
-    # with the default link settings: the waits grow with the loss the links show
-    _check(fs.packet_loss(lab, fleet, tmp_path, 30, size=200_000))
+    _check(fs.packet_loss(lab, fleet, tmp_path, 30, size=200_000, links=fs.LOSSY_LINKS))
 
 
 def test_a_corrupt_peer_is_rejected_and_the_push_completes(
