@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,24 +43,36 @@ def shoal(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def service(lab: Lab) -> Iterator[subprocess.Popen[str]]:
     """``shoal serve`` for the lab's state directory, with ``DEAD`` killed and seen down."""
+    # every link up first, then DEAD killed: a node killed during its SSH handshake is
+    # seen down only when the handshake's 60 s limit runs out (transport/ssh.py)
     with serving(stop_timeout=30) as proc:
+        _until(proc, lambda links: all(v == "up" for v in links.values()), "attach the lab", 60)
         lab.kill(DEAD)
         try:
-            client = ServiceClient.locate()
-            deadline = time.monotonic() + 60
-            while client is None or not _settled(client):
-                assert proc.poll() is None, proc.communicate()[1]
-                assert time.monotonic() < deadline, "the service did not attach the lab in 60 s"
-                time.sleep(0.1)
-                client = client or ServiceClient.locate()
+            _until(proc, _settled, f"see {DEAD} down", 30)
             yield proc
         finally:
             lab.revive(DEAD)
 
 
-def _settled(client: ServiceClient) -> bool:
+def _until(
+    proc: subprocess.Popen[str], done: Callable[[dict[str, str]], bool], what: str, seconds: float
+) -> None:
+    """Wait (bounded) until ``done(links)`` holds for the service's link states."""
+    deadline = time.monotonic() + seconds
+    while True:
+        client = ServiceClient.locate()
+        if client is not None:
+            links = {n["name"]: n["link"] for n in client.request("GET", "/api/v1/nodes")}
+            if links and done(links):
+                return
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"the service did not {what} in {seconds:g} s"
+        time.sleep(0.1)
+
+
+def _settled(links: dict[str, str]) -> bool:
     """Every live node's link up and the dead one down."""
-    links = {n["name"]: n["link"] for n in client.request("GET", "/api/v1/nodes")}
     return links.get(DEAD) == "down" and all(v == "up" for k, v in links.items() if k != DEAD)
 
 
