@@ -21,14 +21,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from shoal.client import ServiceClient
 from shoal.lab import Lab
-from shoal.testing.serveproc import serving
+from shoal.testing.serveproc import serving, wait_for_links
 
 from .conftest import remote
 
@@ -49,29 +48,15 @@ def service(lab: Lab) -> Iterator[subprocess.Popen[str]]:
     # every link up first, then DEAD killed: a node killed during its SSH handshake is
     # seen down only when the handshake's 60 s limit runs out (transport/ssh.py)
     with serving(stop_timeout=30) as proc:
-        _until(proc, lambda links: all(v == "up" for v in links.values()), "attach the lab", 60)
+        wait_for_links(
+            proc, lambda links: all(v == "up" for v in links.values()), "attach the lab", 60
+        )
         lab.kill(DEAD)
         try:
-            _until(proc, _settled, f"see {DEAD} down", 30)
+            wait_for_links(proc, _settled, f"see {DEAD} down", 30)
             yield proc
         finally:
             lab.revive(DEAD)
-
-
-def _until(
-    proc: subprocess.Popen[str], done: Callable[[dict[str, str]], bool], what: str, seconds: float
-) -> None:
-    """Wait (bounded) until ``done(links)`` holds for the service's link states."""
-    deadline = time.monotonic() + seconds
-    while True:
-        client = ServiceClient.locate()
-        if client is not None:
-            links = {n["name"]: n["link"] for n in client.request("GET", "/api/v1/nodes")}
-            if links and done(links):
-                return
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline, f"the service did not {what} in {seconds:g} s"
-        time.sleep(0.1)
 
 
 def _settled(links: dict[str, str]) -> bool:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,3 +69,20 @@ def stop(proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
             proc.kill()
             proc.wait(10)
     proc.communicate()
+
+
+def wait_for_links(
+    proc: subprocess.Popen[str], done: Callable[[dict[str, str]], bool], what: str, seconds: float
+) -> None:
+    """Wait (bounded) until ``done`` holds for the running service's link states by node
+    name; fails naming ``what`` (or with the service's stderr if it ended)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        client = ServiceClient.locate()
+        if client is not None:
+            links = {n["name"]: n["link"] for n in client.request("GET", "/api/v1/nodes")}
+            if links and done(links):
+                return
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"the service did not {what} in {seconds:g} s"
+        time.sleep(0.1)
