@@ -33,6 +33,7 @@ always a single line that says what went wrong and where.
     │   ├── AgentNotInstalled       the working area holds no agent
     │   ├── AgentNotRunning         nothing listens on the agent's socket
     │   ├── AgentLinkBroken         the stream to the agent broke mid-request (retryable)
+    │   ├── AgentTimeout            the agent did not answer a request in time (retryable)
     │   └── VersionMismatch         controller and agent protocol versions differ
     ├── ContentError            a push, manifest or chunk is invalid
     │   └── ChunkFetchError         a node got its chunks from no source (retryable)
@@ -220,6 +221,16 @@ class AgentNotRunning(AgentError):
 
 class AgentLinkBroken(AgentError):
     """The stream to a running agent broke or closed in the middle of a request."""
+
+    retryable = True
+
+
+class AgentTimeout(AgentError):
+    """A request got no answer within its limit: a lossy or stalled link, or a hung agent.
+
+    Retryable: on a new connection the same request may be answered (a push gives the
+    node another round); a hung agent fails that round too, and the node is reported.
+    """
 
     retryable = True
 

@@ -78,7 +78,7 @@ def test_push_small_tree_to_all_250(big: tuple[Lab, Path], tmp_path: Path) -> No
     (tree / "sub" / "blob.bin").write_bytes(body)
     (tree / "index.txt").write_text("hello 250\n")
     p = shoal(home, "push", "-s", "@lab", "--no-progress", str(tree), "/tmp/scale-pushed")
-    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     want = hashlib.sha256(body).hexdigest()
     nodes = lab.nodes()
     for node in (nodes[0], nodes[N // 2], nodes[-1]):  # spot checks; the summary counts all

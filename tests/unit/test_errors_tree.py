@@ -12,6 +12,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from shoal import errors
 from shoal.errors import (
     AgentError,
     AgentLinkBroken,
+    AgentTimeout,
     AuthError,
     ChunkFetchError,
     ConnectError,
@@ -37,7 +39,7 @@ OUTSIDE = {
 }
 
 #: Exactly these say "try again": a link that could not be made or broke.
-RETRYABLE = {ConnectError, AgentLinkBroken, ChunkFetchError}
+RETRYABLE = {ConnectError, AgentLinkBroken, AgentTimeout, ChunkFetchError}
 
 
 def _controller_modules() -> list[str]:
@@ -137,6 +139,7 @@ def test_push_retries_broken_links_but_not_unreachable_nodes_or_refusals() -> No
 
     assert _retryable(outcome(AgentLinkBroken("n1: connection to the agent broke: EOF")))
     assert _retryable(outcome(ChunkFetchError("n1: cannot fetch chunks (last from n2: x)")))
+    assert _retryable(outcome(AgentTimeout("agent did not answer hello within 60s", node="n1")))
     # the scheduler already retried the connection (--retries)
     assert not _retryable(outcome(ConnectError("connection refused", "n1")))
     assert not _retryable(outcome(AuthError("permission denied", "n1")))
@@ -145,3 +148,53 @@ def test_push_retries_broken_links_but_not_unreachable_nodes_or_refusals() -> No
     assert not _retryable(outcome(AgentError("connection-7: refused")))
     assert not _retryable(outcome(None))
     assert not _retryable(None)
+
+
+def test_a_node_whose_install_went_silent_gets_a_new_round(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """push_async's rounds, with the install and the swarm replaced: a node whose agent did
+    not answer the install's hello (30 % loss) is installed and pushed again; a refusal is
+    reported and never tried twice."""
+    import asyncio
+
+    from shoal.fanout.results import NodeOutcome, Results
+    from shoal.nodes.model import Node
+    from shoal.state import State
+
+    pushmod = importlib.import_module("shoal.content.push")  # the package exports push()
+    installs: list[list[str]] = []
+    swarms: list[list[str]] = []
+    silent_once = {"n2"}
+
+    async def install(nodes, opts, transport=None, state=None):  # type: ignore[no-untyped-def]
+        installs.append([n.name for n in nodes])
+        out: dict[str, NodeOutcome[str]] = {}
+        for n in nodes:
+            if n.name in silent_once:
+                silent_once.discard(n.name)
+                err: ShoalError = AgentTimeout("agent did not answer hello within 60s", n.name)
+                out[n.name] = NodeOutcome(n.name, error=err)
+            elif n.name == "n3":
+                out[n.name] = NodeOutcome(n.name, error=AuthError("permission denied", n.name))
+            else:
+                out[n.name] = NodeOutcome(n.name, value="installed")
+        return Results(out, 0.0)
+
+    async def swarm(nodes, tree, remote_dir, opts, transport, st, on_progress, result):  # type: ignore[no-untyped-def]
+        swarms.append([n.name for n in nodes])
+        for n in nodes:
+            result.results[n.name] = pushmod.NodePush(n.name, value=tree.version)
+
+    monkeypatch.setattr(pushmod, "install_async", install)
+    monkeypatch.setattr(pushmod, "_swarm_push", swarm)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    nodes = [Node(name=f"n{i}", host=f"h{i}") for i in (1, 2, 3)]
+    with State(tmp_path / "state.db") as st:
+        result = asyncio.run(pushmod.push_async(nodes, src, "d", state=st))
+    assert installs == [["n1", "n2", "n3"], ["n2"]]
+    assert swarms == [["n1"], ["n2"]]
+    assert result["n1"].ok and result["n2"].ok
+    assert isinstance(result["n3"].error, AuthError)

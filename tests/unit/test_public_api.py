@@ -22,6 +22,7 @@ PUBLIC = [
     "AgentNotInstalled",
     "AgentNotRunning",
     "AgentOptions",
+    "AgentTimeout",
     "AppAborted",
     "AppError",
     "AppSpec",

@@ -147,3 +147,91 @@ def test_a_fetch_says_unreachable_only_when_it_could_not_connect(tmp_path: Path)
             await server.wait_closed()
 
     asyncio.run(go())
+
+
+def test_a_node_that_connects_to_no_peer_it_tried_is_served_by_the_source_alone() -> None:
+    """A firewall on the node's side: after ISOLATED_AFTER peers it could not connect to,
+    having reached none, no peer is tried again (each would cost a connect timeout)."""
+    from shoal.content.swarm import ISOLATED_AFTER
+
+    async def go() -> None:
+        chunks = [(f"{i:064x}", 100) for i in range(8)]
+        swarm = Swarm(chunks, batch_bytes=100, source_batch_bytes=100, source_uploads=8)
+        names = [f"p{k}" for k in range(ISOLATED_AFTER + 2)]
+        swarm.expect(["a", *names])
+        swarm.penalty = 0.0
+        swarm.register("a", "ha", 1, ("s", 1), range(8), [])
+        for k, name in enumerate(names):
+            swarm.register(name, f"h{k}", 10 + k, ("s", 1), [], range(8))
+        swarm.sourced.update(range(8))
+        tried: list[str] = []
+        while "a" not in swarm.isolated:
+            b = await asyncio.wait_for(swarm.next_batch("a"), 0.5)
+            assert b is not None and b.source != SOURCE, tried
+            tried.append(b.source)
+            swarm.complete(b, {"got": [], "failed": b.chunks, "unreachable": True})
+        assert len(tried) == ISOLATED_AFTER
+        for _ in range(8):
+            b = await asyncio.wait_for(swarm.next_batch("a"), 0.5)
+            if b is None:
+                break
+            assert b.source == SOURCE  # the peers not yet tried are never asked
+            swarm.complete(b, {"got": b.chunks, "bytes": b.nbytes, "seconds": 0.1})
+        assert not swarm.need["a"]
+
+    asyncio.run(go())
+
+
+def test_a_node_with_a_working_peer_is_not_isolated_by_unreachable_ones() -> None:
+    from shoal.content.swarm import ISOLATED_AFTER
+
+    async def go() -> None:
+        swarm = _swarm()
+        swarm.penalty = 0.0
+        b = await swarm.next_batch("a")
+        assert b is not None and b.source != SOURCE
+        swarm.complete(b, {"got": b.chunks[:1], "bytes": 100, "seconds": 0.1,
+                           "failed": b.chunks[1:]})  # fmt: skip
+        for name in (f"x{k}" for k in range(ISOLATED_AFTER)):
+            swarm.register(name, "hx", 9, ("s", 1), [], range(6))
+            wanted = [i for i in range(6) if i in swarm.need["a"]][:1]
+            x = swarm._start("a", swarm.peers[name], wanted)
+            swarm.complete(x, {"got": [], "failed": x.chunks, "unreachable": True})
+        assert "a" not in swarm.isolated
+
+    asyncio.run(go())
+
+
+def test_the_manifest_is_asked_once_of_a_peer_it_cannot_reach_and_thrice_of_the_source(
+    tmp_path: Path,
+) -> None:
+    """content.begin's manifest fetch: a peer it cannot connect to is skipped at once (a
+    firewall), a cut connection is tried again, and the last source, the controller's,
+    is tried MANIFEST_TRIES times even when it cannot be reached."""
+    from types import SimpleNamespace
+
+    from shoal.agent import pushsession
+
+    asked: list[str] = []
+
+    class Fetches:
+        async def fetch(self, host, port, token, want, **kw):  # type: ignore[no-untyped-def]
+            asked.append(host)
+            cut = host == "cut"
+            return SimpleNamespace(got=[], unreachable=not cut, error="x")
+
+        def waits(self):  # type: ignore[no-untyped-def]
+            return Fetcher(ChunkStore(tmp_path / "w")).waits()
+
+    svc = pushsession.ContentService(tmp_path / "home", lambda *a: None)
+    svc.fetcher = Fetches()  # type: ignore[assignment]
+    args = {"blob": "ab" * 32, "blob_size": 10,
+            "sources": [["fw", 1, ""], ["cut", 2, ""], ["src", 3, ""]]}  # fmt: skip
+    try:
+        asyncio.run(svc._fetch_manifest(args, "v", "k" * 32))
+    except ValueError as exc:
+        assert "cannot fetch the manifest" in str(exc)
+    else:
+        raise AssertionError("no source had the manifest")
+    tries = pushsession.MANIFEST_TRIES
+    assert asked == ["fw"] + ["cut"] * tries + ["src"] * tries

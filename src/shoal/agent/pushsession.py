@@ -429,18 +429,25 @@ class ContentService:
         if not self.store.has(blob):
             # each source up to MANIFEST_TRIES times: on a lossy link a connection can be
             # cut (the server's AUTH_SECONDS, a timeout) though the source is fine
-            tries = [
-                s for s in chunk_sources(args.get("sources", [])) for _ in range(MANIFEST_TRIES)
-            ]
+            # (a peer it cannot connect to at all is not tried again: a firewall, not a
+            # cut; the last source, the controller's, is)
             waits = from_wire(args.get("waits"), self.fetcher.waits())
-            for host, port, pin in tries:
-                got = await self.fetcher.fetch(
-                    host, port, token, [(blob, size)], bucket=version, pin=pin, waits=waits
-                )
-                if got.got:
+            fetched = False
+            sources = chunk_sources(args.get("sources", []))
+            for k, (host, port, pin) in enumerate(sources):
+                for _ in range(MANIFEST_TRIES):
+                    got = await self.fetcher.fetch(
+                        host, port, token, [(blob, size)], bucket=version, pin=pin, waits=waits
+                    )
+                    fetched = bool(got.got)
+                    if fetched:
+                        break
+                    errors.append(f"{host}:{port}: {got.error or 'not there'}")
+                    if got.unreachable and k < len(sources) - 1:
+                        break
+                if fetched:
                     break
-                errors.append(f"{host}:{port}: {got.error or 'not there'}")
-            else:
+            if not fetched:
                 raise ValueError(f"cannot fetch the manifest: {'; '.join(errors) or 'no source'}")
         try:
             data = zlib.decompress(self.store.read(blob))

@@ -32,6 +32,7 @@ from shoal.errors import (
     AgentError,
     AgentLinkBroken,
     AgentNotRunning,
+    AgentTimeout,
     TransportError,
     VersionMismatch,
 )
@@ -254,7 +255,7 @@ class StreamClient(AgentClient):
                 await self.writer.drain()
                 message = await asyncio.wait_for(self._reply_inline(request_id), timeout)
             except asyncio.TimeoutError:
-                raise AgentError(
+                raise AgentTimeout(
                     f"agent did not answer {op} within {timeout:g}s", node=self.node
                 ) from None
             except AgentError:
@@ -421,7 +422,7 @@ class StreamClient(AgentClient):
             message = await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
             self._abandon(request_id, on_push is not None)
-            raise AgentError(
+            raise AgentTimeout(
                 f"agent did not answer {op} within {timeout:g}s", node=self.node
             ) from None
         except BaseException:  # cancelled, the link broke, a push handler raised

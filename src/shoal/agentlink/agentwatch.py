@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from shoal.agent import protocol
 from shoal.agentlink.agentclient import Ping, StreamClient
-from shoal.errors import AgentError
+from shoal.errors import AgentError, AgentTimeout
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class Watch:
             last = int(result["last"])
         except asyncio.TimeoutError:
             self._drop(request_id)
-            raise AgentError(
+            raise AgentTimeout(
                 f"agent did not answer watch within {timeout:g}s", node=self.client.node
             ) from None
         except (KeyError, TypeError, ValueError):

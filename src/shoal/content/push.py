@@ -254,15 +254,12 @@ async def push_async(
             scan_seconds=time.monotonic() - started,
             skipped=list(tree.skipped),
         )
-        ready = list(nodes)
-        if opts.install and ready:
-            installed = await install_async(ready, opts, transport=transport, state=st)
-            for r in installed.failed:
-                result.results[r.node] = NodePush(r.node, error=r.error)
-            ready = [n for n in ready if installed[n.name].ok]
+        ready = await _installed(list(nodes), opts, transport, st, result)
         await _swarm_push(ready, tree, remote_dir, opts, transport, st, on_progress, result)
         for _ in range(opts.retry_rounds):
-            again = [n for n in ready if _retryable(result.results.get(n.name))]
+            # a link that broke or went silent, in the install or the push, gets a new one
+            again = [n for n in nodes if _retryable(result.results.get(n.name))]
+            again = await _installed(again, opts, transport, st, result)
             if not again:
                 break
             await _swarm_push(again, tree, remote_dir, opts, transport, st, on_progress, result)
@@ -270,6 +267,23 @@ async def push_async(
     result.results = {n.name: result[n.name] for n in nodes if n.name in result}
     result.duration = time.monotonic() - started
     return result
+
+
+async def _installed(
+    nodes: list[Node],
+    opts: PushOptions,
+    transport: Transport | None,
+    st: State,
+    result: PushResult,
+) -> list[Node]:
+    """``nodes`` whose agent is installed and running (all of them without ``install``);
+    the others' failures go into ``result``."""
+    if not opts.install or not nodes:
+        return nodes
+    installed = await install_async(nodes, opts, transport=transport, state=st)
+    for r in installed.failed:
+        result.results[r.node] = NodePush(r.node, error=r.error)
+    return [n for n in nodes if installed[n.name].ok]
 
 
 def _retryable(outcome: NodePush | None) -> bool:
@@ -425,9 +439,11 @@ async def _node_push(
             why = begin["unreachable"]
             forward = await servers.tunnel(conn)
             source = (forward.host, forward.port)
+            # one peer before the source: it may reach none (a firewall on its side)
             begin = await _begin(
-                client, tree, remote_dir, opts, swarm, token, source, node_addr, tls, conn
-            )
+                client, tree, remote_dir, opts, swarm, token, source, node_addr, tls, conn,
+                peers=1,
+            )  # fmt: skip
             if begin.get("unreachable"):
                 raise ContentError(
                     f"cannot reach the controller's chunk server ({why}) "
@@ -497,11 +513,13 @@ async def _begin(
     node_addr: str,
     tls: Identity | None,
     conn: Connection,
+    peers: int = 2,
 ) -> dict[str, Any]:
     """``content.begin`` with the source at ``source`` (answers ``unreachable`` if the
     node cannot connect to it, having opened nothing); ``tls``: the node's own key and
-    certificate to serve with. Its waits follow the loss ``conn``'s link shows (its
-    manifest may come from a peer: a path across two links like it)."""
+    certificate to serve with; the manifest from ``peers`` peers, then the source. Its
+    waits follow the loss ``conn``'s link shows (its manifest may come from a peer: a
+    path across two links like it)."""
     link = conn.link()
     loss = link.loss if link is not None else 0.0
     rto = link.rto if link is not None else RTO_MIN
@@ -513,7 +531,7 @@ async def _begin(
         blob=tree.blob_hash,
         blob_size=len(tree.blob),
         token=token,
-        sources=swarm.manifest_sources(source),
+        sources=swarm.manifest_sources(source, peers),
         probe=list(source),
         probe_seconds=probe_seconds(loss),
         waits=fetch_waits(path_loss(loss, loss), rto).wire(),

@@ -33,7 +33,10 @@ controller's SSH connection when it cannot connect to us (``path``). A peer a
 node cannot connect to (the fetch says ``unreachable``: NAT, a firewall) is
 never chosen for that node again (:attr:`Swarm.blocked`) and counts as no
 holder for it, so it takes those chunks from elsewhere, the source at worst;
-the peer stays good for everyone else. A node whose peer batch failed
+the peer stays good for everyone else. A node that has failed
+:data:`ISOLATED_AFTER` connects to peers, reaching none (a firewall on its own side), is served
+by the source alone (:attr:`Swarm.isolated`) rather than paying a connect
+timeout for every peer left. A node whose peer batch failed
 (timed out: on a lossy network node-to-node paths cross two lossy links, the
 source's one) takes its next batches from the source for
 :attr:`Swarm.penalty` seconds (:attr:`Swarm.shy_until`) instead of trying peer
@@ -89,6 +92,9 @@ SAMPLE = 8
 WAKE_DELAY = 0.005
 #: A worker that keeps failing gives up after this many failed batches in a row.
 MAX_FAILURES = 12
+#: Connects to peers a node failed, having reached none, before the source alone
+#: serves it: its fetchers try this many at once, so one connect timeout is lost.
+ISOLATED_AFTER = 3
 #: A node whose peer batch failed takes source batches this many times smaller.
 SHY_SPLIT = 8
 #: Seconds of a source's measured per-flow rate one batch holds: long beside the SSH
@@ -231,6 +237,9 @@ class Swarm:
         self.peers: dict[str, Peer] = {}
         self.source_hosts: dict[str, tuple[str, int]] = {}
         self.blocked: dict[str, set[str]] = {}  # node → peers it cannot connect to
+        #: nodes that could connect to no peer they tried (:data:`ISOLATED_AFTER`)
+        self.isolated: set[str] = set()
+        self.unreached: dict[str, int] = {}  # node → connects to peers that failed
         self.shy_until: dict[str, float] = {}  # node → when it may try peers again
         self.shy_streak: dict[str, int] = {}  # node → peer failures since its last peer success
         self.links: dict[str, LinkState] = {}  # node → what our SSH link to it shows
@@ -280,7 +289,8 @@ class Swarm:
         self._notify()
 
     def manifest_sources(self, source: tuple[str, int], count: int = 2) -> list[list[Any]]:
-        """Where a node should fetch the manifest: a few registered peers, then the source."""
+        """Where a node should fetch the manifest: ``count`` registered peers, then the
+        source (each peer it cannot connect to costs it a connect timeout)."""
         peers = [p for p in self.peers.values() if p.alive and not p.lying]
         random.shuffle(peers)
         found = [_address(p.host, p.port, p.pin) for p in peers[:count]]
@@ -361,7 +371,15 @@ class Swarm:
             except asyncio.TimeoutError:
                 pass  # re-plan: penalties expire and stragglers age
 
+    def _blocked(self, node: str) -> set[str]:
+        """The peers ``node`` cannot connect to: every one, once it is isolated."""
+        if node in self.isolated:
+            return set(self.peers)
+        return self.blocked.get(node, set())
+
     def _eligible(self, node: str, now: float) -> dict[str, Peer]:
+        if node in self.isolated:
+            return {}
         blocked = self.blocked.get(node, ())
         return {
             name: p
@@ -441,7 +459,7 @@ class Swarm:
         #    stragglers (sourced, but no live honest holder and none arriving soon)
         picked = self._take(self._unsourced(node), lambda i: True, small)
         if not picked:
-            blocked = self.blocked.get(node, set())
+            blocked = self._blocked(node)
             live = {n for n, p in self.peers.items() if p.alive and not p.lying} - blocked
 
             def orphan(i: int) -> bool:
@@ -568,6 +586,12 @@ class Swarm:
             # a fact about this pair (NAT, a firewall), not the peer's fault nor the node's
             _log.info("%s cannot connect to peer %s: %s", node, peer.name, outcome.get("error"))
             self.blocked.setdefault(node, set()).add(peer.name)
+            misses = self.unreached[node] = self.unreached.get(node, 0) + 1
+            if misses >= ISOLATED_AFTER and not st.from_peers and node not in self.isolated:
+                # it connects to no one (a firewall on its side): each peer left to try
+                # would cost a connect timeout, so the source serves it from now on
+                _log.info("%s reached no peer in %d tries: source only", node, misses)
+                self.isolated.add(node)
             self._notify()
             return
         if outcome.get("lying") and peer is not None:
