@@ -101,6 +101,9 @@ Write = Callable[[Callable[[State], Any]], Any]
 #: python)``, AgentError when it could not (None: SFTP from this machine). The data
 #: plane's copy (peers serve it) is :mod:`shoal.content.agentspread`'s.
 Copy = Callable[[Connection, Node, str, str], Awaitable[None]]
+#: How long the new build's ``version`` may take: a python start, which on a node (or a
+#: lab host) starting hundreds at once took over 30 s (250 lab nodes at load 55).
+START_CHECK_SECONDS = 120.0
 
 
 async def for_each(
@@ -405,7 +408,11 @@ async def _put_build(
         said = res.stderr.decode(errors="replace").strip().splitlines()
         why = said[-1].rsplit(": ", 1)[-1] if said else str(exc)  # the errno's text
         raise AgentError(f"cannot put the new agent in {home}: {why}", node=node.name) from None
-    tried = await conn.run(f"{shlex.quote(python)} {h}/agent.pyz.new version", timeout=30)
+    # a python start: on a node (or a lab host) starting hundreds at once it can take
+    # tens of seconds without anything being wrong
+    tried = await conn.run(
+        f"{shlex.quote(python)} {h}/agent.pyz.new version", timeout=START_CHECK_SECONDS
+    )
     answer = tried.stdout.decode(errors="replace")
     if tried.exit_status != 0 or _build_of(answer) != build_id:
         said = tried.stderr.decode(errors="replace").strip().splitlines()

@@ -324,6 +324,9 @@ class SSHConnection(Connection):
         timeout: float | None,
         on_line: LineCallback | None,
     ) -> CommandResult:
+        # from before the exec request: the node's `timeout` may start before this loop,
+        # busy with hundreds of links, sees the channel open
+        started = time.monotonic()
         try:
             session = _Session(on_line)
             chan, _ = await self._conn.create_session(lambda: session, line, encoding=None)
@@ -342,7 +345,6 @@ class SSHConnection(Connection):
         # The remote `timeout` fires at T and kills by T+grace; the local limit is a
         # backstop for a node that stops answering mid-command.
         hard = None if timeout is None else timeout + KILL_GRACE + 3.0
-        started = time.monotonic()
         try:
             await asyncio.wait_for(asyncio.shield(session.exited), hard)
         except asyncio.TimeoutError:
