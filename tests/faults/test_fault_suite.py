@@ -75,8 +75,10 @@ def test_ten_percent_loss_on_every_link_push_and_run_complete(
 def test_thirty_percent_loss_on_every_link_push_and_run_complete(
     lab: Any, fleet: list[Node], tmp_path: Path
 ) -> None:
-    # 30 % each way on every node's port is ~51 % node to node: minutes, not seconds
-    _check(fs.packet_loss(lab, fleet, tmp_path, 30, size=200_000, links=fs.LOSSY_LINKS))
+    # 30 % each way on every node's port is ~51 % node to node: minutes, not seconds; the
+    # slowest TCP tail sets the time, so CI pushes to 4 of the 8 (CI ran 265-313 s with 8;
+    # bench/faults.py --only loss30 takes all of them)
+    _check(fs.packet_loss(lab, fleet[:4], tmp_path, 30, size=200_000, links=fs.LOSSY_LINKS))
 
 
 def test_a_corrupt_peer_is_rejected_and_the_push_completes(
