@@ -46,7 +46,9 @@ def _env(lab: Any) -> dict[str, str]:
 def test_a_node_killed_mid_push_never_leaves_a_partial_version(
     lab: Any, fleet: list[Node], tmp_path: Path
 ) -> None:
-    _check(fs.node_killed_mid_push(lab, fleet, tmp_path, reps=REPS))
+    # ~44 s a repetition (a kill, its detection, a catch-up push): CI runs 2 of REPS, the
+    # bench 20 (bench/faults.py --only kill --reps 20)
+    _check(fs.node_killed_mid_push(lab, fleet, tmp_path, reps=min(REPS, 2)))
 
 
 @pytest.mark.slow

@@ -235,3 +235,34 @@ def test_the_manifest_is_asked_once_of_a_peer_it_cannot_reach_and_thrice_of_the_
         raise AssertionError("no source had the manifest")
     tries = pushsession.MANIFEST_TRIES
     assert asked == ["fw"] + ["cut"] * tries + ["src"] * tries
+
+
+def test_on_a_lossy_link_failed_connects_do_not_isolate_a_node() -> None:
+    """At 10 % loss a connect can time out on lost SYNs: no firewall to conclude from."""
+    from shoal.content.swarm import ISOLATED_AFTER
+    from shoal.transport.tcpinfo import LinkState
+
+    def swarm_of(loss: float) -> Swarm:
+        chunks = [(f"{i:064x}", 100) for i in range(8)]
+        swarm = Swarm(chunks, batch_bytes=100, source_batch_bytes=100, source_uploads=8)
+        names = [f"p{k}" for k in range(ISOLATED_AFTER + 2)]
+        swarm.expect(["a", *names])
+        swarm.penalty = 0.0
+        swarm.register("a", "ha", 1, ("s", 1), range(8), [])
+        for k, name in enumerate(names):
+            swarm.register(name, f"h{k}", 10 + k, ("s", 1), [], range(8))
+        swarm.sourced.update(range(8))
+        swarm.links["a"] = LinkState(loss=loss, rto=0.3, retransmitted=int(loss * 100), sent=100)
+        return swarm
+
+    async def misses(swarm: Swarm) -> None:
+        for _ in range(ISOLATED_AFTER):
+            b = await asyncio.wait_for(swarm.next_batch("a"), 0.5)
+            assert b is not None and b.source != SOURCE
+            swarm.complete(b, {"got": [], "failed": b.chunks, "unreachable": True})
+
+    lossy, clean = swarm_of(0.1), swarm_of(0.0)
+    asyncio.run(misses(lossy))
+    asyncio.run(misses(clean))
+    assert "a" not in lossy.isolated
+    assert "a" in clean.isolated  # the same misses on a clean link: a firewall

@@ -95,6 +95,9 @@ MAX_FAILURES = 12
 #: Connects to peers a node failed, having reached none, before the source alone
 #: serves it: its fetchers try this many at once, so one connect timeout is lost.
 ISOLATED_AFTER = 3
+#: ...unless our SSH link to it loses this share or more: there a connect that timed
+#: out more likely lost its SYNs than met a firewall.
+ISOLATE_MAX_LOSS = 0.02
 #: A node whose peer batch failed takes source batches this many times smaller.
 SHY_SPLIT = 8
 #: Seconds of a source's measured per-flow rate one batch holds: long beside the SSH
@@ -587,7 +590,14 @@ class Swarm:
             _log.info("%s cannot connect to peer %s: %s", node, peer.name, outcome.get("error"))
             self.blocked.setdefault(node, set()).add(peer.name)
             misses = self.unreached[node] = self.unreached.get(node, 0) + 1
-            if misses >= ISOLATED_AFTER and not st.from_peers and node not in self.isolated:
+            link = self.links.get(node)
+            clean = link is None or link.loss < ISOLATE_MAX_LOSS  # lossy: SYNs were lost
+            if (
+                misses >= ISOLATED_AFTER
+                and clean
+                and not st.from_peers
+                and node not in self.isolated
+            ):
                 # it connects to no one (a firewall on its side): each peer left to try
                 # would cost a connect timeout, so the source serves it from now on
                 _log.info("%s reached no peer in %d tries: source only", node, misses)
