@@ -37,6 +37,22 @@ def _swarm(n: int = 6) -> Swarm:
     return swarm
 
 
+def _many_peers() -> Swarm:
+    """Node ``a`` lacking 8 chunks that ISOLATED_AFTER + 2 peers hold; no penalty spell."""
+    from shoal.content.swarm import ISOLATED_AFTER
+
+    chunks = [(f"{i:064x}", 100) for i in range(8)]
+    swarm = Swarm(chunks, batch_bytes=100, source_batch_bytes=100, source_uploads=8)
+    names = [f"p{k}" for k in range(ISOLATED_AFTER + 2)]
+    swarm.expect(["a", *names])
+    swarm.penalty = 0.0
+    swarm.register("a", "ha", 1, ("s", 1), range(8), [])
+    for k, name in enumerate(names):
+        swarm.register(name, f"h{k}", 10 + k, ("s", 1), [], range(8))
+    swarm.sourced.update(range(8))
+    return swarm
+
+
 def test_a_peer_the_node_cannot_connect_to_is_never_chosen_for_it_again() -> None:
     async def go() -> None:
         swarm = _swarm()
@@ -155,15 +171,7 @@ def test_a_node_that_connects_to_no_peer_it_tried_is_served_by_the_source_alone(
     from shoal.content.swarm import ISOLATED_AFTER
 
     async def go() -> None:
-        chunks = [(f"{i:064x}", 100) for i in range(8)]
-        swarm = Swarm(chunks, batch_bytes=100, source_batch_bytes=100, source_uploads=8)
-        names = [f"p{k}" for k in range(ISOLATED_AFTER + 2)]
-        swarm.expect(["a", *names])
-        swarm.penalty = 0.0
-        swarm.register("a", "ha", 1, ("s", 1), range(8), [])
-        for k, name in enumerate(names):
-            swarm.register(name, f"h{k}", 10 + k, ("s", 1), [], range(8))
-        swarm.sourced.update(range(8))
+        swarm = _many_peers()
         tried: list[str] = []
         while "a" not in swarm.isolated:
             b = await asyncio.wait_for(swarm.next_batch("a"), 0.5)
@@ -243,15 +251,7 @@ def test_on_a_lossy_link_failed_connects_do_not_isolate_a_node() -> None:
     from shoal.transport.tcpinfo import LinkState
 
     def swarm_of(loss: float) -> Swarm:
-        chunks = [(f"{i:064x}", 100) for i in range(8)]
-        swarm = Swarm(chunks, batch_bytes=100, source_batch_bytes=100, source_uploads=8)
-        names = [f"p{k}" for k in range(ISOLATED_AFTER + 2)]
-        swarm.expect(["a", *names])
-        swarm.penalty = 0.0
-        swarm.register("a", "ha", 1, ("s", 1), range(8), [])
-        for k, name in enumerate(names):
-            swarm.register(name, f"h{k}", 10 + k, ("s", 1), [], range(8))
-        swarm.sourced.update(range(8))
+        swarm = _many_peers()
         swarm.links["a"] = LinkState(loss=loss, rto=0.3, retransmitted=int(loss * 100), sent=100)
         return swarm
 

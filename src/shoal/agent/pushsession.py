@@ -428,26 +428,25 @@ class ContentService:
         errors = []
         if not self.store.has(blob):
             # each source up to MANIFEST_TRIES times: on a lossy link a connection can be
-            # cut (the server's AUTH_SECONDS, a timeout) though the source is fine
-            # (a peer it cannot connect to at all is not tried again: a firewall, not a
-            # cut; the last source, the controller's, is)
+            # cut (the server's AUTH_SECONDS, a timeout) though the source is fine; a peer
+            # it cannot connect to at all is not tried again (a firewall, not a cut), the
+            # last source, the controller's, is
             waits = from_wire(args.get("waits"), self.fetcher.waits())
-            fetched = False
             sources = chunk_sources(args.get("sources", []))
-            for k, (host, port, pin) in enumerate(sources):
-                for _ in range(MANIFEST_TRIES):
-                    got = await self.fetcher.fetch(
-                        host, port, token, [(blob, size)], bucket=version, pin=pin, waits=waits
-                    )
-                    fetched = bool(got.got)
-                    if fetched:
-                        break
-                    errors.append(f"{host}:{port}: {got.error or 'not there'}")
-                    if got.unreachable and k < len(sources) - 1:
-                        break
-                if fetched:
+            given_up: set[int] = set()
+            for k in (k for k in range(len(sources)) for _ in range(MANIFEST_TRIES)):
+                if k in given_up:
+                    continue
+                host, port, pin = sources[k]
+                got = await self.fetcher.fetch(
+                    host, port, token, [(blob, size)], bucket=version, pin=pin, waits=waits
+                )
+                if got.got:
                     break
-            if not fetched:
+                errors.append(f"{host}:{port}: {got.error or 'not there'}")
+                if got.unreachable and k < len(sources) - 1:
+                    given_up.add(k)
+            else:
                 raise ValueError(f"cannot fetch the manifest: {'; '.join(errors) or 'no source'}")
         try:
             data = zlib.decompress(self.store.read(blob))

@@ -34,9 +34,9 @@ node cannot connect to (the fetch says ``unreachable``: NAT, a firewall) is
 never chosen for that node again (:attr:`Swarm.blocked`) and counts as no
 holder for it, so it takes those chunks from elsewhere, the source at worst;
 the peer stays good for everyone else. A node that has failed
-:data:`ISOLATED_AFTER` connects to peers, reaching none (a firewall on its own side), is served
-by the source alone (:attr:`Swarm.isolated`) rather than paying a connect
-timeout for every peer left. A node whose peer batch failed
+:data:`ISOLATED_AFTER` connects to peers, reaching none, over a clean link (a
+firewall on its own side) is served by the source alone (:attr:`Swarm.isolated`)
+rather than paying a connect timeout for every peer left. A node whose peer batch failed
 (timed out: on a lossy network node-to-node paths cross two lossy links, the
 source's one) takes its next batches from the source for
 :attr:`Swarm.penalty` seconds (:attr:`Swarm.shy_until`) instead of trying peer
@@ -381,9 +381,7 @@ class Swarm:
         return self.blocked.get(node, set())
 
     def _eligible(self, node: str, now: float) -> dict[str, Peer]:
-        if node in self.isolated:
-            return {}
-        blocked = self.blocked.get(node, ())
+        blocked = self._blocked(node)
         return {
             name: p
             for name, p in self.peers.items()
