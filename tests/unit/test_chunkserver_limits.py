@@ -206,6 +206,13 @@ def _source(tmp_path: Path) -> tuple[Any, bytes, str, Backend]:
     return tree, blob, blob_hash, Source()
 
 
+async def _serving(backend: Backend) -> tuple[ChunkServer, int]:
+    """A chunk server on loopback that takes TOKEN, and its port."""
+    source = ChunkServer(backend)
+    source.tokens.add(TOKEN)
+    return source, await source.start("127.0.0.1")
+
+
 def _begin_args(tree: Any, blob: bytes, blob_hash: str, site: str, port: int) -> dict[str, Any]:
     return {
         "dir": site,
@@ -242,9 +249,7 @@ def test_an_abandoned_session_stops_serving_then_its_store_goes(
     chunks = tmp_path / "home" / "chunks"
 
     async def go() -> None:
-        source = ChunkServer(backend)
-        source.tokens.add(TOKEN)
-        port = await source.start("127.0.0.1")
+        source, port = await _serving(backend)
         svc = pushsession.ContentService(tmp_path / "home", lambda *a: None)
         try:
             args = _begin_args(tree, blob, blob_hash, str(tmp_path / "site"), port)
@@ -298,3 +303,69 @@ def test_a_store_an_earlier_agent_left_goes_once_stale(
 
     asyncio.run(go())
     store.close()
+
+
+def test_a_push_ended_while_a_fetch_still_runs_loses_what_that_fetch_writes(
+    tmp_path: Path,
+) -> None:
+    """CI saw a full-disk push leave 232 KiB: the controller's end pruned the store while
+    a fetch was still receiving, and that fetch then wrote its batch into a new bucket
+    (the unlinking had freed the room) that no session owned."""
+    tree, blob, blob_hash, backend = _source(tmp_path)
+    chunks = tmp_path / "home" / "chunks"
+
+    async def go() -> None:
+        source, port = await _serving(backend)
+        asked, release = asyncio.Event(), asyncio.Event()
+        pipes: list[asyncio.Task[None]] = []
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+            w.close()
+
+        async def held(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            # a source that holds its answer back until the test lets it go
+            line = await r.readline()
+            ur, uw = await asyncio.open_connection("127.0.0.1", port)
+            uw.write(line)
+            asked.set()
+            await release.wait()
+            pipes.extend([asyncio.ensure_future(pipe(ur, w)), asyncio.ensure_future(pipe(r, uw))])
+
+        slow = await asyncio.start_server(held, "127.0.0.1", 0)
+        slow_port = slow.sockets[0].getsockname()[1]
+        svc = pushsession.ContentService(tmp_path / "home", lambda *a: None)
+        try:
+            args = _begin_args(tree, blob, blob_hash, str(tmp_path / "site"), port)
+            begin = await svc.dispatch("content.begin", args)
+            want = begin["missing"][:3]
+            fetch = asyncio.ensure_future(
+                svc.dispatch(
+                    "content.fetch",
+                    {"version": tree.version, "source": ["127.0.0.1", slow_port], "chunks": want},
+                )
+            )
+            await asyncio.wait_for(asked.wait(), 10)
+            ended = await svc.dispatch("content.end", {"version": tree.version})
+            assert ended["ended"] and not svc.sessions
+            release.set()
+            got = await asyncio.wait_for(fetch, 10)
+            assert sorted(got["got"]) == sorted(want)  # the batch arrived and was written...
+            await asyncio.gather(*svc._unlinking)
+            left = sorted(p.name for p in chunks.iterdir())
+            assert not left, f"{left} left in the store"  # ...and went with its session
+            with pytest.raises(ValueError):  # the ended session takes no more requests
+                await svc.dispatch(
+                    "content.fetch",
+                    {"version": tree.version, "source": ["127.0.0.1", port], "chunks": want},
+                )
+        finally:
+            svc.close()
+            for task in pipes:
+                task.cancel()
+            slow.close()
+            source.close()
+
+    asyncio.run(go())

@@ -57,7 +57,9 @@ or gave up leaves no open port behind. Its store stays for a re-run (which
 fetches only what it lacks) until the session has been idle for
 :data:`IDLE_SECONDS`; then it ends and the store goes, and so do store buckets
 no session owns (an agent restarted, an ended push's kept store) untouched for
-as long. A full disk ends the session at once, store and all.
+as long. A full disk ends the session at once, store and all. A session ended
+while one of its requests still runs (a fetch writing its batch) keeps its
+bucket until that request is done; then the bucket goes, with what it wrote.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ class PushSession:
     busy: int = 0  # content requests in progress
     serving: bool = True  # its token opens this node's chunk server
     broken: str = ""  # why it ended early (a full disk): refused from then on
+    prune_after: bool = False  # ended while busy: its store goes when the last request does
 
     @property
     def key(self) -> tuple[str, str]:
@@ -198,6 +201,9 @@ class ContentService:
         self._reaper: asyncio.TimerHandle | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._committing: set[str] = set()  # versions whose commit reads the store
+        # ended sessions whose requests are still running (a fetch still writing its
+        # batch): their buckets stay until the last request is done, then go
+        self._draining: dict[int, PushSession] = {}
         self._unlinking: set[asyncio.Future[None]] = set()
 
     async def dispatch(self, op: str, args: dict[str, Any]) -> Any:
@@ -296,7 +302,8 @@ class ContentService:
     def _prune(self, stale: bool = False) -> int:
         """Drop store buckets no session uses (``stale``: only those untouched for
         IDLE_SECONDS); their files go on a worker thread."""
-        keep = {s.version for s in self.sessions.values()} | self._committing
+        live = [*self.sessions.values(), *self._draining.values()]
+        keep = {s.version for s in live} | self._committing
         if stale:
             keep |= set(self.store.buckets) - self.store.idle_buckets(IDLE_SECONDS)
         removed, doomed = self.store.detach(keep)
@@ -323,8 +330,10 @@ class ContentService:
             session.used = time.monotonic()
             if session.broken and self.sessions.get(session.key) is session:
                 self.record("content", None, f"push of {session.version} ended: {session.broken}")
-                if not session.busy:
-                    self.end(session)
+                self.end(session)
+            drained = not session.busy and self._draining.pop(id(session), None) is not None
+            if drained and session.prune_after:
+                self._prune()
 
     async def begin(self, args: dict[str, Any]) -> dict[str, Any]:
         version = _require(args, "version", str)
@@ -570,10 +579,13 @@ class ContentService:
         if session is not None and self.sessions.get(session.key) is session:
             del self.sessions[session.key]
             self._revoke(session.token)
+            if session.busy:  # a fetch still running would write into a pruned store
+                session.prune_after = prune
+                self._draining[id(session)] = session
         self._close_unserved()
         # forget the buckets now, delete their bytes after answering: the controller
-        # does not wait for 200 MB of unlinking. Buckets of live sessions and of
-        # commits still reading the store stay.
+        # does not wait for 200 MB of unlinking. Buckets of live sessions, of ended
+        # ones still running a request and of commits still reading the store stay.
         removed = self._prune() if prune else 0
         return {"ended": session is not None, "pruned": removed}
 
