@@ -30,3 +30,17 @@ def number(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"not a finite number: {text!r}")
     return value
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def byte_size(text: str) -> int:
+    """``"64M"`` → 67108864: a whole number of bytes, with an optional K, M or G (powers
+    of 1024, an optional trailing ``B`` or ``iB``); ValueError otherwise (argparse ``type=``)."""
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = raw[-1:] if raw[-1:] in _UNITS else ""
+    digits = raw[: len(raw) - len(unit)]
+    if not digits.isdigit() or len(digits) > 15:
+        raise ValueError(f"not a size in bytes: {text!r} (e.g. 65536, 64K, 16M, 1G)")
+    return int(digits) * _UNITS[unit]

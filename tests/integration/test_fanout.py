@@ -373,3 +373,27 @@ def test_a_library_run_writes_no_state_and_the_cli_records_health(
     health.record(r, health.Policy.OUTCOME)
     with State() as st:
         assert health.failed_names(st) == {n.name for n in nodes}
+
+
+def test_cli_run_keeps_max_output_per_node_and_names_the_nodes_it_cut(lab: Any) -> None:
+    import json
+
+    pair = [n.name for n in lab.nodes()[:2]]
+    shoal = [sys.executable, "-m", "shoal.cli.main", "run", "-s", ",".join(pair)]
+    big = "head -c 3000000 /dev/zero | tr '\\0' x; echo err >&2"
+    p = subprocess.run(
+        [*shoal, "--max-output", "1M", "--json", big], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr
+    records = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [r["node"] for r in records] == pair
+    for r in records:
+        assert r["stdout"] == "x" * (1 << 20) and r["stderr"] == "err\n"
+        assert r["dropped"] == 3_000_000 - (1 << 20)
+    p = subprocess.run([*shoal, "--max-output", "64K", big], capture_output=True, timeout=60)
+    assert p.returncode == 0
+    assert p.stdout.count(b"x") == 65536, len(p.stdout)  # one group: the same output
+    cut = f"  cut: n[1-2] — output beyond --max-output not kept ({2 * (3_000_000 - 65536):,} bytes)"
+    assert cut in p.stderr.decode(), p.stderr
+    p = subprocess.run([*shoal, "--max-output", "1.5M", "true"], capture_output=True, timeout=60)
+    assert p.returncode == 2 and b"--max-output" in p.stderr

@@ -101,6 +101,18 @@ def test_relay_output_is_the_direct_paths_and_merged_on_the_gateway(
     assert "relay: 1 records for 3 nodes" in caplog.text, caplog.text
 
 
+def test_relay_keeps_max_output_as_the_direct_path_does(site_lab: Lab) -> None:
+    nodes = [n for n in site_lab.nodes() if n.name in (GATEWAY, *SITE)]
+    command = "head -c 300000 /dev/zero | tr '\\0' y; echo e >&2"
+    tunnelled = run(nodes, command, max_output=100_000)
+    relayed = run(relay(nodes), command, max_output=100_000)
+    assert shape(relayed) == shape(tunnelled)
+    assert {(r.stdout, r.dropped) for r in relayed} == {("y" * 100_000, 200_000)}
+    # no limit (0): all of it comes up, in records longer than any limit would allow
+    cut = run(relay(nodes[1:]), "head -c 2000000 /dev/zero", max_output=0)
+    assert cut.ok and {len(r.stdout) for r in cut} == {2_000_000}
+
+
 def test_relay_refuses_a_node_whose_host_key_differs_from_the_controllers(
     site_lab: Lab, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ give the direct path's output.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -120,6 +121,7 @@ def run(
 
 FAIL_ON_N3 = "hostname; echo e >&2; [ $(hostname) = n3 ] && exit 4; true"
 ESCAPES = r"printf 'red \033[31m x\n'; printf 'bidi \342\200\256 y\n' >&2"
+CUT = "head -c 200000 /dev/zero | tr '\\0' x"  # 200 kB a node, 64 KiB kept
 #: Forms the fast path takes; the last field: whether the dead node is in the selection.
 TAKEN: list[tuple[tuple[str, ...], tuple[bool, bool], bool]] = [
     (("run", "-s", "n[1-6]", FAIL_ON_N3), (False, False), False),  # grouped, exit 1
@@ -138,6 +140,8 @@ TAKEN: list[tuple[tuple[str, ...], tuple[bool, bool], bool]] = [
     (("run", "-s", "n[1-2]", ESCAPES), (False, False), False),  # a pipe gets the bytes
     (("run", "-s", "n[1-6]", FAIL_ON_N3), (False, True), False),  # a progress line
     (("run", "-s", "n[1-8]", "--connect-timeout", "2", ESCAPES), (True, True), True),
+    (("run", "-s", "n[1-3]", "--max-output", "64K", CUT), (False, False), False),
+    (("run", "-s", "n[1-3]", "--max-output", "64K", "--json", CUT), (False, False), False),
 ]  # fmt: skip
 
 
@@ -160,6 +164,13 @@ def test_the_fast_path_writes_what_the_cli_writes(
         _, counted, _ = progress(fast[2])
         assert counted == list(range(1, 9 if dead else 7)), fast[2]  # drawn per node
         assert re.search(rb"\r {20,}\r", fast[2]), fast[2]  # then blanked
+    if argv[-1] == CUT:
+        if "--json" in argv:
+            kept = {(r["stdout"], r["dropped"]) for r in map(json.loads, fast[1].splitlines())}
+            assert kept == {("x" * 65536, 200_000 - 65536)}, fast[1][-300:]
+        else:
+            assert fast[1].count(b"x") == 65536, fast[1][-300:]  # one group
+        assert "--json" in argv or b"cut: n[1-3]" in fast[2], fast[2]
     if argv[-1] == ESCAPES and "--json" not in argv:
         assert (b"\\x1b[31m" in fast[1]) == tty[0] and (b"\x1b[31m" in fast[1]) != tty[0]
         assert b"[stderr] bidi" in fast[1]

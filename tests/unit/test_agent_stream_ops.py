@@ -109,6 +109,18 @@ def test_exec_gives_exact_bytes_exit_status_and_lines(local: LocalAgents, tmp_pa
     run(go())
 
 
+def test_exec_keeps_each_stream_up_to_its_limit_and_counts_the_rest(local: LocalAgents) -> None:
+    async def go() -> None:
+        async with local.stream_client() as client:
+            command = "head -c 300000 /dev/zero; head -c 5000 /dev/zero >&2"
+            res = await client.exec(command, max_output=100_000)
+            assert (len(res.stdout), len(res.stderr), res.dropped) == (100_000, 5000, 200_000)
+            whole = await client.exec(command, max_output=0)
+            assert (len(whole.stdout), whole.dropped) == (300_000, 0)
+
+    run(go())
+
+
 def test_exec_timeout_terms_the_group_then_kills_it(local: LocalAgents, tmp_path: Path) -> None:
     bg, termed = tmp_path / "bg.pid", tmp_path / "termed"
 

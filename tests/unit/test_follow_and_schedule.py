@@ -64,10 +64,8 @@ def test_follow_yields_each_new_event_once_per_round_and_stops_after_the_rounds(
                 )
         return got
 
-    began = time.monotonic()
     rounds = asyncio.run(scenario())
-    assert time.monotonic() - began < 5
-    assert len(rounds) == 3
+    assert len(rounds) == 3  # it stopped after the rounds (a timing is not asserted here)
     assert rounds[0] == []  # nothing new since the cursor
     fresh = [row for batch in rounds[1:] for row in batch]
     assert {r.node for r in fresh} == {"n1"}  # only the nodes followed

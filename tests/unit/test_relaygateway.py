@@ -154,3 +154,27 @@ def test_the_gateways_client_takes_only_the_algorithm_lists_it_is_sent() -> None
     assert relayrun.algorithms(node) == [
         "-o", "Ciphers=^aes128-gcm@openssh.com", "-o", "KexAlgorithms=curve25519-sha256",
     ]  # fmt: skip
+
+
+def test_a_relay_record_longer_than_its_limit_is_refused() -> None:
+    import asyncio
+
+    from shoal.transport.relay import _record_line
+
+    async def lines(data: bytes, longest: int) -> list[bytes]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        got, pending = [], b""
+        while True:
+            line, pending = await _record_line(reader, pending, longest)  # type: ignore[arg-type]
+            if not line:
+                return got
+            got.append(line)
+
+    assert asyncio.run(lines(b'{"a": 1}\n{"b": 2}\n', 100)) == [b'{"a": 1}\n', b'{"b": 2}\n']
+    assert asyncio.run(lines(b"x" * 200_000 + b"\n", 0)) == [b"x" * 200_000 + b"\n"]
+    with pytest.raises(ValueError, match="longer than 100,000 bytes"):
+        asyncio.run(lines(b"x" * 200_000 + b"\n", 100_000))
+    with pytest.raises(ValueError, match="longer than"):  # never ends: refused, not held
+        asyncio.run(lines(b"x" * 300_000, 100_000))

@@ -84,6 +84,7 @@ def test_the_json_record_of_a_run() -> None:
         "signal": None,
         "stdout": "hi\n",
         "stderr": "",
+        "dropped": 0,
         "duration": 0.1235,
         "error": None,
         "error_kind": None,

@@ -8,7 +8,7 @@ one session of it. Its stdin's first line is the request (JSON)::
     {"nodes": [{"name", "host", "port", "user", "line"}],   # line: the exact shell line
      "known_hosts": "...",  # the controller's entries for these nodes, nothing else
      "connect_timeout": s, "keepalive": s, "timeout": s|null, "hard": s|null,
-     "parallel": n}
+     "parallel": n, "max_output": bytes}  # of each stream sent up (0: all)
 
 Each node gets the gateway's OpenSSH client with the forwarded agent
 (``SSH_AUTH_SOCK`` of this session; no key file is ever written here), the
@@ -17,8 +17,9 @@ accept-new: a key the controller did not send is refused), no user or system
 ssh_config, and the client's own messages sent to a log file (``-E``) so a
 node's stderr is the command's alone. Results are merged before they go up:
 one JSON line per distinct outcome, ``{"nodes": [names], "exit", "stdout",
-"stderr"}`` (base64) or ``{"nodes": [...], "error": {"kind", "message"}}`` with
-the controller's wording for connection failures, then ``{"done": n}``.
+"stderr", "dropped"}`` (base64; ``dropped``: bytes beyond ``max_output``) or
+``{"nodes": [...], "error": {"kind", "message"}}`` with the controller's wording
+for connection failures, then ``{"done": n}``.
 
 The controller's end closing this session's stdin ends every client still
 running (their process groups), and the temporary directory goes with them.
@@ -180,10 +181,16 @@ def run_one(node: NodeReq, known_hosts: str, workdir: str, req: dict[str, Any]) 
         return {"error": {"kind": "timeout", "message": msg}}
     if status < 0:  # the client itself was killed (the relay is stopping)
         return {"error": {"kind": "unreachable", "message": "relay stopped"}}
+    cap = req.get("max_output") or 0
+    dropped = 0
+    if cap > 0:
+        dropped = max(len(out) - cap, 0) + max(len(err) - cap, 0)
+        out, err = out[:cap], err[:cap]
     return {
         "exit": status,
         "stdout": base64.b64encode(out).decode("ascii"),
         "stderr": base64.b64encode(err).decode("ascii"),
+        "dropped": dropped,
     }
 
 

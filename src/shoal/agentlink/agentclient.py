@@ -38,6 +38,7 @@ from shoal.errors import (
 )
 from shoal.state import State
 from shoal.transport.base import (
+    MAX_OUTPUT,
     ByteReader,
     ByteWriter,
     CommandResult,
@@ -45,6 +46,7 @@ from shoal.transport.base import (
     LineCallback,
     shell_path,
 )
+from shoal.transport.capture import STREAMS, OutputCapture
 
 if TYPE_CHECKING:
     from shoal.agentlink.agentwatch import Watch
@@ -484,31 +486,28 @@ class StreamClient(AgentClient):
         input: bytes | None = None,
         cwd: str | None = None,
         on_line: LineCallback | None = None,
+        max_output: int = MAX_OUTPUT,
     ) -> ExecResult:
         """Run ``command`` under the node user's login shell, forked by the agent.
 
         ``timeout``: SIGTERM to its process group on the node, SIGKILL 2 s later
         (``timed_out`` in the result). ``on_line(stream, line)`` sees each output line
-        as it arrives. Cancelling the call kills the command on the node.
+        as it arrives; the first ``max_output`` bytes of each stream are kept (0: all).
+        Cancelling the call kills the command on the node.
         """
-        out = {"stdout": bytearray(), "stderr": bytearray()}
-        partial = {"stdout": b"", "stderr": b""}
+        output = OutputCapture(max_output, on_line)
 
         def on_push(message: protocol.Message) -> None:
             if message.get("push") != "out":
                 return
             stream = message.get("stream")
-            if stream not in out:
+            if stream not in STREAMS:
                 raise AgentError(f"exec output on unknown stream {stream!r}", node=self.node)
             try:
                 data = base64.b64decode(str(message.get("data", "")), validate=True)
             except (binascii.Error, ValueError):
                 raise AgentError("exec output that is not base64", node=self.node) from None
-            out[str(stream)].extend(data)
-            if on_line is not None:
-                *lines, partial[str(stream)] = (partial[str(stream)] + data).split(b"\n")
-                for line in lines:
-                    on_line(str(stream), line)
+            output.add(str(stream), data)
 
         args: dict[str, Any] = {"command": command}
         if timeout is not None:
@@ -521,18 +520,16 @@ class StreamClient(AgentClient):
             args["cwd"] = cwd
         wait = None if timeout is None else timeout + EXEC_KILL_AFTER + EXEC_MARGIN
         result = await self.stream_args("exec", args, on_push, timeout=wait)
-        if on_line is not None:
-            for stream, rest in partial.items():
-                if rest:
-                    on_line(stream, rest)
+        output.flush_lines()
         if not isinstance(result, dict):
             raise AgentError("exec answered without a result", node=self.node)
         code, sig = result.get("exit"), result.get("signal")
         return ExecResult(
             exit_status=code if isinstance(code, int) and not isinstance(code, bool) else None,
-            stdout=bytes(out["stdout"]),
-            stderr=bytes(out["stderr"]),
+            stdout=output.stdout,
+            stderr=output.stderr,
             signal=sig if isinstance(sig, str) else None,
+            dropped=output.dropped,
             timed_out=result.get("timed_out") is True,
         )
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from shoal.errors import CommandTimeout, TransportError
 from shoal.nodes.model import Node
 from shoal.transport.base import (
+    MAX_OUTPUT,
     ByteReader,
     ByteWriter,
     CommandResult,
@@ -51,10 +52,17 @@ class SharedConnection(Connection):
         input: bytes | None = None,
         sudo: bool = False,
         on_line: LineCallback | None = None,
+        max_output: int = MAX_OUTPUT,
     ) -> CommandResult:
         try:
             return await self.inner.run(
-                command, timeout=timeout, env=env, input=input, sudo=sudo, on_line=on_line
+                command,
+                timeout=timeout,
+                env=env,
+                input=input,
+                sudo=sudo,
+                on_line=on_line,
+                max_output=max_output,
             )
         except CommandTimeout:
             raise

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoal.numeric import number
+from shoal.numeric import byte_size, number
 
 from . import viaservice
 from .common import add_connection_options, connection_settings, selected_nodes
@@ -80,6 +80,13 @@ def register(sub: Any) -> None:
         action="store_true",
         help="print lines live, prefixed with the node name (with --json: one "
         '{"node", "stream", "line"} object per line, then the per-node results)',
+    )
+    run.add_argument(
+        "--max-output",
+        type=byte_size,
+        metavar="SIZE",
+        help="bytes of each node's stdout and of its stderr to keep, e.g. 1M (default 64M; "
+        "0: all); beyond it output is counted, not kept, and the summary says so",
     )
     run.add_argument(
         "--out-dir",
@@ -163,6 +170,8 @@ def run_command(args: argparse.Namespace) -> tuple[str, RunOptions]:
     options = _options(args, RunOptions)
     options.sudo = args.sudo
     options.env = parse_env(args.env)
+    if args.max_output is not None:
+        options.max_output = args.max_output
     settings = getattr(args, "settings", None)  # relay_tree has no flag (a setting)
     options.relay_tree = settings.relay_tree if settings is not None else None
     options.validate()

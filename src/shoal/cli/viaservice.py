@@ -157,7 +157,7 @@ def _command_outcome(record: dict[str, Any]) -> NodeOutcome[Any]:
     if record.get("exit_code") is not None or record.get("stdout") or record.get("stderr"):
         value = CommandOutput(
             record.get("exit_code"), record.get("stdout") or "", record.get("stderr") or "",
-            record.get("signal"),
+            record.get("signal"), int(record.get("dropped") or 0),
         )  # fmt: skip
     return CommandOutcome(
         record["node"],
@@ -225,6 +225,7 @@ def service_options(options: RunOptions) -> dict[str, Any]:
         "retries": options.retries,
         "connect_timeout": options.connect_timeout,
         "delay": options.delay,
+        "max_output": options.max_output,
     }
 
 

@@ -92,6 +92,7 @@ from shoal.nodes.model import Node
 from shoal.state import State
 from shoal.transport import sshconfig
 from shoal.transport.base import (
+    MAX_OUTPUT,
     CommandResult,
     Connection,
     LineCallback,
@@ -271,11 +272,18 @@ class _Held(SharedConnection):
         input: bytes | None = None,
         sudo: bool = False,
         on_line: LineCallback | None = None,
+        max_output: int = MAX_OUTPUT,
     ) -> CommandResult:
         client = self._link.client
         if not self._via_agent or client is None or sudo:
             return await super().run(
-                command, timeout=timeout, env=env, input=input, sudo=sudo, on_line=on_line
+                command,
+                timeout=timeout,
+                env=env,
+                input=input,
+                sudo=sudo,
+                on_line=on_line,
+                max_output=max_output,
             )
         if self._link.ssh_env is None:  # what an SSH session sees of us, once per link
             got = await self.inner.run(SSH_ENV_COMMAND, timeout=30)
@@ -283,7 +291,14 @@ class _Held(SharedConnection):
             self._link.ssh_env = dict(zip(("SSH_CONNECTION", "SSH_CLIENT"), values, strict=False))
         env = {**self._link.ssh_env, **(env or {})}
         try:
-            res = await client.exec(command, timeout=timeout, env=env, input=input, on_line=on_line)
+            res = await client.exec(
+                command,
+                timeout=timeout,
+                env=env,
+                input=input,
+                on_line=on_line,
+                max_output=max_output,
+            )
         except AgentLinkBroken as exc:
             raise ConnectError(
                 f"connection lost while the command ran: {exc}", self.node.name
@@ -292,7 +307,7 @@ class _Held(SharedConnection):
             raise CommandTimeout(
                 f"command timed out after {timeout:g}s and was killed on the node", self.node.name
             )
-        return CommandResult(res.exit_status, res.stdout, res.stderr, res.signal)
+        return CommandResult(res.exit_status, res.stdout, res.stderr, res.signal, res.dropped)
 
 
 class WarmTransport(Transport):

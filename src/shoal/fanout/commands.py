@@ -70,9 +70,11 @@ async def run_async(
             env=env,
             sudo=options.sudo or node.become,  # the inventory's ansible_become
             on_line=line_cb,
+            max_output=options.max_output,
         )
         stdout, stderr = _decode(res.stdout), _decode(res.stderr)
-        return CommandOutcome(node.name, CommandOutput(res.exit_status, stdout, stderr, res.signal))
+        output = CommandOutput(res.exit_status, stdout, stderr, res.signal, res.dropped)
+        return CommandOutcome(node.name, output)
 
     return await fanout(
         nodes,

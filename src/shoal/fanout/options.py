@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from shoal.errors import UsageError
 from shoal.numeric import is_finite
+from shoal.transport.base import MAX_OUTPUT
 
 MAX_DEFAULT_PARALLEL = 512
 FDS_PER_CONNECTION = 3  # socket, plus an SFTP or forwarded stream now and then
@@ -74,12 +75,17 @@ def default_parallelism() -> int:
 class RunOptions(FanoutOptions):
     sudo: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
+    #: bytes of each node's stdout and of its stderr kept (0: all); beyond, counted
+    max_output: int = MAX_OUTPUT
     #: a selection of at least this many nodes, none behind a gateway, is run through an
     #: automatic tree of ~sqrt(N) relay gateways (fanout/relaytree.py); None: never
     relay_tree: int | None = None
 
     def validate(self) -> None:
         super().validate()
+        cap = self.max_output
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise UsageError(f"--max-output must be 0 (no limit) or more bytes, got {cap!r}")
         for key in self.env:
             if not key.isidentifier():
                 raise UsageError(f"--env name must be a shell identifier, got {key!r}")

@@ -59,4 +59,11 @@ def summary_lines(result: Results[CommandOutcome]) -> list[str]:
             reasons.setdefault(r.reason, []).append(r.node)
         for reason, names in reasons.items():
             lines.append(f"  {kind}: {fold(names)} — {reason}")
+    cut = [r for r in result if r.dropped]
+    if cut:
+        dropped = sum(r.dropped for r in cut)
+        lines.append(
+            f"  cut: {fold([r.node for r in cut])} — output beyond --max-output not kept "
+            f"({dropped:,} bytes)"
+        )
     return lines

@@ -185,6 +185,7 @@ async def run_with_relays(
             timeout=options.timeout,
             hard=hard,
             parallel=options.parallel or 64,
+            max_output=options.max_output,
         )
         own = None
         if name in carried:
@@ -195,7 +196,13 @@ async def run_with_relays(
             gw_sudo = options.sudo or gw_node.become
 
             def own(conn: SSHConnection) -> Awaitable[CommandResult]:
-                return conn.run(gw_line, timeout=options.timeout, env=gw_env, sudo=gw_sudo)
+                return conn.run(
+                    gw_line,
+                    timeout=options.timeout,
+                    env=gw_env,
+                    sudo=gw_sudo,
+                    max_output=options.max_output,
+                )
 
         try:
             got = await relay_run(transport, gateway, items, ropts, own)
@@ -212,6 +219,7 @@ async def run_with_relays(
                     res.stdout.decode("utf-8", errors="replace"),
                     res.stderr.decode("utf-8", errors="replace"),
                     res.signal,
+                    res.dropped,
                 )
                 outcome = CommandOutcome(node.name, value)
             outcome.index, outcome.attempts, outcome.duration = i, 1, loop.time() - t0

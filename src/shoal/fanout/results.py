@@ -106,6 +106,7 @@ class CommandOutput:
     stdout: str = ""
     stderr: str = ""
     signal: str | None = None
+    dropped: int = 0  # output bytes beyond ``max_output``, not kept
 
 
 @dataclass
@@ -127,6 +128,10 @@ class CommandOutcome(NodeOutcome[CommandOutput]):
     @property
     def signal(self) -> str | None:
         return self.value.signal if self.value is not None else None
+
+    @property
+    def dropped(self) -> int:
+        return self.value.dropped if self.value is not None else 0
 
     @property
     def ok(self) -> bool:
@@ -155,6 +160,7 @@ class CommandOutcome(NodeOutcome[CommandOutput]):
             "signal": self.signal,
             "stdout": self.stdout,
             "stderr": self.stderr,
+            "dropped": self.dropped,
         }
 
 

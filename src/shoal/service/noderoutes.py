@@ -59,7 +59,9 @@ from .inventorycache import inventory_cache
 router = APIRouter(prefix="/api/v1")
 
 #: ``options`` keys a run accepts (RunOptions fields a client may set).
-RUN_OPTIONS = ("timeout", "parallel", "env", "sudo", "retries", "connect_timeout", "delay")
+RUN_OPTIONS = (
+    "timeout", "parallel", "env", "sudo", "retries", "connect_timeout", "delay", "max_output",
+)  # fmt: skip
 #: Program actions and the agent request each one sends.
 PROC_ACTIONS = {
     "status": "proc.status",

@@ -80,6 +80,7 @@ class MockConnection(Connection):
         input: bytes | None = None,
         sudo: bool = False,
         on_line: LineCallback | None = None,
+        max_output: int = 0,
     ) -> CommandResult:
         self._log.commands.append((self.node.name, command, dict(env or {})))
         try:

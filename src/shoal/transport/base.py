@@ -27,6 +27,10 @@ DRAIN_AFTER_EXIT = 0.25
 #: Called with (stream, line) for each complete line of output, when streaming.
 LineCallback = Callable[[str, bytes], None]
 
+#: Bytes of each stream of one command kept by default (``--max-output``; 0: no limit):
+#: what a node sends beyond it is counted (:attr:`CommandResult.dropped`), not kept.
+MAX_OUTPUT = 64 << 20
+
 
 def shell_path(path: str) -> str:
     """``path`` as one word of a command the node's shell runs (for :meth:`Connection.run`).
@@ -51,6 +55,7 @@ class CommandResult:
     stdout: bytes
     stderr: bytes
     signal: str | None = None
+    dropped: int = 0  # output bytes beyond the limit, not kept
 
 
 class ByteReader(Protocol):
@@ -95,12 +100,14 @@ class Connection(abc.ABC):
         input: bytes | None = None,
         sudo: bool = False,
         on_line: LineCallback | None = None,
+        max_output: int = MAX_OUTPUT,
     ) -> CommandResult:
         """Run a shell command under the login shell; ``env`` is exported to it.
 
         On timeout the command and its children are killed on the node and
         CommandTimeout is raised. ``on_line(stream, line)`` sees each output
-        line as it arrives (``stream`` is "stdout" or "stderr").
+        line as it arrives (``stream`` is "stdout" or "stderr"). The first
+        ``max_output`` bytes of each stream are kept (0: all of them).
         """
 
     @abc.abstractmethod

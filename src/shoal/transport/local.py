@@ -21,6 +21,7 @@ from shoal.nodes.model import Node
 
 from .base import (
     DRAIN_AFTER_EXIT,
+    MAX_OUTPUT,
     ByteReader,
     ByteWriter,
     CommandResult,
@@ -29,11 +30,12 @@ from .base import (
     RemoteForward,
     Transport,
 )
+from .capture import OutputCapture
 
 
-async def _collect(stream: asyncio.StreamReader, into: bytearray) -> None:
+async def _collect(stream: asyncio.StreamReader, name: str, into: OutputCapture) -> None:
     while chunk := await stream.read(65536):
-        into.extend(chunk)
+        into.add(name, chunk)
 
 
 async def _exit_code(proc: asyncio.subprocess.Process) -> int:
@@ -86,6 +88,7 @@ class LocalConnection(Connection):
         input: bytes | None = None,
         sudo: bool = False,
         on_line: LineCallback | None = None,
+        max_output: int = MAX_OUTPUT,
     ) -> CommandResult:
         full_env = {**os.environ, **(env or {})}
         argv = ["sudo", "-n", "-E", "--", "sh", "-c", command] if sudo else ["sh", "-c", command]
@@ -101,10 +104,10 @@ class LocalConnection(Connection):
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         proc.stdin.write(input or b"")
         proc.stdin.close()
-        out, err = bytearray(), bytearray()
+        output = OutputCapture(max_output, on_line)
         readers = [
-            asyncio.ensure_future(_collect(proc.stdout, out)),
-            asyncio.ensure_future(_collect(proc.stderr, err)),
+            asyncio.ensure_future(_collect(proc.stdout, "stdout", output)),
+            asyncio.ensure_future(_collect(proc.stderr, "stderr", output)),
         ]
         try:
             code = await asyncio.wait_for(_exit_code(proc), timeout)
@@ -121,15 +124,11 @@ class LocalConnection(Connection):
             r.cancel()
         with contextlib.suppress(ProcessLookupError):
             proc._transport.close()  # type: ignore[attr-defined]  # release the pipes
-        if on_line is not None:
-            for stream, data in (("stdout", out), ("stderr", err)):
-                for line in bytes(data).splitlines():
-                    on_line(stream, line)
+        output.flush_lines()
+        out, err, dropped = output.stdout, output.stderr, output.dropped
         if code is not None and code < 0:
-            return CommandResult(
-                None, bytes(out), bytes(err), signal=signal.Signals(-code).name[3:]
-            )
-        return CommandResult(code, bytes(out), bytes(err))
+            return CommandResult(None, out, err, signal.Signals(-code).name[3:], dropped)
+        return CommandResult(code, out, err, dropped=dropped)
 
     async def put(self, local: str, remote: str) -> int:
         src, dst = Path(local), self._path(remote)

@@ -56,7 +56,7 @@ from shoal.errors import (
 from shoal.logsetup import logger
 from shoal.nodes.model import Node
 
-from .base import CommandResult
+from .base import MAX_OUTPUT, CommandResult
 from .ssh import SSHConnection, SSHTransport
 
 log = logger(__name__)
@@ -185,6 +185,8 @@ class RelayOptions:
     timeout: float | None = None
     hard: float | None = None
     parallel: int = 64
+    #: bytes of each node's stdout and stderr the gateway sends up (0: all)
+    max_output: int = MAX_OUTPUT
 
 
 #: A node's outcome through the relay: the command's result or why it has none.
@@ -262,10 +264,12 @@ def _outcome(record: dict[str, Any], name: str) -> Outcome:
     if error is not None:
         cls = _ERRORS.get(str(error.get("kind")), TransportError)
         return cls(str(error.get("message", "relay error"))[:1000], name)
+    dropped = record.get("dropped", 0)
     return CommandResult(
         exit_status=record.get("exit"),
         stdout=base64.b64decode(record.get("stdout", "")),
         stderr=base64.b64decode(record.get("stderr", "")),
+        dropped=dropped if isinstance(dropped, int) and dropped > 0 else 0,
     )
 
 
@@ -292,6 +296,7 @@ async def relay_run(
         "timeout": options.timeout,
         "hard": options.hard,
         "parallel": options.parallel,
+        "max_output": options.max_output,
     }
     source = Path(relayrun.__file__).read_text()
     command = f"exec python3 -c {shlex.quote(source)}"
@@ -310,7 +315,7 @@ async def relay_run(
             gateway, timeout=options.connect_timeout, agent_forward=forward
         )
         try:
-            relay = _exchange(conn._conn, command, request, names, out)
+            relay = _exchange(conn._conn, command, request, names, out, options.max_output)
             if own is None:
                 why = await relay
             else:
@@ -326,24 +331,53 @@ async def relay_run(
     return out
 
 
+#: Bytes of a relay record beyond its two base64 streams (names, status, JSON).
+RECORD_SLACK = 1 << 20
+
+
+async def _record_line(
+    reader: asyncssh.SSHReader[bytes], pending: bytes, longest: int
+) -> tuple[bytes, bytes]:
+    """The next line of the relay's answer (b"" at its end) and what was read past it;
+    ValueError for a line longer than ``longest`` (0: no limit)."""
+    parts = [pending]
+    size = len(pending)
+    while b"\n" not in parts[-1]:
+        if longest and size > longest:
+            raise ValueError(f"a relay record longer than {longest:,} bytes")
+        data = await reader.read(1 << 16)
+        if not data:
+            return b"", b""
+        parts.append(data)
+        size += len(data)
+    line, _, rest = b"".join(parts).partition(b"\n")
+    if longest and len(line) > longest:
+        raise ValueError(f"a relay record longer than {longest:,} bytes")
+    return line + b"\n", rest
+
+
 async def _exchange(
     conn: asyncssh.SSHClientConnection,
     command: str,
     request: dict[str, Any],
     names: set[str],
     out: dict[str, Outcome],
+    max_output: int,
 ) -> str | None:
     """Send the request, read the merged records into ``out``; why it ended early, or
-    None once every node is in."""
+    None once every node is in. A record may be no longer than two streams of
+    ``max_output`` bytes in base64 (a gateway that sends more is cut off)."""
     try:
         proc = await conn.create_process(command, encoding=None)
     except (asyncssh.Error, OSError) as exc:
         return f"cannot start the relay: {exc}"
     records = 0
+    longest = 0 if max_output <= 0 else 3 * max_output + RECORD_SLACK
+    pending = b""
     try:
         proc.stdin.write(json.dumps(request).encode() + b"\n")
         while True:
-            line = await proc.stdout.readline()
+            line, pending = await _record_line(proc.stdout, pending, longest)
             if not line:
                 err = (await proc.stderr.read(4096)).decode(errors="replace").strip()
                 tail = err.splitlines()[-1] if err else "no answer"

@@ -73,6 +73,7 @@ from shoal.nodes.model import Node
 from . import gateways, hostkeys, sshconfig
 from .base import (
     DRAIN_AFTER_EXIT,
+    MAX_OUTPUT,
     ByteReader,
     ByteWriter,
     CommandResult,
@@ -81,6 +82,7 @@ from .base import (
     RemoteForward,
     Transport,
 )
+from .capture import OutputCapture
 from .sftp import SFTPCopier
 from .sshlogin import HostKeyPolicy, LoginChecker, LoginPlan, auth_failure
 from .tcpinfo import LinkState, link_state
@@ -173,36 +175,18 @@ def remote_command(
 
 
 class _Session(asyncssh.SSHClientSession[bytes]):
-    """Collects one command's output; notices exit before EOF."""
+    """Collects one command's output (up to its limit); notices exit before EOF."""
 
-    def __init__(self, on_line: LineCallback | None) -> None:
+    def __init__(self, capture: OutputCapture) -> None:
         loop = asyncio.get_running_loop()
-        self.out = bytearray()
-        self.err = bytearray()
+        self.output = capture
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
         self.exited: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
-        self._on_line = on_line
-        self._partial = {"stdout": b"", "stderr": b""}
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        stream = "stderr" if datatype == asyncssh.EXTENDED_DATA_STDERR else "stdout"
-        (self.err if stream == "stderr" else self.out).extend(data)
-        if self._on_line is not None:
-            buf = self._partial[stream] + data
-            *lines, rest = buf.split(b"\n")
-            self._partial[stream] = rest
-            for line in lines:
-                self._on_line(stream, line)
-
-    def flush_lines(self) -> None:
-        if self._on_line is None:
-            return
-        for stream, rest in self._partial.items():
-            if rest:
-                self._on_line(stream, rest)
-        self._partial = {"stdout": b"", "stderr": b""}
+        self.output.add("stderr" if datatype == asyncssh.EXTENDED_DATA_STDERR else "stdout", data)
 
     def exit_status_received(self, status: int) -> None:
         self.exit_status = status
@@ -289,12 +273,13 @@ class SSHConnection(Connection):
         input: bytes | None = None,
         sudo: bool = False,
         on_line: LineCallback | None = None,
+        max_output: int = MAX_OUTPUT,
     ) -> CommandResult:
         token = secrets.token_hex(8)
         env = {"SHOAL_RUN": token, **(env or {})}
         line = remote_command(command, env=env, timeout=timeout, sudo=sudo)
         try:
-            return await self._run(line, input, timeout, on_line)
+            return await self._run(line, input, timeout, OutputCapture(max_output, on_line))
         except asyncio.CancelledError:
             await self._end_remote(token, sudo)
             raise
@@ -322,13 +307,13 @@ class SSHConnection(Connection):
         line: str,
         input: bytes | None,
         timeout: float | None,
-        on_line: LineCallback | None,
+        capture: OutputCapture,
     ) -> CommandResult:
         # from before the exec request: the node's `timeout` may start before this loop,
         # busy with hundreds of links, sees the channel open
         started = time.monotonic()
         try:
-            session = _Session(on_line)
+            session = _Session(capture)
             chan, _ = await self._conn.create_session(lambda: session, line, encoding=None)
         except asyncssh.ChannelOpenError as exc:
             raise TransportError(f"cannot start command: {exc.reason}", self.node.name) from exc
@@ -356,7 +341,7 @@ class SSHConnection(Connection):
             await asyncio.wait_for(asyncio.shield(session.closed), DRAIN_AFTER_EXIT)
         if not session.closed.done():
             chan.close()  # a background process still holds the output open
-        session.flush_lines()
+        capture.flush_lines()
         elapsed = time.monotonic() - started
         status = session.exit_status
         if timeout is not None and status in (124, 137) and elapsed >= timeout * 0.98:
@@ -368,9 +353,10 @@ class SSHConnection(Connection):
             raise ConnectError("connection lost while the command ran", self.node.name)
         return CommandResult(
             exit_status=status,
-            stdout=bytes(session.out),
-            stderr=bytes(session.err),
+            stdout=capture.stdout,
+            stderr=capture.stderr,
             signal=session.exit_signal,
+            dropped=capture.dropped,
         )
 
     async def sftp(self) -> asyncssh.SFTPClient:
