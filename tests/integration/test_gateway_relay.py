@@ -9,11 +9,13 @@ reachable only through n3, its own SHOAL_HOME, always taken down). Relay mode is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -111,6 +113,71 @@ def test_relay_keeps_max_output_as_the_direct_path_does(site_lab: Lab) -> None:
     # no limit (0): all of it comes up, in records longer than any limit would allow
     cut = run(relay(nodes[1:]), "head -c 2000000 /dev/zero", max_output=0)
     assert cut.ok and {len(r.stdout) for r in cut} == {2_000_000}
+
+
+def _marked(marker: str) -> set[str]:
+    """Pids whose whole command line is ``marker`` (the lab's nodes share this host's
+    process table)."""
+    got = subprocess.run(["pgrep", "-x", "-f", marker], capture_output=True, text=True)
+    return set(got.stdout.split())
+
+
+def test_an_interrupted_relayed_run_ends_the_commands_on_the_subtree(site_lab: Lab) -> None:
+    nodes = relay([n for n in site_lab.nodes() if n.name in SITE])
+    marker = f"sleep {13000 + os.getpid() % 1000}"
+
+    async def interrupted() -> float:
+        task = asyncio.ensure_future(run_async(nodes, marker, RunOptions()))
+        deadline = time.monotonic() + 30
+        while len(_marked(marker)) < len(nodes) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert len(_marked(marker)) == len(nodes), "the command never ran on every node"
+        t0 = time.monotonic()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return time.monotonic() - t0
+
+    try:
+        took = asyncio.run(interrupted())
+        left = _marked(marker)
+    finally:
+        subprocess.run(["pkill", "-x", "-f", marker], check=False)
+    assert not left, f"{len(left)} of {len(nodes)} commands still running after the interrupt"
+    assert took < 10, took  # bounded: the relay's own limit per node, then its clients'
+
+
+def test_a_relayed_stream_gets_each_line_as_it_comes_and_once(site_lab: Lab) -> None:
+    nodes = relay([n for n in site_lab.nodes() if n.name in SITE])
+    go = f"sleep {14000 + os.getpid() % 1000}"  # a process the nodes wait to see
+    lines: list[tuple[str, str, bytes]] = []
+    started: list[subprocess.Popen[bytes]] = []
+
+    def on_line(node: str, stream: str, line: bytes) -> None:
+        lines.append((node, stream, line))
+        if sum(1 for _, _, text in lines if text == b"one") == len(nodes):
+            # every node's first line came while its command still waits: let them go on
+            started.append(subprocess.Popen(go.split()))
+
+    # each node waits (at most 30 s) until the go process exists (the lab's nodes share
+    # this host's process table): only lines sent as they come can start it in time
+    wait = (f"i=0; until pgrep -x -f '{go}' >/dev/null || [ $i -ge 300 ]; do sleep 0.1; "
+            "i=$((i+1)); done")  # fmt: skip
+    try:
+        got = asyncio.run(
+            run_async(nodes, f"echo one; {wait}; [ $i -lt 300 ] && echo two >&2",
+                      RunOptions(timeout=60), on_line=on_line)
+        )  # fmt: skip
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()
+    assert got.ok, [(r.node, r.reason) for r in got.failed]  # exit 1: it waited in vain
+    for n in nodes:
+        assert [(s, t) for node, s, t in lines if node == n.name] == [
+            ("stdout", b"one"),
+            ("stderr", b"two"),
+        ]
 
 
 def test_relay_refuses_a_node_whose_host_key_differs_from_the_controllers(

@@ -71,6 +71,19 @@ def test_the_gateways_client_checks_strictly_with_the_controllers_entries_only()
     assert "accept-new" not in joined
 
 
+def test_each_client_is_its_connections_master_and_the_stop_goes_over_it() -> None:
+    node = {"host": "10.0.0.5", "port": 22, "user": "root", "line": "sleep 9", "stop": "end it"}
+    argv = relayrun.ssh_argv(node, "/tmp/kh", "/tmp/log", {"connect_timeout": 2}, "/tmp/w/cm-3")
+    assert "ControlMaster=yes" in argv and "ControlPath=/tmp/w/cm-3" in argv
+    assert "ControlPath=none" not in argv and argv[-1] == "sleep 9"
+    stop = relayrun.stop_argv(node, "/tmp/kh", "/tmp/log", "/tmp/w/cm-3")
+    assert "ControlMaster=no" in stop and "ControlPath=/tmp/w/cm-3" in stop
+    assert "StrictHostKeyChecking=yes" in stop and "BatchMode=yes" in stop  # never a prompt
+    assert stop[-3:] == ["10.0.0.5", "--", "end it"]
+    without = relayrun.ssh_argv(node, "/tmp/kh", "/tmp/log", {"connect_timeout": 2})
+    assert "ControlPath=none" in without and "ControlMaster=yes" not in without
+
+
 def _pair() -> asyncssh.SSHKeyPair:
     return asyncssh.load_keypairs([asyncssh.generate_private_key("ssh-ed25519")])[0]
 

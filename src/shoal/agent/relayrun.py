@@ -5,10 +5,11 @@ opens one SSH connection to a gateway with agent forwarding on and runs this
 file, self-contained and stdlib-only (``python3 -c``: nothing is installed), in
 one session of it. Its stdin's first line is the request (JSON)::
 
-    {"nodes": [{"name", "host", "port", "user", "line"}],   # line: the exact shell line
+    {"nodes": [{"name", "host", "port", "user", "line", "stop"}],  # exact shell lines
      "known_hosts": "...",  # the controller's entries for these nodes, nothing else
      "connect_timeout": s, "keepalive": s, "timeout": s|null, "hard": s|null,
-     "parallel": n, "max_output": bytes}  # of each stream sent up (0: all)
+     "parallel": n, "max_output": bytes,  # of each stream sent up (0: all)
+     "stream": bool}  # each output line sent up as it comes (``--stream``)
 
 Each node gets the gateway's OpenSSH client with the forwarded agent
 (``SSH_AUTH_SOCK`` of this session; no key file is ever written here), the
@@ -19,15 +20,22 @@ node's stderr is the command's alone. Results are merged before they go up:
 one JSON line per distinct outcome, ``{"nodes": [names], "exit", "stdout",
 "stderr", "dropped"}`` (base64; ``dropped``: bytes beyond ``max_output``) or
 ``{"nodes": [...], "error": {"kind", "message"}}`` with the controller's wording
-for connection failures, then ``{"done": n}``.
+for connection failures, then ``{"done": n}``. With ``stream``, each line of
+output goes up first as it comes: ``{"node", "stream", "line"}`` (base64).
 
-The controller's end closing this session's stdin ends every client still
-running (their process groups), and the temporary directory goes with them.
+The controller's end closing this session's stdin (an interrupt) first ends
+every command still running on its node, as the direct path does: each
+client is the master of a control socket in the temporary directory, and the
+node's ``stop`` line (TERM, then KILL, to the sessions carrying the command's
+token) runs over that connection, with no new login (the agent signs once per
+node). Then the clients' process groups are stopped, and the temporary
+directory goes with them.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import re
@@ -46,9 +54,20 @@ NodeReq = dict[str, Any]
 #: Seconds a killed client may take before KILL.
 KILL_GRACE = 2.0
 
+#: Seconds a node may take to confirm it signalled an interrupted command.
+END_TIMEOUT = 3.0
+#: Seconds a client's pipes may stay open after it exited (a child holding them).
+PUMP_DRAIN = 1.0
+#: A line longer than this goes up in pieces of this size (as the controller's capture).
+LINE_PIECE = 1 << 20
+
+_out_lock = threading.Lock()
+
 _lock = threading.Lock()
-_clients: set[subprocess.Popen[bytes]] = set()
+#: running clients -> (their node, their connection's control socket)
+_clients: dict[subprocess.Popen[bytes], tuple[NodeReq, str]] = {}
 _stopping = threading.Event()
+_numbers = itertools.count()
 
 #: OpenSSH client log lines -> (kind, message) in the controller's words; {where} is
 #: ``host:port``, {t} the connect timeout.
@@ -108,8 +127,8 @@ def algorithms(node: NodeReq) -> list[str]:
     return out
 
 
-def ssh_argv(node: NodeReq, known_hosts: str, log: str, req: dict[str, Any]) -> list[str]:
-    """The OpenSSH client's command line for one node (pure; unit-tested)."""
+def _client_argv(node: NodeReq, known_hosts: str, log: str) -> list[str]:
+    """What every OpenSSH client of a node's is started with."""
     return [
         "ssh", "-F", "/dev/null", "-E", log, "-T", "-x", "-a",
         "-o", "BatchMode=yes",
@@ -119,14 +138,59 @@ def ssh_argv(node: NodeReq, known_hosts: str, log: str, req: dict[str, Any]) -> 
         "-o", "CheckHostIP=no",
         "-o", "UpdateHostKeys=no",
         "-o", "IdentityFile=none",
-        "-o", "ControlPath=none",
+        "-o", "LogLevel=ERROR",
+    ]  # fmt: skip
+
+
+def ssh_argv(
+    node: NodeReq, known_hosts: str, log: str, req: dict[str, Any], control: str = ""
+) -> list[str]:
+    """The OpenSSH client's command line for one node (pure; unit-tested). With
+    ``control``, the client is also the master of that socket, so the command can be
+    ended over its connection (:func:`stop_argv`) without another login."""
+    mux = ["ControlMaster=yes", f"ControlPath={control}"] if control else ["ControlPath=none"]
+    return [
+        *_client_argv(node, known_hosts, log),
+        *(word for opt in mux for word in ("-o", opt)),
         "-o", f"ConnectTimeout={max(1, round(req['connect_timeout']))}",
         "-o", f"ServerAliveInterval={max(1, round(req.get('keepalive') or 5))}",
         "-o", "ServerAliveCountMax=3",
-        "-o", "LogLevel=ERROR",
         *algorithms(node),
         "-p", str(node["port"]), "-l", node["user"], node["host"], "--", node["line"],
     ]  # fmt: skip
+
+
+def stop_argv(node: NodeReq, known_hosts: str, log: str, control: str) -> list[str]:
+    """The client that runs the node's ``stop`` line over the running command's own
+    connection (its master's ``control`` socket: no new login, the agent's one
+    signature per node is spent already)."""
+    return [
+        *_client_argv(node, known_hosts, log),
+        "-o", "ControlMaster=no", "-o", f"ControlPath={control}",
+        "-o", "ConnectTimeout=1",
+        "-p", str(node["port"]), "-l", node["user"], node["host"], "--", node["stop"],
+    ]  # fmt: skip
+
+
+def _end(node: NodeReq, control: str, known_hosts: str, log: str) -> None:
+    """Run the node's ``stop`` line over the client's connection, bounded in time."""
+    if not node.get("stop") or not os.path.exists(control):
+        return
+    try:
+        subprocess.run(
+            stop_argv(node, known_hosts, log, control),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=END_TIMEOUT,
+            check=False,
+            # its own session: the stop line ends the sessions of every process whose
+            # command line names the token, and this client's does (where nodes share
+            # the gateway's process table, as the lab's do, it would end the relay)
+            start_new_session=True,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        pass
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -148,26 +212,36 @@ def run_one(node: NodeReq, known_hosts: str, workdir: str, req: dict[str, Any]) 
     with open(log, "w"):
         pass
     started = time.monotonic()
+    control = os.path.join(workdir, f"cm-{next(_numbers)}")
     proc = subprocess.Popen(
-        ssh_argv(node, known_hosts, log, req),
+        ssh_argv(node, known_hosts, log, req, control),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
     with _lock:
-        _clients.add(proc)
+        _clients[proc] = (node, control)
+    cap, live = int(req.get("max_output") or 0), bool(req.get("stream"))
+    out, err = _Kept(cap), _Kept(cap)
+    pumps = [
+        threading.Thread(target=_pump, args=(pipe, node["name"], name, kept, live), daemon=True)
+        for pipe, name, kept in ((proc.stdout, "stdout", out), (proc.stderr, "stderr", err))
+    ]
+    for pump in pumps:
+        pump.start()
     try:
-        out, err = proc.communicate(timeout=req.get("hard"))
+        proc.wait(timeout=req.get("hard"))
     except subprocess.TimeoutExpired:
         _stop(proc)
-        proc.communicate()
         t = req.get("timeout") or 0
         msg = f"command timed out after {t:g}s (node stopped answering)"
         return {"error": {"kind": "timeout", "message": msg}}
     finally:
         with _lock:
-            _clients.discard(proc)
+            _clients.pop(proc, None)
+        for pump in pumps:
+            pump.join(PUMP_DRAIN)
     elapsed = time.monotonic() - started
     status = proc.returncode
     if status == 255:
@@ -181,17 +255,51 @@ def run_one(node: NodeReq, known_hosts: str, workdir: str, req: dict[str, Any]) 
         return {"error": {"kind": "timeout", "message": msg}}
     if status < 0:  # the client itself was killed (the relay is stopping)
         return {"error": {"kind": "unreachable", "message": "relay stopped"}}
-    cap = req.get("max_output") or 0
-    dropped = 0
-    if cap > 0:
-        dropped = max(len(out) - cap, 0) + max(len(err) - cap, 0)
-        out, err = out[:cap], err[:cap]
     return {
         "exit": status,
-        "stdout": base64.b64encode(out).decode("ascii"),
-        "stderr": base64.b64encode(err).decode("ascii"),
-        "dropped": dropped,
+        "stdout": base64.b64encode(out.data).decode("ascii"),
+        "stderr": base64.b64encode(err.data).decode("ascii"),
+        "dropped": out.dropped + err.dropped,
     }
+
+
+class _Kept:
+    """One stream of one node's command: its first ``cap`` bytes (0: all), the rest
+    counted (the controller's ``--max-output``: the gateway holds no more either)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.data = bytearray()
+        self.dropped = 0
+
+    def add(self, piece: bytes) -> None:
+        room = len(piece) if self.cap <= 0 else self.cap - len(self.data)
+        if room >= len(piece):
+            self.data += piece
+        else:
+            self.data += piece[: max(room, 0)]
+            self.dropped += len(piece) - max(room, 0)
+
+
+def _pump(pipe: Any, node: str, stream: str, kept: _Kept, live: bool) -> None:
+    """Read one of a client's pipes to its end; ``live`` (``--stream``): each line (a
+    line longer than :data:`LINE_PIECE` in pieces) goes up at once as a record."""
+    while True:
+        piece = pipe.readline(LINE_PIECE) if live else pipe.read1(1 << 16)
+        if not piece:
+            return
+        kept.add(piece)
+        if live:
+            line = piece[:-1] if piece.endswith(b"\n") else piece
+            _emit({"node": node, "stream": stream, "line": base64.b64encode(line).decode()})
+
+
+def _emit(record: dict[str, Any]) -> None:
+    """One record up to the controller (whole lines: the pumps and main share stdout)."""
+    data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    with _out_lock:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
 
 
 def merge(pairs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -203,8 +311,9 @@ def merge(pairs: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     return [dict(outcome, nodes=names) for outcome, names in groups.values()]
 
 
-def _watch_stdin() -> None:
-    """The controller's end went away: stop every client."""
+def _watch_stdin(known_hosts: str, workdir: str) -> None:
+    """The controller's end went away (an interrupt): end every command still running
+    on its node, as the direct path does, then stop every client."""
     try:
         while sys.stdin.buffer.read(65536):
             pass
@@ -212,30 +321,37 @@ def _watch_stdin() -> None:
         pass
     _stopping.set()
     with _lock:
-        procs = list(_clients)
-    for proc in procs:
+        running = list(_clients.items())
+    log = os.path.join(workdir, "log-stop")
+    enders = [
+        threading.Thread(target=_end, args=(node, control, known_hosts, log), daemon=True)
+        for _, (node, control) in running
+    ]
+    for t in enders:
+        t.start()
+    for t in enders:
+        t.join(END_TIMEOUT + 1)
+    for proc, _ in running:
         _stop(proc)
 
 
 def main() -> int:
     req = json.loads(sys.stdin.buffer.readline())
-    threading.Thread(target=_watch_stdin, daemon=True).start()
     workdir = tempfile.mkdtemp(prefix="shoal-relay-")
     try:
         known_hosts = os.path.join(workdir, "known_hosts")
         fd = os.open(known_hosts, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(req["known_hosts"])
+        threading.Thread(target=_watch_stdin, args=(known_hosts, workdir), daemon=True).start()
         nodes = req["nodes"]
         workers = max(1, min(int(req.get("parallel") or 64), len(nodes) or 1))
         with ThreadPoolExecutor(workers) as pool:
             futures = [pool.submit(run_one, n, known_hosts, workdir, req) for n in nodes]
             pairs = [(n["name"], fut.result()) for n, fut in zip(nodes, futures)]
-        out = sys.stdout
         for record in merge(pairs):
-            out.write(json.dumps(record, separators=(",", ":")) + "\n")
-        out.write(json.dumps({"done": len(pairs)}) + "\n")
-        out.flush()
+            _emit(record)
+        _emit({"done": len(pairs)})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -6,7 +6,9 @@ selection, the nodes marked ``gateway=G gateway_mode=relay`` are grouped by
 gateway; each group is one relay call (one connection to G), the rest of the
 selection runs as usual beside them, and the results come back in selection
 order, one per node, shaped as the direct path's (exit status, output, the same
-error kinds; each node's lines reach ``on_line`` once its gateway answered).
+error kinds; with ``on_line`` (``--stream``) each line of a relayed node's output
+reaches it as the relay sends it up, and an interrupt ends the commands on the
+subtree's nodes before the relay closes, as the direct path does).
 
 A gateway that cannot be had: its nodes are run directly, and those that fail
 there too say ``unreachable through gateway G (G: why); directly: why`` as the
@@ -29,6 +31,7 @@ import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from shoal.errors import CommandTimeout, ConnectError, ShoalError
@@ -39,7 +42,7 @@ from shoal.transport.gateways import GATEWAY_MODE, RELAY, relayed
 
 from .options import RunOptions
 from .results import CommandOutcome, CommandOutput, Results
-from .scheduler import ResultCallback
+from .scheduler import ResultCallback, wait_settled
 
 if TYPE_CHECKING:  # asyncssh: imported when a relay runs, not for auto_tree
     from shoal.transport.base import CommandResult
@@ -142,7 +145,7 @@ async def run_with_relays(
     """Run the relayed nodes through their gateways and the others with ``direct``; see
     the module docstring."""
     from shoal.transport.relay import RelayNode, RelayOptions, relay_run
-    from shoal.transport.ssh import KILL_GRACE, remote_command
+    from shoal.transport.ssh import KILL_GRACE, end_remote_line, remote_command
 
     by_name = {n.name: n for n in nodes}
     groups: dict[str, list[tuple[int, Node]]] = {}
@@ -158,8 +161,8 @@ async def run_with_relays(
     loop = asyncio.get_running_loop()
     started = loop.time()
 
-    def deliver(outcome: CommandOutcome) -> None:
-        if on_line is not None and outcome.value is not None:
+    def deliver(outcome: CommandOutcome, streamed: bool = False) -> None:
+        if on_line is not None and outcome.value is not None and not streamed:
             _lines(outcome.node, outcome.stdout, "stdout", on_line)
             _lines(outcome.node, outcome.stderr, "stderr", on_line)
         if on_result is not None:
@@ -173,12 +176,11 @@ async def run_with_relays(
         t0 = loop.time()
         items = []
         for i, node in members:
-            env = {"SHOAL_RUN": secrets.token_hex(8), "SHOAL_NODE": node.name,
-                   "SHOAL_INDEX": str(i), **options.env}  # fmt: skip
-            line = remote_command(
-                command, env=env, timeout=options.timeout, sudo=options.sudo or node.become
-            )
-            items.append(RelayNode(node, line))
+            token, sudo = secrets.token_hex(8), options.sudo or node.become
+            env = {"SHOAL_RUN": token, "SHOAL_NODE": node.name, "SHOAL_INDEX": str(i),
+                   **options.env}  # fmt: skip
+            line = remote_command(command, env=env, timeout=options.timeout, sudo=sudo)
+            items.append(RelayNode(node, line, end_remote_line(token, sudo)))
         hard = None if options.timeout is None else options.timeout + KILL_GRACE + 3.0
         ropts = RelayOptions(
             connect_timeout=options.connect_timeout,
@@ -201,11 +203,12 @@ async def run_with_relays(
                     timeout=options.timeout,
                     env=gw_env,
                     sudo=gw_sudo,
+                    on_line=None if on_line is None else partial(on_line, gw_node.name),
                     max_output=options.max_output,
                 )
 
         try:
-            got = await relay_run(transport, gateway, items, ropts, own)
+            got = await relay_run(transport, gateway, items, ropts, own, on_line)
         except ShoalError as exc:
             return await fallback(name, members, exc)
         out = []
@@ -223,7 +226,7 @@ async def run_with_relays(
                 )
                 outcome = CommandOutcome(node.name, value)
             outcome.index, outcome.attempts, outcome.duration = i, 1, loop.time() - t0
-            deliver(outcome)
+            deliver(outcome, streamed=True)  # its lines went to on_line as they came
             out.append(outcome)
         return out
 
@@ -247,6 +250,8 @@ async def run_with_relays(
             return []
         return list(await direct([n for _, n in rest], [i for i, _ in rest], True))
 
-    parts = await asyncio.gather(plain(), *(one_gateway(g, m) for g, m in groups.items()))
-    found = {r.node: r for part in parts for r in part}
+    tasks = [asyncio.ensure_future(plain())]
+    tasks += [asyncio.ensure_future(one_gateway(g, m)) for g, m in groups.items()]
+    await wait_settled(tasks)  # an interrupt: each relay ends its nodes' commands first
+    found = {r.node: r for task in tasks for r in task.result()}
     return Results({n.name: found[n.name] for n in nodes}, duration=loop.time() - started)

@@ -179,23 +179,28 @@ async def _fanout(
 
     positions = range(len(nodes)) if indices is None else indices
     tasks = [asyncio.ensure_future(one(i, n)) for i, n in zip(positions, nodes, strict=True)]
-    try:
-        if tasks:  # no node (every one refused before): nothing to wait for
-            await asyncio.wait(tasks)
-    except asyncio.CancelledError:
-        # gather() would return at the first cancelled node and leave the others'
-        # clean-up (ending remote commands, removing temporary files) to be cut off by
-        # the event loop's shutdown: every node finishes its own first.
-        for task in tasks:
-            task.cancel()
-        await _settle(tasks)
-        raise
+    await wait_settled(tasks)
     results = [task.result() for task in tasks]
     return Results({r.node: r for r in results}, duration=time.monotonic() - started)
 
 
 #: How long cancelled nodes may take to clean up (their own steps are bounded shorter).
 SETTLE_TIMEOUT = 10.0
+
+
+async def wait_settled(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait for every task; when the waiter is cancelled, cancel them and let each
+    finish its own clean-up (ending remote commands, removing temporary files) before
+    the cancellation goes on: gather() would return at the first cancelled one and
+    leave the others' clean-up to be cut off by the event loop's shutdown."""
+    try:
+        if tasks:  # no node (every one refused before): nothing to wait for
+            await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        await _settle(tasks)
+        raise
 
 
 async def _settle(tasks: Sequence[asyncio.Future[Any]]) -> None:

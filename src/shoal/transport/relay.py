@@ -176,6 +176,8 @@ class RelayNode:
 
     node: Node
     line: str
+    #: the line that ends ``line``'s command on the node (an interrupt, the relay closing)
+    stop: str = ""
 
 
 @dataclass(frozen=True)
@@ -255,7 +257,7 @@ def _prepare(transport: SSHTransport, nodes: Sequence[RelayNode]) -> _Prepared:
             out.user_agent = plan.agent
         algs = {_ALGORITHMS[k]: str(v) for k, v in plan.kwargs.items() if k in _ALGORITHMS}
         out.entries.append({"name": node.name, "host": host, "port": port, "user": user,
-                            "line": rn.line, "algorithms": algs})  # fmt: skip
+                            "line": rn.line, "stop": rn.stop, "algorithms": algs})  # fmt: skip
     return out
 
 
@@ -279,12 +281,14 @@ async def relay_run(
     nodes: Sequence[RelayNode],
     options: RelayOptions,
     own: Callable[[SSHConnection], Awaitable[CommandResult]] | None = None,
+    on_line: Callable[[str, str, bytes], None] | None = None,
 ) -> dict[str, Outcome]:
     """Run each node's line through ``gateway``'s relay; an outcome per node, and one
     for the gateway itself when ``own`` runs its command (a session of the same
     connection: one handshake per gateway in all). Raises ConnectError (the gateway's)
     when the gateway cannot be had; a relay that dies midway leaves its unreported
-    nodes ``unreachable through gateway G (...)``."""
+    nodes ``unreachable through gateway G (...)``. ``on_line(node, stream, line)``
+    (``--stream``) sees each line of the nodes' output as the relay sends it."""
     prep = _prepare(transport, nodes)
     entries = prep.entries
     names = {e["name"] for e in entries}
@@ -297,6 +301,7 @@ async def relay_run(
         "hard": options.hard,
         "parallel": options.parallel,
         "max_output": options.max_output,
+        "stream": on_line is not None,
     }
     source = Path(relayrun.__file__).read_text()
     command = f"exec python3 -c {shlex.quote(source)}"
@@ -314,14 +319,25 @@ async def relay_run(
         conn = await transport.connect(
             gateway, timeout=options.connect_timeout, agent_forward=forward
         )
+        relay = asyncio.ensure_future(
+            _exchange(conn._conn, command, request, names, out, options.max_output, on_line)
+        )
+        tasks = [relay] + ([asyncio.ensure_future(gateway_own(conn))] if own else [])
         try:
-            relay = _exchange(conn._conn, command, request, names, out, options.max_output)
-            if own is None:
-                why = await relay
-            else:
-                why, _ = await asyncio.gather(relay, gateway_own(conn))
+            await asyncio.wait(tasks)
+        except asyncio.CancelledError:
+            # gather() would return at once and close the connection under the relay
+            # while it ends its nodes' commands: each part finishes its own first
+            for task in tasks:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait(tasks, timeout=RELAY_STOP_SECONDS + 2)
+            raise
         finally:
             await conn.close()
+        for task in tasks[1:]:
+            task.result()  # the gateway's own command: its outcome is in ``out``
+        why = relay.result()
     if why is not None:
         lost = ConnectError(why, gateway.name)
         for e in entries:
@@ -330,6 +346,10 @@ async def relay_run(
                 out[e["name"]] = ConnectError(msg, e["name"])
     return out
 
+
+#: Longest an interrupt waits for the relay to end its nodes' commands (its own
+#: bound per node, then the clients' TERM and KILL).
+RELAY_STOP_SECONDS = 8.0
 
 #: Bytes of a relay record beyond its two base64 streams (names, status, JSON).
 RECORD_SLACK = 1 << 20
@@ -356,6 +376,13 @@ async def _record_line(
     return line + b"\n", rest
 
 
+async def _drained(reader: asyncssh.SSHReader[bytes]) -> None:
+    """Read (and drop) what is left until the relay exits: its last records must not
+    fill the channel while it ends its nodes' commands."""
+    while await reader.read(1 << 16):
+        pass
+
+
 async def _exchange(
     conn: asyncssh.SSHClientConnection,
     command: str,
@@ -363,6 +390,7 @@ async def _exchange(
     names: set[str],
     out: dict[str, Outcome],
     max_output: int,
+    on_line: Callable[[str, str, bytes], None] | None = None,
 ) -> str | None:
     """Send the request, read the merged records into ``out``; why it ended early, or
     None once every node is in. A record may be no longer than two streams of
@@ -383,6 +411,11 @@ async def _exchange(
                 tail = err.splitlines()[-1] if err else "no answer"
                 return f"relay ended early: {tail[:300]}"
             record = json.loads(line)
+            if "line" in record:  # --stream: a line of a node's output, as it came
+                node, stream = record.get("node"), record.get("stream")
+                if on_line is not None and node in names and stream in ("stdout", "stderr"):
+                    on_line(str(node), str(stream), base64.b64decode(str(record["line"])))
+                continue
             if "done" in record:
                 log.debug("relay: %d records for %d nodes", records, len(names))
                 return None
@@ -392,6 +425,14 @@ async def _exchange(
                     out[name] = _outcome(record, name)
     except (asyncssh.Error, OSError, ValueError) as exc:
         return f"connection lost while relaying: {exc}"
+    except asyncio.CancelledError:
+        # an interrupt: the relay ends its nodes' commands once its stdin closes (as
+        # the direct path does, bounded); wait for it before the connection goes
+        with contextlib.suppress(asyncssh.Error, OSError):
+            proc.stdin.write_eof()
+        with contextlib.suppress(asyncio.TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(_drained(proc.stdout), RELAY_STOP_SECONDS)
+        raise
     finally:
         with contextlib.suppress(asyncssh.Error, OSError):
             proc.stdin.write_eof()

@@ -174,6 +174,26 @@ def remote_command(
     return prefix + line
 
 
+def end_remote_line(token: str, sudo: bool) -> str:
+    """The shell line that ends a command started with ``SHOAL_RUN=token``: TERM to the
+    session(s) of every process carrying the token, KILL :data:`KILL_GRACE` later (pure;
+    the direct path runs it on a second channel, a relay gateway over its client's
+    multiplexed connection)."""
+    # The shell's command line has the token from the start; whatever it execs has it
+    # in its environment. This line's own session (it names the token) is skipped.
+    pattern = shlex.quote(f"SHOAL_RUN=[{token[0]}]{token[1:]}")
+    script = (
+        f"me=$(ps -o sid= -p $$ | tr -d ' '); sids=$({{ pgrep -f {pattern}; grep -lzxF "
+        f"SHOAL_RUN={token} /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3; }} | "
+        'while read -r p; do ps -o sid= -p "$p"; done | tr -d " " | sort -u | '
+        'grep -vxF "$me"); '
+        "for s in $sids; do pkill -TERM -s $s; done; "
+        f'[ -z "$sids" ] || (sleep {KILL_GRACE:g}; for s in $sids; do pkill -KILL -s $s; '
+        "done) >/dev/null 2>&1 &"
+    )
+    return f"sudo -n sh -c {shlex.quote(script)}" if sudo else script
+
+
 class _Session(asyncssh.SSHClientSession[bytes]):
     """Collects one command's output (up to its limit); notices exit before EOF."""
 
@@ -286,20 +306,8 @@ class SSHConnection(Connection):
 
     async def _end_remote(self, token: str, sudo: bool) -> None:
         """Signal the session(s) of the processes that carry ``token`` (bounded in time)."""
-        # The shell's command line has the token from the start; whatever it execs has it
-        # in its environment. This line's own session (it names the token) is skipped.
-        pattern = shlex.quote(f"SHOAL_RUN=[{token[0]}]{token[1:]}")
-        script = (
-            f"me=$(ps -o sid= -p $$ | tr -d ' '); sids=$({{ pgrep -f {pattern}; grep -lzxF "
-            f"SHOAL_RUN={token} /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3; }} | "
-            'while read -r p; do ps -o sid= -p "$p"; done | tr -d " " | sort -u | '
-            'grep -vxF "$me"); '
-            "for s in $sids; do pkill -TERM -s $s; done; "
-            f'[ -z "$sids" ] || (sleep {KILL_GRACE:g}; for s in $sids; do pkill -KILL -s $s; '
-            "done) >/dev/null 2>&1 &"
-        )
-        line = f"sudo -n sh -c {shlex.quote(script)}" if sudo else script
         with contextlib.suppress(asyncssh.Error, OSError, asyncio.TimeoutError):
+            line = end_remote_line(token, sudo)
             await asyncio.wait_for(self._conn.run(line, check=False), END_REMOTE_TIMEOUT)
 
     async def _run(
