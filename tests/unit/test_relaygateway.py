@@ -172,22 +172,26 @@ def test_the_gateways_client_takes_only_the_algorithm_lists_it_is_sent() -> None
 def test_a_relay_record_longer_than_its_limit_is_refused() -> None:
     import asyncio
 
-    from shoal.transport.relay import _record_line
+    from shoal.transport.relay import _RecordReader
 
-    async def lines(data: bytes, longest: int) -> list[bytes]:
+    async def lines(pieces: list[bytes], longest: int) -> list[bytes]:
         reader = asyncio.StreamReader()
-        reader.feed_data(data)
+        for piece in pieces:
+            reader.feed_data(piece)
         reader.feed_eof()
-        got, pending = [], b""
-        while True:
-            line, pending = await _record_line(reader, pending, longest)  # type: ignore[arg-type]
-            if not line:
-                return got
+        records = _RecordReader(reader, longest)  # type: ignore[arg-type]
+        got = []
+        while line := await records.next():
             got.append(line)
+        return got
 
-    assert asyncio.run(lines(b'{"a": 1}\n{"b": 2}\n', 100)) == [b'{"a": 1}\n', b'{"b": 2}\n']
-    assert asyncio.run(lines(b"x" * 200_000 + b"\n", 0)) == [b"x" * 200_000 + b"\n"]
+    both = [b'{"a": 1}\n{"b"', b": 2}\n"]
+    assert asyncio.run(lines(both, 100)) == [b'{"a": 1}\n', b'{"b": 2}\n']
+    many = [b"x\n" * 5000]
+    assert asyncio.run(lines(many, 100)) == [b"x\n"] * 5000
+    long = [b"x" * 70_000, b"x" * 130_000 + b"\n"]
+    assert asyncio.run(lines(long, 0)) == [b"x" * 200_000 + b"\n"]
     with pytest.raises(ValueError, match="longer than 100,000 bytes"):
-        asyncio.run(lines(b"x" * 200_000 + b"\n", 100_000))
+        asyncio.run(lines(long, 100_000))
     with pytest.raises(ValueError, match="longer than"):  # never ends: refused, not held
-        asyncio.run(lines(b"x" * 300_000, 100_000))
+        asyncio.run(lines([b"x" * 300_000], 100_000))

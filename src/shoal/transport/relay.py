@@ -36,6 +36,7 @@ import json
 import shlex
 import struct
 import tempfile
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,25 +356,37 @@ RELAY_STOP_SECONDS = 8.0
 RECORD_SLACK = 1 << 20
 
 
-async def _record_line(
-    reader: asyncssh.SSHReader[bytes], pending: bytes, longest: int
-) -> tuple[bytes, bytes]:
-    """The next line of the relay's answer (b"" at its end) and what was read past it;
-    ValueError for a line longer than ``longest`` (0: no limit)."""
-    parts = [pending]
-    size = len(pending)
-    while b"\n" not in parts[-1]:
-        if longest and size > longest:
-            raise ValueError(f"a relay record longer than {longest:,} bytes")
-        data = await reader.read(1 << 16)
-        if not data:
-            return b"", b""
-        parts.append(data)
-        size += len(data)
-    line, _, rest = b"".join(parts).partition(b"\n")
-    if longest and len(line) > longest:
-        raise ValueError(f"a relay record longer than {longest:,} bytes")
-    return line + b"\n", rest
+class _RecordReader:
+    """The relay's answer, line by line, each line no longer than ``longest`` bytes (0:
+    no limit): a line that outgrows it is refused before it is held whole."""
+
+    def __init__(self, reader: asyncssh.SSHReader[bytes], longest: int) -> None:
+        self._reader = reader
+        self._longest = longest
+        self._lines: deque[bytes] = deque()
+        self._pieces: list[bytes] = []  # the line being read, in the pieces it came in
+        self._size = 0
+
+    async def next(self) -> bytes:
+        """The next line (with its newline), or b"" at the answer's end; ValueError for
+        one too long."""
+        while not self._lines:
+            data = await self._reader.read(1 << 16)
+            if not data:
+                return b""
+            first, *rest = data.split(b"\n")
+            if rest:  # the line being read ends here
+                lines = [b"".join([*self._pieces, first]), *rest[:-1]]
+                self._lines.extend(line + b"\n" for line in lines)
+                self._pieces, self._size = [rest[-1]], len(rest[-1])
+                longest = max(len(line) for line in lines)
+            else:
+                self._pieces.append(first)
+                self._size += len(first)
+                longest = 0
+            if self._longest and max(longest, self._size) > self._longest:
+                raise ValueError(f"a relay record longer than {self._longest:,} bytes")
+        return self._lines.popleft()
 
 
 async def _drained(reader: asyncssh.SSHReader[bytes]) -> None:
@@ -400,17 +413,18 @@ async def _exchange(
     except (asyncssh.Error, OSError) as exc:
         return f"cannot start the relay: {exc}"
     records = 0
-    longest = 0 if max_output <= 0 else 3 * max_output + RECORD_SLACK
-    pending = b""
+    answer = _RecordReader(proc.stdout, 0 if max_output <= 0 else 3 * max_output + RECORD_SLACK)
     try:
         proc.stdin.write(json.dumps(request).encode() + b"\n")
         while True:
-            line, pending = await _record_line(proc.stdout, pending, longest)
+            line = await answer.next()
             if not line:
                 err = (await proc.stderr.read(4096)).decode(errors="replace").strip()
                 tail = err.splitlines()[-1] if err else "no answer"
                 return f"relay ended early: {tail[:300]}"
             record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("a relay record that is not a JSON object")
             if "line" in record:  # --stream: a line of a node's output, as it came
                 node, stream = record.get("node"), record.get("stream")
                 if on_line is not None and node in names and stream in ("stdout", "stderr"):
